@@ -1,0 +1,60 @@
+"""Run a function in a fresh process and report wall time and peak memory.
+
+A fresh process per measurement keeps one run's memory out of the next one's peak
+(``ru_maxrss`` only ever grows within a process) and keeps warm caches honest.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+RUNNER = """
+import json, resource, sys, time, importlib
+mod, fn = sys.argv[1].rsplit(":", 1)
+args = json.loads(sys.argv[2])
+f = getattr(importlib.import_module(mod), fn)
+t = time.perf_counter()
+info = f(*args) or {}
+wall = time.perf_counter() - t
+print("@@RESULT@@" + json.dumps({"seconds": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **info}))
+"""
+
+
+def measure(target: str, *args, repeats: int = 3) -> dict:
+    """Median wall seconds and peak RSS (MB) of ``target(*args)`` over fresh processes."""
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", RUNNER, target, json.dumps(args)], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+        if out.returncode != 0:
+            raise RuntimeError(f"{target} failed:\n{out.stderr[-3000:]}")
+        line = [l for l in out.stdout.splitlines() if l.startswith("@@RESULT@@")][-1]
+        runs.append(json.loads(line[len("@@RESULT@@"):]))
+    res = {k: v for k, v in runs[-1].items()}
+    res["seconds"] = statistics.median(r["seconds"] for r in runs)
+    res["seconds_min"] = min(r["seconds"] for r in runs)
+    res["seconds_max"] = max(r["seconds"] for r in runs)
+    res["peak_mb"] = max(r["peak_mb"] for r in runs)
+    return res
+
+
+def show(title: str, rows: list[dict], name: str) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    out = Path("out/bench")
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{name}.csv", index=False)
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(c, justify="right" if df[c].dtype.kind in "iuf" else "left")
+    for r in df.itertuples(index=False):
+        t.add_row(*[f"{v:,.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in r])
+    Console().print(t)

@@ -1,0 +1,158 @@
+"""The data contract (v1) in code: the one place its file names, columns, vocabularies
+and exit codes live.
+
+``../shared/data-contract.md`` is the text a bank reads; this module is what the engine
+reads. Everything that checks, writes or simulates data imports its names from here, so a
+change to the contract is a change to one file. Nothing in here imports the rest of the
+engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+CONTRACT_VERSION = "1"
+
+
+class ExitCode(IntEnum):
+    """Exit codes of ``scf validate`` and of every command that loads a dataset."""
+
+    OK = 0  # nothing was quarantined
+    QUARANTINED = 1  # rows were quarantined, the rest is usable
+    UNUSABLE = 2  # missing file or column, unreadable file, nothing left to score
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a contract file.
+
+    ``kind`` drives parsing and the basic rule checks: ``id`` (non-empty string),
+    ``uscc`` (unified social credit code), ``firm_ref`` (must name an accepted firm),
+    ``party`` (a firm or an ``EXT-`` code), ``text``, ``date``, ``amount``, ``bool``,
+    ``vocab`` (one of ``vocabulary``), ``industry``, ``region``.
+    """
+
+    name: str
+    kind: str
+    required: bool = True  # the column must be present in the file
+    nullable: bool = False  # an empty value is allowed
+    vocabulary: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    name: str  # stem, e.g. "flows"
+    columns: tuple[Column, ...]
+    key: str | None  # unique key column, if any
+    required: bool = True  # the file must be present in a dataset
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+RATINGS: tuple[str, ...] = (
+    "AAA", "AA+", "AA", "AA-", "A+", "A", "A-", "BBB+", "BBB", "BBB-",
+    "BB+", "BB", "BB-", "B+", "B", "B-", "CCC", "CC", "C",
+)
+
+PURPOSES: tuple[str, ...] = (
+    "trade", "payroll", "tax", "social_insurance", "housing_fund", "utilities",
+    "loan_drawdown", "loan_repayment", "other",
+)
+
+TRUE_SPELLINGS = ("true", "1", "是")
+FALSE_SPELLINGS = ("false", "0", "否")
+
+EXTERNAL_PREFIX = "EXT-"
+
+FIRMS = FileSpec(
+    "firms",
+    (
+        Column("firm_id", "uscc"),
+        Column("name", "text"),
+        Column("industry", "industry"),
+        Column("region", "region"),
+        Column("founded_on", "date"),
+        Column("registered_capital", "amount"),
+        Column("is_core", "bool"),
+        Column("core_rating", "vocab", nullable=True, vocabulary=RATINGS),
+        Column("batch_group", "text", required=False, nullable=True),
+    ),
+    key="firm_id",
+)
+
+RECEIVABLES = FileSpec(
+    "receivables",
+    (
+        Column("receivable_id", "id"),
+        Column("supplier_id", "firm_ref"),
+        Column("buyer_id", "firm_ref"),
+        Column("amount", "amount"),
+        Column("issued_on", "date"),
+        Column("due_on", "date"),
+        Column("confirmed_on", "date", nullable=True),
+        Column("paid_on", "date", nullable=True),
+        Column("paid_amount", "amount", nullable=True),
+    ),
+    key="receivable_id",
+)
+
+FLOWS = FileSpec(
+    "flows",
+    (
+        Column("txn_id", "id"),
+        Column("booked_on", "date"),
+        Column("payer_id", "party"),
+        Column("payee_id", "party"),
+        Column("amount", "amount"),
+        Column("purpose", "vocab", vocabulary=PURPOSES),
+    ),
+    key="txn_id",
+)
+
+DEFAULTS = FileSpec(
+    "defaults",
+    (
+        Column("firm_id", "firm_ref"),
+        Column("default_on", "date"),
+    ),
+    key="firm_id",
+    required=False,  # for training and evaluation only
+)
+
+FILES: tuple[FileSpec, ...] = (FIRMS, RECEIVABLES, FLOWS, DEFAULTS)
+FILE_EXTENSIONS = (".csv", ".parquet")
+
+# Batch request and result.
+BATCH_COLUMNS = ("firm_id", "requested_amount")
+LIMITS_COLUMNS = (
+    "firm_id", "as_of", "pd", "score", "grade", "limit_cny", "decision", "reasons",
+    "pd_propagation", "pd_decoupled",
+)
+GRADES = ("premium", "grade_1", "alternate")
+DECISIONS = ("approve", "review", "decline")
+# The contract fixes the grade boundaries on the 0..100 score (Jiangyin guide tiers).
+GRADE_FLOORS = {"premium": 90.0, "grade_1": 75.0, "alternate": 0.0}
+
+# Labels: a firm is bad at T when T <= default_on < T + LABEL_HORIZON_DAYS.
+LABEL_HORIZON_DAYS = 365
+
+# Amounts are CNY yuan with at most this many decimals; loaded as float64 rounded to it.
+AMOUNT_DECIMALS = 2
+
+
+def grade_for_score(score: float) -> str:
+    """The contract's three tiers for a 0..100 score (higher is safer)."""
+    if score >= GRADE_FLOORS["premium"]:
+        return "premium"
+    if score >= GRADE_FLOORS["grade_1"]:
+        return "grade_1"
+    return "alternate"

@@ -1,0 +1,131 @@
+"""The loaded dataset and its as-of snapshots: the only way later stages see data.
+
+``Dataset.as_of(T)`` returns a :class:`Snapshot` that holds only what was known before
+``T`` (data contract, "Time"): flows booked before T; receivables issued before T whose
+confirmation and payment are visible only if they too happened before T; firms founded
+before T, with a flag for those already in default. Every feature, graph and model stage
+takes a Snapshot, so a record dated T or later cannot reach a feature at T by
+construction. Labels need the future, so they come from ``Dataset.labels(T)``, which only
+the training and evaluation pipelines call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scf_engine.contract import LABEL_HORIZON_DAYS
+
+
+def as_timestamp(value) -> pd.Timestamp:
+    """A date-like value as a midnight Timestamp (the engine's one date type)."""
+    return pd.Timestamp(value).normalize()
+
+
+@dataclass
+class Snapshot:
+    """What is known at as-of date ``as_of`` (records strictly before it)."""
+
+    as_of: pd.Timestamp
+    firms: pd.DataFrame  # founded before as_of; column ``defaulted`` = default_on < as_of
+    receivables: pd.DataFrame  # issued before as_of; later confirmation/payment masked
+    flows: pd.DataFrame  # booked before as_of
+
+    @property
+    def scorable(self) -> pd.Index:
+        """Firm ids that may be scored at as_of: not cores, not already in default."""
+        f = self.firms
+        return pd.Index(f.loc[~f["is_core"] & ~f["defaulted"], "firm_id"], name="firm_id")
+
+
+@dataclass
+class Dataset:
+    firms: pd.DataFrame
+    receivables: pd.DataFrame
+    flows: pd.DataFrame
+    defaults: pd.DataFrame
+    report: object = None  # QuarantineReport
+    source: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # contract file name -> path
+    has_defaults: bool = True
+    _fingerprints: dict[str, str] | None = None
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """SHA-256 of each source file, computed once on first use (tracking needs it,
+        validation does not)."""
+        if self._fingerprints is None:
+            from scf_engine.ingest.reading import file_sha256
+
+            self._fingerprints = {name: file_sha256(p) for name, p in sorted(self.files.items())}
+        return self._fingerprints
+
+    @property
+    def first_date(self) -> pd.Timestamp:
+        dates = [self.flows["booked_on"].min(), self.receivables["issued_on"].min()]
+        return as_timestamp(min(d for d in dates if pd.notna(d)))
+
+    @property
+    def last_date(self) -> pd.Timestamp:
+        """The last date any record of the dataset carries."""
+        cols = [
+            self.flows["booked_on"], self.receivables["issued_on"], self.receivables["confirmed_on"],
+            self.receivables["paid_on"], self.defaults["default_on"],
+        ]
+        return as_timestamp(max(c.max() for c in cols if len(c) and pd.notna(c.max())))
+
+    @property
+    def default_as_of(self) -> pd.Timestamp:
+        """The as-of date that sees the whole dataset: the day after its last date."""
+        return self.last_date + pd.Timedelta(days=1)
+
+    def as_of(self, as_of) -> Snapshot:
+        T = as_timestamp(as_of)
+        firms = self.firms[self.firms["founded_on"] < T].copy()
+        default_on = firms["firm_id"].map(self.defaults.set_index("firm_id")["default_on"])
+        firms["defaulted"] = (default_on < T).fillna(False).astype(bool).to_numpy()
+
+        r = self.receivables[self.receivables["issued_on"] < T].copy()
+        late_confirm = r["confirmed_on"] >= T
+        r.loc[late_confirm, "confirmed_on"] = pd.NaT
+        late_paid = r["paid_on"] >= T
+        r.loc[late_paid, "paid_on"] = pd.NaT
+        r.loc[late_paid, "paid_amount"] = np.nan
+
+        flows = self.flows[self.flows["booked_on"] < T]
+        return Snapshot(T, firms.reset_index(drop=True), r.reset_index(drop=True), flows.reset_index(drop=True))
+
+    def labels(self, as_of) -> pd.DataFrame:
+        """``firm_id, label`` for the firms scorable at ``as_of``: 1 when
+        ``as_of <= default_on < as_of + 365 days``. Uses future records: training and
+        evaluation only, never a feature."""
+        T = as_timestamp(as_of)
+        f = self.firms[(self.firms["founded_on"] < T) & ~self.firms["is_core"]]
+        d = f["firm_id"].map(self.defaults.set_index("firm_id")["default_on"])
+        keep = ~(d < T).fillna(False).astype(bool)
+        horizon = T + pd.Timedelta(days=LABEL_HORIZON_DAYS)
+        label = ((d >= T) & (d < horizon)).fillna(False).astype(int)
+        return pd.DataFrame({"firm_id": f["firm_id"][keep].to_numpy(), "label": label[keep].to_numpy()})
+
+    def fully_observed(self, as_of) -> bool:
+        """True when the whole label window of ``as_of`` lies inside the data."""
+        return as_timestamp(as_of) + pd.Timedelta(days=LABEL_HORIZON_DAYS) <= self.last_date + pd.Timedelta(days=1)
+
+    def snapshot_dates(self, *, every_months: int = 3, min_history_months: int = 6) -> list[pd.Timestamp]:
+        """Quarter-start (by default) as-of dates with at least ``min_history_months`` of
+        history before them and a fully observed 12-month label window after them."""
+        start = self.first_date + pd.DateOffset(months=min_history_months)
+        first = pd.Timestamp(year=start.year, month=start.month, day=1)
+        if first < start:
+            first += pd.DateOffset(months=1)
+        while (first.month - 1) % every_months:
+            first += pd.DateOffset(months=1)
+        dates = []
+        T = first
+        while self.fully_observed(T):
+            dates.append(as_timestamp(T))
+            T += pd.DateOffset(months=every_months)
+        return dates

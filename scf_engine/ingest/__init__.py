@@ -1,0 +1,218 @@
+"""Read a dataset folder exactly as the data contract says, returning a :class:`Dataset`.
+
+Order matters: firms are checked first, because every other file's firm references are
+checked against the *accepted* firms; the last date in the dataset (for the
+``founded_on`` rule) is taken from the other files before firms are checked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, RECEIVABLES, FileSpec
+from scf_engine.dataset import Dataset
+from scf_engine.ingest.quarantine import QuarantineReport
+from scf_engine.ingest.reading import DatasetError, LoadedFile, file_sha256, locate, read_file
+from scf_engine.ingest.rules import H, _parse_exprs, all_rules, connect, mask_sql, parse_sql, q, uscc_reason
+
+__all__ = ["DatasetError", "QuarantineReport", "load_dataset", "read_files", "fingerprint"]
+
+PARTY_COLUMNS = ("firm_id", "supplier_id", "buyer_id", "payer_id", "payee_id")
+
+
+def read_files(folder: Path | str) -> dict[str, LoadedFile]:
+    """Locate and read every contract file; structural problems raise DatasetError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such dataset folder")
+    files: dict[str, LoadedFile] = {}
+    for spec in FILES:
+        path = locate(folder, spec)
+        if path is None:
+            if spec.required:
+                raise DatasetError(
+                    f"{spec.name}: missing required file ({spec.name}.csv or {spec.name}.parquet) in {folder}"
+                )
+            continue
+        files[spec.name] = read_file(path, spec)
+    return files
+
+
+def fingerprint(folder: Path | str) -> dict[str, str]:
+    """SHA-256 of each contract file in a dataset folder (what a run was trained on)."""
+    folder = Path(folder)
+    out = {}
+    for spec in FILES:
+        path = locate(folder, spec)
+        if path is not None:
+            out[path.name] = file_sha256(path)
+    return out
+
+
+def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
+    """Load and check a dataset folder.
+
+    Rows that break a rule are set aside in ``dataset.report``; the rest come back typed:
+    dates as ``datetime64[s]``, amounts as float64 rounded to cents (exact for any amount
+    below 10^13 yuan), ids as strings, booleans as bool. Extra columns are kept as text.
+    Raises :class:`DatasetError` when the dataset cannot be used.
+    """
+    folder = Path(folder)
+    files = read_files(folder)
+    con = connect()
+    report = QuarantineReport()
+    for name, lf in files.items():
+        con.register(f"raw_{name}", lf.table)
+    accepted_ids: pa.Array | None = None
+
+    # The last date in the dataset, for the founded_on rule.
+    date_exprs = []
+    for spec in (RECEIVABLES, FLOWS, DEFAULTS):
+        if spec.name in files:
+            lf = files[spec.name]
+            for col in spec.columns:
+                if col.kind == "date":
+                    expr = _parse_exprs(col, lf.typed)[1].rsplit(" AS ", 1)[0]
+                    date_exprs.append(f"SELECT max({expr}) AS d FROM raw_{spec.name}")
+    con.execute(f"CREATE TEMP TABLE _last_date AS SELECT max(d) AS last_date FROM ({' UNION ALL '.join(date_exprs)})")
+
+    tables: dict[str, pd.DataFrame] = {}
+    for spec in (FIRMS, RECEIVABLES, FLOWS, DEFAULTS):
+        if spec.name not in files:
+            continue
+        if progress:
+            progress(f"checking {files[spec.name].path.name}")
+        tables[spec.name] = _check_file(con, files[spec.name], report, accepted_ids)
+        if spec is FIRMS:
+            accepted_ids = pa.array(tables["firms"]["firm_id"].to_numpy(), pa.string())
+    con.close()
+
+    firms = tables["firms"]
+    firms_file = files["firms"].path.name
+    if firms.empty:
+        raise DatasetError(f"{firms_file}: nothing left to score: no firm row was accepted")
+    if not (~firms["is_core"]).any():
+        raise DatasetError(f"{firms_file}: nothing left to score: every accepted firm is a core")
+    if tables["flows"].empty and tables["receivables"].empty:
+        raise DatasetError(f"{folder}: nothing left to score: no flow and no receivable row was accepted")
+    defaults = tables.get("defaults")
+    if defaults is None:
+        defaults = pd.DataFrame({"firm_id": pd.Series([], dtype="str"), "default_on": pd.Series([], dtype="datetime64[s]")})
+    return Dataset(
+        firms=firms,
+        receivables=tables["receivables"],
+        flows=tables["flows"],
+        defaults=defaults,
+        report=report,
+        source=folder,
+        files={lf.path.name: lf.path for lf in files.values()},
+        has_defaults="defaults" in files,
+    )
+
+
+def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Array | None) -> pd.DataFrame:
+    spec: FileSpec = lf.spec
+    raw = f"raw_{spec.name}"
+    extra = [c for c in lf.table.column_names if c not in spec.column_names and c != "_row"]
+    table = lf.table
+    for col in spec.columns:  # firm membership: one vectorised hash lookup per column
+        if col.kind in ("firm_ref", "party"):
+            table = table.append_column(H("f", col.name).strip('"'), pc.is_in(table[col.name], value_set=firm_ids))
+    con.register("_checking", table)
+    parsed = parse_sql(spec, table="_checking", typed=lf.typed)
+    checked = con.sql(mask_sql(spec, parsed=parsed, extra_columns=extra)).to_arrow_table()
+    con.unregister("_checking")
+
+    # (row, column, reason) of every broken rule
+    found: list[pd.DataFrame] = []
+    mask = checked["_mask"]
+    if pc.any(pc.not_equal(mask, 0)).as_py():
+        bad = checked.filter(pc.not_equal(mask, 0)).select(["_row", "_mask"]).to_pandas()
+        for k, (column, _, reason) in enumerate(all_rules(spec)):
+            hit = bad[(bad["_mask"].to_numpy() & (1 << k)) != 0]
+            if len(hit):
+                found.append(pd.DataFrame({"row": hit["_row"].to_numpy(), "column": column, "reason": reason}))
+    if spec.key:
+        dups = _duplicate_rows(lf.table[spec.key])
+        if len(dups):
+            first_lines = lf.line_map.lines(dups["first_row"].to_numpy())
+            found.append(pd.DataFrame({
+                "row": dups["row"].to_numpy(), "column": spec.key,
+                "reason": [f"duplicate {spec.key} (first on line {ln})" for ln in first_lines],
+            }))
+    if spec is FIRMS:
+        ids = lf.table["firm_id"].to_pylist()
+        reasons = {v: uscc_reason(v, "firm_id") for v in set(ids)}
+        rows = [(i, reasons[v]) for i, v in enumerate(ids) if reasons[v]]
+        if rows:
+            r, why = zip(*rows)
+            found.append(pd.DataFrame({"row": r, "column": "firm_id", "reason": why}))
+    violations = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=["row", "column", "reason"])
+
+    bad_rows = np.unique(violations["row"].to_numpy(dtype=np.int64)) if len(violations) else np.array([], np.int64)
+    if len(bad_rows):
+        keep = pc.invert(pc.is_in(checked["_row"], pa.array(bad_rows)))
+        checked = checked.filter(keep)
+        violations = _with_values(con, raw, lf, violations, bad_rows)
+    else:
+        violations = pd.DataFrame(columns=["line", "column", "value", "reason", "parties"])
+    if lf.malformed:
+        violations = pd.concat([violations, pd.DataFrame(
+            [(ln, "*", text, reason, "") for ln, text, reason in lf.malformed],
+            columns=["line", "column", "value", "reason", "parties"],
+        )], ignore_index=True)
+    report.add_file(lf.path.name, lf.n_read, checked.num_rows, violations)
+    return _to_frame(checked.drop_columns(["_row", "_mask"]), spec)
+
+
+def _duplicate_rows(keys: pa.ChunkedArray) -> pd.DataFrame:
+    """Rows repeating an earlier row's (non-empty) key, with the first row of that key.
+    A hash count first, so a file without repeats costs one pass."""
+    counts = pc.value_counts(keys).flatten()
+    repeated = counts[0].filter(pc.and_(pc.greater(counts[1], 1), pc.not_equal(counts[0], "")))
+    if len(repeated) == 0:
+        return pd.DataFrame(columns=["row", "first_row"])
+    rows = np.flatnonzero(pc.is_in(keys, value_set=repeated).to_numpy(zero_copy_only=False))
+    k = pd.Series(keys.take(pa.array(rows)).to_pylist(), index=rows)
+    first = k.groupby(k).transform(lambda g: g.index.min())
+    out = pd.DataFrame({"row": rows, "first_row": first.to_numpy()})
+    return out[out["row"] > out["first_row"]]
+
+
+def _with_values(con, raw: str, lf: LoadedFile, violations: pd.DataFrame, bad_rows: np.ndarray) -> pd.DataFrame:
+    """Add the line, the offending value as it was written, and the firms the row names."""
+    con.register("_bad", pa.table({"_row": pa.array(bad_rows)}))
+    cols = lf.spec.column_names
+    parties = [c for c in PARTY_COLUMNS if c in cols]
+    text = con.sql(
+        f"SELECT _row, {', '.join(f'CAST({q(c)} AS VARCHAR) AS {q(c)}' for c in cols)} "
+        f"FROM {raw} WHERE _row IN (SELECT _row FROM _bad)"
+    ).df().set_index("_row")
+    con.unregister("_bad")
+    values = text.reindex(violations["row"].to_numpy())
+    violations = violations.assign(
+        value=[values.at[r, c] if c in values.columns else "" for r, c in zip(violations["row"], violations["column"])],
+        parties=values[parties].fillna("").astype(str).apply(lambda r: ";".join(v.strip() for v in r if v.strip()), axis=1).to_numpy(),
+        line=lf.line_map.lines(violations["row"].to_numpy()),
+    )
+    violations["value"] = violations["value"].fillna("").astype(str)
+    return violations[["line", "column", "value", "reason", "parties"]]
+
+
+def _to_frame(table: pa.Table, spec: FileSpec) -> pd.DataFrame:
+    df = table.to_pandas(date_as_object=False)
+    for col in spec.columns:
+        if col.kind == "date":
+            df[col.name] = df[col.name].astype("datetime64[s]")
+        elif col.kind == "amount":
+            df[col.name] = df[col.name].astype("float64")
+        elif col.kind == "bool":
+            df[col.name] = df[col.name].astype(bool)
+        else:
+            df[col.name] = df[col.name].astype("str")
+    return df

@@ -1,0 +1,72 @@
+"""The quarantine report: what was read, accepted and set aside, and why.
+
+The invariant ``read == accepted + quarantined`` holds per file by construction
+(:meth:`QuarantineReport.add_file` refuses counts that break it), so nothing is lost
+silently. A row that breaks several rules is one quarantined row with several reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+QUARANTINE_COLUMNS = ["file", "line", "column", "value", "reason", "parties"]
+
+
+@dataclass
+class FileCounts:
+    file: str
+    read: int
+    accepted: int
+    quarantined: int
+
+
+@dataclass
+class QuarantineReport:
+    counts: list[FileCounts] = field(default_factory=list)
+    rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
+
+    def add_file(self, file: str, read: int, accepted: int, violations: pd.DataFrame) -> None:
+        quarantined = int(violations["line"].nunique()) if len(violations) else 0
+        if read != accepted + quarantined:
+            raise AssertionError(
+                f"{file}: read {read} != accepted {accepted} + quarantined {quarantined}"
+            )
+        self.counts.append(FileCounts(file, read, accepted, quarantined))
+        if len(violations):
+            v = violations.assign(file=file)
+            if "parties" not in v:
+                v["parties"] = ""
+            v = v[QUARANTINE_COLUMNS]
+            v["value"] = v["value"].astype(str).str.slice(0, 200)
+            self.rows = v if self.rows.empty else pd.concat([self.rows, v], ignore_index=True)
+
+    @property
+    def n_quarantined(self) -> int:
+        return sum(c.quarantined for c in self.counts)
+
+    def summary(self) -> pd.DataFrame:
+        return pd.DataFrame([c.__dict__ for c in self.counts], columns=["file", "read", "accepted", "quarantined"])
+
+    def top_reasons(self, n: int = 10) -> pd.DataFrame:
+        if self.rows.empty:
+            return pd.DataFrame(columns=["file", "reason", "rows"])
+        return (
+            self.rows.groupby(["file", "reason"]).size().rename("rows").reset_index()
+            .sort_values("rows", ascending=False).head(n).reset_index(drop=True)
+        )
+
+    def rows_touching(self, firm_id: str) -> pd.DataFrame:
+        """Quarantine rows that name this firm in any party column (memo data-quality notes)."""
+        if self.rows.empty:
+            return self.rows
+        parties = self.rows["parties"].fillna("").astype(str)
+        return self.rows[parties.str.split(";").apply(lambda ps: firm_id in ps)]
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = self.rows.sort_values(["file", "line"], kind="stable") if len(self.rows) else self.rows
+        rows.to_csv(path, index=False, encoding="utf-8")
+        return path

@@ -1,0 +1,375 @@
+"""Find, decode and read one contract file into an Arrow table.
+
+Two ways in, one result:
+
+* **Typed (fast path).** The file is parsed straight into the contract's types (dates,
+  float amounts, booleans from the contract's spellings), the way ``pandas.read_csv``
+  parses, so a clean file costs little more than a plain read. If any value in a typed
+  column fails to parse (a malformed date, a thousands separator), the whole file is
+  read again as text.
+* **Text (exact path).** Every value is read as a string, so a malformed value becomes
+  a quarantine row that shows its original spelling, never a silent NaN from a type guess.
+
+Rows keep their record index ``_row``; :class:`LineMap` turns it into the line number in
+the file (header = line 1) only for rows that are reported, so a clean file never pays
+for it. Parquet rows are numbered 1.. in file order.
+
+Encoding: the contract admits UTF-8 (with or without BOM) and GB18030. The CSV reader
+checks UTF-8 as it reads; a file that is not valid UTF-8 is read as GB18030, and a file
+that is neither is unreadable. Trying the two admitted encodings is exact, where a
+statistical detector (charset-normalizer) can mislabel short or mostly-ASCII files.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from scf_engine.contract import FALSE_SPELLINGS, FILE_EXTENSIONS, TRUE_SPELLINGS, FileSpec
+
+CHUNK = 1 << 24  # 16 MiB
+
+
+class DatasetError(Exception):
+    """The dataset cannot be used: a missing file or column, an unreadable file, or nothing
+    left to score. The message is one line naming the file and the problem (exit code 2)."""
+
+
+@dataclass
+class LineMap:
+    """Record index -> line number, computed only when a row must be reported."""
+
+    path: Path
+    encoding: str
+    n_records: int
+    _exact: np.ndarray | None = None
+
+    def lines(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.encoding == "parquet":
+            return rows + 1
+        if self._exact is None:
+            self._exact = _record_lines(self.path, self.encoding, self.n_records)
+        return self._exact[rows]
+
+
+@dataclass
+class LoadedFile:
+    """A contract file as read: ``table`` has the contract columns (typed, or all text),
+    any extra columns as text, and ``_row``."""
+
+    spec: FileSpec
+    path: Path
+    table: pa.Table
+    typed: bool
+    encoding: str  # "utf-8", "gb18030" or "parquet"
+    line_map: LineMap
+    malformed: list[tuple[int, str, str]] = field(default_factory=list)  # (line, text, reason)
+
+    @property
+    def n_read(self) -> int:
+        return self.table.num_rows + len(self.malformed)
+
+
+def locate(folder: Path, spec: FileSpec) -> Path | None:
+    """The path of ``spec``'s file in ``folder`` (CSV or Parquet), or None if absent."""
+    found = [folder / f"{spec.name}{ext}" for ext in FILE_EXTENSIONS if (folder / f"{spec.name}{ext}").is_file()]
+    if len(found) > 1:
+        raise DatasetError(f"{folder}: both {found[0].name} and {found[1].name} are present; keep one")
+    return found[0] if found else None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_file(path: Path, spec: FileSpec) -> LoadedFile:
+    """Read ``path``; structural problems (empty, undecodable, missing column) raise DatasetError."""
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path.name}: unreadable: the file is empty (no header)")
+    if path.suffix == ".parquet":
+        return _read_parquet(path, spec)
+    return _read_csv(path, spec)
+
+
+def _check_columns(path: Path, spec: FileSpec, names: list[str]) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise DatasetError(f"{path.name}: duplicate column name {n!r}")
+        seen.add(n)
+    missing = [c.name for c in spec.columns if c.required and c.name not in names]
+    if missing:
+        raise DatasetError(
+            f"{path.name}: missing required column{'s' if len(missing) > 1 else ''} "
+            + ", ".join(repr(m) for m in missing)
+        )
+
+
+def _finish(table: pa.Table, spec: FileSpec, typed: bool) -> pa.Table:
+    """Trim text columns, add absent optional contract columns (as empty) and the record
+    index. Trimming here, vectorised, keeps every later rule free of per-row trims."""
+    for i, (name, col) in enumerate(zip(table.column_names, table.columns)):
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            table = table.set_column(i, name, pc.utf8_trim_whitespace(col))
+    for c in spec.columns:
+        if c.name not in table.column_names:
+            if typed and c.kind in ("date", "amount", "bool"):
+                typ = {"date": pa.date32(), "amount": pa.float64(), "bool": pa.bool_()}[c.kind]
+                table = table.append_column(c.name, pa.nulls(table.num_rows, typ))
+            else:
+                table = table.append_column(c.name, pa.array([""] * table.num_rows, pa.string()))
+    return table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+# --- CSV -------------------------------------------------------------------------------
+
+def _header(path: Path) -> list[str]:
+    with open(path, "rb") as fh:
+        raw = fh.readline()
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            line = raw.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise DatasetError(f"{path.name}: unreadable: the header is neither UTF-8 nor GB18030")
+    names = next(csv.reader([line.strip("\r\n")]), [])
+    if not names:
+        raise DatasetError(f"{path.name}: unreadable: no header line")
+    return [n.strip().lstrip("\ufeff") for n in names]
+
+
+def _csv_encoding(path: Path) -> str:
+    """``utf-8`` when the file decodes as UTF-8, else ``gb18030``; else unreadable."""
+    for encoding in ("utf-8", "gb18030"):
+        decoder = codecs.getincrementaldecoder(encoding)()
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    decoder.decode(chunk)
+                decoder.decode(b"", final=True)
+            return encoding
+        except UnicodeDecodeError:
+            continue
+    raise DatasetError(f"{path.name}: unreadable: neither UTF-8 nor GB18030 text")
+
+
+def _pyarrow_csv(path, names, encoding, column_types, bad_rows, **convert):
+    """Arrow's multi-threaded reader. Quoted newlines are rare and make chunking much
+    slower, so a file is first read assuming none; if rows come out malformed, it is
+    read again allowing them."""
+    arrow_encoding = "utf8" if encoding == "utf-8" else encoding
+    for newlines_in_values in (False, True):
+        bad_rows.clear()
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(encoding=arrow_encoding, block_size=1 << 22, column_names=names, skip_rows=1),
+            parse_options=pacsv.ParseOptions(
+                invalid_row_handler=lambda row: bad_rows.append(row.text) or "skip",
+                newlines_in_values=newlines_in_values,
+            ),
+            convert_options=pacsv.ConvertOptions(column_types=column_types, **convert),
+        )
+        if not bad_rows:
+            break
+    return table
+
+
+def _read_csv(path: Path, spec: FileSpec) -> LoadedFile:
+    names = _header(path)
+    _check_columns(path, spec, names)
+    kinds = {c.name: c.kind for c in spec.columns}
+    typed_types = {
+        n: {"date": pa.timestamp("s"), "amount": pa.float64(), "bool": pa.bool_()}.get(kinds.get(n), pa.string())
+        for n in names
+    }
+    # Arrow's ISO-8601 parser (its default) rejects impossible dates such as 2015-02-29,
+    # where its strptime parsers roll them over; any time part is dropped afterwards.
+    typed_options = dict(
+        strings_can_be_null=False,
+        true_values=sorted({v for s in TRUE_SPELLINGS for v in (s, s.upper(), s.capitalize())}),
+        false_values=sorted({v for s in FALSE_SPELLINGS for v in (s, s.upper(), s.capitalize())}),
+    )
+    text_options = dict(strings_can_be_null=False, quoted_strings_can_be_null=False)
+    encoding = "utf-8"
+    bad_rows: list[str] = []
+
+    def attempt(types, options):
+        nonlocal encoding
+        bad_rows.clear()
+        try:
+            return _pyarrow_csv(path, names, encoding, types, bad_rows, **options)
+        except pa.ArrowInvalid as exc:
+            if encoding != "utf-8" or "utf8" not in str(exc).lower():
+                raise
+        encoding = _csv_encoding(path)  # not UTF-8: GB18030 or unreadable
+        bad_rows.clear()
+        return _pyarrow_csv(path, names, encoding, types, bad_rows, **options)
+
+    typed = True
+    try:
+        table = attempt(typed_types, typed_options)
+    except pa.ArrowInvalid:  # a value that does not parse: the exact path, all text
+        typed = False
+        try:
+            table = attempt({n: pa.string() for n in names}, text_options)
+        except pa.ArrowInvalid as exc:
+            raise DatasetError(f"{path.name}: unreadable CSV: {str(exc).splitlines()[0]}") from None
+    if typed:
+        table = _typed_dates(table, spec)
+    line_map = LineMap(path, encoding, table.num_rows)
+    malformed = _malformed_rows(path, encoding, bad_rows) if bad_rows else []
+    return LoadedFile(spec, path, _finish(table, spec, typed), typed, encoding, line_map, malformed)
+
+
+def _has_bom(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(3) == codecs.BOM_UTF8
+
+
+def _typed_dates(table: pa.Table, spec: FileSpec) -> pa.Table:
+    """Timestamps truncated to dates (the contract accepts a time and drops it)."""
+    for c in spec.columns:
+        if c.kind == "date" and c.name in table.column_names:
+            i = table.column_names.index(c.name)
+            table = table.set_column(i, c.name, pc.cast(pc.floor_temporal(table[c.name], unit="day"), pa.date32()))
+    return table
+
+
+def _record_lines(path: Path, encoding: str, n_records: int) -> np.ndarray:
+    """Line number of each well-formed record, in order.
+
+    When the file has one physical line per record (the usual case) record k is on line
+    k + 2. Otherwise (quoted newlines, blank lines, malformed rows) a csv-module pass
+    finds each record's first line, skipping what the Arrow reader skipped.
+    """
+    newlines, last = 0, b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
+    physical = newlines + (0 if last == b"\n" else 1)
+    if physical == n_records + 1:
+        return np.arange(2, n_records + 2, dtype=np.int64)
+    lines = []
+    with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        prev_end = reader.line_num
+        for record in reader:
+            start, prev_end = prev_end + 1, reader.line_num
+            if not record or record == [""] or len(record) != len(header):
+                continue
+            lines.append(start)
+    if len(lines) != n_records:  # the two parsers disagree: fall back to record order
+        return np.arange(2, n_records + 2, dtype=np.int64)
+    return np.asarray(lines, dtype=np.int64)
+
+
+def _malformed_rows(path: Path, encoding: str, bad_texts: list[str]) -> list[tuple[int, str, str]]:
+    """Line, text and reason of each row the Arrow reader skipped for its field count."""
+    out = []
+    with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        prev_end = reader.line_num
+        for record in reader:
+            start, prev_end = prev_end + 1, reader.line_num
+            if record and record != [""] and len(record) != len(header):
+                out.append((start, ",".join(record)[:200], f"has {len(record)} fields, expected {len(header)}"))
+    return out
+
+
+# --- Parquet ---------------------------------------------------------------------------
+
+def _read_parquet(path: Path, spec: FileSpec) -> LoadedFile:
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise DatasetError(f"{path.name}: unreadable Parquet: {str(exc).splitlines()[0]}") from None
+    names = [n.strip() for n in table.column_names]
+    table = table.rename_columns(names)
+    _check_columns(path, spec, names)
+    kinds = {c.name: c.kind for c in spec.columns}
+    typed_cols, typed = {}, True
+    for name, col in zip(names, table.columns):
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        kind = kinds.get(name)
+        try:
+            if kind == "date":
+                if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                    col = pc.strptime(pc.utf8_slice_codeunits(col, 0, 10), format="%Y-%m-%d", unit="s")
+                col = pc.cast(pc.cast(col, pa.timestamp("s")) if not pa.types.is_date(col.type) else col, pa.date32())
+            elif kind == "amount":
+                col = pc.cast(col, pa.float64())
+            elif kind == "bool" and not pa.types.is_boolean(col.type):
+                low = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(col, pa.string())))
+                is_true = pc.is_in(low, pa.array(TRUE_SPELLINGS))
+                is_false = pc.is_in(low, pa.array(FALSE_SPELLINGS))
+                if not pc.all(pc.or_(is_true, is_false)).as_py():
+                    raise ValueError("unparsed boolean")
+                col = is_true
+            elif kind is not None or not pa.types.is_string(col.type):
+                col = pc.fill_null(pc.cast(col, pa.string()), "")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+            typed = False
+            break
+        typed_cols[name] = col
+    if not typed:  # exact path: render every value as the text a CSV export would hold
+        typed_cols = {name: _as_text(col) for name, col in zip(names, table.columns)}
+    out = pa.table(typed_cols)
+    return LoadedFile(spec, path, _finish(out, spec, typed), typed, "parquet", LineMap(path, "parquet", out.num_rows))
+
+
+def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A typed Parquet column as text; nulls become ''."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        col, t = col.cast(t.value_type), t.value_type
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        col = col.cast(pa.float64())
+    elif pa.types.is_timestamp(t):
+        col = pc.strftime(col, format="%Y-%m-%d %H:%M:%S")
+    elif pa.types.is_date(t):
+        col = pc.strftime(col, format="%Y-%m-%d")
+    elif pa.types.is_boolean(t):
+        col = pc.if_else(col, "true", "false")
+    return pc.fill_null(col.cast(pa.string()), "")
+
+
+def read_small_csv(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """A small auxiliary CSV (batch, consents): header, rows as text, line numbers."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    encoding = "utf-8-sig" if _has_bom(path) else _csv_encoding(path)
+    with open(path, encoding=encoding, newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip().lstrip("\ufeff") for h in next(reader)]
+        except StopIteration:
+            raise DatasetError(f"{path.name}: unreadable: the file is empty (no header)") from None
+        rows, lines = [], []
+        prev_end = reader.line_num
+        for record in reader:
+            start, prev_end = prev_end + 1, reader.line_num
+            if not record or record == [""]:
+                continue
+            rows.append((record + [""] * len(header))[: len(header)])
+            lines.append(start)
+    return header, rows, lines

@@ -1,0 +1,194 @@
+"""A synthetic supply-chain world: the stand-in for bank data until a bank sends some.
+
+The generative story, in order (details in each module's docstring):
+
+1. :mod:`.world` — who exists: cores with external ratings, tier-1 and tier-2 suppliers,
+   downstream distributors, unattached SMEs, rings of firms fabricating trade; their
+   industries, regions, batch groups, names and unified social credit codes; who sells
+   to whom and what share of sales or purchases each link carries.
+2. :mod:`.dynamics` — a monthly latent financial health per firm: persistent, hit by
+   industry shocks, with young firms riskier; one or more cores deteriorate during the
+   history, and a buyer's health passes to its suppliers in proportion to their
+   dependence on it (contagion), with a jump when a buyer defaults. Defaults follow a
+   monthly hazard of health. ``truth.csv`` holds the true 12-month PD at quarter starts,
+   by Monte Carlo over the same dynamics: the Bayes-optimal score.
+3. :mod:`.emit` — what a bank would see: receivables on the registry and booked fund
+   flows, each a noisy emission of health; nothing gives health away alone.
+4. :mod:`.faults` — a copy of a dataset with contract violations of every kind injected,
+   and a manifest of them, for tests of the quarantine.
+
+Deterministic for a seed: every random stream is seeded from ``(seed, stage)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from scf_engine.contract import DEFAULTS, FIRMS, FLOWS, PURPOSES, RECEIVABLES
+from scf_engine.simulate.dynamics import simulate_history, true_pd
+from scf_engine.simulate.emit import emit_records, sequential_ids
+from scf_engine.simulate.world import World, WorldConfig, build_world
+
+__all__ = ["WorldConfig", "World", "simulate", "write_dataset"]
+
+
+def simulate(config: WorldConfig | None = None, *, progress=None, **kwargs) -> World:
+    """Build a world, run its history, compute truth and emit its records."""
+    cfg = config or WorldConfig(**kwargs)
+    say = progress or (lambda *a: None)
+    world = build_world(cfg)
+    say("world built")
+    simulate_history(world)
+    say("history simulated")
+    world.records["truth"] = true_pd(world)
+    say("truth computed")
+    emit_records(world)
+    say("records emitted")
+    return world
+
+
+FLOW_CHUNK = 4_000_000
+
+
+def static_tables(world: World) -> dict[str, pa.Table]:
+    """Firms, receivables and defaults as Arrow tables with exactly the contract's columns."""
+    f = world.firms
+    firm_ids = f["firm_id"].to_numpy()
+    firms = pa.table({
+        "firm_id": pa.array(firm_ids, pa.string()),
+        "name": pa.array(f["name"], pa.string()),
+        "industry": pa.array(f["industry"], pa.string()),
+        "region": pa.array(f["region"], pa.string()),
+        "founded_on": pa.array(f["founded_on"].to_numpy().astype("datetime64[D]"), pa.date32()),
+        "registered_capital": pa.array(f["registered_capital"].to_numpy(), pa.float64()),
+        "is_core": pa.array(f["is_core"].to_numpy(), pa.bool_()),
+        "core_rating": pa.array(np.where(f["is_core"], f["core_rating"], None), pa.string()),
+        "batch_group": pa.array(np.where(f["batch_group"] == "", None, f["batch_group"]), pa.string()),
+    })
+    r = world.records["receivables_frame"]
+    receivables = pa.table({
+        "receivable_id": sequential_ids("R", len(r), 9),
+        "supplier_id": pa.array(firm_ids[r["supplier"].to_numpy().astype(int)], pa.string()),
+        "buyer_id": pa.array(firm_ids[r["buyer"].to_numpy().astype(int)], pa.string()),
+        "amount": pa.array(r["amount"].to_numpy(dtype=float), pa.float64()),
+        "issued_on": pa.array(r["issued_on"].to_numpy().astype("datetime64[D]"), pa.date32()),
+        "due_on": pa.array(r["due_on"].to_numpy().astype("datetime64[D]"), pa.date32()),
+        "confirmed_on": pa.array(r["confirmed_on"].to_numpy().astype("datetime64[D]"), pa.date32()),
+        "paid_on": pa.array(r["paid_on"].to_numpy().astype("datetime64[D]"), pa.date32()),
+        "paid_amount": pa.array(r["paid_amount"].to_numpy(dtype=float), pa.float64(), from_pandas=True),
+    })
+    dd = world.records["default_day"]
+    has = ~np.isnat(dd)
+    defaults = pa.table({
+        "firm_id": pa.array(firm_ids[has], pa.string()),
+        "default_on": pa.array(dd[has], pa.date32()),
+    })
+    for spec, table in ((FIRMS, firms), (RECEIVABLES, receivables), (DEFAULTS, defaults)):
+        assert table.column_names == list(spec.column_names), spec.name
+    return {"firms": firms, "receivables": receivables, "defaults": defaults}
+
+
+def flow_batches(world: World, chunk: int = FLOW_CHUNK):
+    """The flows as Arrow record batches of ``chunk`` rows (bounded memory for big worlds).
+    Party ids become strings through one shared dictionary of the distinct parties."""
+    fa = world.records["flows_arrays"]
+    parties = world.records["parties"]
+    uniq = np.unique(np.concatenate([np.unique(fa["payer"]), np.unique(fa["payee"])]))
+    dictionary = pa.array(parties.strings(uniq), pa.string())
+    purposes = pa.array(PURPOSES)
+    n = len(fa["amount"])
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        ids = sequential_ids("T", sl.stop - sl.start, 10, first=start + 1)
+        batch = pa.record_batch({
+            "txn_id": ids,
+            "booked_on": pa.array(fa["booked_on"][sl], pa.date32()),
+            "payer_id": pa.DictionaryArray.from_arrays(pa.array(np.searchsorted(uniq, fa["payer"][sl]).astype(np.int32)), dictionary),
+            "payee_id": pa.DictionaryArray.from_arrays(pa.array(np.searchsorted(uniq, fa["payee"][sl]).astype(np.int32)), dictionary),
+            "amount": pa.array(fa["amount"][sl], pa.float64()),
+            "purpose": pa.DictionaryArray.from_arrays(pa.array(fa["purpose"][sl].astype(np.int32)), purposes),
+        })
+        assert batch.schema.names == list(FLOWS.column_names)
+        yield batch
+
+
+def _plain(batch):
+    """Dictionary columns as plain strings (the CSV writer's input)."""
+    return pa.record_batch([c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in batch.columns],
+                           names=batch.schema.names)
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    write_batches(table.to_batches(), path, table.schema)
+
+
+def write_batches(batches, path: Path, schema: pa.Schema | None = None) -> None:
+    """Stream record batches to Parquet (zstd) or CSV (dictionaries as plain strings)."""
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        first = pa.RecordBatch.from_pylist([], schema=schema)
+    if path.suffix == ".parquet":
+        # zstd level 1 writes several times faster than level 9 for ~15% more bytes: used
+        # for big worlds, level 9 for small ones (the shipped sample); dictionaries only
+        # where values repeat (party ids, purposes, ratings)
+        level = 9 if first.num_rows < 1_500_000 else 1
+        dict_cols = [f.name for f in first.schema if pa.types.is_dictionary(f.type) or f.name.endswith(("_id", "purpose", "rating", "industry", "region", "group"))
+                     and f.name not in ("txn_id", "receivable_id")]
+        with pq.ParquetWriter(path, first.schema, compression="zstd", compression_level=level, use_dictionary=dict_cols) as writer:
+            writer.write_batch(first)
+            for b in batches:
+                writer.write_batch(b)
+    else:
+        first = _plain(first)
+        with pacsv.CSVWriter(path, first.schema, write_options=pacsv.WriteOptions(quoting_style="needed")) as writer:
+            writer.write_batch(first)
+            for b in batches:
+                writer.write_batch(_plain(b))
+
+
+def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
+    """Write the world as a contract dataset folder, plus truth and simulator metadata.
+
+    ``fmt`` is ``csv``, ``parquet``, or ``compact`` (firms and defaults as CSV, the two
+    large files as Parquet: the shipped sample's layout).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = static_tables(world)
+    rows = {name: t.num_rows for name, t in tables.items()}
+    rows["flows"] = len(world.records["flows_arrays"]["amount"])
+    for name in ("firms", "receivables", "flows", "defaults"):
+        ext = ".parquet" if fmt == "parquet" or (fmt == "compact" and name in ("flows", "receivables")) else ".csv"
+        for old in (out / f"{name}.csv", out / f"{name}.parquet"):
+            old.unlink(missing_ok=True)
+        if name == "flows":
+            write_batches(flow_batches(world), out / f"flows{ext}")
+        else:
+            write_table(tables[name], out / f"{name}{ext}")
+    truth = world.records["truth"]
+    truth.assign(as_of=truth["as_of"].dt.strftime("%Y-%m-%d"), true_pd=truth["true_pd"].round(6))[
+        ["firm_id", "as_of", "true_pd"]
+    ].to_csv(out / "truth.csv", index=False)
+    f = world.firms
+    ids = f["firm_id"].to_numpy()
+    f[["firm_id", "role", "fabricated", "young", "distressed_core"]].assign(
+        primary_core=np.where(f["primary_core"] >= 0, ids[np.maximum(f["primary_core"], 0)], ""),
+        mu=np.round(world.state["params"].mu, 4),
+    ).to_csv(out / "truth_firms.csv", index=False)
+    meta = {
+        "generator": "scf_engine.simulate",
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in world.config.__dict__.items()},
+        "distressed_cores": f.loc[f["distressed_core"], "firm_id"].tolist(),
+        "rings": [ids[g.sort_values("order")["firm"].to_numpy()].tolist() for _, g in world.rings.groupby("ring")],
+        "rows": rows,
+    }
+    (out / "world.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    return out

@@ -1,0 +1,293 @@
+"""Ingestion: every contract rule, the quarantine report, encodings and structural errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from scf_engine.cli import app
+from scf_engine.ingest import DatasetError, load_dataset
+from scf_engine.simulate.faults import write_faulty_copy
+from scf_engine.simulate.world import make_uscc
+from tests.conftest import write_csv
+
+F1, F2, F3, CORE = (make_uscc("320281", s) for s in (11111111, 22222222, 33333333, 44444444))
+
+
+def tiny(folder: Path, **overrides) -> Path:
+    """A valid four-firm dataset; ``overrides[file]`` replaces a file's rows."""
+    files = {
+        "firms": [
+            dict(firm_id=CORE, name="江阴核心集团股份有限公司", industry="C36", region="320281", founded_on="2001-05-01",
+                 registered_capital="500000000", is_core="true", core_rating="AA", batch_group=""),
+            dict(firm_id=F1, name="江阴恒达五金有限公司", industry="C33", region="320281", founded_on="2015-03-01",
+                 registered_capital="1000000", is_core="false", core_rating="", batch_group="PARK-1"),
+            dict(firm_id=F2, name="江阴鑫源电子有限公司", industry="C39", region="320281", founded_on="2018-07-15",
+                 registered_capital="2000000.50", is_core="false", core_rating="", batch_group=""),
+            dict(firm_id=F3, name="江阴华盛贸易有限公司", industry="F51", region="320281", founded_on="2020-01-01",
+                 registered_capital="500000", is_core="false", core_rating="", batch_group=""),
+        ],
+        "receivables": [
+            dict(receivable_id="R1", supplier_id=F1, buyer_id=CORE, amount="100000.00", issued_on="2024-01-05",
+                 due_on="2024-03-05", confirmed_on="2024-01-08", paid_on="2024-03-01", paid_amount="100000.00"),
+            dict(receivable_id="R2", supplier_id=F2, buyer_id=F1, amount="50000", issued_on="2024-02-01",
+                 due_on="2024-03-01", confirmed_on="", paid_on="", paid_amount=""),
+        ],
+        "flows": [
+            dict(txn_id="T1", booked_on="2024-03-01", payer_id=CORE, payee_id=F1, amount="100000.00", purpose="trade"),
+            dict(txn_id="T2", booked_on="2024-03-10", payer_id=F1, payee_id="EXT-PAY-1", amount="20000", purpose="payroll"),
+            dict(txn_id="T3", booked_on="2024-03-15", payer_id=F2, payee_id="EXT-TAX-1", amount="3000.5", purpose="tax"),
+        ],
+        "defaults": [dict(firm_id=F3, default_on="2024-06-01")],
+    }
+    files.update(overrides)
+    for name, rows in files.items():
+        if rows is not None:
+            write_csv(folder, name, rows)
+    return folder
+
+
+def with_row(folder: Path, file: str, index: int, **changes) -> Path:
+    df = pd.read_csv(folder / f"{file}.csv", dtype=str, keep_default_na=False)
+    for k, v in changes.items():
+        df.loc[index, k] = v
+    df.to_csv(folder / f"{file}.csv", index=False)
+    return folder
+
+
+def test_clean_tiny_dataset_is_accepted_whole(tmp_path):
+    ds = load_dataset(tiny(tmp_path))
+    s = ds.report.summary().set_index("file")
+    assert s["quarantined"].sum() == 0
+    assert s.loc["flows.csv", "accepted"] == 3
+    assert ds.flows["booked_on"].dtype == "datetime64[s]"
+    assert ds.flows["amount"].dtype == "float64"
+    assert ds.firms["is_core"].dtype == bool
+    assert ds.receivables["confirmed_on"].isna().sum() == 1
+    assert ds.firms.set_index("firm_id").loc[F2, "registered_capital"] == 2000000.5
+
+
+# One row breaking each rule: (file, row index, changes, column, reason fragment)
+RULES = [
+    ("firms", 1, dict(firm_id=F1[:-1] + ("0" if F1[-1] != "0" else "1")), "firm_id", "check character is wrong"),
+    ("firms", 1, dict(firm_id=F1[:17]), "firm_id", "not 18 characters"),
+    ("firms", 1, dict(firm_id=F1[:17] + "a"), "firm_id", "outside 0-9 and A-Z"),
+    ("firms", 2, dict(firm_id=F1), "firm_id", "duplicate firm_id (first on line 3)"),
+    ("firms", 1, dict(name=""), "name", "name is empty"),
+    ("firms", 1, dict(industry="C7"), "industry", "GB/T 4754"),
+    ("firms", 1, dict(industry="A44"), "industry", "GB/T 4754"),
+    ("firms", 1, dict(region="990101"), "region", "administrative division"),
+    ("firms", 1, dict(founded_on="2015-02-29"), "founded_on", "not a date"),
+    ("firms", 1, dict(founded_on="2030-01-01"), "founded_on", "after the last date"),
+    ("firms", 1, dict(registered_capital="-1"), "registered_capital", "negative"),
+    ("firms", 1, dict(registered_capital="1.005"), "registered_capital", "more than 2 decimals"),
+    ("firms", 1, dict(is_core="yes"), "is_core", "not a boolean"),
+    ("firms", 0, dict(core_rating=""), "core_rating", "required when is_core"),
+    ("firms", 1, dict(core_rating="AA"), "core_rating", "must be empty"),
+    ("firms", 0, dict(core_rating="A++"), "core_rating", "not one of"),
+    ("receivables", 1, dict(receivable_id="R1"), "receivable_id", "duplicate receivable_id"),
+    ("receivables", 1, dict(receivable_id=""), "receivable_id", "is empty"),
+    ("receivables", 1, dict(supplier_id=make_uscc("320281", 55555555)), "supplier_id", "not an accepted firm"),
+    ("receivables", 1, dict(buyer_id="EXT-X"), "buyer_id", "not an accepted firm"),
+    ("receivables", 1, dict(buyer_id=F2), "buyer_id", "equals supplier_id"),
+    ("receivables", 1, dict(amount="0"), "amount", "must be > 0"),
+    ("receivables", 1, dict(amount="1e"), "amount", "not a number"),
+    ("receivables", 1, dict(amount="12,34.00"), "amount", "not a number"),
+    ("receivables", 1, dict(issued_on="2024/02/01"), "issued_on", "not a date"),
+    ("receivables", 1, dict(due_on="2024-01-01"), "due_on", "before issued_on"),
+    ("receivables", 1, dict(confirmed_on="2024-01-31"), "confirmed_on", "before issued_on"),
+    ("receivables", 0, dict(paid_on="2024-01-01"), "paid_on", "before issued_on"),
+    ("receivables", 0, dict(paid_amount="-3"), "paid_amount", "negative"),
+    ("receivables", 0, dict(paid_amount=""), "paid_amount", "paid_on is set but paid_amount is empty"),
+    ("receivables", 1, dict(paid_amount="10"), "paid_on", "paid_amount is set but paid_on is empty"),
+    ("flows", 1, dict(txn_id="T1"), "txn_id", "duplicate txn_id (first on line 2)"),
+    ("flows", 1, dict(booked_on="20240310"), "booked_on", "not a date"),
+    ("flows", 1, dict(payer_id="XYZ"), "payer_id", "neither an accepted firm"),
+    ("flows", 1, dict(payee_id="EXT-"), "payee_id", "neither an accepted firm"),
+    ("flows", 1, dict(payee_id=F1), "payee_id", "equals payer_id"),
+    ("flows", 1, dict(amount="-20000"), "amount", "must be > 0"),
+    ("flows", 1, dict(amount="20000.123"), "amount", "more than 2 decimals"),
+    ("flows", 1, dict(purpose="salary"), "purpose", "not one of"),
+    ("defaults", 0, dict(firm_id=make_uscc("320281", 66666666)), "firm_id", "not an accepted firm"),
+    ("defaults", 0, dict(default_on="June 2024"), "default_on", "not a date"),
+]
+
+
+@pytest.mark.parametrize("file,index,changes,column,reason", RULES, ids=[f"{r[0]}-{r[3]}-{r[4][:20]}" for r in RULES])
+def test_each_rule_quarantines_a_breaking_row(tmp_path, file, index, changes, column, reason):
+    folder = with_row(tiny(tmp_path), file, index, **changes)
+    ds = load_dataset(folder)
+    q = ds.report.rows
+    hits = q[(q["file"] == f"{file}.csv") & (q["column"] == column)]
+    assert len(hits) >= 1, ds.report.rows
+    assert hits["reason"].str.contains(reason, regex=False).any(), hits["reason"].tolist()
+    assert (hits["line"] == index + 2).all()
+    s = ds.report.summary().set_index("file")
+    assert (s["read"] == s["accepted"] + s["quarantined"]).all()
+    assert s.loc[f"{file}.csv", "quarantined"] == 1
+
+
+def test_quarantined_firm_cascades_to_the_rows_that_name_it(tmp_path):
+    folder = with_row(tiny(tmp_path), "firms", 1, industry="X00")
+    ds = load_dataset(folder)
+    q = ds.report.rows
+    assert set(q["file"]) == {"firms.csv", "receivables.csv", "flows.csv"}
+    assert (q.loc[q["file"] != "firms.csv", "parties"].str.contains(F1)).all()
+    assert len(ds.report.rows_touching(F1)) == len(q)
+
+
+def test_accepted_spellings_and_variants(tmp_path):
+    folder = tiny(tmp_path)
+    with_row(folder, "firms", 0, is_core="是")
+    with_row(folder, "firms", 1, is_core="否")
+    with_row(folder, "firms", 2, is_core="0")
+    with_row(folder, "firms", 3, is_core="FALSE")
+    with_row(folder, "flows", 0, amount="100,000.00", booked_on="2024-03-01 17:45:12")
+    ds = load_dataset(folder)
+    assert ds.report.n_quarantined == 0
+    assert ds.firms["is_core"].tolist() == [True, False, False, False]
+    assert ds.flows.loc[0, "amount"] == 100000.0
+    assert ds.flows.loc[0, "booked_on"] == pd.Timestamp("2024-03-01")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gb18030"])
+def test_encodings_are_detected(tmp_path, encoding):
+    folder = tiny(tmp_path)
+    for f in folder.glob("*.csv"):
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+        df.to_csv(f, index=False, encoding=encoding)
+    ds = load_dataset(folder)
+    assert ds.report.n_quarantined == 0
+    assert ds.firms.loc[0, "name"] == "江阴核心集团股份有限公司"
+
+
+def test_gb18030_file_with_a_bad_value_takes_the_text_path(tmp_path):
+    folder = tiny(tmp_path)
+    with_row(folder, "firms", 1, registered_capital="一百万")
+    for f in folder.glob("*.csv"):
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+        df.to_csv(f, index=False, encoding="gb18030")
+    ds = load_dataset(folder)
+    q = ds.report.rows
+    assert q.loc[q["column"] == "registered_capital", "value"].tolist() == ["一百万"]
+
+
+def test_parquet_files_are_read_and_checked(tmp_path):
+    folder = tiny(tmp_path)
+    flows = pd.read_csv(folder / "flows.csv", dtype=str)
+    flows["amount"] = flows["amount"].astype(float)
+    flows.loc[1, "amount"] = 1.005  # more than 2 decimals
+    flows["booked_on"] = pd.to_datetime(flows["booked_on"]).dt.date
+    pq.write_table(pa.Table.from_pandas(flows, preserve_index=False), folder / "flows.parquet")
+    (folder / "flows.csv").unlink()
+    ds = load_dataset(folder)
+    q = ds.report.rows
+    assert q[["file", "line", "column"]].values.tolist() == [["flows.parquet", 2, "amount"]]
+    assert len(ds.flows) == 2
+
+
+def test_extra_columns_are_kept_and_ignored(tmp_path):
+    folder = tiny(tmp_path)
+    df = pd.read_csv(folder / "flows.csv", dtype=str)
+    df["branch"] = "JY-01"
+    df.to_csv(folder / "flows.csv", index=False)
+    ds = load_dataset(folder)
+    assert ds.report.n_quarantined == 0
+    assert ds.flows["branch"].tolist() == ["JY-01"] * 3
+
+
+def test_line_numbers_survive_quoted_newlines_and_malformed_rows(tmp_path):
+    folder = tiny(tmp_path)
+    text = (folder / "firms.csv").read_text()
+    lines = text.splitlines()
+    lines[2] = lines[2].replace("江阴恒达五金有限公司", '"江阴恒达\n五金有限公司"')
+    lines.insert(4, "too,few,fields")
+    (folder / "firms.csv").write_text("\n".join(lines) + "\n")
+    with_row_text = (folder / "firms.csv").read_text()
+    assert with_row_text.count("\n") == 7
+    ds = load_dataset(folder)
+    q = ds.report.rows
+    bad = q[q["file"] == "firms.csv"]
+    assert bad["line"].tolist() == [6]  # header, core, F1 on lines 3-4, F2, then the bad row
+    assert "fields, expected 9" in bad["reason"].iloc[0]
+    assert ds.firms.loc[1, "name"] == "江阴恒达\n五金有限公司"
+    s = ds.report.summary().set_index("file")
+    assert s.loc["firms.csv", "read"] == 5
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        (lambda f: (f / "flows.csv").unlink(), "flows: missing required file"),
+        (lambda f: (f / "firms.csv").write_text("firm_id,name\nx,y\n"), "missing required columns 'industry'"),
+        (lambda f: (f / "receivables.csv").write_bytes(b""), "receivables.csv: unreadable: the file is empty"),
+        (lambda f: (f / "flows.csv").write_bytes("txn_id,booked_on,payer_id,payee_id,amount,purpose\n".encode() + b"T9,2024-01-01,\xff\xfe\xfa\x80\x81,EXT-1,5,trade\n"),
+         "flows.csv: unreadable"),
+        (lambda f: shutil.copy(f / "flows.csv", f / "flows.parquet"), "both flows.csv and flows.parquet"),
+        (lambda f: [(f / "receivables.csv").unlink(), (f / "receivables.parquet").write_bytes(b"not parquet")],
+         "receivables.parquet: unreadable Parquet"),
+    ],
+    ids=["missing-file", "missing-column", "empty-file", "bad-encoding", "two-formats", "bad-parquet"],
+)
+def test_structural_problems_stop_with_one_line_and_exit_2(tmp_path, breakage, message):
+    folder = tiny(tmp_path)
+    breakage(folder)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(folder)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    result = CliRunner().invoke(app, ["validate", str(folder), "--out", str(tmp_path / "q")])
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", "")
+
+
+def test_nothing_left_to_score_is_an_error(tmp_path):
+    folder = tiny(tmp_path)
+    df = pd.read_csv(folder / "firms.csv", dtype=str, keep_default_na=False)
+    df["industry"] = "??"
+    df.to_csv(folder / "firms.csv", index=False)
+    with pytest.raises(DatasetError, match="nothing left to score"):
+        load_dataset(folder)
+
+
+def test_defaults_file_is_optional(tmp_path):
+    folder = tiny(tmp_path, defaults=None)
+    ds = load_dataset(folder)
+    assert not ds.has_defaults and ds.defaults.empty
+
+
+def test_validate_exit_codes_and_report_file(tmp_path):
+    runner = CliRunner()
+    clean = tiny(tmp_path / "clean")
+    r = runner.invoke(app, ["validate", str(clean), "--out", str(tmp_path / "o1")])
+    assert r.exit_code == 0, r.output
+    dirty = with_row(tiny(tmp_path / "dirty"), "flows", 2, purpose="gift")
+    r = runner.invoke(app, ["validate", str(dirty), "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 1, r.output
+    q = pd.read_csv(tmp_path / "o2" / "quarantine.csv")
+    assert q[["file", "line", "column", "value"]].values.tolist() == [["flows.csv", 4, "purpose", "gift"]]
+    assert set(q.columns) >= {"file", "line", "column", "value", "reason"}
+
+
+def test_injected_faults_are_each_quarantined_and_nothing_else(small_world_dir, tmp_path):
+    manifest = write_faulty_copy(small_world_dir, tmp_path / "faulty", seed=3)
+    # every contract file gets faults, of the kinds the manifest lists
+    assert set(manifest["file"]) == {"firms.csv", "receivables.csv", "flows.csv", "defaults.csv"}
+    ds = load_dataset(tmp_path / "faulty")
+    q = ds.report.rows
+    for fault in manifest.itertuples():
+        hit = q[(q["file"] == fault.file) & (q["line"] == fault.line)]
+        assert fault.column in set(hit["column"]), (fault, hit.to_dict("records"))
+        assert hit["reason"].str.contains(fault.reason, regex=False).any(), (fault, hit["reason"].tolist())
+    assert set(zip(q["file"], q["line"])) == set(zip(manifest["file"], manifest["line"]))
+    s = ds.report.summary().set_index("file")
+    assert (s["read"] == s["accepted"] + s["quarantined"]).all()
+    clean = load_dataset(small_world_dir).report.summary().set_index("file")
+    for name in ("firms", "receivables", "flows", "defaults"):
+        assert s.loc[f"{name}.csv", "accepted"] == clean.loc[f"{name}.csv", "accepted"]
