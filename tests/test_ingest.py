@@ -291,3 +291,17 @@ def test_injected_faults_are_each_quarantined_and_nothing_else(small_world_dir, 
     clean = load_dataset(small_world_dir).report.summary().set_index("file")
     for name in ("firms", "receivables", "flows", "defaults"):
         assert s.loc[f"{name}.csv", "accepted"] == clean.loc[f"{name}.csv", "accepted"]
+
+
+def test_typed_parquet_booleans_and_dates(tmp_path):
+    folder = tiny(tmp_path)
+    firms = pd.read_csv(folder / "firms.csv", dtype=str, keep_default_na=False)
+    firms["is_core"] = firms["is_core"] == "true"
+    firms["founded_on"] = pd.to_datetime(firms["founded_on"])
+    firms["registered_capital"] = firms["registered_capital"].astype(float)
+    pq.write_table(pa.Table.from_pandas(firms, preserve_index=False), folder / "firms.parquet")
+    (folder / "firms.csv").unlink()
+    ds = load_dataset(folder)
+    assert ds.report.n_quarantined == 0
+    assert ds.firms["is_core"].tolist() == [True, False, False, False]
+    assert ds.firms["founded_on"].iloc[0] == pd.Timestamp("2001-05-01")

@@ -69,7 +69,12 @@ def test_default_rate_is_a_few_percent_a_year_and_higher_in_the_distressed_chain
 def test_paid_receivables_are_trade_flows_on_their_paid_date(medium_world):
     _, path = medium_world
     ds = load_dataset(path)
+    visible = pd.read_csv(path / "truth_firms.csv", parse_dates=["flows_visible_from"]).set_index("firm_id")["flows_visible_from"]
     paid = ds.receivables.dropna(subset=["paid_on"])
+    # the fund-flow platform sees a payment once either firm shares its account
+    shared = (paid["paid_on"] >= paid["buyer_id"].map(visible)) | (paid["paid_on"] >= paid["supplier_id"].map(visible))
+    assert shared.mean() > 0.7
+    paid = paid[shared]
     trade = ds.flows[ds.flows["purpose"] == "trade"]
     m = paid.merge(trade, left_on=["buyer_id", "supplier_id", "paid_on", "paid_amount"],
                    right_on=["payer_id", "payee_id", "booked_on", "amount"], how="left", indicator=True)

@@ -318,14 +318,15 @@ def _read_parquet(path: Path, spec: FileSpec) -> LoadedFile:
                 col = pc.cast(pc.cast(col, pa.timestamp("s")) if not pa.types.is_date(col.type) else col, pa.date32())
             elif kind == "amount":
                 col = pc.cast(col, pa.float64())
-            elif kind == "bool" and not pa.types.is_boolean(col.type):
-                low = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(col, pa.string())))
-                is_true = pc.is_in(low, pa.array(TRUE_SPELLINGS))
-                is_false = pc.is_in(low, pa.array(FALSE_SPELLINGS))
-                if not pc.all(pc.or_(is_true, is_false)).as_py():
-                    raise ValueError("unparsed boolean")
-                col = is_true
-            elif kind is not None or not pa.types.is_string(col.type):
+            elif kind == "bool":
+                if not pa.types.is_boolean(col.type):
+                    low = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(col, pa.string())))
+                    is_true = pc.is_in(low, pa.array(TRUE_SPELLINGS))
+                    is_false = pc.is_in(low, pa.array(FALSE_SPELLINGS))
+                    if not pc.all(pc.or_(is_true, is_false)).as_py():
+                        raise ValueError("unparsed boolean")
+                    col = is_true
+            else:  # text columns (and extra columns) as strings, nulls as ''
                 col = pc.fill_null(pc.cast(col, pa.string()), "")
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
             typed = False

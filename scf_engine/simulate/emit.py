@@ -141,7 +141,7 @@ def emit_records(world: World, *, progress=None) -> None:
     season = SEASON[world.months.month.to_numpy() - 1][None, :]
     sales = (size[:, None] * (1 + growth[:, None]) ** (t_idx / 12) * season
              * np.exp(0.3 * np.clip(r, -4, 4) + 0.12 * rng.standard_normal((n, M))) * act)
-    margin = np.clip(0.05 + 0.035 * H + 0.05 * rng.standard_normal((n, M)), -0.3, 0.3)
+    margin = np.clip(0.05 + 0.04 * H + 0.025 * rng.standard_normal((n, M)), -0.3, 0.3)
     region_idx = pd.Index(list(REGIONS)).get_indexer(f["region"])
     rows = _Rows()
     parties = Parties(n, f["firm_id"].to_numpy())
@@ -181,11 +181,11 @@ def emit_records(world: World, *, progress=None) -> None:
     ext_sales = sales * np.clip(1 - firm_sales_share, 0.05, 1)
     ii, tt = np.nonzero(ext_sales > 0)
     hh = H[ii, tt]
-    n_cust = 1 + rng.binomial(3, sigmoid(0.5 + 0.8 * hh))
-    churn = rng.random((n, N_CUSTOMER_SLOTS, M)) < sigmoid(-2.5 - 0.8 * H)[:, None, :]
+    n_cust = 1 + rng.binomial(3, sigmoid(0.5 + 1.2 * hh))
+    churn = rng.random((n, N_CUSTOMER_SLOTS, M)) < sigmoid(-2.5 - 1.0 * H)[:, None, :]
     gen = np.cumsum(churn, axis=2)
     rep_i, rep_t = np.repeat(ii, n_cust), np.repeat(tt, n_cust)
-    w = rng.gamma(np.repeat(0.4 + 2.5 * sigmoid(hh), n_cust))
+    w = rng.gamma(np.repeat(0.3 + 3.0 * sigmoid(hh), n_cust))
     grp = np.repeat(np.arange(len(ii)), n_cust)
     w = w / np.bincount(grp, weights=w)[grp]
     slot = rng.integers(0, N_CUSTOMER_SLOTS, len(rep_i))
@@ -212,21 +212,21 @@ def emit_records(world: World, *, progress=None) -> None:
         progress("trade flows")
 
     # --- payroll, tax, social insurance, housing fund, utilities -----------------------
-    obligation(payroll, -4.2 - 1.5 * H, 1.0 + H, firm_ids, parties.ext("payroll", firm_ids), 10, "payroll", active)
+    obligation(payroll, -4.0 - 2.0 * H, 1.0 + H, firm_ids, parties.ext("payroll", firm_ids), 10, "payroll", active)
     prev_sales = np.concatenate([sales[:, :1], sales[:, :-1]], axis=1)
     prev_margin = np.concatenate([margin[:, :1], margin[:, :-1]], axis=1)
     tax = prev_sales * (0.03 + 0.3 * np.maximum(prev_margin, 0)) * np.exp(0.05 * rng.standard_normal((n, M)))
-    obligation(tax, -3.9 - 1.4 * H, 0.8 + H, firm_ids, parties.ext("tax", region_idx), 15, "tax", active & (tax > 1))
-    obligation(payroll * 0.3, -3.6 - 1.5 * H, 0.5 + H, firm_ids, parties.ext("social_insurance", region_idx), 18, "social_insurance", active)
+    obligation(tax, -3.7 - 1.9 * H, 0.8 + H, firm_ids, parties.ext("tax", region_idx), 15, "tax", active & (tax > 1))
+    obligation(payroll * 0.3, -3.4 - 2.0 * H, 0.5 + H, firm_ids, parties.ext("social_insurance", region_idx), 18, "social_insurance", active)
     has_hf = rng.random(n) < sigmoid(0.2 + 1.0 * p.mu)
-    obligation(payroll * 0.12, -3.3 - 1.4 * H, 0.5 + H, firm_ids, parties.ext("housing_fund", region_idx), 18, "housing_fund",
+    obligation(payroll * 0.12, -3.1 - 1.6 * H, 0.5 + H, firm_ids, parties.ext("housing_fund", region_idx), 18, "housing_fund",
                active & has_hf[:, None])
     energy = f["industry"].map(ENERGY).fillna(0.015).to_numpy()
     power = size[:, None] * energy[:, None] * (sales / np.maximum(size[:, None], 1)) * np.exp(0.08 * rng.standard_normal((n, M)))
-    obligation(power, -4.5 - 1.2 * H, 2.0 + H, firm_ids, parties.ext("grid", region_idx), 22, "utilities", active & (power > 10))
+    obligation(power, -4.3 - 1.5 * H, 2.0 + H, firm_ids, parties.ext("grid", region_idx), 22, "utilities", active & (power > 10))
     water = power * 0.15 * np.exp(0.1 * rng.standard_normal((n, M)))
     water_month = (t_idx % 2 == 0) & active & (water > 10)
-    obligation(water * 2, -4.5 - 1.2 * H, 2.0 + H, firm_ids, parties.ext("water", region_idx), 25, "utilities", water_month)
+    obligation(water * 2, -4.3 - 1.5 * H, 2.0 + H, firm_ids, parties.ext("water", region_idx), 25, "utilities", water_month)
     if progress:
         progress("obligations")
 
@@ -246,7 +246,13 @@ def emit_records(world: World, *, progress=None) -> None:
 
     # --- assemble ---------------------------------------------------------------------------
     day, payer, payee, amount, purpose = rows.concat()
-    keep = (day <= (end_day - EPOCH).astype(np.int32)) & (amount >= 0.01)
+    # a flow is on the platform once either firm party shares its account
+    visible_from = np.append((f["flows_visible_from"].to_numpy().astype("datetime64[D]") - EPOCH).astype(np.int32),
+                             np.int32(2**31 - 1))  # external parties never share
+    payer_from = visible_from[np.where(payer < n, payer, n)]
+    payee_from = visible_from[np.where(payee < n, payee, n)]
+    keep = (day <= (end_day - EPOCH).astype(np.int32)) & (amount >= 0.01) & (day >= np.minimum(payer_from, payee_from))
+    del payer_from, payee_from
     order = np.lexsort((payer, day))
     order = order[keep[order]]
     del keep
@@ -304,7 +310,10 @@ def _receivables(world, rng, sales, r, H, act, dm, month_days, month_len, end_da
     terms = np.where(is_core[buy], rng.choice([60, 90], len(li)), rng.choice([30, 45, 60], len(li)))
     due = issued + terms
     rb, hb = r[buy, tt], H[buy, tt]
-    p_conf = propensity[buy] * sigmoid(2.5 + 1.5 * rb) / sigmoid(2.5)
+    hs = H[sup, tt]
+    # a buyer confirms less when it is weakening, and less for a weak supplier (disputed
+    # deliveries: contract performance shows on the registry)
+    p_conf = propensity[buy] * sigmoid(2.5 + 1.5 * rb) / sigmoid(2.5) * sigmoid(1.5 + 1.2 * hs) / sigmoid(1.5)
     confirmed = rng.random(len(li)) < p_conf
     conf_on = issued + 1 + np.minimum(rng.geometric(0.2, len(li)), 30)
     late = rng.random(len(li)) < sigmoid(-1.0 - 0.7 * hb)
@@ -312,7 +321,10 @@ def _receivables(world, rng, sales, r, H, act, dm, month_days, month_len, end_da
     paid_on = due + np.round(delay).astype(int)
     paid_on = np.maximum(paid_on, issued)
     partial = (hb < -1) & (rng.random(len(li)) < 0.3)
-    paid_amt = np.round(np.where(partial, amt * rng.uniform(0.5, 0.95, len(li)), amt), 2)
+    # deductions for defects and returns, more often from a weak supplier
+    deduction = rng.random(len(li)) < sigmoid(-3.0 - 1.3 * hs)
+    paid_amt = np.round(np.where(partial, amt * rng.uniform(0.5, 0.95, len(li)),
+                                 np.where(deduction, amt * rng.uniform(0.85, 0.98, len(li)), amt)), 2)
     # the buyer never pays once it has defaulted
     buyer_default_day = np.where(dm[buy] >= 0, month_days[np.maximum(dm[buy], 0)] + 14, np.datetime64("2200-01-01"))
     unpaid = (paid_on >= buyer_default_day) | (paid_on > end_day)
@@ -347,9 +359,9 @@ def _loans(rows, parties, rng, n, M, size, H, r, born, dead, month_days, month_l
     ii, tt = np.nonzero(rollover & ~dead)
     rows.add(month_days[tt] + 1, ii, bank[ii], principal[ii], "loan_repayment")
     interest = np.where(on_loan, principal[:, None] * 0.0045, 0.0)
-    obligation(interest, -4.2 - 1.6 * H, 0.5 + H, np.arange(n), bank, 20, "loan_repayment", on_loan & (interest > 0))
+    obligation(interest, -4.0 - 1.8 * H, 0.5 + H, np.arange(n), bank, 20, "loan_repayment", on_loan & (interest > 0))
     # stress borrowing from other lenders, repaid three months later if still alive
-    stress = (rng.random((n, M)) < sigmoid(-3.5 - 1.4 * H)) & active & ~dead
+    stress = (rng.random((n, M)) < sigmoid(-3.3 - 1.6 * H)) & active & ~dead
     ii, tt = np.nonzero(stress)
     lender = parties.ext("lender", rng.integers(0, 40, len(ii)))
     amt = np.round(size[ii] * rng.uniform(0.2, 0.8, len(ii)), -4)

@@ -64,6 +64,9 @@ class WorldConfig:
     core_share: float = 0.004
     role_shares: tuple[float, float, float, float] = (0.32, 0.18, 0.18, 0.32)  # tier1, tier2, downstream, unattached
     young_share: float = 0.15  # non-core firms founded during the history
+    # share of firms whose fund flows reach the platform only from a later date, by role:
+    # chain suppliers often authorise sharing when they join a bank's chain programme
+    late_sharing: tuple[float, float, float, float] = (0.4, 0.15, 0.1, 0.05)  # tier1, tier2, downstream, unattached
     ring_share: float = 0.03  # firms doing fabricated trade
     distressed_cores: int = 1
     mc_paths: int = 0  # Monte Carlo paths for truth; 0 = chosen by size
@@ -202,6 +205,15 @@ def build_world(cfg: WorldConfig) -> World:
     )
     firms["founded_on"] = pd.to_datetime(founded).normalize()
     firms["young"] = young
+
+    # fund-flow sharing: the platform sees a firm's account only once the firm has
+    # authorised it; for some firms that happens during the history (the registry, a
+    # national system, sees everything from the start)
+    late_p = pd.Series(roles).map(dict(zip(ROLES[1:], cfg.late_sharing))).fillna(0.0).to_numpy()
+    late = rng.random(n) < late_p
+    share_month = rng.integers(12, max(13, cfg.n_months - 2), size=n)
+    firms["flows_visible_from"] = np.where(late, months[np.minimum(share_month, cfg.n_months - 1)], months[0])
+    firms["flows_visible_from"] = pd.to_datetime(firms["flows_visible_from"])
 
     # size: monthly revenue in CNY
     size = np.exp(rng.normal(np.log(8e5), 0.9, size=n))

@@ -1,0 +1,110 @@
+"""Assemble what the learners need at each as-of date, from the Dataset alone.
+
+For each as-of date T: the Snapshot (only what was known before T), its flow features,
+its chain (graph, roles, graph and registry features) and, for training and evaluation,
+the 12-month label. Rows are the firms scorable at T (not cores, not already in
+default). The propagation model's outputs are added later, once it is fitted
+(:func:`add_propagation`), because the hybrid takes them as features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from scf_engine.dataset import Dataset, Snapshot
+from scf_engine.features import flow_features, load_catalogue
+from scf_engine.graph import Chain, build_chain
+
+CONTEXT_COLUMNS = ("industry", "region", "batch_group", "role")
+
+
+@dataclass
+class SnapshotData:
+    as_of: pd.Timestamp
+    snapshot: Snapshot
+    chain: Chain
+    table: pd.DataFrame  # index firm_id: features + context (+ label, true_pd when known)
+
+    @property
+    def labels(self) -> pd.Series:
+        return self.table["label"].dropna()
+
+
+def chain_feature_names() -> list[str]:
+    cat = load_catalogue()
+    return [s.name for s in cat.of_kind("code") if s.function in ("graph", "registry")]
+
+
+def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None) -> pd.DataFrame:
+    flows = flow_features(snapshot, con=con)
+    nodes = chain.nodes
+    chain_cols = [c for c in chain_feature_names() if c in nodes.columns]
+    table = flows.join(nodes[chain_cols + list(CONTEXT_COLUMNS)], how="left")
+    scorable = snapshot.scorable
+    return table.loc[table.index.intersection(scorable)].copy()
+
+
+def assemble(dataset: Dataset, dates, *, with_labels: bool = True, truth: pd.DataFrame | None = None,
+             progress=None) -> dict[pd.Timestamp, SnapshotData]:
+    out = {}
+    con = duckdb.connect()
+    for i, T in enumerate(dates):
+        T = pd.Timestamp(T)
+        snap = dataset.as_of(T)
+        chain = build_chain(snap, con=con)
+        table = snapshot_table(snap, chain, con=con)
+        if with_labels:
+            lab = dataset.labels(T).set_index("firm_id")["label"]
+            table["label"] = lab.reindex(table.index).astype(float)
+        if truth is not None:
+            t = truth[truth["as_of"] == T].set_index("firm_id")["true_pd"]
+            table["true_pd"] = t.reindex(table.index)
+        table["as_of"] = T
+        out[T] = SnapshotData(T, snap, chain, table)
+        if progress:
+            progress(i + 1, len(dates))
+    con.close()
+    return out
+
+
+def add_propagation(data: dict[pd.Timestamp, SnapshotData], model) -> None:
+    """Add the fitted propagation model's outputs (``pd_propagation``,
+    ``propagated_log_odds``) to every snapshot table."""
+    for sd in data.values():
+        f = model.predict_frame(sd.chain)
+        sd.table["pd_propagation"] = f["pd"].reindex(sd.table.index)
+        sd.table["propagated_log_odds"] = f["propagated_log_odds"].reindex(sd.table.index)
+
+
+def stack(data: dict[pd.Timestamp, SnapshotData], dates) -> pd.DataFrame:
+    """One modelling frame for the given dates (firm_id as a column)."""
+    frames = [data[pd.Timestamp(T)].table for T in dates]
+    return pd.concat(frames).rename_axis("firm_id").reset_index()
+
+
+def split_dates(dates, *, n_test: int = 2, horizon_days: int = 365):
+    """Out-of-time split: the latest ``n_test`` dates are held out; training dates are
+    those whose 12-month label window closes before the first held-out date (no label of
+    a training row can see the test period)."""
+    dates = sorted(pd.Timestamp(d) for d in dates)
+    test = dates[-n_test:]
+    train = [d for d in dates if d + pd.Timedelta(days=horizon_days) <= test[0]]
+    return train, test
+
+
+def truth_frame(dataset: Dataset) -> pd.DataFrame | None:
+    """The simulator's truth.csv beside the dataset, if any (evaluation only)."""
+    if dataset.source is None:
+        return None
+    path = dataset.source / "truth.csv"
+    if not path.is_file():
+        return None
+    t = pd.read_csv(path, dtype={"firm_id": str})
+    t["as_of"] = pd.to_datetime(t["as_of"])
+    return t
+
+
+__all__ = ["SnapshotData", "assemble", "add_propagation", "stack", "split_dates", "truth_frame"]

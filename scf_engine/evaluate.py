@@ -1,0 +1,169 @@
+"""Shared evaluation: every model is judged on the same rows with the same metrics.
+
+Metrics: AUC, KS, Gini, Brier, log loss, calibration table, lift by decile, PSI of scores
+between train and test; each broken down by segment (role and tier, dependence on cores,
+industry, flow history); where the simulator's ``true_pd`` is known, each model's Gini
+as a fraction of the Bayes-optimal Gini on the same rows; paired bootstrap confidence
+intervals (resampling firms, since a firm appears in several snapshots) for the
+differences in AUC and KS between two models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score, roc_curve
+
+PSI_EPS = 1e-4  # smoothing for empty bins (never drop a bin: pitfalls.md)
+
+
+def _valid(y, p):
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    ok = ~np.isnan(p) & ~np.isnan(y)
+    return y[ok], p[ok]
+
+
+def ks_stat(y, p) -> float:
+    fpr, tpr, _ = roc_curve(y, p)
+    return float(np.max(tpr - fpr))
+
+
+def metrics(y, p) -> dict:
+    """Headline metrics on the rows where the model gave a PD."""
+    y_all = np.asarray(y, dtype=float)
+    y, p = _valid(y, p)
+    out = {"n": int(len(y)), "defaults": int(y.sum()), "coverage": float(len(y) / max(len(y_all), 1)),
+           "default_rate": float(y.mean()) if len(y) else np.nan, "mean_pd": float(p.mean()) if len(p) else np.nan}
+    if len(np.unique(y)) < 2:
+        return out | {"auc": np.nan, "gini": np.nan, "ks": np.nan, "brier": np.nan, "log_loss": np.nan}
+    auc = roc_auc_score(y, p)
+    pc = np.clip(p, 1e-9, 1 - 1e-9)
+    return out | {"auc": float(auc), "gini": float(2 * auc - 1), "ks": ks_stat(y, p),
+                  "brier": float(brier_score_loss(y, pc)), "log_loss": float(log_loss(y, pc, labels=[0, 1]))}
+
+
+def calibration_table(y, p, bins: int = 10) -> pd.DataFrame:
+    """Rows grouped by predicted-PD decile: mean PD against the observed default rate."""
+    y, p = _valid(y, p)
+    q = pd.qcut(pd.Series(p).rank(method="first"), bins, labels=False)
+    df = pd.DataFrame({"bin": q + 1, "y": y, "p": p})
+    t = df.groupby("bin").agg(n=("y", "size"), defaults=("y", "sum"), mean_pd=("p", "mean"), observed=("y", "mean"))
+    return t.reset_index()
+
+
+def lift_table(y, p, deciles: int = 10) -> pd.DataFrame:
+    """Deciles from riskiest to safest: default rate, lift, share of all defaults captured."""
+    y, p = _valid(y, p)
+    order = np.argsort(-p, kind="stable")
+    dec = np.arange(len(y)) * deciles // max(len(y), 1) + 1
+    df = pd.DataFrame({"decile": dec, "y": y[order]})
+    t = df.groupby("decile").agg(n=("y", "size"), defaults=("y", "sum"))
+    t["default_rate"] = t["defaults"] / t["n"]
+    t["lift"] = t["default_rate"] / max(y.mean(), 1e-12)
+    t["cum_capture"] = t["defaults"].cumsum() / max(y.sum(), 1)
+    return t.reset_index()
+
+
+def psi(expected, actual, bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected`` (bins from
+    ``expected``'s quantiles; empty bins smoothed, never dropped)."""
+    e = np.asarray(expected, dtype=float)
+    a = np.asarray(actual, dtype=float)
+    e, a = e[~np.isnan(e)], a[~np.isnan(a)]
+    if len(e) == 0 or len(a) == 0:
+        return np.nan
+    edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)))
+    edges[0], edges[-1] = -np.inf, np.inf
+    pe = np.histogram(e, edges)[0] / len(e) + PSI_EPS
+    pa = np.histogram(a, edges)[0] / len(a) + PSI_EPS
+    pe, pa = pe / pe.sum(), pa / pa.sum()
+    return float(np.sum((pa - pe) * np.log(pa / pe)))
+
+
+def bayes_fraction(y, p, true_pd) -> float:
+    """Gini of the model over Gini of the true PD, on rows where both exist."""
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    t = np.asarray(true_pd, dtype=float)
+    ok = ~np.isnan(p) & ~np.isnan(t)
+    if len(np.unique(y[ok])) < 2:
+        return np.nan
+    return float((2 * roc_auc_score(y[ok], p[ok]) - 1) / (2 * roc_auc_score(y[ok], t[ok]) - 1))
+
+
+def bootstrap_difference(frame: pd.DataFrame, a: str, b: str, *, n_boot: int = 400, seed: int = 0,
+                         cluster: str = "firm_id") -> dict:
+    """Paired cluster bootstrap of AUC(a) - AUC(b) and KS(a) - KS(b) on rows both scored."""
+    df = frame[[cluster, "label", a, b]].dropna()
+    rng = np.random.default_rng(seed)
+    groups = df.groupby(cluster).indices
+    keys = np.array(list(groups))
+    idx_lists = [groups[k] for k in keys]
+    y, pa, pb = df["label"].to_numpy(), df[a].to_numpy(), df[b].to_numpy()
+    point_auc = roc_auc_score(y, pa) - roc_auc_score(y, pb)
+    point_ks = ks_stat(y, pa) - ks_stat(y, pb)
+    d_auc, d_ks = [], []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(keys), len(keys))
+        rows = np.concatenate([idx_lists[i] for i in pick])
+        yy = y[rows]
+        if yy.min() == yy.max():
+            continue
+        d_auc.append(roc_auc_score(yy, pa[rows]) - roc_auc_score(yy, pb[rows]))
+        d_ks.append(ks_stat(yy, pa[rows]) - ks_stat(yy, pb[rows]))
+    lo, hi = np.percentile(d_auc, [2.5, 97.5])
+    klo, khi = np.percentile(d_ks, [2.5, 97.5])
+    return {"a": a, "b": b, "n": int(len(df)), "auc_diff": float(point_auc), "auc_lo": float(lo), "auc_hi": float(hi),
+            "ks_diff": float(point_ks), "ks_lo": float(klo), "ks_hi": float(khi)}
+
+
+def segment_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Segments used in every breakdown, from graph facts and flow history (never from
+    simulator labels)."""
+    seg = pd.DataFrame(index=frame.index)
+    role = frame.get("role", pd.Series("unknown", index=frame.index)).fillna("unknown")
+    tier = frame.get("upstream_tier")
+    seg["role_tier"] = np.where(role == "upstream",
+                                np.where(tier == 1, "upstream tier 1", "upstream tier 2+"), role)
+    dep = frame.get("core_dependence", pd.Series(np.nan, index=frame.index)).fillna(0)
+    supply = frame.get("core_supply_share", pd.Series(0.0, index=frame.index)).fillna(0)
+    dep = np.maximum(dep, supply)
+    seg["core_dependence"] = pd.cut(dep, [-0.01, 0.0, 0.3, 0.6, 1.0], labels=["none", "low (<=30%)", "mid (30-60%)", "high (>60%)"]).astype(str)
+    hist = frame.get("history_months")
+    seg["flow_history"] = np.select([hist.isna(), hist < 6, hist < 12], ["none", "<6 months", "6-11 months"], "12+ months")
+    seg["industry"] = frame.get("industry", pd.Series("?", index=frame.index)).astype(str).str[0]
+    return seg
+
+
+def evaluate(frame: pd.DataFrame, scores: list[str], *, truth: str | None = "true_pd",
+             segments: tuple[str, ...] = ("role_tier", "core_dependence", "flow_history", "industry")) -> dict:
+    """Everything the comparison report shows, for the score columns of ``frame``
+    (which holds ``label``, ``firm_id`` and segment source columns)."""
+    has_truth = truth is not None and truth in frame and frame[truth].notna().any()
+    rows = []
+    for s in scores:
+        m = metrics(frame["label"], frame[s])
+        if has_truth:
+            m["bayes_fraction"] = bayes_fraction(frame["label"], frame[s], frame[truth])
+        rows.append({"model": s} | m)
+    if has_truth:
+        m = metrics(frame["label"], frame[truth])
+        rows.append({"model": truth} | m | {"bayes_fraction": 1.0})
+    overall = pd.DataFrame(rows)
+    seg = segment_columns(frame)
+    seg_rows = []
+    for col in segments:
+        for value, idx in seg.groupby(col).groups.items():
+            part = frame.loc[idx]
+            for s in scores + ([truth] if has_truth else []):
+                m = metrics(part["label"], part[s])
+                seg_rows.append({"segment": col, "value": value, "model": s, "n_rows": len(part), "n": m["n"],
+                                 "defaults": m["defaults"], "coverage": m["coverage"], "auc": m["auc"], "gini": m["gini"],
+                                 "mean_pd": m["mean_pd"], "default_rate": m["default_rate"]})
+    return {
+        "overall": overall,
+        "segments": pd.DataFrame(seg_rows),
+        "calibration": {s: calibration_table(frame["label"], frame[s]) for s in scores},
+        "lift": {s: lift_table(frame["label"], frame[s]) for s in scores},
+    }

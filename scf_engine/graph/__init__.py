@@ -1,0 +1,39 @@
+"""The transaction graph of cores, upstream and downstream firms at an as-of date.
+
+``build_chain(snapshot)`` is the one entry point: it aggregates the snapshot's
+receivables and trade flows into an edge table, derives roles and tiers from the graph,
+and computes per-firm graph and registry features. Exports and the chain picture live in
+:mod:`.export`.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+
+from scf_engine.dataset import Snapshot
+from scf_engine.graph.build import Chain, build_edges
+from scf_engine.graph.features import graph_features, registry_features
+from scf_engine.graph.roles import chain_roles
+
+__all__ = ["Chain", "build_chain", "chain_roles"]
+
+
+def build_chain(snapshot: Snapshot, *, con=None) -> Chain:
+    own = con is None
+    con = con or duckdb.connect()
+    edges, totals = build_edges(snapshot, con=con)
+    if own:
+        con.close()
+    firms = snapshot.firms.set_index("firm_id")
+    nodes = firms[["name", "industry", "region", "founded_on", "registered_capital", "is_core", "core_rating",
+                   "batch_group", "defaulted"]].copy()
+    nodes = nodes.join(totals, how="left").fillna({"trade_in_12m": 0.0, "trade_out_12m": 0.0})
+    roles = chain_roles(nodes.index, nodes["is_core"].to_numpy(), edges)
+    nodes = nodes.join(roles)
+    chain = Chain(snapshot.as_of, edges, nodes)
+    feats = graph_features(nodes, edges, None)
+    nodes = nodes.join(feats.drop(columns=[c for c in feats.columns if c in nodes.columns]))
+    nodes = nodes.join(registry_features(nodes, edges, snapshot.as_of))
+    chain.nodes = nodes
+    return chain

@@ -1,0 +1,12 @@
+"""Learners: every model has ``fit`` / ``predict_proba``.
+
+* :class:`DecoupledModel` - LightGBM on the firm's own fund flows (脱核).
+* :class:`HybridModel` - LightGBM on flows + chain + registry + propagation output.
+* :class:`JiangyinGrading` - the Jiangyin credit grading guide's indicator method.
+* :class:`~scf_engine.propagation.CorePropagation` lives in ``propagation/``.
+"""
+
+from scf_engine.learners.jiangyin import JiangyinGrading
+from scf_engine.learners.lgbm import DecoupledModel, HybridModel, LightGBMPD
+
+__all__ = ["DecoupledModel", "HybridModel", "JiangyinGrading", "LightGBMPD"]

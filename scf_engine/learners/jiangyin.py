@@ -1,0 +1,105 @@
+"""The Jiangyin enterprise credit grading guide's indicator method, as a rule baseline.
+
+The guide (a county's published rulebook, summarised in ``shared/domain-notes.md``)
+grades each indicator A/B/C and then: 9 or more A and no C -> 高级 premium; 6 or more A
+and no C -> 一级 grade_1; otherwise 备选 alternate.
+
+Indicators the data supports (computed from flow features; the guide itself leaves
+unrated indicators out):
+
+====  ========================================  ==================================================
+ no.  indicator                                 from the data
+====  ========================================  ==================================================
+  1   tax paid, year on year, ranked in         ``tax_yoy_rank_industry``: top 20% A, 20-50% B, rest C
+      industry
+  2   water/power/gas spend, year on year       ``utilities_yoy_rank_industry``: same bands
+  3   social insurance                          paid every month of the last 12 A, otherwise B
+  4   housing fund                              paid every month A; otherwise not graded
+  5   years in business                         more than 3 A, otherwise B
+ 10   loan record                               loans serviced every month A; no loans or 1-2 missed
+                                                months B; 3 or more missed, or in arrears now, C
+ 12   industrial performance ranking            ``trade_in_rank_industry``: top 20% A, 20-50% B, rest C
+====  ========================================  ==================================================
+
+Not used (no data): 6 premises, 7 legal representative's personal credit, 8
+environmental rating, 9 public credit record, 11 industrial policy, 13 other ratings
+(reference only in the guide), and the dishonesty pre-filter.
+
+With at most 7 graded indicators the guide's counts (9 of 12, 6 of 12) are applied as
+shares of the indicators graded for the firm: premium when at least 75% are A and none
+is C, grade_1 when at least 50% are A and none is C.
+
+PD: the guide has none; for comparison on the same metrics each (grade, count of A,
+count of C) cell gets the default rate observed for it on the training snapshots,
+shrunk towards its grade's rate (a calibrated reading of the rule, not a new model).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+INDICATORS = ("tax_growth", "utilities_growth", "social_insurance", "housing_fund", "years_in_business",
+              "loan_record", "performance_rank")
+REQUIRED_FEATURES = ("tax_yoy_rank_industry", "utilities_yoy_rank_industry", "social_insurance_missed_12m",
+                     "housing_fund_months_12m", "housing_fund_open_gap", "firm_age_years", "loan_service_missed_12m",
+                     "history_months", "trade_in_rank_industry")
+
+
+def _band(rank: pd.Series) -> pd.Series:
+    return pd.Series(np.select([rank >= 0.8, rank >= 0.5], ["A", "B"], "C"), index=rank.index).where(rank.notna())
+
+
+def indicator_grades(X: pd.DataFrame) -> pd.DataFrame:
+    """A/B/C (or empty: not graded) per supported indicator."""
+    g = pd.DataFrame(index=X.index)
+    g["tax_growth"] = _band(X["tax_yoy_rank_industry"])
+    g["utilities_growth"] = _band(X["utilities_yoy_rank_industry"])
+    g["social_insurance"] = np.where(X["social_insurance_missed_12m"] == 0, "A", "B")
+    expected = np.minimum(12, X["history_months"].fillna(0))
+    hf_all = (X["housing_fund_months_12m"] >= expected) & (expected > 0)
+    g["housing_fund"] = pd.Series(np.where(hf_all, "A", None), index=X.index)
+    g["years_in_business"] = np.where(X["firm_age_years"] > 3, "A", "B")
+    missed = X["loan_service_missed_12m"]
+    g["loan_record"] = np.select([missed.isna(), missed == 0, missed <= 2], ["B", "A", "B"], "C")
+    g["performance_rank"] = _band(X["trade_in_rank_industry"])
+    return g.where(g.notna(), None)
+
+
+def grade_from_indicators(g: pd.DataFrame) -> pd.DataFrame:
+    n_a = (g == "A").sum(axis=1)
+    n_c = (g == "C").sum(axis=1)
+    n = g.notna().sum(axis=1)
+    share_a = n_a / n.where(n > 0)
+    grade = np.select([(share_a >= 0.75) & (n_c == 0), (share_a >= 0.5) & (n_c == 0)], ["premium", "grade_1"], "alternate")
+    return pd.DataFrame({"grade": grade, "n_a": n_a, "n_c": n_c, "n_graded": n}, index=g.index)
+
+
+class JiangyinGrading(BaseEstimator):
+    """Rule baseline with ``fit`` (cell default rates) and ``predict_proba``."""
+
+    def __init__(self, shrinkage: float = 20.0):
+        self.shrinkage = shrinkage
+
+    def grade(self, X: pd.DataFrame) -> pd.DataFrame:
+        return grade_from_indicators(indicator_grades(X))
+
+    def fit(self, X: pd.DataFrame, y, as_of=None):
+        g = self.grade(X).assign(y=np.asarray(y, dtype=float))
+        self.base_rate_ = float(g["y"].mean())
+        by_grade = g.groupby("grade")["y"].agg(["sum", "count"])
+        self.grade_rate_ = ((by_grade["sum"] + self.shrinkage * self.base_rate_) / (by_grade["count"] + self.shrinkage)).to_dict()
+        cells = g.groupby(["grade", "n_a", "n_c"])["y"].agg(["sum", "count"]).reset_index()
+        prior = cells["grade"].map(self.grade_rate_)
+        cells["rate"] = (cells["sum"] + self.shrinkage * prior) / (cells["count"] + self.shrinkage)
+        self.cell_rate_ = {(r.grade, int(r.n_a), int(r.n_c)): float(r.rate) for r in cells.itertuples()}
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        g = self.grade(X)
+        p = np.array([
+            self.cell_rate_.get((gr, int(a), int(c)), self.grade_rate_.get(gr, self.base_rate_))
+            for gr, a, c in zip(g["grade"], g["n_a"], g["n_c"])
+        ])
+        return np.column_stack([1 - p, p])
