@@ -53,6 +53,14 @@ class Dataset:
     has_defaults: bool = True
     _fingerprints: dict[str, str] | None = None
 
+    def __post_init__(self):
+        """Dates are datetime64[s] everywhere, whoever built the frames."""
+        for frame, cols in ((self.firms, ("founded_on",)), (self.flows, ("booked_on",)), (self.defaults, ("default_on",)),
+                            (self.receivables, ("issued_on", "due_on", "confirmed_on", "paid_on"))):
+            for c in cols:
+                if c in frame and frame[c].dtype != "datetime64[s]":
+                    frame[c] = frame[c].astype("datetime64[s]")
+
     @property
     def fingerprints(self) -> dict[str, str]:
         """SHA-256 of each source file, computed once on first use (tracking needs it,
@@ -85,8 +93,8 @@ class Dataset:
     def as_of(self, as_of) -> Snapshot:
         T = as_timestamp(as_of)
         firms = self.firms[self.firms["founded_on"] < T].copy()
-        default_on = firms["firm_id"].map(self.defaults.set_index("firm_id")["default_on"])
-        firms["defaulted"] = (default_on < T).fillna(False).astype(bool).to_numpy()
+        default_on = self.default_dates(firms["firm_id"])
+        firms["defaulted"] = (default_on < T).to_numpy()
 
         r = self.receivables[self.receivables["issued_on"] < T].copy()
         late_confirm = r["confirmed_on"] >= T
@@ -104,11 +112,16 @@ class Dataset:
         evaluation only, never a feature."""
         T = as_timestamp(as_of)
         f = self.firms[(self.firms["founded_on"] < T) & ~self.firms["is_core"]]
-        d = f["firm_id"].map(self.defaults.set_index("firm_id")["default_on"])
-        keep = ~(d < T).fillna(False).astype(bool)
+        d = self.default_dates(f["firm_id"])
+        keep = ~(d < T).to_numpy()
         horizon = T + pd.Timedelta(days=LABEL_HORIZON_DAYS)
-        label = ((d >= T) & (d < horizon)).fillna(False).astype(int)
-        return pd.DataFrame({"firm_id": f["firm_id"][keep].to_numpy(), "label": label[keep].to_numpy()})
+        label = ((d >= T) & (d < horizon)).to_numpy().astype(int)
+        return pd.DataFrame({"firm_id": f["firm_id"].to_numpy()[keep], "label": label[keep]})
+
+    def default_dates(self, firm_ids) -> pd.Series:
+        """Default date of each firm (NaT when it has none), aligned with ``firm_ids``."""
+        d = self.defaults.set_index("firm_id")["default_on"].astype("datetime64[s]")
+        return d.reindex(pd.Index(firm_ids)).reset_index(drop=True)
 
     def fully_observed(self, as_of) -> bool:
         """True when the whole label window of ``as_of`` lies inside the data."""

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide console so tables are not truncated.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 @contextmanager

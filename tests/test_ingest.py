@@ -305,3 +305,10 @@ def test_typed_parquet_booleans_and_dates(tmp_path):
     assert ds.report.n_quarantined == 0
     assert ds.firms["is_core"].tolist() == [True, False, False, False]
     assert ds.firms["founded_on"].iloc[0] == pd.Timestamp("2001-05-01")
+
+
+def test_a_row_breaking_several_rules_reports_each_value(tmp_path):
+    folder = with_row(tiny(tmp_path), "flows", 1, amount="abc", purpose="gift")
+    q = load_dataset(folder).report.rows.set_index("column")
+    assert q.loc["amount", "value"] == "abc" and q.loc["purpose", "value"] == "gift"
+    assert (q["line"] == 3).all()

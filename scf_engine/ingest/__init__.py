@@ -194,12 +194,11 @@ def _with_values(con, raw: str, lf: LoadedFile, violations: pd.DataFrame, bad_ro
         f"FROM {raw} WHERE _row IN (SELECT _row FROM _bad)"
     ).df().set_index("_row")
     con.unregister("_bad")
-    values = text.reindex(violations["row"].to_numpy())
-    violations = violations.assign(
-        value=[values.at[r, c] if c in values.columns else "" for r, c in zip(violations["row"], violations["column"])],
-        parties=values[parties].fillna("").astype(str).apply(lambda r: ";".join(v.strip() for v in r if v.strip()), axis=1).to_numpy(),
-        line=lf.line_map.lines(violations["row"].to_numpy()),
-    )
+    rows = violations["row"].to_numpy()
+    # one lookup per (row, column); a row breaking several rules appears several times
+    value = [text.at[r, c] if c in text.columns else "" for r, c in zip(rows, violations["column"])]
+    party = text[parties].fillna("").astype(str).apply(lambda r: ";".join(v.strip() for v in r if v.strip()), axis=1)
+    violations = violations.assign(value=value, parties=party.reindex(rows).to_numpy(), line=lf.line_map.lines(rows))
     violations["value"] = violations["value"].fillna("").astype(str)
     return violations[["line", "column", "value", "reason", "parties"]]
 

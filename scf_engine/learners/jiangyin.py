@@ -103,3 +103,6 @@ class JiangyinGrading(BaseEstimator):
             for gr, a, c in zip(g["grade"], g["n_a"], g["n_c"])
         ])
         return np.column_stack([1 - p, p])
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.predict_proba(X)[:, 1]

@@ -118,6 +118,10 @@ class LightGBMPD(BaseEstimator):
         p = sigmoid(self.decision_function(X))
         return np.column_stack([1 - p, p])
 
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """PD (what the MLflow pyfunc flavour serves)."""
+        return self.predict_proba(X)[:, 1]
+
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """SHAP values (TreeSHAP, LightGBM's ``pred_contrib``) on the calibrated log-odds
         scale: columns = features + ``expected_value``; each row sums to

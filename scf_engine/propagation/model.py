@@ -202,16 +202,25 @@ class CorePropagation(BaseEstimator):
         return fit, ll
 
     # --- predict -------------------------------------------------------------------------------
+    def design(self, chain: Chain) -> tuple[pd.DataFrame, np.ndarray]:
+        """The model's inputs for every non-core firm (transmitted credit, core evidence,
+        standalone evidence) and the coverage mask."""
+        tr, trans, ce, s, *_ = self._raw_design(chain, self.decay_, self.mu0_)
+        return self._design_frame(trans, ce, s)[self.columns_], tr.covered
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """PD from a design frame (what the MLflow pyfunc flavour serves)."""
+        return sigmoid(self.intercept_ + X[self.columns_].to_numpy() @ self.coef_.to_numpy())
+
     def predict_frame(self, chain: Chain) -> pd.DataFrame:
         """Per non-core firm: ``covered``, ``propagated_log_odds`` (the chain's part of the
         log-odds), ``log_odds`` and ``pd`` (empty where not covered)."""
-        tr, trans, ce, s, G, a, D = self._raw_design(chain, self.decay_, self.mu0_)
-        X = self._design_frame(trans, ce, s)[self.columns_]
+        X, covered = self.design(chain)
         lin = self.intercept_ + X.to_numpy() @ self.coef_.to_numpy()
         chain_part = X["transmitted"].to_numpy() * self.transmission_ + sum(
             X[f"core_{n}"].to_numpy() * self.core_evidence_weights_[f"core_{n}"] for n in self.core_evidence)
-        out = pd.DataFrame({"covered": tr.covered, "propagated_log_odds": chain_part, "log_odds": lin,
-                            "pd": sigmoid(lin)}, index=tr.other_ids)
+        out = pd.DataFrame({"covered": covered, "propagated_log_odds": chain_part, "log_odds": lin,
+                            "pd": sigmoid(lin)}, index=X.index)
         out.loc[~out["covered"], ["propagated_log_odds", "log_odds", "pd"]] = np.nan
         out.index.name = "firm_id"
         return out

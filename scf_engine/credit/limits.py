@@ -1,0 +1,332 @@
+"""Limits and decisions: "trade data sets the scene, fund flows set the amount".
+
+The amount a firm can carry is read from money it actually received, not from its
+balance sheet: a share of its 12-month trade inflow (the share rising with its grade),
+plus an advance on the receivables a strong buyer has confirmed (确权) and not yet paid.
+Caps then bring the amount down, and each one that lowers it is recorded, because the
+first question of a credit committee reading a limit is "what held it back?":
+
+1. ``requested``: the firm asked for less (batch ``requested_amount``);
+2. ``max_limit``: the policy's largest batch limit (``max_limit_cny``);
+3. ``expected_loss``: ``pd * lgd * limit <= max_expected_loss_cny`` per firm;
+4. ``core_line``: in one core's chain (1+N), the suppliers' limits together may not
+   exceed the core's line; they are scaled down pro rata (deterministic: a firm's share
+   depends only on its own limit and the group total);
+5. rounding down to ``round_to_cny`` (shown in the basis, not a cap).
+
+The decision follows: ``decline`` (not scorable, PD above ``pd_decline_above``, or
+nothing to lend), ``review`` (alternate grade, an authenticity flag, data-quality issues,
+missing consent), ``approve`` otherwise. Every reason is a plain sentence for the memo.
+
+Input frame of :func:`apply_limits` (one row per firm):
+
+==========================  ==========================================================
+``firm_id``                 str, required
+``pd``                      final 12-month PD, NaN when no model scored the firm
+``grade``                   ``premium`` / ``grade_1`` / ``alternate`` (None/NaN if not scorable)
+``trade_in_12m``            CNY, trade inflow of the last 12 months (fund-flow platform)
+``eligible_receivables``    CNY, from :func:`eligible_receivables`
+``requested_amount``        optional; CNY, NaN where the batch gives none
+``core_id``                 optional; the core whose 1+N chain the firm is financed in,
+                            NaN where the batch is not one core's chain
+``cycle_share_12m``         optional; share of trade money on matching-amount cycles
+``round_trip_share_12m``    optional; share of trade money in round trips
+``in_trade_cycle``          optional; 1 when the firm sits on a cycle of the trade graph
+``dq_issues``               optional; count of data-quality issues (quarantined rows...)
+``consent_ok``              bool; required when the policy has ``require_consent: true``
+``consent_status``          optional; ``ok/missing/expired/not_yet_valid`` (credit.consent)
+                            used only to word the consent reason
+==========================  ==========================================================
+
+An optional column that is absent counts as "no signal" (0 / NaN). NaN in an
+authenticity or data-quality column (a firm without flows) also counts as no signal.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from scf_engine.contract import GRADES
+from scf_engine.policies import Policy, PolicyError
+
+REQUIRED_COLUMNS = ("firm_id", "pd", "grade", "trade_in_12m", "eligible_receivables")
+CAPS = ("requested", "max_limit", "expected_loss", "core_line")  # order of application
+
+CAP_SENTENCES = {
+    "requested": "the requested amount",
+    "max_limit": "the policy's maximum batch limit",
+    "expected_loss": "the per-firm expected-loss budget",
+    "core_line": "the core enterprise's line shared pro rata by its suppliers in the batch",
+}
+
+
+def _data(policy: Policy | Mapping[str, Any]) -> Mapping[str, Any]:
+    return policy.data if isinstance(policy, Policy) else policy
+
+
+def _cny(x: float) -> str:
+    return f"CNY {x:,.0f}"
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f}%"
+
+
+# ------------------------------------------------------------------------- from the chain
+
+
+def buyer_eligible(nodes: pd.DataFrame, policy: Policy | Mapping[str, Any],
+                   master_scale: Policy | Mapping[str, Any]) -> pd.Series:
+    """Per firm (index of ``nodes``): True for a core whose confirmed payables count.
+
+    "At or above ``buyer_rating_floor`` on the master scale" is read by PD: a core whose
+    rating maps to a PD no higher than the floor rating's PD. A core marked ``defaulted``
+    never counts.
+    """
+    d, scale = _data(policy), _data(master_scale)["ratings"]
+    floor = d["buyer_rating_floor"]
+    if floor not in scale:
+        raise PolicyError(f"limit_policy: buyer_rating_floor {floor!r} is not a rating of the master scale")
+    rating_pd = nodes["core_rating"].map(lambda r: scale.get(r, np.nan) if isinstance(r, str) else np.nan)
+    ok = nodes["is_core"].astype(bool) & (rating_pd.astype(float) <= float(scale[floor]))
+    if "defaulted" in nodes:
+        ok &= ~nodes["defaulted"].fillna(False).astype(bool)
+    return ok
+
+
+def eligible_receivables(chain, policy: Policy | Mapping[str, Any],
+                         master_scale: Policy | Mapping[str, Any]) -> pd.Series:
+    """Confirmed, unpaid receivables each firm holds on eligible cores (CNY), by firm_id.
+
+    From ``chain.edges.confirmed_open`` on edges whose buyer passes
+    :func:`buyer_eligible`; every firm of ``chain.nodes`` appears (0 where none).
+    """
+    ok = buyer_eligible(chain.nodes, policy, master_scale)
+    edges = chain.edges
+    good = edges["buyer"].map(ok).fillna(False).astype(bool)
+    out = edges.loc[good].groupby("supplier")["confirmed_open"].sum()
+    out = out.reindex(chain.nodes.index, fill_value=0.0).astype(float)
+    out.index.name = "firm_id"
+    return out.rename("eligible_receivables")
+
+
+def core_lines(chain, policy: Policy | Mapping[str, Any]) -> pd.Series:
+    """Each core's line for its 1+N chain (CNY), by core firm_id:
+    ``core_line_share_of_core_payments`` x the trade money the core paid its suppliers
+    in the dataset over 12 months (``trade_volume_12m`` of edges where it is the buyer).
+    A bank that sets the line itself passes its own Series to :func:`apply_limits`."""
+    share = float(_data(policy)["core_line_share_of_core_payments"])
+    cores = chain.nodes.index[chain.nodes["is_core"].astype(bool)]
+    paid = chain.edges.groupby("buyer")["trade_volume_12m"].sum()
+    out = share * paid.reindex(cores, fill_value=0.0).astype(float)
+    out.index.name = "firm_id"
+    return out.rename("core_line_cny")
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _column(frame: pd.DataFrame, name: str, default: float = np.nan) -> np.ndarray:
+    if name not in frame:
+        return np.full(len(frame), default, dtype=float)
+    return pd.to_numeric(frame[name], errors="raise").astype(float).to_numpy()
+
+
+def _check_frame(frame: pd.DataFrame, d: Mapping[str, Any]) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame]
+    if d.get("require_consent", False) and "consent_ok" not in frame:
+        missing.append("consent_ok (the policy requires consent)")
+    if missing:
+        raise ValueError(f"limit frame lacks column(s): {', '.join(missing)}")
+    if frame["firm_id"].duplicated().any():
+        raise ValueError("limit frame: firm_id must be unique")
+    g = frame["grade"]
+    bad = g.notna() & ~g.isin(GRADES)
+    if bad.any():
+        raise ValueError(f"limit frame: unknown grade(s) {sorted(set(g[bad]))}")
+
+
+def _round_down(x: np.ndarray, unit: float) -> np.ndarray:
+    if unit <= 0:
+        return x
+    # compared to a millionth of a yuan, so 0.2 * 10,000,000 = 1,999,999.9999999998
+    # still rounds to 2,000,000 rather than 1,990,000
+    return np.floor(np.round(x, 6) / unit) * unit
+
+
+# ------------------------------------------------------------------------------- limits
+
+
+def apply_limits(frame: pd.DataFrame, policy: Policy | Mapping[str, Any],
+                 core_line: pd.Series | Mapping[str, float] | None = None) -> pd.DataFrame:
+    """Limits and decisions for each firm of ``frame`` (see the module docstring for the
+    columns) under ``limit_policy.yaml``.
+
+    ``core_line``: the line of each core (by core firm_id), needed when any row has a
+    ``core_id``; :func:`core_lines` computes the policy's default from the chain.
+
+    Returns, on the frame's index: ``firm_id, flow_share, flow_part, receivable_part,
+    uncapped_limit, limit_cny, binding_caps`` (list, in order of application),
+    ``decision, decision_reasons`` (list of sentences) and ``limit_basis`` (list of lines
+    for the credit memo).
+    """
+    d = _data(policy)
+    _check_frame(frame, d)
+    n = len(frame)
+    firm = frame["firm_id"].astype(str).to_numpy()
+    p = _column(frame, "pd")
+    grade = frame["grade"].where(frame["grade"].notna(), None).to_numpy(dtype=object)
+    scorable = ~np.isnan(p) & np.array([g in GRADES for g in grade])
+
+    share_by_grade = {g: float(v) for g, v in d["flow_share_by_grade"].items()}
+    flow_share = np.array([share_by_grade.get(g, 0.0) if ok else 0.0 for g, ok in zip(grade, scorable)])
+    trade_in = np.nan_to_num(_column(frame, "trade_in_12m"), nan=0.0).clip(0)
+    recv = np.nan_to_num(_column(frame, "eligible_receivables"), nan=0.0).clip(0)
+    advance = float(d["advance_rate"])
+    flow_part = flow_share * trade_in
+    recv_part = np.where(scorable, advance * recv, 0.0)
+    uncapped = flow_part + recv_part
+
+    lgd = float(d["lgd"])
+    pd_max = float(d["pd_decline_above"])
+    declined_pd = scorable & (p > pd_max)
+    lendable = scorable & ~declined_pd
+
+    caps = {
+        "requested": _column(frame, "requested_amount"),
+        "max_limit": np.full(n, float(d.get("max_limit_cny", np.inf))),
+    }
+    max_el = d.get("max_expected_loss_cny")
+    with np.errstate(divide="ignore"):
+        caps["expected_loss"] = (np.where(p * lgd > 0, float(max_el) / (p * lgd), np.inf)
+                                 if max_el is not None else np.full(n, np.inf))
+    bad_req = ~np.isnan(caps["requested"]) & (caps["requested"] < 0)
+    if bad_req.any():
+        raise ValueError("requested_amount must be >= 0")
+
+    limit = np.where(lendable, uncapped, 0.0)
+    binding: list[list[str]] = [[] for _ in range(n)]
+    cap_value: dict[str, np.ndarray] = {}
+    for name in ("requested", "max_limit", "expected_loss"):
+        cap = np.where(np.isnan(caps[name]), np.inf, caps[name])
+        cap_value[name] = cap
+        binds = lendable & (cap < limit)
+        limit = np.where(binds, cap, limit)
+        for i in np.flatnonzero(binds):
+            binding[i].append(name)
+
+    # one core's chain: suppliers' limits together within the core's line, pro rata
+    core_id = frame["core_id"].to_numpy(dtype=object) if "core_id" in frame else np.full(n, None, dtype=object)
+    has_core = np.array([c is not None and not (isinstance(c, float) and math.isnan(c)) for c in core_id])
+    core_scale = np.ones(n)
+    line_of = np.full(n, np.nan)
+    if has_core.any():
+        lines = pd.Series(core_line if core_line is not None else {}, dtype=float)
+        cores = pd.Series(core_id[has_core]).astype(str)
+        unknown = sorted(set(cores) - set(lines.index.astype(str)))
+        if unknown:
+            raise ValueError(f"no core line given for core(s) {', '.join(unknown)}")
+        lines.index = lines.index.astype(str)
+        keys = np.where(has_core, core_id, "").astype(str)
+        used = pd.Series(np.where(has_core & lendable, limit, 0.0)).groupby(keys).transform("sum").to_numpy()
+        line_of = np.where(has_core, lines.reindex(keys).to_numpy(), np.nan)
+        over = has_core & (used > line_of) & (used > 0)
+        core_scale = np.where(over, np.divide(line_of, used, out=np.ones(n), where=used > 0), 1.0)
+        binds = over & lendable & (limit > 0)
+        limit = limit * core_scale
+        for i in np.flatnonzero(binds):
+            binding[i].append("core_line")
+
+    unit = float(d.get("round_to_cny", 0) or 0)
+    limit_final = _round_down(np.clip(limit, 0, None), unit)
+
+    # ---------------------------------------------------------------- decisions
+    cycle = np.nan_to_num(_column(frame, "cycle_share_12m"), nan=0.0)
+    rtrip = np.nan_to_num(_column(frame, "round_trip_share_12m"), nan=0.0)
+    in_cycle = np.nan_to_num(_column(frame, "in_trade_cycle"), nan=0.0)
+    dq = np.nan_to_num(_column(frame, "dq_issues"), nan=0.0)
+    rt_max = float(d.get("round_trip_review_above", 0.0))
+    need_consent = bool(d.get("require_consent", False))
+    consent_ok = (frame["consent_ok"].fillna(False).astype(bool).to_numpy() if "consent_ok" in frame
+                  else np.ones(n, dtype=bool))
+    consent_status = (frame["consent_status"].to_numpy(dtype=object) if "consent_status" in frame
+                      else np.full(n, None, dtype=object))
+
+    decision = np.empty(n, dtype=object)
+    reasons: list[list[str]] = []
+    basis: list[list[str]] = []
+    for i in range(n):
+        why: list[str] = []
+        if not scorable[i]:
+            why.append("No model could score the firm, so no PD or grade is available.")
+        elif declined_pd[i]:
+            why.append(f"PD {_pct(p[i], 2)} is above the decline threshold of {_pct(pd_max, 2)}.")
+        elif limit_final[i] <= 0:
+            if uncapped[i] <= 0:
+                why.append("No trade inflow in the last 12 months and no eligible confirmed receivables, "
+                           "so there is no amount to lend against.")
+            else:
+                why.append(f"After caps and rounding down to {_cny(unit)} the limit is zero.")
+        if why:
+            decision[i] = "decline"
+        else:
+            if grade[i] == "alternate":
+                why.append("Grade is alternate (备选): normal, strict review.")
+            if cycle[i] > 0:
+                why.append(f"{_pct(cycle[i])} of trade money moved on cycles of matching amounts among "
+                           "related parties (possible fabricated trade).")
+            if rtrip[i] > rt_max:
+                why.append(f"{_pct(rtrip[i])} of trade money went out and came back at a matching amount "
+                           f"within days, above the {_pct(rt_max)} review threshold.")
+            if in_cycle[i] >= 1:
+                why.append("The firm sits on a closed loop of the trade graph (goods or money may circulate).")
+            if dq[i] > 0:
+                why.append(f"{int(dq[i])} data-quality issue(s) in the firm's records.")
+            if need_consent and not consent_ok[i]:
+                st = consent_status[i]
+                wording = {"missing": "no data-use authorisation is on file",
+                           "expired": "the firm's data-use authorisation has expired",
+                           "not_yet_valid": "the firm's data-use authorisation is not yet valid"}
+                why.append(f"Consent check failed: {wording.get(st, 'no valid data-use authorisation')}; "
+                           "data may be used only with the firm's authorisation.")
+            decision[i] = "review" if why else "approve"
+            if not why:
+                why.append("Within policy: scorable, PD below the decline threshold, no review flags.")
+        reasons.append(why)
+
+        lines = []
+        if scorable[i]:
+            lines.append(f"Flow part: {_pct(flow_share[i], 0)} ({grade[i]}) of 12-month trade inflow "
+                         f"{_cny(trade_in[i])} = {_cny(flow_part[i])}.")
+            lines.append(f"Receivable part: {_pct(advance, 0)} of eligible confirmed open receivables "
+                         f"{_cny(recv[i])} = {_cny(recv_part[i])}.")
+            lines.append(f"Uncapped limit: {_cny(uncapped[i])}.")
+            for name in binding[i]:
+                if name == "core_line":
+                    lines.append(f"Capped by {CAP_SENTENCES[name]}: line {_cny(line_of[i])}, suppliers scaled "
+                                 f"to {_pct(core_scale[i])} of their limits.")
+                elif name == "expected_loss":
+                    lines.append(f"Capped by {CAP_SENTENCES[name]} ({_cny(float(max_el))} at PD {_pct(p[i], 2)}, "
+                                 f"LGD {_pct(lgd, 0)}): {_cny(cap_value[name][i])}.")
+                else:
+                    lines.append(f"Capped by {CAP_SENTENCES[name]}: {_cny(cap_value[name][i])}.")
+            if lendable[i] and unit > 0 and limit_final[i] < limit[i]:
+                lines.append(f"Rounded down to a multiple of {_cny(unit)}.")
+            if decision[i] == "decline":
+                lines.append("Limit: CNY 0 (declined, see the reasons).")
+            else:
+                lines.append(f"Limit: {_cny(limit_final[i])}.")
+        else:
+            lines.append("Limit: CNY 0 (not scorable).")
+        basis.append(lines)
+
+    limit_out = np.where(decision == "decline", 0.0, limit_final)
+    return pd.DataFrame({
+        "firm_id": firm, "flow_share": flow_share, "flow_part": flow_part, "receivable_part": recv_part,
+        "uncapped_limit": uncapped, "limit_cny": limit_out, "binding_caps": binding,
+        "decision": decision, "decision_reasons": reasons, "limit_basis": basis,
+    }, index=frame.index)

@@ -1,0 +1,230 @@
+"""Per-firm contributions (SHAP on the calibrated log-odds) and reason codes.
+
+Contributions
+    :func:`contributions` explains a fitted :class:`~scf_engine.learners.LightGBMPD` in
+    the units it decides in: the Platt-calibrated log-odds ``a * raw + b``. Two routes
+    give the same numbers (path-dependent TreeSHAP):
+
+    * ``"native"``: LightGBM's ``pred_contrib`` (the model's own ``contributions``);
+    * ``"treeshap"``: ``shap.TreeExplainer`` on the same booster and raw features.
+
+    Both return the columns ``features + ["expected_value"]`` and satisfy additivity,
+    ``expected_value + sum(features) == model.decision_function(X)``, row by row. shap's
+    own additivity check is switched off (it fails spuriously for several LightGBM cases,
+    see pitfalls.md); :func:`additivity_error` is the check to run instead.
+
+Reason codes
+    :func:`reason_codes` groups contributions by catalogue ``family`` (five correlated
+    payroll features read as one reason), ranks families by the absolute sum, and names
+    each family by its strongest feature, in the catalogue's words (``label_en`` /
+    ``label_zh``): the catalogue is the single source of words. :func:`format_reasons`
+    writes them as one ';'-separated string for ``limits.csv``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from scf_engine.features.catalogue import load_catalogue
+
+EXPECTED = "expected_value"
+DIRECTION_WORDS = {
+    "en": {"up": "raises risk", "down": "lowers risk"},
+    "zh": {"up": "推高风险", "down": "降低风险"},
+}
+MISSING_WORDS = {"en": "missing", "zh": "缺失"}
+
+
+# --- contributions --------------------------------------------------------------------------
+def _trimmed_booster(model):
+    """The booster restricted to the iterations the model predicts with."""
+    import lightgbm as lgb
+
+    booster = model.booster_
+    best = int(getattr(model, "best_iteration_", 0) or 0)
+    if best and booster.current_iteration() > best:
+        return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    return booster
+
+
+def contributions(model, X: pd.DataFrame, method: str = "native") -> pd.DataFrame:
+    """Contributions to the calibrated log-odds: columns = ``model.features_`` +
+    ``expected_value``, index = ``X.index``; each row sums to ``model.decision_function``."""
+    if method == "native":
+        return model.contributions(X)
+    if method != "treeshap":
+        raise ValueError(f"method must be 'native' or 'treeshap', not {method!r}")
+    import shap
+
+    feats = list(model.features_)
+    Xf = X[feats].astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shap's notice that the LightGBM output layout changed
+        explainer = shap.TreeExplainer(_trimmed_booster(model))
+        sv = explainer.shap_values(Xf, check_additivity=False)
+    base = explainer.expected_value
+    if isinstance(sv, list):  # older layout: one array per class, the positive class last
+        sv = sv[-1]
+        base = np.atleast_1d(base)[-1]
+    sv = np.asarray(sv, dtype=np.float64)
+    if sv.ndim == 3:  # (n, features, classes)
+        sv = sv[:, :, -1]
+        base = np.atleast_1d(base)[-1]
+    base = float(np.atleast_1d(base)[0])
+    a, b = float(model.platt_a_), float(model.platt_b_)
+    out = pd.DataFrame(sv * a, columns=feats, index=X.index)
+    out[EXPECTED] = base * a + b
+    return out
+
+
+def additivity_error(contrib: pd.DataFrame, model, X: pd.DataFrame) -> np.ndarray:
+    """Per row: |expected_value + sum of contributions - decision_function(X)|."""
+    total = contrib.to_numpy(dtype=np.float64).sum(axis=1)
+    return np.abs(total - model.decision_function(X))
+
+
+# --- reason codes ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reason:
+    """One reason: a catalogue family and its strongest feature for this firm."""
+
+    family: str
+    feature: str
+    label_en: str
+    label_zh: str
+    direction: str  # "raises risk" / "lowers risk" (sign of the family's summed contribution)
+    contribution: float  # the family's summed contribution, calibrated log-odds
+    feature_contribution: float  # the named feature's own contribution
+    value: float | None  # the firm's value of the named feature (None = missing)
+    industry_median: float | None = None  # median of the feature in the firm's industry (peers)
+    industry: str | None = None
+
+    @property
+    def raises_risk(self) -> bool:
+        return self.contribution > 0
+
+    def label(self, lang: str = "en") -> str:
+        return self.label_zh if lang == "zh" else self.label_en
+
+    def direction_text(self, lang: str = "en") -> str:
+        return DIRECTION_WORDS.get(lang, DIRECTION_WORDS["en"])["up" if self.raises_risk else "down"]
+
+    def text(self, lang: str = "en") -> str:
+        """``"Months without social insurance, last 12 = 4 (industry median 0): raises risk"``."""
+        value = format_value(self.value, lang)
+        s = f"{self.label(lang)} = {value}"
+        if self.industry_median is not None:
+            med = format_value(self.industry_median, lang)
+            s += f"（行业中位数 {med}）" if lang == "zh" else f" (industry median {med})"
+        return s + ("：" if lang == "zh" else ": ") + self.direction_text(lang)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def format_value(v, lang: str = "en") -> str:
+    """A feature value as a person reads it: integers plain, large amounts with thousands
+    separators, shares and rates to three significant figures."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return MISSING_WORDS.get(lang, "missing")
+    v = float(v)
+    if math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    if v == int(v) and abs(v) < 1e15:
+        return f"{int(v):,}"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def _none_if_nan(v):
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def reason_codes(contrib: pd.DataFrame, X: pd.DataFrame, model_features, *, reference: pd.DataFrame | None = None,
+                 top: int = 5, catalogue=None) -> pd.Series:
+    """Top ``top`` reasons per row of ``X``: a Series (index = ``X.index``) of lists of
+    :class:`Reason`, most important first.
+
+    ``contrib``: from :func:`contributions` (same index as ``X``); ``X``: the features and,
+    when ``reference`` is given, an ``industry`` column; ``reference``: the peers' features
+    with an ``industry`` column, from which the industry median of each reason's feature
+    is taken. Families whose contributions sum to exactly zero give no reason.
+    """
+    cat = catalogue or load_catalogue()
+    feats = [f for f in model_features if f != EXPECTED]
+    missing = [f for f in feats if f not in contrib.columns]
+    if missing:
+        raise KeyError(f"contributions lack features {missing[:5]}")
+    C = contrib.loc[X.index, feats].to_numpy(dtype=np.float64)
+    V = X.reindex(columns=feats).to_numpy(dtype=np.float64)
+    fam_of = [cat[f].family if f in cat else f for f in feats]
+    families = list(dict.fromkeys(fam_of))
+    fam_idx = np.array([families.index(f) for f in fam_of])
+    n, k = C.shape[0], len(families)
+    member = np.zeros((len(feats), k))
+    member[np.arange(len(feats)), fam_idx] = 1.0
+    S = C @ member  # (n, families) family sums
+
+    medians = None
+    industries = None
+    if reference is not None:
+        if "industry" not in reference.columns or "industry" not in X.columns:
+            raise KeyError("reference and X both need an 'industry' column for industry medians")
+        medians = reference.groupby("industry")[[f for f in feats if f in reference.columns]].median()
+        industries = X["industry"].to_numpy()
+
+    order = np.argsort(-np.abs(S), axis=1, kind="stable")[:, :top]
+    labels = {f: (cat[f].label_en, cat[f].label_zh) if f in cat else (f, f) for f in feats}
+    members = [np.flatnonzero(fam_idx == j) for j in range(k)]
+    out = []
+    for i in range(n):
+        reasons = []
+        for j in order[i]:
+            total = S[i, j]
+            if total == 0 or not np.isfinite(total):
+                continue
+            cols = members[j]
+            c = C[i, cols]
+            same = np.sign(c) == np.sign(total)
+            pick = cols[np.argmax(np.where(same, np.abs(c), -1.0))]
+            f = feats[pick]
+            med, ind = None, None
+            if medians is not None:
+                ind = industries[i]
+                if f in medians.columns and ind in medians.index:
+                    med = _none_if_nan(medians.at[ind, f])
+            reasons.append(Reason(
+                family=families[j], feature=f, label_en=labels[f][0], label_zh=labels[f][1],
+                direction=DIRECTION_WORDS["en"]["up" if total > 0 else "down"], contribution=float(total),
+                feature_contribution=float(C[i, pick]), value=_none_if_nan(V[i, pick]), industry_median=med,
+                industry=None if ind is None else str(ind),
+            ))
+        out.append(reasons)
+    return pd.Series(out, index=X.index, dtype=object)
+
+
+def _as_reason(r) -> Reason:
+    if isinstance(r, Reason):
+        return r
+    fields = Reason.__dataclass_fields__
+    return Reason(**{k: v for k, v in dict(r).items() if k in fields})
+
+
+def format_reasons(reasons, lang: str = "en") -> str:
+    """One string, most important first, ';'-separated (the ``reasons`` column of
+    ``limits.csv``). Accepts :class:`Reason` objects or their ``to_dict()``."""
+    return "; ".join(_as_reason(r).text(lang).replace(";", ",") for r in reasons)
+
+
+__all__ = ["EXPECTED", "Reason", "additivity_error", "contributions", "format_reasons", "format_value", "reason_codes"]

@@ -1,0 +1,429 @@
+"""One credit memo (授信评审备忘录) per scored firm: printable HTML, PDF and Markdown.
+
+``render_memo(ctx, out_dir, formats=("html", "pdf", "md"))`` renders the Jinja2
+templates in ``memo/templates`` and returns ``{format: path}``. The HTML is
+self-contained (images embedded as base64 data URIs, print CSS for A4); the PDF is that
+HTML printed by WeasyPrint; the Markdown references the images written beside it
+(``<stem>.neighbourhood.png``, ``<stem>.waterfall.png``).
+
+Context (``ctx``), exactly these keys (others are refused; * = required):
+
+* ``firm``\\*: ``{firm_id, name, industry, region, founded_on, batch_group}``
+* ``as_of``\\*: the as-of date (date, Timestamp or ISO string)
+* ``chain_position``: ``{role, upstream_tier, downstream_tier, cores: [core names],
+  core_dependence}`` (:func:`chain_position` builds it from a Chain)
+* ``neighbourhood_png``: PNG bytes or a path; the firm's chain, made with
+  ``plot_chain(..., highlight=firm_id)`` (:func:`neighbourhood_png`)
+* ``models``\\*: ``[{name, pd, version, run_id}]`` for ``propagation`` / ``decoupled`` /
+  ``hybrid``; ``pd`` None means the model does not score the firm, and an optional
+  ``reason`` says why
+* ``final``\\*: ``{pd, score, grade, limit_cny, decision, limit_basis: [lines explaining
+  each component and which cap bound]}``
+* ``reasons``\\*: the firm's list from :func:`scf_engine.explain.reason_codes`
+  (:class:`~scf_engine.explain.Reason` objects or their ``to_dict()``)
+* ``waterfall_png``: PNG bytes or a path (:func:`scf_engine.explain.plots.waterfall_plot`)
+* ``propagation_paths``: rows of :func:`scf_engine.explain.path_decomposition`
+  (DataFrame or list of dicts), optional
+* ``data_quality``: ``[{file, line, column, reason}]`` - quarantined rows touching the firm
+* ``mlflow``: ``{run_id, experiment, tracking_uri}``
+* ``generated_at``: when the memo was made (default: now)
+
+Privacy: the firm's own id is shown in full; every other firm id (USCC), external
+counterparty code (``EXT-...``) or account number is masked to its first 4 and last 2
+characters (``9132************7A``), in tables and in free text alike (:func:`scrub`).
+MLflow run ids and model versions are shown as given.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+FORMATS = ("html", "pdf", "md")
+REQUIRED_KEYS = ("firm", "as_of", "models", "final", "reasons")
+OPTIONAL_KEYS = ("chain_position", "neighbourhood_png", "waterfall_png", "propagation_paths", "data_quality",
+                 "mlflow", "generated_at")
+CONTEXT_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
+FIRM_KEYS = ("firm_id", "name", "industry", "region", "founded_on", "batch_group")
+MAX_PATHS_SHOWN = 8
+
+GRADE_WORDS = {"premium": "高级 Premium", "grade_1": "一级 Grade 1", "alternate": "备选 Alternate"}
+DECISION_WORDS = {"approve": "批准 Approve", "review": "人工复核 Review", "decline": "拒绝 Decline"}
+ROLE_WORDS = {"core": "核心企业 Core enterprise", "upstream": "上游供应商 Upstream supplier",
+              "downstream": "下游经销商 Downstream buyer", "unattached": "未挂链 Not attached to a chain"}
+MODEL_WORDS = {"propagation": "核心企业信用传导 Core-credit propagation", "decoupled": "脱核模型 De-coupled (flows)",
+               "hybrid": "混合模型 Hybrid (core + data)"}
+DIRECTION_ZH = {"raises risk": "推高风险", "lowers risk": "降低风险"}
+
+# what counts as an identifier to mask in free text
+_CODE = "0-9A-HJ-NPQRTUWXY"
+ID_PATTERN = re.compile(
+    rf"(?<![0-9A-Za-z])(?:[{_CODE}]{{2}}\d{{6}}[{_CODE}]{{10}}"  # unified social credit code (18)
+    r"|EXT-[A-Za-z0-9-]{2,}"  # external counterparty code
+    r"|\d{15,25})(?![0-9A-Za-z])"  # bank account number
+)
+
+
+# --- masking ---------------------------------------------------------------------------------
+def mask_id(value) -> str:
+    """Keep the first 4 and last 2 characters: ``9132************7A``."""
+    s = "" if value is None else str(value)
+    if len(s) <= 6:
+        return "*" * len(s)
+    return s[:4] + "*" * (len(s) - 6) + s[-2:]
+
+
+def scrub(text, keep=()) -> str:
+    """Mask every firm id, external counterparty code and account number in ``text``
+    except those in ``keep`` (the memo's own firm)."""
+    if text is None:
+        return ""
+    keep = set(keep)
+    return ID_PATTERN.sub(lambda m: m.group(0) if m.group(0) in keep else mask_id(m.group(0)), str(text))
+
+
+# --- formatting --------------------------------------------------------------------------------
+def _missing(v) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_pd(v) -> str:
+    if _missing(v):
+        return "—"
+    v = float(v)
+    return f"{100 * v:.2f}%" if v >= 0.0001 else f"{100 * v:.4f}%"
+
+
+def fmt_cny(v) -> str:
+    return "—" if _missing(v) else f"¥{float(v):,.0f}"
+
+
+def fmt_num(v, digits: int = 2) -> str:
+    if _missing(v):
+        return "—"
+    v = float(v)
+    if v == int(v) and abs(v) < 1e15:
+        return f"{int(v):,}"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_signed(v, digits: int = 3) -> str:
+    return "—" if _missing(v) else f"{float(v):+.{digits}f}"
+
+
+def fmt_share(v) -> str:
+    return "—" if _missing(v) else f"{100 * float(v):.1f}%"
+
+
+def fmt_date(v) -> str:
+    if _missing(v):
+        return "—"
+    if isinstance(v, (pd.Timestamp, datetime, date)):
+        return pd.Timestamp(v).strftime("%Y-%m-%d")
+    return str(v)
+
+
+def fmt_datetime(v) -> str:
+    if _missing(v):
+        return "—"
+    if isinstance(v, (pd.Timestamp, datetime)):
+        return pd.Timestamp(v).strftime("%Y-%m-%d %H:%M:%S")
+    return str(v)
+
+
+def _md_cell(v) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+# --- images ------------------------------------------------------------------------------------
+def _png_bytes(img) -> bytes | None:
+    if img is None:
+        return None
+    if isinstance(img, (bytes, bytearray, memoryview)):
+        return bytes(img)
+    p = Path(img)
+    if not p.is_file():
+        raise FileNotFoundError(f"image not found: {p}")
+    return p.read_bytes()
+
+
+def _data_uri(png: bytes | None) -> str | None:
+    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# --- context -> view ---------------------------------------------------------------------------
+def check_context(ctx: dict) -> None:
+    """Refuse unknown or missing keys (the context is a contract between scorer and memo)."""
+    unknown = sorted(set(ctx) - set(CONTEXT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown memo context keys: {unknown}; accepted: {list(CONTEXT_KEYS)}")
+    missing = [k for k in REQUIRED_KEYS if k not in ctx]
+    if missing:
+        raise ValueError(f"memo context lacks required keys: {missing}")
+    if "firm_id" not in (ctx["firm"] or {}):
+        raise ValueError("ctx['firm'] needs a firm_id")
+
+
+def _reason_view(r, keep) -> dict:
+    from scf_engine.explain.reasons import _as_reason, format_value
+
+    r = _as_reason(r)
+    return {
+        "label_en": scrub(r.label_en, keep), "label_zh": scrub(r.label_zh, keep), "family": r.family,
+        "feature": r.feature, "value": format_value(r.value, "en"),
+        "industry_median": None if r.industry_median is None else format_value(r.industry_median, "en"),
+        "direction_en": r.direction_text("en"), "direction_zh": r.direction_text("zh"), "raises": r.raises_risk,
+        "contribution": fmt_signed(r.contribution), "text_en": scrub(r.text("en"), keep),
+        "text_zh": scrub(r.text("zh"), keep),
+    }
+
+
+def _party(fid, name, own) -> str:
+    shown = fid if fid == own else mask_id(fid)
+    if fid == own:
+        return f"本企业 this firm ({shown})"
+    return f"{name} ({shown})" if name else shown
+
+
+def _paths_view(paths, own, keep) -> dict | None:
+    if paths is None:
+        return None
+    df = paths if isinstance(paths, pd.DataFrame) else pd.DataFrame(list(paths))
+    if df.empty:
+        return {"rows": [], "total": None}
+    total = float(df["contribution"].sum())
+    listed = df[df["kind"] == "path"] if "kind" in df else df
+    rest = df[df["kind"] != "path"] if "kind" in df else df.iloc[0:0]
+    rows = []
+    for k, r in enumerate(listed.head(MAX_PATHS_SHOWN).itertuples(index=False), 1):
+        path = list(r.path)
+        names = list(r.names) if isinstance(r.names, (list, tuple)) else [None] * len(path)
+        name_of = dict(zip(path, names))
+        hops = []
+        for h in (r.hops or []):
+            bits = []
+            if h.get("confirmed_receivables_cny"):
+                bits.append(f"已确权应收 confirmed receivables {fmt_cny(h['confirmed_receivables_cny'])}")
+            if h.get("trade_paid_cny"):
+                bits.append(f"采购付款 trade paid {fmt_cny(h['trade_paid_cny'])}")
+            hops.append({"to": scrub(_party(h["to"], name_of.get(h["to"]), own), keep),
+                         "what": "; ".join(bits) or "—", "weight": f"{float(h['weight']):.3f}"})
+        rows.append({"n": k, "core": scrub(_party(r.core_id, r.core_name, own), keep), "length": int(r.length),
+                     "hops": hops, "weight": f"{float(r.weight):.4f}", "decay": f"{float(r.decay_factor):.3f}",
+                     "core_credit": fmt_signed(r.core_credit), "contribution": fmt_signed(r.contribution, 4),
+                     "route": " → ".join(scrub(_party(f, name_of.get(f), own), keep) for f in path)})
+    more = listed.iloc[MAX_PATHS_SHOWN:]
+    return {
+        "rows": rows, "n_listed": len(listed),
+        "more": None if more.empty else {"n": len(more), "contribution": fmt_signed(more["contribution"].sum(), 4)},
+        "remainder": None if rest.empty else fmt_signed(rest["contribution"].sum(), 4),
+        "max_len": paths.attrs.get("max_len") if isinstance(paths, pd.DataFrame) else None,
+        "total": fmt_signed(total, 4),
+    }
+
+
+def view(ctx: dict) -> dict:
+    """The template's view of a context: formatted, masked, images as data URIs."""
+    check_context(ctx)
+    firm = {k: ctx["firm"].get(k) for k in FIRM_KEYS}
+    own = str(firm["firm_id"])
+    keep = {own}
+    firm_v = {k: ("—" if _missing(v) or v == "" else scrub(fmt_date(v) if k == "founded_on" else v, keep))
+              for k, v in firm.items()}
+    firm_v["firm_id"] = own
+
+    cp = dict(ctx.get("chain_position") or {})
+    role = cp.get("role")
+    chain_v = {
+        "role": ROLE_WORDS.get(role, "—" if _missing(role) else scrub(role, keep)),
+        "upstream_tier": fmt_num(cp.get("upstream_tier")), "downstream_tier": fmt_num(cp.get("downstream_tier")),
+        "cores": [scrub(c, keep) for c in (cp.get("cores") or [])],
+        "core_dependence": fmt_share(cp.get("core_dependence")),
+    } if cp else None
+
+    models = []
+    for m in ctx.get("models") or []:
+        scored = not _missing(m.get("pd"))
+        models.append({
+            "name": MODEL_WORDS.get(m.get("name"), scrub(m.get("name"), keep)), "pd": fmt_pd(m.get("pd")),
+            "scored": scored, "version": "—" if _missing(m.get("version")) else str(m.get("version")),
+            "run_id": "—" if _missing(m.get("run_id")) else str(m.get("run_id")),
+            "reason": scrub(m.get("reason") or ("" if scored else "不可评分 not scorable"), keep),
+        })
+
+    fin = dict(ctx["final"] or {})
+    final_v = {
+        "pd": fmt_pd(fin.get("pd")), "score": fmt_num(fin.get("score"), 1),
+        "grade": GRADE_WORDS.get(fin.get("grade"), "—" if _missing(fin.get("grade")) else str(fin.get("grade"))),
+        "grade_code": "" if _missing(fin.get("grade")) else str(fin.get("grade")),
+        "decision": DECISION_WORDS.get(fin.get("decision"),
+                                       "—" if _missing(fin.get("decision")) else str(fin.get("decision"))),
+        "decision_code": "" if _missing(fin.get("decision")) else str(fin.get("decision")),
+        "limit_cny": fmt_cny(fin.get("limit_cny")),
+        "limit_basis": [scrub(line, keep) for line in (fin.get("limit_basis") or [])],
+    }
+
+    dq = [{"file": scrub(d.get("file"), keep), "line": "—" if _missing(d.get("line")) else str(d.get("line")),
+           "column": scrub(d.get("column"), keep), "reason": scrub(d.get("reason"), keep)}
+          for d in (ctx.get("data_quality") or [])]
+    ml = dict(ctx.get("mlflow") or {})
+    generated = ctx.get("generated_at") or datetime.now().astimezone()
+    return {
+        "firm": firm_v, "as_of": fmt_date(ctx["as_of"]), "chain": chain_v, "models": models, "final": final_v,
+        "reasons": [_reason_view(r, keep) for r in (ctx.get("reasons") or [])],
+        "paths": _paths_view(ctx.get("propagation_paths"), own, keep), "data_quality": dq,
+        "mlflow": {k: ("—" if _missing(ml.get(k)) else str(ml.get(k))) for k in ("run_id", "experiment", "tracking_uri")},
+        "generated_at": fmt_datetime(generated),
+        "neighbourhood_png": _png_bytes(ctx.get("neighbourhood_png")),
+        "waterfall_png": _png_bytes(ctx.get("waterfall_png")),
+    }
+
+
+# --- rendering ------------------------------------------------------------------------------------
+_ENVS: dict[str, Environment] = {}
+
+
+def _env(kind: str) -> Environment:
+    if kind not in _ENVS:
+        env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
+                          autoescape=select_autoescape(enabled_extensions=("html", "html.j2"),
+                                                       default_for_string=False) if kind == "html" else False,
+                          trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+        env.filters["md"] = _md_cell
+        _ENVS[kind] = env
+    return _ENVS[kind]
+
+
+def memo_stem(ctx: dict) -> str:
+    fid = re.sub(r"[^0-9A-Za-z_-]", "_", str(ctx["firm"]["firm_id"]))
+    return f"memo_{fid}_{fmt_date(ctx['as_of'])}"
+
+
+def render_html(ctx: dict, v: dict | None = None) -> str:
+    v = v or view(ctx)
+    images = {"neighbourhood": _data_uri(v["neighbourhood_png"]), "waterfall": _data_uri(v["waterfall_png"])}
+    return _env("html").get_template("memo.html.j2").render(**v, images=images)
+
+
+def render_markdown(ctx: dict, v: dict | None = None, image_names: dict | None = None) -> str:
+    v = v or view(ctx)
+    images = {"neighbourhood": None, "waterfall": None, **(image_names or {})}
+    return _env("md").get_template("memo.md.j2").render(**v, images=images)
+
+
+def write_pdf(html: str, path: Path, base_url: str | None = None) -> Path:
+    from weasyprint import HTML
+
+    HTML(string=html, base_url=base_url).write_pdf(str(path))
+    return path
+
+
+def render_memo(ctx: dict, out_dir: Path, formats=FORMATS) -> dict[str, Path]:
+    """Render one memo into ``out_dir``; returns ``{format: path}`` for ``formats``."""
+    formats = tuple(formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown memo formats {bad}; choose from {FORMATS}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    v = view(ctx)
+    stem = memo_stem(ctx)
+    out: dict[str, Path] = {}
+    html = None
+    if "html" in formats or "pdf" in formats:
+        html = render_html(ctx, v)
+    if "html" in formats:
+        out["html"] = out_dir / f"{stem}.html"
+        out["html"].write_text(html, encoding="utf-8")
+    if "pdf" in formats:
+        out["pdf"] = write_pdf(html, out_dir / f"{stem}.pdf", base_url=str(out_dir))
+    if "md" in formats:
+        names = {}
+        for key in ("neighbourhood", "waterfall"):
+            png = v[f"{key}_png"]
+            if png is not None:
+                name = f"{stem}.{key}.png"
+                (out_dir / name).write_bytes(png)
+                names[key] = name
+        out["md"] = out_dir / f"{stem}.md"
+        out["md"].write_text(render_markdown(ctx, v, names), encoding="utf-8")
+    return out
+
+
+# --- helpers for building a context from the chain ---------------------------------------------------
+def firm_record(chain, firm_id: str) -> dict:
+    """``ctx['firm']`` from the chain's node table."""
+    n = chain.nodes.loc[firm_id]
+    rec = {"firm_id": firm_id}
+    for k in FIRM_KEYS[1:]:
+        v = n.get(k)
+        rec[k] = None if _missing(v) else v
+    return rec
+
+
+def chain_position(chain, firm_id: str) -> dict:
+    """``ctx['chain_position']``: role, tiers, the names of the cores the firm is tied to and
+    its dependence on cores."""
+    n = chain.nodes.loc[firm_id]
+    cores = n.get("cores")
+    cores = [c for c in cores if c != firm_id] if isinstance(cores, tuple) else []
+    names = chain.nodes["name"].reindex(cores)
+    return {
+        "role": n.get("role"),
+        "upstream_tier": None if _missing(n.get("upstream_tier")) else float(n.get("upstream_tier")),
+        "downstream_tier": None if _missing(n.get("downstream_tier")) else float(n.get("downstream_tier")),
+        "cores": [str(x) if not _missing(x) else mask_id(c) for c, x in zip(cores, names)],
+        "core_dependence": None if _missing(n.get("core_dependence")) else float(n.get("core_dependence")),
+    }
+
+
+def neighbourhood_png(chain, firm_id: str, *, core_id: str | None = None, risk: pd.Series | None = None,
+                      max_nodes: int = 400) -> bytes | None:
+    """The firm's chain (its first core's, or ``core_id``'s) with the firm highlighted, as
+    PNG bytes; None for a firm tied to no core."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from scf_engine.graph.export import chain_layout, plot_chain
+
+    if core_id is None:
+        cores = chain.nodes.at[firm_id, "cores"]
+        cores = [c for c in cores if c != firm_id] if isinstance(cores, tuple) else []
+        if not cores:
+            return None
+        core_id = cores[0]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    plot_chain(chain, core_id, risk=risk, highlight=firm_id, ax=ax, max_nodes=max_nodes,
+               title=f"{chain.nodes.at[core_id, 'name']} 供应链 / chain at {chain.as_of.date()}")
+    ax.tick_params(axis="x", bottom=True, labelbottom=True)  # networkx's drawing hides the tier labels
+    _, pos = chain_layout(chain, core_id, max_nodes=max_nodes)
+    if firm_id in pos:
+        x, y = pos[firm_id]
+        ax.annotate("本企业 this firm", (x, y), xytext=(12, 10), textcoords="offset points", fontsize=9,
+                    arrowprops={"arrowstyle": "->", "lw": 0.8}, bbox={"boxstyle": "round", "fc": "white", "lw": 0.5})
+    else:
+        ax.text(0.01, 0.01, f"本企业不在图中最大的 {max_nodes} 个伙伴内 / the firm is outside the {max_nodes} largest partners shown",
+                transform=ax.transAxes, fontsize=8, color="#555")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+__all__ = ["CONTEXT_KEYS", "chain_position", "check_context", "firm_record", "mask_id", "neighbourhood_png",
+           "render_html", "render_markdown", "render_memo", "scrub", "view", "write_pdf"]

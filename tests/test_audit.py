@@ -1,0 +1,197 @@
+"""The hash-chained audit log: append, verify, and every kind of tampering."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scf_engine import audit
+
+
+def make_log(tmp_path, n=5) -> Path:
+    path = tmp_path / "logs" / "audit.jsonl"
+    for i in range(n):
+        audit.append(path, "analyst.li", "score", {
+            "firm_ids": [f"F{i}", f"F{i + 1}"], "inputs": {"firms.csv": "ab" * 32},
+            "models": {"decoupled": i}, "policies": {"limit_policy": "cd" * 32}, "output": "ef" * 32,
+        })
+    return path
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
+def test_append_builds_a_chain(tmp_path):
+    path = make_log(tmp_path)
+    entries = [json.loads(x) for x in lines(path)]
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5]
+    assert entries[0]["prev_hash"] == "0" * 64
+    for a, b in zip(entries, entries[1:]):
+        assert b["prev_hash"] == a["hash"]
+    for e in entries:
+        body = {k: v for k, v in e.items() if k != "hash"}
+        canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        import hashlib
+        assert e["hash"] == hashlib.sha256(canon).hexdigest()
+        assert e["timestamp"].endswith("Z") and e["actor"] == "analyst.li"
+    assert audit.verify(path) == (True, [])
+
+
+def test_append_returns_what_it_wrote_and_defaults_actor(tmp_path):
+    path = tmp_path / "a.jsonl"
+    e = audit.append(path, None, "train", {"n": np.int64(3), "pd": np.float64(0.25), "path": Path("x/y"),
+                                            "ids": {"b", "a"}, "arr": np.array([1, 2])})
+    assert json.loads(lines(path)[0]) == e
+    assert e["details"] == {"n": 3, "pd": 0.25, "path": "x/y", "ids": ["a", "b"], "arr": [1, 2]}
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = None
+    if user:
+        assert e["actor"] == user
+    assert audit.head(path) == {"seq": 1, "hash": e["hash"]}
+    with pytest.raises(ValueError):
+        audit.append(path, "x", "", {})
+    with pytest.raises(ValueError):
+        audit.append(path, "x", "score", {"pd": float("nan")})
+    assert audit.verify(path) == (True, [])  # a refused append leaves the log as it was
+
+
+def test_edited_field_is_found(tmp_path):
+    path = make_log(tmp_path)
+    ls = lines(path)
+    e = json.loads(ls[2])
+    e["details"]["firm_ids"] = ["F99"]
+    ls[2] = json.dumps(e) + "\n"
+    path.write_text("".join(ls), encoding="utf-8")
+    ok, problems = audit.verify(path)
+    assert not ok and problems[0].startswith("line 3:") and "edited" in problems[0]
+    assert len(problems) == 1
+
+
+def test_edited_and_rehashed_entry_breaks_the_next_link(tmp_path):
+    path = make_log(tmp_path)
+    ls = lines(path)
+    e = json.loads(ls[1])
+    e["actor"] = "someone.else"
+    e["hash"] = audit.entry_hash(e)
+    ls[1] = audit.canonical(e).decode() + "\n"
+    path.write_text("".join(ls), encoding="utf-8")
+    ok, problems = audit.verify(path)
+    assert not ok and problems[0].startswith("line 3:") and "prev_hash" in problems[0]
+
+
+def test_deleted_line_is_found(tmp_path):
+    path = make_log(tmp_path)
+    ls = lines(path)
+    del ls[2]
+    path.write_text("".join(ls), encoding="utf-8")
+    ok, problems = audit.verify(path)
+    assert not ok and problems[0].startswith("line 3:")
+    assert any("seq 4 where 3 was expected" in p for p in problems)
+
+
+def test_deleted_first_line_is_found(tmp_path):
+    path = make_log(tmp_path)
+    path.write_text("".join(lines(path)[1:]), encoding="utf-8")
+    ok, problems = audit.verify(path)
+    assert not ok and problems[0].startswith("line 1:") and "deleted" in problems[0]
+
+
+def test_swapped_lines_are_found(tmp_path):
+    path = make_log(tmp_path)
+    ls = lines(path)
+    ls[1], ls[2] = ls[2], ls[1]
+    path.write_text("".join(ls), encoding="utf-8")
+    ok, problems = audit.verify(path)
+    assert not ok and problems[0].startswith("line 2:") and "reordered" in problems[0]
+
+
+def test_truncated_last_line_is_found_and_blocks_appending(tmp_path):
+    path = make_log(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-40])
+    ok, problems = audit.verify(path)
+    assert not ok and problems[0] == "line 5: truncated (the file ends inside this entry)"
+    with pytest.raises(audit.AuditError):
+        audit.append(path, "x", "score", {})
+    # only the newline lost: the entry is intact but the write did not finish
+    path.write_bytes(data[:-1])
+    ok, problems = audit.verify(path)
+    assert not ok and problems == ["line 5: no newline at the end of the file (truncated or an interrupted write)"]
+
+
+def test_tail_deletion_needs_an_anchor(tmp_path):
+    path = make_log(tmp_path)
+    anchor = audit.head(path)
+    path.write_text("".join(lines(path)[:-1]), encoding="utf-8")
+    assert audit.verify(path) == (True, [])  # a clean cut at a line boundary looks whole...
+    ok, problems = audit.verify(path, anchor=anchor)  # ...but not against a recorded head
+    assert not ok and "seq 5" in problems[0]
+
+
+def test_append_refuses_a_broken_last_entry(tmp_path):
+    path = make_log(tmp_path, 2)
+    ls = lines(path)
+    e = json.loads(ls[-1])
+    e["action"] = "delete"
+    ls[-1] = json.dumps(e) + "\n"
+    path.write_text("".join(ls), encoding="utf-8")
+    with pytest.raises(audit.AuditError, match="hash"):
+        audit.append(path, "x", "score", {})
+
+
+def test_append_reads_only_the_last_line(tmp_path, monkeypatch):
+    path = make_log(tmp_path, 3)
+    # a long log: appending must not read it all
+    big = path.stat().st_size
+    reads = []
+    real_open = open  # the builtin; audit.open is patched below
+
+    class Spy:
+        def __init__(self, fh):
+            self._fh = fh
+
+        def read(self, n=-1):
+            out = self._fh.read(n)
+            reads.append(len(out))
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self._fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return self._fh.__exit__(*a)
+
+    for i in range(300):
+        audit.append(path, "batch", "score", {"i": i, "pad": "x" * 200})
+    size = path.stat().st_size
+    assert size > 20 * big
+    monkeypatch.setattr(audit, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
+    audit.append(path, "batch", "score", {"i": -1})
+    monkeypatch.undo()
+    assert reads and sum(reads) < 10_000 < size
+    assert audit.verify(path) == (True, [])
+    assert audit.head(path)["seq"] == 304
+
+
+def test_verify_missing_and_empty(tmp_path):
+    ok, problems = audit.verify(tmp_path / "none.jsonl")
+    assert not ok and "no such audit log" in problems[0]
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert audit.verify(tmp_path / "empty.jsonl") == (True, [])
+
+
+def test_file_sha256(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_bytes(b"firm_id\n")
+    import hashlib
+    assert audit.file_sha256(p) == hashlib.sha256(b"firm_id\n").hexdigest()

@@ -1,0 +1,207 @@
+"""Credit memos: rendered HTML opened in headless Chromium, the PDF rasterised with
+pdftoppm, the Markdown read back; masking of counterparty identifiers.
+
+Chromium and poppler-utils are Debian packages (``make system-test-deps``); these tests
+fail, never skip, when they are missing.
+"""
+
+from __future__ import annotations
+
+import html as htmllib
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scf_engine.memo import chain_position, firm_record, mask_id, neighbourhood_png, render_memo, scrub
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run `apt-get install -y {package}` (or `make system-test-deps`)",
+                    pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def memo_case(tmp_path_factory):
+    """A trained world and one rendered memo for a firm reached by core credit over several hops."""
+    from scf_engine.assemble import add_propagation, assemble, split_dates, stack
+    from scf_engine.explain import contributions, path_decomposition, reason_codes
+    from scf_engine.explain.plots import waterfall_plot
+    from scf_engine.ingest import load_dataset
+    from scf_engine.learners import DecoupledModel
+    from scf_engine.propagation import CorePropagation
+    from scf_engine.simulate import WorldConfig, simulate, write_dataset
+
+    tmp = tmp_path_factory.mktemp("memo")
+    path = write_dataset(simulate(WorldConfig(n_firms=600, seed=3, n_months=36)), tmp / "data")
+    ds = load_dataset(path)
+    dates = ds.snapshot_dates()
+    data = assemble(ds, dates)
+    train, test = split_dates(dates, n_test=1)
+    prop = CorePropagation.from_policy().fit([data[T].chain for T in train], [data[T].labels for T in train])
+    add_propagation(data, prop)
+    tr, te = stack(data, train), stack(data, test)
+    ok = tr.history_months.notna()
+    dec = DecoupledModel.from_policy().fit(tr[ok], tr.label[ok], as_of=tr.as_of[ok], groups=tr.firm_id[ok])
+
+    T = test[0]
+    chain = data[T].chain
+    frame = prop.predict_frame(chain)
+    te = te[te.history_months.notna() & te.firm_id.isin(frame.index[frame["covered"]])].set_index("firm_id")
+    # the scorable firm with the most multi-hop paths, so the memo shows counterparties
+    best, best_paths = None, None
+    for fid in chain.nodes.loc[te.index].sort_values("upstream_tier", ascending=False).index[:25]:
+        p = path_decomposition(prop, chain, fid, max_len=4, frame=frame)
+        n = int((p["length"] > 1).sum())
+        if best is None or n > best[0]:
+            best, best_paths = (n, fid), p
+    fid = best[1]
+    row = te.loc[[fid]]
+    c = contributions(dec, row)
+    reasons = reason_codes(c, row, dec.features_, reference=tr)[fid]
+    pd_dec = float(dec.predict_proba(row)[0, 1])
+    other = [f for f in chain.nodes.index if f != fid]
+    dq = [{"file": r["file"], "line": r["line"], "column": r["column"], "reason": r["reason"]}
+          for r in ds.report.rows_touching(fid).to_dict("records")]
+    dq.append({"file": "flows.csv", "line": 4711, "column": "payer_id",
+               "reason": f"payer {other[0]} paid from account 6222020200112233445 twice; EXT-C-000123 unknown"})
+    ctx = {
+        "firm": firm_record(chain, fid), "as_of": T, "chain_position": chain_position(chain, fid),
+        "neighbourhood_png": neighbourhood_png(chain, fid),
+        "models": [
+            {"name": "propagation", "pd": float(frame.at[fid, "pd"]), "version": "1", "run_id": "a" * 32},
+            {"name": "decoupled", "pd": pd_dec, "version": "3", "run_id": "b" * 32},
+            {"name": "hybrid", "pd": None, "version": "2", "run_id": "c" * 32, "reason": "no registry history"},
+        ],
+        "final": {"pd": pd_dec, "score": 81.5, "grade": "grade_1", "limit_cny": 1_250_000.0, "decision": "approve",
+                  "limit_basis": [f"Receivables: 70% of confirmed open receivables on {other[1]} = ¥1,250,000 (binding)",
+                                  "Flows: 30% of trade inflow, last 12 months = ¥2,575,541",
+                                  "Grade 1 cap: ¥3,000,000 (not binding)"]},
+        "reasons": reasons,
+        "waterfall_png": waterfall_plot(c.loc[fid], row.loc[fid], None, lang="zh"),
+        "propagation_paths": best_paths,
+        "data_quality": dq,
+        "mlflow": {"run_id": "d" * 32, "experiment": "scf-batch", "tracking_uri": "sqlite:///mlflow.db"},
+        "generated_at": pd.Timestamp("2024-01-02 09:30"),
+    }
+    out = render_memo(ctx, tmp / "memos")
+    return {"ctx": ctx, "out": out, "fid": fid, "others": other, "tmp": tmp, "n_multi": best[0]}
+
+
+def _not_blank(png_path, min_std: float = 8.0, min_ink: float = 0.02):
+    from PIL import Image
+
+    img = np.asarray(Image.open(png_path).convert("L"), dtype=float)
+    ink = float((img < 200).mean())
+    assert img.std() > min_std and ink > min_ink, f"{png_path} looks blank (std {img.std():.1f}, ink {ink:.3f})"
+
+
+def _visible_text(html: str) -> str:
+    html = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+    html = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", html, flags=re.S)
+    return htmllib.unescape(re.sub(r"<[^>]+>", " ", html))
+
+
+def test_memo_files(memo_case):
+    out = memo_case["out"]
+    assert set(out) == {"html", "pdf", "md"}
+    for p in out.values():
+        assert p.is_file() and p.stat().st_size > 1000
+    html = out["html"].read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == 2  # self-contained
+    assert "src=\"http" not in html and "href=\"http" not in html
+    assert "@page" in html and "@media print" in html
+    md = out["md"].read_text(encoding="utf-8")
+    for key in ("neighbourhood", "waterfall"):
+        name = f"{out['md'].stem}.{key}.png"
+        assert f"]({name})" in md and (out["md"].parent / name).is_file()
+    assert memo_case["n_multi"] > 0
+
+
+def test_memo_in_headless_chromium(memo_case, tmp_path):
+    chromium = _tool("chromium", "chromium")
+    html_path = memo_case["out"]["html"]
+    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "memo.png"
+    r = subprocess.run(common + [f"--screenshot={shot}", "--window-size=1200,1600", html_path.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), f"chromium made no screenshot (rc {r.returncode}): {r.stderr[-2000:]}"
+    _not_blank(shot)
+    dom = subprocess.run(common + ["--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = _visible_text(dom.stdout)
+    ctx = memo_case["ctx"]
+    assert memo_case["fid"] in text
+    assert "一级 Grade 1" in text
+    first = ctx["reasons"][0]
+    assert first.label_en in text and first.label_zh in text
+    assert "企业概况" in text and "Key reasons" in text  # bilingual headings
+
+
+def test_memo_pdf_renders(memo_case, tmp_path):
+    pdftoppm = _tool("pdftoppm", "poppler-utils")
+    pdftotext = _tool("pdftotext", "poppler-utils")
+    pdf = memo_case["out"]["pdf"]
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    r = subprocess.run([pdftoppm, "-png", "-r", "60", str(pdf), str(tmp_path / "page")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    pages = sorted(tmp_path.glob("page*.png"))
+    assert pages, "pdftoppm made no page"
+    _not_blank(pages[0])
+    text = subprocess.run([pdftotext, str(pdf), "-"], capture_output=True, text=True, timeout=120).stdout
+    assert memo_case["fid"] in text and "一级 Grade 1" in text
+    assert memo_case["ctx"]["reasons"][0].label_zh in text
+
+
+def test_counterparty_ids_are_masked(memo_case):
+    fid, others = memo_case["fid"], memo_case["others"]
+    out = memo_case["out"]
+    pdf_text = subprocess.run([_tool("pdftotext", "poppler-utils"), str(out["pdf"]), "-"], capture_output=True,
+                              text=True, timeout=120).stdout
+    texts = {"html": _visible_text(out["html"].read_text(encoding="utf-8")),
+             "md": out["md"].read_text(encoding="utf-8"), "pdf": pdf_text}
+    for kind, text in texts.items():
+        leaked = [o for o in others if o in text]
+        assert not leaked, f"{kind} shows counterparty ids in full: {leaked[:3]}"
+        assert "6222020200112233445" not in text and "EXT-C-000123" not in text
+        assert fid in text
+    md = texts["md"]
+    assert mask_id(others[0]) in md and mask_id("6222020200112233445") in md
+    # the paths section names its counterparties masked
+    hop_ids = {h["to"] for hops in memo_case["ctx"]["propagation_paths"]["hops"].dropna() for h in hops}
+    assert hop_ids and all(mask_id(h) in md for h in list(hop_ids)[:3])
+
+
+def test_masking_rules():
+    assert mask_id("91320281MA1XYZ007A") == "9132************7A"
+    assert len(mask_id("913202812705344758")) == 18
+    s = scrub("paid by 913202812705344758 to EXT-C-004211 from 6222020200112233445; own 91370211753684902W",
+              keep={"91370211753684902W"})
+    assert "913202812705344758" not in s and "9132************58" in s
+    assert "EXT-******11" in s and "6222*************45" in s and "91370211753684902W" in s
+    assert scrub("amount ¥1,250,000 on 2024-01-01, run abcdef0123456789abcdef0123456789") == \
+        "amount ¥1,250,000 on 2024-01-01, run abcdef0123456789abcdef0123456789"
+
+
+def test_context_is_checked(memo_case, tmp_path):
+    ctx = dict(memo_case["ctx"])
+    with pytest.raises(ValueError, match="unknown"):
+        render_memo({**ctx, "score": 1}, tmp_path)
+    ctx.pop("final")
+    with pytest.raises(ValueError, match="final"):
+        render_memo(ctx, tmp_path)
+    minimal = {k: memo_case["ctx"][k] for k in ("firm", "as_of", "models", "final", "reasons")}
+    out = render_memo(minimal, tmp_path, formats=("html", "md"))
+    assert set(out) == {"html", "md"}
+    assert "No quarantined rows" in out["md"].read_text(encoding="utf-8")
