@@ -50,7 +50,7 @@ def print_report(report) -> None:
 @handles_errors
 def simulate(
     out: Path = typer.Option(..., "--out", help="Folder to write the dataset to."),
-    firms: int = typer.Option(2000, "--firms", help="Number of firms."),
+    firms: int = typer.Option(10000, "--firms", help="Number of firms (the default world: 10,000)."),
     seed: int = typer.Option(42, "--seed", help="Random seed (the world is deterministic for a seed)."),
     months: int = typer.Option(48, "--months", help="Months of history."),
     fmt: str = typer.Option("csv", "--format", help="csv, parquet, or compact (flows and receivables as Parquet)."),
@@ -153,6 +153,121 @@ def compare(
 
 @app.command()
 @handles_errors
+def score(
+    data: Path = typer.Argument(..., help="Dataset folder."),
+    batch: Path = typer.Option(..., "--batch", help="batch.csv: firm_id, requested_amount (optional)."),
+    out: Path = typer.Option(..., "--out", help="limits.csv to write; memos go to memos/ beside it."),
+    as_of: str = typer.Option(None, "--as-of", help="Snapshot date YYYY-MM-DD (default: the day after the data's last date)."),
+    consents: Path = typer.Option(None, "--consents", help="consents.csv: firm_id, granted_on, expires_on."),
+    group_limit: float = typer.Option(None, "--group-limit", help="One envelope (CNY) shared by the group (整园/整会/整村授信)."),
+    group_by: str = typer.Option("batch", "--group-by", help="batch: the whole batch is one group; batch_group: one envelope per firms' batch_group."),
+    chain_core: str = typer.Option(None, "--chain-core", help="The core whose 1+N chain this batch is (default: detected when all firms share one core)."),
+    memos: bool = typer.Option(True, "--memos/--no-memos", help="Write a credit memo per scored firm."),
+    memo_formats: str = typer.Option("html,pdf,md", "--memo-formats", help="Comma-separated: html, pdf, md."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    audit_log: Path = typer.Option(Path("audit/audit.jsonl"), "--audit-log", help="The hash-chained audit log to append to."),
+):
+    """Score a batch with the champion models: limits.csv, memos, an MLflow run and an audit entry."""
+    from scf_engine.scoring import score as run_score
+
+    with steps("score") as say:
+        try:
+            r = run_score(data, batch, out, as_of=as_of, tracking_uri=tracking_uri, consents=consents, group_limit=group_limit,
+                          group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
+                          audit_log=audit_log, progress=say)
+        except LookupError as exc:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(ExitCode.UNUSABLE) from None
+    lim = r.limits
+    by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
+    by["grade"] = by["grade"].fillna("-")
+    console.print(frame_table(by, f"Batch at {lim['as_of'].iloc[0]}: {len(lim)} firms", float_format="{:,.0f}"))
+    show = lim[["firm_id", "pd", "score", "grade", "limit_cny", "decision"]].head(15)
+    console.print(frame_table(show, "First rows of limits.csv", float_format="{:,.4f}"))
+    console.print(f"limits: {r.out_path}; memos: {r.memo_dir or '-'}; MLflow run {r.run_id}; audit entry #{r.audit_entry['seq']}")
+
+
+@app.command()
+@handles_errors
+def explain(
+    data: Path = typer.Argument(..., help="Dataset folder."),
+    firm: str = typer.Option(..., "--firm", help="The firm's unified social credit code."),
+    as_of: str = typer.Option(None, "--as-of", help="Snapshot date (default: the day after the data's last date)."),
+    out: Path = typer.Option(Path("out/explain"), "--out", help="Folder for the memo."),
+    alias: str = typer.Option("champion", "--alias", help="Registered model alias to explain."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+):
+    """Print the reasons behind one firm's PD and write its credit memo."""
+    import csv
+    import tempfile
+
+    from scf_engine.scoring import score as run_score
+
+    with tempfile.TemporaryDirectory() as tmp:
+        batch = Path(tmp) / "batch.csv"
+        with open(batch, "w", newline="") as fh:
+            csv.writer(fh).writerows([["firm_id"], [firm]])
+        consents = Path(tmp) / "consents.csv"
+        with open(consents, "w", newline="") as fh:  # explaining is not lending: no consent gate
+            csv.writer(fh).writerows([["firm_id", "granted_on", "expires_on"], [firm, "1900-01-01", ""]])
+        try:
+            r = run_score(data, batch, out / "limits.csv", as_of=as_of, tracking_uri=tracking_uri, consents=consents,
+                          audit_log=out / "audit.jsonl")
+        except LookupError as exc:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(ExitCode.UNUSABLE) from None
+    row = r.limits.iloc[0]
+    console.print(f"[bold]{row['firm_id']}[/] at {row['as_of']}: PD {row['pd']:.4f}  score {row['score']}  grade {row['grade']}  "
+                  f"limit CNY {row['limit_cny']:,.0f}  decision {row['decision']}" if row["pd"] == row["pd"] else
+                  f"[bold]{row['firm_id']}[/]: not scored - {row['reasons']}", highlight=False)
+    for i, reason in enumerate(str(row["reasons"]).split("; "), 1):
+        console.print(f"  {i}. {reason}", highlight=False)
+    console.print(f"memo: {r.memo_dir}")
+
+
+audit_app = typer.Typer(help="The hash-chained audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(log: Path = typer.Argument(Path("audit/audit.jsonl"), help="Audit log to check.")):
+    """Check every entry's hash and the chain; exit 0 when intact, 1 when tampered."""
+    from scf_engine import audit
+
+    if not log.is_file():
+        err_console.print(f"[red]error:[/] {log}: no such audit log")
+        raise typer.Exit(ExitCode.UNUSABLE)
+    ok, problems = audit.verify(log)
+    if ok:
+        n = sum(1 for _ in open(log, encoding="utf-8"))
+        console.print(f"{log}: intact ({n} entries)")
+        return
+    for p in problems:
+        err_console.print(f"[red]tampered:[/] {p}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command("import")
+@handles_errors
+def import_export(
+    source: Path = typer.Argument(..., help="A foreign export (CSV)."),
+    mapping: Path = typer.Option(..., "--mapping", help="YAML column mapping (see data/mappings/)."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to write contract files to."),
+):
+    """Turn someone else's export into contract files through a column mapping."""
+    from scf_engine.ingest.mapping import import_export as run_import
+
+    try:
+        paths = run_import(source, mapping, out)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.UNUSABLE) from None
+    for name, p in paths.items():
+        console.print(f"{name}: {p}")
+
+
+@app.command()
+@handles_errors
 def demo(
     data: Path = typer.Option(Path("data/sample"), "--data", help="Dataset folder."),
     out: Path = typer.Option(Path("out/demo"), "--out", help="Folder for every output."),
@@ -169,6 +284,15 @@ def demo(
     train(data=data, tracking_uri=None, out=out / "train", n_test=2)
     console.rule("3. compare")
     compare(tracking_uri=None, alias="challenger", promote=["all"], data=data, out=out / "compare")
+    console.rule("4. score a batch: one core's chain (1+N)")
+    batch = data / "batch.csv"
+    consents = data / "consents.csv"
+    score(data=data, batch=batch, out=out / "score" / "limits.csv", as_of=None,
+          consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
+          memos=True, memo_formats="html,pdf,md", tracking_uri=None, audit_log=Path("audit/audit.jsonl"))
+    console.rule("5. audit")
+    audit_verify(Path("audit/audit.jsonl"))
+    console.print("open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")
 
 
 def main():  # pragma: no cover - console-script entry

@@ -73,7 +73,7 @@ def test_feature_values_on_a_hand_built_flow_table():
     assert F["payer_hhi_12m"] == pytest.approx((1_200_000 / 1_800_000) ** 2 + (550_000 / 1_800_000) ** 2 + (50_000 / 1_800_000) ** 2)
     assert F["payer_churn_3m"] == pytest.approx(50_000 / 450_000)  # EXT-C3 first paid in the latest 3 months
     assert F["round_amount_share_12m"] == pytest.approx(1.0)  # 100,000 and 50,000 are both whole 10,000s
-    assert F["net_margin_12m"] == pytest.approx((1_800_000 - 12 * 90_000 - 9 * 20_000 - 40_000 - 11 * 6_000 - 12 * 6_000) / 1_800_000)
+    assert F["net_margin_12m"] == pytest.approx((1_800_000 - 12 * 90_000 - 8 * 20_000 - 40_000 - 11 * 6_000 - 12 * 6_000) / 1_800_000)
 
 
 def test_young_and_flowless_firms():

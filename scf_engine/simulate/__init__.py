@@ -156,6 +156,43 @@ def write_batches(batches, path: Path, schema: pa.Schema | None = None) -> None:
                 writer.write_batch(_plain(b))
 
 
+def consents_frame(world: World) -> pd.DataFrame:
+    """Data-sharing authorisations (``firm_id, granted_on, expires_on``): a firm's fund
+    flows reach the platform from the day it authorised sharing; three-year terms; a few
+    firms let theirs lapse and a few never signed (the limit policy then refuses them)."""
+    rng = np.random.default_rng([world.config.seed, 5])
+    f = world.firms[~world.firms["is_core"]]
+    start = world.months[0]
+    end = world.months[-1] + pd.offsets.MonthEnd(0)
+    granted = pd.to_datetime(np.where(f["flows_visible_from"] > start, f["flows_visible_from"],
+                                      start - pd.to_timedelta(rng.integers(0, 365, len(f)), unit="D")))
+    expires = granted + pd.DateOffset(years=3)
+    u = rng.random(len(f))
+    lapsed = u < 0.04
+    expires = pd.Series(expires, index=f.index)
+    expires[lapsed] = end - pd.to_timedelta(rng.integers(30, 200, lapsed.sum()), unit="D")
+    renewed = ~lapsed & (expires <= end)
+    expires[renewed] = expires[renewed] + pd.DateOffset(years=3)
+    keep = u >= 0.02  # 2% never signed
+    out = pd.DataFrame({"firm_id": f["firm_id"], "granted_on": granted.strftime("%Y-%m-%d"),
+                        "expires_on": expires.dt.strftime("%Y-%m-%d")})
+    return out[keep].reset_index(drop=True)
+
+
+def batch_frame(world: World) -> pd.DataFrame:
+    """A demo batch request: one core's chain (1+N), its live tier-1 and tier-2 suppliers,
+    some asking for an amount. The core is the one with the most suppliers."""
+    rng = np.random.default_rng([world.config.seed, 6])
+    f = world.firms
+    dm = world.state["default_month"]
+    chain = f[f["role"].isin(["tier1", "tier2"]) & (dm < 0)]
+    core = chain["primary_core"].value_counts().index[0]
+    members = chain[chain["primary_core"] == core]
+    amounts = np.where(rng.random(len(members)) < 0.3, np.round(members["size"] * rng.uniform(0.5, 3, len(members)), -4), np.nan)
+    out = pd.DataFrame({"firm_id": members["firm_id"], "requested_amount": amounts})
+    return out.sort_values("firm_id").reset_index(drop=True)
+
+
 def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
     """Write the world as a contract dataset folder, plus truth and simulator metadata.
 
@@ -186,6 +223,8 @@ def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
         primary_core=np.where(f["primary_core"] >= 0, ids[np.maximum(f["primary_core"], 0)], ""),
         mu=np.round(world.state["params"].mu, 4),
     ).to_csv(out / "truth_firms.csv", index=False)
+    consents_frame(world).to_csv(out / "consents.csv", index=False)
+    batch_frame(world).to_csv(out / "batch.csv", index=False)
     meta = {
         "generator": "scf_engine.simulate",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in world.config.__dict__.items()},

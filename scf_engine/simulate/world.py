@@ -55,9 +55,10 @@ CORE_MU = {"AAA": 5.0, "AA+": 4.6, "AA": 4.2, "AA-": 3.9, "A+": 3.6, "A": 3.3, "
 
 @dataclass
 class WorldConfig:
-    """Knobs of the generative story; defaults give the shipped sample world."""
+    """Knobs of the generative story; defaults give the default world (10,000 firms);
+    the shipped sample is the same story with 2,000 firms."""
 
-    n_firms: int = 2000
+    n_firms: int = 10000
     seed: int = 42
     start: str = "2022-01-01"
     n_months: int = 48

@@ -1,0 +1,291 @@
+"""train -> compare -> score, tracked in MLflow: the embedded store, a real server, the
+registry, batch scoring with every kind of bad request, and the audit chain."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from scf_engine import tracking
+from scf_engine.cli import app
+from scf_engine.contract import DECISIONS, GRADES, LIMITS_COLUMNS
+from scf_engine.simulate import WorldConfig, simulate, write_dataset
+from scf_engine.simulate.faults import write_faulty_copy
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    return write_dataset(simulate(WorldConfig(n_firms=500, seed=21, n_months=36)), tmp_path_factory.mktemp("w") / "data")
+
+
+@pytest.fixture(scope="module")
+def trained(world_dir, tmp_path_factory):
+    """One training, comparison with promotion, and a scored batch, in a fresh store."""
+    home = tmp_path_factory.mktemp("home")
+    old = os.getcwd()
+    os.chdir(home)
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    try:
+        r = invoke("train", world_dir, "--tracking-uri", uri, "--out", home / "train")
+        assert r.exit_code == 0, r.output
+        r = invoke("compare", "--tracking-uri", uri, "--promote", "all", "--out", home / "compare")
+        assert r.exit_code == 0, r.output
+        r = invoke("score", world_dir, "--batch", world_dir / "batch.csv", "--consents", world_dir / "consents.csv",
+                   "--out", home / "score" / "limits.csv", "--tracking-uri", uri, "--memo-formats", "html,md",
+                   "--audit-log", home / "audit.jsonl")
+        assert r.exit_code == 0, r.output
+        yield {"home": home, "uri": uri, "data": world_dir}
+    finally:
+        os.chdir(old)
+
+
+def test_training_is_one_parent_run_with_a_child_per_model_and_registered_challengers(trained):
+    tracking.configure(trained["uri"])
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name("scf-train")
+    runs = mlflow.search_runs([exp.experiment_id])
+    parents = runs[runs["tags.scf_role"] == "parent"]
+    children = runs[runs["tags.scf_role"] == "model"]
+    assert len(parents) == 1 and set(children["tags.model_kind"]) == {"propagation", "decoupled", "hybrid", "jiangyin"}
+    assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
+    p = parents.iloc[0]
+    assert json.loads(p["params.dataset_fingerprint"]).keys() >= {"firms.csv", "flows.csv", "receivables.csv"}
+    assert json.loads(p["params.policy_hashes"]).keys() >= {"features", "lightgbm", "master_scale", "limit_policy"}
+    assert p["metrics.rows_quarantined"] == 0
+    for kind in ("propagation", "decoupled", "hybrid"):
+        c = children[children["tags.model_kind"] == kind].iloc[0]
+        assert 0.5 < c["metrics.auc"] <= 1 and 0 < c["metrics.coverage"] <= 1
+        assert tracking.model_version_info(kind, "challenger") is not None
+        assert tracking.model_version_info(kind, "champion") is not None
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(children[children["tags.model_kind"] == "hybrid"]["run_id"].iloc[0], "plots")}
+    assert {"plots/roc.png", "plots/ks.png", "plots/calibration.png", "plots/lift.png"} <= arts
+
+
+def test_a_registered_model_gives_exactly_the_same_pds(trained):
+    tracking.configure(trained["uri"])
+    from scf_engine.assemble import add_propagation, assemble, stack
+    from scf_engine.ingest import load_dataset
+
+    ds = load_dataset(trained["data"])
+    T = ds.snapshot_dates()[-1]
+    prop, _ = tracking.load_model("propagation", "champion")
+    hyb, _ = tracking.load_model("hybrid", "challenger")
+    data = assemble(ds, [T])
+    add_propagation(data, prop)
+    X = stack(data, [T])
+    heldout = pd.read_parquet(trained["home"] / "train" / "evaluation" / "heldout_predictions.parquet")
+    before = heldout[heldout["as_of"] == T].set_index("firm_id")["pd_hybrid"]
+    after = pd.Series(hyb.predict_proba(X)[:, 1], index=X["firm_id"]).reindex(before.index)
+    assert np.array_equal(before.to_numpy(), after.to_numpy())
+
+
+def test_comparison_report_and_segments(trained):
+    out = trained["home"] / "compare"
+    html = (out / "comparison.html").read_text()
+    assert "pd_jiangyin" in html and "bootstrap" in html and "data:image/png;base64" in html
+    boot = pd.read_csv(out / "bootstrap.csv")
+    assert {"auc_lo", "auc_hi", "ks_lo", "ks_hi"} <= set(boot.columns) and (boot["auc_lo"] <= boot["auc_hi"]).all()
+    overall = pd.read_csv(out / "overall.csv").set_index("model")
+    assert overall.loc["pd_propagation", "coverage"] < overall.loc["pd_decoupled", "coverage"]
+
+
+def test_batch_limits_follow_the_contract(trained):
+    lim = pd.read_csv(trained["home"] / "score" / "limits.csv", dtype={"firm_id": str})
+    batch = pd.read_csv(trained["data"] / "batch.csv", dtype={"firm_id": str})
+    assert list(lim.columns[: len(LIMITS_COLUMNS)]) == list(LIMITS_COLUMNS)
+    assert lim["firm_id"].tolist() == batch["firm_id"].tolist()
+    scored = lim["pd"].notna()
+    assert scored.mean() > 0.8
+    assert lim.loc[scored, "pd"].between(0, 1).all() and lim.loc[scored, "score"].between(0, 100).all()
+    assert set(lim.loc[scored, "grade"]) <= set(GRADES) and set(lim["decision"]) <= set(DECISIONS)
+    assert (lim["limit_cny"] >= 0).all() and (lim.loc[~scored, "decision"] == "decline").all()
+    assert lim.loc[~scored, "reasons"].str.len().gt(0).all() and lim.loc[scored, "reasons"].str.count(";").ge(2).all()
+    premium = lim["grade"] == "premium"
+    assert (lim.loc[premium, "score"] >= 90).all()
+    memos = trained["home"] / "score" / "memos"
+    assert len(list(memos.glob("*.html"))) == scored.sum() and len(list(memos.glob("*.md"))) == scored.sum()
+    r = invoke("audit", "verify", trained["home"] / "audit.jsonl")
+    assert r.exit_code == 0, r.output
+
+
+def test_the_batch_is_an_mlflow_run_and_an_audit_entry(trained):
+    tracking.configure(trained["uri"])
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name("scf-score")
+    run = mlflow.search_runs([exp.experiment_id]).iloc[0]
+    assert run["params.batch_id"] and json.loads(run["params.model_versions"]).keys() == {"propagation", "decoupled", "hybrid"}
+    lim = pd.read_csv(trained["home"] / "score" / "limits.csv")
+    assert run["metrics.total_limit_cny"] == pytest.approx(lim["limit_cny"].sum())
+    assert run["metrics.n_approve"] + run["metrics.n_review"] + run["metrics.n_decline"] == len(lim)
+    entry = json.loads((trained["home"] / "audit.jsonl").read_text().splitlines()[-1])
+    assert entry["details"]["mlflow_run_id"] == run["run_id"] and entry["action"] == "score"
+    assert set(entry["details"]["inputs"]) >= {"batch", "firms.csv"}
+
+
+def test_same_batch_same_models_same_limits(trained, tmp_path):
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    r = invoke("score", data, "--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out", tmp_path / "limits.csv",
+               "--tracking-uri", uri, "--no-memos", "--audit-log", home / "audit.jsonl")
+    assert r.exit_code == 0, r.output
+    a = pd.read_csv(home / "score" / "limits.csv")
+    b = pd.read_csv(tmp_path / "limits.csv")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_bad_requests_each_get_a_row_with_a_reason(trained, tmp_path):
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    firms = pd.read_csv(data / "firms.csv", dtype=str)
+    defaults = pd.read_csv(data / "defaults.csv", dtype=str)
+    good = pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].tolist()
+    core = firms.loc[firms["is_core"] == "true", "firm_id"].iloc[0]
+    rows = [(good[0], "-100"), (good[1], "lots"), (good[2], ""), (good[2], ""), ("91110000000000000X", ""),
+            (defaults["firm_id"].iloc[0], ""), (core, ""), (good[3], "1,000,000")]
+    batch = tmp_path / "batch.csv"
+    pd.DataFrame(rows, columns=["firm_id", "requested_amount"]).to_csv(batch, index=False)
+    r = invoke("score", data, "--batch", batch, "--consents", data / "consents.csv", "--out", tmp_path / "limits.csv",
+               "--tracking-uri", uri, "--no-memos", "--audit-log", home / "audit.jsonl")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "limits.csv", dtype={"firm_id": str})
+    assert len(lim) == len(rows)
+    reasons = lim["reasons"].tolist()
+    assert "requested_amount '-100'" in reasons[0] and "requested_amount 'lots'" in reasons[1]
+    assert "repeated in the batch" in reasons[3] and "unknown firm" in reasons[4]
+    assert "in default since" in reasons[5] and "core enterprise" in reasons[6]
+    assert lim.loc[[0, 1, 3, 4, 5, 6], "decision"].eq("decline").all() and lim.loc[[0, 1, 3, 4, 5, 6], "pd"].isna().all()
+    assert lim.loc[7, "limit_cny"] <= 1_000_000 and lim.loc[7, "requested_amount"] == 1_000_000
+
+
+def test_consent_refusal_and_group_envelope(trained, tmp_path):
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    batch = pd.read_csv(data / "batch.csv", dtype=str).head(12)
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    consents = pd.read_csv(data / "consents.csv", dtype=str)
+    consents = consents[consents["firm_id"] != batch["firm_id"].iloc[0]]
+    consents.to_csv(tmp_path / "consents.csv", index=False)
+    r = invoke("score", data, "--batch", tmp_path / "batch.csv", "--consents", tmp_path / "consents.csv", "--out",
+               tmp_path / "limits.csv", "--tracking-uri", uri, "--no-memos", "--group-limit", "3000000",
+               "--audit-log", home / "audit.jsonl")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "limits.csv", dtype={"firm_id": str})
+    assert "no valid data-sharing authorisation" in lim.loc[0, "reasons"] and np.isnan(lim.loc[0, "pd"])
+    assert lim["limit_cny"].sum() <= 3_000_000 + 1e-6
+    assert "group_allocation_cny" in lim
+
+
+@pytest.mark.parametrize("content,message", [
+    ("requested_amount\n100\n", "missing required column 'firm_id'"),
+    ("firm_id,requested_amount\n", "nothing to score"),
+])
+def test_unusable_batch_is_one_clear_error(trained, tmp_path, content, message):
+    batch = tmp_path / "batch.csv"
+    batch.write_text(content)
+    r = invoke("score", trained["data"], "--batch", batch, "--out", tmp_path / "l.csv", "--tracking-uri", trained["uri"])
+    assert r.exit_code == 2 and message in r.output
+
+
+def test_missing_champion_is_one_clear_error(world_dir, tmp_path):
+    r = invoke("score", world_dir, "--batch", world_dir / "batch.csv", "--out", tmp_path / "l.csv",
+               "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--no-memos")
+    assert r.exit_code == 2 and "no champion model registered" in r.output
+
+
+def test_unusable_dataset_stops_before_any_run(trained, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained["data"], broken)
+    (broken / "flows.csv").unlink()
+    tracking.configure(trained["uri"])
+    before = tracking.count_runs("train")
+    r = invoke("train", broken, "--tracking-uri", trained["uri"], "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "flows: missing required file" in r.output
+    assert tracking.count_runs("train") == before
+
+
+def test_quarantined_rows_still_train_and_are_recorded(world_dir, tmp_path):
+    manifest = write_faulty_copy(world_dir, tmp_path / "faulty", seed=1)
+    uri = f"sqlite:///{tmp_path / 'q.db'}"
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        r = invoke("train", tmp_path / "faulty", "--tracking-uri", uri, "--out", tmp_path / "o")
+    finally:
+        os.chdir(old)
+    assert r.exit_code == 0, r.output
+    tracking.configure(uri)
+    run = tracking.latest_run("train")
+    assert run.data.metrics["rows_quarantined"] == len(manifest)
+
+
+def test_audit_log_tampering_is_detected(trained, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    shutil.copy(trained["home"] / "audit.jsonl", log)
+    lines = log.read_text().splitlines()
+    entry = json.loads(lines[0])
+    entry["details"]["as_of"] = "1999-01-01"
+    lines[0] = json.dumps(entry)
+    log.write_text("\n".join(lines) + "\n")
+    r = invoke("audit", "verify", log)
+    assert r.exit_code == 1 and "line 1" in r.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_train_and_compare_against_a_real_mlflow_server(world_dir, tmp_path):
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=1).status == 200:
+                    break
+            except Exception:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not come up on loopback within 60 s")
+        old = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            r = invoke("train", world_dir, "--tracking-uri", uri, "--out", tmp_path / "train")
+            assert r.exit_code == 0, r.output
+            r = invoke("compare", "--tracking-uri", uri, "--promote", "hybrid", "--out", tmp_path / "compare")
+            assert r.exit_code == 0, r.output
+        finally:
+            os.chdir(old)
+        tracking.configure(uri)
+        assert tracking.model_version_info("hybrid", "champion") is not None
+        assert tracking.count_runs("compare") == 1
+        assert any((tmp_path / "artifacts").rglob("MLmodel"))  # artifacts went through the server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
