@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import duckdb
+from scf_engine.duck import connect
 import pandas as pd
 
 from scf_engine.dataset import Dataset, Snapshot
@@ -50,7 +50,7 @@ def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None) -> pd.DataFram
 def assemble(dataset: Dataset, dates, *, with_labels: bool = True, truth: pd.DataFrame | None = None,
              progress=None) -> dict[pd.Timestamp, SnapshotData]:
     out = {}
-    con = duckdb.connect()
+    con = connect()
     for i, T in enumerate(dates):
         T = pd.Timestamp(T)
         snap = dataset.as_of(T)

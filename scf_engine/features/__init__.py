@@ -19,7 +19,7 @@ How (all declarative DuckDB SQL, so the same definitions can run on a cluster en
 
 from __future__ import annotations
 
-import duckdb
+from scf_engine.duck import connect
 import numpy as np
 import pandas as pd
 
@@ -96,8 +96,7 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     cat = catalogue or load_catalogue()
     T = snapshot.as_of.strftime("%Y-%m-%d")
     own = con is None
-    con = con or duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
+    con = con or connect()
     firms = snapshot.firms[["firm_id", "industry", "founded_on"]]
     con.register("firms", firms)
     con.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]])

@@ -61,10 +61,10 @@ def round_trip_edges(frame: pd.DataFrame, *, tolerance: float = TOLERANCE, days:
 
     ``frame`` has ``payer, payee, amount, booked_on`` and a unique ``_i`` row number.
     """
-    import duckdb
+    from scf_engine.duck import connect
 
     own = con is None
-    con = con or duckdb.connect()
+    con = con or connect()
     con.register("_rt", frame[["_i", "payer", "payee", "amount", "booked_on"]])
     hits = con.sql(f"""
         SELECT a._i AS i, b._i AS j FROM _rt a JOIN _rt b

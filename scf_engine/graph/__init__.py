@@ -8,7 +8,7 @@ and computes per-firm graph and registry features. Exports and the chain picture
 
 from __future__ import annotations
 
-import duckdb
+from scf_engine.duck import connect
 import numpy as np
 
 from scf_engine.dataset import Snapshot
@@ -21,7 +21,7 @@ __all__ = ["Chain", "build_chain", "chain_roles"]
 
 def build_chain(snapshot: Snapshot, *, con=None) -> Chain:
     own = con is None
-    con = con or duckdb.connect()
+    con = con or connect()
     edges, totals = build_edges(snapshot, con=con)
     if own:
         con.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import duckdb
+from scf_engine.duck import connect
 import networkx as nx
 import pandas as pd
 
@@ -107,8 +107,7 @@ class Chain:
 def build_edges(snapshot: Snapshot, con=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(edges, per-firm 12-month trade totals) at the snapshot's as-of date."""
     own = con is None
-    con = con or duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
+    con = con or connect()
     T = snapshot.as_of.strftime("%Y-%m-%d")
     con.register("receivables", snapshot.receivables)
     con.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]])

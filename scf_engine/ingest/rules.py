@@ -198,7 +198,6 @@ def uscc_reason(value: str, column: str) -> str | None:
 
 
 def connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET preserve_insertion_order = true")
-    con.execute("SET enable_progress_bar = false")
-    return con
+    from scf_engine.duck import connect as duck_connect
+
+    return duck_connect()

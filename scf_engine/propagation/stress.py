@@ -17,8 +17,6 @@ Two views, reported side by side:
 from __future__ import annotations
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
