@@ -151,6 +151,8 @@ AMOUNT_DECIMALS = 2
 
 def grade_for_score(score: float) -> str:
     """The contract's three tiers for a 0..100 score (higher is safer)."""
+    if score != score:  # NaN: an unscored firm has no grade
+        raise ValueError("no grade for a missing score")
     if score >= GRADE_FLOORS["premium"]:
         return "premium"
     if score >= GRADE_FLOORS["grade_1"]:

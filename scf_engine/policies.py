@@ -86,6 +86,8 @@ def _check_score_scale(data: dict, path: Path) -> None:
     for key in ("base_score", "base_odds", "points_to_double_odds", "min_score", "max_score"):
         _require(isinstance(data.get(key), (int, float)), path, f"'{key}' must be a number")
     _require(data["points_to_double_odds"] > 0, path, "'points_to_double_odds' must be positive")
+    _require(data["base_odds"] > 0, path, "'base_odds' must be positive")
+    _require(data["min_score"] < data["max_score"], path, "'min_score' must be below 'max_score'")
 
 
 def _check_lightgbm(data: dict, path: Path) -> None:
@@ -105,11 +107,24 @@ def _check_limit_policy(data: dict, path: Path) -> None:
     for key in ("flow_share_by_grade", "advance_rate", "buyer_rating_floor", "pd_decline_above",
                 "expected_loss_budget_share", "lgd"):
         _require(key in data, path, f"missing '{key}'")
+    from scf_engine.contract import RATINGS
+
     _require(set(data["flow_share_by_grade"]) == set(GRADES), path, f"'flow_share_by_grade' must cover {', '.join(GRADES)}")
+    _require(all(0 <= float(v) <= 1 for v in data["flow_share_by_grade"].values()), path, "flow shares must lie in [0, 1]")
+    for key in ("advance_rate", "pd_decline_above", "expected_loss_budget_share", "lgd"):
+        _require(0 <= float(data[key]) <= 1, path, f"'{key}' must lie in [0, 1]")
+    _require(data["buyer_rating_floor"] in RATINGS, path, "'buyer_rating_floor' must be a rating of the master scale")
+    for key in ("max_expected_loss_cny", "max_limit_cny", "round_to_cny"):
+        if key in data:
+            _require(float(data[key]) >= 0, path, f"'{key}' must be >= 0")
 
 
 def _check_final_pd(data: dict, path: Path) -> None:
     _require(data.get("method") in ("champion", "blend"), path, "'method' must be champion or blend")
+    if data["method"] == "champion":
+        fb = data.get("fallback")
+        _require(isinstance(fb, list) and fb and set(fb) <= {"hybrid", "decoupled", "propagation"}, path,
+                 "'fallback' must list models among hybrid, decoupled, propagation")
     if data["method"] == "blend":
         _require(isinstance(data.get("weights"), dict), path, "a blend needs 'weights'")
 

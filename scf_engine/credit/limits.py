@@ -102,13 +102,15 @@ def eligible_receivables(chain, policy: Policy | Mapping[str, Any],
                          master_scale: Policy | Mapping[str, Any]) -> pd.Series:
     """Confirmed, unpaid receivables each firm holds on eligible cores (CNY), by firm_id.
 
-    From ``chain.edges.confirmed_open`` on edges whose buyer passes
+    From ``chain.edges.confirmed_open_not_due`` (confirmed, unpaid and not yet due: paper
+    already overdue is not lent against) on edges whose buyer passes
     :func:`buyer_eligible`; every firm of ``chain.nodes`` appears (0 where none).
     """
     ok = buyer_eligible(chain.nodes, policy, master_scale)
     edges = chain.edges
     good = edges["buyer"].map(ok).fillna(False).astype(bool)
-    out = edges.loc[good].groupby("supplier")["confirmed_open"].sum()
+    col = "confirmed_open_not_due" if "confirmed_open_not_due" in edges else "confirmed_open"
+    out = edges.loc[good].groupby("supplier")[col].sum()
     out = out.reindex(chain.nodes.index, fill_value=0.0).astype(float)
     out.index.name = "firm_id"
     return out.rename("eligible_receivables")
