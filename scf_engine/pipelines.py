@@ -19,7 +19,6 @@ from scf_engine.assemble import add_propagation, assemble, split_dates, stack, t
 from scf_engine.contract import CONTRACT_VERSION
 from scf_engine.dataset import Dataset
 from scf_engine.evaluate import bootstrap_difference, evaluate, psi
-from scf_engine.features.catalogue import load_catalogue
 from scf_engine.ingest import fingerprint, load_dataset
 from scf_engine.ingest.reading import DatasetError
 from scf_engine.learners import DecoupledModel, HybridModel, JiangyinGrading
@@ -121,7 +120,6 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
     predictions.to_parquet(tables / "heldout_predictions.parquet", index=False)
     ds.report.write(out_dir / "quarantine.csv")
 
-    cat = load_catalogue()
     q = ds.report.summary()
     say("logging to MLflow")
     uri = tracking.configure(tracking_uri)

@@ -13,7 +13,6 @@ import io
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

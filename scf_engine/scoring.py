@@ -336,7 +336,6 @@ def _write_memos(memo_dir, formats, result, ok, status, ds, chain, table, models
     from scf_engine.explain.plots import waterfall_plot
     from scf_engine.memo import chain_position, firm_record, neighbourhood_png, render_memo
 
-    firms = ds.firms.set_index("firm_id")
     run = tracking.active_run_id()
     # the neighbourhood picture colours every firm of the chain by the hybrid model's PD
     risk = pd.Series(models["hybrid"].predict_proba(table)[:, 1], index=table.index)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner

@@ -45,14 +45,9 @@ def _position(tr: Transmission, firm_id: str) -> int:
 
 def gain_row(tr: Transmission, decay: float, i: int) -> np.ndarray:
     """Row ``i`` of G (one value per core) by one transposed sparse solve."""
-    n = tr.W_UU.shape[0]
     if tr.W_UC.shape[1] == 0:
         return np.zeros(0)
-    M = (sp.identity(n, format="csc") - decay * tr.W_UU.tocsc()).tocsc()
-    e = np.zeros(n)
-    e[i] = 1.0
-    x = splu(M, permc_spec="COLAMD").solve(e, trans="T")  # x' = e_i' M^-1
-    return np.asarray(decay * (tr.W_UC.T @ x)).ravel()
+    return tr.gain_row(decay, i)
 
 
 def _total(model, chain, firm_id, frame):

@@ -20,7 +20,6 @@ How (all declarative DuckDB SQL, so the same definitions can run on a cluster en
 from __future__ import annotations
 
 from scf_engine.duck import connect
-import numpy as np
 import pandas as pd
 
 from scf_engine.dataset import Snapshot

@@ -9,7 +9,6 @@ and computes per-firm graph and registry features. Exports and the chain picture
 from __future__ import annotations
 
 from scf_engine.duck import connect
-import numpy as np
 
 from scf_engine.dataset import Snapshot
 from scf_engine.graph.build import Chain, build_edges

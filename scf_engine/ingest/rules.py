@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 
 import duckdb
-import pandas as pd
-import pyarrow as pa
 from stdnum.cn import uscc
 
 from scf_engine.contract import (

@@ -91,9 +91,12 @@ class CorePropagation(BaseEstimator):
         a, D = self._core_inputs(chain, tr, mu0)
         if self.core_stats_ is not None:
             D = self._standardise_core(D)
-        G = tr.gain(decay)
-        trans = G @ a if len(a) else np.zeros(len(tr.other_ids))
-        ce = G @ D if len(a) else np.zeros((len(tr.other_ids), len(self.core_evidence)))
+        if len(a):  # G never formed whole: solve for the rating column and each evidence column
+            Y = tr.solve(decay, np.column_stack([a, D]))
+            trans, ce = Y[:, 0], Y[:, 1:]
+        else:
+            trans, ce = np.zeros(len(tr.other_ids)), np.zeros((len(tr.other_ids), len(self.core_evidence)))
+        G = None
         s = chain.nodes.reindex(tr.other_ids)[list(self.standalone_evidence)].astype(float)
         return tr, trans, ce, s, G, a, D
 

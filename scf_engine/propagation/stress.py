@@ -16,7 +16,6 @@ Two views, reported side by side:
 
 from __future__ import annotations
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

@@ -17,8 +17,14 @@ matrix form, with U the non-core firms and C the cores,
 
     y_U = G y_C,   G = (I - decay W_UU)^-1 decay W_UC
 
-solved with a sparse LU factorisation (``scipy.sparse.linalg.splu``). ``G`` itself (one
-column per core) is the decomposition of a firm's transmitted credit by core.
+solved by fixed-point iteration on sparse matrices, ``y <- decay (W_UU y + W_UC y_C)``,
+which converges because ``decay < 1`` and rows sum to at most 1 (a contraction). Supply
+chains are nearly acyclic, so it converges in about as many sweeps as the chain is deep;
+a sparse LU factorisation, tried first, filled in catastrophically on graphs with loops
+(4 minutes on a 1M-edge graph, against under 2 seconds here: bench/bench_graph.py).
+``G`` itself (one column per core) is the decomposition of a firm's transmitted credit
+by core; the model never forms it whole, it solves for the few columns it needs, and an
+explanation takes one row of it (:meth:`Transmission.gain_row`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.sparse.linalg import splu
 
 from scf_engine.graph import Chain
 
@@ -47,24 +52,36 @@ class Transmission:
     def other_ids(self) -> pd.Index:
         return self.firm_ids[len(self.core_ids):]
 
-    def solve(self, decay: float, y_core: np.ndarray) -> np.ndarray:
+    def solve(self, decay: float, y_core: np.ndarray, *, tol: float = 1e-13, max_iter: int = 20_000) -> np.ndarray:
         """Transmitted ``y`` for every non-core firm; ``y_core`` may be (n_cores,) or (n_cores, k)."""
-        lu = self.factor(decay)
-        rhs = decay * (self.W_UC @ y_core)
-        if rhs.ndim == 1:
-            return lu.solve(np.asarray(rhs, dtype=np.float64))
-        return lu.solve(np.asarray(rhs, dtype=np.float64))
+        b = decay * (self.W_UC @ np.asarray(y_core, dtype=np.float64))
+        return _fixed_point(decay * self.W_UU, np.asarray(b), tol, max_iter)
 
-    def factor(self, decay: float):
-        n = self.W_UU.shape[0]
-        M = (sp.identity(n, format="csc") - decay * self.W_UU.tocsc()).tocsc()
-        return splu(M, permc_spec="COLAMD")
+    def gain_row(self, decay: float, i: int, *, tol: float = 1e-13, max_iter: int = 20_000) -> np.ndarray:
+        """Row ``i`` of G (one value per core): ``decay W_UC' x`` where
+        ``(I - decay W_UU)' x = e_i``, solved by the same iteration on the transpose."""
+        e = np.zeros(self.W_UU.shape[0])
+        e[i] = 1.0
+        x = _fixed_point((decay * self.W_UU).T.tocsr(), e, tol, max_iter)
+        return np.asarray(decay * (self.W_UC.T @ x)).ravel()
 
     def gain(self, decay: float) -> np.ndarray:
-        """G (n_other x n_cores): how much of each core's credit reaches each firm."""
-        lu = self.factor(decay)
-        rhs = (decay * self.W_UC).toarray()
-        return lu.solve(rhs) if rhs.size else np.zeros((self.W_UU.shape[0], 0))
+        """G (n_other x n_cores), dense: for small graphs, tests and pictures only."""
+        if self.W_UC.shape[1] == 0:
+            return np.zeros((self.W_UU.shape[0], 0))
+        return self.solve(decay, np.eye(self.W_UC.shape[1]))
+
+
+def _fixed_point(A: sp.csr_matrix, b: np.ndarray, tol: float, max_iter: int) -> np.ndarray:
+    """Solve ``x = A x + b`` for a contraction ``A`` (sparse), ``b`` 1-D or 2-D."""
+    x = b.copy()
+    scale = 1.0 + float(np.max(np.abs(b))) if b.size else 1.0
+    for _ in range(max_iter):
+        nxt = A @ x + b
+        if np.max(np.abs(nxt - x), initial=0.0) <= tol * scale:
+            return nxt
+        x = nxt
+    raise RuntimeError(f"propagation did not converge in {max_iter} sweeps")
 
 
 def transmission(chain: Chain) -> Transmission:
