@@ -4,29 +4,36 @@
 
 Data: :mod:`bench.synthetic` (numpy-vectorised, cached under ``out/bench/synthetic/``),
 not the world simulator, which is far too slow for 20 million flow rows. The 100k world
-has ~400 cores and about 165k chain edges; the 1-million-edge graph is the same link
-generator at 570,000 firms (2,280 cores, the same 0.4% core share), turned straight into
-a :class:`~scf_engine.graph.Chain` (edge and node columns that propagation reads, roles
-from the engine's ``chain_roles``) because a world that size would need ~115 million
-flows.
+has 400 cores and about 165k chain edges. Bigger graphs come from the same link
+generator with the same 0.4% core share, turned straight into a
+:class:`~scf_engine.graph.Chain` (the edge and node columns propagation reads, roles
+from the engine's ``chain_roles``), since a world that size would need ~115 million
+flows: 570,000 firms / ~1.01M edges (the target size) and 250,000 firms / ~440k edges.
 
 Measured, each in fresh processes (median of 3 where a run takes seconds, 1 where it
 takes minutes); ``seconds`` is the timed call only (loading the inputs is not timed),
-``peak_mb`` the whole process's peak RSS (inputs included), ``input_mb`` the RSS after
-loading the inputs:
+``peak_mb`` the process's peak RSS (VmHWM, inputs included), ``input_mb`` its RSS once
+the inputs are loaded:
 
-* ``build_chain`` on the 100k / 2M / 20M snapshot;
-* our propagation: ``transmission(chain)`` + ``Transmission.solve(decay, y_core)`` for one
-  decay (0.8, from the model's grid), the sparse LU path; and ``transmission`` +
-  ``Transmission.gain(decay)``, which is what ``CorePropagation`` actually calls;
-* baseline: a straightforward pure-networkx implementation of the same propagation on
-  the same chain: weights built by looping over the DiGraph, then Jacobi / fixed-point
-  iteration ``y_i <- decay * sum_j W_ij y_j`` over ``G.successors`` in Python until the
-  largest change is below 1e-10; its answer is checked against ours to 1e-8.
+* (a) ``build_chain`` on the 100k / 2M / 20M snapshot;
+* (b), (c) our propagation: ``transmission(chain)`` + ``Transmission.solve(decay,
+  y_core)`` for one decay (0.8, from the model's grid: the sparse LU path); (b2)
+  ``transmission`` + ``Transmission.gain(decay)``, which is what ``CorePropagation``
+  actually calls;
+* (d) baseline: a straightforward pure-networkx implementation of the same propagation
+  on the same chain: weights built by looping over the DiGraph, then Jacobi /
+  fixed-point iteration ``y_i <- decay * sum_j W_ij y_j`` over ``G.successors`` in Python
+  until the largest change is below 1e-10; its answer is checked against ours to 1e-8.
+  It takes ~8 minutes on the 1M-edge graph, so by default it runs on the 100k world chain
+  and on the 440k-edge graph (the largest that finishes in ~2-3 minutes here), with ours
+  on the same graphs; ``BENCH_GRAPH_NX_BIG=1`` adds it on the 1M-edge graph too.
 
-"ratio" is networkx seconds / our seconds on the same graph (> 1: we are faster). A
-last row, clearly marked, is not engine code: a fixed-point solve with scipy sparse
-mat-vecs, the fix this benchmark points to.
+"ratio" is networkx seconds / our seconds on the same graph (> 1: we are faster). Rows
+marked "ref, not engine code" are a fixed-point solve with scipy sparse mat-vecs on the
+engine's own ``transmission`` weights: the fix this benchmark points to.
+
+(``bench.harness.measure`` reports ``ru_maxrss``, which on Linux keeps the high-water
+mark of the forked driver across ``exec``; the functions here report VmHWM instead.)
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ DECAY = 0.8
 TOL = 1e-10
 OUT = Path("out/bench/graph")
 WORLD = dict(n_firms=100_000, n_cores=400, n_receivables=2_000_000, n_flows=20_000_000)
-BIG = dict(n_firms=int(os.environ.get("BENCH_GRAPH_BIG_FIRMS", 570_000)), n_cores=None)  # ~1.01M edges
+BIG_FIRMS = int(os.environ.get("BENCH_GRAPH_BIG_FIRMS", 570_000))  # ~1.01M edges
+MID_FIRMS = int(os.environ.get("BENCH_GRAPH_MID_FIRMS", 250_000))  # ~440k edges: networkx in ~2-3 min
+NX_BIG = os.environ.get("BENCH_GRAPH_NX_BIG", "0") == "1"
 REPEATS = int(os.environ.get("BENCH_GRAPH_REPEATS", 3))
 NODE_COLS = ["is_core", "trade_in_12m", "trade_out_12m", "role"]
 EDGE_COLS = ["supplier", "buyer", "recv_amount_12m", "confirmed_amount_12m", "trade_volume_12m"]
@@ -63,6 +72,11 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
+    """VmHWM: this process's own peak RSS (``ru_maxrss`` would include the driver's)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -87,13 +101,17 @@ def load_chain(tag: str):
     return Chain(synthetic.AS_OF, pd.read_parquet(d / "edges.parquet"), nodes)
 
 
-def make_big_chain() -> str:
-    n = BIG["n_firms"]
-    cores = BIG["n_cores"] or int(round(0.004 * n))
+def make_links_chain(n: int) -> dict:
+    """A chain of ``n`` firms straight from the link generator (0.4% cores), saved once."""
+    cores = int(round(0.004 * n))
     tag = f"links_{n}_{cores}"
     if not (_chain_dir(tag) / "nodes.parquet").exists():
         _save_chain(synthetic.chain_from_links(n, cores), tag)
-    return tag
+    return {"tag": tag}
+
+
+def make_world() -> dict:
+    return {"path": str(synthetic.world(**WORLD))}
 
 
 def core_credit(core_ids) -> pd.Series:
@@ -113,7 +131,7 @@ def run_build(folder: str):
     dt = time.perf_counter() - t
     if not (_chain_dir("world") / "nodes.parquet").exists():
         _save_chain(chain, "world")
-    return {"t": dt, "input_mb": rss_in, "firms": len(chain.nodes), "edges": len(chain.edges),
+    return {"t": dt, "input_mb": rss_in, "hwm_mb": _peak_mb(), "firms": len(chain.nodes), "edges": len(chain.edges),
             "roles": chain.nodes["role"].value_counts().to_dict()}
 
 
@@ -133,8 +151,9 @@ def run_ours(tag: str, mode: str):
     else:
         y = tr.gain(DECAY) @ yc
     dt = time.perf_counter() - t
+    hwm = _peak_mb()
     pd.DataFrame({"firm_id": tr.other_ids, "y": y}).to_parquet(OUT / f"y_ours_{mode}_{tag}.parquet", index=False)
-    return {"t": dt, "transmission_s": t_tr, "input_mb": rss_in, "firms": len(chain.nodes), "edges": len(chain.edges),
+    return {"t": dt, "hwm_mb": hwm, "transmission_s": t_tr, "input_mb": rss_in, "firms": len(chain.nodes), "edges": len(chain.edges),
             "w_nnz": int(tr.W_UU.nnz + tr.W_UC.nnz)}
 
 
@@ -192,8 +211,9 @@ def run_nx(tag: str):
     t = time.perf_counter()
     y, iterations, w_edges = nx_propagation(chain, DECAY, y_core)
     dt = time.perf_counter() - t
+    hwm = _peak_mb()
     y.rename_axis("firm_id").rename("y").reset_index().to_parquet(OUT / f"y_nx_{tag}.parquet", index=False)
-    return {"t": dt, "input_mb": rss_in, "iterations": iterations, "w_nnz": w_edges, "firms": len(chain.nodes),
+    return {"t": dt, "input_mb": rss_in, "hwm_mb": hwm, "iterations": iterations, "w_nnz": w_edges, "firms": len(chain.nodes),
             "edges": len(chain.edges)}
 
 
@@ -219,8 +239,9 @@ def run_fixed_point(tag: str):
         if change < 1e-12:
             break
     dt = time.perf_counter() - t
+    hwm = _peak_mb()
     pd.DataFrame({"firm_id": tr.other_ids, "y": y}).to_parquet(OUT / f"y_fixed_{tag}.parquet", index=False)
-    return {"t": dt, "input_mb": rss_in, "iterations": iterations, "firms": len(chain.nodes), "edges": len(chain.edges)}
+    return {"t": dt, "input_mb": rss_in, "hwm_mb": hwm, "iterations": iterations, "firms": len(chain.nodes), "edges": len(chain.edges)}
 
 
 # --- driver ------------------------------------------------------------------------------------
@@ -230,7 +251,7 @@ def _runs(target: str, *args, repeats: int) -> dict:
     out = dict(rs[-1])
     out["seconds"] = statistics.median(r["t"] for r in rs)
     out["seconds_all"] = [round(r["t"], 2) for r in rs]
-    out["peak_mb"] = max(r["peak_mb"] for r in rs)
+    out["peak_mb"] = max(r["hwm_mb"] for r in rs)
     out["input_mb"] = max(r["input_mb"] for r in rs)
     return out
 
@@ -242,11 +263,13 @@ def _max_diff(a: str, b: str) -> float:
 
 
 def main():
+    os.environ.setdefault("COLUMNS", "240")  # the rich table is wide; don't squash it off a terminal
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    folder = synthetic.world(**WORLD)
+    folder = Path(measure("bench.bench_graph:make_world", repeats=1)["path"])  # in a child, like the chains
     meta = json.loads((folder / "meta.json").read_text())
-    big = make_big_chain()
+    mid = measure("bench.bench_graph:make_links_chain", MID_FIRMS, repeats=1)["tag"]  # in a child: keep the
+    big = measure("bench.bench_graph:make_links_chain", BIG_FIRMS, repeats=1)["tag"]  # driver's memory small
     print(f"data ready in {time.perf_counter() - t0:.0f}s: {meta}", flush=True)
     rows = []
 
@@ -257,27 +280,32 @@ def main():
 
     b = _runs("bench.bench_graph:run_build", str(folder), repeats=REPEATS)
     row("(a) build_chain, 100k firms / 2M receivables / 20M flows", b, runs=REPEATS,
-        note=f"{meta['flows']:,} flows, {meta['receivables']:,} receivables")
+        note=f"{meta['flows']:,} flows, {meta['receivables']:,} receivables; peak includes the loaded snapshot")
 
-    for tag, label, reps in (("world", "100k world chain", REPEATS), (big, "1M-edge graph", 1)):
+    graphs = (("world", "(b)", REPEATS, True), (mid, "(b)", REPEATS, True), (big, "(c)", 1, NX_BIG))
+    for tag, part, reps, with_nx in graphs:
         o = _runs("bench.bench_graph:run_ours", tag, "solve", repeats=reps)
-        x = _runs("bench.bench_graph:run_nx", tag, repeats=1)
-        diff = _max_diff(f"y_ours_solve_{tag}.parquet", f"y_nx_{tag}.parquet")
-        assert diff < 1e-8, f"networkx and ours disagree on {tag}: {diff}"
-        part = "(b)" if tag == "world" else "(c)"
-        row(f"{part} ours: transmission + solve (splu), {label}", o, ratio=x["seconds"] / o["seconds"], runs=reps,
-            note=f"transmission {o['transmission_s']:.2f}s, W nnz {o['w_nnz']:,}")
-        row(f"(d) networkx Jacobi, {label}", x, ratio=1.0,
-            note=f"{x['iterations']} iterations; max |y_nx - y_ours| = {diff:.1e}")
+        label = "100k world chain" if tag == "world" else f"{o['edges'] / 1e6:.2f}M-edge graph"
+        x = None
+        if with_nx:
+            x = _runs("bench.bench_graph:run_nx", tag, repeats=1)
+            diff = _max_diff(f"y_ours_solve_{tag}.parquet", f"y_nx_{tag}.parquet")
+            assert diff < 1e-8, f"networkx and ours disagree on {tag}: {diff}"
+        ratio = (lambda s: x["seconds"] / s) if x else (lambda s: None)
+        row(f"{part} ours: transmission + solve (splu), {label}", o, ratio=ratio(o["seconds"]), runs=reps,
+            note=f"transmission {o['transmission_s']:.2f}s, W nnz {o['w_nnz']:,}"
+                 + ("" if x else "; networkx not run at this size (BENCH_GRAPH_NX_BIG=1)"))
+        if x:
+            row(f"(d) networkx Jacobi, {label}", x, ratio=1.0,
+                note=f"{x['iterations']} iterations; max |y_nx - y_ours| = {diff:.1e}")
         if tag == "world":
             g = _runs("bench.bench_graph:run_ours", tag, "gain", repeats=1)
             gdiff = _max_diff("y_ours_gain_world.parquet", "y_ours_solve_world.parquet")
-            row(f"(b2) ours: transmission + gain (CorePropagation's path), {label}", g, ratio=x["seconds"] / g["seconds"],
-                note=f"dense G {len(pd.read_parquet(OUT / 'y_ours_gain_world.parquet')):,} x {meta['cores']} cores; "
-                     f"max |G y_C - solve| = {gdiff:.1e}")
+            row(f"(b2) ours: transmission + gain (CorePropagation's path), {label}", g, ratio=ratio(g["seconds"]),
+                note=f"dense G {g['firms'] - meta['cores']:,} x {meta['cores']} cores; max |G y_C - solve| = {gdiff:.1e}")
         f = _runs("bench.bench_graph:run_fixed_point", tag, repeats=reps)
         fdiff = _max_diff(f"y_fixed_{tag}.parquet", f"y_ours_solve_{tag}.parquet")
-        row(f"(ref, not engine code) transmission + sparse fixed-point, {label}", f, ratio=x["seconds"] / f["seconds"],
+        row(f"(ref, not engine code) transmission + sparse fixed-point, {label}", f, ratio=ratio(f["seconds"]),
             runs=reps, note=f"{f['iterations']} iterations; max |diff vs splu| = {fdiff:.1e}")
 
     show(f"Graph build and propagation (decay {DECAY}; seconds = timed call, median of runs; "

@@ -163,7 +163,7 @@ def score(
     group_by: str = typer.Option("batch", "--group-by", help="batch: the whole batch is one group; batch_group: one envelope per firms' batch_group."),
     chain_core: str = typer.Option(None, "--chain-core", help="The core whose 1+N chain this batch is (default: detected when all firms share one core)."),
     memos: bool = typer.Option(True, "--memos/--no-memos", help="Write a credit memo per scored firm."),
-    memo_formats: str = typer.Option("html,pdf,md", "--memo-formats", help="Comma-separated: html, pdf, md."),
+    memo_formats: str = typer.Option("html,md", "--memo-formats", help="Comma-separated: html, pdf, md (PDF costs ~1 s a memo; the HTML prints the same)."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     audit_log: Path = typer.Option(Path("audit/audit.jsonl"), "--audit-log", help="The hash-chained audit log to append to."),
 ):
@@ -273,6 +273,8 @@ def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", help="Folder for every output."),
 ):
     """The main job end to end on a dataset (default: the shipped sample)."""
+    import pandas as pd
+
     from scf_engine.ingest import load_dataset
 
     console.rule("1. validate")
@@ -289,8 +291,11 @@ def demo(
     consents = data / "consents.csv"
     score(data=data, batch=batch, out=out / "score" / "limits.csv", as_of=None,
           consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
-          memos=True, memo_formats="html,pdf,md", tracking_uri=None, audit_log=Path("audit/audit.jsonl"))
-    console.rule("5. audit")
+          memos=True, memo_formats="html,md", tracking_uri=None, audit_log=Path("audit/audit.jsonl"))
+    console.rule("5. explain one firm (memo as HTML, PDF and Markdown)")
+    first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
+    explain(data=data, firm=first, as_of=None, out=out / "explain", alias="champion", tracking_uri=None)
+    console.rule("6. audit")
     audit_verify(Path("audit/audit.jsonl"))
     console.print("open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")
 

@@ -103,133 +103,134 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
         model, mv = tracking.load_model(kind, "champion")  # LookupError names the missing one
         models[kind], versions[kind] = model, {"version": mv.version, "run_id": mv.run_id}
 
-    say(f"snapshot at {T.date()}")
-    sd = assemble(ds, [T], with_labels=False)[T]
-    add_propagation({T: sd}, models["propagation"])
-    table, chain = sd.table, sd.chain
-
-    # who can be scored at all
-    firms = ds.firms.set_index("firm_id")
-    status = pd.DataFrame({"firm_id": req["firm_id"]}, index=req.index)
-    why = req["request_problem"].copy()
-    known = status["firm_id"].isin(firms.index)
-    why[(why == "") & ~known] = "unknown firm: not in firms"
-    is_core = status["firm_id"].map(firms["is_core"]).fillna(False).astype(bool)
-    why[(why == "") & is_core] = "core enterprise: rated externally, not scored by this engine"
-    founded = status["firm_id"].map(firms["founded_on"])
-    why[(why == "") & known & (founded >= T)] = f"not founded before the as-of date {T.date()}"
-    defaulted_on = ds.default_dates(status["firm_id"]).set_axis(status.index)
-    in_default = defaulted_on < T
-    why[(why == "") & in_default] = [f"in default since {d.date()}" for d in defaulted_on[(why == "") & in_default]]
-    c_status = consent_status(status["firm_id"], consents_frame, T).to_numpy()
-    require = bool(pols["limit_policy"].get("require_consent", False))
-    if require:
-        no_consent = (why == "") & (c_status != "ok")
-        why[no_consent] = [f"not scored: no valid data-sharing authorisation ({s.replace('_', ' ')})" for s in c_status[no_consent]]
-
-    ok = why == ""
-    rows = table.reindex(status["firm_id"]).set_axis(status.index)
-    preds = pd.DataFrame(index=status.index, columns=["pd_propagation", "pd_decoupled", "pd_hybrid"], dtype=float)
-    scorable_rows = rows[ok]
-    if len(scorable_rows):
-        from scf_engine.pipelines import predict_all
-
-        p = predict_all({"decoupled": models["decoupled"], "hybrid": models["hybrid"]}, scorable_rows)
-        preds.loc[ok, ["pd_propagation", "pd_decoupled", "pd_hybrid"]] = p[["pd_propagation", "pd_decoupled", "pd_hybrid"]].to_numpy()
-    fin = final_pd(preds, pols["final_pd"])
-    no_model = ok & fin["pd"].isna()
-    why[no_model] = "not scorable: no fund-flow history and no chain link to a core"
-    ok &= ~no_model
-
-    scale = ScoreScale.from_policy(pols["score_scale"])
-    sg = score_frame(fin["pd"].where(ok), scale)
-
-    # limits
-    say("limits")
-    elig = eligible_receivables(chain, pols["limit_policy"], pols["master_scale"])
-    nodes = chain.nodes.reindex(status["firm_id"]).set_axis(status.index)
-    dq = ds.report.rows
-    dq_count = status["firm_id"].map(lambda f: int(len(ds.report.rows_touching(f))) if len(dq) else 0)
-    core_of_batch = chain_core or _single_core(nodes[ok])
-    lim_in = pd.DataFrame({
-        "firm_id": status["firm_id"], "pd": fin["pd"].where(ok), "grade": sg["grade"].where(ok),
-        "trade_in_12m": nodes["trade_in_12m"].fillna(0.0), "eligible_receivables": elig.reindex(status["firm_id"]).fillna(0.0).to_numpy(),
-        "requested_amount": req["requested_amount"], "core_id": core_of_batch if core_of_batch else np.nan,
-        "cycle_share_12m": rows.get("cycle_share_12m"), "round_trip_share_12m": rows.get("round_trip_share_12m"),
-        "in_trade_cycle": rows.get("in_trade_cycle"), "dq_issues": dq_count,
-        "consent_ok": consent_ok(pd.Series(c_status, index=status.index)).to_numpy() if require else True,
-        "consent_status": c_status,
-    }, index=status.index)
-    lines = core_lines(chain, pols["limit_policy"]) if core_of_batch else None
-    # only scorable rows (unique firms: repeats are not scorable) go through the policy
-    lim = apply_limits(lim_in[ok], pols["limit_policy"], core_line=lines).reindex(status.index)
-    group_info = None
-    if group_limit is not None:
-        lim_ok, group_info = _envelope(lim[ok], lim_in[ok], nodes[ok], group_limit, group_by, pols["limit_policy"])
-        lim.loc[ok, "limit_cny"] = lim_ok["limit_cny"]
-        group_info = group_info.reindex(status.index)
-    lim.loc[~ok, "limit_cny"] = 0.0
-    lim.loc[~ok, "decision"] = "decline"
-    for col in ("binding_caps", "decision_reasons", "limit_basis"):
-        lim[col] = [v if isinstance(v, list) else [] for v in lim[col]]
-
-    # reasons
-    say("reasons")
-    reasons_text = pd.Series("", index=status.index, dtype=object)
-    reason_objs = pd.Series([[] for _ in status.index], index=status.index, dtype=object)
-    contribs = {}
-    source = fin["pd_source"]
-    for kind in ("hybrid", "decoupled"):
-        use = ok & (source == kind)
-        if use.any():
-            X = rows[use].assign(industry=nodes.loc[use, "industry"])
-            reason_objs[use], contribs[kind] = _shap_reasons(models[kind], X, table.assign(industry=chain.nodes["industry"].reindex(table.index)))
-    use = ok & (source == "propagation")
-    if use.any():
-        reason_objs[use] = _propagation_reasons(models["propagation"], chain, status.loc[use, "firm_id"])
-    for i in status.index:
-        base = reason_objs[i]
-        if not ok[i]:
-            reasons_text[i] = why[i]
-        else:
-            from scf_engine.explain import format_reasons
-
-            reasons_text[i] = format_reasons(base) if base else ""
-
-    result = pd.DataFrame({
-        "firm_id": status["firm_id"], "as_of": T.strftime("%Y-%m-%d"),
-        "pd": fin["pd"].where(ok).round(6), "score": sg["score"].where(ok), "grade": sg["grade"].where(ok),
-        "limit_cny": lim["limit_cny"].fillna(0.0), "decision": lim["decision"], "reasons": reasons_text,
-        "pd_propagation": preds["pd_propagation"].round(6), "pd_decoupled": preds["pd_decoupled"].round(6),
-        "pd_hybrid": preds["pd_hybrid"].round(6), "pd_source": source.where(ok, ""),
-        "requested_amount": req["requested_amount"], "uncapped_limit": lim["uncapped_limit"].where(ok),
-        "flow_part": lim["flow_part"].where(ok), "receivable_part": lim["receivable_part"].where(ok),
-        "binding_caps": lim["binding_caps"].map(lambda c: ";".join(c) if isinstance(c, list) else ""),
-        "decision_reasons": [("; ".join(r) if isinstance(r, list) else "") if o else w
-                             for r, o, w in zip(lim["decision_reasons"], ok, why)],
-        "consent": c_status,
-    })
-    if group_info is not None:
-        result["group"] = group_info["group"]
-        result["group_allocation_cny"] = group_info["allocation_cny"]
-        result["group_bound_by"] = group_info["bound_by"]
-    assert list(result.columns[: len(LIMITS_COLUMNS)]) == list(LIMITS_COLUMNS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result.to_csv(out, index=False, encoding="utf-8")
-
-    # memos
-    memo_dir = None
-    if memos and ok.any():
-        memo_dir = out.parent / "memos"
-        say("memos")
-        _write_memos(memo_dir, memo_formats, result, ok, status, ds, chain, table, models, versions, contribs,
-                     reason_objs, lim, T, tracking_uri)
-
-    # MLflow run and audit entry
     batch_hash = file_sha256(Path(batch))
     batch_id = f"{T.strftime('%Y%m%d')}-{batch_hash[:10]}"
-    summary = _summary(result, lim_in, pols)
+    # the batch's MLflow run is open while memos are written, so each memo names it
     with tracking.run("score", f"batch {batch_id}", tags={"scf_role": "score", "batch_id": batch_id}) as rid:
+        say(f"snapshot at {T.date()}")
+        sd = assemble(ds, [T], with_labels=False)[T]
+        add_propagation({T: sd}, models["propagation"])
+        table, chain = sd.table, sd.chain
+
+        # who can be scored at all
+        firms = ds.firms.set_index("firm_id")
+        status = pd.DataFrame({"firm_id": req["firm_id"]}, index=req.index)
+        why = req["request_problem"].copy()
+        known = status["firm_id"].isin(firms.index)
+        why[(why == "") & ~known] = "unknown firm: not in firms"
+        is_core = status["firm_id"].map(firms["is_core"]).fillna(False).astype(bool)
+        why[(why == "") & is_core] = "core enterprise: rated externally, not scored by this engine"
+        founded = status["firm_id"].map(firms["founded_on"])
+        why[(why == "") & known & (founded >= T)] = f"not founded before the as-of date {T.date()}"
+        defaulted_on = ds.default_dates(status["firm_id"]).set_axis(status.index)
+        in_default = defaulted_on < T
+        why[(why == "") & in_default] = [f"in default since {d.date()}" for d in defaulted_on[(why == "") & in_default]]
+        c_status = consent_status(status["firm_id"], consents_frame, T).to_numpy()
+        require = bool(pols["limit_policy"].get("require_consent", False))
+        if require:
+            no_consent = (why == "") & (c_status != "ok")
+            why[no_consent] = [f"not scored: no valid data-sharing authorisation ({s.replace('_', ' ')})" for s in c_status[no_consent]]
+
+        ok = why == ""
+        rows = table.reindex(status["firm_id"]).set_axis(status.index)
+        preds = pd.DataFrame(index=status.index, columns=["pd_propagation", "pd_decoupled", "pd_hybrid"], dtype=float)
+        scorable_rows = rows[ok]
+        if len(scorable_rows):
+            from scf_engine.pipelines import predict_all
+
+            p = predict_all({"decoupled": models["decoupled"], "hybrid": models["hybrid"]}, scorable_rows)
+            preds.loc[ok, ["pd_propagation", "pd_decoupled", "pd_hybrid"]] = p[["pd_propagation", "pd_decoupled", "pd_hybrid"]].to_numpy()
+        fin = final_pd(preds, pols["final_pd"])
+        no_model = ok & fin["pd"].isna()
+        why[no_model] = "not scorable: no fund-flow history and no chain link to a core"
+        ok &= ~no_model
+
+        scale = ScoreScale.from_policy(pols["score_scale"])
+        sg = score_frame(fin["pd"].where(ok), scale)
+
+        # limits
+        say("limits")
+        elig = eligible_receivables(chain, pols["limit_policy"], pols["master_scale"])
+        nodes = chain.nodes.reindex(status["firm_id"]).set_axis(status.index)
+        dq = ds.report.rows
+        dq_count = status["firm_id"].map(lambda f: int(len(ds.report.rows_touching(f))) if len(dq) else 0)
+        core_of_batch = chain_core or _single_core(nodes[ok])
+        lim_in = pd.DataFrame({
+            "firm_id": status["firm_id"], "pd": fin["pd"].where(ok), "grade": sg["grade"].where(ok),
+            "trade_in_12m": nodes["trade_in_12m"].fillna(0.0), "eligible_receivables": elig.reindex(status["firm_id"]).fillna(0.0).to_numpy(),
+            "requested_amount": req["requested_amount"], "core_id": core_of_batch if core_of_batch else np.nan,
+            "cycle_share_12m": rows.get("cycle_share_12m"), "round_trip_share_12m": rows.get("round_trip_share_12m"),
+            "in_trade_cycle": rows.get("in_trade_cycle"), "dq_issues": dq_count,
+            "consent_ok": consent_ok(pd.Series(c_status, index=status.index)).to_numpy() if require else True,
+            "consent_status": c_status,
+        }, index=status.index)
+        lines = core_lines(chain, pols["limit_policy"]) if core_of_batch else None
+        # only scorable rows (unique firms: repeats are not scorable) go through the policy
+        lim = apply_limits(lim_in[ok], pols["limit_policy"], core_line=lines).reindex(status.index)
+        group_info = None
+        if group_limit is not None:
+            lim_ok, group_info = _envelope(lim[ok], lim_in[ok], nodes[ok], group_limit, group_by, pols["limit_policy"])
+            lim.loc[ok, "limit_cny"] = lim_ok["limit_cny"]
+            group_info = group_info.reindex(status.index)
+        lim.loc[~ok, "limit_cny"] = 0.0
+        lim.loc[~ok, "decision"] = "decline"
+        for col in ("binding_caps", "decision_reasons", "limit_basis"):
+            lim[col] = [v if isinstance(v, list) else [] for v in lim[col]]
+
+        # reasons
+        say("reasons")
+        reasons_text = pd.Series("", index=status.index, dtype=object)
+        reason_objs = pd.Series([[] for _ in status.index], index=status.index, dtype=object)
+        contribs = {}
+        source = fin["pd_source"]
+        for kind in ("hybrid", "decoupled"):
+            use = ok & (source == kind)
+            if use.any():
+                X = rows[use].assign(industry=nodes.loc[use, "industry"])
+                reason_objs[use], contribs[kind] = _shap_reasons(models[kind], X, table.assign(industry=chain.nodes["industry"].reindex(table.index)))
+        use = ok & (source == "propagation")
+        if use.any():
+            reason_objs[use] = _propagation_reasons(models["propagation"], chain, status.loc[use, "firm_id"])
+        for i in status.index:
+            base = reason_objs[i]
+            if not ok[i]:
+                reasons_text[i] = why[i]
+            else:
+                from scf_engine.explain import format_reasons
+
+                reasons_text[i] = format_reasons(base) if base else ""
+
+        result = pd.DataFrame({
+            "firm_id": status["firm_id"], "as_of": T.strftime("%Y-%m-%d"),
+            "pd": fin["pd"].where(ok).round(6), "score": sg["score"].where(ok), "grade": sg["grade"].where(ok),
+            "limit_cny": lim["limit_cny"].fillna(0.0), "decision": lim["decision"], "reasons": reasons_text,
+            "pd_propagation": preds["pd_propagation"].round(6), "pd_decoupled": preds["pd_decoupled"].round(6),
+            "pd_hybrid": preds["pd_hybrid"].round(6), "pd_source": source.where(ok, ""),
+            "requested_amount": req["requested_amount"], "uncapped_limit": lim["uncapped_limit"].where(ok),
+            "flow_part": lim["flow_part"].where(ok), "receivable_part": lim["receivable_part"].where(ok),
+            "binding_caps": lim["binding_caps"].map(lambda c: ";".join(c) if isinstance(c, list) else ""),
+            "decision_reasons": [("; ".join(r) if isinstance(r, list) else "") if o else w
+                                 for r, o, w in zip(lim["decision_reasons"], ok, why)],
+            "consent": c_status,
+        })
+        if group_info is not None:
+            result["group"] = group_info["group"]
+            result["group_allocation_cny"] = group_info["allocation_cny"]
+            result["group_bound_by"] = group_info["bound_by"]
+        assert list(result.columns[: len(LIMITS_COLUMNS)]) == list(LIMITS_COLUMNS)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.to_csv(out, index=False, encoding="utf-8")
+
+        # memos
+        memo_dir = None
+        if memos and ok.any():
+            memo_dir = out.parent / "memos"
+            say("memos")
+            _write_memos(memo_dir, memo_formats, result, ok, status, ds, chain, table, models, versions, contribs,
+                         reason_objs, lim, T, tracking_uri)
+
+        # MLflow run and audit entry
+        summary = _summary(result, lim_in, pols)
         tracking.log_params({
             "batch_id": batch_id, "as_of": str(T.date()), "dataset_path": str(Path(data_dir).resolve()),
             "batch_file": str(Path(batch).resolve()), "n_requested": len(result),
@@ -253,7 +254,7 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
         with_entry = out.parent / "audit_entry.json"
         with_entry.write_text(json.dumps(entry, ensure_ascii=False, indent=2))
         tracking.log_artifact(with_entry, "audit")
-    return ScoreResult(result, out, memo_dir, rid, entry, summary)
+        return ScoreResult(result, out, memo_dir, rid, entry, summary)
 
 
 def _single_core(nodes: pd.DataFrame) -> str | None:
@@ -332,29 +333,38 @@ def _summary(result: pd.DataFrame, lim_in: pd.DataFrame, pols) -> dict:
 
 def _write_memos(memo_dir, formats, result, ok, status, ds, chain, table, models, versions, contribs, reason_objs, lim, T,
                  tracking_uri):
+    """One memo per scored firm. Everything shared by the batch is computed once: the
+    propagation frame and weights, the PDs that colour the chain picture, one chain
+    layout per core; per firm only templating is left (pictures are SVG)."""
     from scf_engine.explain import path_decomposition
-    from scf_engine.explain.plots import waterfall_plot
-    from scf_engine.memo import chain_position, firm_record, neighbourhood_png, render_memo
+    from scf_engine.features.catalogue import load_catalogue
+    from scf_engine.memo import chain_position, firm_record, render_memo
+    from scf_engine.memo.svg import ChainPictures, waterfall_svg
+    from scf_engine.propagation import transmission
 
+    cat = load_catalogue()
+    labels = {s.name: s.label_en for s in cat.specs}
     run = tracking.active_run_id()
-    # the neighbourhood picture colours every firm of the chain by the hybrid model's PD
+    uri = tracking.configure(tracking_uri)
     risk = pd.Series(models["hybrid"].predict_proba(table)[:, 1], index=table.index)
+    pictures = ChainPictures(chain, risk)
+    prop = models["propagation"]
+    frame, tr = prop.predict_frame(chain), transmission(chain)
     for i in status.index[ok]:
         fid = status.at[i, "firm_id"]
         src = result.at[i, "pd_source"]
         waterfall = None
         if src in contribs and i in contribs[src].index:
-            row = contribs[src].loc[i]
-            waterfall = waterfall_plot(row, table.loc[fid, models[src].features_])
+            waterfall = waterfall_svg(contribs[src].loc[i], table.loc[fid, models[src].features_], labels)
         paths = None
-        if chain.nodes.at[fid, "role"] in ("upstream", "downstream"):
-            paths = path_decomposition(models["propagation"], chain, fid, max_len=3)
+        if chain.nodes.at[fid, "role"] in ("upstream", "downstream") and frame.at[fid, "covered"]:
+            paths = path_decomposition(prop, chain, fid, max_len=3, tr=tr, frame=frame)
         dq = ds.report.rows_touching(fid)
         ctx = {
             "firm": firm_record(chain, fid),
             "as_of": T,
             "chain_position": chain_position(chain, fid),
-            "neighbourhood_png": neighbourhood_png(chain, fid, risk=risk),
+            "neighbourhood_png": pictures.svg(fid),
             "models": [{"name": k, "pd": None if pd.isna(result.at[i, f"pd_{k}"]) else float(result.at[i, f"pd_{k}"]),
                         "version": versions[k]["version"], "run_id": versions[k]["run_id"]} for k in ("propagation", "decoupled", "hybrid")],
             "final": {"pd": float(result.at[i, "pd"]), "score": float(result.at[i, "score"]), "grade": result.at[i, "grade"],
@@ -364,7 +374,7 @@ def _write_memos(memo_dir, formats, result, ok, status, ds, chain, table, models
             "waterfall_png": waterfall,
             "propagation_paths": paths,
             "data_quality": dq[["file", "line", "column", "reason"]].to_dict("records") if len(dq) else [],
-            "mlflow": {"run_id": run, "experiment": tracking.EXPERIMENTS["score"], "tracking_uri": tracking.configure(tracking_uri)},
+            "mlflow": {"run_id": run, "experiment": tracking.EXPERIMENTS["score"], "tracking_uri": uri},
             "generated_at": datetime.now(timezone.utc),
         }
         render_memo(ctx, memo_dir, formats)

@@ -31,6 +31,30 @@ def medium_world(tmp_path_factory):
     return world, path
 
 
+@pytest.fixture(scope="session")
+def explain_world(tmp_path_factory) -> dict:
+    """600 firms, 36 months: a fitted propagation model and a de-coupled LightGBM, with
+    the chain at the held-out date (shared by the explanation and memo tests)."""
+    from scf_engine.assemble import add_propagation, assemble, split_dates, stack
+    from scf_engine.ingest import load_dataset
+    from scf_engine.learners import DecoupledModel
+    from scf_engine.propagation import CorePropagation
+
+    path = write_dataset(simulate(WorldConfig(n_firms=600, seed=3, n_months=36)),
+                         tmp_path_factory.mktemp("explain_world") / "data")
+    ds = load_dataset(path)
+    dates = ds.snapshot_dates()
+    data = assemble(ds, dates)
+    train, test = split_dates(dates, n_test=1)
+    prop = CorePropagation.from_policy().fit([data[T].chain for T in train], [data[T].labels for T in train])
+    add_propagation(data, prop)
+    tr, te = stack(data, train), stack(data, test)
+    ok = tr.history_months.notna()
+    dec = DecoupledModel.from_policy().fit(tr[ok], tr.label[ok], as_of=tr.as_of[ok], groups=tr.firm_id[ok])
+    return {"as_of": test[0], "chain": data[test[0]].chain, "prop": prop, "dec": dec, "tr": tr,
+            "te": te[te.history_months.notna()], "quarantine": ds.report}
+
+
 def write_csv(folder: Path, name: str, rows: list[dict] | pd.DataFrame, encoding: str = "utf-8") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)

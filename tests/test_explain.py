@@ -18,42 +18,8 @@ from scf_engine.propagation.transmission import transmission
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    return _trained_world(tmp_path_factory)
-
-
-def _trained_world(tmp_path_factory) -> dict:
-    """600 firms, 36 months: a fitted propagation model and a de-coupled LightGBM, with
-    the chain at the held-out date. Built once per test session and shared with the
-    other explanation/memo test module through a pickle in pytest's base temp folder."""
-    import pickle
-
-    cache = tmp_path_factory.getbasetemp() / "explain_memo_world.pkl"
-    if cache.is_file():
-        return pickle.loads(cache.read_bytes())
-    from scf_engine.assemble import add_propagation, assemble, split_dates, stack
-    from scf_engine.ingest import load_dataset
-    from scf_engine.learners import DecoupledModel
-    from scf_engine.propagation import CorePropagation
-    from scf_engine.simulate import WorldConfig, simulate, write_dataset
-
-    path = write_dataset(simulate(WorldConfig(n_firms=600, seed=3, n_months=36)),
-                         tmp_path_factory.mktemp("explain_world") / "data")
-    ds = load_dataset(path)
-    dates = ds.snapshot_dates()
-    data = assemble(ds, dates)
-    train, test = split_dates(dates, n_test=1)
-    prop = CorePropagation.from_policy().fit([data[T].chain for T in train], [data[T].labels for T in train])
-    add_propagation(data, prop)
-    tr, te = stack(data, train), stack(data, test)
-    ok = tr.history_months.notna()
-    dec = DecoupledModel.from_policy().fit(tr[ok], tr.label[ok], as_of=tr.as_of[ok], groups=tr.firm_id[ok])
-    world = {"as_of": test[0], "chain": data[test[0]].chain, "prop": prop, "dec": dec, "tr": tr,
-             "te": te[te.history_months.notna()], "quarantine": ds.report}
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(world))
-    tmp.replace(cache)
-    return world
+def trained(explain_world):
+    return explain_world
 
 
 # --- contributions ----------------------------------------------------------------------------

@@ -266,32 +266,29 @@ def _record_lines(path: Path, encoding: str, n_records: int) -> np.ndarray:
     physical = newlines + (0 if last == b"\n" else 1)
     if physical == n_records + 1:
         return np.arange(2, n_records + 2, dtype=np.int64)
-    lines = []
-    with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        prev_end = reader.line_num
-        for record in reader:
-            start, prev_end = prev_end + 1, reader.line_num
-            if not record or record == [""] or len(record) != len(header):
-                continue
-            lines.append(start)
+    lines = [start for start, record, width in _records(path, encoding) if len(record) == width]
     if len(lines) != n_records:  # the two parsers disagree: fall back to record order
         return np.arange(2, n_records + 2, dtype=np.int64)
     return np.asarray(lines, dtype=np.int64)
 
 
-def _malformed_rows(path: Path, encoding: str, bad_texts: list[str]) -> list[tuple[int, str, str]]:
-    """Line, text and reason of each row the Arrow reader skipped for its field count."""
-    out = []
+def _records(path: Path, encoding: str):
+    """(first line, fields, header width) of every non-blank record, via the csv module,
+    which follows quoted newlines exactly."""
     with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, newline="") as fh:
         reader = csv.reader(fh)
-        header = next(reader)
+        width = len(next(reader))
         prev_end = reader.line_num
         for record in reader:
             start, prev_end = prev_end + 1, reader.line_num
-            if record and record != [""] and len(record) != len(header):
-                out.append((start, ",".join(record)[:200], f"has {len(record)} fields, expected {len(header)}"))
+            if record and record != [""]:
+                yield start, record, width
+
+
+def _malformed_rows(path: Path, encoding: str, bad_texts: list[str]) -> list[tuple[int, str, str]]:
+    """Line, text and reason of each row the Arrow reader skipped for its field count."""
+    out = [(start, ",".join(record)[:200], f"has {len(record)} fields, expected {width}")
+           for start, record, width in _records(path, encoding) if len(record) != width]
     return out
 
 

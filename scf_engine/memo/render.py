@@ -13,7 +13,8 @@ Context (``ctx``), exactly these keys (others are refused; * = required):
 * ``chain_position``: ``{role, upstream_tier, downstream_tier, cores: [core names],
   core_dependence}`` (:func:`chain_position` builds it from a Chain)
 * ``neighbourhood_png``: PNG bytes or a path; the firm's chain, made with
-  ``plot_chain(..., highlight=firm_id)`` (:func:`neighbourhood_png`)
+  ``plot_chain(..., highlight=firm_id)`` (:func:`neighbourhood_png`), or an SVG string
+  (``<svg ...``: :class:`scf_engine.memo.svg.ChainPictures`, what batch scoring uses)
 * ``models``\\*: ``[{name, pd, version, run_id}]`` for ``propagation`` / ``decoupled`` /
   ``hybrid``; ``pd`` None means the model does not score the firm, and an optional
   ``reason`` says why
@@ -21,7 +22,8 @@ Context (``ctx``), exactly these keys (others are refused; * = required):
   each component and which cap bound]}``
 * ``reasons``\\*: the firm's list from :func:`scf_engine.explain.reason_codes`
   (:class:`~scf_engine.explain.Reason` objects or their ``to_dict()``)
-* ``waterfall_png``: PNG bytes or a path (:func:`scf_engine.explain.plots.waterfall_plot`)
+* ``waterfall_png``: PNG bytes or a path (:func:`scf_engine.explain.plots.waterfall_plot`),
+  or an SVG string (:func:`scf_engine.memo.svg.waterfall_svg`)
 * ``propagation_paths``: rows of :func:`scf_engine.explain.path_decomposition`
   (DataFrame or list of dicts), optional
 * ``data_quality``: ``[{file, line, column, reason}]`` - quarantined rows touching the firm
@@ -37,12 +39,10 @@ MLflow run ids and model versions are shown as given.
 from __future__ import annotations
 
 import base64
-import math
 import re
 from datetime import date, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
@@ -150,8 +150,11 @@ def _md_cell(v) -> str:
 
 # --- images ------------------------------------------------------------------------------------
 def _png_bytes(img) -> bytes | None:
+    """Image bytes: PNG (bytes or a path) or SVG (a string starting with ``<svg``)."""
     if img is None:
         return None
+    if isinstance(img, str) and img.lstrip().startswith("<svg"):
+        return img.encode("utf-8")
     if isinstance(img, (bytes, bytearray, memoryview)):
         return bytes(img)
     p = Path(img)
@@ -160,8 +163,15 @@ def _png_bytes(img) -> bytes | None:
     return p.read_bytes()
 
 
+def _is_svg(img: bytes | None) -> bool:
+    return img is not None and img.lstrip()[:4] == b"<svg"
+
+
 def _data_uri(png: bytes | None) -> str | None:
-    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    if png is None:
+        return None
+    mime = "image/svg+xml" if _is_svg(png) else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
 
 
 # --- context -> view ---------------------------------------------------------------------------
@@ -355,7 +365,7 @@ def render_memo(ctx: dict, out_dir: Path, formats=FORMATS) -> dict[str, Path]:
         for key in ("neighbourhood", "waterfall"):
             png = v[f"{key}_png"]
             if png is not None:
-                name = f"{stem}.{key}.png"
+                name = f"{stem}.{key}.{'svg' if _is_svg(png) else 'png'}"
                 (out_dir / name).write_bytes(png)
                 names[key] = name
         out["md"] = out_dir / f"{stem}.md"

@@ -170,7 +170,8 @@ def consents_frame(world: World) -> pd.DataFrame:
     u = rng.random(len(f))
     lapsed = u < 0.04
     expires = pd.Series(expires, index=f.index)
-    expires[lapsed] = end - pd.to_timedelta(rng.integers(30, 200, lapsed.sum()), unit="D")
+    lapse = end - pd.to_timedelta(rng.integers(30, 200, lapsed.sum()), unit="D")
+    expires[lapsed] = np.maximum(lapse, granted[lapsed] + pd.Timedelta(days=30))
     renewed = ~lapsed & (expires <= end)
     expires[renewed] = expires[renewed] + pd.DateOffset(years=3)
     keep = u >= 0.02  # 2% never signed
