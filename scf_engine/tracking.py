@@ -130,6 +130,10 @@ def log_model(model, kind: str, *, input_example: pd.DataFrame, output_example, 
     mlflow = _mlflow()
     from mlflow.models import infer_signature
 
+    # Integer columns would make the signature refuse a missing value at inference (a firm
+    # with no flows in a window): declare them as doubles, as MLflow itself advises.
+    ints = input_example.select_dtypes(include=["integer"]).columns
+    input_example = input_example.astype({c: "float64" for c in ints})
     signature = infer_signature(input_example, output_example)
     reqs = _requirements()
     info = mlflow.sklearn.log_model(
