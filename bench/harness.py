@@ -1,7 +1,9 @@
 """Run a function in a fresh process and report wall time and peak memory.
 
 A fresh process per measurement keeps one run's memory out of the next one's peak
-(``ru_maxrss`` only ever grows within a process) and keeps warm caches honest.
+(``ru_maxrss`` only ever grows within a process) and keeps warm caches honest. Peak
+memory is the process's own VmHWM: on Linux ``ru_maxrss`` of an exec'd child starts at
+its parent's size at fork, which would charge the driver's memory to every measurement.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ f = getattr(importlib.import_module(mod), fn)
 t = time.perf_counter()
 info = f(*args) or {}
 wall = time.perf_counter() - t
-print("@@RESULT@@" + json.dumps({"seconds": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **info}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        peak = int(line.split()[1]) / 1024
+print("@@RESULT@@" + json.dumps({"seconds": wall, "peak_mb": peak, **info}))
 """
 
 

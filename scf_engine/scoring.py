@@ -336,7 +336,7 @@ def _write_memos(memo_dir, formats, result, ok, status, ds, chain, table, models
     """One memo per scored firm. Everything shared by the batch is computed once: the
     propagation frame and weights, the PDs that colour the chain picture, one chain
     layout per core; per firm only templating is left (pictures are SVG)."""
-    from scf_engine.explain import path_decomposition
+    from scf_engine.explain import path_context, path_rows
     from scf_engine.features.catalogue import load_catalogue
     from scf_engine.memo import chain_position, firm_record, render_memo
     from scf_engine.memo.svg import ChainPictures, waterfall_svg
@@ -349,16 +349,22 @@ def _write_memos(memo_dir, formats, result, ok, status, ds, chain, table, models
     risk = pd.Series(models["hybrid"].predict_proba(table)[:, 1], index=table.index)
     pictures = ChainPictures(chain, risk)
     prop = models["propagation"]
-    frame, tr = prop.predict_frame(chain), transmission(chain)
+    paths_ctx = path_context(prop, chain, tr=transmission(chain), frame=prop.predict_frame(chain))
+    frame = paths_ctx.frame
+    # per firm only dict lookups: the contributions and feature values as row dicts, once
+    contrib_rows = {k: dict(zip(c.index, c.to_dict("records"))) for k, c in contribs.items()}
+    batch_table = table.loc[table.index.intersection(status.loc[ok, "firm_id"])]
+    value_rows = {k: dict(zip(batch_table.index, batch_table[list(models[k].features_)].to_dict("records")))
+                  for k in contribs}
     for i in status.index[ok]:
         fid = status.at[i, "firm_id"]
         src = result.at[i, "pd_source"]
         waterfall = None
-        if src in contribs and i in contribs[src].index:
-            waterfall = waterfall_svg(contribs[src].loc[i], table.loc[fid, models[src].features_], labels)
+        if src in contrib_rows and i in contrib_rows[src]:
+            waterfall = waterfall_svg(contrib_rows[src][i], value_rows[src][fid], labels)
         paths = None
         if chain.nodes.at[fid, "role"] in ("upstream", "downstream") and frame.at[fid, "covered"]:
-            paths = path_decomposition(prop, chain, fid, max_len=3, tr=tr, frame=frame)
+            paths = path_rows(prop, chain, fid, max_len=3, context=paths_ctx)
         dq = ds.report.rows_touching(fid)
         ctx = {
             "firm": firm_record(chain, fid),

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from scf_engine.explain import (additivity_error, contributions, core_decomposition, format_reasons,
-                                path_decomposition, reason_codes)
+                                path_context, path_decomposition, path_rows, reason_codes)
 from scf_engine.explain.reasons import Reason
 from scf_engine.features.catalogue import load_catalogue
 from scf_engine.graph import Chain
@@ -135,6 +135,7 @@ def test_core_and_path_decompositions_sum_to_the_propagated_log_odds(trained):
     picks = list(nodes.groupby(["role", "upstream_tier"], dropna=False).head(3).index)
     picks += list(frame.loc[covered, "propagated_log_odds"].nlargest(3).index)
     assert len(picks) >= 6
+    shared = path_context(prop, chain, tr=tr, frame=frame)  # what batch memos reuse across firms
     n_multi = 0
     for fid in dict.fromkeys(picks):
         total = frame.at[fid, "propagated_log_odds"]
@@ -144,6 +145,9 @@ def test_core_and_path_decompositions_sum_to_the_propagated_log_odds(trained):
         pdp = path_decomposition(prop, chain, fid, max_len=4, tr=tr, frame=frame)
         assert abs(pdp["contribution"].sum() - total) < 1e-9
         assert pdp["kind"].iloc[-1] == "remainder" and (pdp["kind"] == "remainder").sum() == 1
+        rows = path_rows(prop, chain, fid, max_len=4, context=shared)
+        assert rows.attrs == pdp.attrs
+        assert pd.DataFrame(list(rows), columns=pdp.columns).equals(pdp)
         paths = pdp[pdp["kind"] == "path"]
         n_multi += int((paths["length"] > 1).sum())
         for r in paths.itertuples():

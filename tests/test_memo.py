@@ -191,3 +191,31 @@ def test_context_is_checked(memo_case, tmp_path):
     out = render_memo(minimal, tmp_path, formats=("html", "md"))
     assert set(out) == {"html", "md"}
     assert "No quarantined rows" in out["md"].read_text(encoding="utf-8")
+
+
+def test_svg_pictures_are_shared_across_a_chain_without_changing(explain_world):
+    """Batch memos draw one chain picture per core and only ring the firm: each firm's
+    picture equals a fresh drawing, and differs from its neighbour's only by the ring."""
+    from scf_engine.memo.svg import ChainPictures, waterfall_svg
+
+    chain = explain_world["chain"]
+    nodes = chain.nodes
+    tied = [f for f in nodes.index[~nodes["is_core"]] if isinstance(nodes.at[f, "cores"], tuple) and nodes.at[f, "cores"]]
+    by_core = pd.Series({f: nodes.at[f, "cores"][0] for f in tied})
+    core, firms = next((c, g.index[:3]) for c, g in by_core.groupby(by_core) if len(g) >= 3)
+    risk = pd.Series(np.linspace(0.001, 0.2, len(nodes)), index=nodes.index)
+    shared = ChainPictures(chain, risk)
+    pictures = [shared.svg(f) for f in firms]
+    assert pictures == [ChainPictures(chain, risk).svg(f) for f in firms]  # cache changes nothing
+    for f, svg in zip(firms, pictures):
+        assert svg.startswith("<svg") and svg.endswith("</svg>") and svg.count('stroke-width="2"') == 1
+        assert str(nodes.at[f, "name"])[:16] in svg
+    assert len(set(pictures)) == len(pictures)
+    loose = [f for f in nodes.index if not (isinstance(nodes.at[f, "cores"], tuple) and nodes.at[f, "cores"])]
+    assert loose and shared.svg(loose[0]) is None  # tied to no core: no chain to draw
+
+    contrib = pd.Series({"expected_value": -3.0, "a": 0.5, "b": -0.2, "c": 0.1})
+    values = pd.Series({"a": 1234.5, "b": np.nan, "c": 0.25})
+    w = waterfall_svg(contrib, values, {"a": "Alpha"}, top=2)
+    assert w == waterfall_svg(contrib.to_dict(), values.to_dict(), {"a": "Alpha"}, top=2)
+    assert "Alpha = 1,234" in w and "1 other features" in w and "firm -2.600" in w

@@ -9,8 +9,9 @@
 Plots import matplotlib and shap on first use: ``from scf_engine.explain.plots import ...``.
 """
 
-from scf_engine.explain.paths import core_decomposition, path_decomposition
+from scf_engine.explain.paths import (PathContext, PathList, core_decomposition, path_context, path_decomposition,
+                                     path_rows)
 from scf_engine.explain.reasons import Reason, additivity_error, contributions, format_reasons, reason_codes
 
-__all__ = ["Reason", "additivity_error", "contributions", "core_decomposition", "format_reasons",
-           "path_decomposition", "reason_codes"]
+__all__ = ["PathContext", "PathList", "Reason", "additivity_error", "contributions", "core_decomposition",
+           "format_reasons", "path_context", "path_decomposition", "path_rows", "reason_codes"]

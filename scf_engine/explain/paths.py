@@ -21,6 +21,8 @@ Only sparse matrices are used: G's row for one firm is one transposed sparse sol
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -79,8 +81,53 @@ def core_decomposition(model, chain, firm_id: str, *, tr: Transmission | None = 
     return out
 
 
+@dataclass
+class PathContext:
+    """What every firm's path decomposition in one chain shares, computed once: a batch
+    of thousands of memos must not rebuild the weights, the cores' credit, the id lookups
+    or the trade behind each edge per firm."""
+
+    decay: float
+    core_credit: np.ndarray
+    Wuu: sp.csr_matrix
+    Wuc: sp.csr_matrix
+    others: np.ndarray  # non-core firm ids, W_UU order
+    cores: np.ndarray  # core ids, W_UC column order
+    position: dict  # non-core firm id -> row
+    names: dict  # firm id -> name
+    amounts: dict  # (supplier, buyer) -> (confirmed receivables 12m, trade volume 12m)
+    frame: pd.DataFrame  # CorePropagation.predict_frame(chain)
+
+
+def path_context(model, chain, *, tr: Transmission | None = None, frame: pd.DataFrame | None = None) -> PathContext:
+    tr = tr or transmission(chain)
+    e = chain.edges
+    others = np.asarray(tr.other_ids, dtype=object)
+    return PathContext(
+        decay=float(model.decay_),
+        core_credit=model.core_credit(chain, tr).reindex(tr.core_ids).to_numpy(),
+        Wuu=tr.W_UU.tocsr(), Wuc=tr.W_UC.tocsr(), others=others,
+        cores=np.asarray(tr.core_ids, dtype=object),
+        position={f: k for k, f in enumerate(others)},
+        names=dict(zip(chain.nodes.index.tolist(), chain.nodes["name"].tolist())),
+        amounts=dict(zip(zip(e["supplier"].tolist(), e["buyer"].tolist()),
+                         zip(e["confirmed_amount_12m"].tolist(), e["trade_volume_12m"].tolist()))),
+        frame=frame if frame is not None else model.predict_frame(chain),
+    )
+
+
+class PathList(list):
+    """The rows of a path decomposition as plain dicts, with the DataFrame's ``attrs``:
+    what memos take, so a batch does not build and unpick a DataFrame per firm."""
+
+    def __init__(self, rows=(), **attrs):
+        super().__init__(rows)
+        self.attrs = dict(attrs)
+
+
 def path_decomposition(model, chain, firm_id: str, max_len: int = 4, *, max_paths: int = 20_000,
-                       tr: Transmission | None = None, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+                       tr: Transmission | None = None, frame: pd.DataFrame | None = None,
+                       context: PathContext | None = None) -> pd.DataFrame:
     """Simple paths ``firm -> ... -> core`` of at most ``max_len`` hops, largest first,
     then one ``kind == "remainder"`` row (longer paths and loops) so that ``contribution``
     sums exactly to the firm's ``propagated_log_odds``.
@@ -92,84 +139,76 @@ def path_decomposition(model, chain, firm_id: str, max_len: int = 4, *, max_path
     the origin paid to the next firm, last 12 months -, and ``weight`` W), ``weight``
     (product of W), ``decay_factor`` (decay^length), ``core_credit`` and ``contribution``
     (decay_factor * weight * core_credit). At most ``max_paths`` paths are listed; any
-    others fall into the remainder.
+    others fall into the remainder. Pass ``context`` (:func:`path_context`) when
+    decomposing many firms of one chain.
     """
-    tr = tr or transmission(chain)
-    i = _position(tr, firm_id)
-    covered, total = _total(model, chain, firm_id, frame)
-    if not covered:
-        out = pd.DataFrame(columns=PATH_COLUMNS)
-        out.attrs.update(total=np.nan, covered=False, firm_id=firm_id, max_len=max_len)
-        return out
-    d = float(model.decay_)
-    cc = model.core_credit(chain, tr).reindex(tr.core_ids).to_numpy()
-    Wuu = tr.W_UU.tocsr()
-    Wuc = tr.W_UC.tocsr()
-    others, cores = tr.other_ids, tr.core_ids
+    rows = path_rows(model, chain, firm_id, max_len, max_paths=max_paths, tr=tr, frame=frame, context=context)
+    out = pd.DataFrame(list(rows), columns=PATH_COLUMNS)
+    out.attrs.update(rows.attrs)
+    return out
 
-    found = []  # (U-path, core index, weight product)
+
+def path_rows(model, chain, firm_id: str, max_len: int = 4, *, max_paths: int = 20_000,
+              tr: Transmission | None = None, frame: pd.DataFrame | None = None,
+              context: PathContext | None = None) -> PathList:
+    """:func:`path_decomposition` as a :class:`PathList` of row dicts (same rows, same order)."""
+    ctx = context or path_context(model, chain, tr=tr, frame=frame)
+    if firm_id not in ctx.position:
+        if firm_id in set(ctx.cores):
+            raise ValueError(f"{firm_id} is a core enterprise: it sends credit, it has no propagated score")
+        raise KeyError(f"{firm_id} is not in the chain")
+    i = ctx.position[firm_id]
+    covered, total = bool(ctx.frame.at[firm_id, "covered"]), float(ctx.frame.at[firm_id, "propagated_log_odds"])
+    if not covered:
+        return PathList(total=np.nan, covered=False, firm_id=firm_id, max_len=max_len)
+    d, cc, Wuu, Wuc, others, cores = ctx.decay, ctx.core_credit, ctx.Wuu, ctx.Wuc, ctx.others, ctx.cores
+
+    found = []  # (U-path, core index, weight per hop)
     truncated = False
 
-    def walk(path, weight):
+    def walk(path, weights):
         nonlocal truncated
         u = path[-1]
-        L = len(path)  # hops to a core from here = L
-        for c, w in zip(Wuc.indices[Wuc.indptr[u]:Wuc.indptr[u + 1]], Wuc.data[Wuc.indptr[u]:Wuc.indptr[u + 1]]):
+        lo, hi = Wuc.indptr[u], Wuc.indptr[u + 1]
+        for c, w in zip(Wuc.indices[lo:hi].tolist(), Wuc.data[lo:hi].tolist()):
             if len(found) >= max_paths:
                 truncated = True
                 return
-            found.append((tuple(path), int(c), weight * w))
-        if L + 1 > max_len:
+            found.append((tuple(path), c, weights + (w,)))
+        if len(path) + 1 > max_len:
             return
-        for v, w in zip(Wuu.indices[Wuu.indptr[u]:Wuu.indptr[u + 1]], Wuu.data[Wuu.indptr[u]:Wuu.indptr[u + 1]]):
+        lo, hi = Wuu.indptr[u], Wuu.indptr[u + 1]
+        for v, w in zip(Wuu.indices[lo:hi].tolist(), Wuu.data[lo:hi].tolist()):
             if v in path or w == 0:
                 continue
-            walk(path + [int(v)], weight * w)
+            walk(path + [v], weights + (w,))
             if truncated:
                 return
 
     if max_len >= 1:
-        walk([i], 1.0)
+        walk([i], ())
 
-    names = chain.nodes["name"]
+    names, amounts = ctx.names, ctx.amounts
     rows = []
-    if found:
-        ids_in = set()
-        for p, c, _ in found:
-            ids_in.update(others[list(p)])
-            ids_in.add(cores[c])
-        e = chain.edges
-        e = e[e["supplier"].isin(ids_in) & e["buyer"].isin(ids_in)]
-        amounts = {(s, b): (cf, tv) for s, b, cf, tv in
-                   zip(e["supplier"], e["buyer"], e["confirmed_amount_12m"], e["trade_volume_12m"])}
-        W = sp.hstack([Wuc, Wuu]).tocsr()  # columns: cores, then others (tr.firm_ids order)
-        pos = {f: k for k, f in enumerate(tr.firm_ids)}
-        for p, c, weight in found:
-            ids = tuple(others[list(p)]) + (cores[c],)
-            hops = []
-            for a, b in zip(ids[:-1], ids[1:]):
-                hops.append({
-                    "from": a, "to": b,
-                    "confirmed_receivables_cny": float(amounts.get((a, b), (0.0, 0.0))[0]),
-                    "trade_paid_cny": float(amounts.get((b, a), (0.0, 0.0))[1]),
-                    "weight": float(W[pos[a] - len(cores), pos[b]]),
-                })
-            L = len(ids) - 1
-            rows.append({"kind": "path", "core_id": cores[c], "core_name": names.get(cores[c]), "length": L,
-                         "path": ids, "names": tuple(names.get(f) for f in ids), "hops": hops, "weight": weight,
-                         "decay_factor": d ** L, "core_credit": float(cc[c]),
-                         "contribution": d ** L * weight * float(cc[c])})
-    out = pd.DataFrame(rows, columns=PATH_COLUMNS)
-    if len(out):
-        out = out.iloc[np.argsort(-np.abs(out["contribution"].to_numpy()), kind="stable")].reset_index(drop=True)
-    listed = float(out["contribution"].sum()) if len(out) else 0.0
-    rest = {"kind": "remainder", "core_id": None, "core_name": REMAINDER, "length": np.nan, "path": None,
-            "names": None, "hops": None, "weight": np.nan, "decay_factor": np.nan, "core_credit": np.nan,
-            "contribution": total - listed}
-    out = pd.concat([out, pd.DataFrame([rest], columns=PATH_COLUMNS)], ignore_index=True) if len(out) else \
-        pd.DataFrame([rest], columns=PATH_COLUMNS)
-    out.attrs.update(total=total, covered=True, firm_id=firm_id, max_len=max_len, truncated=truncated)
-    return out
+    for p, c, ws in found:
+        ids = tuple(others[list(p)].tolist()) + (cores[c],)
+        hops = [{"from": a, "to": b,
+                 "confirmed_receivables_cny": float(amounts.get((a, b), (0.0, 0.0))[0]),
+                 "trade_paid_cny": float(amounts.get((b, a), (0.0, 0.0))[1]),
+                 "weight": float(w)} for a, b, w in zip(ids[:-1], ids[1:], ws)]
+        L = len(ids) - 1
+        weight = float(np.prod(ws))
+        rows.append({"kind": "path", "core_id": cores[c], "core_name": names.get(cores[c]), "length": L,
+                     "path": ids, "names": tuple(names.get(f) for f in ids), "hops": hops, "weight": weight,
+                     "decay_factor": d ** L, "core_credit": float(cc[c]),
+                     "contribution": d ** L * weight * float(cc[c])})
+    rows.sort(key=lambda r: -abs(r["contribution"]))  # stable: equal contributions keep walk order
+    listed = float(sum(r["contribution"] for r in rows))
+    rows.append({"kind": "remainder", "core_id": None, "core_name": REMAINDER, "length": np.nan, "path": None,
+                 "names": None, "hops": None, "weight": np.nan, "decay_factor": np.nan, "core_credit": np.nan,
+                 "contribution": total - listed})
+    return PathList(rows, total=total, covered=True, firm_id=firm_id, max_len=max_len, truncated=truncated)
 
 
-__all__ = ["REMAINDER", "core_decomposition", "gain_row", "path_decomposition"]
+__all__ = ["REMAINDER", "PathContext", "PathList", "core_decomposition", "gain_row", "path_context", "path_decomposition",
+           "path_rows"]

@@ -25,7 +25,7 @@ Context (``ctx``), exactly these keys (others are refused; * = required):
 * ``waterfall_png``: PNG bytes or a path (:func:`scf_engine.explain.plots.waterfall_plot`),
   or an SVG string (:func:`scf_engine.memo.svg.waterfall_svg`)
 * ``propagation_paths``: rows of :func:`scf_engine.explain.path_decomposition`
-  (DataFrame or list of dicts), optional
+  (DataFrame, or list of dicts such as :func:`scf_engine.explain.path_rows` gives), optional
 * ``data_quality``: ``[{file, line, column, reason}]`` - quarantined rows touching the firm
 * ``mlflow``: ``{run_id, experiment, tracking_uri}``
 * ``generated_at``: when the memo was made (default: now)
@@ -209,21 +209,24 @@ def _party(fid, name, own) -> str:
 
 
 def _paths_view(paths, own, keep) -> dict | None:
+    """Plain Python over the rows (a DataFrame is turned into dicts once): thousands of
+    memos per batch."""
     if paths is None:
         return None
-    df = paths if isinstance(paths, pd.DataFrame) else pd.DataFrame(list(paths))
-    if df.empty:
+    attrs = getattr(paths, "attrs", {}) or {}
+    records = paths.to_dict("records") if isinstance(paths, pd.DataFrame) else list(paths)
+    if not records:
         return {"rows": [], "total": None}
-    total = float(df["contribution"].sum())
-    listed = df[df["kind"] == "path"] if "kind" in df else df
-    rest = df[df["kind"] != "path"] if "kind" in df else df.iloc[0:0]
+    total = float(sum(float(r["contribution"]) for r in records))
+    listed = [r for r in records if r.get("kind", "path") == "path"]
+    rest = [r for r in records if r.get("kind", "path") != "path"]
     rows = []
-    for k, r in enumerate(listed.head(MAX_PATHS_SHOWN).itertuples(index=False), 1):
-        path = list(r.path)
-        names = list(r.names) if isinstance(r.names, (list, tuple)) else [None] * len(path)
+    for k, r in enumerate(listed[:MAX_PATHS_SHOWN], 1):
+        path = list(r["path"])
+        names = list(r["names"]) if isinstance(r.get("names"), (list, tuple)) else [None] * len(path)
         name_of = dict(zip(path, names))
         hops = []
-        for h in (r.hops or []):
+        for h in (r.get("hops") or []):
             bits = []
             if h.get("confirmed_receivables_cny"):
                 bits.append(f"已确权应收 confirmed receivables {fmt_cny(h['confirmed_receivables_cny'])}")
@@ -231,16 +234,16 @@ def _paths_view(paths, own, keep) -> dict | None:
                 bits.append(f"采购付款 trade paid {fmt_cny(h['trade_paid_cny'])}")
             hops.append({"to": scrub(_party(h["to"], name_of.get(h["to"]), own), keep),
                          "what": "; ".join(bits) or "—", "weight": f"{float(h['weight']):.3f}"})
-        rows.append({"n": k, "core": scrub(_party(r.core_id, r.core_name, own), keep), "length": int(r.length),
-                     "hops": hops, "weight": f"{float(r.weight):.4f}", "decay": f"{float(r.decay_factor):.3f}",
-                     "core_credit": fmt_signed(r.core_credit), "contribution": fmt_signed(r.contribution, 4),
+        rows.append({"n": k, "core": scrub(_party(r["core_id"], r["core_name"], own), keep), "length": int(r["length"]),
+                     "hops": hops, "weight": f"{float(r['weight']):.4f}", "decay": f"{float(r['decay_factor']):.3f}",
+                     "core_credit": fmt_signed(r["core_credit"]), "contribution": fmt_signed(r["contribution"], 4),
                      "route": " → ".join(scrub(_party(f, name_of.get(f), own), keep) for f in path)})
-    more = listed.iloc[MAX_PATHS_SHOWN:]
+    more = listed[MAX_PATHS_SHOWN:]
     return {
         "rows": rows, "n_listed": len(listed),
-        "more": None if more.empty else {"n": len(more), "contribution": fmt_signed(more["contribution"].sum(), 4)},
-        "remainder": None if rest.empty else fmt_signed(rest["contribution"].sum(), 4),
-        "max_len": paths.attrs.get("max_len") if isinstance(paths, pd.DataFrame) else None,
+        "more": {"n": len(more), "contribution": fmt_signed(sum(r["contribution"] for r in more), 4)} if more else None,
+        "remainder": fmt_signed(sum(r["contribution"] for r in rest), 4) if rest else None,
+        "max_len": attrs.get("max_len"),
         "total": fmt_signed(total, 4),
     }
 

@@ -29,15 +29,19 @@ def _risk_colour(p: float, hi: float) -> str:
     return f"#{r:02x}{g:02x}40"
 
 
-def waterfall_svg(contributions: pd.Series, values: pd.Series, labels: dict[str, str], *, top: int = 10,
-                  width: int = 680) -> str:
+def waterfall_svg(contributions, values, labels: dict[str, str], *, top: int = 10, width: int = 680) -> str:
     """Bars from the expected value to the firm's calibrated log-odds: the ``top`` largest
-    contributions, the rest summed, each labelled ``label = value``."""
-    base = float(contributions.get("expected_value", 0.0))
-    c = contributions.drop(labels=["expected_value"], errors="ignore").astype(float)
-    order = c.abs().sort_values(ascending=False).index
-    shown, rest = list(order[:top]), float(c[order[top:]].sum()) if len(order) > top else 0.0
-    rows = [(f"{labels.get(f, f)} = {_fmt(values.get(f))}", float(c[f])) for f in shown]
+    contributions, the rest summed, each labelled ``label = value``. ``contributions`` and
+    ``values`` are mappings by feature name (Series or dicts; ``expected_value`` is the
+    base)."""
+    items = {k: float(v) for k, v in dict(contributions).items()}
+    base = items.pop("expected_value", 0.0)
+    names = list(items)
+    c = np.fromiter(items.values(), dtype=float, count=len(names))
+    order = np.argsort(-np.abs(c), kind="stable")
+    shown = [names[k] for k in order[:top]]
+    rest = float(c[order[top:]].sum()) if len(order) > top else 0.0
+    rows = [(f"{labels.get(f, f)} = {_fmt(values.get(f))}", items[f]) for f in shown]
     if len(order) > top:
         rows.append((f"{len(order) - top} other features", rest))
     total = base + float(c.sum())
@@ -87,6 +91,7 @@ class ChainPictures:
         self.risk = risk
         self.max_nodes = max_nodes
         self._layouts: dict[str, tuple] = {}
+        self._drawn: dict[tuple, tuple] = {}
         finite = risk.dropna() if risk is not None else pd.Series(dtype=float)
         self.hi = float(finite.quantile(0.95)) if len(finite) else 0.0
 
@@ -106,11 +111,24 @@ class ChainPictures:
             return None
         core_id = cores[0]
         edges, pos = self._layout(core_id)
-        pos = dict(pos)
-        if firm_id not in pos:  # a small partner left out of a big chain: put it at its tier's foot
+        if firm_id in pos:  # the usual case: the picture without the ring is shared by the chain
+            key = (core_id, width, height)
+            if key not in self._drawn:
+                self._drawn[key] = self._draw(core_id, edges, pos, width, height)
+            px, head, tail = self._drawn[key]
+        else:  # a small partner left out of a big chain: put it at its tier's foot
             n = nodes.loc[firm_id]
             col = -float(n["upstream_tier"]) if pd.notna(n["upstream_tier"]) else float(n.get("downstream_tier") or 0.5)
-            pos[firm_id] = (col, -1.08)
+            pos = {**pos, firm_id: (col, -1.08)}
+            px, head, tail = self._draw(core_id, edges, pos, width, height)
+        fx, fy = px(pos[firm_id])
+        ring = [f'<circle cx="{fx:.1f}" cy="{fy:.1f}" r="8" fill="none" stroke="#000" stroke-width="2"/>',
+                f'<text x="{fx + 11:.1f}" y="{fy + 4:.1f}" font-weight="bold">{escape(str(nodes.at[firm_id, "name"])[:16])}</text>']
+        return "".join(head + ring + tail)
+
+    def _draw(self, core_id: str, edges, pos: dict, width: int, height: int):
+        """(position -> pixel, SVG parts under the ring, SVG parts over it) for one chain."""
+        nodes = self.chain.nodes
         xs = [p[0] for p in pos.values()]
         lo, hi = min(xs), max(xs)
         pad = 40
@@ -120,27 +138,27 @@ class ChainPictures:
             y = height / 2 - p[1] * (height / 2 - pad)
             return x, y
 
-        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" {FONT} font-size="10">']
+        head = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" {FONT} font-size="10">']
         for a, b in edges:
             if a in pos and b in pos:
                 (x1, y1), (x2, y2) = px(pos[a]), px(pos[b])
-                parts.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="#999" stroke-opacity="0.35" stroke-width="0.6"/>')
-        for f, p in pos.items():
-            x, y = px(p)
-            if f == core_id:
-                continue
-            fill = _risk_colour(self.risk.get(f, np.nan), self.hi) if self.risk is not None else ROLE_FILL.get(nodes.at[f, "role"], "#7f7f7f")
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.2" fill="{fill}"/>')
+                head.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="#999" stroke-opacity="0.35" stroke-width="0.6"/>')
+        ids = [f for f in pos if f != core_id]
+        if self.risk is not None:
+            fills = [_risk_colour(p, self.hi) for p in self.risk.reindex(ids).to_numpy(dtype=float)]
+        else:
+            fills = [ROLE_FILL.get(r, "#7f7f7f") for r in nodes["role"].reindex(ids)]
+        for f, fill in zip(ids, fills):
+            x, y = px(pos[f])
+            head.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.2" fill="{fill}"/>')
         cx, cy = px(pos[core_id])
-        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="11" fill="{ROLE_FILL["core"]}"/>')
-        parts.append(f'<text x="{cx:.1f}" y="{cy - 15:.1f}" text-anchor="middle">{escape(str(nodes.at[core_id, "name"])[:16])}</text>')
-        fx, fy = px(pos[firm_id])
-        parts.append(f'<circle cx="{fx:.1f}" cy="{fy:.1f}" r="8" fill="none" stroke="#000" stroke-width="2"/>')
-        parts.append(f'<text x="{fx + 11:.1f}" y="{fy + 4:.1f}" font-weight="bold">{escape(str(nodes.at[firm_id, "name"])[:16])}</text>')
+        head.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="11" fill="{ROLE_FILL["core"]}"/>')
+        head.append(f'<text x="{cx:.1f}" y="{cy - 15:.1f}" text-anchor="middle">{escape(str(nodes.at[core_id, "name"])[:16])}</text>')
+        tail = []
         for col in sorted({p[0] for p in pos.values()}):
             x, _ = px((col, 0))
             label = "core" if col == 0 else (f"tier {int(-col)}" if col < 0 else ("other" if col == 0.5 else f"downstream {int(col)}"))
-            parts.append(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" fill="#555">{label}</text>')
+            tail.append(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" fill="#555">{label}</text>')
         legend = "colour = PD (green safe, red risky)" if self.risk is not None else "red upstream, green downstream"
-        parts.append(f'<text x="{pad}" y="14" fill="#555">{escape(legend)}; ring = this firm</text></svg>')
-        return "".join(parts)
+        tail.append(f'<text x="{pad}" y="14" fill="#555">{escape(legend)}; ring = this firm</text></svg>')
+        return px, head, tail
