@@ -15,16 +15,18 @@ rows come from).
   of several; one keeps the whole benchmark within ~15 minutes on 2 cores); additivity
   is checked on every row.
   "ratio" is a route's seconds / pred_contrib seconds (> 1: pred_contrib faster).
-* **memos**: one memo per firm, each with its SHAP waterfall, chain picture
-  (``plot_chain(..., highlight=firm)``), propagation paths, reasons, and the three files
-  (HTML, PDF through WeasyPrint, Markdown), in ``WORKERS`` processes (default: all
-  cores). Stage shares are of the CPU seconds spent per memo summed over workers; PDF
-  "dominates" when it takes more than half.
+* **memos**: one memo per firm, each with its SHAP waterfall, chain picture, propagation
+  paths, reasons, and the three files (HTML, PDF through WeasyPrint, Markdown), in
+  ``WORKERS`` processes (default: all cores), the way ``scf score`` makes them: pictures
+  as inline SVG (one chain layout per core, shared), path decompositions sharing one
+  :class:`~scf_engine.explain.PathContext`. Baseline in the same run: the first design,
+  matplotlib PNG pictures and a full path decomposition per firm, on ``BENCH_MEMOS_PNG``
+  firms (default 100; it costs ~1.2 CPU seconds a memo); "ratio" is the baseline's CPU
+  seconds per memo / ours. Stage shares are of the CPU seconds spent per memo summed
+  over workers; PDF "dominates" when it takes more than half.
 
-``BENCH_EXPLAIN_ROWS``, ``BENCH_MEMOS`` (0: explanations only) and ``BENCH_MEMO_WORKERS``
-override the sizes. Measured on 2 shared cores: memos cost ~1.2 CPU seconds each
-(PDF ~45%, the SHAP waterfall ~40%), so 1,000 memos take ~10 minutes of wall time on
-an idle machine and the whole benchmark ~13; much longer when the cores are shared.
+``BENCH_EXPLAIN_ROWS``, ``BENCH_MEMOS`` (0: explanations only), ``BENCH_MEMOS_PNG`` and
+``BENCH_MEMO_WORKERS`` override the sizes.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from bench.harness import measure, show
 
 ROWS = int(os.environ.get("BENCH_EXPLAIN_ROWS", 100_000))
 MEMOS = int(os.environ.get("BENCH_MEMOS", 1_000))
+MEMOS_PNG = int(os.environ.get("BENCH_MEMOS_PNG", 100))
 WORKERS = int(os.environ.get("BENCH_MEMO_WORKERS", os.cpu_count() or 1))
 REPEATS = int(os.environ.get("BENCH_EXPLAIN_REPEATS", 1))
 N_FIRMS = 1_400
@@ -115,12 +118,13 @@ def explain(method: str, n: int):
 _W = {}
 
 
-def _init_worker(out_dir: str):
+def _init_worker(out_dir: str, style: str):
     import matplotlib
 
     matplotlib.use("Agg")
     _W["world"] = _load() if "world" not in _W else _W["world"]
     _W["out"] = Path(out_dir)
+    _W["style"] = style
 
 
 def _one_memo(task):
@@ -128,25 +132,32 @@ def _one_memo(task):
     (view -> HTML -> PDF from that HTML -> Markdown); per-stage CPU seconds."""
     import pandas as pd
 
-    from scf_engine.explain import path_decomposition
+    from scf_engine.explain import path_decomposition, path_rows
     from scf_engine.explain.plots import waterfall_plot
     from scf_engine.memo import chain_position, firm_record, neighbourhood_png
-    from scf_engine.memo.render import memo_stem, render_html, render_markdown, view, write_pdf
+    from scf_engine.memo.render import _is_svg, memo_stem, render_html, render_markdown, view, write_pdf
+    from scf_engine.memo.svg import waterfall_svg
 
     k, fid, contrib_row, x_row, reasons, model_pds, final = task
     w = _W["world"]
     chain, prop, frame = w["chain"], w["prop"], w["frame"]
+    svg = _W["style"] == "svg"
     times = {}
     t = time.process_time()
     covered = bool(frame.at[fid, "covered"]) if fid in frame.index else False
-    paths = path_decomposition(prop, chain, fid, max_len=4, tr=w["tr_"], frame=frame) if covered else None
+    if not covered:
+        paths = None
+    elif svg:
+        paths = path_rows(prop, chain, fid, max_len=4, context=w["paths_ctx"])
+    else:
+        paths = path_decomposition(prop, chain, fid, max_len=4, frame=frame)
     times["paths"] = time.process_time() - t
     t = time.process_time()
-    wf = waterfall_plot(contrib_row, x_row, None, lang="zh", dpi=90)
-    times["waterfall_png"] = time.process_time() - t
+    wf = waterfall_svg(contrib_row, x_row, w["labels"]) if svg else waterfall_plot(contrib_row, x_row, None, lang="zh", dpi=90)
+    times["waterfall"] = time.process_time() - t
     t = time.process_time()
-    nb = neighbourhood_png(chain, fid)
-    times["chain_png"] = time.process_time() - t
+    nb = w["pictures"].svg(fid) if svg else neighbourhood_png(chain, fid)
+    times["chain_picture"] = time.process_time() - t
     dq = [{"file": r["file"], "line": r["line"], "column": r["column"], "reason": r["reason"]}
           for r in w["quarantine"].rows_touching(fid).head(20).to_dict("records")]
     ctx = {
@@ -171,7 +182,7 @@ def _one_memo(task):
     names = {}
     for key, png in (("neighbourhood", v["neighbourhood_png"]), ("waterfall", v["waterfall_png"])):
         if png is not None:
-            names[key] = f"{stem}.{key}.png"
+            names[key] = f"{stem}.{key}.{'svg' if _is_svg(png) else 'png'}"
             (out / names[key]).write_bytes(png)
     (out / f"{stem}.md").write_text(render_markdown(ctx, v, names), encoding="utf-8")
     times["md"] = time.process_time() - t
@@ -182,11 +193,16 @@ def _one_memo(task):
     return times, sizes
 
 
-def memos(n: int, workers: int):
-    """``n`` memos in ``workers`` processes: wall seconds, and per-stage CPU seconds."""
+def memos(n: int, workers: int, style: str = "svg"):
+    """``n`` memos in ``workers`` processes: wall seconds, and per-stage CPU seconds.
+    ``style``: ``svg`` (what ``scf score`` does) or ``png`` (the first design)."""
     import multiprocessing as mp
 
-    from scf_engine.explain import contributions, reason_codes
+    import pandas as pd
+
+    from scf_engine.explain import contributions, path_context, reason_codes
+    from scf_engine.features.catalogue import load_catalogue
+    from scf_engine.memo.svg import ChainPictures
     from scf_engine.propagation.transmission import transmission
 
     world = _load()
@@ -201,7 +217,11 @@ def memos(n: int, workers: int):
     reasons = reason_codes(contrib, X, dec.features_, reference=world["tr"])
     p_dec = dec.predict_proba(X)[:, 1]
     frame = prop.predict_frame(chain)
-    world["frame"], world["tr_"] = frame, transmission(chain)
+    world["frame"] = frame
+    if style == "svg":  # shared by the batch, as scoring does
+        world["paths_ctx"] = path_context(prop, chain, tr=transmission(chain), frame=frame)
+        world["pictures"] = ChainPictures(chain, pd.Series(p_dec, index=firms))
+        world["labels"] = {s.name: s.label_en for s in load_catalogue().specs}
     batch_s = time.perf_counter() - t0
     _W["world"] = world  # inherited by the forked workers
     tasks = []
@@ -222,7 +242,7 @@ def memos(n: int, workers: int):
     out_dir = Path(tempfile.mkdtemp(prefix="memos_", dir=DATA))
     t1 = time.perf_counter()
     ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(out_dir),)) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(out_dir), style)) as pool:
         results = pool.map(_one_memo, tasks, chunksize=4)
     wall = time.perf_counter() - t1
     examples = DATA / "memo_examples"
@@ -271,17 +291,29 @@ def main():
 
     if MEMOS <= 0:
         return
-    m = measure("bench.bench_explain:memos", MEMOS, WORKERS, repeats=1)
+    m = measure("bench.bench_explain:memos", MEMOS, WORKERS, "svg", repeats=1)
+    b = measure("bench.bench_explain:memos", MEMOS_PNG, WORKERS, "png", repeats=1) if MEMOS_PNG > 0 else None
     stages = m["stage_cpu_s"]
     cpu = sum(stages.values())
     pdf_share = stages.get("pdf", 0.0) / cpu if cpu else float("nan")
-    mrows = [{"stage": k, "cpu_s": v, "share": v / cpu, "cpu_s_per_memo": v / MEMOS} for k, v in stages.items()]
-    mrows.append({"stage": "all (CPU, summed over workers)", "cpu_s": cpu, "share": 1.0, "cpu_s_per_memo": cpu / MEMOS})
+    mrows = [{"route": "ours (SVG, shared)", "stage": k, "cpu_s": v, "share": v / cpu, "cpu_s_per_memo": v / MEMOS}
+             for k, v in stages.items()]
+    mrows.append({"route": "ours (SVG, shared)", "stage": "all (CPU, summed over workers)", "cpu_s": cpu, "share": 1.0,
+                  "cpu_s_per_memo": cpu / MEMOS})
+    ratio = ""
+    if b:
+        bcpu = sum(b["stage_cpu_s"].values())
+        mrows += [{"route": "baseline (matplotlib PNG)", "stage": k, "cpu_s": v, "share": v / bcpu,
+                   "cpu_s_per_memo": v / MEMOS_PNG} for k, v in b["stage_cpu_s"].items()]
+        mrows.append({"route": "baseline (matplotlib PNG)", "stage": "all (CPU, summed over workers)", "cpu_s": bcpu,
+                      "share": 1.0, "cpu_s_per_memo": bcpu / MEMOS_PNG})
+        ratio = (f"; baseline {MEMOS_PNG} memos with matplotlib PNGs: {MEMOS_PNG / b['memo_wall_s']:.2f} memos/s, "
+                 f"ratio (baseline CPU per memo / ours) {(bcpu / MEMOS_PNG) / (cpu / MEMOS):.2f}")
     show(f"Memos: {MEMOS:,} firms (HTML+PDF+MD with waterfall, chain picture, paths) in {m['workers']} processes: "
          f"{m['memo_wall_s']:.1f} s wall = {MEMOS / m['memo_wall_s']:.2f} memos/s; batch explanations "
          f"{m['batch_explain_s']:.1f} s; PDF {'DOMINATES' if pdf_share > 0.5 else 'does not dominate'} "
          f"({pdf_share:.0%} of memo CPU); mean sizes HTML {m['mean_bytes']['html'] / 1e3:.0f} kB, "
-         f"PDF {m['mean_bytes']['pdf'] / 1e3:.0f} kB, MD {m['mean_bytes']['md'] / 1e3:.1f} kB",
+         f"PDF {m['mean_bytes']['pdf'] / 1e3:.0f} kB, MD {m['mean_bytes']['md'] / 1e3:.1f} kB{ratio}",
          mrows, "explain_memos")
 
 

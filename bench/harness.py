@@ -63,4 +63,4 @@ def show(title: str, rows: list[dict], name: str) -> None:
         t.add_column(c, justify="right" if df[c].dtype.kind in "iuf" else "left")
     for r in df.itertuples(index=False):
         t.add_row(*[f"{v:,.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in r])
-    Console().print(t)
+    Console(width=200).print(t)  # logs and CI are not terminals: do not fold the table to 80 columns

@@ -312,3 +312,20 @@ def test_a_row_breaking_several_rules_reports_each_value(tmp_path):
     q = load_dataset(folder).report.rows.set_index("column")
     assert q.loc["amount", "value"] == "abc" and q.loc["purpose", "value"] == "gift"
     assert (q["line"] == 3).all()
+
+
+def test_trim_is_skipped_only_when_no_value_can_carry_edge_whitespace():
+    """The byte-level pre-check that lets clean id columns skip the trim copy must never
+    let a padded value through: ASCII spaces, tabs, a full-width space (U+3000), in a
+    sliced chunk, in large_string columns."""
+    import pyarrow as pa
+
+    from scf_engine.ingest.reading import _may_need_trim
+
+    def col(values, typ=pa.string()):
+        return pa.chunked_array([pa.array(["  pad  "] + values, typ).slice(1)])  # offset into the buffers
+
+    for typ in (pa.string(), pa.large_string()):
+        assert not _may_need_trim(col(["A1", "B2", "", None], typ))
+        for bad in (" A1", "A1 ", "\tA1", "A1\n", "\u3000A1", "A1\u3000"):
+            assert _may_need_trim(col(["ok", bad, "ok"], typ)), repr(bad)
