@@ -19,12 +19,15 @@ How (all declarative DuckDB SQL, so the same definitions can run on a cluster en
 
 from __future__ import annotations
 
-from scf_engine.duck import connect
+import numpy as np
 import pandas as pd
 
+from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
+from scf_engine.duck import connect
 from scf_engine.features.authenticity import authenticity_features
 from scf_engine.features.catalogue import Catalogue, load_catalogue
+from scf_engine.ingest.rules import sql_list
 
 LOOKBACK_MONTHS = 24
 OBLIGATIONS = ("payroll", "tax", "social_insurance", "housing_fund", "utilities")
@@ -33,12 +36,13 @@ MIN_INDUSTRY_GROUP = 10  # smaller industry divisions are ranked within their se
 
 def _legs_sql(T: str) -> str:
     return f"""
-    WITH f AS (SELECT row_number() OVER () AS _i, booked_on, payer_id, payee_id, amount, purpose FROM flows),
+    WITH f AS (SELECT row_number() OVER () AS _i, booked_on, payer_id, payee_id, amount,
+                      TRY_CAST(purpose AS ENUM{sql_list(PURPOSES)}) AS purpose FROM flows),
     legs AS (
-        SELECT _i, payee_id AS firm_id, payer_id AS cpty, 'in' AS dir, booked_on, amount, purpose
+        SELECT _i, payee_id AS firm_id, payer_id AS cpty, 'in'::ENUM('in', 'out') AS dir, booked_on, amount, purpose
         FROM f WHERE payee_id IN (SELECT firm_id FROM firms)
         UNION ALL
-        SELECT _i, payer_id AS firm_id, payee_id AS cpty, 'out' AS dir, booked_on, amount, purpose
+        SELECT _i, payer_id AS firm_id, payee_id AS cpty, 'out'::ENUM('in', 'out') AS dir, booked_on, amount, purpose
         FROM f WHERE payer_id IN (SELECT firm_id FROM firms)
     )
     SELECT * FROM (
@@ -129,9 +133,11 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     code = {s.function for s in cat.of_kind("code")}
     if "payer_concentration" in code:
         out = out.join(_payer_concentration(con), how="left")
-    if "authenticity" in code:
-        trade = con.sql("SELECT _i, firm_id, cpty, dir, amount, booked_on FROM legs WHERE k < 12 AND purpose = 'trade'").df()
-        out = out.join(authenticity_features(trade, con=con), how="left")
+    trade = _trade_legs(con) if "authenticity" in code else None
+    # the big tables are done with: free DuckDB's memory before the pandas work below
+    con.execute("DROP TABLE IF EXISTS legs; DROP TABLE IF EXISTS p2; DROP TABLE IF EXISTS p")
+    if trade is not None:
+        out = out.join(_authenticity(*trade, con=con), how="left")
         for c in ("round_trip_share_12m", "cycle_share_12m", "cycle_parties_12m"):
             out.loc[out["history_months"].notna(), c] = out.loc[out["history_months"].notna(), c].fillna(0)
 
@@ -141,6 +147,28 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
         con.close()
     computed = [s.name for s in cat.specs if s.name in out.columns]
     return out[computed].astype("float64")
+
+
+def _trade_legs(con) -> tuple[pd.DataFrame, np.ndarray]:
+    """The last 12 months' trade legs for the authenticity features, with parties as
+    integer codes and ``dir`` as a category (as text, 20 million flows' legs took about
+    5 GB more at this step: bench/bench_features.py), and the party of each code."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _trade AS "
+                "SELECT _i, firm_id, cpty, dir, amount, booked_on FROM legs WHERE k < 12 AND purpose = 'trade'")
+    con.execute("CREATE OR REPLACE TEMP TABLE _parties AS SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
+                "AS code FROM (SELECT firm_id AS party FROM _trade UNION SELECT cpty FROM _trade)")
+    trade = con.sql("SELECT t._i, a.code AS firm_id, b.code AS cpty, t.dir, t.amount, t.booked_on FROM _trade t "
+                    "JOIN _parties a ON t.firm_id = a.party JOIN _parties b ON t.cpty = b.party "
+                    "ORDER BY t._i, t.dir").df()
+    party = np.asarray(con.sql("SELECT party FROM _parties ORDER BY code").fetchnumpy()["party"], dtype=object)
+    con.execute("DROP TABLE _trade; DROP TABLE _parties")
+    return trade, party
+
+
+def _authenticity(trade: pd.DataFrame, party: np.ndarray, con) -> pd.DataFrame:
+    auth = authenticity_features(trade, con=con)
+    auth.index = pd.Index(party[auth.index.to_numpy(dtype=np.int64)], name="firm_id")
+    return auth
 
 
 def _payer_concentration(con) -> pd.DataFrame:

@@ -97,18 +97,25 @@ def authenticity_features(legs: pd.DataFrame, con=None) -> pd.DataFrame:
     payee = np.where(transfers["dir"] == "out", transfers["cpty"], transfers["firm_id"])
     t = pd.DataFrame({"_i": transfers["_i"].to_numpy(), "payer": payer, "payee": payee,
                       "amount": transfers["amount"].to_numpy(), "booked_on": transfers["booked_on"].to_numpy()})
-    t["cycle"] = cycle_edges(t["payer"].to_numpy(), t["payee"].to_numpy(), t["amount"].to_numpy())
-    t["round_trip"] = round_trip_edges(t, con=con)
-    flags = legs.merge(t[["_i", "cycle", "round_trip"]], on="_i", how="left")
-    inflow = flags[flags["dir"] == "in"]
-    total_in = inflow.groupby("firm_id")["amount"].sum()
-    total_all = flags.groupby("firm_id")["amount"].sum()
-    rt = inflow[inflow["round_trip"]].groupby("firm_id")["amount"].sum()
-    rt_out = flags[(flags["dir"] == "out") & flags["round_trip"]].groupby("firm_id")["amount"].sum()
-    cyc = flags[flags["cycle"]]
-    out = pd.DataFrame(index=total_all.index)
-    out["round_trip_share_12m"] = (rt.reindex(out.index).fillna(0) + rt_out.reindex(out.index).fillna(0)) / (
-        total_in.reindex(out.index).fillna(0) + flags[flags["dir"] == "out"].groupby("firm_id")["amount"].sum().reindex(out.index).fillna(0))
-    out["cycle_share_12m"] = cyc.groupby("firm_id")["amount"].sum().reindex(out.index).fillna(0) / total_all
-    out["cycle_parties_12m"] = cyc.groupby("firm_id")["cpty"].nunique().reindex(out.index).fillna(0)
+    cycle = cycle_edges(t["payer"].to_numpy(), t["payee"].to_numpy(), t["amount"].to_numpy())
+    round_trip = round_trip_edges(t, con=con)
+    # per leg, by position (a merge would copy every column of millions of legs)
+    at = pd.Index(t["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())
+    cycle, round_trip = cycle[at], round_trip[at]
+    codes, firms = pd.factorize(legs["firm_id"])
+    amount = legs["amount"].to_numpy(dtype=np.float64)
+
+    def total(mask=None):
+        c, w = (codes, amount) if mask is None else (codes[mask], amount[mask])
+        return np.bincount(c, weights=w, minlength=len(firms))
+
+    total_all = total()
+    cycle_pairs = pd.DataFrame({"f": codes[cycle], "c": legs["cpty"].to_numpy()[cycle]}).drop_duplicates()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = pd.DataFrame({
+            # round trips both ways, over all trade in and out
+            "round_trip_share_12m": total(round_trip) / total_all,
+            "cycle_share_12m": total(cycle) / total_all,
+            "cycle_parties_12m": np.bincount(cycle_pairs["f"].to_numpy(), minlength=len(firms)).astype(np.float64),
+        }, index=pd.Index(firms, name=legs["firm_id"].name))
     return out
