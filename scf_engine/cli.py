@@ -163,7 +163,7 @@ def score(
     group_by: str = typer.Option("batch", "--group-by", help="batch: the whole batch is one group; batch_group: one envelope per firms' batch_group."),
     chain_core: str = typer.Option(None, "--chain-core", help="The core whose 1+N chain this batch is (default: detected when all firms share one core)."),
     memos: bool = typer.Option(True, "--memos/--no-memos", help="Write a credit memo per scored firm."),
-    memo_formats: str = typer.Option("html,md", "--memo-formats", help="Comma-separated: html, pdf, md (PDF costs ~1 s a memo; the HTML prints the same)."),
+    memo_formats: str = typer.Option("html,md", "--memo-formats", help="Comma-separated: html, pdf, md (PDF costs ~0.3 s a memo; the HTML prints the same)."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     audit_log: Path = typer.Option(Path("audit/audit.jsonl"), "--audit-log", help="The hash-chained audit log to append to."),
 ):
