@@ -222,6 +222,8 @@ def explain(
                   f"[bold]{row['firm_id']}[/]: not scored - {row['reasons']}", highlight=False)
     for i, reason in enumerate(str(row["reasons"]).split("; "), 1):
         console.print(f"  {i}. {reason}", highlight=False)
+    console.print("  (scored alone: caps shared across a batch - the core's line in a 1+N batch, a group envelope - "
+                  "cannot bind here; a batch's limits.csv is the lending decision)", style="dim", highlight=False)
     console.print(f"memo: {r.memo_dir}")
 
 
