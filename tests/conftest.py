@@ -6,6 +6,7 @@ tests that need statistical power use the ``medium_world`` fixture.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,9 @@ import pytest
 
 from scf_engine.simulate import WorldConfig, simulate, write_dataset
 
-EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "external-data"
+# Third-party samples live beside the checkout (../shared/external-data), never copied in;
+# SCF_EXTERNAL_DATA points elsewhere (a clone made in another folder). Missing: the tests fail.
+EXTERNAL = Path(os.environ.get("SCF_EXTERNAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "external-data")
 
 
 @pytest.fixture(scope="session")
