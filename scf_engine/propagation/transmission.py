@@ -124,10 +124,12 @@ def transmission(chain: Chain) -> Transmission:
     cols = np.concatenate([b, s])
     vals = np.concatenate([up_w, down_w])
     keep = (vals > 0) & (rows >= n_c) & (rows != cols)  # cores keep their own credit
-    W = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n, n))
-    row_sum = np.asarray(W.sum(axis=1)).ravel()
-    scale = np.where(row_sum > 1, 1 / np.maximum(row_sum, 1e-12), 1.0)
-    W = sp.diags(scale) @ W
-    W = W.tocsr()
+    rows, cols, vals = rows[keep] - n_c, cols[keep], vals[keep]
+    # rows capped to sum at most 1 (repeated cells add up, as in the sparse matrix)
+    row_sum = np.bincount(rows, weights=vals, minlength=n - n_c)
+    vals = vals * np.where(row_sum > 1, 1 / np.maximum(row_sum, 1e-12), 1.0)[rows]
+    to_core = cols < n_c
+    W_UC = sp.csr_matrix((vals[to_core], (rows[to_core], cols[to_core])), shape=(n - n_c, n_c))
+    W_UU = sp.csr_matrix((vals[~to_core], (rows[~to_core], cols[~to_core] - n_c)), shape=(n - n_c, n - n_c))
     covered = np.isin(nodes["role"].to_numpy(dtype=object)[perm[n_c:]], ["upstream", "downstream"])
-    return Transmission(pd.Index(order), order[:n_c], W[n_c:, n_c:].tocsr(), W[n_c:, :n_c].tocsr(), covered)
+    return Transmission(pd.Index(order), order[:n_c], W_UU, W_UC, covered)
