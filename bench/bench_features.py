@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from bench import synthetic
-from bench.harness import measure, show
+from bench.harness import measure, peak_mb, rss_mb, show
 
 WORLD = dict(n_firms=int(os.environ.get("BENCH_FEATURES_FIRMS", 100_000)),
              n_cores=int(os.environ.get("BENCH_FEATURES_CORES", 400)),
@@ -48,24 +48,6 @@ SAMPLE, MASK_SAMPLE = 1_000, 50
 OUT = Path("out/bench/features")
 FEATURES = ["history_months", "trade_in_1m", "trade_in_3m", "trade_in_12m", "trade_out_12m", "active_months_12m",
             "payroll_missed_12m", "tax_missed_12m", "payers_12m", "payer_hhi_12m", "top_payer_share_12m"]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    """VmHWM: this process's own peak RSS (the harness's ``ru_maxrss`` keeps the forked
-    driver's high-water mark across ``exec``)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def sample_ids(folder: str, n: int, seed: int = 0) -> list[str]:
@@ -98,11 +80,11 @@ def run_ours(folder: str, tag: str):
     from scf_engine.features import flow_features
 
     snap = synthetic.load_snapshot(folder)
-    rss_in = _rss_mb()
+    rss_in = rss_mb()
     t = time.perf_counter()
     feats = flow_features(snap)
     dt = time.perf_counter() - t
-    hwm = _peak_mb()
+    hwm = peak_mb()
     feats.to_parquet(OUT / f"ours_{tag}.parquet")
     return {"t": dt, "hwm_mb": hwm, "input_mb": rss_in, "rows": len(snap.flows), "firms": len(snap.firms)}
 
@@ -153,7 +135,7 @@ def run_naive(folder: str, kind: str, sample_from: str, tag: str):
     flows = snap.flows
     sample = sample_ids(sample_from, SAMPLE if kind == "indexed" else MASK_SAMPLE, seed=0 if kind == "indexed" else 1)
     T = snap.as_of
-    rss_in = _rss_mb()
+    rss_in = rss_mb()
     t = time.perf_counter()
     if kind == "indexed":
         # one contiguous Arrow array per column first: row-taking from the ~160-chunk
@@ -175,7 +157,7 @@ def run_naive(folder: str, kind: str, sample_from: str, tag: str):
             f = flows[(flows["payer_id"] == fid) | (flows["payee_id"] == fid)]
         out.append(naive_one(f, fid, T))
     loop = time.perf_counter() - t - setup
-    hwm = _peak_mb()
+    hwm = peak_mb()
     pd.DataFrame(out).set_index("firm_id").reindex(columns=FEATURES).astype(float).to_parquet(OUT / f"naive_{tag}.parquet")
     return {"t": setup + loop, "hwm_mb": hwm, "setup_s": setup, "loop_s": loop, "sample": len(sample), "input_mb": rss_in,
             "rows": len(flows), "firms": len(snap.firms)}

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from bench import synthetic
-from bench.harness import measure, show
+from bench.harness import measure, peak_mb, rss_mb, show
 
 DECAY = 0.8
 TOL = 1e-10
@@ -63,23 +62,6 @@ NX_BIG = os.environ.get("BENCH_GRAPH_NX_BIG", "0") == "1"
 REPEATS = int(os.environ.get("BENCH_GRAPH_REPEATS", 3))
 NODE_COLS = ["is_core", "trade_in_12m", "trade_out_12m", "role"]
 EDGE_COLS = ["supplier", "buyer", "recv_amount_12m", "confirmed_amount_12m", "trade_volume_12m"]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    """VmHWM: this process's own peak RSS (``ru_maxrss`` would include the driver's)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -127,13 +109,13 @@ def run_build(folder: str):
     from scf_engine.graph import build_chain
 
     snap = synthetic.load_snapshot(folder)
-    rss_in = _rss_mb()
+    rss_in = rss_mb()
     t = time.perf_counter()
     chain = build_chain(snap)
     dt = time.perf_counter() - t
     if not (_chain_dir("world") / "nodes.parquet").exists():
         _save_chain(chain, "world")
-    return {"t": dt, "input_mb": rss_in, "hwm_mb": _peak_mb(), "firms": len(chain.nodes), "edges": len(chain.edges),
+    return {"t": dt, "input_mb": rss_in, "hwm_mb": peak_mb(), "firms": len(chain.nodes), "edges": len(chain.edges),
             "roles": chain.nodes["role"].value_counts().to_dict()}
 
 
@@ -145,7 +127,7 @@ def run_ours(tag: str, mode: str):
 
     chain = load_chain(tag)
     y_core = core_credit(chain.nodes.index[chain.nodes["is_core"]])
-    rss_in = _rss_mb()
+    rss_in = rss_mb()
     t = time.perf_counter()
     tr = transmission(chain)
     t_tr = time.perf_counter() - t
@@ -156,7 +138,7 @@ def run_ours(tag: str, mode: str):
         evidence = np.random.default_rng(8).normal(size=(len(yc), 3))
         y = tr.solve(DECAY, np.column_stack([yc, evidence]))[:, 0]
     dt = time.perf_counter() - t
-    hwm = _peak_mb()
+    hwm = peak_mb()
     pd.DataFrame({"firm_id": tr.other_ids, "y": y}).to_parquet(OUT / f"y_ours_{mode}_{tag}.parquet", index=False)
     return {"t": dt, "hwm_mb": hwm, "transmission_s": t_tr, "input_mb": rss_in, "firms": len(chain.nodes),
             "edges": len(chain.edges), "w_nnz": int(tr.W_UU.nnz + tr.W_UC.nnz)}
@@ -212,11 +194,11 @@ def nx_propagation(chain, decay: float, y_core: pd.Series, tol: float = TOL):
 def run_nx(tag: str):
     chain = load_chain(tag)
     y_core = core_credit(chain.nodes.index[chain.nodes["is_core"]])
-    rss_in = _rss_mb()
+    rss_in = rss_mb()
     t = time.perf_counter()
     y, iterations, w_edges = nx_propagation(chain, DECAY, y_core)
     dt = time.perf_counter() - t
-    hwm = _peak_mb()
+    hwm = peak_mb()
     y.rename_axis("firm_id").rename("y").reset_index().to_parquet(OUT / f"y_nx_{tag}.parquet", index=False)
     return {"t": dt, "input_mb": rss_in, "hwm_mb": hwm, "iterations": iterations, "w_nnz": w_edges, "firms": len(chain.nodes),
             "edges": len(chain.edges)}

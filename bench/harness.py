@@ -33,6 +33,25 @@ print("@@RESULT@@" + json.dumps({"seconds": wall, "peak_mb": peak, **info}))
 """
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (MB)."""
+    return _status_mb("VmRSS")
+
+
+def peak_mb() -> float:
+    """This process's own peak resident memory (VmHWM, MB); ``ru_maxrss`` of an exec'd
+    child would include its parent's size at fork."""
+    return _status_mb("VmHWM")
+
+
 def measure(target: str, *args, repeats: int = 3) -> dict:
     """Median wall seconds and peak RSS (MB) of ``target(*args)`` over fresh processes."""
     runs = []
