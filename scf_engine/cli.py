@@ -232,20 +232,35 @@ app.add_typer(audit_app, name="audit")
 
 
 @audit_app.command("verify")
-def audit_verify(log: Path = typer.Argument(Path("audit/audit.jsonl"), help="Audit log to check.")):
-    """Check every entry's hash and the chain; exit 0 when intact, 1 when tampered."""
+def audit_verify(
+    log: Path = typer.Argument(Path("audit/audit.jsonl"), help="Audit log to check."),
+    anchor: str = typer.Option(None, "--anchor", help="SEQ:HASH of an entry recorded elsewhere (a batch's MLflow "
+                               "run keeps one): the log must still hold it, so entries cut off its end are seen."),
+):
+    """Check every entry's hash and the chain; exit 0 when intact, 1 when tampered. Prints
+    the head (SEQ:HASH of the last entry) to keep somewhere else."""
     from scf_engine import audit
 
     if not log.is_file():
         err_console.print(f"[red]error:[/] {log}: no such audit log")
         raise typer.Exit(ExitCode.UNUSABLE)
-    ok, problems = audit.verify(log)
+    anchor_entry = None
+    if anchor:
+        seq, _, digest = anchor.partition(":")
+        if not seq.strip().isdigit() or len(digest.strip()) != 64:
+            err_console.print(f"[red]error:[/] --anchor {anchor!r} is not SEQ:HASH (a number, a colon, 64 hex digits)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(ExitCode.UNUSABLE)
+        anchor_entry = {"seq": int(seq), "hash": digest.strip()}
+    ok, problems = audit.verify(log, anchor=anchor_entry)
     if ok:
         n = sum(1 for _ in open(log, encoding="utf-8"))
-        console.print(f"{log}: intact ({n} entries)")
+        top = audit.head(log)
+        console.print(f"{log}: intact ({n} entries)" + (f"; head {top['seq']}:{top['hash']}" if top else ""),
+                      highlight=False, soft_wrap=True)
         return
     for p in problems:
-        err_console.print(f"[red]tampered:[/] {p}", highlight=False)
+        err_console.print(f"[red]tampered:[/] {p}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

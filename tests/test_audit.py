@@ -195,3 +195,21 @@ def test_file_sha256(tmp_path):
     p.write_bytes(b"firm_id\n")
     import hashlib
     assert audit.file_sha256(p) == hashlib.sha256(b"firm_id\n").hexdigest()
+
+
+def test_cli_verify_prints_the_head_and_checks_an_anchor(tmp_path):
+    from typer.testing import CliRunner
+
+    from scf_engine.cli import app
+
+    path = make_log(tmp_path)
+    top = audit.head(path)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["audit", "verify", str(path)])
+    assert ok.exit_code == 0 and f"head {top['seq']}:{top['hash']}" in ok.output
+    path.write_text("".join(lines(path)[:-1]), encoding="utf-8")  # the last entry cut off cleanly
+    assert runner.invoke(app, ["audit", "verify", str(path)]).exit_code == 0
+    cut = runner.invoke(app, ["audit", "verify", str(path), "--anchor", f"{top['seq']}:{top['hash']}"])
+    assert cut.exit_code == 1 and "seq 5" in cut.output
+    bad = runner.invoke(app, ["audit", "verify", str(path), "--anchor", "five:abc"])
+    assert bad.exit_code == 2 and "SEQ:HASH" in bad.output
