@@ -254,6 +254,7 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
         with_entry = out.parent / "audit_entry.json"
         with_entry.write_text(json.dumps(entry, ensure_ascii=False, indent=2))
         tracking.log_artifact(with_entry, "audit")
+        tracking.set_tags({"audit_head": f"{entry['seq']}:{entry['hash']}"})  # for `scf audit verify --anchor`
         return ScoreResult(result, out, memo_dir, rid, entry, summary)
 
 

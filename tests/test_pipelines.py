@@ -139,6 +139,7 @@ def test_the_batch_is_an_mlflow_run_and_an_audit_entry(trained):
     assert run["metrics.n_approve"] + run["metrics.n_review"] + run["metrics.n_decline"] == len(lim)
     entry = json.loads((trained["home"] / "audit.jsonl").read_text().splitlines()[-1])
     assert entry["details"]["mlflow_run_id"] == run["run_id"] and entry["action"] == "score"
+    assert run["tags.audit_head"] == f"{entry['seq']}:{entry['hash']}"  # the anchor for `scf audit verify --anchor`
     assert set(entry["details"]["inputs"]) >= {"batch", "firms.csv"}
 
 
