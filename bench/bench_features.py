@@ -29,7 +29,6 @@ extrapolated rows it compares the extrapolated baseline with our measured full r
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -37,13 +36,14 @@ import numpy as np
 import pandas as pd
 
 from bench import synthetic
-from bench.harness import measure, peak_mb, rss_mb, show
+from bench.harness import measure, measure_inner, peak_mb, rss_mb, show
 
 WORLD = dict(n_firms=int(os.environ.get("BENCH_FEATURES_FIRMS", 100_000)),
              n_cores=int(os.environ.get("BENCH_FEATURES_CORES", 400)),
              n_receivables=int(os.environ.get("BENCH_FEATURES_RECEIVABLES", 2_000_000)),
              n_flows=int(os.environ.get("BENCH_FEATURES_ROWS", 20_000_000)))
 REPEATS = int(os.environ.get("BENCH_FEATURES_REPEATS", 3))
+NAIVE_PARTS = ("setup_s", "loop_s")  # the naive loop's own timings, medians like ``seconds``
 SAMPLE, MASK_SAMPLE = 1_000, 50
 OUT = Path("out/bench/features")
 FEATURES = ["history_months", "trade_in_1m", "trade_in_3m", "trade_in_12m", "trade_out_12m", "active_months_12m",
@@ -164,19 +164,6 @@ def run_naive(folder: str, kind: str, sample_from: str, tag: str):
 
 
 # --- driver ------------------------------------------------------------------------------------
-def _runs(target: str, *args, repeats: int) -> dict:
-    rs = [measure(target, *args, repeats=1) for _ in range(repeats)]
-    out = dict(rs[-1])
-    out["seconds"] = statistics.median(r["t"] for r in rs)
-    out["seconds_all"] = [round(r["t"], 1) for r in rs]
-    out["peak_mb"] = max(r["hwm_mb"] for r in rs)
-    out["input_mb"] = max(r["input_mb"] for r in rs)
-    for k in ("setup_s", "loop_s"):
-        if k in out:
-            out[k] = statistics.median(r[k] for r in rs)
-    return out
-
-
 def _agree(naive_tag: str, ours_tag: str) -> tuple[float, int]:
     """(largest relative difference, cells where exactly one side is empty) on the
     naive loop's firms and features."""
@@ -203,9 +190,9 @@ def main():
         print(f"  {what}: {seconds:.1f}s {r.get('seconds_all', '')} peak {r['peak_mb']:.0f} MB", flush=True)
 
     sub = measure("bench.bench_features:make_subset", folder, repeats=1)["path"]  # in a child: 20M rows read
-    ours = _runs("bench.bench_features:run_ours", folder, "full", repeats=REPEATS)
-    idx = _runs("bench.bench_features:run_naive", folder, "indexed", folder, "full", repeats=1)
-    mask = _runs("bench.bench_features:run_naive", folder, "mask", folder, "full_mask", repeats=1)
+    ours = measure_inner("bench.bench_features:run_ours", folder, "full", repeats=REPEATS)
+    idx = measure_inner("bench.bench_features:run_naive", folder, "indexed", folder, "full", repeats=1, median_of=NAIVE_PARTS)
+    mask = measure_inner("bench.bench_features:run_naive", folder, "mask", folder, "full_mask", repeats=1, median_of=NAIVE_PARTS)
     idx_est = idx["setup_s"] + idx["loop_s"] * n_firms / idx["sample"]
     mask_est = mask["loop_s"] * n_firms / mask["sample"]
     d_idx, na_idx = _agree("full", "full")
@@ -220,8 +207,8 @@ def main():
         mask_est / ours["seconds"], 1,
         f"{mask['loop_s'] / mask['sample'] * 1000:.0f} ms/firm; max rel diff vs ours {d_mask:.1e}, {na_mask} empty mismatches")
 
-    o_sub = _runs("bench.bench_features:run_ours", sub, "subset", repeats=REPEATS)
-    n_sub = _runs("bench.bench_features:run_naive", sub, "indexed", folder, "subset", repeats=REPEATS)
+    o_sub = measure_inner("bench.bench_features:run_ours", sub, "subset", repeats=REPEATS)
+    n_sub = measure_inner("bench.bench_features:run_naive", sub, "indexed", folder, "subset", repeats=REPEATS, median_of=NAIVE_PARTS)
     d_sub, na_sub = _agree("subset", "subset")
     row(f"ours: flow_features, {SAMPLE:,}-firm sub-snapshot", o_sub["firms"], o_sub["rows"], o_sub["seconds"], o_sub,
         None, REPEATS)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from bench import synthetic
-from bench.harness import measure, peak_mb, rss_mb, show
+from bench.harness import measure, measure_inner, peak_mb, rss_mb, show
 
 DECAY = 0.8
 TOL = 1e-10
@@ -205,17 +204,6 @@ def run_nx(tag: str):
 
 
 # --- driver ------------------------------------------------------------------------------------
-def _runs(target: str, *args, repeats: int) -> dict:
-    """Median of the inner timings ``t`` over ``repeats`` fresh processes; max peak RSS."""
-    rs = [measure(target, *args, repeats=1) for _ in range(repeats)]
-    out = dict(rs[-1])
-    out["seconds"] = statistics.median(r["t"] for r in rs)
-    out["seconds_all"] = [round(r["t"], 2) for r in rs]
-    out["peak_mb"] = max(r["hwm_mb"] for r in rs)
-    out["input_mb"] = max(r["input_mb"] for r in rs)
-    return out
-
-
 def _max_diff(a: str, b: str) -> float:
     ya = pd.read_parquet(OUT / a).set_index("firm_id")["y"]
     yb = pd.read_parquet(OUT / b).set_index("firm_id")["y"].reindex(ya.index)
@@ -238,20 +226,20 @@ def main():
                      "peak_mb": r["peak_mb"], "input_mb": r["input_mb"], "ratio": ratio, "runs": runs, "note": note})
         print(f"  {what}: {r['seconds']:.2f}s {r.get('seconds_all', '')} peak {r['peak_mb']:.0f} MB", flush=True)
 
-    b = _runs("bench.bench_graph:run_build", str(folder), repeats=REPEATS)
+    b = measure_inner("bench.bench_graph:run_build", str(folder), repeats=REPEATS)
     row("(a) build_chain, 100k firms / 2M receivables / 20M flows", b, runs=REPEATS,
         note=f"{meta['flows']:,} flows, {meta['receivables']:,} receivables; peak includes the loaded snapshot")
 
     graphs = (("world", "(b)", REPEATS, True), (mid, "(b)", REPEATS, True), (big, "(c)", REPEATS, NX_BIG))
     for tag, part, reps, with_nx in graphs:
-        o = _runs("bench.bench_graph:run_ours", tag, "solve", repeats=reps)
+        o = measure_inner("bench.bench_graph:run_ours", tag, "solve", repeats=reps)
         label = "100k world chain" if tag == "world" else f"{o['edges'] / 1e6:.2f}M-edge graph"
         x = None
         if with_nx:
-            x = _runs("bench.bench_graph:run_nx", tag, repeats=1)
+            x = measure_inner("bench.bench_graph:run_nx", tag, repeats=1)
             diff = _max_diff(f"y_ours_solve_{tag}.parquet", f"y_nx_{tag}.parquet")
             assert diff < 1e-8, f"networkx and ours disagree on {tag}: {diff}"
-        m = _runs("bench.bench_graph:run_ours", tag, "model", repeats=reps)
+        m = measure_inner("bench.bench_graph:run_ours", tag, "model", repeats=reps)
         mdiff = _max_diff(f"y_ours_model_{tag}.parquet", f"y_ours_solve_{tag}.parquet")
         row(f"{part} ours: transmission + solve, {label}", o, ratio=x["seconds"] / o["seconds"] if x else None,
             runs=reps, note=f"transmission {o['transmission_s']:.2f}s + solve {o['seconds'] - o['transmission_s']:.2f}s; "

@@ -70,6 +70,23 @@ def measure(target: str, *args, repeats: int = 3) -> dict:
     return res
 
 
+def measure_inner(target: str, *args, repeats: int, median_of: tuple[str, ...] = ()) -> dict:
+    """``repeats`` fresh processes of ``target(*args)``, which reports its own timed call as
+    ``t`` (inputs loaded untimed), its peak as ``hwm_mb`` and its RSS once loaded as
+    ``input_mb``: ``seconds`` is the median ``t``, ``peak_mb`` / ``input_mb`` the maxima,
+    and each key of ``median_of`` the target reports is a median too."""
+    rs = [measure(target, *args, repeats=1) for _ in range(repeats)]
+    out = dict(rs[-1])
+    out["seconds"] = statistics.median(r["t"] for r in rs)
+    out["seconds_all"] = [round(r["t"], 2) for r in rs]
+    out["peak_mb"] = max(r["hwm_mb"] for r in rs)
+    out["input_mb"] = max(r["input_mb"] for r in rs)
+    for k in median_of:
+        if k in out:
+            out[k] = statistics.median(r[k] for r in rs)
+    return out
+
+
 def show(title: str, rows: list[dict], name: str) -> None:
     import pandas as pd
 
