@@ -58,10 +58,9 @@ def make_world() -> Path:
     what explanations and memos need (made once)."""
     if WORLD.is_file():
         return WORLD
-    from scf_engine.assemble import add_propagation, assemble, split_dates, stack
+    from scf_engine.assemble import assemble, split_dates
     from scf_engine.ingest import load_dataset
-    from scf_engine.learners import DecoupledModel
-    from scf_engine.propagation import CorePropagation
+    from scf_engine.pipelines import fit_propagation_and_decoupled
     from scf_engine.simulate import WorldConfig, simulate, write_dataset
 
     DATA.mkdir(parents=True, exist_ok=True)
@@ -70,11 +69,8 @@ def make_world() -> Path:
     dates = ds.snapshot_dates()
     data = assemble(ds, dates)
     train, test = split_dates(dates, n_test=1)
-    prop = CorePropagation.from_policy().fit([data[T].chain for T in train], [data[T].labels for T in train])
-    add_propagation(data, prop)
-    tr, te = stack(data, train), stack(data, test)
+    prop, dec, tr, te = fit_propagation_and_decoupled(data, train, test)
     ok = tr.history_months.notna()
-    dec = DecoupledModel.from_policy().fit(tr[ok], tr.label[ok], as_of=tr.as_of[ok], groups=tr.firm_id[ok])
     world = {"as_of": test[0], "chain": data[test[0]].chain, "prop": prop, "dec": dec,
              "rows": pd_concat([tr[ok], te[te.history_months.notna()]])[dec.features_ + ["industry"]],
              "tr": tr[ok][dec.features_ + ["industry"]], "te": te[te.history_months.notna()], "quarantine": ds.report}

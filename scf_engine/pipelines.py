@@ -77,6 +77,23 @@ def _snapshot_dates(ds: Dataset, n_test: int) -> tuple[list, list, list]:
     return dates, train, test
 
 
+def fit_propagation_and_decoupled(data: dict, train_dates: list, test_dates: list, *, progress=None):
+    """The two base models on assembled snapshots: propagation fitted on the training
+    chains (its PD added to every snapshot, as the hybrid needs), then the de-coupled
+    LightGBM on the training rows of firms with flows. Returns ``(propagation, decoupled,
+    train rows, test rows)``."""
+    say = progress or (lambda *a, **k: None)
+    say("fitting propagation")
+    prop = CorePropagation.from_policy().fit([data[T].chain for T in train_dates], [data[T].labels for T in train_dates])
+    add_propagation(data, prop)
+    tr, te = stack(data, train_dates), stack(data, test_dates)
+    flows = _has_flows(tr)
+    say("fitting de-coupled model")
+    dec = DecoupledModel.from_policy().fit(tr[flows], tr.loc[flows, "label"], as_of=tr.loc[flows, "as_of"],
+                                           groups=tr.loc[flows, "firm_id"])
+    return prop, dec, tr, te
+
+
 def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Path | str = "out/train",
           n_test: int = 2, progress=None) -> TrainResult:
     """Build snapshots, train propagation, de-coupled, hybrid and the rule baseline, evaluate
@@ -92,14 +109,8 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
 
     say("assembling snapshots")
     data = assemble(ds, dates, truth=truth, progress=lambda i, n: say(f"snapshot {i}/{n}"))
-    say("fitting propagation")
-    prop = CorePropagation.from_policy().fit([data[T].chain for T in train_dates], [data[T].labels for T in train_dates])
-    add_propagation(data, prop)
-    tr, te = stack(data, train_dates), stack(data, test_dates)
+    prop, dec, tr, te = fit_propagation_and_decoupled(data, train_dates, test_dates, progress=say)
     flows_tr = _has_flows(tr)
-    say("fitting de-coupled model")
-    dec = DecoupledModel.from_policy().fit(tr[flows_tr], tr.loc[flows_tr, "label"], as_of=tr.loc[flows_tr, "as_of"],
-                                           groups=tr.loc[flows_tr, "firm_id"])
     say("fitting hybrid model")
     hyb = HybridModel.from_policy().fit(tr, tr["label"], as_of=tr["as_of"], groups=tr["firm_id"])
     jy = JiangyinGrading().fit(tr[flows_tr], tr.loc[flows_tr, "label"])

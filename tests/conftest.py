@@ -38,10 +38,9 @@ def medium_world(tmp_path_factory):
 def explain_world(tmp_path_factory) -> dict:
     """600 firms, 36 months: a fitted propagation model and a de-coupled LightGBM, with
     the chain at the held-out date (shared by the explanation and memo tests)."""
-    from scf_engine.assemble import add_propagation, assemble, split_dates, stack
+    from scf_engine.assemble import assemble, split_dates
     from scf_engine.ingest import load_dataset
-    from scf_engine.learners import DecoupledModel
-    from scf_engine.propagation import CorePropagation
+    from scf_engine.pipelines import fit_propagation_and_decoupled
 
     path = write_dataset(simulate(WorldConfig(n_firms=600, seed=3, n_months=36)),
                          tmp_path_factory.mktemp("explain_world") / "data")
@@ -49,11 +48,7 @@ def explain_world(tmp_path_factory) -> dict:
     dates = ds.snapshot_dates()
     data = assemble(ds, dates)
     train, test = split_dates(dates, n_test=1)
-    prop = CorePropagation.from_policy().fit([data[T].chain for T in train], [data[T].labels for T in train])
-    add_propagation(data, prop)
-    tr, te = stack(data, train), stack(data, test)
-    ok = tr.history_months.notna()
-    dec = DecoupledModel.from_policy().fit(tr[ok], tr.label[ok], as_of=tr.as_of[ok], groups=tr.firm_id[ok])
+    prop, dec, tr, te = fit_propagation_and_decoupled(data, train, test)
     return {"as_of": test[0], "chain": data[test[0]].chain, "prop": prop, "dec": dec, "tr": tr,
             "te": te[te.history_months.notna()], "quarantine": ds.report}
 
