@@ -16,6 +16,7 @@ from rich.table import Table
 from scf_engine.contract import ExitCode
 from scf_engine.ingest.reading import DatasetError
 from scf_engine.progress import console, err_console, steps
+from scf_engine.tracking import ModelNotFound
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Supply-chain finance credit risk engine.")
 
@@ -25,7 +26,7 @@ def handles_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DatasetError as exc:
+        except (DatasetError, ModelNotFound) as exc:
             err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(ExitCode.UNUSABLE) from None
     return wrapper
@@ -171,13 +172,9 @@ def score(
     from scf_engine.scoring import score as run_score
 
     with steps("score") as say:
-        try:
-            r = run_score(data, batch, out, as_of=as_of, tracking_uri=tracking_uri, consents=consents, group_limit=group_limit,
-                          group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
-                          audit_log=audit_log, progress=say)
-        except LookupError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(ExitCode.UNUSABLE) from None
+        r = run_score(data, batch, out, as_of=as_of, tracking_uri=tracking_uri, consents=consents, group_limit=group_limit,
+                      group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
+                      audit_log=audit_log, progress=say)
     lim = r.limits
     by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
     by["grade"] = by["grade"].fillna("-")
@@ -210,12 +207,8 @@ def explain(
         consents = Path(tmp) / "consents.csv"
         with open(consents, "w", newline="") as fh:  # explaining is not lending: no consent gate
             csv.writer(fh).writerows([["firm_id", "granted_on", "expires_on"], [firm, "1900-01-01", ""]])
-        try:
-            r = run_score(data, batch, out / "limits.csv", as_of=as_of, tracking_uri=tracking_uri, consents=consents,
-                          audit_log=out / "audit.jsonl")
-        except LookupError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(ExitCode.UNUSABLE) from None
+        r = run_score(data, batch, out / "limits.csv", as_of=as_of, tracking_uri=tracking_uri, consents=consents,
+                      audit_log=out / "audit.jsonl", alias=alias)
     row = r.limits.iloc[0]
     console.print(f"[bold]{row['firm_id']}[/] at {row['as_of']}: PD {row['pd']:.4f}  score {row['score']}  grade {row['grade']}  "
                   f"limit CNY {row['limit_cny']:,.0f}  decision {row['decision']}" if row["pd"] == row["pd"] else

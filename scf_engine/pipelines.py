@@ -251,7 +251,7 @@ def compare(*, tracking_uri: str | None = None, data_dir: Path | str | None = No
     tracking.configure(tracking_uri)
     last = tracking.latest_run("train")
     if last is None:
-        raise LookupError("no training run found: run `scf train DIR` first")
+        raise tracking.ModelNotFound("no training run found: run `scf train DIR` first")
     params = last.data.params
     data_dir = Path(data_dir or params["dataset_path"])
     ds = load_dataset(data_dir, progress=say)

@@ -85,7 +85,8 @@ def read_batch(path: Path) -> pd.DataFrame:
 def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=None, tracking_uri: str | None = None,
           consents: Path | str | None = None, group_limit: float | None = None, group_by: str = "batch",
           chain_core: str | None = None, memos: bool = True, memo_formats=("html", "pdf", "md"),
-          audit_log: Path | str = DEFAULT_AUDIT_LOG, actor: str | None = None, progress=None) -> ScoreResult:
+          audit_log: Path | str = DEFAULT_AUDIT_LOG, actor: str | None = None, alias: str = "champion",
+          progress=None) -> ScoreResult:
     say = progress or (lambda *a, **k: None)
     out = Path(out)
     ds = load_dataset(data_dir, progress=say)
@@ -97,10 +98,10 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
     pols = policies.load_all()
 
     tracking.configure(tracking_uri)
-    say("loading champion models")
+    say(f"loading {alias} models")
     models, versions = {}, {}
     for kind in tracking.MODEL_KINDS:
-        model, mv = tracking.load_model(kind, "champion")  # LookupError names the missing one
+        model, mv = tracking.load_model(kind, alias)  # ModelNotFound names the missing one
         models[kind], versions[kind] = model, {"version": mv.version, "run_id": mv.run_id}
 
     batch_hash = file_sha256(Path(batch))

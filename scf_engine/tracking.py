@@ -33,6 +33,11 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACT_ROOT = "mlartifacts"
 
 
+class ModelNotFound(LookupError):
+    """No registered model (or training run) where a command needs one: the commands
+    report it in one line with the unusable-input exit code."""
+
+
 def registered_name(kind: str) -> str:
     return f"scf-{kind}"
 
@@ -169,7 +174,7 @@ def load_model(kind: str, alias: str = "champion"):
     try:
         mv = client.get_model_version_by_alias(registered_name(kind), alias)
     except Exception as exc:  # the registry raises RestException / MlflowException
-        raise LookupError(f"no {alias} model registered for {registered_name(kind)}: {str(exc).splitlines()[0]}") from None
+        raise ModelNotFound(f"no {alias} model registered for {registered_name(kind)}: {str(exc).splitlines()[0]}") from None
     model = mlflow.sklearn.load_model(f"models:/{registered_name(kind)}@{alias}")
     return model, mv
 

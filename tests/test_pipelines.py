@@ -208,6 +208,11 @@ def test_missing_champion_is_one_clear_error(world_dir, tmp_path):
     r = invoke("score", world_dir, "--batch", world_dir / "batch.csv", "--out", tmp_path / "l.csv",
                "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--no-memos")
     assert r.exit_code == 2 and "no champion model registered" in r.output
+    r = invoke("explain", world_dir, "--firm", "91320281107684262D", "--alias", "challenger", "--out", tmp_path / "x",
+               "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert r.exit_code == 2 and "no challenger model registered" in r.output  # --alias is the alias looked up
+    r = invoke("compare", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--out", tmp_path / "c")
+    assert r.exit_code == 2 and "no training run found" in r.output
 
 
 def test_unusable_dataset_stops_before_any_run(trained, tmp_path):
