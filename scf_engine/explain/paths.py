@@ -34,13 +34,17 @@ PATH_COLUMNS = ["kind", "core_id", "core_name", "length", "path", "names", "hops
                 "core_credit", "contribution"]
 
 
+def _not_scored(firm_id: str, core_ids) -> Exception:
+    """Why a firm has no position among the chain's non-core firms."""
+    if firm_id in core_ids:
+        return ValueError(f"{firm_id} is a core enterprise: it sends credit, it has no propagated score")
+    return KeyError(f"{firm_id} is not in the chain")
+
+
 def _position(tr: Transmission, firm_id: str) -> int:
-    others = tr.other_ids
-    if firm_id in tr.core_ids:
-        raise ValueError(f"{firm_id} is a core enterprise: it sends credit, it has no propagated score")
-    loc = others.get_indexer([firm_id])[0]
+    loc = tr.other_ids.get_indexer([firm_id])[0]
     if loc < 0:
-        raise KeyError(f"{firm_id} is not in the chain")
+        raise _not_scored(firm_id, tr.core_ids)
     return int(loc)
 
 
@@ -53,8 +57,7 @@ def gain_row(tr: Transmission, decay: float, i: int) -> np.ndarray:
 
 def _total(model, chain, firm_id, frame):
     f = frame if frame is not None else model.predict_frame(chain)
-    row = f.loc[firm_id]
-    return bool(row["covered"]), float(row["propagated_log_odds"])
+    return bool(f.at[firm_id, "covered"]), float(f.at[firm_id, "propagated_log_odds"])
 
 
 def core_decomposition(model, chain, firm_id: str, *, tr: Transmission | None = None,
@@ -154,11 +157,9 @@ def path_rows(model, chain, firm_id: str, max_len: int = 4, *, max_paths: int = 
     """:func:`path_decomposition` as a :class:`PathList` of row dicts (same rows, same order)."""
     ctx = context or path_context(model, chain, tr=tr, frame=frame)
     if firm_id not in ctx.position:
-        if firm_id in set(ctx.cores):
-            raise ValueError(f"{firm_id} is a core enterprise: it sends credit, it has no propagated score")
-        raise KeyError(f"{firm_id} is not in the chain")
+        raise _not_scored(firm_id, set(ctx.cores))
     i = ctx.position[firm_id]
-    covered, total = bool(ctx.frame.at[firm_id, "covered"]), float(ctx.frame.at[firm_id, "propagated_log_odds"])
+    covered, total = _total(model, chain, firm_id, ctx.frame)
     if not covered:
         return PathList(total=np.nan, covered=False, firm_id=firm_id, max_len=max_len)
     d, cc, Wuu, Wuc, others, cores = ctx.decay, ctx.core_credit, ctx.Wuu, ctx.Wuc, ctx.others, ctx.cores
