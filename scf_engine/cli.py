@@ -306,7 +306,7 @@ def demo(
     first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
     explain(data=data, firm=first, as_of=None, out=out / "explain", alias="champion", tracking_uri=None)
     console.rule("6. audit")
-    audit_verify(Path("audit/audit.jsonl"))
+    audit_verify(Path("audit/audit.jsonl"), anchor=None)
     console.print("open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")
 
 
