@@ -329,3 +329,89 @@ def test_trim_is_skipped_only_when_no_value_can_carry_edge_whitespace():
         assert not _may_need_trim(col(["A1", "B2", "", None], typ))
         for bad in (" A1", "A1 ", "\tA1", "A1\n", "\u3000A1", "A1\u3000"):
             assert _may_need_trim(col(["ok", bad, "ok"], typ)), repr(bad)
+
+
+def test_typed_and_text_paths_load_the_same_frames(tmp_path):
+    """A file whose values all parse is checked on the typed path (DuckDB only judges the
+    rows; the output is the Arrow table as read, amounts rounded, empty optional text
+    made null); one value with a thousands separator sends the file down the text path,
+    where DuckDB parses every value. Both must hand back the same frames."""
+    typed = tiny(tmp_path / "typed")
+    with_row(typed, "firms", 1, batch_group=" PARK-1 ")
+    with_row(typed, "receivables", 0, amount="100000.000001")  # within the 2-decimal tolerance: rounded
+    text = tiny(tmp_path / "text")
+    with_row(text, "firms", 1, batch_group=" PARK-1 ")
+    with_row(text, "receivables", 0, amount="100,000.000001")
+    with_row(text, "firms", 1, registered_capital="1,000,000")
+    with_row(text, "flows", 0, amount="100,000.00")
+    a, b = load_dataset(typed), load_dataset(text)
+    assert a.report.n_quarantined == b.report.n_quarantined == 0
+    for name in ("firms", "receivables", "flows", "defaults"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True, obj=name)
+    assert a.firms["batch_group"].isna().tolist() == [True, False, True, True]
+    assert a.firms.loc[1, "batch_group"] == "PARK-1"
+    assert a.receivables.loc[0, "amount"] == 100000.0
+
+
+def test_duplicate_keys_are_found_whether_or_not_the_keys_come_sorted():
+    """Strictly ascending keys are proven unique by comparing neighbours; anything else
+    goes to the hash aggregate. Both must report exactly the rows repeating an earlier key,
+    with the first row of that key, empty keys aside."""
+    import numpy as np
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from scf_engine.ingest import _duplicate_rows
+    from scf_engine.ingest.rules import connect
+
+    con = connect()
+
+    def reference(keys):
+        first, out = {}, []
+        for i, k in enumerate(keys):
+            if k in first and k != "":
+                out.append((i, first[k]))
+            first.setdefault(k, i)
+        return out
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.sampled_from(["", "A", "B", "C", "T1", "T10", "T2"]), max_size=12), st.booleans())
+    def check(keys, ordered):
+        if ordered:
+            keys = sorted(keys)
+        table = pa.table({"k": pa.array(keys, pa.string()), "_row": pa.array(np.arange(len(keys)), pa.int64())})
+        got = _duplicate_rows(con, table, "k")
+        assert list(zip(got["row"].tolist(), got["first_row"].tolist())) == reference(keys)
+
+    check()
+    con.close()
+
+
+def test_uscc_violations_report_every_row_of_a_bad_code():
+    from scf_engine.ingest.rules import uscc_violations
+
+    bad_check = F1[:-1] + ("0" if F1[-1] != "0" else "1")
+    ids = pa.chunked_array([[F1, bad_check, "", F2.lower()], [bad_check, F1[:10], "1" * 18]])
+    v = uscc_violations(ids, "firm_id")
+    assert v["row"].tolist() == [1, 3, 4, 5, 6]
+    reasons = dict(zip(v["row"], v["reason"]))
+    assert "check character" in reasons[1] and "check character" in reasons[4]
+    assert "outside 0-9 and A-Z" in reasons[3] and "not 18 characters" in reasons[5]
+    assert reasons[6]  # the right shape, but not a valid code
+
+
+def test_the_engine_allocates_arrow_memory_from_malloc_unless_told_otherwise():
+    """Importing the engine swaps pyarrow's default mimalloc pool for the system allocator
+    (mimalloc tripled a fresh process's big reads: see scf_engine/__init__.py), but a pool
+    the user chose with ARROW_DEFAULT_MEMORY_POOL is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import scf_engine, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "system"
+    chosen = subprocess.run([sys.executable, "-c", probe], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"},
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "jemalloc"

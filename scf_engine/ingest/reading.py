@@ -130,18 +130,21 @@ def _may_need_trim(col: pa.ChunkedArray) -> bool:
     """False when no value can start or end with whitespace, judged from the first and
     last byte of each value straight from the Arrow buffers. Trimming allocates a new
     copy of the column (about a second for 10 million ids, mostly page faults); ids and
-    codes as banks export them seldom carry spaces, so the copy is usually skipped."""
+    codes as banks export them seldom carry spaces, so the copy is usually skipped.
+
+    An empty value has no bytes of its own: the lookup then reads a neighbour's byte (or
+    the buffer's last one), which can only say "may need trim" when no trim is needed,
+    never the reverse, and spares a mask of the non-empty values."""
     for chunk in col.chunks:
         if len(chunk) == 0:
             continue
         _, offsets, data = chunk.buffers()
-        if data is None:
+        if data is None or data.size == 0:
             continue
         wide = pa.types.is_large_string(chunk.type)
         o = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
         d = np.frombuffer(data, dtype=np.uint8)
-        filled = o[1:] > o[:-1]
-        if _EDGE_BYTE[d[o[:-1][filled]]].any() or _EDGE_BYTE[d[o[1:][filled] - 1]].any():
+        if _EDGE_BYTE[d.take(o[:-1], mode="clip")].any() or _EDGE_BYTE[d.take(o[1:] - 1, mode="clip")].any():
             return True
     return False
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 import re
 
 import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from stdnum.cn import uscc
 
 from scf_engine.contract import (
@@ -155,12 +159,16 @@ def all_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
     return [r for col in spec.columns for r in column_rules(col)] + row_rules(spec)
 
 
-def mask_sql(spec: FileSpec, *, parsed: str, extra_columns: list[str]) -> str:
-    """Typed contract columns, extra columns, ``_row`` and ``_mask``: bit k set when the
-    row breaks rule k of :func:`all_rules`."""
+def _mask_expr(spec: FileSpec) -> str:
+    """``_mask``: bit k set when the row breaks rule k of :func:`all_rules`."""
     rules = all_rules(spec)
     assert len(rules) < 63
-    mask = " + ".join(f"(CASE WHEN {cond} THEN {1 << k} ELSE 0 END)" for k, (_, cond, _) in enumerate(rules))
+    return "(" + " + ".join(f"(CASE WHEN {cond} THEN {1 << k} ELSE 0 END)" for k, (_, cond, _) in enumerate(rules)) + ")::BIGINT"
+
+
+def mask_sql(spec: FileSpec, *, parsed: str, extra_columns: list[str]) -> str:
+    """Typed contract columns, extra columns, ``_row`` and ``_mask`` of every row: the text
+    path, where the typed values are parsed here."""
     exprs = []
     for col in spec.columns:
         n = col.name
@@ -173,8 +181,18 @@ def mask_sql(spec: FileSpec, *, parsed: str, extra_columns: list[str]) -> str:
         else:
             exprs.append(f"NULLIF({q(n)}, '') AS {q(n)}")
     exprs += [q(c) for c in extra_columns]
-    exprs += ["_row", f"({mask})::BIGINT AS _mask"]
+    exprs += ["_row", f"{_mask_expr(spec)} AS _mask"]
     return f"SELECT {', '.join(exprs)} FROM ({parsed})"
+
+
+def flagged_sql(spec: FileSpec, *, parsed: str) -> str:
+    """``_row`` and ``_mask`` of the rows that break a rule, and nothing else: the typed
+    path, whose values are already typed, so DuckDB only has to judge them (and hands
+    back a few rows instead of a copy of the file)."""
+    return f"SELECT _row, {_mask_expr(spec)} AS _mask FROM ({parsed}) WHERE _mask <> 0"
+
+
+USCC_SHAPE = "^[0-9A-Z]{18}$"
 
 
 def uscc_reason(value: str, column: str) -> str | None:
@@ -184,7 +202,7 @@ def uscc_reason(value: str, column: str) -> str | None:
         return None  # the "is empty" rule reports it
     if len(s) != 18:
         return f"{column} is not 18 characters (unified social credit code)"
-    if not re.fullmatch(r"[0-9A-Z]{18}", s):
+    if not re.fullmatch(USCC_SHAPE, s):
         return f"{column} has characters outside 0-9 and A-Z (unified social credit code)"
     try:
         uscc.validate(s)
@@ -193,6 +211,27 @@ def uscc_reason(value: str, column: str) -> str | None:
     except uscc.ValidationError:
         return f"{column} is not a valid unified social credit code"
     return None
+
+
+def uscc_violations(ids: pa.ChunkedArray, column: str) -> pd.DataFrame:
+    """``row, column, reason`` of every value of ``ids`` (trimmed text, one per row) that
+    is not a valid unified social credit code; empty values are left to the "is empty"
+    rule. The shape (18 characters of 0-9 and A-Z) is checked on the whole column at once,
+    so python-stdnum, one Python call per code, sees only the distinct well-shaped codes:
+    what it checks beyond the shape (organisation code digits, check character) is
+    exactly what it is trusted with."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    suspect = pc.invert(pc.or_(pc.equal(ids, ""), pc.match_substring_regex(ids, USCC_SHAPE)))
+    rows = np.flatnonzero(suspect.to_numpy(zero_copy_only=False))
+    shaped = pc.filter(ids, pc.match_substring_regex(ids, USCC_SHAPE))
+    for code in pc.unique(shaped).to_pylist():
+        try:
+            uscc.validate(code)
+        except uscc.ValidationError:
+            rows = np.append(rows, np.flatnonzero(pc.equal(ids, code).to_numpy(zero_copy_only=False)))
+    rows = np.sort(rows)
+    values = ids.take(pa.array(rows, pa.int64())).to_pylist()
+    return pd.DataFrame({"row": rows, "column": column, "reason": [uscc_reason(v, column) for v in values]})
 
 
 def connect() -> duckdb.DuckDBPyConnection:
