@@ -9,6 +9,7 @@ its parent's size at fork, which would charge the driver's memory to every measu
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -52,12 +53,13 @@ def peak_mb() -> float:
     return _status_mb("VmHWM")
 
 
-def measure(target: str, *args, repeats: int = 3) -> dict:
-    """Median wall seconds and peak RSS (MB) of ``target(*args)`` over fresh processes."""
+def measure(target: str, *args, repeats: int = 3, env: dict | None = None) -> dict:
+    """Median wall seconds and peak RSS (MB) of ``target(*args)`` over fresh processes;
+    ``env`` adds environment variables to the child's."""
     runs = []
     for _ in range(repeats):
         out = subprocess.run([sys.executable, "-c", RUNNER, target, json.dumps(args)], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[1])
+                             cwd=Path(__file__).resolve().parents[1], env={**os.environ, **(env or {})})
         if out.returncode != 0:
             raise RuntimeError(f"{target} failed:\n{out.stderr[-3000:]}")
         line = [l for l in out.stdout.splitlines() if l.startswith("@@RESULT@@")][-1]
@@ -84,6 +86,27 @@ def measure_inner(target: str, *args, repeats: int, median_of: tuple[str, ...] =
     for k in median_of:
         if k in out:
             out[k] = statistics.median(r[k] for r in rs)
+    return out
+
+
+def measure_rounds(jobs: dict[str, tuple], baseline: str, rounds: int = 5) -> dict[str, dict]:
+    """Each job of ``jobs`` (label -> (target, args) or (target, args, env)) once per
+    round, in turn, in fresh processes: on a shared, drifting machine a job measured
+    right after its baseline sees the same machine. ``seconds`` is each job's median,
+    ``ratio`` the median over rounds of baseline seconds / job seconds (pair by pair),
+    ``peak_mb`` the largest peak."""
+    runs: dict[str, list[dict]] = {label: [] for label in jobs}
+    for _ in range(rounds):
+        for label, (target, args, *env) in jobs.items():
+            runs[label].append(measure(target, *args, repeats=1, env=env[0] if env else None))
+    out = {}
+    for label, rs in runs.items():
+        res = dict(rs[-1])
+        res["seconds"] = statistics.median(r["seconds"] for r in rs)
+        res["seconds_all"] = [round(r["seconds"], 2) for r in rs]
+        res["peak_mb"] = max(r["peak_mb"] for r in rs)
+        res["ratio"] = statistics.median(b["seconds"] / r["seconds"] for b, r in zip(runs[baseline], rs))
+        out[label] = res
     return out
 
 
