@@ -415,3 +415,22 @@ def test_the_engine_allocates_arrow_memory_from_malloc_unless_told_otherwise():
     chosen = subprocess.run([sys.executable, "-c", probe], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"},
                             capture_output=True, text=True, check=True)
     assert chosen.stdout.strip() == "jemalloc"
+
+
+def test_duckdb_connections_carry_their_settings_or_say_why_not(monkeypatch):
+    """A DuckDB that refuses a connection setting still connects, but says so: a silent
+    fallback once ran every query without the settings."""
+    import duckdb
+
+    from scf_engine import duck
+
+    con = duck.connect()
+    assert con.sql("SELECT current_setting('preserve_insertion_order')").fetchall() == [(True,)]
+    assert con.sql("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]
+    con.close()
+    monkeypatch.setattr(duck, "CONFIG", {**duck.CONFIG, "no_such_setting_anywhere": True})
+    with pytest.warns(RuntimeWarning, match="refused the connection settings"):
+        con = duck.connect()
+    assert con.sql("SELECT 1").fetchall() == [(1,)]
+    con.close()
+    assert isinstance(con, duckdb.DuckDBPyConnection)
