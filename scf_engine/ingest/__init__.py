@@ -17,13 +17,13 @@ import pyarrow.compute as pc
 
 from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, RECEIVABLES, FileSpec
 from scf_engine.dataset import Dataset
+from scf_engine.duck import connect
 from scf_engine.ingest.quarantine import QuarantineReport
 from scf_engine.ingest.reading import DatasetError, LoadedFile, file_sha256, locate, read_file
 from scf_engine.ingest.rules import (
     H,
     _parse_exprs,
     all_rules,
-    connect,
     flagged_sql,
     mask_sql,
     parse_sql,
@@ -141,6 +141,7 @@ def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Arra
     else:  # text: DuckDB parses the values too, and hands them back
         checked = con.sql(mask_sql(spec, parsed=parsed, extra_columns=extra)).to_arrow_table()
         flagged = checked.filter(pc.not_equal(checked["_mask"], 0)).select(["_row", "_mask"])
+        checked = checked.drop_columns(["_mask"])
     con.unregister("_checking")
 
     # (row, column, reason) of every broken rule
@@ -178,7 +179,7 @@ def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Arra
             columns=["line", "column", "value", "reason", "parties"],
         )], ignore_index=True)
     report.add_file(lf.path.name, lf.n_read, checked.num_rows, violations)
-    return _to_frame(checked.drop_columns([c for c in ("_row", "_mask") if c in checked.column_names]), spec)
+    return _to_frame(checked.drop_columns(["_row"]), spec)
 
 
 def _firm_membership(table: pa.Table, spec: FileSpec, firm_ids: pa.Array | None) -> dict[str, pa.ChunkedArray]:

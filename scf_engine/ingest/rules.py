@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -221,10 +220,10 @@ def uscc_violations(ids: pa.ChunkedArray, column: str) -> pd.DataFrame:
     what it checks beyond the shape (organisation code digits, check character) is
     exactly what it is trusted with."""
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    suspect = pc.invert(pc.or_(pc.equal(ids, ""), pc.match_substring_regex(ids, USCC_SHAPE)))
+    well_shaped = pc.match_substring_regex(ids, USCC_SHAPE)
+    suspect = pc.invert(pc.or_(pc.equal(ids, ""), well_shaped))
     rows = np.flatnonzero(suspect.to_numpy(zero_copy_only=False))
-    shaped = pc.filter(ids, pc.match_substring_regex(ids, USCC_SHAPE))
-    for code in pc.unique(shaped).to_pylist():
+    for code in pc.unique(pc.filter(ids, well_shaped)).to_pylist():
         try:
             uscc.validate(code)
         except uscc.ValidationError:
@@ -233,8 +232,3 @@ def uscc_violations(ids: pa.ChunkedArray, column: str) -> pd.DataFrame:
     values = ids.take(pa.array(rows, pa.int64())).to_pylist()
     return pd.DataFrame({"row": rows, "column": column, "reason": [uscc_reason(v, column) for v in values]})
 
-
-def connect() -> duckdb.DuckDBPyConnection:
-    from scf_engine.duck import connect as duck_connect
-
-    return duck_connect()
