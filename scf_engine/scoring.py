@@ -342,7 +342,6 @@ def _write_memos(memo_dir, formats, result, ok, status, ds, chain, table, models
     from scf_engine.features.catalogue import load_catalogue
     from scf_engine.memo import chain_position, firm_record, render_memo
     from scf_engine.memo.svg import ChainPictures, waterfall_svg
-    from scf_engine.propagation import transmission
 
     cat = load_catalogue()
     labels = {s.name: s.label_en for s in cat.specs}
@@ -351,7 +350,7 @@ def _write_memos(memo_dir, formats, result, ok, status, ds, chain, table, models
     risk = pd.Series(models["hybrid"].predict_proba(table)[:, 1], index=table.index)
     pictures = ChainPictures(chain, risk)
     prop = models["propagation"]
-    paths_ctx = path_context(prop, chain, tr=transmission(chain), frame=prop.predict_frame(chain))
+    paths_ctx = path_context(prop, chain)
     frame = paths_ctx.frame
     # per firm only dict lookups: the contributions and feature values as row dicts, once
     contrib_rows = {k: dict(zip(c.index, c.to_dict("records"))) for k, c in contribs.items()}

@@ -388,6 +388,7 @@ def chain() -> Chain:
         "supplier": ["S1", "S1", "S2", "S2", "S2", "S3"],
         "buyer": ["CORE_AA", "CORE_BBB", "CORE_AA", "S1", "CORE_DEF", "CORE_A"],
         "confirmed_open": [100.0, 50.0, 30.0, 70.0, 40.0, 20.0],
+        "confirmed_open_not_due": [100.0, 50.0, 30.0, 70.0, 40.0, 20.0],
         "open_amount": [150.0, 60.0, 30.0, 90.0, 40.0, 20.0],
         "trade_volume_12m": [1000.0, 500.0, 300.0, 700.0, 400.0, 200.0],
     })

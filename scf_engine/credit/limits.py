@@ -109,8 +109,7 @@ def eligible_receivables(chain, policy: Policy | Mapping[str, Any],
     ok = buyer_eligible(chain.nodes, policy, master_scale)
     edges = chain.edges
     good = edges["buyer"].map(ok).fillna(False).astype(bool)
-    col = "confirmed_open_not_due" if "confirmed_open_not_due" in edges else "confirmed_open"
-    out = edges.loc[good].groupby("supplier")[col].sum()
+    out = edges.loc[good].groupby("supplier")["confirmed_open_not_due"].sum()
     out = out.reindex(chain.nodes.index, fill_value=0.0).astype(float)
     out.index.name = "firm_id"
     return out.rename("eligible_receivables")

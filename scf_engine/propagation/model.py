@@ -86,7 +86,7 @@ class CorePropagation(BaseEstimator):
         return (D - mean) / std
 
     def _raw_design(self, chain: Chain, decay: float, mu0: float, tr: Transmission | None = None):
-        """(transmitted, core-evidence parts (n x k), standalone frame, gain G, a, D)."""
+        """(transmission, transmitted, core-evidence parts (n x k), standalone frame)."""
         tr = tr or transmission(chain)
         a, D = self._core_inputs(chain, tr, mu0)
         if self.core_stats_ is not None:
@@ -96,9 +96,8 @@ class CorePropagation(BaseEstimator):
             trans, ce = Y[:, 0], Y[:, 1:]
         else:
             trans, ce = np.zeros(len(tr.other_ids)), np.zeros((len(tr.other_ids), len(self.core_evidence)))
-        G = None
         s = chain.nodes.reindex(tr.other_ids)[list(self.standalone_evidence)].astype(float)
-        return tr, trans, ce, s, G, a, D
+        return tr, trans, ce, s
 
     def _design_frame(self, trans, ce, s: pd.DataFrame) -> pd.DataFrame:
         X = pd.DataFrame({"transmitted": trans}, index=s.index)
@@ -152,7 +151,7 @@ class CorePropagation(BaseEstimator):
     def _training_matrix(self, chains, trs, labels, decay):
         Xs, ys = [], []
         for chain, tr, lab in zip(chains, trs, labels):
-            _, trans, ce, s, *_ = self._raw_design(chain, decay, self.mu0_, tr)
+            _, trans, ce, s = self._raw_design(chain, decay, self.mu0_, tr)
             X = self._design_frame(trans, ce, s)
             covered = pd.Series(tr.covered, index=tr.other_ids)
             ids = lab.index[lab.index.isin(covered.index[covered])]
@@ -208,7 +207,7 @@ class CorePropagation(BaseEstimator):
     def design(self, chain: Chain) -> tuple[pd.DataFrame, np.ndarray]:
         """The model's inputs for every non-core firm (transmitted credit, core evidence,
         standalone evidence) and the coverage mask."""
-        tr, trans, ce, s, *_ = self._raw_design(chain, self.decay_, self.mu0_)
+        tr, trans, ce, s = self._raw_design(chain, self.decay_, self.mu0_)
         return self._design_frame(trans, ce, s)[self.columns_], tr.covered
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
