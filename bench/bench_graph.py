@@ -33,9 +33,6 @@ the inputs are loaded:
 
 "ratio" is networkx seconds / our seconds on the same graph and the same single column
 (> 1: we are faster).
-
-(``bench.harness.measure`` reports ``ru_maxrss``, which on Linux keeps the high-water
-mark of the forked driver across ``exec``; the functions here report VmHWM instead.)
 """
 
 from __future__ import annotations

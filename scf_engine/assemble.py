@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scf_engine.duck import connect
 import pandas as pd
 
 from scf_engine.dataset import Dataset, Snapshot
+from scf_engine.duck import connect
 from scf_engine.features import flow_features, load_catalogue
 from scf_engine.graph import Chain, build_chain
 

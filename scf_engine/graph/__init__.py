@@ -8,9 +8,8 @@ and computes per-firm graph and registry features. Exports and the chain picture
 
 from __future__ import annotations
 
-from scf_engine.duck import connect
-
 from scf_engine.dataset import Snapshot
+from scf_engine.duck import connect
 from scf_engine.graph.build import Chain, build_edges
 from scf_engine.graph.features import graph_features, registry_features
 from scf_engine.graph.roles import chain_roles

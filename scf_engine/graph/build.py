@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scf_engine.duck import connect
 import networkx as nx
 import pandas as pd
 
 from scf_engine.dataset import Snapshot
+from scf_engine.duck import connect
 
 EDGE_SQL = """
 WITH r AS (
