@@ -297,13 +297,21 @@ def test_train_and_compare_against_a_real_mlflow_server(world_dir, tmp_path):
         server.wait(timeout=30)
 
 
-def test_demo_runs_the_main_job_end_to_end(world_dir, tmp_path, monkeypatch):
-    """`scf demo` (the README's main command) calls the other commands as functions,
-    passing every option: a new option left out breaks it, so it runs here too."""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_the_main_job_end_to_end(tmp_path, monkeypatch):
+    """`scf demo` (the README's main command) on the shipped sample calls the other
+    commands as functions, passing every option: a new option left out breaks it, so it
+    runs here too. Its batch's limits.csv is a golden file: reworking the engine's wiring
+    must not move a single limit (tests/golden/demo_limits.csv was written by the engine
+    before the decision core was pulled out of the scoring pipeline)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    r = invoke("demo", "--data", world_dir, "--out", tmp_path / "demo")
+    r = invoke("demo", "--data", ROOT / "data" / "sample", "--out", tmp_path / "demo")
     assert r.exit_code == 0, r.output
     assert "intact (1 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
     assert list((tmp_path / "demo" / "score" / "memos").glob("*.html"))
     assert list((tmp_path / "demo" / "explain" / "memos").glob("*.pdf"))
+    got = (tmp_path / "demo" / "score" / "limits.csv").read_text(encoding="utf-8")
+    assert got == (ROOT / "tests" / "golden" / "demo_limits.csv").read_text(encoding="utf-8")
