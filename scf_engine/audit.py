@@ -44,8 +44,7 @@ FIELDS = frozenset({"seq", "timestamp", "actor", "action", "details", "prev_hash
 _BLOCK = 8192
 
 
-class AuditError(RuntimeError):
-    """The log cannot be appended to safely (its last line is broken)."""
+from scf_engine.errors import AuditError  # noqa: E402
 
 
 def canonical(obj: Any) -> bytes:

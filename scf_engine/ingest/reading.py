@@ -39,9 +39,7 @@ from scf_engine.contract import FALSE_SPELLINGS, FILE_EXTENSIONS, TRUE_SPELLINGS
 CHUNK = 1 << 24  # 16 MiB
 
 
-class DatasetError(Exception):
-    """The dataset cannot be used: a missing file or column, an unreadable file, or nothing
-    left to score. The message is one line naming the file and the problem (exit code 2)."""
+from scf_engine.errors import DatasetError  # noqa: E402  (re-exported: the ingest API names it)
 
 
 @dataclass
