@@ -445,5 +445,5 @@ def chain_from_links(n_firms: int, n_cores: int, seed: int = 0):
     nodes = pd.DataFrame({"is_core": is_core}, index=pd.Index(ids, name="firm_id", dtype="str"))
     nodes["trade_in_12m"] = edges.groupby("supplier")["trade_volume_12m"].sum().reindex(nodes.index).fillna(0).to_numpy() + ext_in
     nodes["trade_out_12m"] = edges.groupby("buyer")["trade_volume_12m"].sum().reindex(nodes.index).fillna(0).to_numpy() + ext_out
-    nodes = nodes.join(chain_roles(nodes.index, is_core, edges))
+    nodes = nodes.join(chain_roles(nodes.index, is_core, edges, max_tier=6))
     return Chain(AS_OF, edges, nodes)

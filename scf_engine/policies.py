@@ -1,26 +1,37 @@
 """The one reader of ``models/``: what a risk committee reviews, schema-checked on load.
 
 Each file in ``models/`` is YAML a person can read and sign off. This module loads them,
-checks each against its schema (required keys, types, allowed values) and gives every
-loaded policy a content hash, which every MLflow run logs, so a result can always be tied
-to the exact policy text it was produced under.
+checks each against its schema (required keys, types, allowed values, and no key the
+engine does not read: a typo must not pass for a policy) and gives every loaded policy a
+content hash, which every MLflow run logs, so a result can always be tied to the exact
+policy text it was produced under.
+
+The files ship inside the package (``scf_engine/models/``; the repository's top-level
+``models/`` points there), so an installed wheel finds its own policies. A bank that
+keeps its reviewed policies elsewhere sets ``SCF_MODELS_DIR`` to that folder.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
-class PolicyError(ValueError):
-    """A policy file does not match its schema."""
+def policy_dir() -> Path:
+    """``$SCF_MODELS_DIR`` when set, else the policies shipped with the package."""
+    env = os.environ.get("SCF_MODELS_DIR")
+    return Path(env) if env else MODELS_DIR
+
+
+from scf_engine.errors import PolicyError  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -42,16 +53,31 @@ def _require(cond: bool, path: Path, msg: str) -> None:
         raise PolicyError(f"{path.name}: {msg}")
 
 
+def as_data(policy: "Policy | Mapping[str, Any]") -> Mapping[str, Any]:
+    """The mapping behind a loaded :class:`Policy` or a plain mapping with its keys (what
+    tests and what-if runs pass)."""
+    return policy.data if isinstance(policy, Policy) else policy
+
+
+def _only(data: Mapping, allowed, path: Path, where: str = "") -> None:
+    unknown = sorted(set(data) - set(allowed))
+    _require(not unknown, path, f"{where}unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})" if unknown else "")
+
+
 FEATURE_KINDS = {"panel", "cpty", "firm", "derived", "rank", "code"}
 DIRECTIONS = {"increasing", "decreasing", "none"}
 FEATURE_SETS = {"decoupled", "hybrid", "registry"}
+FEATURE_KEYS = {"name", "family", "kind", "direction", "sets", "label_en", "label_zh", "definition", "expr", "of",
+                "function", "windows", "model"}
 
 
 def _check_features(data: dict, path: Path) -> None:
     _require(isinstance(data.get("features"), list), path, "'features' must be a list")
+    _require(isinstance(data.get("windows"), list), path, "'windows' must list the default windows (months)")
     seen = set()
     for i, e in enumerate(data["features"]):
         where = f"feature #{i + 1} ({e.get('name', '?')})"
+        _only(e, FEATURE_KEYS, path, f"{where}: ")
         for key in ("name", "family", "kind", "direction", "sets", "label_en", "label_zh", "definition"):
             _require(key in e, path, f"{where}: missing '{key}'")
         _require(e["kind"] in FEATURE_KINDS, path, f"{where}: kind must be one of {sorted(FEATURE_KINDS)}")
@@ -94,11 +120,20 @@ def _check_lightgbm(data: dict, path: Path) -> None:
     _require(isinstance(data.get("params"), dict), path, "'params' must be a mapping of LightGBM parameters")
     for key in ("num_boost_round", "early_stopping_rounds"):
         _require(isinstance(data.get(key), int), path, f"'{key}' must be an integer")
+    _require(isinstance(data.get("monotone", True), bool), path, "'monotone' must be true or false")
+    # Platt scaling is linear in log-odds, so SHAP contributions stay additive; isotonic
+    # calibration would break that, so it is not offered
+    _require(data.get("calibration", "platt") == "platt", path, "'calibration' must be platt (the one method that keeps SHAP additive)")
 
 
 def _check_propagation(data: dict, path: Path) -> None:
     _require(isinstance(data.get("decay_grid"), list) and data["decay_grid"], path, "'decay_grid' must be a non-empty list")
     _require(all(0 < float(d) < 1 for d in data["decay_grid"]), path, "every decay must lie in (0, 1)")
+    for key in ("core_evidence", "standalone_evidence"):
+        _require(isinstance(data.get(key), list), path, f"'{key}' must be a list of registry features")
+    _require(float(data.get("C", 0)) > 0, path, "'C' must be a positive number")
+    _require(isinstance(data.get("max_tier"), int) and data["max_tier"] >= 1, path, "'max_tier' must be an integer >= 1")
+    _require(float(data.get("stress_equity_months", -1)) >= 0, path, "'stress_equity_months' must be a number >= 0")
 
 
 def _check_limit_policy(data: dict, path: Path) -> None:
@@ -119,30 +154,57 @@ def _check_limit_policy(data: dict, path: Path) -> None:
             _require(float(data[key]) >= 0, path, f"'{key}' must be >= 0")
 
 
+FINAL_PD_MODELS = ("hybrid", "decoupled", "propagation")
+
+
 def _check_final_pd(data: dict, path: Path) -> None:
     _require(data.get("method") in ("champion", "blend"), path, "'method' must be champion or blend")
     if data["method"] == "champion":
         fb = data.get("fallback")
-        _require(isinstance(fb, list) and fb and set(fb) <= {"hybrid", "decoupled", "propagation"}, path,
-                 "'fallback' must list models among hybrid, decoupled, propagation")
-    if data["method"] == "blend":
-        _require(isinstance(data.get("weights"), dict), path, "a blend needs 'weights'")
+        _require(isinstance(fb, list) and bool(fb) and set(fb) <= set(FINAL_PD_MODELS), path,
+                 f"'fallback' must be a non-empty list within {', '.join(FINAL_PD_MODELS)}")
+    w = data.get("weights")
+    if data["method"] == "blend" or w is not None:
+        _require(isinstance(w, dict) and bool(w) and set(w) <= set(FINAL_PD_MODELS), path,
+                 f"'weights' must map models within {', '.join(FINAL_PD_MODELS)} to weights")
+        _require(all(float(v) >= 0 for v in w.values()) and sum(float(v) for v in w.values()) > 0, path,
+                 "weights must be >= 0 with a positive sum")
 
 
+# name -> (checker, every key the engine reads; any other key is refused)
 SCHEMAS = {
-    "features": _check_features,
-    "master_scale": _check_master_scale,
-    "score_scale": _check_score_scale,
-    "lightgbm": _check_lightgbm,
-    "propagation": _check_propagation,
-    "limit_policy": _check_limit_policy,
-    "final_pd": _check_final_pd,
+    "features": (_check_features, {"version", "windows", "features"}),
+    "master_scale": (_check_master_scale, {"version", "ratings"}),
+    "score_scale": (_check_score_scale, {"version", "base_score", "base_odds", "points_to_double_odds", "min_score",
+                                         "max_score", "decimals"}),
+    "lightgbm": (_check_lightgbm, {"version", "num_boost_round", "early_stopping_rounds", "monotone", "calibration", "params"}),
+    "propagation": (_check_propagation, {"version", "decay_grid", "core_evidence", "standalone_evidence", "C", "max_tier",
+                                         "stress_equity_months"}),
+    "limit_policy": (_check_limit_policy, {"version", "flow_share_by_grade", "advance_rate", "buyer_rating_floor",
+                                           "pd_decline_above", "lgd", "max_expected_loss_cny", "max_limit_cny", "round_to_cny",
+                                           "core_line_share_of_core_payments", "round_trip_review_above", "require_consent",
+                                           "expected_loss_budget_share", "envelope_weight"}),
+    "final_pd": (_check_final_pd, {"version", "method", "fallback", "weights"}),
 }
+
+
+def validate(name: str, data: Mapping[str, Any], path: Path | None = None) -> None:
+    """Check ``data`` against the schema of policy ``name`` (the one place each rule is
+    checked; plain mappings from tests and what-if runs go through it too)."""
+    path = Path(path or f"{name}.yaml")
+    _require(isinstance(data, dict), path, "top level must be a mapping")
+    if name not in SCHEMAS:
+        raise PolicyError(f"{path.name}: no schema for a policy named {name!r} (known: {', '.join(sorted(SCHEMAS))})")
+    check, allowed = SCHEMAS[name]
+    _only(data, allowed, path)
+    if "version" in data:
+        _require(isinstance(data["version"], int), path, "'version' must be an integer")
+    check(data, path)
 
 
 def load(name: str, models_dir: Path | None = None) -> Policy:
     """Load ``models/<name>.yaml`` and check it against its schema."""
-    path = Path(models_dir or MODELS_DIR) / f"{name}.yaml"
+    path = Path(models_dir or policy_dir()) / f"{name}.yaml"
     if not path.is_file():
         raise PolicyError(f"{path}: no such policy file")
     raw = path.read_bytes()
@@ -150,15 +212,13 @@ def load(name: str, models_dir: Path | None = None) -> Policy:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path.name}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    _require(isinstance(data, dict), path, "top level must be a mapping")
-    if name in SCHEMAS:
-        SCHEMAS[name](data, path)
+    validate(name, data, path)
     return Policy(name, path, copy.deepcopy(data), hashlib.sha256(raw).hexdigest())
 
 
 def load_all(models_dir: Path | None = None) -> dict[str, Policy]:
-    """Every policy file in ``models/``, checked."""
-    d = Path(models_dir or MODELS_DIR)
+    """Every policy file in ``models/``, checked (a file without a schema is refused)."""
+    d = Path(models_dir or policy_dir())
     return {p.stem: load(p.stem, d) for p in sorted(d.glob("*.yaml"))}
 
 

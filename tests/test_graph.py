@@ -95,7 +95,7 @@ def test_roles_and_tiers_on_a_hand_built_chain():
 def test_roles_do_not_run_through_another_core():
     firms = pd.Index(ids(4))
     edges = pd.DataFrame({"supplier": [firms[0], firms[1]], "buyer": [firms[1], firms[2]]})
-    roles = chain_roles(firms, np.array([False, True, True, False]), edges)
+    roles = chain_roles(firms, np.array([False, True, True, False]), edges, max_tier=6)
     assert roles.loc[firms[0], "upstream_tier"] == 1 and set(roles.loc[firms[0], "cores"]) == {firms[1]}
     assert roles.loc[firms[3], "role"] == "unattached"
 

@@ -32,11 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from scf_engine.policies import Policy
-
-
-def _data(policy: Policy | Mapping[str, Any]) -> Mapping[str, Any]:
-    return policy.data if isinstance(policy, Policy) else policy
+from scf_engine.policies import Policy, as_data
 
 
 def water_fill(weights: np.ndarray, caps: np.ndarray, total: float) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +115,7 @@ def allocate_envelope(frame: pd.DataFrame, total_cny: float, policy: Policy | Ma
     loss within budget) and ``not_eligible``. ``attrs["summary"]`` holds the envelope,
     the amount allocated, the group's expected loss and its budget.
     """
-    d = _data(policy)
+    d = as_data(policy)
     if not np.isfinite(total_cny) or total_cny < 0:
         raise ValueError("the envelope must be a finite amount >= 0")
     wcol = d.get("envelope_weight", "uncapped_limit")

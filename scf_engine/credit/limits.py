@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.contract import GRADES
-from scf_engine.policies import Policy, PolicyError
+from scf_engine.policies import Policy, PolicyError, as_data
 
 REQUIRED_COLUMNS = ("firm_id", "pd", "grade", "trade_in_12m", "eligible_receivables")
 CAPS = ("requested", "max_limit", "expected_loss", "core_line")  # order of application
@@ -62,10 +62,6 @@ CAP_SENTENCES = {
     "expected_loss": "the per-firm expected-loss budget",
     "core_line": "the core enterprise's line shared pro rata by its suppliers in the batch",
 }
-
-
-def _data(policy: Policy | Mapping[str, Any]) -> Mapping[str, Any]:
-    return policy.data if isinstance(policy, Policy) else policy
 
 
 def _cny(x: float) -> str:
@@ -87,7 +83,7 @@ def buyer_eligible(nodes: pd.DataFrame, policy: Policy | Mapping[str, Any],
     rating maps to a PD no higher than the floor rating's PD. A core marked ``defaulted``
     never counts.
     """
-    d, scale = _data(policy), _data(master_scale)["ratings"]
+    d, scale = as_data(policy), as_data(master_scale)["ratings"]
     floor = d["buyer_rating_floor"]
     if floor not in scale:
         raise PolicyError(f"limit_policy: buyer_rating_floor {floor!r} is not a rating of the master scale")
@@ -120,7 +116,7 @@ def core_lines(chain, policy: Policy | Mapping[str, Any]) -> pd.Series:
     ``core_line_share_of_core_payments`` x the trade money the core paid its suppliers
     in the dataset over 12 months (``trade_volume_12m`` of edges where it is the buyer).
     A bank that sets the line itself passes its own Series to :func:`apply_limits`."""
-    share = float(_data(policy)["core_line_share_of_core_payments"])
+    share = float(as_data(policy)["core_line_share_of_core_payments"])
     cores = chain.nodes.index[chain.nodes["is_core"].astype(bool)]
     paid = chain.edges.groupby("buyer")["trade_volume_12m"].sum()
     out = share * paid.reindex(cores, fill_value=0.0).astype(float)
@@ -175,13 +171,13 @@ def apply_limits(frame: pd.DataFrame, policy: Policy | Mapping[str, Any],
     ``decision, decision_reasons`` (list of sentences) and ``limit_basis`` (list of lines
     for the credit memo).
     """
-    d = _data(policy)
+    d = as_data(policy)
     _check_frame(frame, d)
     n = len(frame)
     firm = frame["firm_id"].astype(str).to_numpy()
     p = _column(frame, "pd")
     grade = frame["grade"].where(frame["grade"].notna(), None).to_numpy(dtype=object)
-    scorable = ~np.isnan(p) & np.array([g in GRADES for g in grade])
+    scorable = ~np.isnan(p) & np.array([g in GRADES for g in grade], dtype=bool)
 
     share_by_grade = {g: float(v) for g, v in d["flow_share_by_grade"].items()}
     flow_share = np.array([share_by_grade.get(g, 0.0) if ok else 0.0 for g, ok in zip(grade, scorable)])

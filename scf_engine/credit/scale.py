@@ -28,16 +28,12 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.contract import grade_for_score
-from scf_engine.policies import Policy, PolicyError
+from scf_engine.policies import Policy, PolicyError, as_data, validate
 
 # smallest / largest PD the log-odds are taken of; keeps pd = 0 or 1 finite
 PD_EPS = 1e-12
 
 MODELS = ("hybrid", "decoupled", "propagation")  # column pd_<name> of the scoring frame
-
-
-def _data(policy: Policy | Mapping[str, Any]) -> Mapping[str, Any]:
-    return policy.data if isinstance(policy, Policy) else policy
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -72,7 +68,7 @@ class ScoreScale:
     @classmethod
     def from_policy(cls, policy: Policy | Mapping[str, Any]) -> "ScoreScale":
         """The scale of a loaded ``score_scale`` policy (or a mapping with its keys)."""
-        d = _data(policy)
+        d = as_data(policy)
         decimals = d.get("decimals", 2)
         scale = cls(
             base_score=float(d["base_score"]), base_odds=float(d["base_odds"]),
@@ -181,22 +177,6 @@ def score_frame(pd_: pd.Series, scale: ScoreScale) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ final PD
 
 
-def _check_final_policy(d: Mapping[str, Any]) -> None:
-    method = d.get("method")
-    if method == "champion":
-        order = d.get("fallback")
-        if not isinstance(order, list) or not order or not set(order) <= set(MODELS):
-            raise PolicyError(f"final_pd: 'fallback' must be a non-empty list within {', '.join(MODELS)}")
-    elif method == "blend":
-        w = d.get("weights")
-        if not isinstance(w, Mapping) or not w or not set(w) <= set(MODELS):
-            raise PolicyError(f"final_pd: 'weights' must map models within {', '.join(MODELS)} to weights")
-        if any(float(v) < 0 for v in w.values()) or sum(float(v) for v in w.values()) <= 0:
-            raise PolicyError("final_pd: weights must be >= 0 with a positive sum")
-    else:
-        raise PolicyError("final_pd: 'method' must be champion or blend")
-
-
 def _model_pds(frame: pd.DataFrame, models: list[str]) -> pd.DataFrame:
     """``pd_<model>`` columns as floats; a missing column means the model was not run
     (all NaN), and ``pd_source`` will show the fallback was used."""
@@ -218,8 +198,8 @@ def final_pd(frame: pd.DataFrame, policy: Policy | Mapping[str, Any]) -> pd.Data
     scored the firm) and ``pd_source``: the champion model used, or the blended models
     joined by ``+`` in policy order; empty where no model scored the firm.
     """
-    d = _data(policy)
-    _check_final_policy(d)
+    d = as_data(policy)
+    validate("final_pd", dict(d))
     if d["method"] == "champion":
         order = list(d["fallback"])
         pds = _model_pds(frame, order)

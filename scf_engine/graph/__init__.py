@@ -8,6 +8,7 @@ and computes per-firm graph and registry features. Exports and the chain picture
 
 from __future__ import annotations
 
+from scf_engine import policies
 from scf_engine.dataset import Snapshot
 from scf_engine.duck import connect
 from scf_engine.graph.build import Chain, build_edges
@@ -17,7 +18,12 @@ from scf_engine.graph.roles import chain_roles
 __all__ = ["Chain", "build_chain", "chain_roles"]
 
 
-def build_chain(snapshot: Snapshot, *, con=None) -> Chain:
+def build_chain(snapshot: Snapshot, *, con=None, max_tier: int | None = None) -> Chain:
+    """The chain at the snapshot's as-of date. ``max_tier``: the longest supply path (in
+    tiers) that ties a firm to a core (default: ``max_tier`` of ``models/propagation.yaml``,
+    the risk committee's reach of core credit)."""
+    if max_tier is None:
+        max_tier = int(policies.load("propagation")["max_tier"])
     own = con is None
     con = con or connect()
     edges, totals = build_edges(snapshot, con=con)
@@ -27,7 +33,7 @@ def build_chain(snapshot: Snapshot, *, con=None) -> Chain:
     nodes = firms[["name", "industry", "region", "founded_on", "registered_capital", "is_core", "core_rating",
                    "batch_group", "defaulted"]].copy()
     nodes = nodes.join(totals, how="left").fillna({"trade_in_12m": 0.0, "trade_out_12m": 0.0})
-    roles = chain_roles(nodes.index, nodes["is_core"].to_numpy(), edges)
+    roles = chain_roles(nodes.index, nodes["is_core"].to_numpy(), edges, max_tier=max_tier)
     nodes = nodes.join(roles)
     chain = Chain(snapshot.as_of, edges, nodes)
     feats = graph_features(nodes, edges, None)

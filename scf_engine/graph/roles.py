@@ -21,10 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-MAX_TIER = 6
-
-
-def chain_roles(firm_ids: pd.Index, is_core: np.ndarray, edges: pd.DataFrame, *, max_tier: int = MAX_TIER) -> pd.DataFrame:
+def chain_roles(firm_ids: pd.Index, is_core: np.ndarray, edges: pd.DataFrame, *, max_tier: int) -> pd.DataFrame:
     """Per firm: role, upstream_tier, downstream_tier, cores (tuple), n_cores."""
     n = len(firm_ids)
     pos = pd.Index(firm_ids)

@@ -1,0 +1,45 @@
+"""A wheel install is a real install: it finds its own policies and templates and runs the
+main job from any folder, with no checkout beside it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_wheel_install_runs_the_demo(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+                   check=True, capture_output=True, text=True)
+    wheel = next(wheels.glob("scf_engine-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"scf_engine/models/limit_policy.yaml", "scf_engine/models/features.yaml"} <= set(names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, text=True)
+    # the dependencies come from this environment's site-packages, added as a plain path:
+    # its .pth files (among them the editable install of the checkout) are not processed
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCF_MODELS_DIR", "MLFLOW_TRACKING_URI")}
+    where = subprocess.run([str(py), "-c", "import scf_engine, scf_engine.policies as p; print(scf_engine.__file__); print(p.policy_dir())"],
+                           cwd=work, env=env, check=True, capture_output=True, text=True).stdout.split()
+    assert all(str(venv) in w for w in where), where
+    r = subprocess.run([str(venv / "bin" / "scf"), "demo", "--data", str(ROOT / "data" / "sample"), "--out", str(work / "out")],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (work / "out" / "score" / "limits.csv").is_file() and (work / "mlflow.db").is_file()
+    assert "intact" in r.stdout
