@@ -1,8 +1,9 @@
 """The ``scf`` command line: parse arguments, call a pipeline, print with rich.
 
 typer gives typed options and ``--help`` from the signatures; rich gives tables and
-progress. Every command turns a :class:`DatasetError` into one line on stderr and exit
-code 2, as the data contract asks; no traceback reaches a user for bad input.
+progress. Every command turns any :class:`~scf_engine.errors.ScfError` (a dataset, request,
+policy, model registry, tracking or audit problem a user can fix) into one line on stderr
+and exit code 2, as the data contract asks; no traceback reaches a user for bad input.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import typer
 from rich.table import Table
 
 from scf_engine.contract import ExitCode
-from scf_engine.ingest.reading import DatasetError
+from scf_engine.errors import ScfError
 from scf_engine.progress import console, err_console, steps
-from scf_engine.tracking import ModelNotFound
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Supply-chain finance credit risk engine.")
 
@@ -26,7 +26,7 @@ def handles_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DatasetError, ModelNotFound) as exc:
+        except ScfError as exc:
             err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(ExitCode.UNUSABLE) from None
     return wrapper
@@ -131,22 +131,17 @@ def compare(
     out: Path = typer.Option(Path("out/compare"), "--out", help="Folder for the HTML report and tables."),
 ):
     """Compare the tracked models and the Jiangyin rule baseline on the same held-out snapshots."""
-    from scf_engine import pipelines, tracking
+    from scf_engine import pipelines
 
-    kinds = list(tracking.MODEL_KINDS) if "all" in promote else promote
     with steps("compare") as say:
-        result = pipelines.compare(tracking_uri=tracking_uri, data_dir=data, alias=alias, promote=None, out_dir=out, progress=say)
-        for kind in kinds:
-            if kind not in tracking.MODEL_KINDS:
-                raise typer.BadParameter(f"--promote takes one of {', '.join(tracking.MODEL_KINDS)} or all")
-        for kind in kinds:
-            version = tracking.model_version_info(kind, alias)["version"]
-            tracking.set_alias(kind, "champion", version)
-            result.promoted[kind] = version
+        result = pipelines.compare(tracking_uri=tracking_uri, data_dir=data, alias=alias, promote=promote, out_dir=out,
+                                   progress=say)
     print_overall(result.overall, "Models on the same held-out snapshots")
     console.print(frame_table(result.bootstrap[["a", "b", "n", "auc_diff", "auc_lo", "auc_hi", "ks_diff", "ks_lo", "ks_hi"]],
                               "Differences, 95% bootstrap intervals (firms resampled)", float_format="{:.3f}"))
     console.print(frame_table(result.segment_winners, "Propagation against de-coupled, by segment (AUC)", float_format="{:.3f}"))
+    for note in result.notes:
+        console.print(note, highlight=False)
     for kind, version in result.promoted.items():
         console.print(f"champion: {kind} -> version {version}")
     console.print(f"report: {result.report_path}  (MLflow run {result.run_id})")
@@ -169,7 +164,7 @@ def score(
     audit_log: Path = typer.Option(Path("audit/audit.jsonl"), "--audit-log", help="The hash-chained audit log to append to."),
 ):
     """Score a batch with the champion models: limits.csv, memos, an MLflow run and an audit entry."""
-    from scf_engine.scoring import score as run_score
+    from scf_engine.pipelines import score as run_score
 
     with steps("score") as say:
         r = run_score(data, batch, out, as_of=as_of, tracking_uri=tracking_uri, consents=consents, group_limit=group_limit,
@@ -177,7 +172,7 @@ def score(
                       audit_log=audit_log, progress=say)
     lim = r.limits
     by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
-    by["grade"] = by["grade"].fillna("-")
+    by["grade"] = by["grade"].astype(object).where(by["grade"].notna(), "-")
     console.print(frame_table(by, f"Batch at {lim['as_of'].iloc[0]}: {len(lim)} firms", float_format="{:,.0f}"))
     show = lim[["firm_id", "pd", "score", "grade", "limit_cny", "decision"]].head(15)
     console.print(frame_table(show, "First rows of limits.csv", float_format="{:,.4f}"))
@@ -191,33 +186,29 @@ def explain(
     firm: str = typer.Option(..., "--firm", help="The firm's unified social credit code."),
     as_of: str = typer.Option(None, "--as-of", help="Snapshot date (default: the day after the data's last date)."),
     out: Path = typer.Option(Path("out/explain"), "--out", help="Folder for the memo."),
+    consents: Path = typer.Option(None, "--consents", help="consents.csv: the firm's data-use authorisation is checked as in a batch."),
     alias: str = typer.Option("champion", "--alias", help="Registered model alias to explain."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    audit_log: Path = typer.Option(Path("audit/audit.jsonl"), "--audit-log", help="The hash-chained audit log the access is recorded in."),
 ):
-    """Print the reasons behind one firm's PD and write its credit memo."""
-    import csv
-    import tempfile
+    """Print the reasons behind one firm's PD and write its credit memo (an access entry
+    goes to the audit log)."""
+    from scf_engine.pipelines import explain as run_explain
 
-    from scf_engine.scoring import score as run_score
-
-    with tempfile.TemporaryDirectory() as tmp:
-        batch = Path(tmp) / "batch.csv"
-        with open(batch, "w", newline="") as fh:
-            csv.writer(fh).writerows([["firm_id"], [firm]])
-        consents = Path(tmp) / "consents.csv"
-        with open(consents, "w", newline="") as fh:  # explaining is not lending: no consent gate
-            csv.writer(fh).writerows([["firm_id", "granted_on", "expires_on"], [firm, "1900-01-01", ""]])
-        r = run_score(data, batch, out / "limits.csv", as_of=as_of, tracking_uri=tracking_uri, consents=consents,
-                      audit_log=out / "audit.jsonl", alias=alias)
-    row = r.limits.iloc[0]
-    console.print(f"[bold]{row['firm_id']}[/] at {row['as_of']}: PD {row['pd']:.4f}  score {row['score']}  grade {row['grade']}  "
-                  f"limit CNY {row['limit_cny']:,.0f}  decision {row['decision']}" if row["pd"] == row["pd"] else
-                  f"[bold]{row['firm_id']}[/]: not scored - {row['reasons']}", highlight=False)
-    for i, reason in enumerate(str(row["reasons"]).split("; "), 1):
-        console.print(f"  {i}. {reason}", highlight=False)
+    with steps("explain") as say:
+        r = run_explain(data, firm, out, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
+                        audit_log=audit_log, progress=say)
+    row = r.row
+    if row["pd"] == row["pd"]:
+        console.print(f"[bold]{row['firm_id']}[/] at {row['as_of']}: PD {row['pd']:.4f}  score {row['score']}  "
+                      f"grade {row['grade']}  limit CNY {row['limit_cny']:,.0f}  decision {row['decision']}", highlight=False)
+        for i, reason in enumerate(str(row["reasons"]).split("; "), 1):
+            console.print(f"  {i}. {reason}", highlight=False)
+    else:
+        console.print(f"[bold]{row['firm_id']}[/]: not scored - {row['reasons']}", highlight=False)
     console.print("  (scored alone: caps shared across a batch - the core's line in a 1+N batch, a group envelope - "
                   "cannot bind here; a batch's limits.csv is the lending decision)", style="dim", highlight=False)
-    console.print(f"memo: {r.memo_dir}")
+    console.print(f"memo: {r.memo_paths.get('html', '-')}; audit entry #{r.audit_entry['seq']}")
 
 
 audit_app = typer.Typer(help="The hash-chained audit log.")
@@ -225,6 +216,7 @@ app.add_typer(audit_app, name="audit")
 
 
 @audit_app.command("verify")
+@handles_errors
 def audit_verify(
     log: Path = typer.Argument(Path("audit/audit.jsonl"), help="Audit log to check."),
     anchor: str = typer.Option(None, "--anchor", help="SEQ:HASH of an entry recorded elsewhere (a batch's MLflow "
@@ -304,7 +296,8 @@ def demo(
           memos=True, memo_formats="html,md", tracking_uri=None, audit_log=Path("audit/audit.jsonl"))
     console.rule("5. explain one firm (memo as HTML, PDF and Markdown)")
     first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
-    explain(data=data, firm=first, as_of=None, out=out / "explain", alias="champion", tracking_uri=None)
+    explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,
+            alias="champion", tracking_uri=None, audit_log=Path("audit/audit.jsonl"))
     console.rule("6. audit")
     audit_verify(Path("audit/audit.jsonl"), anchor=None)
     console.print("open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")

@@ -5,8 +5,11 @@ and lets the store change without touching models.
 
 * Store: ``--tracking-uri`` / ``MLFLOW_TRACKING_URI``, else the embedded SQLite store
   ``sqlite:///mlflow.db`` in the working directory (MLflow 3's default; the plain file
-  store is refused by recent MLflow), with artifacts under ``./mlartifacts``.
-  ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` opens it.
+  store is refused by recent MLflow), with artifacts in ``mlartifacts/`` beside the
+  database file. ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` opens it.
+* Explicit, not ambient: a :class:`Store` is made for one URI and every run is a
+  :class:`Run` handle that logs by its id; nothing depends on MLflow's implicitly active
+  run or on the working directory (beyond a relative URI the user chose).
 * Experiments: ``scf-train`` (one parent run per ``scf train``, one child per model),
   ``scf-compare``, ``scf-score`` (one run per batch).
 * Registry: one registered model per kind (``scf-propagation``, ``scf-decoupled``,
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,9 +37,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACT_ROOT = "mlartifacts"
 
 
-class ModelNotFound(LookupError):
-    """No registered model (or training run) where a command needs one: the commands
-    report it in one line with the unusable-input exit code."""
+from scf_engine.errors import ModelNotFound  # noqa: E402
 
 
 def registered_name(kind: str) -> str:
@@ -45,6 +47,7 @@ def registered_name(kind: str) -> str:
 def _mlflow():
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_TRACKING_INSECURE_TLS", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import logging
 
     import mlflow
@@ -53,79 +56,163 @@ def _mlflow():
     return mlflow
 
 
-def configure(tracking_uri: str | None = None) -> str:
-    """Point MLflow at ``tracking_uri`` (or the environment, or ./mlflow.db); returns it."""
-    mlflow = _mlflow()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
+def resolve_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
-def experiment_id(kind: str) -> str:
-    mlflow = _mlflow()
-    name = EXPERIMENTS[kind]
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    uri = mlflow.get_tracking_uri()
-    location = None
-    if uri.startswith("sqlite:"):
-        location = (Path.cwd() / ARTIFACT_ROOT / name).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+def artifact_root(uri: str) -> str | None:
+    """Where a SQLite store keeps artifacts: ``mlartifacts/`` beside the database file
+    (a server decides for itself: None)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    db = Path(uri.split("sqlite:///", 1)[1]) if "sqlite:///" in uri else Path("mlflow.db")
+    return (db.expanduser().resolve().parent / ARTIFACT_ROOT).as_uri()
 
 
-@contextmanager
-def run(kind: str, name: str, *, tags: dict | None = None, nested: bool = False):
-    """A run in the experiment of ``kind`` (train / compare / score); yields the run id."""
-    mlflow = _mlflow()
-    exp = experiment_id(kind)
-    with mlflow.start_run(experiment_id=exp, run_name=name, nested=nested, tags=tags or {}) as r:
-        yield r.info.run_id
+class Store:
+    """One tracking store (and its model registry), by URI."""
+
+    def __init__(self, tracking_uri: str | None = None):
+        self.uri = resolve_uri(tracking_uri)
+
+    def _activate(self):
+        """Point MLflow's own module-level functions (model logging and loading) at this
+        store; every call that needs them goes through here."""
+        mlflow = _mlflow()
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        return mlflow
+
+    @property
+    def client(self):
+        return _mlflow().MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def experiment_id(self, kind: str) -> str:
+        name = EXPERIMENTS[kind]
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        root = artifact_root(self.uri)
+        return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+    @contextmanager
+    def run(self, kind: str, name: str, *, tags: dict | None = None, parent: "Run | None" = None):
+        """A run in the experiment of ``kind`` (train / compare / score / monitor), a child
+        of ``parent`` when given; yields its :class:`Run`. A run left by an exception is
+        marked FAILED, never left RUNNING."""
+        mlflow = self._activate()
+        if parent is not None and (mlflow.active_run() is None or mlflow.active_run().info.run_id != parent.id):
+            raise RuntimeError("a child run needs its parent open")
+        with mlflow.start_run(experiment_id=self.experiment_id(kind), run_name=name, nested=parent is not None,
+                              tags=tags or {}) as r:
+            yield Run(self, r.info.run_id)
+
+    # -- registry ----------------------------------------------------------------------
+    def load_model(self, kind: str, alias: str = "champion"):
+        """The registered model of ``kind`` by alias and its version record."""
+        self._activate()
+        return load_model(kind, alias)
+
+    def load_logged_model(self, model_uri: str):
+        self._activate()
+        return load_logged_model(model_uri)
+
+    def model_version(self, kind: str, alias: str) -> dict | None:
+        """``{name, version, run_id, alias}`` of the version behind ``alias``, or None."""
+        try:
+            mv = self.client.get_model_version_by_alias(registered_name(kind), alias)
+        except Exception:
+            return None
+        return {"name": mv.name, "version": mv.version, "run_id": mv.run_id, "alias": alias}
+
+    def set_alias(self, kind: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(registered_name(kind), alias, str(version))
+
+    # -- runs --------------------------------------------------------------------------
+    def latest_run(self, kind: str, *, parent_only: bool = True):
+        """The newest finished run of the experiment (train parents by default)."""
+        exp = self.client.get_experiment_by_name(EXPERIMENTS[kind])
+        if exp is None:
+            return None
+        flt = "attributes.status = 'FINISHED'"
+        if parent_only:
+            flt += " and tags.scf_role = 'parent'"
+        runs = self.client.search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+        return runs[0] if runs else None
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def count_runs(self, kind: str) -> int:
+        exp = self.client.get_experiment_by_name(EXPERIMENTS[kind])
+        if exp is None:
+            return 0
+        return len(self.client.search_runs([exp.experiment_id], max_results=5000))
+
+    def download_artifact(self, run_id: str, path: str, dst: Path | str) -> Path:
+        mlflow = self._activate()
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
+                                                        tracking_uri=self.uri))
 
 
-def log_params(params: dict) -> None:
-    mlflow = _mlflow()
-    clean = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else str(v))[:6000] for k, v in params.items()}
-    mlflow.log_params(clean)
+class Run:
+    """One MLflow run, logged to by its id."""
 
+    def __init__(self, store: Store, run_id: str):
+        self.store, self.id = store, run_id
 
-def log_metrics(metrics: dict, step: int | None = None) -> None:
-    mlflow = _mlflow()
-    clean = {k: float(v) for k, v in metrics.items() if v is not None and pd.notna(v)}
-    mlflow.log_metrics(clean, step=step)
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
 
+        clean = [Param(k, (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else str(v))[:6000])
+                 for k, v in params.items()]
+        self.store.client.log_batch(self.id, params=clean)
 
-def set_tags(tags: dict) -> None:
-    _mlflow().set_tags({k: str(v) for k, v in tags.items()})
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
 
+        now = int(time.time() * 1000)
+        clean = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and pd.notna(v)]
+        self.store.client.log_batch(self.id, metrics=clean)
 
-def log_artifact(path: Path | str, artifact_path: str | None = None) -> None:
-    _mlflow().log_artifact(str(path), artifact_path=artifact_path)
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
 
+        self.store.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-def log_artifacts(folder: Path | str, artifact_path: str | None = None) -> None:
-    _mlflow().log_artifacts(str(folder), artifact_path=artifact_path)
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        self.store.client.log_artifact(self.id, str(path), artifact_path=artifact_path)
 
+    def log_artifacts(self, folder: Path | str, artifact_path: str | None = None) -> None:
+        self.store.client.log_artifacts(self.id, str(folder), artifact_path=artifact_path)
 
-def log_frame(df: pd.DataFrame, name: str, artifact_path: str | None = None) -> None:
-    """A table as a CSV artifact (large tables never go through log_table: pitfalls.md)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / name
-        if name.endswith(".parquet"):
-            df.to_parquet(p, index=False)
-        else:
-            df.to_csv(p, index=False)
-        log_artifact(p, artifact_path)
+    def log_frame(self, df: pd.DataFrame, name: str, artifact_path: str | None = None) -> None:
+        """A table as a CSV artifact (large tables never go through log_table: pitfalls.md)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / name
+            if name.endswith(".parquet"):
+                df.to_parquet(p, index=False)
+            else:
+                df.to_csv(p, index=False)
+            self.log_artifact(p, artifact_path)
 
+    def log_small_table(self, df: pd.DataFrame, name: str) -> None:
+        """A small summary table through log_table (shown in the UI)."""
+        self.store.client.log_table(self.id, df.reset_index(drop=True), artifact_file=name)
 
-def log_small_table(df: pd.DataFrame, name: str) -> None:
-    """A small summary table through mlflow.log_table (shown in the UI)."""
-    _mlflow().log_table(df.reset_index(drop=True), artifact_file=name)
+    def log_figure(self, fig, name: str) -> None:
+        self.store.client.log_figure(self.id, fig, name)
 
-
-def log_figure(fig, name: str) -> None:
-    _mlflow().log_figure(fig, name)
+    def log_model(self, model, kind: str, *, input_example: pd.DataFrame, output_example, register: bool = True) -> str | None:
+        """Log ``model`` in this run (which must be the innermost open run) and register it
+        as a new ``challenger`` version of its kind; returns the version (or the logged
+        model's URI when not registered)."""
+        active = self.store._activate().active_run()
+        if active is None or active.info.run_id != self.id:
+            raise RuntimeError("models are logged into the innermost open run")
+        return log_model(model, kind, input_example=input_example, output_example=output_example, register=register)
 
 
 def log_model(model, kind: str, *, input_example: pd.DataFrame, output_example, register: bool = True) -> str | None:
@@ -184,49 +271,3 @@ def load_logged_model(model_uri: str):
     return _mlflow().sklearn.load_model(model_uri)
 
 
-def set_alias(kind: str, alias: str, version: str) -> None:
-    _mlflow().MlflowClient().set_registered_model_alias(registered_name(kind), alias, str(version))
-
-
-def model_version_info(kind: str, alias: str) -> dict | None:
-    client = _mlflow().MlflowClient()
-    try:
-        mv = client.get_model_version_by_alias(registered_name(kind), alias)
-    except Exception:
-        return None
-    return {"name": mv.name, "version": mv.version, "run_id": mv.run_id, "alias": alias}
-
-
-def latest_run(kind: str, *, parent_only: bool = True):
-    """The newest finished run of the experiment (train parents by default)."""
-    mlflow = _mlflow()
-    exp = mlflow.get_experiment_by_name(EXPERIMENTS[kind])
-    if exp is None:
-        return None
-    flt = "attributes.status = 'FINISHED'"
-    if parent_only:
-        flt += " and tags.scf_role = 'parent'"
-    runs = mlflow.MlflowClient().search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
-def get_run(run_id: str):
-    return _mlflow().MlflowClient().get_run(run_id)
-
-
-def download_artifact(run_id: str, path: str, dst: Path | str) -> Path:
-    mlflow = _mlflow()
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
-
-
-def active_run_id() -> str | None:
-    r = _mlflow().active_run()
-    return r.info.run_id if r else None
-
-
-def count_runs(kind: str) -> int:
-    mlflow = _mlflow()
-    exp = mlflow.get_experiment_by_name(EXPERIMENTS[kind])
-    if exp is None:
-        return 0
-    return len(mlflow.MlflowClient().search_runs([exp.experiment_id], max_results=5000))

@@ -20,10 +20,11 @@ from scf_engine import policies
 from scf_engine.contract import GRADE_FLOORS, GRADES
 from scf_engine.credit import (
     ScoreScale, allocate_envelope, apply_limits, consent_ok, consent_status, core_lines,
-    eligible_receivables, final_pd, read_consents,
+    eligible_receivables, final_pd,
 )
 from scf_engine.credit.envelope import trim_expected_loss, water_fill
 from scf_engine.graph.build import Chain
+from scf_engine.ingest.requests import read_consents
 from scf_engine.ingest.reading import DatasetError
 from scf_engine.policies import PolicyError
 

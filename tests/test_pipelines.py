@@ -38,28 +38,34 @@ def world_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(world_dir, tmp_path_factory):
-    """One training, comparison with promotion, and a scored batch, in a fresh store."""
+    """One training, comparison with promotion, and a scored batch, in a fresh store.
+    Nothing depends on the working directory: the store's artifacts sit beside its
+    database file."""
     home = tmp_path_factory.mktemp("home")
-    old = os.getcwd()
-    os.chdir(home)
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    try:
-        r = invoke("train", world_dir, "--tracking-uri", uri, "--out", home / "train")
-        assert r.exit_code == 0, r.output
-        r = invoke("compare", "--tracking-uri", uri, "--promote", "all", "--out", home / "compare")
-        assert r.exit_code == 0, r.output
-        r = invoke("score", world_dir, "--batch", world_dir / "batch.csv", "--consents", world_dir / "consents.csv",
-                   "--out", home / "score" / "limits.csv", "--tracking-uri", uri, "--memo-formats", "html,md",
-                   "--audit-log", home / "audit.jsonl")
-        assert r.exit_code == 0, r.output
-        yield {"home": home, "uri": uri, "data": world_dir}
-    finally:
-        os.chdir(old)
+    r = invoke("train", world_dir, "--tracking-uri", uri, "--out", home / "train")
+    assert r.exit_code == 0, r.output
+    r = invoke("compare", "--tracking-uri", uri, "--promote", "all", "--out", home / "compare")
+    assert r.exit_code == 0, r.output
+    r = invoke("score", world_dir, "--batch", world_dir / "batch.csv", "--consents", world_dir / "consents.csv",
+               "--out", home / "score" / "limits.csv", "--tracking-uri", uri, "--memo-formats", "html,md",
+               "--audit-log", home / "audit.jsonl")
+    assert r.exit_code == 0, r.output
+    assert (home / "mlartifacts").is_dir()
+    return {"home": home, "uri": uri, "data": world_dir}
+
+
+def fluent(uri):
+    """MLflow's module-level API pointed at ``uri`` (for the tests' own queries)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow
 
 
 def test_training_is_one_parent_run_with_a_child_per_model_and_registered_challengers(trained):
-    tracking.configure(trained["uri"])
-    import mlflow
+    mlflow = fluent(trained["uri"])
+    store = tracking.Store(trained["uri"])
 
     exp = mlflow.get_experiment_by_name("scf-train")
     runs = mlflow.search_runs([exp.experiment_id])
@@ -74,21 +80,21 @@ def test_training_is_one_parent_run_with_a_child_per_model_and_registered_challe
     for kind in ("propagation", "decoupled", "hybrid"):
         c = children[children["tags.model_kind"] == kind].iloc[0]
         assert 0.5 < c["metrics.auc"] <= 1 and 0 < c["metrics.coverage"] <= 1
-        assert tracking.model_version_info(kind, "challenger") is not None
-        assert tracking.model_version_info(kind, "champion") is not None
-    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(children[children["tags.model_kind"] == "hybrid"]["run_id"].iloc[0], "plots")}
+        assert store.model_version(kind, "challenger") is not None
+        assert store.model_version(kind, "champion") is not None
+    arts = {a.path for a in store.client.list_artifacts(children[children["tags.model_kind"] == "hybrid"]["run_id"].iloc[0], "plots")}
     assert {"plots/roc.png", "plots/ks.png", "plots/calibration.png", "plots/lift.png"} <= arts
 
 
 def test_a_registered_model_gives_exactly_the_same_pds(trained):
-    tracking.configure(trained["uri"])
+    store = tracking.Store(trained["uri"])
     from scf_engine.assemble import add_propagation, assemble, stack
     from scf_engine.ingest import load_dataset
 
     ds = load_dataset(trained["data"])
     T = ds.snapshot_dates()[-1]
-    prop, _ = tracking.load_model("propagation", "champion")
-    hyb, _ = tracking.load_model("hybrid", "challenger")
+    prop, _ = store.load_model("propagation", "champion")
+    hyb, _ = store.load_model("hybrid", "challenger")
     data = assemble(ds, [T])
     add_propagation(data, prop)
     X = stack(data, [T])
@@ -128,8 +134,7 @@ def test_batch_limits_follow_the_contract(trained):
 
 
 def test_the_batch_is_an_mlflow_run_and_an_audit_entry(trained):
-    tracking.configure(trained["uri"])
-    import mlflow
+    mlflow = fluent(trained["uri"])
 
     exp = mlflow.get_experiment_by_name("scf-score")
     run = mlflow.search_runs([exp.experiment_id]).iloc[0]
@@ -205,11 +210,11 @@ def test_unusable_batch_is_one_clear_error(trained, tmp_path, content, message):
 
 
 def test_missing_champion_is_one_clear_error(world_dir, tmp_path):
-    r = invoke("score", world_dir, "--batch", world_dir / "batch.csv", "--out", tmp_path / "l.csv",
-               "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--no-memos")
+    r = invoke("score", world_dir, "--batch", world_dir / "batch.csv", "--out", tmp_path / "l.csv", "--consents",
+               world_dir / "consents.csv", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--no-memos")
     assert r.exit_code == 2 and "no champion model registered" in r.output
     r = invoke("explain", world_dir, "--firm", "91320281107684262D", "--alias", "challenger", "--out", tmp_path / "x",
-               "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}")
+               "--consents", world_dir / "consents.csv", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}")
     assert r.exit_code == 2 and "no challenger model registered" in r.output  # --alias is the alias looked up
     r = invoke("compare", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--out", tmp_path / "c")
     assert r.exit_code == 2 and "no training run found" in r.output
@@ -219,25 +224,19 @@ def test_unusable_dataset_stops_before_any_run(trained, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(trained["data"], broken)
     (broken / "flows.csv").unlink()
-    tracking.configure(trained["uri"])
-    before = tracking.count_runs("train")
+    store = tracking.Store(trained["uri"])
+    before = store.count_runs("train")
     r = invoke("train", broken, "--tracking-uri", trained["uri"], "--out", tmp_path / "o")
     assert r.exit_code == 2 and "flows: missing required file" in r.output
-    assert tracking.count_runs("train") == before
+    assert store.count_runs("train") == before
 
 
 def test_quarantined_rows_still_train_and_are_recorded(world_dir, tmp_path):
     manifest = write_faulty_copy(world_dir, tmp_path / "faulty", seed=1)
     uri = f"sqlite:///{tmp_path / 'q.db'}"
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        r = invoke("train", tmp_path / "faulty", "--tracking-uri", uri, "--out", tmp_path / "o")
-    finally:
-        os.chdir(old)
+    r = invoke("train", tmp_path / "faulty", "--tracking-uri", uri, "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
-    tracking.configure(uri)
-    run = tracking.latest_run("train")
+    run = tracking.Store(uri).latest_run("train")
     assert run.data.metrics["rows_quarantined"] == len(manifest)
 
 
@@ -279,18 +278,17 @@ def test_train_and_compare_against_a_real_mlflow_server(world_dir, tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("mlflow server did not come up on loopback within 60 s")
-        old = os.getcwd()
-        os.chdir(tmp_path)
-        try:
-            r = invoke("train", world_dir, "--tracking-uri", uri, "--out", tmp_path / "train")
-            assert r.exit_code == 0, r.output
-            r = invoke("compare", "--tracking-uri", uri, "--promote", "hybrid", "--out", tmp_path / "compare")
-            assert r.exit_code == 0, r.output
-        finally:
-            os.chdir(old)
-        tracking.configure(uri)
-        assert tracking.model_version_info("hybrid", "champion") is not None
-        assert tracking.count_runs("compare") == 1
+        r = invoke("train", world_dir, "--tracking-uri", uri, "--out", tmp_path / "train")
+        assert r.exit_code == 0, r.output
+        r = invoke("compare", "--tracking-uri", uri, "--promote", "hybrid", "--out", tmp_path / "compare")
+        assert r.exit_code == 0, r.output
+        store = tracking.Store(uri)
+        # the hybrid reads the propagation model's PD: promoting it promotes both, and says so
+        assert "promoting propagation with hybrid" in r.output
+        for kind in ("hybrid", "propagation"):
+            assert store.model_version(kind, "champion") is not None
+        assert store.model_version("decoupled", "champion") is None
+        assert store.count_runs("compare") == 1
         assert any((tmp_path / "artifacts").rglob("MLmodel"))  # artifacts went through the server
     finally:
         server.terminate()
@@ -310,8 +308,166 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     r = invoke("demo", "--data", ROOT / "data" / "sample", "--out", tmp_path / "demo")
     assert r.exit_code == 0, r.output
-    assert "intact (1 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
+    # the batch's entry and the explanation's access entry
+    assert "intact (2 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
     assert list((tmp_path / "demo" / "score" / "memos").glob("*.html"))
     assert list((tmp_path / "demo" / "explain" / "memos").glob("*.pdf"))
     got = (tmp_path / "demo" / "score" / "limits.csv").read_text(encoding="utf-8")
     assert got == (ROOT / "tests" / "golden" / "demo_limits.csv").read_text(encoding="utf-8")
+
+
+# --- the decision core and its pipelines (issue: one decision core) ----------------------------
+
+
+def test_a_batch_with_no_scorable_firm_gets_a_decline_row_per_firm(trained, tmp_path):
+    """Unknown firms and a core only: once a TypeError deep in the limit policy; now one
+    decline row each, with its reason."""
+    data = trained["data"]
+    firms = pd.read_csv(data / "firms.csv", dtype=str)
+    core = firms.loc[firms["is_core"] == "true", "firm_id"].iloc[0]
+    batch = tmp_path / "batch.csv"
+    pd.DataFrame({"firm_id": ["91110000000000000X", "EXT-NOBODY", core]}).to_csv(batch, index=False)
+    r = invoke("score", data, "--batch", batch, "--consents", data / "consents.csv", "--out", tmp_path / "limits.csv",
+               "--tracking-uri", trained["uri"], "--audit-log", trained["home"] / "audit.jsonl")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "limits.csv", dtype={"firm_id": str})
+    assert len(lim) == 3 and lim["decision"].eq("decline").all() and lim["pd"].isna().all()
+    assert lim["limit_cny"].eq(0).all()
+    assert lim["reasons"].tolist()[:2] == ["unknown firm: not in firms"] * 2 and "core enterprise" in lim["reasons"].iloc[2]
+    assert not (tmp_path / "memos").exists()
+
+
+def test_the_core_decides_a_batch_of_nobody_without_files_or_runs(trained):
+    """decide() itself: no scorable row at all is a plain outcome, not an error."""
+    from scf_engine import policies
+    from scf_engine.assemble import add_propagation, assemble
+    from scf_engine.credit import decide
+    from scf_engine.ingest import load_dataset
+    from scf_engine.ingest.requests import requests_frame
+    from scf_engine.pipelines.compare import load_models
+
+    store = tracking.Store(trained["uri"])
+    runs_before = store.count_runs("score")
+    ds = load_dataset(trained["data"])
+    models, _ = load_models(store, "champion")
+    T = ds.default_as_of
+    data = assemble(ds, [T], with_labels=False)[T]
+    add_propagation({T: data}, models["propagation"])
+    d = decide(data, models, policies.load_all(), requests_frame(pd.DataFrame({"firm_id": ["X1", "X2"]})), dataset=ds)
+    assert d.limits["decision"].tolist() == ["decline", "decline"] and not d.scored.any()
+    assert d.summary["n_requested"] == 2 and d.summary["total_limit_cny"] == 0
+    assert store.count_runs("score") == runs_before
+
+
+def test_consent_required_without_a_consents_file_is_one_line_naming_the_option(trained, tmp_path):
+    data = trained["data"]
+    r = invoke("score", data, "--batch", data / "batch.csv", "--out", tmp_path / "limits.csv",
+               "--tracking-uri", trained["uri"], "--audit-log", tmp_path / "audit.jsonl")
+    assert r.exit_code == 2 and "--consents" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "limits.csv").exists() and not (tmp_path / "audit.jsonl").exists()
+
+
+def test_explain_answers_as_the_batch_would_and_records_an_access(trained, tmp_path):
+    """scf explain uses the firm's real consent (no consent: the batch's decline reason),
+    appends an access entry to the audit log, and opens no batch run."""
+    data, home = trained["data"], trained["home"]
+    store = tracking.Store(trained["uri"])
+    runs_before = store.count_runs("score")
+    lim = pd.read_csv(home / "score" / "limits.csv", dtype={"firm_id": str})
+    firm = lim.loc[lim["pd"].notna(), "firm_id"].iloc[0]
+    log = tmp_path / "audit.jsonl"
+    r = invoke("explain", data, "--firm", firm, "--consents", data / "consents.csv", "--out", tmp_path / "x",
+               "--tracking-uri", trained["uri"], "--audit-log", log)
+    assert r.exit_code == 0, r.output
+    row = lim.set_index("firm_id").loc[firm]
+    assert f"PD {row['pd']:.4f}" in r.output and list((tmp_path / "x" / "memos").glob("*.html"))
+    consents = pd.read_csv(data / "consents.csv", dtype=str)
+    consents[consents["firm_id"] != firm].to_csv(tmp_path / "consents.csv", index=False)
+    r = invoke("explain", data, "--firm", firm, "--consents", tmp_path / "consents.csv", "--out", tmp_path / "y",
+               "--tracking-uri", trained["uri"], "--audit-log", log)
+    assert r.exit_code == 0, r.output
+    assert "no valid data-sharing authorisation" in r.output
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["action"] for e in entries] == ["explain", "explain"] and entries[0]["details"]["firms"] == [firm]
+    assert store.count_runs("score") == runs_before
+    assert invoke("audit", "verify", log).exit_code == 0
+
+
+def test_promote_is_checked_before_any_work(trained, tmp_path):
+    store = tracking.Store(trained["uri"])
+    before = store.count_runs("compare")
+    r = invoke("compare", "--tracking-uri", trained["uri"], "--promote", "hybird", "--out", tmp_path / "c")
+    assert r.exit_code == 2 and "--promote 'hybird'" in r.output and "Traceback" not in r.output
+    assert store.count_runs("compare") == before and not (tmp_path / "c").exists()
+
+
+def test_promotion_tags_the_comparison_run_with_what_moved(trained):
+    store = tracking.Store(trained["uri"])
+    run = store.latest_run("compare", parent_only=False)
+    moved = json.loads(run.data.tags["promoted"])
+    assert moved == {k: store.model_version(k, "champion")["version"] for k in tracking.MODEL_KINDS}
+    assert moved == {k: json.loads(run.data.params["versions"])[k] for k in tracking.MODEL_KINDS}
+
+
+def test_promotion_plan_keeps_the_hybrid_with_its_propagation_model():
+    from scf_engine.errors import RequestError
+    from scf_engine.pipelines.promote import promote, promotion_plan
+
+    assert promotion_plan(["decoupled"]) == (["decoupled"], [])
+    kinds, notes = promotion_plan(["hybrid"])
+    assert kinds == ["propagation", "hybrid"] and len(notes) == 1
+    assert promotion_plan(["propagation"])[0] == ["propagation", "hybrid"]
+    assert promotion_plan(["all"])[0] == list(tracking.MODEL_KINDS)
+    with pytest.raises(RequestError, match="--promote"):
+        promotion_plan(["champion"])
+
+    class Registry:  # the one method promote() uses
+        def __init__(self):
+            self.calls = []
+
+        def set_alias(self, kind, alias, version):
+            self.calls.append((kind, alias, version))
+
+    reg = Registry()
+    versions = {"propagation": {"version": "3"}, "hybrid": {"version": "5"}, "decoupled": {"version": "4"}}
+    assert promote(reg, versions, ["propagation", "hybrid"]) == {"propagation": "3", "hybrid": "5"}
+    assert reg.calls == [("propagation", "champion", "3"), ("hybrid", "champion", "5")]
+
+
+def test_scoring_refuses_a_score_scale_changed_since_training(trained, tmp_path, monkeypatch):
+    from scf_engine import policies
+
+    models = tmp_path / "models"
+    shutil.copytree(policies.MODELS_DIR, models)
+    text = (models / "score_scale.yaml").read_text().replace("points_to_double_odds: 7.5", "points_to_double_odds: 10")
+    (models / "score_scale.yaml").write_text(text)
+    monkeypatch.setenv("SCF_MODELS_DIR", str(models))
+    data = trained["data"]
+    r = invoke("score", data, "--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out",
+               tmp_path / "limits.csv", "--tracking-uri", trained["uri"], "--audit-log", tmp_path / "audit.jsonl")
+    assert r.exit_code == 2 and "score_scale.yaml changed" in r.output and "points_to_double_odds" in r.output
+    assert not (tmp_path / "limits.csv").exists()
+
+
+def test_a_policy_typo_is_one_line_not_a_traceback(trained, tmp_path, monkeypatch):
+    from scf_engine import policies
+
+    models = tmp_path / "models"
+    shutil.copytree(policies.MODELS_DIR, models)
+    with open(models / "limit_policy.yaml", "a") as fh:
+        fh.write("max_limt_cny: 5000000\n")
+    monkeypatch.setenv("SCF_MODELS_DIR", str(models))
+    data = trained["data"]
+    r = invoke("score", data, "--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out",
+               tmp_path / "limits.csv", "--tracking-uri", trained["uri"])
+    assert r.exit_code == 2 and "limit_policy.yaml: unknown key 'max_limt_cny'" in r.output
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("value", ["2024-02-30", "tomorrow", ""])
+def test_a_bad_as_of_is_one_line(trained, tmp_path, value):
+    data = trained["data"]
+    r = invoke("score", data, "--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out",
+               tmp_path / "limits.csv", "--tracking-uri", trained["uri"], "--as-of", value)
+    assert r.exit_code == 2 and "--as-of" in r.output and "Traceback" not in r.output

@@ -1,0 +1,253 @@
+"""The decision core: credit for a set of requested firms at one as-of date.
+
+:func:`decide` is the one place where a request becomes a decision: who may be scored,
+each model's PD, the final PD, score and grade, the receivables that back a limit, the
+core's line in a 1+N batch, limits, group envelopes, decisions and reasons. It reads
+nothing from disk, writes nothing, opens no MLflow run and appends no audit entry, so the
+batch pipeline, ``scf explain``, the benchmarks and the notebooks all call the same code
+and a benchmark measures the product, not a copy of it.
+
+A requested firm that is unknown, a core, not yet founded, in default, without a valid
+consent (when the policy requires one), or that no model can score gets a row with an
+empty PD, ``decline`` and the reason: never a silent gap, whatever the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from scf_engine.contract import LIMITS_COLUMNS
+from scf_engine.credit.consent import consent_ok, consent_status
+from scf_engine.credit.envelope import allocate_envelope
+from scf_engine.credit.limits import apply_limits, core_lines, eligible_receivables
+from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
+from scf_engine.errors import RequestError
+from scf_engine.explain.model_reasons import propagation_reasons, shap_reasons
+from scf_engine.explain.reasons import format_reasons
+from scf_engine.learners.predict import predict_all
+
+GROUP_BY = ("batch", "batch_group")
+PD_COLUMNS = ["pd_propagation", "pd_decoupled", "pd_hybrid"]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What a batch may share: one envelope (``group_limit`` CNY, for the whole batch or
+    per ``batch_group``) and the core whose 1+N chain it is (default: detected when every
+    scorable firm is tied to exactly one core)."""
+
+    group_limit: float | None = None
+    group_by: str = "batch"
+    chain_core: str | None = None
+
+    def __post_init__(self):
+        if self.group_by not in GROUP_BY:
+            raise RequestError(f"--group-by takes {' or '.join(GROUP_BY)}, not {self.group_by!r}")
+        if self.group_limit is not None and not self.group_limit >= 0:
+            raise RequestError(f"--group-limit must be a number >= 0, not {self.group_limit!r}")
+
+
+@dataclass
+class Decisions:
+    """The outcome for every requested row (same index as the requests)."""
+
+    as_of: pd.Timestamp
+    limits: pd.DataFrame  # what limits.csv holds, one row per request
+    scored: pd.Series  # bool: the row got a PD, a score and a grade
+    reasons: pd.Series  # list of explain.Reason per row (empty when not scored)
+    contributions: dict  # model kind -> SHAP contributions of the rows whose final PD it gave
+    limit_detail: pd.DataFrame  # limit_basis, decision_reasons, binding_caps as lists
+    chain_core: str | None
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def firm_ids(self) -> pd.Series:
+        return self.limits["firm_id"]
+
+
+# ----------------------------------------------------------------------------- eligibility
+
+
+def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: pd.Series, require_consent: bool) -> pd.Series:
+    """Per request row, why the firm may not be scored at ``as_of`` ("" when it may)."""
+    firms = dataset.firms.set_index("firm_id")
+    ids = requests["firm_id"]
+    why = requests["request_problem"].copy() if "request_problem" in requests else pd.Series("", index=requests.index, dtype=object)
+    known = ids.isin(firms.index)
+    why[(why == "") & ~known] = "unknown firm: not in firms"
+    is_core = ids.map(firms["is_core"]).eq(True)
+    why[(why == "") & is_core] = "core enterprise: rated externally, not scored by this engine"
+    founded = ids.map(firms["founded_on"])
+    why[(why == "") & known & (founded >= as_of)] = f"not founded before the as-of date {as_of.date()}"
+    defaulted_on = dataset.default_dates(ids).set_axis(requests.index)
+    in_default = (why == "") & (defaulted_on < as_of)
+    why[in_default] = [f"in default since {d.date()}" for d in defaulted_on[in_default]]
+    if require_consent:
+        no_consent = (why == "") & (consent != "ok")
+        why[no_consent] = [f"not scored: no valid data-sharing authorisation ({s.replace('_', ' ')})" for s in consent[no_consent]]
+    return why
+
+
+def single_core(nodes: pd.DataFrame) -> str | None:
+    """The one core every scorable firm of the batch is tied to, if there is exactly one
+    (a 1+N chain batch); else None."""
+    cores = nodes["cores"].dropna()
+    if cores.empty:
+        return None
+    common = set(cores.iloc[0])
+    for c in cores.iloc[1:]:
+        common &= set(c)
+    return sorted(common)[0] if len(common) == 1 and all(len(c) >= 1 for c in cores) else None
+
+
+# ------------------------------------------------------------------------------- the core
+
+
+def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, consents: pd.DataFrame | None = None,
+           options: BatchOptions = BatchOptions(), scale: ScoreScale | None = None) -> Decisions:
+    """Decisions for ``requests`` (``firm_id``, optional ``requested_amount`` and
+    ``request_problem``, as :func:`scf_engine.ingest.requests.read_batch` returns) on the
+    assembled snapshot ``data`` (an :class:`~scf_engine.assemble.SnapshotData` with the
+    propagation model's outputs added), with ``models`` (propagation, decoupled, hybrid),
+    the loaded policies ``pols`` and the consents frame. ``dataset`` tells known from
+    unknown firms, founding and default dates and data-quality issues; ``scale`` is the
+    score scale saved with the models (default: the policy's)."""
+    T = data.as_of
+    requests = requests.reset_index(drop=True)
+    consent = consent_status(requests["firm_id"], consents, T).set_axis(requests.index)
+    require = bool(pols["limit_policy"].get("require_consent", False))
+    why = eligibility(dataset, requests, T, consent, require)
+    rows = data.table.reindex(requests["firm_id"]).set_axis(requests.index)
+    preds, fin = _predict(models, pols, rows, why == "")
+    why[(why == "") & fin["pd"].isna()] = "not scorable: no fund-flow history and no chain link to a core"
+    ok = why == ""
+    sg = score_frame(fin["pd"].where(ok), scale or ScoreScale.from_policy(pols["score_scale"]))
+    nodes = data.chain.nodes.reindex(requests["firm_id"]).set_axis(requests.index)
+    core = options.chain_core or single_core(nodes[ok])
+    lim_in = _limit_inputs(data, pols, requests, rows, nodes, fin["pd"].where(ok), sg["grade"].where(ok), consent,
+                           require, core, dataset)
+    lim, group = _limits(lim_in, nodes, ok, pols, core, data.chain, options)
+    reasons, contribs = _reasons(models, data, rows, nodes, ok, fin["pd_source"], requests["firm_id"])
+    result = _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group)
+    return Decisions(T, result, ok, reasons, contribs, lim[["limit_basis", "decision_reasons", "binding_caps"]], core,
+                     summary(result, pols))
+
+
+def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    preds = pd.DataFrame(index=rows.index, columns=PD_COLUMNS, dtype=float)
+    if ok.any():
+        p = predict_all({"decoupled": models["decoupled"], "hybrid": models["hybrid"]}, rows[ok])
+        preds.loc[ok, PD_COLUMNS] = p[PD_COLUMNS].to_numpy()
+    return preds, final_pd(preds, pols["final_pd"])
+
+
+def _limit_inputs(data, pols, requests, rows, nodes, pd_, grade, consent, require, core, dataset) -> pd.DataFrame:
+    """One row per request: what the limit policy reads (credit.limits' input frame)."""
+    elig = eligible_receivables(data.chain, pols["limit_policy"], pols["master_scale"])
+    report = getattr(dataset, "report", None)
+    dq = report.rows if report is not None else pd.DataFrame()
+    dq_count = requests["firm_id"].map(lambda f: int(len(report.rows_touching(f))) if len(dq) else 0)
+    return pd.DataFrame({
+        "firm_id": requests["firm_id"], "pd": pd_, "grade": grade,
+        "trade_in_12m": nodes["trade_in_12m"].fillna(0.0),
+        "eligible_receivables": elig.reindex(requests["firm_id"]).fillna(0.0).to_numpy(),
+        "requested_amount": requests["requested_amount"] if "requested_amount" in requests else np.nan,
+        "core_id": core if core else np.nan,
+        "cycle_share_12m": rows.get("cycle_share_12m"), "round_trip_share_12m": rows.get("round_trip_share_12m"),
+        "in_trade_cycle": rows.get("in_trade_cycle"), "dq_issues": dq_count,
+        "consent_ok": consent_ok(consent).to_numpy() if require else True,
+        "consent_status": consent.to_numpy(),
+    }, index=requests.index)
+
+
+def _limits(lim_in, nodes, ok, pols, core, chain, options: BatchOptions):
+    """Limits for the scorable rows (unique firms: a repeat is not scorable), envelopes,
+    and a zero-limit decline for every other row."""
+    policy = pols["limit_policy"]
+    lines = core_lines(chain, policy) if core else None
+    lim = apply_limits(lim_in[ok], policy, core_line=lines).reindex(lim_in.index)
+    group = None
+    if options.group_limit is not None:
+        lim_ok, group = _envelope(lim[ok], lim_in[ok], nodes[ok], options.group_limit, options.group_by, policy)
+        lim.loc[ok, "limit_cny"] = lim_ok["limit_cny"]
+        group = group.reindex(lim_in.index)
+    lim.loc[~ok, "limit_cny"] = 0.0
+    lim.loc[~ok, "decision"] = "decline"
+    for col in ("binding_caps", "decision_reasons", "limit_basis"):
+        lim[col] = [v if isinstance(v, list) else [] for v in lim[col]]
+    return lim, group
+
+
+def _envelope(lim, lim_in, nodes, total, group_by, policy):
+    frame = lim.assign(pd=lim_in["pd"])
+    groups = nodes["batch_group"].fillna("(none)") if group_by == "batch_group" else pd.Series("batch", index=lim.index)
+    parts = []
+    for g, idx in groups.groupby(groups).groups.items():
+        alloc = allocate_envelope(frame.loc[idx], float(total), policy)
+        parts.append(alloc.assign(group=g))
+    a = pd.concat(parts).reindex(lim.index) if parts else pd.DataFrame(columns=["allocation_cny", "group", "bound_by"], index=lim.index)
+    lim = lim.copy()
+    lim["limit_cny"] = a["allocation_cny"].astype(float).fillna(0.0)
+    return lim, a
+
+
+def _reasons(models, data, rows, nodes, ok, source, ids: pd.Series) -> tuple[pd.Series, dict]:
+    """Reasons of the model that gave each final PD: SHAP for the LightGBM models, the
+    design terms for a firm only propagation scores."""
+    reasons = pd.Series([[] for _ in rows.index], index=rows.index, dtype=object)
+    contribs = {}
+    table, chain = data.table, data.chain
+    reference = table.assign(industry=chain.nodes["industry"].reindex(table.index))
+    for kind in ("hybrid", "decoupled"):
+        use = ok & (source == kind)
+        if use.any():
+            X = rows[use].assign(industry=nodes.loc[use, "industry"])
+            reasons[use], contribs[kind] = shap_reasons(models[kind], X, reference)
+    use = ok & (source == "propagation")
+    if use.any():
+        reasons[use] = propagation_reasons(models["propagation"], chain, ids[use])
+    return reasons, contribs
+
+
+def _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group) -> pd.DataFrame:
+    """The limits.csv frame: the contract's columns first, then the working."""
+    text = [format_reasons(r) if o and r else ("" if o else w) for r, o, w in zip(reasons, ok, why)]
+    result = pd.DataFrame({
+        "firm_id": requests["firm_id"], "as_of": T.strftime("%Y-%m-%d"),
+        "pd": fin["pd"].where(ok).round(6), "score": sg["score"].where(ok), "grade": sg["grade"].where(ok),
+        "limit_cny": lim["limit_cny"].fillna(0.0), "decision": lim["decision"], "reasons": text,
+        "pd_propagation": preds["pd_propagation"].round(6), "pd_decoupled": preds["pd_decoupled"].round(6),
+        "pd_hybrid": preds["pd_hybrid"].round(6), "pd_source": fin["pd_source"].where(ok, ""),
+        "requested_amount": requests["requested_amount"] if "requested_amount" in requests else np.nan,
+        "uncapped_limit": lim["uncapped_limit"].where(ok),
+        "flow_part": lim["flow_part"].where(ok), "receivable_part": lim["receivable_part"].where(ok),
+        "binding_caps": lim["binding_caps"].map(lambda c: ";".join(c) if isinstance(c, list) else ""),
+        "decision_reasons": [("; ".join(r) if isinstance(r, list) else "") if o else w
+                             for r, o, w in zip(lim["decision_reasons"], ok, why)],
+        "consent": consent.to_numpy(),
+    })
+    if group is not None:
+        result["group"] = group["group"]
+        result["group_allocation_cny"] = group["allocation_cny"]
+        result["group_bound_by"] = group["bound_by"]
+    assert list(result.columns[: len(LIMITS_COLUMNS)]) == list(LIMITS_COLUMNS)
+    return result
+
+
+def summary(result: pd.DataFrame, pols: dict) -> dict:
+    """Counts and totals of a batch (the metrics of its MLflow run)."""
+    lgd = float(pols["limit_policy"]["lgd"])
+    el = float((result["pd"].fillna(0) * lgd * result["limit_cny"]).sum())
+    out = {"n_requested": len(result), "total_limit_cny": float(result["limit_cny"].sum()), "expected_loss_cny": el,
+           "n_scored": int(result["pd"].notna().sum())}
+    for d in ("approve", "review", "decline"):
+        out[f"n_{d}"] = int((result["decision"] == d).sum())
+    for g in ("premium", "grade_1", "alternate"):
+        out[f"n_{g}"] = int((result["grade"] == g).sum())
+    return out
+
+
+__all__ = ["BatchOptions", "Decisions", "decide", "eligibility", "single_core", "summary"]

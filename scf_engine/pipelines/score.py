@@ -1,0 +1,220 @@
+"""``scf score`` and ``scf explain``: load -> decide -> record.
+
+* **load**: the dataset, the request, the consents, the policies, the ``champion``
+  models by alias (never a file lying around) and the score scale saved with them (a
+  policy changed since they were validated is refused), the snapshot at the as-of date;
+* **decide**: :func:`scf_engine.credit.decide` (pure);
+* **record**: for a batch, ``limits.csv``, a memo per scored firm, one MLflow run and one
+  audit entry; for ``explain``, the firm's memo and an access entry in the audit log.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from scf_engine import audit, policies, tracking
+from scf_engine.assemble import SnapshotData, add_propagation, assemble
+from scf_engine.credit.decide import BatchOptions, Decisions, decide
+from scf_engine.credit.scale import ScoreScale
+from scf_engine.dataset import Dataset, as_timestamp
+from scf_engine.errors import PolicyError, RequestError
+from scf_engine.ingest.reading import file_sha256
+from scf_engine.ingest import load_dataset
+from scf_engine.ingest.requests import read_batch, read_consents, requests_frame
+from scf_engine.memo.context import Provenance, memo_contexts, write_memos
+from scf_engine.pipelines.compare import load_models
+from scf_engine.pipelines.train import SCALE_ARTIFACT
+
+DEFAULT_AUDIT_LOG = Path("audit/audit.jsonl")
+
+
+@dataclass
+class ScoreResult:
+    limits: pd.DataFrame
+    out_path: Path
+    memo_dir: Path | None
+    run_id: str
+    audit_entry: dict
+    summary: dict
+
+
+@dataclass
+class Loaded:
+    """Everything a decision needs, loaded and checked."""
+
+    dataset: Dataset
+    data: SnapshotData
+    models: dict
+    versions: dict
+    pols: dict
+    scale: ScoreScale
+    consents: pd.DataFrame | None
+    store: tracking.Store
+
+
+# ------------------------------------------------------------------------------------ load
+
+
+def parse_as_of(value) -> pd.Timestamp | None:
+    """``--as-of`` as a date, or a one-line error."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError
+        return as_timestamp(pd.Timestamp(text))
+    except ValueError:
+        raise RequestError(f"--as-of {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def saved_scale(store: tracking.Store, versions: dict, current) -> ScoreScale:
+    """The score scale the champions were validated with (saved with each at training),
+    refused when today's ``score_scale.yaml`` scores differently."""
+    scales = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, v in versions.items():
+            try:
+                path = store.download_artifact(v["run_id"], SCALE_ARTIFACT, Path(tmp) / kind)
+            except Exception:
+                raise PolicyError(f"{tracking.registered_name(kind)} v{v['version']} has no saved score scale "
+                                  f"({SCALE_ARTIFACT}): retrain it") from None
+            scales[kind] = ScoreScale.load(path, current=current)
+    distinct = {s.params_sha256 for s in scales.values()}
+    if len(distinct) > 1:
+        raise PolicyError("the champion models were validated with different score scales: promote models of one training")
+    return next(iter(scales.values()))
+
+
+def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None, alias="champion", progress=None) -> Loaded:
+    say = progress or (lambda *a, **k: None)
+    pols = policies.load_all()
+    if consents is None and pols["limit_policy"].get("require_consent", False):
+        raise RequestError("the limit policy requires the firms' data-use authorisation (require_consent: true): "
+                           "pass --consents consents.csv")
+    T = parse_as_of(as_of)
+    ds = load_dataset(data_dir, progress=say)
+    consents_frame = read_consents(consents) if consents else None
+    T = T if T is not None else ds.default_as_of
+    store = tracking.Store(tracking_uri)
+    say(f"loading {alias} models")
+    models, versions = load_models(store, alias)  # ModelNotFound names the missing one
+    scale = saved_scale(store, versions, pols["score_scale"])
+    say(f"snapshot at {T.date()}")
+    data = assemble(ds, [T], with_labels=False)[T]
+    add_propagation({T: data}, models["propagation"])
+    return Loaded(ds, data, models, versions, pols, scale, consents_frame, store)
+
+
+def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions = BatchOptions()) -> Decisions:
+    return decide(loaded.data, loaded.models, loaded.pols, requests, dataset=loaded.dataset, consents=loaded.consents,
+                  options=options, scale=loaded.scale)
+
+
+# ----------------------------------------------------------------------------------- score
+
+
+def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=None, tracking_uri: str | None = None,
+          consents: Path | str | None = None, group_limit: float | None = None, group_by: str = "batch",
+          chain_core: str | None = None, memos: bool = True, memo_formats=("html", "pdf", "md"),
+          audit_log: Path | str = DEFAULT_AUDIT_LOG, actor: str | None = None, alias: str = "champion",
+          progress=None) -> ScoreResult:
+    """Batch credit (批量授信) with the champion models: limits, memos, MLflow run, audit entry."""
+    say = progress or (lambda *a, **k: None)
+    options = BatchOptions(group_limit=group_limit, group_by=group_by, chain_core=chain_core)
+    requests = read_batch(Path(batch))
+    loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
+                                progress=say)
+    inputs = {**loaded.dataset.fingerprints, "batch": file_sha256(Path(batch)),
+              **({"consents": file_sha256(Path(consents))} if consents else {})}
+    batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{inputs['batch'][:10]}"
+    say("decisions")
+    decisions = decide_loaded(loaded, requests, options)
+    return record_batch(loaded, decisions, Path(out), batch_id=batch_id, inputs=inputs, options=options,
+                        paths={"dataset": Path(data_dir), "batch": Path(batch)}, memos=memos, memo_formats=memo_formats,
+                        audit_log=Path(audit_log), actor=actor, progress=say)
+
+
+def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, inputs, options, paths, memos, memo_formats,
+                 audit_log: Path, actor, progress) -> ScoreResult:
+    """``limits.csv``, memos, the batch's MLflow run (open while memos are written, so each
+    memo names it) and its audit entry."""
+    result, pols, versions = decisions.limits, loaded.pols, loaded.versions
+    with loaded.store.run("score", f"batch {batch_id}", tags={"scf_role": "score", "batch_id": batch_id}) as run:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.to_csv(out, index=False, encoding="utf-8")
+        memo_dir = None
+        if memos and decisions.scored.any():
+            memo_dir = out.parent / "memos"
+            progress("memos")
+            prov = Provenance(versions, run.id, tracking.EXPERIMENTS["score"], loaded.store.uri)
+            write_memos(memo_dir, memo_formats, memo_contexts(decisions, loaded.data, loaded.models, prov, loaded.dataset.report))
+        run.log_params({
+            "batch_id": batch_id, "as_of": str(decisions.as_of.date()), "dataset_path": str(paths["dataset"].resolve()),
+            "batch_file": str(paths["batch"].resolve()), "n_requested": len(result),
+            "model_versions": {k: v["version"] for k, v in versions.items()},
+            "policy_hashes": policies.fingerprint(pols), "group_limit": options.group_limit, "group_by": options.group_by,
+            "chain_core": decisions.chain_core or "",
+        })
+        run.log_metrics(decisions.summary)
+        run.log_artifact(out, "limits")
+        run.log_small_table(result.groupby(["decision", "grade"], dropna=False).agg(
+            firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index().astype({"grade": str}), "limits_summary.json")
+        if memo_dir is not None:
+            run.log_artifacts(memo_dir, "memos")
+        entry = audit.append(audit_log, actor or getpass.getuser(), "score", {
+            "batch_id": batch_id, "mlflow_run_id": run.id, "as_of": str(decisions.as_of.date()),
+            "firms": result["firm_id"].tolist(), "inputs": inputs,
+            "model_versions": {k: v["version"] for k, v in versions.items()},
+            "policy_hashes": policies.fingerprint(pols), "output": {out.name: file_sha256(out)},
+        })
+        with_entry = out.parent / "audit_entry.json"
+        with_entry.write_text(json.dumps(entry, ensure_ascii=False, indent=2))
+        run.log_artifact(with_entry, "audit")
+        run.set_tags({"audit_head": f"{entry['seq']}:{entry['hash']}"})  # for `scf audit verify --anchor`
+    return ScoreResult(result, out, memo_dir, run.id, entry, decisions.summary)
+
+
+# --------------------------------------------------------------------------------- explain
+
+
+@dataclass
+class ExplainResult:
+    row: pd.Series
+    reasons: list
+    memo_paths: dict
+    audit_entry: dict
+
+
+def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, consents: Path | str | None = None,
+            tracking_uri: str | None = None, alias: str = "champion", memo_formats=("html", "pdf", "md"),
+            audit_log: Path | str = DEFAULT_AUDIT_LOG, actor: str | None = None, progress=None) -> ExplainResult:
+    """One firm's decision as a batch of one would give it (its real consent, the same
+    policy; caps shared across a batch cannot bind), its memo, and an access entry in the
+    audit log (who read the firm's data, when and why)."""
+    loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
+                                progress=progress)
+    decisions = decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [str(firm_id)]})))
+    memo_paths = {}
+    if decisions.scored.iloc[0]:
+        prov = Provenance(loaded.versions, None, None, loaded.store.uri)
+        memo_paths = write_memos(Path(out) / "memos", memo_formats,
+                                 memo_contexts(decisions, loaded.data, loaded.models, prov, loaded.dataset.report))[0]
+    entry = audit.append(Path(audit_log), actor or getpass.getuser(), "explain", {
+        "purpose": "explain one firm's decision", "as_of": str(decisions.as_of.date()), "firms": [str(firm_id)],
+        "inputs": {**loaded.dataset.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {})},
+        "model_versions": {k: v["version"] for k, v in loaded.versions.items()},
+        "policy_hashes": policies.fingerprint(loaded.pols),
+    })
+    return ExplainResult(decisions.limits.iloc[0], list(decisions.reasons.iloc[0]), memo_paths, entry)
+
+
+__all__ = ["ScoreResult", "ExplainResult", "Loaded", "score", "explain", "load_for_decisions", "decide_loaded",
+           "record_batch", "saved_scale", "parse_as_of", "DEFAULT_AUDIT_LOG"]

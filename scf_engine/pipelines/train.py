@@ -1,0 +1,242 @@
+"""``scf train``: snapshots, every model, out-of-time evaluation, one tracked parent run.
+
+Load (dataset, policies; raises before any run exists) -> fit and evaluate (pure) ->
+record (tables on disk, one MLflow parent run with a child per model, each model
+registered as ``challenger`` with the score scale it was validated with).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from scf_engine import __version__, policies, tracking
+from scf_engine.assemble import add_propagation, assemble, split_dates, stack, truth_frame
+from scf_engine.contract import CONTRACT_VERSION
+from scf_engine.credit.scale import ScoreScale
+from scf_engine.dataset import Dataset
+from scf_engine.errors import DatasetError
+from scf_engine.evaluate import evaluate, psi
+from scf_engine.ingest import load_dataset
+from scf_engine.learners import DecoupledModel, HybridModel, JiangyinGrading
+from scf_engine.learners.predict import SCORES, has_flows, predict_all
+from scf_engine.propagation import CorePropagation
+
+SCALE_ARTIFACT = "scorecard/score_scale.json"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    versions: dict[str, str]
+    evaluation: dict
+    test_dates: list
+    train_dates: list
+    out_dir: Path
+    quarantined: int
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit_and_evaluate` returns: models, the frames they were judged on and
+    the evaluation."""
+
+    propagation: CorePropagation
+    models: dict  # decoupled, hybrid, jiangyin
+    data: dict
+    train: pd.DataFrame
+    test: pd.DataFrame
+    evaluation: dict
+    stability: dict
+
+
+def require_defaults(ds: Dataset) -> None:
+    if not ds.has_defaults:
+        raise DatasetError(f"defaults: missing file (defaults.csv or defaults.parquet) in {ds.source}: required for training")
+
+
+def snapshot_dates(ds: Dataset, n_test: int) -> tuple[list, list, list]:
+    dates = ds.snapshot_dates()
+    if len(dates) < n_test + 2:
+        raise DatasetError(f"{ds.source}: too little history to train: {len(dates)} snapshot date(s) with a full 12-month outcome, need at least {n_test + 2}")
+    train, test = split_dates(dates, n_test=n_test)
+    if len(train) < 2:
+        raise DatasetError(f"{ds.source}: too little history to train out of time: {len(train)} training snapshot(s) before {test[0].date()}")
+    return dates, train, test
+
+
+def fit_propagation_and_decoupled(data: dict, train_dates: list, test_dates: list, *, progress=None):
+    """The two base models on assembled snapshots: propagation fitted on the training
+    chains (its PD added to every snapshot, as the hybrid needs), then the de-coupled
+    LightGBM on the training rows of firms with flows. Returns ``(propagation, decoupled,
+    train rows, test rows)``."""
+    say = progress or (lambda *a, **k: None)
+    say("fitting propagation")
+    prop = CorePropagation.from_policy().fit([data[T].chain for T in train_dates], [data[T].labels for T in train_dates])
+    add_propagation(data, prop)
+    tr, te = stack(data, train_dates), stack(data, test_dates)
+    flows = has_flows(tr)
+    say("fitting de-coupled model")
+    dec = DecoupledModel.from_policy().fit(tr[flows], tr.loc[flows, "label"], as_of=tr.loc[flows, "as_of"],
+                                           groups=tr.loc[flows, "firm_id"])
+    return prop, dec, tr, te
+
+
+def fit_and_evaluate(ds: Dataset, dates, train_dates, test_dates, *, progress=None) -> Fitted:
+    """Every model on the training snapshots, judged on the held-out ones (no I/O)."""
+    say = progress or (lambda *a, **k: None)
+    say("assembling snapshots")
+    data = assemble(ds, dates, truth=truth_frame(ds), progress=lambda i, n: say(f"snapshot {i}/{n}"))
+    prop, dec, tr, te = fit_propagation_and_decoupled(data, train_dates, test_dates, progress=say)
+    flows_tr = has_flows(tr)
+    say("fitting hybrid model")
+    hyb = HybridModel.from_policy().fit(tr, tr["label"], as_of=tr["as_of"], groups=tr["firm_id"])
+    jy = JiangyinGrading().fit(tr[flows_tr], tr.loc[flows_tr, "label"])
+    models = {"decoupled": dec, "hybrid": hyb, "jiangyin": jy}
+    te = te.join(predict_all(models, te).drop(columns=["pd_propagation"]))
+    tr_scores = predict_all(models, tr)
+    scores = list(SCORES.values())
+    say("evaluating")
+    ev = evaluate(te, scores)
+    stability = {s: psi(tr_scores[s] if s != "pd_propagation" else tr["pd_propagation"], te[s]) for s in scores}
+    return Fitted(prop, models, data, tr, te, ev, stability)
+
+
+def write_tables(fitted: Fitted, ds: Dataset, out_dir: Path) -> Path:
+    """Evaluation tables, held-out predictions and the quarantine report on disk."""
+    ev, te, scores = fitted.evaluation, fitted.test, list(SCORES.values())
+    tables = out_dir / "evaluation"
+    tables.mkdir(parents=True, exist_ok=True)
+    ev["overall"].assign(psi=ev["overall"]["model"].map(fitted.stability)).to_csv(tables / "overall.csv", index=False)
+    ev["segments"].to_csv(tables / "segments.csv", index=False)
+    predictions = te[["firm_id", "as_of", "label"] + scores + (["true_pd"] if "true_pd" in te else [])]
+    predictions.to_parquet(tables / "heldout_predictions.parquet", index=False)
+    ds.report.write(out_dir / "quarantine.csv")
+    return tables
+
+
+def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Path | str = "out/train",
+          n_test: int = 2, progress=None) -> TrainResult:
+    """Build snapshots, train propagation, de-coupled, hybrid and the rule baseline, evaluate
+    them out of time, log everything to one parent run with a child per model."""
+    say = progress or (lambda *a, **k: None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(data_dir, progress=say)  # raises before any run exists
+    require_defaults(ds)
+    dates, train_dates, test_dates = snapshot_dates(ds, n_test)
+    pols = policies.load_all()
+    store = tracking.Store(tracking_uri)
+    fitted = fit_and_evaluate(ds, dates, train_dates, test_dates, progress=say)
+    tables = write_tables(fitted, ds, out_dir)
+    say("logging to MLflow")
+    run_id, versions = record_training(store, fitted, ds, pols, Path(data_dir), out_dir, tables,
+                                       (dates, train_dates, test_dates))
+    (out_dir / "run.json").write_text(json.dumps({"run_id": run_id, "tracking_uri": store.uri, "versions": versions}, indent=2))
+    q = ds.report.summary()
+    return TrainResult(run_id, {k: v for k, v in versions.items() if v}, fitted.evaluation, test_dates, train_dates, out_dir,
+                       int(q["quarantined"].sum()),
+                       {"propagation": fitted.propagation, "models": fitted.models, "data": fitted.data, "test": fitted.test})
+
+
+def record_training(store: tracking.Store, fitted: Fitted, ds: Dataset, pols, data_dir: Path, out_dir: Path, tables: Path,
+                    date_sets) -> tuple[str, dict]:
+    """One parent run (data, policies, evaluation) with a child per model."""
+    dates, train_dates, test_dates = date_sets
+    q = ds.report.summary()
+    tr, te, ev = fitted.train, fitted.test, fitted.evaluation
+    with store.run("train", f"train {data_dir.name}", tags={"scf_role": "parent"}) as run:
+        run.log_params({
+            "dataset_path": str(data_dir.resolve()), "dataset_fingerprint": ds.fingerprints,
+            "snapshot_dates": [str(d.date()) for d in dates], "train_dates": [str(d.date()) for d in train_dates],
+            "validation_date": str(train_dates[-1].date()), "test_dates": [str(d.date()) for d in test_dates],
+            "seed": pols["lightgbm"]["params"].get("seed"), "policy_hashes": policies.fingerprint(pols),
+            "contract_version": CONTRACT_VERSION, "engine_version": __version__,
+        })
+        run.log_metrics({
+            "rows_read": int(q["read"].sum()), "rows_accepted": int(q["accepted"].sum()),
+            "rows_quarantined": int(q["quarantined"].sum()), "n_train_rows": len(tr), "n_test_rows": len(te),
+            "train_default_rate": float(tr["label"].mean()), "test_default_rate": float(te["label"].mean()),
+        })
+        run.log_artifacts(policies.policy_dir(), "policies")
+        run.log_artifact(out_dir / "quarantine.csv", "data_quality")
+        run.log_frame(q, "rows_summary.csv", "data_quality")
+        run.log_artifacts(tables, "evaluation")
+        run.log_small_table(ev["overall"].round(5), "overall.json")
+        versions = {kind: _record_model(store, run, kind, model, example, fitted, pols)
+                    for kind, (model, example) in _examples(fitted).items()}
+        run.set_tags({"registered_versions": json.dumps({k: v for k, v in versions.items() if k != "jiangyin"}),
+                      "baseline_model_uri": versions.pop("jiangyin")})
+    return run.id, versions
+
+
+def _examples(fitted: Fitted) -> dict:
+    te, m = fitted.test, fitted.models
+    X, covered = fitted.propagation.design(fitted.data[max(fitted.data)].chain)
+    return {
+        "propagation": (fitted.propagation, X[covered].head(5)),
+        "decoupled": (m["decoupled"], te.loc[has_flows(te), m["decoupled"].features_].head(5)),
+        "hybrid": (m["hybrid"], te[m["hybrid"].features_].head(5)),
+        "jiangyin": (m["jiangyin"], te.loc[has_flows(te)].head(5)),
+    }
+
+
+def _record_model(store, parent, kind: str, model, example, fitted: Fitted, pols) -> str | None:
+    """A child run per model: metrics, parameters, tables, the model itself and, for the
+    registered ones, the score scale its PDs are turned into scores with."""
+    score = SCORES[kind]
+    ev = fitted.evaluation
+    with store.run("train", kind, parent=parent, tags={"scf_role": "model", "model_kind": kind}) as run:
+        m = ev["overall"].set_index("model").loc[score].to_dict()
+        run.log_metrics({k: m.get(k) for k in ("auc", "gini", "ks", "brier", "log_loss", "coverage", "bayes_fraction", "mean_pd")}
+                        | {"psi_train_test": fitted.stability[score], "n_scored": m.get("n"), "defaults": m.get("defaults")})
+        run.log_params(model_params(kind, model))
+        run.log_artifact(policies.policy_dir() / "features.yaml", "catalogue")
+        _log_model_tables(run, ev, score, fitted.test)
+        if kind in ("decoupled", "hybrid"):
+            imp = model.feature_importance_.rename("gain").reset_index().rename(columns={"index": "feature"})
+            run.log_frame(imp, "feature_importance.csv", "explain")
+        register = kind != "jiangyin"
+        if register:
+            _log_scale(run, pols)
+        return run.log_model(model, kind, input_example=example, output_example=model.predict(example), register=register)
+
+
+def _log_scale(run, pols) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = ScoreScale.from_policy(pols["score_scale"]).save(Path(tmp) / Path(SCALE_ARTIFACT).name)
+        run.log_artifact(path, str(Path(SCALE_ARTIFACT).parent))
+
+
+def model_params(kind: str, model) -> dict:
+    if kind == "propagation":
+        return {"decay": model.decay_, "transmission": round(model.transmission_, 6), "intercept": round(model.intercept_, 6),
+                "mu0": round(model.mu0_, 6), "core_evidence_weights": model.core_evidence_weights_.round(6).to_dict(),
+                "standalone_weights": model.standalone_weights_.round(6).to_dict(), "profile_loglik": model.profile_,
+                "n_train": model.n_train_}
+    if kind == "jiangyin":
+        return {"grade_default_rates": {k: round(v, 6) for k, v in model.grade_rate_.items()}, "shrinkage": model.shrinkage}
+    return {"best_iteration": model.best_iteration_, "n_features": len(model.features_), "monotone": model.monotone,
+            "platt_a": round(model.platt_a_, 6), "platt_b": round(model.platt_b_, 6), "n_train": model.n_train_,
+            "n_valid": model.n_valid_, **{f"lgbm_{k}": v for k, v in (model.params or {}).items()}}
+
+
+def _log_model_tables(run, ev: dict, score: str, te: pd.DataFrame) -> None:
+    from scf_engine import report
+
+    run.log_frame(ev["calibration"][score], "calibration.csv", "evaluation")
+    run.log_frame(ev["lift"][score], "lift.csv", "evaluation")
+    run.log_frame(ev["segments"][ev["segments"]["model"] == score], "segments.csv", "evaluation")
+    for name, fig in report.figures(te, [score]).items():
+        run.log_figure(fig, f"plots/{name}.png")
+        report.plt.close(fig)
+
+
+__all__ = ["TrainResult", "Fitted", "train", "fit_and_evaluate", "fit_propagation_and_decoupled", "record_training",
+           "model_params", "SCALE_ARTIFACT"]
