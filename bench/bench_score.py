@@ -6,10 +6,12 @@
    champion models from MLflow, PDs, limits, reasons, memos (HTML + Markdown; PDF is
    measured separately on 200 memos and extrapolated, because WeasyPrint dominates),
    the MLflow run and the audit entry.
-2. **1,000,000 firms scored and limited, no memos**: the scoring core (each model's PD,
-   final PD, score and grade, limit policy, SHAP reason codes) on 1,000,000 feature rows
-   resampled from the 12,000-firm world's snapshot. The graph and flow-feature stages that
-   produce such rows are benchmarked in bench_graph / bench_features.
+2. **1,000,000 firms scored and limited, no memos**: the decision core itself
+   (:func:`scf_engine.credit.decide`: eligibility, each model's PD, final PD, score and
+   grade, eligible receivables, limit policy, SHAP reason codes) on a 1,000,000-firm
+   snapshot resampled from the 12,000-firm world's (feature rows and chain nodes, each
+   copy a distinct firm). The graph and flow-feature stages that produce such rows are
+   benchmarked in bench_graph / bench_features.
 
 Baseline in the same run: the same scoring core on 10,000 rows; "ratio" is the
 per-firm cost at scale over the per-firm cost at 10,000 (1.0 = linear).
@@ -38,16 +40,11 @@ def prepare():
     uri = f"sqlite:///{ROOT / 'mlflow.db'}"
     if not (data / "firms.parquet").exists():
         write_dataset(simulate(WorldConfig(n_firms=N_FIRMS, seed=5)), data, fmt="parquet")
-    tracking.configure(uri)
-    if tracking.model_version_info("hybrid", "champion") is None:
-        cwd = os.getcwd()
-        os.chdir(ROOT)
-        try:
-            pipelines.train(data, tracking_uri=uri, out_dir=ROOT / "train")
-            for kind in tracking.MODEL_KINDS:
-                tracking.set_alias(kind, "champion", tracking.model_version_info(kind, "challenger")["version"])
-        finally:
-            os.chdir(cwd)
+    store = tracking.Store(uri)
+    if store.model_version("hybrid", "champion") is None:
+        pipelines.train(data, tracking_uri=uri, out_dir=ROOT / "train")
+        versions = {k: store.model_version(k, "challenger") for k in tracking.MODEL_KINDS}
+        pipelines.promote(store, versions, tracking.MODEL_KINDS)
     batch = ROOT / "batch_10000.csv"
     if not batch.exists():
         firms = pd.read_parquet(data / "firms.parquet")
@@ -58,7 +55,7 @@ def prepare():
 
 
 def end_to_end(formats: str):
-    from scf_engine.scoring import score
+    from scf_engine.pipelines import score
 
     data, uri, batch = prepare()
     out = ROOT / f"run_{formats.replace(',', '_')}"
@@ -79,54 +76,51 @@ def pdf_only(n: int):
     return {"rows": len(html)}
 
 
-def scoring_core(n_rows: int):
-    """PDs, final PD, score and grade, limits and reason codes on ``n_rows`` resampled rows."""
+def _resampled(loaded, n_rows: int):
+    """A snapshot of ``n_rows`` distinct firms resampled from the loaded one: feature rows,
+    chain nodes and register rows copied under new ids (no edges: no receivables back
+    their limits, as for firms new to the registry)."""
     import numpy as np
     import pandas as pd
 
-    from scf_engine import policies, tracking
-    from scf_engine.assemble import add_propagation, assemble
-    from scf_engine.credit.limits import apply_limits
-    from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
-    from scf_engine.explain import contributions, format_reasons, reason_codes
-    from scf_engine.ingest import load_dataset
-    from scf_engine.pipelines import predict_all
+    from scf_engine.assemble import SnapshotData
+    from scf_engine.dataset import Dataset
+    from scf_engine.graph import Chain
 
-    data, uri, _ = prepare()
-    tracking.configure(uri)
-    models = {k: tracking.load_model(k, "champion")[0] for k in tracking.MODEL_KINDS}
-    cache = ROOT / "snapshot_table.parquet"
-    if cache.exists():
-        table = pd.read_parquet(cache)
-    else:
-        ds = load_dataset(data)
-        T = ds.default_as_of
-        sd = assemble(ds, [T], with_labels=False)[T]
-        add_propagation({T: sd}, models["propagation"])
-        table = sd.table.assign(industry=sd.chain.nodes["industry"].reindex(sd.table.index))
-        table.to_parquet(cache)
+    data, ds = loaded.data, loaded.dataset
     rng = np.random.default_rng(0)
-    X = table.iloc[rng.integers(0, len(table), n_rows)].reset_index()
-    X["firm_id"] = [f"F{i:08d}" for i in range(n_rows)]  # distinct firms
+    pick = data.table.index[rng.integers(0, len(data.table), n_rows)]
+    ids = pd.Index([f"F{i:08d}" for i in range(n_rows)], name="firm_id")
+    table = data.table.loc[pick].set_axis(ids)
+    nodes = data.chain.nodes.loc[pick].set_axis(ids)
+    firms = ds.firms.set_index("firm_id").loc[pick].set_axis(ids).reset_index()
+    edges = data.chain.edges.iloc[:0]
+    big = Dataset(firms=firms, receivables=ds.receivables.iloc[:0], flows=ds.flows.iloc[:0], defaults=ds.defaults.iloc[:0])
+    return SnapshotData(data.as_of, data.snapshot, Chain(data.as_of, edges, nodes), table), big, ids
+
+
+def scoring_core(n_rows: int):
+    """The decision core (``credit.decide``) on ``n_rows`` resampled firms, every one
+    with a valid consent; times the call alone."""
     import time
 
+    import pandas as pd
+
+    from scf_engine.credit import decide
+    from scf_engine.ingest.requests import requests_frame
+    from scf_engine.pipelines.score import load_for_decisions
+
+    data, uri, _ = prepare()
+    loaded = load_for_decisions(data, consents=ROOT / "consents.csv", tracking_uri=uri)
+    snap, big, ids = _resampled(loaded, n_rows)
+    consents = pd.DataFrame({"firm_id": ids, "granted_on": pd.Timestamp("2020-01-01"), "expires_on": pd.NaT})
+    requests = requests_frame(pd.DataFrame({"firm_id": ids}))
     t = time.perf_counter()
-    pols = policies.load_all()
-    preds = predict_all({"decoupled": models["decoupled"], "hybrid": models["hybrid"]}, X)
-    fin = final_pd(preds, pols["final_pd"])
-    sg = score_frame(fin["pd"], ScoreScale.from_policy(pols["score_scale"]))
-    t_pd = time.perf_counter() - t
-    lim = apply_limits(pd.DataFrame({"firm_id": X["firm_id"], "pd": fin["pd"], "grade": sg["grade"],
-                                     "trade_in_12m": X["trade_in_12m"].fillna(0), "eligible_receivables": 0.0,
-                                     "consent_ok": True}), pols["limit_policy"])
-    t_lim = time.perf_counter() - t - t_pd
-    hyb = models["hybrid"]
-    contrib = contributions(hyb, X)
-    reasons = reason_codes(contrib, X, hyb.features_)
-    text = [format_reasons(r) for r in reasons]
-    t_all = time.perf_counter() - t
-    return {"rows": n_rows, "core_s": t_all, "pd_s": t_pd, "limits_s": t_lim, "reasons_s": t_all - t_pd - t_lim,
-            "approved": int((lim["decision"] == "approve").sum()), "reasons": len(text)}
+    d = decide(snap, loaded.models, loaded.pols, requests, dataset=big, consents=consents, scale=loaded.scale)
+    seconds = time.perf_counter() - t
+    lim = d.limits
+    return {"rows": n_rows, "core_s": seconds, "scored": int(d.scored.sum()),
+            "approved": int((lim["decision"] == "approve").sum()), "reasons": int(lim["reasons"].str.len().gt(0).sum())}
 
 
 def main():
@@ -144,10 +138,10 @@ def main():
     base = measure("bench.bench_score:scoring_core", 10_000, repeats=3)
     big = measure("bench.bench_score:scoring_core", BIG, repeats=1)
     for r, n in ((base, 10_000), (big, BIG)):
-        rows.append({"what": "scoring core (PD, score, grade, limits, reasons), no memos", "firms": n, "seconds": r["core_s"],
+        rows.append({"what": "decision core (credit.decide), no memos", "firms": n, "seconds": r["core_s"],
                      "firms_per_s": n / r["core_s"], "peak_mb": r["peak_mb"],
                      "ratio": (r["core_s"] / n) / (base["core_s"] / 10_000),
-                     "note": f"pd {r['pd_s']:.1f}s, limits {r['limits_s']:.1f}s, reasons {r['reasons_s']:.1f}s"})
+                     "note": f"{r['scored']} scored, {r['approved']} approved"})
     show("Batch scoring (fresh process each; ratio = per-firm cost / per-firm cost at 10,000)", rows, "score")
 
 
