@@ -45,6 +45,7 @@ authenticity or data-quality column (a firm without flows) also counts as no sig
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 import numpy as np
@@ -173,157 +174,178 @@ def apply_limits(frame: pd.DataFrame, policy: Policy | Mapping[str, Any],
     """
     d = as_data(policy)
     _check_frame(frame, d)
-    n = len(frame)
-    firm = frame["firm_id"].astype(str).to_numpy()
-    p = _column(frame, "pd")
-    grade = frame["grade"].where(frame["grade"].notna(), None).to_numpy(dtype=object)
-    scorable = ~np.isnan(p) & np.array([g in GRADES for g in grade], dtype=bool)
+    w = _amounts(frame, d)
+    _apply_caps(frame, d, w)
+    _apply_core_line(frame, w, core_line)
+    unit = float(d.get("round_to_cny", 0) or 0)
+    w.unit = unit
+    w.limit_final = _round_down(np.clip(w.limit, 0, None), unit)
+    flags = _review_flags(frame, d)
+    decision = np.empty(w.n, dtype=object)
+    reasons: list[list[str]] = []
+    basis: list[list[str]] = []
+    for i in range(w.n):
+        decision[i], why = _decide_row(i, w, flags)
+        reasons.append(why)
+        basis.append(_basis_lines(i, w, decision[i]))
+    limit_out = np.where(decision == "decline", 0.0, w.limit_final)
+    return pd.DataFrame({
+        "firm_id": w.firm, "flow_share": w.flow_share, "flow_part": w.flow_part, "receivable_part": w.recv_part,
+        "uncapped_limit": w.uncapped, "limit_cny": limit_out, "binding_caps": w.binding,
+        "decision": decision, "decision_reasons": reasons, "limit_basis": basis,
+    }, index=frame.index)
 
+
+def _amounts(frame: pd.DataFrame, d) -> SimpleNamespace:
+    """Who is scorable and lendable, and the two parts of the uncapped limit."""
+    w = SimpleNamespace(n=len(frame), firm=frame["firm_id"].astype(str).to_numpy(), p=_column(frame, "pd"))
+    w.grade = frame["grade"].where(frame["grade"].notna(), None).to_numpy(dtype=object)
+    w.scorable = ~np.isnan(w.p) & np.array([g in GRADES for g in w.grade], dtype=bool)
     share_by_grade = {g: float(v) for g, v in d["flow_share_by_grade"].items()}
-    flow_share = np.array([share_by_grade.get(g, 0.0) if ok else 0.0 for g, ok in zip(grade, scorable)])
-    trade_in = np.nan_to_num(_column(frame, "trade_in_12m"), nan=0.0).clip(0)
-    recv = np.nan_to_num(_column(frame, "eligible_receivables"), nan=0.0).clip(0)
-    advance = float(d["advance_rate"])
-    flow_part = flow_share * trade_in
-    recv_part = np.where(scorable, advance * recv, 0.0)
-    uncapped = flow_part + recv_part
+    w.flow_share = np.array([share_by_grade.get(g, 0.0) if ok else 0.0 for g, ok in zip(w.grade, w.scorable)])
+    w.trade_in = np.nan_to_num(_column(frame, "trade_in_12m"), nan=0.0).clip(0)
+    w.recv = np.nan_to_num(_column(frame, "eligible_receivables"), nan=0.0).clip(0)
+    w.advance = float(d["advance_rate"])
+    w.flow_part = w.flow_share * w.trade_in
+    w.recv_part = np.where(w.scorable, w.advance * w.recv, 0.0)
+    w.uncapped = w.flow_part + w.recv_part
+    w.lgd = float(d["lgd"])
+    w.pd_max = float(d["pd_decline_above"])
+    w.declined_pd = w.scorable & (w.p > w.pd_max)
+    w.lendable = w.scorable & ~w.declined_pd
+    return w
 
-    lgd = float(d["lgd"])
-    pd_max = float(d["pd_decline_above"])
-    declined_pd = scorable & (p > pd_max)
-    lendable = scorable & ~declined_pd
 
+def _apply_caps(frame: pd.DataFrame, d, w: SimpleNamespace) -> None:
+    """The requested amount, the policy maximum and the expected-loss budget, in order;
+    each one that lowers a limit is recorded."""
+    n, p = w.n, w.p
     caps = {
         "requested": _column(frame, "requested_amount"),
         "max_limit": np.full(n, float(d.get("max_limit_cny", np.inf))),
     }
-    max_el = d.get("max_expected_loss_cny")
+    w.max_el = d.get("max_expected_loss_cny")
     with np.errstate(divide="ignore"):
-        caps["expected_loss"] = (np.where(p * lgd > 0, float(max_el) / (p * lgd), np.inf)
-                                 if max_el is not None else np.full(n, np.inf))
+        caps["expected_loss"] = (np.where(p * w.lgd > 0, float(w.max_el) / (p * w.lgd), np.inf)
+                                 if w.max_el is not None else np.full(n, np.inf))
     bad_req = ~np.isnan(caps["requested"]) & (caps["requested"] < 0)
     if bad_req.any():
         raise ValueError("requested_amount must be >= 0")
-
-    limit = np.where(lendable, uncapped, 0.0)
-    binding: list[list[str]] = [[] for _ in range(n)]
-    cap_value: dict[str, np.ndarray] = {}
+    limit = np.where(w.lendable, w.uncapped, 0.0)
+    w.binding = [[] for _ in range(n)]
+    w.cap_value = {}
     for name in ("requested", "max_limit", "expected_loss"):
         cap = np.where(np.isnan(caps[name]), np.inf, caps[name])
-        cap_value[name] = cap
-        binds = lendable & (cap < limit)
+        w.cap_value[name] = cap
+        binds = w.lendable & (cap < limit)
         limit = np.where(binds, cap, limit)
         for i in np.flatnonzero(binds):
-            binding[i].append(name)
+            w.binding[i].append(name)
+    w.limit = limit
 
-    # one core's chain: suppliers' limits together within the core's line, pro rata
+
+def _apply_core_line(frame: pd.DataFrame, w: SimpleNamespace, core_line) -> None:
+    """One core's chain: the suppliers' limits together within the core's line, pro rata."""
+    n, limit, lendable = w.n, w.limit, w.lendable
     core_id = frame["core_id"].to_numpy(dtype=object) if "core_id" in frame else np.full(n, None, dtype=object)
-    has_core = np.array([c is not None and not (isinstance(c, float) and math.isnan(c)) for c in core_id])
-    core_scale = np.ones(n)
-    line_of = np.full(n, np.nan)
-    if has_core.any():
-        lines = pd.Series(core_line if core_line is not None else {}, dtype=float)
-        cores = pd.Series(core_id[has_core]).astype(str)
-        unknown = sorted(set(cores) - set(lines.index.astype(str)))
-        if unknown:
-            raise ValueError(f"no core line given for core(s) {', '.join(unknown)}")
-        lines.index = lines.index.astype(str)
-        keys = np.where(has_core, core_id, "").astype(str)
-        used = pd.Series(np.where(has_core & lendable, limit, 0.0)).groupby(keys).transform("sum").to_numpy()
-        line_of = np.where(has_core, lines.reindex(keys).to_numpy(), np.nan)
-        over = has_core & (used > line_of) & (used > 0)
-        core_scale = np.where(over, np.divide(line_of, used, out=np.ones(n), where=used > 0), 1.0)
-        binds = over & lendable & (limit > 0)
-        limit = limit * core_scale
-        for i in np.flatnonzero(binds):
-            binding[i].append("core_line")
+    has_core = np.array([c is not None and not (isinstance(c, float) and math.isnan(c)) for c in core_id], dtype=bool)
+    w.core_scale = np.ones(n)
+    w.line_of = np.full(n, np.nan)
+    if not has_core.any():
+        return
+    lines = pd.Series(core_line if core_line is not None else {}, dtype=float)
+    cores = pd.Series(core_id[has_core]).astype(str)
+    unknown = sorted(set(cores) - set(lines.index.astype(str)))
+    if unknown:
+        raise ValueError(f"no core line given for core(s) {', '.join(unknown)}")
+    lines.index = lines.index.astype(str)
+    keys = np.where(has_core, core_id, "").astype(str)
+    used = pd.Series(np.where(has_core & lendable, limit, 0.0)).groupby(keys).transform("sum").to_numpy()
+    w.line_of = np.where(has_core, lines.reindex(keys).to_numpy(), np.nan)
+    over = has_core & (used > w.line_of) & (used > 0)
+    w.core_scale = np.where(over, np.divide(w.line_of, used, out=np.ones(n), where=used > 0), 1.0)
+    binds = over & lendable & (limit > 0)
+    w.limit = limit * w.core_scale
+    for i in np.flatnonzero(binds):
+        w.binding[i].append("core_line")
 
-    unit = float(d.get("round_to_cny", 0) or 0)
-    limit_final = _round_down(np.clip(limit, 0, None), unit)
 
-    # ---------------------------------------------------------------- decisions
-    cycle = np.nan_to_num(_column(frame, "cycle_share_12m"), nan=0.0)
-    rtrip = np.nan_to_num(_column(frame, "round_trip_share_12m"), nan=0.0)
-    in_cycle = np.nan_to_num(_column(frame, "in_trade_cycle"), nan=0.0)
-    dq = np.nan_to_num(_column(frame, "dq_issues"), nan=0.0)
-    rt_max = float(d.get("round_trip_review_above", 0.0))
-    need_consent = bool(d.get("require_consent", False))
-    consent_ok = (frame["consent_ok"].fillna(False).astype(bool).to_numpy() if "consent_ok" in frame
-                  else np.ones(n, dtype=bool))
-    consent_status = (frame["consent_status"].to_numpy(dtype=object) if "consent_status" in frame
-                      else np.full(n, None, dtype=object))
+def _review_flags(frame: pd.DataFrame, d) -> SimpleNamespace:
+    """What sends a lendable firm to review: authenticity, data quality, consent."""
+    n = len(frame)
+    return SimpleNamespace(
+        cycle=np.nan_to_num(_column(frame, "cycle_share_12m"), nan=0.0),
+        rtrip=np.nan_to_num(_column(frame, "round_trip_share_12m"), nan=0.0),
+        in_cycle=np.nan_to_num(_column(frame, "in_trade_cycle"), nan=0.0),
+        dq=np.nan_to_num(_column(frame, "dq_issues"), nan=0.0),
+        rt_max=float(d.get("round_trip_review_above", 0.0)),
+        need_consent=bool(d.get("require_consent", False)),
+        consent_ok=(frame["consent_ok"].fillna(False).astype(bool).to_numpy() if "consent_ok" in frame
+                    else np.ones(n, dtype=bool)),
+        consent_status=(frame["consent_status"].to_numpy(dtype=object) if "consent_status" in frame
+                        else np.full(n, None, dtype=object)),
+    )
 
-    decision = np.empty(n, dtype=object)
-    reasons: list[list[str]] = []
-    basis: list[list[str]] = []
-    for i in range(n):
-        why: list[str] = []
-        if not scorable[i]:
-            why.append("No model could score the firm, so no PD or grade is available.")
-        elif declined_pd[i]:
-            why.append(f"PD {_pct(p[i], 2)} is above the decline threshold of {_pct(pd_max, 2)}.")
-        elif limit_final[i] <= 0:
-            if uncapped[i] <= 0:
-                why.append("No trade inflow in the last 12 months and no eligible confirmed receivables, "
-                           "so there is no amount to lend against.")
-            else:
-                why.append(f"After caps and rounding down to {_cny(unit)} the limit is zero.")
-        if why:
-            decision[i] = "decline"
+
+CONSENT_WORDING = {"missing": "no data-use authorisation is on file",
+                   "expired": "the firm's data-use authorisation has expired",
+                   "not_yet_valid": "the firm's data-use authorisation is not yet valid"}
+
+
+def _decide_row(i: int, w: SimpleNamespace, f: SimpleNamespace) -> tuple[str, list[str]]:
+    """Decision and its reasons (plain sentences) for row ``i``."""
+    why: list[str] = []
+    if not w.scorable[i]:
+        why.append("No model could score the firm, so no PD or grade is available.")
+    elif w.declined_pd[i]:
+        why.append(f"PD {_pct(w.p[i], 2)} is above the decline threshold of {_pct(w.pd_max, 2)}.")
+    elif w.limit_final[i] <= 0:
+        if w.uncapped[i] <= 0:
+            why.append("No trade inflow in the last 12 months and no eligible confirmed receivables, "
+                       "so there is no amount to lend against.")
         else:
-            if grade[i] == "alternate":
-                why.append("Grade is alternate (备选): normal, strict review.")
-            if cycle[i] > 0:
-                why.append(f"{_pct(cycle[i])} of trade money moved on cycles of matching amounts among "
-                           "related parties (possible fabricated trade).")
-            if rtrip[i] > rt_max:
-                why.append(f"{_pct(rtrip[i])} of trade money went out and came back at a matching amount "
-                           f"within days, above the {_pct(rt_max)} review threshold.")
-            if in_cycle[i] >= 1:
-                why.append("The firm sits on a closed loop of the trade graph (goods or money may circulate).")
-            if dq[i] > 0:
-                why.append(f"{int(dq[i])} data-quality issue(s) in the firm's records.")
-            if need_consent and not consent_ok[i]:
-                st = consent_status[i]
-                wording = {"missing": "no data-use authorisation is on file",
-                           "expired": "the firm's data-use authorisation has expired",
-                           "not_yet_valid": "the firm's data-use authorisation is not yet valid"}
-                why.append(f"Consent check failed: {wording.get(st, 'no valid data-use authorisation')}; "
-                           "data may be used only with the firm's authorisation.")
-            decision[i] = "review" if why else "approve"
-            if not why:
-                why.append("Within policy: scorable, PD below the decline threshold, no review flags.")
-        reasons.append(why)
+            why.append(f"After caps and rounding down to {_cny(w.unit)} the limit is zero.")
+    if why:
+        return "decline", why
+    if w.grade[i] == "alternate":
+        why.append("Grade is alternate (备选): normal, strict review.")
+    if f.cycle[i] > 0:
+        why.append(f"{_pct(f.cycle[i])} of trade money moved on cycles of matching amounts among "
+                   "related parties (possible fabricated trade).")
+    if f.rtrip[i] > f.rt_max:
+        why.append(f"{_pct(f.rtrip[i])} of trade money went out and came back at a matching amount "
+                   f"within days, above the {_pct(f.rt_max)} review threshold.")
+    if f.in_cycle[i] >= 1:
+        why.append("The firm sits on a closed loop of the trade graph (goods or money may circulate).")
+    if f.dq[i] > 0:
+        why.append(f"{int(f.dq[i])} data-quality issue(s) in the firm's records.")
+    if f.need_consent and not f.consent_ok[i]:
+        why.append(f"Consent check failed: {CONSENT_WORDING.get(f.consent_status[i], 'no valid data-use authorisation')}; "
+                   "data may be used only with the firm's authorisation.")
+    if why:
+        return "review", why
+    return "approve", ["Within policy: scorable, PD below the decline threshold, no review flags."]
 
-        lines = []
-        if scorable[i]:
-            lines.append(f"Flow part: {_pct(flow_share[i], 0)} ({grade[i]}) of 12-month trade inflow "
-                         f"{_cny(trade_in[i])} = {_cny(flow_part[i])}.")
-            lines.append(f"Receivable part: {_pct(advance, 0)} of eligible confirmed open receivables "
-                         f"{_cny(recv[i])} = {_cny(recv_part[i])}.")
-            lines.append(f"Uncapped limit: {_cny(uncapped[i])}.")
-            for name in binding[i]:
-                if name == "core_line":
-                    lines.append(f"Capped by {CAP_SENTENCES[name]}: line {_cny(line_of[i])}, suppliers scaled "
-                                 f"to {_pct(core_scale[i])} of their limits.")
-                elif name == "expected_loss":
-                    lines.append(f"Capped by {CAP_SENTENCES[name]} ({_cny(float(max_el))} at PD {_pct(p[i], 2)}, "
-                                 f"LGD {_pct(lgd, 0)}): {_cny(cap_value[name][i])}.")
-                else:
-                    lines.append(f"Capped by {CAP_SENTENCES[name]}: {_cny(cap_value[name][i])}.")
-            if lendable[i] and unit > 0 and limit_final[i] < limit[i]:
-                lines.append(f"Rounded down to a multiple of {_cny(unit)}.")
-            if decision[i] == "decline":
-                lines.append("Limit: CNY 0 (declined, see the reasons).")
-            else:
-                lines.append(f"Limit: {_cny(limit_final[i])}.")
+
+def _basis_lines(i: int, w: SimpleNamespace, decision: str) -> list[str]:
+    """The memo's account of how row ``i``'s limit was reached."""
+    if not w.scorable[i]:
+        return ["Limit: CNY 0 (not scorable)."]
+    lines = [f"Flow part: {_pct(w.flow_share[i], 0)} ({w.grade[i]}) of 12-month trade inflow "
+             f"{_cny(w.trade_in[i])} = {_cny(w.flow_part[i])}.",
+             f"Receivable part: {_pct(w.advance, 0)} of eligible confirmed open receivables "
+             f"{_cny(w.recv[i])} = {_cny(w.recv_part[i])}.",
+             f"Uncapped limit: {_cny(w.uncapped[i])}."]
+    for name in w.binding[i]:
+        if name == "core_line":
+            lines.append(f"Capped by {CAP_SENTENCES[name]}: line {_cny(w.line_of[i])}, suppliers scaled "
+                         f"to {_pct(w.core_scale[i])} of their limits.")
+        elif name == "expected_loss":
+            lines.append(f"Capped by {CAP_SENTENCES[name]} ({_cny(float(w.max_el))} at PD {_pct(w.p[i], 2)}, "
+                         f"LGD {_pct(w.lgd, 0)}): {_cny(w.cap_value[name][i])}.")
         else:
-            lines.append("Limit: CNY 0 (not scorable).")
-        basis.append(lines)
-
-    limit_out = np.where(decision == "decline", 0.0, limit_final)
-    return pd.DataFrame({
-        "firm_id": firm, "flow_share": flow_share, "flow_part": flow_part, "receivable_part": recv_part,
-        "uncapped_limit": uncapped, "limit_cny": limit_out, "binding_caps": binding,
-        "decision": decision, "decision_reasons": reasons, "limit_basis": basis,
-    }, index=frame.index)
+            lines.append(f"Capped by {CAP_SENTENCES[name]}: {_cny(w.cap_value[name][i])}.")
+    if w.lendable[i] and w.unit > 0 and w.limit_final[i] < w.limit[i]:
+        lines.append(f"Rounded down to a multiple of {_cny(w.unit)}.")
+    lines.append("Limit: CNY 0 (declined, see the reasons)." if decision == "decline" else f"Limit: {_cny(w.limit_final[i])}.")
+    return lines
