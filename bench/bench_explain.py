@@ -15,14 +15,15 @@ rows come from).
   of several; one keeps the whole benchmark within ~15 minutes on 2 cores); additivity
   is checked on every row.
   "ratio" is a route's seconds / pred_contrib seconds (> 1: pred_contrib faster).
-* **memos**: one memo per firm, each with its SHAP waterfall, chain picture, propagation
-  paths, reasons, and the three files (HTML, PDF through WeasyPrint, Markdown), in
-  ``WORKERS`` processes (default: all cores), the way ``scf score`` makes them: pictures
-  as inline SVG (one chain layout per core, shared), path decompositions sharing one
-  :class:`~scf_engine.explain.PathContext`. Baseline in the same run: the first design,
-  matplotlib PNG pictures and a full path decomposition per firm, on ``BENCH_MEMOS_PNG``
-  firms (default 100; it costs ~1.2 CPU seconds a memo); "ratio" is the baseline's CPU
-  seconds per memo / ours. Stage shares are of the CPU seconds spent per memo summed
+* **memos**: the decision core (``credit.decide``, what ``scf score`` calls) decides the
+  requested firms, then one memo per scored firm, each with its SHAP waterfall, chain
+  picture, propagation paths, reasons, and the three files (HTML, PDF through WeasyPrint,
+  Markdown), in ``WORKERS`` processes (default: all cores), built by the product's
+  ``memo.context`` (pictures as inline SVG, one chain layout per core, path
+  decompositions sharing one :class:`~scf_engine.explain.PathContext`). Baseline in the
+  same run: the first design, matplotlib PNG pictures and a full path decomposition per
+  firm, on ``BENCH_MEMOS_PNG`` firms (default 100; it costs ~1.2 CPU seconds a memo);
+  "ratio" is the baseline's CPU seconds per memo / ours. Stage shares are of the CPU seconds spent per memo summed
   over workers; PDF "dominates" when it takes more than half.
 
 ``BENCH_EXPLAIN_ROWS``, ``BENCH_MEMOS`` (0: explanations only), ``BENCH_MEMOS_PNG`` and
@@ -54,26 +55,28 @@ WORLD = DATA / f"world_{N_FIRMS}.pkl"
 
 
 def make_world() -> Path:
-    """Simulate, assemble, fit the propagation model and the de-coupled LightGBM; keep
-    what explanations and memos need (made once)."""
+    """Simulate, assemble, fit every model the way ``scf train`` does (pipelines'
+    fit_and_evaluate); keep what explanations and memos need (made once)."""
     if WORLD.is_file():
         return WORLD
-    from scf_engine.assemble import assemble, split_dates
+    from scf_engine.assemble import split_dates
     from scf_engine.ingest import load_dataset
-    from scf_engine.pipelines import fit_propagation_and_decoupled
+    from scf_engine.ingest.requests import read_consents
+    from scf_engine.pipelines.train import fit_and_evaluate
     from scf_engine.simulate import WorldConfig, simulate, write_dataset
 
     DATA.mkdir(parents=True, exist_ok=True)
     path = write_dataset(simulate(WorldConfig(n_firms=N_FIRMS, seed=5, n_months=36)), DATA / f"data_{N_FIRMS}")
     ds = load_dataset(path)
     dates = ds.snapshot_dates()
-    data = assemble(ds, dates)
     train, test = split_dates(dates, n_test=1)
-    prop, dec, tr, te = fit_propagation_and_decoupled(data, train, test)
+    fitted = fit_and_evaluate(ds, dates, train, test)
+    tr, te, dec = fitted.train, fitted.test, fitted.models["decoupled"]
     ok = tr.history_months.notna()
-    world = {"as_of": test[0], "chain": data[test[0]].chain, "prop": prop, "dec": dec,
-             "rows": pd_concat([tr[ok], te[te.history_months.notna()]])[dec.features_ + ["industry"]],
-             "tr": tr[ok][dec.features_ + ["industry"]], "te": te[te.history_months.notna()], "quarantine": ds.report}
+    models = {"propagation": fitted.propagation, "decoupled": dec, "hybrid": fitted.models["hybrid"]}
+    world = {"as_of": test[0], "data": fitted.data[test[0]], "models": models, "dec": dec, "dataset": ds,
+             "consents": read_consents(path / "consents.csv"),
+             "rows": pd_concat([tr[ok], te[te.history_months.notna()]])[dec.features_ + ["industry"]]}
     tmp = WORLD.with_suffix(".tmp")
     tmp.write_bytes(pickle.dumps(world))
     tmp.replace(WORLD)
@@ -123,47 +126,50 @@ def _init_worker(out_dir: str, style: str):
     _W["style"] = style
 
 
-def _one_memo(task):
-    """Build one firm's context and render it, stage by stage as ``render_memo`` does
-    (view -> HTML -> PDF from that HTML -> Markdown); per-stage CPU seconds."""
-    import pandas as pd
-
-    from scf_engine.explain import path_decomposition, path_rows
+def _baseline_context(ctx, fid):
+    """The first memo design: matplotlib PNG pictures and a full path decomposition per
+    firm, on the decision core's numbers."""
+    from scf_engine.explain import path_decomposition
     from scf_engine.explain.plots import waterfall_plot
-    from scf_engine.memo import chain_position, firm_record, neighbourhood_png
-    from scf_engine.memo.render import _is_svg, memo_stem, render_html, render_markdown, view, write_pdf
-    from scf_engine.memo.svg import waterfall_svg
+    from scf_engine.memo import neighbourhood_png
 
-    k, fid, contrib_row, x_row, reasons, model_pds, final = task
     w = _W["world"]
-    chain, prop, frame = w["chain"], w["prop"], w["frame"]
-    svg = _W["style"] == "svg"
     times = {}
     t = time.process_time()
-    covered = bool(frame.at[fid, "covered"]) if fid in frame.index else False
-    if not covered:
-        paths = None
-    elif svg:
-        paths = path_rows(prop, chain, fid, max_len=4, context=w["paths_ctx"])
-    else:
-        paths = path_decomposition(prop, chain, fid, max_len=4, frame=frame)
+    if ctx["propagation_paths"] is not None:
+        ctx["propagation_paths"] = path_decomposition(w["models"]["propagation"], w["data"].chain, fid, max_len=3)
     times["paths"] = time.process_time() - t
     t = time.process_time()
-    wf = waterfall_svg(contrib_row, x_row, w["labels"]) if svg else waterfall_plot(contrib_row, x_row, None, lang="zh", dpi=90)
+    k = w["decisions"].limits.index[w["decisions"].limits["firm_id"] == fid][0]
+    src = w["decisions"].limits.at[k, "pd_source"]
+    if src in w["decisions"].contributions:
+        x = w["data"].table.loc[fid, w["models"][src].features_]
+        ctx["waterfall_png"] = waterfall_plot(w["decisions"].contributions[src].loc[k], x, None, lang="zh", dpi=90)
+    ctx.pop("waterfall_svg", None)
     times["waterfall"] = time.process_time() - t
     t = time.process_time()
-    nb = w["pictures"].svg(fid) if svg else neighbourhood_png(chain, fid)
+    ctx["neighbourhood_png"] = neighbourhood_png(w["data"].chain, fid)
+    ctx.pop("neighbourhood_svg", None)
     times["chain_picture"] = time.process_time() - t
-    dq = [{"file": r["file"], "line": r["line"], "column": r["column"], "reason": r["reason"]}
-          for r in w["quarantine"].rows_touching(fid).head(20).to_dict("records")]
-    ctx = {
-        "firm": firm_record(chain, fid), "as_of": w["as_of"], "chain_position": chain_position(chain, fid),
-        "neighbourhood_png": nb, "models": model_pds, "final": final, "reasons": reasons, "waterfall_png": wf,
-        "propagation_paths": paths, "data_quality": dq,
-        "mlflow": {"run_id": "0" * 32, "experiment": "bench-explain", "tracking_uri": "sqlite:///mlflow.db"},
-        "generated_at": pd.Timestamp.now(),
-    }
-    out = _W["out"] / f"{k % 50:02d}"  # keep directories small
+    return ctx, times
+
+
+def _one_memo(i):
+    """Build request row ``i``'s memo context (the product's memo.context, or the
+    baseline's pictures) and render it stage by stage as ``render_memo`` does (view ->
+    HTML -> PDF from that HTML -> Markdown); per-stage CPU seconds."""
+    from scf_engine.memo.context import memo_context
+    from scf_engine.memo.render import memo_stem, render_html, render_markdown, view, write_pdf
+
+    w = _W["world"]
+    t = time.process_time()
+    ctx = memo_context(i, w["decisions"], w["data"], w["models"], w["shared"], w["provenance"], w["dataset"].report)
+    times = {"context": time.process_time() - t}
+    fid = ctx["firm"]["firm_id"]
+    if _W["style"] == "png":
+        ctx, extra = _baseline_context(ctx, fid)
+        times.update(extra)
+    out = _W["out"] / f"{i % 50:02d}"  # keep directories small
     out.mkdir(parents=True, exist_ok=True)
     stem = memo_stem(ctx)
     t = time.process_time()
@@ -175,15 +181,10 @@ def _one_memo(task):
     write_pdf(html, out / f"{stem}.pdf", base_url=str(out))
     times["pdf"] = time.process_time() - t
     t = time.process_time()
-    names = {}
-    for key, png in (("neighbourhood", v["neighbourhood_png"]), ("waterfall", v["waterfall_png"])):
-        if png is not None:
-            names[key] = f"{stem}.{key}.{'svg' if _is_svg(png) else 'png'}"
-            (out / names[key]).write_bytes(png)
-    (out / f"{stem}.md").write_text(render_markdown(ctx, v, names), encoding="utf-8")
+    (out / f"{stem}.md").write_text(render_markdown(ctx, v, {}), encoding="utf-8")
     times["md"] = time.process_time() - t
     sizes = {f: (out / f"{stem}.{f}").stat().st_size for f in ("html", "pdf", "md")}
-    if k >= 3:  # keep three examples, drop the rest as we go (1,000 memos are ~1 GB)
+    if i >= 3:  # keep three examples, drop the rest as we go (1,000 memos are ~1 GB)
         for p in out.glob(f"{stem}*"):
             p.unlink()
     return times, sizes
@@ -191,55 +192,36 @@ def _one_memo(task):
 
 def memos(n: int, workers: int, style: str = "svg"):
     """``n`` memos in ``workers`` processes: wall seconds, and per-stage CPU seconds.
+    The decisions come from the decision core (``credit.decide``) on ``n`` requested firms;
     ``style``: ``svg`` (what ``scf score`` does) or ``png`` (the first design)."""
     import multiprocessing as mp
 
     import pandas as pd
 
-    from scf_engine.explain import contributions, path_context, reason_codes
-    from scf_engine.features.catalogue import load_catalogue
-    from scf_engine.memo.svg import ChainPictures
-    from scf_engine.propagation.transmission import transmission
+    from scf_engine import policies
+    from scf_engine.credit import decide
+    from scf_engine.ingest.requests import requests_frame
+    from scf_engine.memo.context import Provenance, _BatchShared
 
     world = _load()
-    chain, prop, dec = world["chain"], world["prop"], world["dec"]
-    te = world["te"].set_index("firm_id")
-    firms = te.index[:n]
+    data, models = world["data"], world["models"]
+    firms = data.table.index[data.table["history_months"].notna()][:n]
     if len(firms) < n:
         raise RuntimeError(f"only {len(firms)} scorable firms at {world['as_of']}; need {n}")
     t0 = time.perf_counter()
-    X = te.loc[firms]
-    contrib = contributions(dec, X)
-    reasons = reason_codes(contrib, X, dec.features_, reference=world["tr"])
-    p_dec = dec.predict_proba(X)[:, 1]
-    frame = prop.predict_frame(chain)
-    world["frame"] = frame
-    if style == "svg":  # shared by the batch, as scoring does
-        world["paths_ctx"] = path_context(prop, chain, tr=transmission(chain), frame=frame)
-        world["pictures"] = ChainPictures(chain, pd.Series(p_dec, index=firms))
-        world["labels"] = {s.name: s.label_en for s in load_catalogue().specs}
+    decisions = decide(data, models, policies.load_all(), requests_frame(pd.DataFrame({"firm_id": firms})),
+                       dataset=world["dataset"], consents=world["consents"])
+    world.update(decisions=decisions, shared=_BatchShared(decisions, data, models),
+                 provenance=Provenance({k: {"version": "1", "run_id": "0" * 32} for k in models}, "0" * 32, "bench-explain",
+                                       "sqlite:///mlflow.db"))
     batch_s = time.perf_counter() - t0
     _W["world"] = world  # inherited by the forked workers
-    tasks = []
-    for k, fid in enumerate(firms):
-        pdv = float(p_dec[k])
-        pprop = frame.at[fid, "pd"] if fid in frame.index else np.nan
-        score = float(np.clip(100 - 12 * np.log2(max(pdv, 1e-6) / 0.0003), 0, 100))
-        grade = "premium" if score >= 90 else "grade_1" if score >= 75 else "alternate"
-        limit = float(round(min(0.3 * X.at[fid, "trade_in_12m"], 5e6) * (score >= 60), -3))
-        final = {"pd": pdv, "score": score, "grade": grade, "limit_cny": limit,
-                 "decision": "approve" if score >= 75 else "review" if score >= 60 else "decline",
-                 "limit_basis": [f"Flows: 30% of trade inflow, last 12 months (¥{X.at[fid, 'trade_in_12m']:,.0f})",
-                                 "Product cap: ¥5,000,000", "Bench memo: illustrative limit"]}
-        models = [{"name": "propagation", "pd": None if np.isnan(pprop) else float(pprop), "version": "1",
-                   "run_id": "1" * 32, "reason": None if not np.isnan(pprop) else "no supply path to a core"},
-                  {"name": "decoupled", "pd": pdv, "version": "1", "run_id": "2" * 32}]
-        tasks.append((k, fid, contrib.loc[fid], X.loc[fid], reasons[fid], models, final))
+    rows = list(decisions.limits.index[decisions.scored])
     out_dir = Path(tempfile.mkdtemp(prefix="memos_", dir=DATA))
     t1 = time.perf_counter()
     ctx = mp.get_context("fork")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(str(out_dir), style)) as pool:
-        results = pool.map(_one_memo, tasks, chunksize=4)
+        results = pool.map(_one_memo, rows, chunksize=4)
     wall = time.perf_counter() - t1
     examples = DATA / "memo_examples"
     shutil.rmtree(examples, ignore_errors=True)
@@ -250,7 +232,7 @@ def memos(n: int, workers: int, style: str = "svg"):
         for k, v in times.items():
             stages[k] = stages.get(k, 0.0) + v
     sizes = {f: statistics.mean(s[f] for _, s in results) for f in ("html", "pdf", "md")}
-    return {"memos": n, "workers": workers, "memo_wall_s": wall, "batch_explain_s": batch_s,
+    return {"memos": len(rows), "workers": workers, "memo_wall_s": wall, "batch_explain_s": batch_s,
             "stage_cpu_s": stages, "mean_bytes": sizes}
 
 
