@@ -15,11 +15,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, RECEIVABLES, FileSpec
+from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, RECEIVABLES, DatasetError, FileSpec, locate
 from scf_engine.dataset import Dataset
 from scf_engine.duck import connect
 from scf_engine.ingest.quarantine import QuarantineReport
-from scf_engine.ingest.reading import DatasetError, LoadedFile, file_sha256, locate, read_file
+from scf_engine.ingest.reading import LoadedFile, file_sha256, read_file
 from scf_engine.ingest.rules import (
     H,
     _parse_exprs,

@@ -34,14 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from scf_engine.contract import FALSE_SPELLINGS, FILE_EXTENSIONS, TRUE_SPELLINGS, FileSpec
+from scf_engine.contract import FALSE_SPELLINGS, TRUE_SPELLINGS, DatasetError, FileSpec
 
 CHUNK = 1 << 24  # 16 MiB
-
-
-class DatasetError(Exception):
-    """The dataset cannot be used: a missing file or column, an unreadable file, or nothing
-    left to score. The message is one line naming the file and the problem (exit code 2)."""
 
 
 @dataclass
@@ -78,14 +73,6 @@ class LoadedFile:
     @property
     def n_read(self) -> int:
         return self.table.num_rows + len(self.malformed)
-
-
-def locate(folder: Path, spec: FileSpec) -> Path | None:
-    """The path of ``spec``'s file in ``folder`` (CSV or Parquet), or None if absent."""
-    found = [folder / f"{spec.name}{ext}" for ext in FILE_EXTENSIONS if (folder / f"{spec.name}{ext}").is_file()]
-    if len(found) > 1:
-        raise DatasetError(f"{folder}: both {found[0].name} and {found[1].name} are present; keep one")
-    return found[0] if found else None
 
 
 def file_sha256(path: Path) -> str:
