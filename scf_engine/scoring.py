@@ -20,7 +20,6 @@ empty PD, ``decline`` and the reason: never a silent gap.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,8 +36,9 @@ from scf_engine.credit.envelope import allocate_envelope
 from scf_engine.credit.limits import apply_limits, core_lines, eligible_receivables
 from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
 from scf_engine.dataset import as_timestamp
+from scf_engine.hashing import file_sha256
 from scf_engine.ingest import load_dataset
-from scf_engine.ingest.reading import DatasetError, file_sha256, read_small_csv
+from scf_engine.ingest.reading import DatasetError, read_small_csv
 
 DEFAULT_AUDIT_LOG = Path("audit/audit.jsonl")
 
@@ -385,7 +385,3 @@ def _write_memos(memo_dir, formats, result, ok, status, ds, chain, table, models
             "generated_at": datetime.now(timezone.utc),
         }
         render_memo(ctx, memo_dir, formats)
-
-
-def batch_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

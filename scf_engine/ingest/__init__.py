@@ -19,7 +19,8 @@ from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, RECEIVABLES, Data
 from scf_engine.dataset import Dataset
 from scf_engine.duck import connect
 from scf_engine.ingest.quarantine import QuarantineReport
-from scf_engine.ingest.reading import LoadedFile, file_sha256, read_file
+from scf_engine.hashing import file_sha256
+from scf_engine.ingest.reading import LoadedFile, read_file
 from scf_engine.ingest.rules import (
     H,
     _parse_exprs,

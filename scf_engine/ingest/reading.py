@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,14 +72,6 @@ class LoadedFile:
     @property
     def n_read(self) -> int:
         return self.table.num_rows + len(self.malformed)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_file(path: Path, spec: FileSpec) -> LoadedFile:
