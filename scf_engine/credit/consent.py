@@ -29,7 +29,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from scf_engine.ingest.reading import DatasetError
+from scf_engine.ingest.reading import DatasetError, decode
 
 COLUMNS = ("firm_id", "granted_on", "expires_on")
 STATUSES = ("ok", "missing", "expired", "not_yet_valid")
@@ -38,13 +38,10 @@ _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[ T]\d{2}:\d{2}:\d{2})?$")
 
 
 def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    for enc in ("utf-8-sig", "gb18030"):  # the contract's two encodings
-        try:
-            return raw.decode(enc)
-        except UnicodeDecodeError:
-            continue
-    raise DatasetError(f"{path.name}: not UTF-8 or GB18030 text")
+    text = decode(path.read_bytes())  # the contract's two encodings
+    if text is None:
+        raise DatasetError(f"{path.name}: not UTF-8 or GB18030 text")
+    return text
 
 
 def _parse_dates(values: pd.Series, column: str, path: Path, *, allow_empty: bool) -> pd.Series:
