@@ -197,7 +197,7 @@ def memos(n: int, workers: int, style: str = "svg"):
     import pandas as pd
 
     from scf_engine.explain import contributions, path_context, reason_codes
-    from scf_engine.features.catalogue import load_catalogue
+    from scf_engine.catalogue import load_catalogue
     from scf_engine.memo.svg import ChainPictures
     from scf_engine.propagation.transmission import transmission
 

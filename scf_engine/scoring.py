@@ -297,7 +297,7 @@ def _propagation_reasons(model, chain, firm_ids):
     core credit, the core's registry record, its own registry evidence), in the
     catalogue's words, largest first."""
     from scf_engine.explain.reasons import Reason
-    from scf_engine.features.catalogue import load_catalogue
+    from scf_engine.catalogue import load_catalogue
 
     cat = load_catalogue()
     X, _ = model.design(chain)
@@ -339,7 +339,7 @@ def _write_memos(memo_dir, formats, result, ok, status, ds, chain, table, models
     propagation frame and weights, the PDs that colour the chain picture, one chain
     layout per core; per firm only templating is left (pictures are SVG)."""
     from scf_engine.explain import path_context, path_rows
-    from scf_engine.features.catalogue import load_catalogue
+    from scf_engine.catalogue import load_catalogue
     from scf_engine.memo import chain_position, firm_record, render_memo
     from scf_engine.memo.svg import ChainPictures, waterfall_svg
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scf_engine.catalogue import load_catalogue
 from scf_engine.dataset import Dataset
-from scf_engine.features import flow_features, load_catalogue
+from scf_engine.features import flow_features
 from scf_engine.features.authenticity import cycle_edges
 from scf_engine.contract import make_uscc
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
 from scf_engine.duck import connect
 from scf_engine.features.authenticity import authenticity_features
-from scf_engine.features.catalogue import Catalogue, load_catalogue
 from scf_engine.ingest.rules import sql_list
 
 LOOKBACK_MONTHS = 24

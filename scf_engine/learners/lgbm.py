@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 
 from scf_engine import policies
-from scf_engine.features.catalogue import load_catalogue
+from scf_engine.catalogue import load_catalogue
 from scf_engine.numeric import sigmoid
 
 

@@ -155,7 +155,7 @@ class CorePropagation(BaseEstimator):
         """Bounds from economics: a weaker core never makes its chain safer (transmission
         and core-evidence weights >= 0); standalone evidence follows the catalogue's
         expected direction of risk."""
-        from scf_engine.features.catalogue import load_catalogue
+        from scf_engine.catalogue import load_catalogue
 
         cat = load_catalogue()
         bounds = []
