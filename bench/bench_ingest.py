@@ -113,7 +113,7 @@ def baseline_parquet(folder):
 def reader_only(folder):
     """Read the flows file into the contract's types and hand it to pandas, checking nothing."""
     from scf_engine.contract import FLOWS, locate
-    from scf_engine.ingest import _to_frame
+    from scf_engine.ingest.load import _to_frame
     from scf_engine.ingest.reading import read_file
 
     lf = read_file(locate(Path(folder), FLOWS), FLOWS)

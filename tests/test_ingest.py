@@ -361,7 +361,7 @@ def test_duplicate_keys_are_found_whether_or_not_the_keys_come_sorted():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from scf_engine.ingest import _duplicate_rows
+    from scf_engine.ingest.load import _duplicate_rows
     from scf_engine.duck import connect
 
     con = connect()
