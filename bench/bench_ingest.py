@@ -39,7 +39,7 @@ DATA = Path("out/bench/ingest")
 def make_data(rows: int = ROWS) -> tuple[Path, Path]:
     """A contract dataset with ``rows`` flows (CSV and Parquet copies), made once."""
     from scf_engine.simulate.emit import sequential_ids
-    from scf_engine.simulate.world import make_uscc
+    from scf_engine.contract import make_uscc
 
     csv_dir, pq_dir = DATA / f"csv_{rows}", DATA / f"parquet_{rows}"
     if (csv_dir / "flows.csv").exists() and (pq_dir / "flows.parquet").exists():
@@ -112,9 +112,9 @@ def baseline_parquet(folder):
 
 def reader_only(folder):
     """Read the flows file into the contract's types and hand it to pandas, checking nothing."""
-    from scf_engine.contract import FLOWS
-    from scf_engine.ingest import _to_frame
-    from scf_engine.ingest.reading import locate, read_file
+    from scf_engine.contract import FLOWS, locate
+    from scf_engine.ingest.load import _to_frame
+    from scf_engine.ingest.reading import read_file
 
     lf = read_file(locate(Path(folder), FLOWS), FLOWS)
     df = _to_frame(lf.table.drop_columns(["_row"]), FLOWS)

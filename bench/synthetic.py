@@ -9,7 +9,7 @@ not a credit story, so everything here is numpy-vectorised:
   other), tier-2 suppliers (sell to tier-1 suppliers of one chain and to each other),
   distributors (buy from 1-2 cores and from each other), unattached SMEs (sell to
   each other and to distributors), and a few rings of firms passing near-equal amounts
-  round a loop; valid USCC firm ids (:func:`scf_engine.simulate.world.make_uscc`);
+  round a loop; valid USCC firm ids (:func:`scf_engine.contract.make_uscc`);
 * receivables on the chain links, in proportion to link size: confirmed mostly when the
   buyer is a core, paid around the due date (some buyers late, a few not at all);
 * flows over 24 months: the paid receivables as firm-to-firm trade, some unregistered
@@ -61,7 +61,7 @@ def firm_ids(n: int) -> np.ndarray:
     path = ROOT / f"ids_{n}.npy"
     if path.exists():
         return np.load(path, allow_pickle=False)
-    from scf_engine.simulate.world import make_uscc
+    from scf_engine.contract import make_uscc
 
     ids = np.array([make_uscc(REGIONS[i % len(REGIONS)], 10_000_000 + i) for i in range(n)])
     path.parent.mkdir(parents=True, exist_ok=True)

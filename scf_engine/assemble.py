@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from scf_engine.catalogue import load_catalogue
 from scf_engine.dataset import Dataset, Snapshot
 from scf_engine.duck import connect
-from scf_engine.features import flow_features, load_catalogue
+from scf_engine.features import flow_features
 from scf_engine.graph import Chain, build_chain
 
 CONTEXT_COLUMNS = ("industry", "region", "batch_group", "role")

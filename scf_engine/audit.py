@@ -7,7 +7,7 @@ data access and operation" (domain notes). This log is JSON Lines, one entry a l
      "prev_hash": "...", "seq": 7, "timestamp": "2026-03-01T08:15:02.123456Z"}
 
 ``details`` carries what makes a run reproducible: firm ids, input file hashes, model
-versions, policy hashes, the output file's hash (:func:`file_sha256` helps).
+versions, policy hashes, the output file's hash (:func:`scf_engine.hashing.file_sha256` helps).
 
 Each entry's ``hash`` is the sha256 of the canonical JSON (sorted keys, no whitespace,
 UTF-8) of the entry without ``hash``; its ``prev_hash`` is the previous entry's ``hash``
@@ -56,15 +56,6 @@ def canonical(obj: Any) -> bytes:
 def entry_hash(entry: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``entry`` without its ``hash`` field."""
     return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, for ``details`` (input files, outputs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _plain(value: Any) -> Any:

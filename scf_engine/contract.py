@@ -4,13 +4,19 @@ and exit codes live.
 ``../shared/data-contract.md`` is the text a bank reads; this module is what the engine
 reads. Everything that checks, writes or simulates data imports its names from here, so a
 change to the contract is a change to one file. Nothing in here imports the rest of the
-engine.
+engine: ingest, simulate and dataset all sit on top of it, so helpers that more than one
+of them needs (minting a valid firm id, finding a contract file in a folder) live here too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
+
+from stdnum.cn import uscc
+
+from scf_engine.errors import DatasetError  # raised by locate; the one error base lives in errors.py
 
 CONTRACT_VERSION = "1"
 
@@ -131,6 +137,15 @@ DEFAULTS = FileSpec(
 FILES: tuple[FileSpec, ...] = (FIRMS, RECEIVABLES, FLOWS, DEFAULTS)
 FILE_EXTENSIONS = (".csv", ".parquet")
 
+
+def locate(folder: Path, spec: FileSpec) -> Path | None:
+    """The path of ``spec``'s file in ``folder`` (CSV or Parquet), or None if absent."""
+    found = [folder / f"{spec.name}{ext}" for ext in FILE_EXTENSIONS if (folder / f"{spec.name}{ext}").is_file()]
+    if len(found) > 1:
+        raise DatasetError(f"{folder}: both {found[0].name} and {found[1].name} are present; keep one")
+    return found[0] if found else None
+
+
 # Batch request and result.
 BATCH_COLUMNS = ("firm_id", "requested_amount")
 LIMITS_COLUMNS = (
@@ -158,3 +173,21 @@ def grade_for_score(score: float) -> str:
     if score >= GRADE_FLOORS["grade_1"]:
         return "grade_1"
     return "alternate"
+
+
+# Firm ids are unified social credit codes (GB 32100).
+
+def org_code_check(code8: str) -> str:
+    """GB 11714 organisation code check character for an 8-character body."""
+    weights = (3, 7, 9, 10, 5, 8, 4, 2)
+    total = sum(int(c, 36) * w for c, w in zip(code8, weights))
+    c9 = 11 - total % 11
+    return "X" if c9 == 10 else "0" if c9 == 11 else str(c9)
+
+
+def make_uscc(region: str, serial: int) -> str:
+    """A valid 18-character unified social credit code: 9 (market regulator), 1 (enterprise),
+    the region, a GB 11714 organisation code, and the GB 32100 check character."""
+    body8 = f"{serial:08d}"
+    partial = "91" + region + body8 + org_code_check(body8)
+    return partial + uscc.calc_check_digit(partial)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.contract import LABEL_HORIZON_DAYS
+from scf_engine.hashing import file_sha256
 
 
 def as_timestamp(value) -> pd.Timestamp:
@@ -66,8 +67,6 @@ class Dataset:
         """SHA-256 of each source file, computed once on first use (tracking needs it,
         validation does not)."""
         if self._fingerprints is None:
-            from scf_engine.ingest.reading import file_sha256
-
             self._fingerprints = {name: file_sha256(p) for name, p in sorted(self.files.items())}
         return self._fingerprints
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from scf_engine import audit
+from scf_engine.hashing import file_sha256
 
 
 def make_log(tmp_path, n=5) -> Path:
@@ -194,7 +195,7 @@ def test_file_sha256(tmp_path):
     p = tmp_path / "x.csv"
     p.write_bytes(b"firm_id\n")
     import hashlib
-    assert audit.file_sha256(p) == hashlib.sha256(b"firm_id\n").hexdigest()
+    assert file_sha256(p) == hashlib.sha256(b"firm_id\n").hexdigest()
 
 
 def test_cli_verify_prints_the_head_and_checks_an_anchor(tmp_path):

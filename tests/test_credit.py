@@ -25,7 +25,7 @@ from scf_engine.credit import (
 from scf_engine.credit.envelope import trim_expected_loss, water_fill
 from scf_engine.graph.build import Chain
 from scf_engine.ingest.requests import read_consents
-from scf_engine.ingest.reading import DatasetError
+from scf_engine.errors import DatasetError
 from scf_engine.policies import PolicyError
 
 # ----------------------------------------------------------------------------- score scale

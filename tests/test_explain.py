@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scf_engine.catalogue import load_catalogue
 from scf_engine.explain import (additivity_error, contributions, core_decomposition, format_reasons,
                                 path_context, path_decomposition, path_rows, reason_codes)
 from scf_engine.explain.reasons import Reason
-from scf_engine.features.catalogue import load_catalogue
 from scf_engine.graph import Chain
 from scf_engine.propagation.transmission import transmission
 

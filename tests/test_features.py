@@ -8,10 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scf_engine.catalogue import load_catalogue
 from scf_engine.dataset import Dataset
-from scf_engine.features import flow_features, load_catalogue
+from scf_engine.features import flow_features
 from scf_engine.features.authenticity import cycle_edges
-from scf_engine.simulate.world import make_uscc
+from scf_engine.contract import make_uscc
 
 T = pd.Timestamp("2025-01-01")
 A, B, C, D = (make_uscc("320281", 20_000_000 + i) for i in range(4))

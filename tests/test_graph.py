@@ -17,7 +17,7 @@ from scf_engine.graph.export import export_chain, plot_chain
 from scf_engine.ingest import load_dataset
 from scf_engine.propagation import CorePropagation, transmission
 from scf_engine.propagation.stress import debtrank, stress_core
-from scf_engine.simulate.world import make_uscc
+from scf_engine.contract import make_uscc
 
 T = pd.Timestamp("2024-07-01")
 

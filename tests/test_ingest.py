@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from scf_engine.cli import app
 from scf_engine.ingest import DatasetError, load_dataset
 from scf_engine.simulate.faults import write_faulty_copy
-from scf_engine.simulate.world import make_uscc
+from scf_engine.contract import make_uscc
 from tests.conftest import write_csv
 
 F1, F2, F3, CORE = (make_uscc("320281", s) for s in (11111111, 22222222, 33333333, 44444444))
@@ -361,7 +361,7 @@ def test_duplicate_keys_are_found_whether_or_not_the_keys_come_sorted():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from scf_engine.ingest import _duplicate_rows
+    from scf_engine.ingest.load import _duplicate_rows
     from scf_engine.duck import connect
 
     con = connect()

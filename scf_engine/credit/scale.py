@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.contract import grade_for_score
+from scf_engine.numeric import logit, sigmoid
 from scf_engine.policies import Policy, PolicyError, as_data, validate
 
 # smallest / largest PD the log-odds are taken of; keeps pd = 0 or 1 finite
@@ -36,13 +37,6 @@ PD_EPS = 1e-12
 MODELS = ("hybrid", "decoupled", "propagation")  # column pd_<name> of the scoring frame
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, PD_EPS, 1 - PD_EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def _expit(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 # --------------------------------------------------------------------------- score scale
@@ -146,7 +140,7 @@ class ScoreScale:
         p = np.asarray(pd_, dtype=float)
         if np.any((p < 0) | (p > 1)):
             raise ValueError("PDs must lie in [0, 1]")
-        s = self.base_score + self.factor * (_logit(1 - p) - math.log(self.base_odds))
+        s = self.base_score + self.factor * (logit(1 - p, PD_EPS, log1p=True) - math.log(self.base_odds))
         s = np.clip(s, self.min_score, self.max_score)
         return np.round(s, self.decimals) if self.decimals is not None else s
 
@@ -155,7 +149,7 @@ class ScoreScale:
         a clipped score returns the PD at the clip point)."""
         s = np.clip(np.asarray(score, dtype=float), self.min_score, self.max_score)
         log_odds = math.log(self.base_odds) + (s - self.base_score) / self.factor
-        return _expit(-log_odds)
+        return sigmoid(-log_odds)
 
     def grade(self, pd_: Any) -> np.ndarray:
         """The contract grade of each PD (object array; None where the PD is NaN)."""
@@ -218,9 +212,9 @@ def final_pd(frame: pd.DataFrame, policy: Policy | Mapping[str, Any]) -> pd.Data
     avail = pds.notna().to_numpy()
     wa = avail * w  # weights of the models that scored each firm
     total = wa.sum(axis=1)
-    z = np.where(avail, _logit(pds.fillna(0.5).to_numpy()), 0.0)
+    z = np.where(avail, logit(pds.fillna(0.5).to_numpy(), PD_EPS, log1p=True), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        blended = _expit((wa * z).sum(axis=1) / total)
+        blended = sigmoid((wa * z).sum(axis=1) / total)
     blended = np.where(total > 0, blended, np.nan)
     # a single available model gives its own PD exactly (no logit round-off)
     single = avail.sum(axis=1) == 1

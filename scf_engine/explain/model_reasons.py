@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from scf_engine.explain.reasons import Reason, contributions, reason_codes
-from scf_engine.features.catalogue import load_catalogue
+from scf_engine.catalogue import load_catalogue
 
 
 def shap_reasons(model, X: pd.DataFrame, reference: pd.DataFrame) -> tuple[list, pd.DataFrame]:

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from scf_engine.features.catalogue import load_catalogue
+from scf_engine.catalogue import load_catalogue
 
 EXPECTED = "expected_value"
 FONTS = ["WenQuanYi Micro Hei", "Noto Sans CJK SC", "Noto Sans CJK JP", "DejaVu Sans"]

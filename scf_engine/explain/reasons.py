@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from scf_engine.features.catalogue import load_catalogue
+from scf_engine.catalogue import load_catalogue
 
 EXPECTED = "expected_value"
 DIRECTION_WORDS = {

@@ -79,8 +79,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from scf_engine.contract import FILE_EXTENSIONS, FIRMS, FLOWS, RECEIVABLES, FileSpec
-from scf_engine.simulate.world import make_uscc
+from scf_engine.contract import FILE_EXTENSIONS, FIRMS, FLOWS, RECEIVABLES, FileSpec, make_uscc
 
 __all__ = ["ColumnRule", "FirmsRule", "Mapping", "UNMAPPED", "firm_ids", "import_export", "load_mapping"]
 

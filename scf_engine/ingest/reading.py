@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,12 +33,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from scf_engine.contract import FALSE_SPELLINGS, FILE_EXTENSIONS, TRUE_SPELLINGS, FileSpec
+from scf_engine.contract import FALSE_SPELLINGS, TRUE_SPELLINGS, FileSpec
+from scf_engine.errors import DatasetError
 
 CHUNK = 1 << 24  # 16 MiB
-
-
-from scf_engine.errors import DatasetError  # noqa: E402  (re-exported: the ingest API names it)
 
 
 @dataclass
@@ -76,22 +73,6 @@ class LoadedFile:
     @property
     def n_read(self) -> int:
         return self.table.num_rows + len(self.malformed)
-
-
-def locate(folder: Path, spec: FileSpec) -> Path | None:
-    """The path of ``spec``'s file in ``folder`` (CSV or Parquet), or None if absent."""
-    found = [folder / f"{spec.name}{ext}" for ext in FILE_EXTENSIONS if (folder / f"{spec.name}{ext}").is_file()]
-    if len(found) > 1:
-        raise DatasetError(f"{folder}: both {found[0].name} and {found[1].name} are present; keep one")
-    return found[0] if found else None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_file(path: Path, spec: FileSpec) -> LoadedFile:
@@ -163,18 +144,45 @@ def _finish(table: pa.Table, spec: FileSpec, typed: bool) -> pa.Table:
     return table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
 
 
+# --- Encoding --------------------------------------------------------------------------
+
+ENCODINGS = ("utf-8", "gb18030")  # the contract's two; UTF-8 with or without a BOM
+
+
+def text_encoding(data: bytes | Path) -> str | None:
+    """The contract encoding ``data`` decodes in: ``"utf-8"`` (BOM or not), else
+    ``"gb18030"``; None when it is neither. ``data`` is bytes, or a file's path, read in
+    chunks so a large file is never held whole. Every UTF-8/GB18030 decision of the engine
+    (headers, data files, batch and consent files) is made here."""
+    for encoding in ENCODINGS:
+        decoder = codecs.getincrementaldecoder(encoding)()
+        try:
+            if isinstance(data, (bytes, bytearray)):
+                decoder.decode(data, final=True)
+            else:
+                with open(data, "rb") as fh:
+                    while chunk := fh.read(CHUNK):
+                        decoder.decode(chunk)
+                    decoder.decode(b"", final=True)
+            return encoding
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def decode(raw: bytes) -> str | None:
+    """``raw`` as text in the contract encoding it is in (a UTF-8 BOM dropped), or None."""
+    encoding = text_encoding(raw)
+    return None if encoding is None else raw.decode("utf-8-sig" if encoding == "utf-8" else encoding)
+
+
 # --- CSV -------------------------------------------------------------------------------
 
 def _header(path: Path) -> list[str]:
     with open(path, "rb") as fh:
         raw = fh.readline()
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            line = raw.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
+    line = decode(raw)
+    if line is None:
         raise DatasetError(f"{path.name}: unreadable: the header is neither UTF-8 nor GB18030")
     names = next(csv.reader([line.strip("\r\n")]), [])
     if not names:
@@ -184,17 +192,10 @@ def _header(path: Path) -> list[str]:
 
 def _csv_encoding(path: Path) -> str:
     """``utf-8`` when the file decodes as UTF-8, else ``gb18030``; else unreadable."""
-    for encoding in ("utf-8", "gb18030"):
-        decoder = codecs.getincrementaldecoder(encoding)()
-        try:
-            with open(path, "rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    decoder.decode(chunk)
-                decoder.decode(b"", final=True)
-            return encoding
-        except UnicodeDecodeError:
-            continue
-    raise DatasetError(f"{path.name}: unreadable: neither UTF-8 nor GB18030 text")
+    encoding = text_encoding(path)
+    if encoding is None:
+        raise DatasetError(f"{path.name}: unreadable: neither UTF-8 nor GB18030 text")
+    return encoding
 
 
 def _pyarrow_csv(path, names, encoding, column_types, bad_rows, **convert):

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.errors import DatasetError
-from scf_engine.ingest.reading import read_small_csv
+from scf_engine.ingest.reading import decode, read_small_csv
 
 CONSENT_COLUMNS = ("firm_id", "granted_on", "expires_on")
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[ T]\d{2}:\d{2}:\d{2})?$")
@@ -61,13 +61,10 @@ def requests_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    for enc in ("utf-8-sig", "gb18030"):  # the contract's two encodings
-        try:
-            return raw.decode(enc)
-        except UnicodeDecodeError:
-            continue
-    raise DatasetError(f"{path.name}: not UTF-8 or GB18030 text")
+    text = decode(path.read_bytes())  # the contract's two encodings
+    if text is None:
+        raise DatasetError(f"{path.name}: not UTF-8 or GB18030 text")
+    return text
 
 
 def _parse_dates(values: pd.Series, column: str, path: Path, *, allow_empty: bool) -> pd.Series:

@@ -18,11 +18,8 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 
 from scf_engine import policies
-from scf_engine.features.catalogue import load_catalogue
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+from scf_engine.catalogue import load_catalogue
+from scf_engine.numeric import sigmoid
 
 
 class LightGBMPD(BaseEstimator):

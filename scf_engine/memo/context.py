@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from scf_engine.explain import path_context, path_rows
-from scf_engine.features.catalogue import load_catalogue
+from scf_engine.catalogue import load_catalogue
 from scf_engine.memo.render import chain_position, firm_record, render_memo
 from scf_engine.memo.svg import ChainPictures, waterfall_svg
 

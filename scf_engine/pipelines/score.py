@@ -25,7 +25,7 @@ from scf_engine.credit.decide import BatchOptions, Decisions, decide
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import PolicyError, RequestError
-from scf_engine.ingest.reading import file_sha256
+from scf_engine.hashing import file_sha256
 from scf_engine.ingest import load_dataset
 from scf_engine.ingest.requests import read_batch, read_consents, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos

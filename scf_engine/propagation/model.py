@@ -32,16 +32,8 @@ from sklearn.linear_model import LogisticRegression
 
 from scf_engine import policies
 from scf_engine.graph import Chain
+from scf_engine.numeric import logit, sigmoid
 from scf_engine.propagation.transmission import Transmission, transmission
-
-
-def logit(p):
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
-    return np.log(p / (1 - p))
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
 class CorePropagation(BaseEstimator):
@@ -163,7 +155,7 @@ class CorePropagation(BaseEstimator):
         """Bounds from economics: a weaker core never makes its chain safer (transmission
         and core-evidence weights >= 0); standalone evidence follows the catalogue's
         expected direction of risk."""
-        from scf_engine.features.catalogue import load_catalogue
+        from scf_engine.catalogue import load_catalogue
 
         cat = load_catalogue()
         bounds = []
@@ -189,7 +181,7 @@ class CorePropagation(BaseEstimator):
         def loss(w):
             z = w[0] + Z @ w[1:]
             ll = np.sum(yv * z - np.logaddexp(0, z))
-            p = 1 / (1 + np.exp(-z))
+            p = sigmoid(z)
             g0 = -np.sum(yv - p)
             g = -(Z.T @ (yv - p)) + 2 * lam * len(yv) * w[1:]
             return -ll + lam * len(yv) * np.sum(w[1:] ** 2), np.concatenate([[g0], g])

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scf_engine.numeric import sigmoid
 from scf_engine.simulate.world import CORE_MU, World
 
 PHI, SIGMA = 0.94, 0.17  # idiosyncratic AR(1)
@@ -49,10 +50,6 @@ CHAIN_QUALITY = 0.8  # how much of its core's quality a fully dependent supplier
 FABRICATED_PENALTY = 1.0
 ROLE_OFFSET = {"core": 0.0, "tier1": 0.1, "tier2": -0.1, "downstream": 0.0, "unattached": -0.2}
 DISTRESS_ONSET = 0.35  # fraction of the history at which distressed cores start to decline
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 class Params:

@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scf_engine.contract import PURPOSES
-from scf_engine.simulate.dynamics import Params, sigmoid
+from scf_engine.numeric import sigmoid
+from scf_engine.simulate.dynamics import Params
 from scf_engine.simulate.world import REGIONS, World
 
 PURPOSE_CODE = {p: i for i, p in enumerate(PURPOSES)}

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scf_engine.contract import FILES
-from scf_engine.ingest.reading import locate
+from scf_engine.contract import FILES, locate, make_uscc
 
 # (file, column, bad value or callable(row) -> row, reason fragment)
 FIRM_FAULTS = [
@@ -100,7 +99,6 @@ def _mutate(file: str, row: dict, column: str, value: str, rng, tag: str, firms:
         row[key] = f"FAULT-{tag}"
     if file == "firms":
         # a fresh valid-looking firm id that nothing refers to
-        from scf_engine.simulate.world import make_uscc
         row["firm_id"] = make_uscc("110101", int(rng.integers(10_000_000, 99_999_999)))
         row["is_core"], row["core_rating"] = "false", ""
     if value == "DUPLICATE":

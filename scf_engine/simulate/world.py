@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from stdnum.cn import uscc
+
+from scf_engine.contract import make_uscc
 
 ROLES = ("core", "tier1", "tier2", "downstream", "unattached")
 
@@ -82,22 +83,6 @@ class World:
     months: pd.DatetimeIndex  # month starts
     state: dict = field(default_factory=dict)  # latent paths, filled by dynamics
     records: dict = field(default_factory=dict)  # contract tables, filled by emit
-
-
-def org_code_check(code8: str) -> str:
-    """GB 11714 organisation code check character for an 8-character body."""
-    weights = (3, 7, 9, 10, 5, 8, 4, 2)
-    total = sum(int(c, 36) * w for c, w in zip(code8, weights))
-    c9 = 11 - total % 11
-    return "X" if c9 == 10 else "0" if c9 == 11 else str(c9)
-
-
-def make_uscc(region: str, serial: int) -> str:
-    """A valid 18-character unified social credit code: 9 (market regulator), 1 (enterprise),
-    the region, a GB 11714 organisation code, and the GB 32100 check character."""
-    body8 = f"{serial:08d}"
-    partial = "91" + region + body8 + org_code_check(body8)
-    return partial + uscc.calc_check_digit(partial)
 
 
 def build_world(cfg: WorldConfig) -> World:

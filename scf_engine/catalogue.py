@@ -2,7 +2,10 @@
 
 The catalogue is the single source of feature names, definitions and labels: the flow
 features are computed from its SQL expressions, the models take their columns from it,
-and reasons and memos take their words from it.
+and reasons and memos take their words from it. Like the data contract it is a shared
+definition, not a stage, so it sits at the top level where features, propagation,
+learners and explain can all import it. The file is read, schema-checked and hashed by
+:mod:`scf_engine.policies` (``policies.load("features")``), the one reader of ``models/``.
 """
 
 from __future__ import annotations

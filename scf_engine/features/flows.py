@@ -1,0 +1,223 @@
+"""Point-in-time flow features, computed from the catalogue's SQL.
+
+Flows only: no core rating, no receivables registry, no graph built from ratings. The
+input is a :class:`~scf_engine.dataset.Snapshot`, which holds only flows booked before
+the as-of date T, so no feature can see a record dated T or later.
+
+How (all declarative DuckDB SQL, so the same definitions can run on a cluster engine):
+
+1. *legs*: each flow of the last 24 months becomes one leg per firm it touches
+   (``dir`` in/out, ``cpty`` the other party) with ``k``, the number of whole months
+   before T (k = 0 is the month just before T; months are counted by day of month).
+2. *panel* ``p``: one row per firm and month k from its first active month to k = 0
+   (months with no flows are present, with zeros), with sums by purpose and direction.
+3. the catalogue's ``panel``, ``cpty`` and ``firm`` expressions aggregate per firm;
+   ``derived`` expressions combine them; ``rank`` features are percentiles within the
+   firm's industry; two ``code`` groups (counterparty concentration, authenticity)
+   are computed here too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from scf_engine.catalogue import Catalogue, load_catalogue
+from scf_engine.contract import PURPOSES
+from scf_engine.dataset import Snapshot
+from scf_engine.duck import connect
+from scf_engine.features.authenticity import authenticity_features
+from scf_engine.ingest.rules import sql_list
+
+LOOKBACK_MONTHS = 24
+OBLIGATIONS = ("payroll", "tax", "social_insurance", "housing_fund", "utilities")
+MIN_INDUSTRY_GROUP = 10  # smaller industry divisions are ranked within their section
+
+
+def _legs_sql(T: str) -> str:
+    return f"""
+    WITH f AS (SELECT row_number() OVER () AS _i, booked_on, payer_id, payee_id, amount,
+                      TRY_CAST(purpose AS ENUM{sql_list(PURPOSES)}) AS purpose FROM flows),
+    legs AS (
+        SELECT _i, payee_id AS firm_id, payer_id AS cpty, 'in'::ENUM('in', 'out') AS dir, booked_on, amount, purpose
+        FROM f WHERE payee_id IN (SELECT firm_id FROM firms)
+        UNION ALL
+        SELECT _i, payer_id AS firm_id, payee_id AS cpty, 'out'::ENUM('in', 'out') AS dir, booked_on, amount, purpose
+        FROM f WHERE payer_id IN (SELECT firm_id FROM firms)
+    )
+    SELECT * FROM (
+        SELECT *, (year(DATE '{T}') * 12 + month(DATE '{T}')) - (year(booked_on) * 12 + month(booked_on))
+                  - CASE WHEN day(booked_on) >= day(DATE '{T}') THEN 1 ELSE 0 END AS k
+        FROM legs
+    ) WHERE k >= 0 AND k < {LOOKBACK_MONTHS}
+    """
+
+
+PANEL_SQL = """
+WITH monthly AS (
+    SELECT firm_id, k,
+        sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade') AS in_trade,
+        count(*) FILTER (WHERE dir = 'in' AND purpose = 'trade') AS n_in_trade,
+        sum(amount) FILTER (WHERE dir = 'out' AND purpose = 'trade') AS out_trade,
+        sum(amount) FILTER (WHERE dir = 'in') AS in_total,
+        sum(amount) FILTER (WHERE dir = 'out') AS out_total,
+        sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'loan_drawdown') AS in_loan_draw,
+        count(*) FILTER (WHERE dir = 'in' AND purpose = 'loan_drawdown') AS n_loan_draw,
+        sum(amount) FILTER (WHERE dir = 'out' AND purpose = 'loan_repayment') AS out_loan_rep,
+        count(*) FILTER (WHERE dir = 'out' AND purpose = 'loan_repayment') AS loan_interest,
+        {obligations},
+        count(*) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND amount >= 10000 AND amount % 10000 = 0) AS n_round_in,
+        sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND month(booked_on) IN (3, 6, 9, 12)
+                            AND day(booked_on) >= day(last_day(booked_on)) - 2) AS in_period_end
+    FROM legs GROUP BY firm_id, k
+),
+span AS (SELECT firm_id, max(k) AS first_k FROM monthly GROUP BY firm_id),
+dense AS (
+    SELECT s.firm_id, g.k FROM span s, LATERAL (SELECT unnest(range(0, s.first_k + 1)) AS k) g
+)
+SELECT d.firm_id, d.k, {coalesced}
+FROM dense d LEFT JOIN monthly m USING (firm_id, k)
+"""
+
+PANEL_COLUMNS = ("in_trade", "n_in_trade", "out_trade", "in_total", "out_total", "in_loan_draw", "n_loan_draw",
+                 "out_loan_rep", "loan_interest") + OBLIGATIONS + ("n_round_in", "in_period_end")
+
+
+def _panel_sql() -> str:
+    obligations = ",\n        ".join(
+        f"sum(amount) FILTER (WHERE dir = 'out' AND purpose = '{p}') AS {p}" for p in OBLIGATIONS
+    )
+    coalesced = ", ".join(f"coalesce(m.{c}, 0) AS {c}" for c in PANEL_COLUMNS)
+    return PANEL_SQL.format(obligations=obligations, coalesced=coalesced)
+
+
+def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None) -> pd.DataFrame:
+    """Every flow feature of the catalogue for every firm in the snapshot (index firm_id).
+
+    A firm with no flow in the last 24 months has all panel features empty.
+    """
+    cat = catalogue or load_catalogue()
+    T = snapshot.as_of.strftime("%Y-%m-%d")
+    own = con is None
+    con = con or connect()
+    firms = snapshot.firms[["firm_id", "industry", "founded_on"]]
+    con.register("firms", firms)
+    con.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]])
+    con.execute(f"CREATE OR REPLACE TEMP TABLE legs AS {_legs_sql(T)}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE p AS {_panel_sql()}")
+    # {o}_typical: the firm's median monthly payment; {o}_prev: the month before (k + 1)
+    cured = ("payroll", "tax", "social_insurance")
+    typical = ", ".join(f"median({o}) FILTER (WHERE {o} > 0) AS {o}_typical" for o in cured)
+    prev = ", ".join(f"lead({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_prev" for o in cured)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE p2 AS SELECT p.*, {prev}, t.* EXCLUDE (firm_id) FROM p JOIN "
+                f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id)")
+
+    panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
+    out = con.sql(f"SELECT firm_id, {panel_exprs} FROM p2 GROUP BY firm_id").df().set_index("firm_id")
+
+    cpty_specs = cat.of_kind("cpty")
+    if cpty_specs:
+        cpty = con.sql(
+            f"SELECT firm_id, {', '.join(f'({s.expr}) AS {s.name}' for s in cpty_specs)} "
+            f"FROM legs WHERE k < 12 GROUP BY firm_id"
+        ).df().set_index("firm_id")
+        out = out.join(cpty, how="left")
+
+    firm_specs = cat.of_kind("firm")
+    fr = con.sql(
+        f"SELECT firm_id, {', '.join(f'({s.expr}) AS {s.name}' for s in firm_specs)} "
+        f"FROM (SELECT *, DATE '{T}' AS as_of FROM firms)"
+    ).df().set_index("firm_id")
+    out = fr.join(out, how="left")  # every firm of the snapshot, flows or not
+
+    code = {s.function for s in cat.of_kind("code")}
+    if "payer_concentration" in code:
+        out = out.join(_payer_concentration(con), how="left")
+    trade = _trade_legs(con) if "authenticity" in code else None
+    # the big tables are done with: free DuckDB's memory before the pandas work below
+    con.execute("DROP TABLE IF EXISTS legs; DROP TABLE IF EXISTS p2; DROP TABLE IF EXISTS p")
+    if trade is not None:
+        out = out.join(_authenticity(*trade, con=con), how="left")
+        for c in ("round_trip_share_12m", "cycle_share_12m", "cycle_parties_12m"):
+            out.loc[out["history_months"].notna(), c] = out.loc[out["history_months"].notna(), c].fillna(0)
+
+    out = _derived(con, out, cat)
+    out = _ranks(out, snapshot.firms, cat)
+    if own:
+        con.close()
+    computed = [s.name for s in cat.specs if s.name in out.columns]
+    return out[computed].astype("float64")
+
+
+def _trade_legs(con) -> tuple[pd.DataFrame, np.ndarray]:
+    """The last 12 months' trade legs for the authenticity features, with parties as
+    integer codes and ``dir`` as a category (as text, 20 million flows' legs took about
+    5 GB more at this step: bench/bench_features.py), and the party of each code."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _trade AS "
+                "SELECT _i, firm_id, cpty, dir, amount, booked_on FROM legs WHERE k < 12 AND purpose = 'trade'")
+    con.execute("CREATE OR REPLACE TEMP TABLE _parties AS SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
+                "AS code FROM (SELECT firm_id AS party FROM _trade UNION SELECT cpty FROM _trade)")
+    trade = con.sql("SELECT t._i, a.code AS firm_id, b.code AS cpty, t.dir, t.amount, t.booked_on FROM _trade t "
+                    "JOIN _parties a ON t.firm_id = a.party JOIN _parties b ON t.cpty = b.party "
+                    "ORDER BY t._i, t.dir").df()
+    party = np.asarray(con.sql("SELECT party FROM _parties ORDER BY code").fetchnumpy()["party"], dtype=object)
+    con.execute("DROP TABLE _trade; DROP TABLE _parties")
+    return trade, party
+
+
+def _authenticity(trade: pd.DataFrame, party: np.ndarray, con) -> pd.DataFrame:
+    auth = authenticity_features(trade, con=con)
+    auth.index = pd.Index(party[auth.index.to_numpy(dtype=np.int64)], name="firm_id")
+    return auth
+
+
+def _payer_concentration(con) -> pd.DataFrame:
+    return con.sql("""
+        WITH s AS (SELECT firm_id, cpty, sum(amount) AS amt FROM legs
+                   WHERE dir = 'in' AND purpose = 'trade' AND k < 12 GROUP BY firm_id, cpty),
+        sh AS (SELECT firm_id, amt / sum(amt) OVER (PARTITION BY firm_id) AS share FROM s),
+        recent AS (SELECT firm_id, cpty, sum(amount) AS amt FROM legs
+                   WHERE dir = 'in' AND purpose = 'trade' AND k < 3 GROUP BY firm_id, cpty),
+        before AS (SELECT DISTINCT firm_id, cpty FROM legs WHERE dir = 'in' AND purpose = 'trade' AND k >= 3 AND k < 12),
+        churn AS (SELECT r.firm_id, sum(r.amt) FILTER (WHERE b.cpty IS NULL) / sum(r.amt) AS payer_churn_3m
+                  FROM recent r LEFT JOIN before b USING (firm_id, cpty) GROUP BY r.firm_id)
+        SELECT firm_id, sum(share * share) AS payer_hhi_12m, max(share) AS top_payer_share_12m,
+               any_value(c.payer_churn_3m) AS payer_churn_3m
+        FROM sh LEFT JOIN churn c USING (firm_id) GROUP BY firm_id
+    """).df().set_index("firm_id").assign(payer_churn_3m=lambda d: d["payer_churn_3m"].fillna(0.0))
+
+
+def _derived(con, out: pd.DataFrame, cat: Catalogue) -> pd.DataFrame:
+    specs = cat.of_kind("derived")
+    if not specs:
+        return out
+    con.register("_feat", out.reset_index())
+    query = "SELECT * FROM _feat"
+    for s in specs:  # one layer per feature: later ones may use earlier ones
+        query = f"SELECT *, ({s.expr}) AS {s.name} FROM ({query})"
+    res = con.sql(query).df().set_index("firm_id")
+    con.unregister("_feat")
+    return res
+
+
+def industry_group(firms: pd.DataFrame) -> pd.Series:
+    """A firm's industry group for ranking: its GB/T 4754 division, or its section letter
+    where the division has fewer than MIN_INDUSTRY_GROUP firms."""
+    div = firms.set_index("firm_id")["industry"]
+    size = div.map(div.value_counts())
+    return div.where(size >= MIN_INDUSTRY_GROUP, div.str[0])
+
+
+def _ranks(out: pd.DataFrame, firms: pd.DataFrame, cat: Catalogue) -> pd.DataFrame:
+    specs = cat.of_kind("rank")
+    if not specs:
+        return out
+    scored = firms[~firms["is_core"] & ~firms["defaulted"]]
+    group = industry_group(scored).reindex(out.index)
+    for s in specs:
+        vals = out[s.of].where(group.notna())
+        out[s.name] = vals.groupby(group).rank(pct=True, method="average")
+    return out
+
+
+__all__ = ["flow_features", "load_catalogue", "Catalogue", "industry_group"]

@@ -1,0 +1,270 @@
+"""Read a dataset folder exactly as the data contract says, returning a :class:`Dataset`.
+
+Order matters: firms are checked first, because every other file's firm references are
+checked against the *accepted* firms; the last date in the dataset (for the
+``founded_on`` rule) is taken from the other files before firms are checked.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, RECEIVABLES, FileSpec, locate
+from scf_engine.errors import DatasetError
+from scf_engine.dataset import Dataset
+from scf_engine.duck import connect
+from scf_engine.ingest.quarantine import QuarantineReport
+from scf_engine.hashing import file_sha256
+from scf_engine.ingest.reading import LoadedFile, read_file
+from scf_engine.ingest.rules import (
+    H,
+    _parse_exprs,
+    all_rules,
+    flagged_sql,
+    mask_sql,
+    parse_sql,
+    q,
+    uscc_violations,
+)
+
+__all__ = ["load_dataset", "read_files", "fingerprint"]
+
+PARTY_COLUMNS = ("firm_id", "supplier_id", "buyer_id", "payer_id", "payee_id")
+
+
+def read_files(folder: Path | str) -> dict[str, LoadedFile]:
+    """Locate and read every contract file; structural problems raise DatasetError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such dataset folder")
+    files: dict[str, LoadedFile] = {}
+    for spec in FILES:
+        path = locate(folder, spec)
+        if path is None:
+            if spec.required:
+                raise DatasetError(
+                    f"{spec.name}: missing required file ({spec.name}.csv or {spec.name}.parquet) in {folder}"
+                )
+            continue
+        files[spec.name] = read_file(path, spec)
+    return files
+
+
+def fingerprint(folder: Path | str) -> dict[str, str]:
+    """SHA-256 of each contract file in a dataset folder (what a run was trained on)."""
+    folder = Path(folder)
+    out = {}
+    for spec in FILES:
+        path = locate(folder, spec)
+        if path is not None:
+            out[path.name] = file_sha256(path)
+    return out
+
+
+def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
+    """Load and check a dataset folder.
+
+    Rows that break a rule are set aside in ``dataset.report``; the rest come back typed:
+    dates as ``datetime64[s]``, amounts as float64 rounded to cents (exact for any amount
+    below 10^13 yuan), ids as strings, booleans as bool. Extra columns are kept as text.
+    Raises :class:`DatasetError` when the dataset cannot be used.
+    """
+    folder = Path(folder)
+    files = read_files(folder)
+    con = connect()
+    report = QuarantineReport()
+    for name, lf in files.items():
+        con.register(f"raw_{name}", lf.table)
+    accepted_ids: pa.Array | None = None
+
+    # The last date in the dataset, for the founded_on rule.
+    date_exprs = []
+    for spec in (RECEIVABLES, FLOWS, DEFAULTS):
+        if spec.name in files:
+            lf = files[spec.name]
+            for col in spec.columns:
+                if col.kind == "date":
+                    expr = _parse_exprs(col, lf.typed)[1].rsplit(" AS ", 1)[0]
+                    date_exprs.append(f"SELECT max({expr}) AS d FROM raw_{spec.name}")
+    con.execute(f"CREATE TEMP TABLE _last_date AS SELECT max(d) AS last_date FROM ({' UNION ALL '.join(date_exprs)})")
+
+    tables: dict[str, pd.DataFrame] = {}
+    for spec in (FIRMS, RECEIVABLES, FLOWS, DEFAULTS):
+        if spec.name not in files:
+            continue
+        if progress:
+            progress(f"checking {files[spec.name].path.name}")
+        tables[spec.name] = _check_file(con, files[spec.name], report, accepted_ids)
+        if spec is FIRMS:
+            accepted_ids = pa.array(tables["firms"]["firm_id"].to_numpy(), pa.string())
+    con.close()
+
+    firms = tables["firms"]
+    firms_file = files["firms"].path.name
+    if firms.empty:
+        raise DatasetError(f"{firms_file}: nothing left to score: no firm row was accepted")
+    if not (~firms["is_core"]).any():
+        raise DatasetError(f"{firms_file}: nothing left to score: every accepted firm is a core")
+    if tables["flows"].empty and tables["receivables"].empty:
+        raise DatasetError(f"{folder}: nothing left to score: no flow and no receivable row was accepted")
+    defaults = tables.get("defaults")
+    if defaults is None:
+        defaults = pd.DataFrame({"firm_id": pd.Series([], dtype="str"), "default_on": pd.Series([], dtype="datetime64[s]")})
+    return Dataset(
+        firms=firms,
+        receivables=tables["receivables"],
+        flows=tables["flows"],
+        defaults=defaults,
+        report=report,
+        source=folder,
+        files={lf.path.name: lf.path for lf in files.values()},
+        has_defaults="defaults" in files,
+    )
+
+
+def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Array | None) -> pd.DataFrame:
+    spec: FileSpec = lf.spec
+    raw = f"raw_{spec.name}"
+    extra = [c for c in lf.table.column_names if c not in spec.column_names and c != "_row"]
+    checking = lf.table
+    for name, member in _firm_membership(lf.table, spec, firm_ids).items():
+        checking = checking.append_column(H("f", name).strip('"'), member)
+    con.register("_checking", checking)
+    parsed = parse_sql(spec, table="_checking", typed=lf.typed)
+    if lf.typed:  # values already typed: DuckDB only judges them
+        flagged = con.sql(flagged_sql(spec, parsed=parsed)).to_arrow_table()
+        checked = _typed_output(lf.table, spec).select([*spec.column_names, *extra, "_row"])
+    else:  # text: DuckDB parses the values too, and hands them back
+        checked = con.sql(mask_sql(spec, parsed=parsed, extra_columns=extra)).to_arrow_table()
+        flagged = checked.filter(pc.not_equal(checked["_mask"], 0)).select(["_row", "_mask"])
+        checked = checked.drop_columns(["_mask"])
+    con.unregister("_checking")
+
+    # (row, column, reason) of every broken rule
+    found: list[pd.DataFrame] = []
+    if flagged.num_rows:
+        bad = flagged.to_pandas()
+        for k, (column, _, reason) in enumerate(all_rules(spec)):
+            hit = bad[(bad["_mask"].to_numpy() & (1 << k)) != 0]
+            if len(hit):
+                found.append(pd.DataFrame({"row": hit["_row"].to_numpy(), "column": column, "reason": reason}))
+    if spec is FIRMS:
+        found.append(uscc_violations(lf.table["firm_id"], "firm_id"))
+    if spec.key:
+        dups = _duplicate_rows(con, lf.table, spec.key)
+        if len(dups):
+            first_lines = lf.line_map.lines(dups["first_row"].to_numpy())
+            found.append(pd.DataFrame({
+                "row": dups["row"].to_numpy(), "column": spec.key,
+                "reason": [f"duplicate {spec.key} (first on line {ln})" for ln in first_lines],
+            }))
+    violations = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=["row", "column", "reason"])
+
+    bad_rows = np.unique(violations["row"].to_numpy(dtype=np.int64)) if len(violations) else np.array([], np.int64)
+    if len(bad_rows):
+        # ``_row`` is each row's position in ``checked`` (DuckDB keeps insertion order)
+        keep = np.ones(checked.num_rows, dtype=bool)
+        keep[bad_rows] = False
+        checked = checked.filter(pa.array(keep))
+        violations = _with_values(con, raw, lf, violations, bad_rows)
+    else:
+        violations = pd.DataFrame(columns=["line", "column", "value", "reason", "parties"])
+    if lf.malformed:
+        violations = pd.concat([violations, pd.DataFrame(
+            [(ln, "*", text, reason, "") for ln, text, reason in lf.malformed],
+            columns=["line", "column", "value", "reason", "parties"],
+        )], ignore_index=True)
+    report.add_file(lf.path.name, lf.n_read, checked.num_rows, violations)
+    return _to_frame(checked.drop_columns(["_row"]), spec)
+
+
+def _firm_membership(table: pa.Table, spec: FileSpec, firm_ids: pa.Array | None) -> dict[str, pa.ChunkedArray]:
+    """Whether each firm reference names an accepted firm: one hash lookup per column,
+    the columns on parallel threads (Arrow releases the GIL; payer and payee of 10
+    million flows take 0.45 s together instead of 0.8 s one after the other)."""
+    columns = [c.name for c in spec.columns if c.kind in ("firm_ref", "party")]
+    if not columns:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(columns)) as pool:
+        found = pool.map(lambda name: pc.is_in(table[name], value_set=firm_ids), columns)
+        return dict(zip(columns, found))
+
+
+def _typed_output(table: pa.Table, spec: FileSpec) -> pa.Table:
+    """What :func:`mask_sql` returns for a typed table, done in Arrow on the columns that
+    change: amounts rounded to cents (half away from zero, as DuckDB's ``round``) and
+    empty text in optional text columns made null. Empty values in required columns are
+    quarantined, so those columns are kept as read."""
+    for col in spec.columns:
+        i = table.column_names.index(col.name)
+        if col.kind == "amount":
+            table = table.set_column(i, col.name, pc.round(table[col.name], 2, round_mode="half_towards_infinity"))
+        elif col.kind not in ("date", "bool") and col.nullable:
+            text = table[col.name]
+            table = table.set_column(i, col.name, pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text))
+    return table
+
+
+def _duplicate_rows(con, table: pa.Table, key: str) -> pd.DataFrame:
+    """Rows repeating an earlier row's (non-empty) key, with the first row of that key.
+
+    Keys in strictly ascending order are unique, and one vectorised comparison of each
+    key with the next proves it (0.04 s for 10 million ids): bank exports are often
+    ordered by transaction number. Otherwise one DuckDB hash aggregate finds the repeated
+    keys (on two threads: 0.8 s for 10M ids, against 2.2 s for pyarrow's single-threaded
+    ``value_counts``), and only the rows holding them are looked at again."""
+    keys = table[key]
+    if len(keys) < 2 or pc.all(pc.less(keys.slice(0, len(keys) - 1), keys.slice(1)), skip_nulls=False).as_py():
+        return pd.DataFrame({"row": pd.Series([], dtype="int64"), "first_row": pd.Series([], dtype="int64")})
+    con.register("_keys", table.select([key, "_row"]))
+    k = q(key)
+    dups = con.sql(
+        f"SELECT _row AS row, min(_row) OVER (PARTITION BY {k}) AS first_row FROM _keys "
+        f"WHERE {k} IN (SELECT {k} FROM _keys WHERE {k} <> '' GROUP BY {k} HAVING count(*) > 1)"
+    ).df()
+    con.unregister("_keys")
+    return dups[dups["row"] > dups["first_row"]].sort_values("row", ignore_index=True)
+
+
+def _with_values(con, raw: str, lf: LoadedFile, violations: pd.DataFrame, bad_rows: np.ndarray) -> pd.DataFrame:
+    """Add the line, the offending value as it was written, and the firms the row names."""
+    con.register("_bad", pa.table({"_row": pa.array(bad_rows)}))
+    cols = lf.spec.column_names
+    parties = [c for c in PARTY_COLUMNS if c in cols]
+    text = con.sql(
+        f"SELECT _row, {', '.join(f'CAST({q(c)} AS VARCHAR) AS {q(c)}' for c in cols)} "
+        f"FROM {raw} WHERE _row IN (SELECT _row FROM _bad)"
+    ).df().set_index("_row")
+    con.unregister("_bad")
+    rows = violations["row"].to_numpy()
+    # one lookup per (row, column); a row breaking several rules appears several times
+    value = [text.at[r, c] if c in text.columns else "" for r, c in zip(rows, violations["column"])]
+    party = text[parties].fillna("").astype(str).apply(lambda r: ";".join(v.strip() for v in r if v.strip()), axis=1)
+    violations = violations.assign(value=value, parties=party.reindex(rows).to_numpy(), line=lf.line_map.lines(rows))
+    violations["value"] = violations["value"].fillna("").astype(str)
+    return violations[["line", "column", "value", "reason", "parties"]]
+
+
+def _to_frame(table: pa.Table, spec: FileSpec) -> pd.DataFrame:
+    """The typed pandas frame. Column by column: ``Table.to_pandas`` consolidates the
+    numeric columns into blocks first (0.2-0.5 s for 10 million flows against 0.15 s), and
+    dates go to ``datetime64[s]`` in Arrow, not through nanoseconds in pandas."""
+    kinds = {c.name: c.kind for c in spec.columns}
+    columns = {}
+    for name in table.column_names:
+        col, kind = table[name], kinds.get(name)
+        if kind == "date":
+            columns[name] = col.cast(pa.timestamp("s")).to_pandas()
+        elif kind == "amount":
+            columns[name] = col.cast(pa.float64()).to_pandas()
+        elif kind == "bool":
+            columns[name] = col.to_pandas().astype(bool)
+        else:
+            columns[name] = col.to_pandas().astype("str")
+    return pd.DataFrame(columns, copy=False)
