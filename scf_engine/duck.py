@@ -6,6 +6,15 @@ background. Without it, memory freed by dropping a big intermediate table can st
 the process while the pandas work after the SQL runs on top of it (flow features for 20
 million flows: bench/bench_features.py).
 
+Money enters SQL as ``DECIMAL(18,2)`` (:func:`register_money`): DuckDB aggregates on
+every core, and a sum of doubles depends on the order in which threads combine their
+partial sums, so the same flows gave features that differed in the last bits from one
+run to the next whenever the machine was busy (enough to move a limit by a rounding
+step). Amounts are whole cents by the contract, so decimal sums are exact and the order
+no longer matters; results come back to pandas as float64. The few aggregates of doubles
+that remain (a slope, a standard deviation over a firm's months) run on one thread
+(:func:`one_thread`): they read the small firm-month panel, not the flows.
+
 The progress bar is a session setting (DuckDB 2 refuses it in the connection's config);
 inside a Jupyter kernel without ipywidgets setting it may fail, and then it stays on.
 """
@@ -13,6 +22,7 @@ inside a Jupyter kernel without ipywidgets setting it may fail, and then it stay
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import duckdb
 
@@ -35,3 +45,28 @@ def connect() -> duckdb.DuckDBPyConnection:
     except duckdb.Error:  # pragma: no cover - see the module docstring
         pass
     return con
+
+
+MONEY = "DECIMAL(18,2)"  # whole cents up to 10^16 yuan; sums widen to DECIMAL(38,2)
+
+
+def register_money(con: duckdb.DuckDBPyConnection, name: str, frame, money=("amount", "paid_amount")) -> None:
+    """Register ``frame`` as the view ``name`` with its money columns as exact decimals
+    (see the module docstring); other columns as they are."""
+    raw = f"_{name}_frame"
+    con.register(raw, frame)
+    cols = [c for c in money if c in frame.columns]
+    replace = f" REPLACE ({', '.join(f'CAST({c} AS {MONEY}) AS {c}' for c in cols)})" if cols else ""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT *{replace} FROM {raw}")
+
+
+@contextmanager
+def one_thread(con: duckdb.DuckDBPyConnection):
+    """Run the enclosed queries on one thread (aggregates of doubles give the same bits
+    every time), then restore the connection's setting."""
+    before = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    con.execute("SET threads = 1")
+    try:
+        yield con
+    finally:
+        con.execute(f"SET threads = {int(before)}")

@@ -25,7 +25,7 @@ import pandas as pd
 from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
-from scf_engine.duck import connect
+from scf_engine.duck import connect, one_thread, register_money
 from scf_engine.features.authenticity import authenticity_features
 from scf_engine.ingest.rules import sql_list
 
@@ -102,18 +102,21 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     con = con or connect()
     firms = snapshot.firms[["firm_id", "industry", "founded_on"]]
     con.register("firms", firms)
-    con.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]])
+    register_money(con, "flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]])
     con.execute(f"CREATE OR REPLACE TEMP TABLE legs AS {_legs_sql(T)}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE p AS {_panel_sql()}")
     # {o}_typical: the firm's median monthly payment; {o}_prev: the month before (k + 1)
     cured = ("payroll", "tax", "social_insurance")
     typical = ", ".join(f"median({o}) FILTER (WHERE {o} > 0) AS {o}_typical" for o in cured)
     prev = ", ".join(f"lead({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_prev" for o in cured)
+    # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
+    # in the same order every run
     con.execute(f"CREATE OR REPLACE TEMP TABLE p2 AS SELECT p.*, {prev}, t.* EXCLUDE (firm_id) FROM p JOIN "
-                f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id)")
+                f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k")
 
     panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
-    out = con.sql(f"SELECT firm_id, {panel_exprs} FROM p2 GROUP BY firm_id").df().set_index("firm_id")
+    with one_thread(con):  # slopes and deviations of doubles: same bits every run (scf_engine.duck)
+        out = con.sql(f"SELECT firm_id, {panel_exprs} FROM p2 GROUP BY firm_id").df().set_index("firm_id")
 
     cpty_specs = cat.of_kind("cpty")
     if cpty_specs:
@@ -172,6 +175,9 @@ def _authenticity(trade: pd.DataFrame, party: np.ndarray, con) -> pd.DataFrame:
 
 
 def _payer_concentration(con) -> pd.DataFrame:
+    """HHI and top share of trade receipts by payer, and the share of recent receipts from
+    new payers. The HHI adds the squared shares in sorted order: a plain ``sum`` of
+    doubles would depend on how threads split a firm's payers (see scf_engine.duck)."""
     return con.sql("""
         WITH s AS (SELECT firm_id, cpty, sum(amount) AS amt FROM legs
                    WHERE dir = 'in' AND purpose = 'trade' AND k < 12 GROUP BY firm_id, cpty),
@@ -181,7 +187,7 @@ def _payer_concentration(con) -> pd.DataFrame:
         before AS (SELECT DISTINCT firm_id, cpty FROM legs WHERE dir = 'in' AND purpose = 'trade' AND k >= 3 AND k < 12),
         churn AS (SELECT r.firm_id, sum(r.amt) FILTER (WHERE b.cpty IS NULL) / sum(r.amt) AS payer_churn_3m
                   FROM recent r LEFT JOIN before b USING (firm_id, cpty) GROUP BY r.firm_id)
-        SELECT firm_id, sum(share * share) AS payer_hhi_12m, max(share) AS top_payer_share_12m,
+        SELECT firm_id, list_sum(list_sort(list(share * share))) AS payer_hhi_12m, max(share) AS top_payer_share_12m,
                any_value(c.payer_churn_3m) AS payer_churn_3m
         FROM sh LEFT JOIN churn c USING (firm_id) GROUP BY firm_id
     """).df().set_index("firm_id").assign(payer_churn_3m=lambda d: d["payer_churn_3m"].fillna(0.0))

@@ -17,7 +17,7 @@ import networkx as nx
 import pandas as pd
 
 from scf_engine.dataset import Snapshot
-from scf_engine.duck import connect
+from scf_engine.duck import connect, register_money
 
 EDGE_SQL = """
 WITH r AS (
@@ -111,8 +111,8 @@ def build_edges(snapshot: Snapshot, con=None) -> tuple[pd.DataFrame, pd.DataFram
     own = con is None
     con = con or connect()
     T = snapshot.as_of.strftime("%Y-%m-%d")
-    con.register("receivables", snapshot.receivables)
-    con.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]])
+    register_money(con, "receivables", snapshot.receivables)
+    register_money(con, "flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]])
     con.register("firms", snapshot.firms[["firm_id"]])
     edges = con.sql(EDGE_SQL.format(T=T)).df()
     totals = con.sql(FIRM_TOTALS_SQL.format(T=T)).df().set_index("firm_id")
