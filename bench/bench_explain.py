@@ -158,7 +158,7 @@ def _one_memo(task):
           for r in w["quarantine"].rows_touching(fid).head(20).to_dict("records")]
     ctx = {
         "firm": firm_record(chain, fid), "as_of": w["as_of"], "chain_position": chain_position(chain, fid),
-        "neighbourhood_png": nb, "models": model_pds, "final": final, "reasons": reasons, "waterfall_png": wf,
+        f"neighbourhood_{_W['style']}": nb, "models": model_pds, "final": final, "reasons": reasons, f"waterfall_{_W['style']}": wf,
         "propagation_paths": paths, "data_quality": dq,
         "mlflow": {"run_id": "0" * 32, "experiment": "bench-explain", "tracking_uri": "sqlite:///mlflow.db"},
         "generated_at": pd.Timestamp.now(),
@@ -176,10 +176,10 @@ def _one_memo(task):
     times["pdf"] = time.process_time() - t
     t = time.process_time()
     names = {}
-    for key, png in (("neighbourhood", v["neighbourhood_png"]), ("waterfall", v["waterfall_png"])):
-        if png is not None:
-            names[key] = f"{stem}.{key}.{'svg' if _is_svg(png) else 'png'}"
-            (out / names[key]).write_bytes(png)
+    for key, img in v["pictures"].items():
+        if img is not None:
+            names[key] = f"{stem}.{key}.{'svg' if _is_svg(img) else 'png'}"
+            (out / names[key]).write_bytes(img)
     (out / f"{stem}.md").write_text(render_markdown(ctx, v, names), encoding="utf-8")
     times["md"] = time.process_time() - t
     sizes = {f: (out / f"{stem}.{f}").stat().st_size for f in ("html", "pdf", "md")}
