@@ -176,7 +176,7 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
                 _log_model_tables(ev, score, te)
                 if kind in ("decoupled", "hybrid"):
                     _log_importance(model)
-                out = model.predict(example) if kind != "jiangyin" else model.predict(example)
+                out = model.predict_pd(example)
                 versions[kind] = tracking.log_model(model, kind, input_example=example, output_example=out,
                                                     register=kind != "jiangyin")
         tracking.set_tags({"registered_versions": json.dumps({k: v for k, v in versions.items() if k != "jiangyin"}),

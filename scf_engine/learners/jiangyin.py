@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 INDICATORS = ("tax_growth", "utilities_growth", "social_insurance", "housing_fund", "years_in_business",
               "loan_record", "performance_rank")
@@ -77,7 +78,10 @@ def grade_from_indicators(g: pd.DataFrame) -> pd.DataFrame:
 
 
 class JiangyinGrading(BaseEstimator):
-    """Rule baseline with ``fit`` (cell default rates) and ``predict_proba``."""
+    """Rule baseline with ``fit`` (cell default rates), ``predict_pd`` (the cell's rate),
+    ``predict_proba`` (n, 2) and ``predict`` (class: 1 where the PD is above 0.5)."""
+
+    _FITTED = ("base_rate_", "grade_rate_", "cell_rate_")
 
     def __init__(self, shrinkage: float = 20.0):
         self.shrinkage = shrinkage
@@ -96,13 +100,20 @@ class JiangyinGrading(BaseEstimator):
         self.cell_rate_ = {(r.grade, int(r.n_a), int(r.n_c)): float(r.rate) for r in cells.itertuples()}
         return self
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+    def predict_pd(self, X: pd.DataFrame) -> np.ndarray:
+        """PD, one per row: the default rate of the row's (grade, count of A, count of C) cell."""
+        check_is_fitted(self, self._FITTED)
         g = self.grade(X)
-        p = np.array([
+        return np.array([
             self.cell_rate_.get((gr, int(a), int(c)), self.grade_rate_.get(gr, self.base_rate_))
             for gr, a, c in zip(g["grade"], g["n_a"], g["n_c"])
         ])
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """(n, 2): probability of no default, of default."""
+        p = self.predict_pd(X)
         return np.column_stack([1 - p, p])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return self.predict_proba(X)[:, 1]
+        """Class label: 1 (default) where the PD is above 0.5, else 0."""
+        return (self.predict_pd(X) > 0.5).astype(int)
