@@ -143,6 +143,31 @@ class LightGBMPD(BaseEstimator):
         out["expected_value"] = raw[:, -1] * self.platt_a_ + self.platt_b_
         return out
 
+    # --- plain state (scf_engine.learners.state) ------------------------------------------------
+    def get_state(self) -> dict:
+        """Parameters and fitted attributes as JSON-able values; the booster as LightGBM's
+        model text (every iteration, as LightGBM's own pickling keeps it)."""
+        check_is_fitted(self, self._FITTED)
+        return {
+            "params": self.get_params(deep=False),
+            "fitted": {"features": list(self.features_), "booster": self.booster_.model_to_string(num_iteration=-1),
+                       "best_iteration": int(self.best_iteration_), "platt_a": float(self.platt_a_),
+                       "platt_b": float(self.platt_b_), "n_train": int(self.n_train_), "n_valid": int(self.n_valid_),
+                       "train_default_rate": float(self.train_default_rate_)},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LightGBMPD":
+        model = cls(**state["params"])
+        f = state["fitted"]
+        model.features_ = list(f["features"])
+        model.booster_ = lgb.Booster(model_str=f["booster"])
+        model.best_iteration_ = int(f["best_iteration"])
+        model.platt_a_, model.platt_b_ = float(f["platt_a"]), float(f["platt_b"])
+        model.n_train_, model.n_valid_ = int(f["n_train"]), int(f["n_valid"])
+        model.train_default_rate_ = float(f["train_default_rate"])
+        return model
+
     @property
     def feature_importance_(self) -> pd.Series:
         check_is_fitted(self, self._FITTED)

@@ -260,3 +260,55 @@ class CorePropagation(BaseEstimator):
         w = self.core_evidence_weights_.to_numpy()
         return pd.Series(self.transmission_ * a + D @ w, index=tr.core_ids)
 
+    # --- plain state (scf_engine.learners.state) ------------------------------------------------
+    def get_state(self) -> dict:
+        """Parameters and fitted attributes as JSON-able values (series as index and values)."""
+        check_is_fitted(self, self._FITTED)
+        params = self.get_params(deep=False)
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        mean, std = self.core_stats_
+        return {
+            "params": params,
+            "fitted": {
+                "mu0": float(self.mu0_), "decay": float(self.decay_), "intercept": float(self.intercept_),
+                "transmission": float(self.transmission_), "log_likelihood": float(self.log_likelihood_),
+                "n_train": int(self.n_train_), "columns": [str(c) for c in self.columns_],
+                "core_stats": {"mean": _floats(mean), "std": _floats(std)},
+                "profile": [[float(d), float(ll)] for d, ll in self.profile_.items()],
+                **{name: _series_state(getattr(self, f"{name}_")) for name in _SERIES},
+            },
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "CorePropagation":
+        params = dict(state["params"])
+        for k in ("decay_grid", "core_evidence", "standalone_evidence"):
+            if isinstance(params.get(k), list):
+                params[k] = tuple(params[k])
+        model = cls(**params)
+        f = state["fitted"]
+        model.mu0_, model.decay_, model.intercept_ = float(f["mu0"]), float(f["decay"]), float(f["intercept"])
+        model.transmission_, model.log_likelihood_ = float(f["transmission"]), float(f["log_likelihood"])
+        model.n_train_ = int(f["n_train"])
+        model.columns_ = pd.Index(f["columns"])
+        model.core_stats_ = (np.asarray(f["core_stats"]["mean"], dtype=np.float64),
+                             np.asarray(f["core_stats"]["std"], dtype=np.float64))
+        model.profile_ = {float(d): float(ll) for d, ll in f["profile"]}
+        for name in _SERIES:
+            setattr(model, f"{name}_", _series_from_state(f[name]))
+        return model
+
+
+_SERIES = ("coef", "x_mean", "x_std", "core_worst", "medians", "core_evidence_weights", "standalone_weights")
+
+
+def _floats(a) -> list[float]:
+    return [float(v) for v in np.asarray(a, dtype=np.float64)]
+
+
+def _series_state(s: pd.Series) -> dict:
+    return {"index": [str(i) for i in s.index], "values": _floats(s.to_numpy()), "name": s.name}
+
+
+def _series_from_state(d: dict) -> pd.Series:
+    return pd.Series(np.asarray(d["values"], dtype=np.float64), index=pd.Index(d["index"]), name=d["name"])
