@@ -55,14 +55,13 @@ def save_state(model, folder: Path | str) -> dict[str, Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = get_state(model)
-    files = {}
+    files = {"state": folder / STATE_FILE}
     booster = state["fitted"].pop("booster", None)
     if booster is not None:
         files["booster"] = folder / BOOSTER_FILE
         files["booster"].write_text(booster, encoding="utf-8")
-    files["state"] = folder / STATE_FILE
     files["state"].write_text(json.dumps(state, indent=1, ensure_ascii=False), encoding="utf-8")
-    return {"state": files["state"], **({"booster": files["booster"]} if booster is not None else {})}
+    return files
 
 
 def read_state(state_path: Path | str, booster_path: Path | str | None = None) -> dict:
