@@ -159,7 +159,7 @@ def _one_memo(i):
     baseline's pictures) and render it stage by stage as ``render_memo`` does (view ->
     HTML -> PDF from that HTML -> Markdown); per-stage CPU seconds."""
     from scf_engine.memo.context import memo_context
-    from scf_engine.memo.render import memo_stem, render_html, render_markdown, view, write_pdf
+    from scf_engine.memo.render import _is_svg, memo_stem, render_html, render_markdown, view, write_pdf
 
     w = _W["world"]
     t = time.process_time()
@@ -181,7 +181,12 @@ def _one_memo(i):
     write_pdf(html, out / f"{stem}.pdf", base_url=str(out))
     times["pdf"] = time.process_time() - t
     t = time.process_time()
-    (out / f"{stem}.md").write_text(render_markdown(ctx, v, {}), encoding="utf-8")
+    names = {}
+    for key, img in v["pictures"].items():
+        if img is not None:
+            names[key] = f"{stem}.{key}.{'svg' if _is_svg(img) else 'png'}"
+            (out / names[key]).write_bytes(img)
+    (out / f"{stem}.md").write_text(render_markdown(ctx, v, names), encoding="utf-8")
     times["md"] = time.process_time() - t
     sizes = {f: (out / f"{stem}.{f}").stat().st_size for f in ("html", "pdf", "md")}
     if i >= 3:  # keep three examples, drop the rest as we go (1,000 memos are ~1 GB)

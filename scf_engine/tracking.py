@@ -15,9 +15,13 @@ and lets the store change without touching models.
 * Registry: one registered model per kind (``scf-propagation``, ``scf-decoupled``,
   ``scf-hybrid``); aliases, not stages (deprecated in MLflow 3): every training sets
   ``challenger``; ``scf compare --promote KIND`` moves ``champion``.
-* Models are logged with the sklearn flavour (our estimators are scikit-learn style), a
-  signature and an input example; a model loaded back by alias is the same object, so it
-  gives exactly the same PDs.
+* Models are logged as MLflow pyfunc models written as code
+  (``scf_engine/learners/pyfunc_model.py``, standalone: it imports nothing from the
+  engine) whose artifacts are the model's plain state (:mod:`scf_engine.learners.state`:
+  JSON, and LightGBM's booster text), with a signature and an input example. The state
+  names no Python class, so moving or renaming an engine class never breaks a registered
+  version, as a pickle would. Loaded back here, the state rebuilds the engine's estimator,
+  which gives exactly the same PDs.
 """
 
 from __future__ import annotations
@@ -216,23 +220,29 @@ class Run:
 
 
 def log_model(model, kind: str, *, input_example: pd.DataFrame, output_example, register: bool = True) -> str | None:
-    """Log ``model`` (sklearn flavour) in the active run and register it as a new version
-    of its kind with the alias ``challenger``; returns the version (or, unregistered, the
-    logged model's URI)."""
+    """Log ``model`` in the active run as a pyfunc model from code over its plain state,
+    and register it as a new version of its kind with the alias ``challenger``; returns
+    the version (or, unregistered, the logged model's URI)."""
     mlflow = _mlflow()
     from mlflow.models import infer_signature
 
+    from scf_engine.learners import pyfunc_model, state
+
+    if state.kind_of(model) != kind:
+        raise ValueError(f"a {type(model).__name__} is not a model of kind {kind!r}")
     # Integer columns would make the signature refuse a missing value at inference (a firm
     # with no flows in a window): declare them as doubles, as MLflow itself advises.
     ints = input_example.select_dtypes(include=["integer"]).columns
     input_example = input_example.astype({c: "float64" for c in ints})
     signature = infer_signature(input_example, output_example)
-    reqs = _requirements()
-    info = mlflow.sklearn.log_model(
-        sk_model=model, name=f"model-{kind}", signature=signature, input_example=input_example,
-        pip_requirements=reqs, serialization_format="cloudpickle",
-        registered_model_name=registered_name(kind) if register else None,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        files = state.save_state(model, tmp)
+        info = mlflow.pyfunc.log_model(
+            name=f"model-{kind}", python_model=str(Path(pyfunc_model.__file__).resolve()),
+            artifacts={name: str(path) for name, path in files.items()},
+            signature=signature, input_example=input_example, pip_requirements=_requirements(),
+            registered_model_name=registered_name(kind) if register else None,
+        )
     if not register:
         return info.model_uri
     client = mlflow.MlflowClient()
@@ -243,10 +253,11 @@ def log_model(model, kind: str, *, input_example: pd.DataFrame, output_example, 
 
 
 def _requirements() -> list[str]:
+    """What the served model imports (mlflow itself is added by MLflow): not the engine."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for pkg in ("scf-engine", "lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "networkx", "duckdb", "pyarrow"):
+    for pkg in ("lightgbm", "numpy", "pandas"):
         try:
             out.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:
@@ -255,19 +266,41 @@ def _requirements() -> list[str]:
 
 
 def load_model(kind: str, alias: str = "champion"):
-    """The registered model of ``kind`` by alias (``models:/scf-KIND@alias``), and its version."""
+    """The registered model of ``kind`` by alias (``models:/scf-KIND@alias``), rebuilt as
+    the engine's estimator from its state, and its version."""
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version_by_alias(registered_name(kind), alias)
     except Exception as exc:  # the registry raises RestException / MlflowException
         raise ModelNotFound(f"no {alias} model registered for {registered_name(kind)}: {str(exc).splitlines()[0]}") from None
-    model = mlflow.sklearn.load_model(f"models:/{registered_name(kind)}@{alias}")
+    model = _load_estimator(f"models:/{registered_name(kind)}/{mv.version}")  # the version the alias named
     return model, mv
 
 
 def load_logged_model(model_uri: str):
     """A model logged but not registered (e.g. the rule baseline of a training run)."""
-    return _mlflow().sklearn.load_model(model_uri)
+    return _load_estimator(model_uri)
+
+
+def _load_estimator(model_uri: str):
+    """The engine's estimator from a logged model's state artifacts (no engine code runs
+    from the store). A version logged before the state format (sklearn flavour, a pickle)
+    still loads through MLflow's sklearn flavour."""
+    mlflow = _mlflow()
+    from mlflow.models import Model
+
+    from scf_engine.learners import state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        flavors = Model.load(str(local / "MLmodel")).flavors
+        artifacts = flavors.get("python_function", {}).get("artifacts") or {}
+        if "state" in artifacts:
+            booster = artifacts.get("booster")
+            return state.load(local / artifacts["state"]["path"], local / booster["path"] if booster else None)
+        if "sklearn" in flavors:
+            return mlflow.sklearn.load_model(str(local))
+    raise ModelNotFound(f"{model_uri}: not an scf-engine model (no state artifact)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import networkx as nx
@@ -199,6 +200,29 @@ def test_stress_moves_the_distressed_cores_chain_most(fitted):
     # a downgrade moves less than a default
     down = stress_core(model, chains[test], core, to_rating="BB")
     assert down.loc[tied, "pd_change"].mean() <= res.loc[tied, "pd_change"].mean() + 1e-12
+
+
+def test_stress_core_leaves_the_model_as_it_was(fitted):
+    """The stressed run scores with a copy of the model: the caller's model (its master
+    scale above all) is the same before and after, also when the stress is refused."""
+    ds, chains, model, test, path = fitted
+    before = copy.deepcopy(vars(model))
+    scale_object = model.master_scale
+    core = json.loads((path / "world.json").read_text())["distressed_cores"][0]
+    stress_core(model, chains[test], core)
+    stress_core(model, chains[test], core, to_rating="BB")
+    with pytest.raises(ValueError, match="unknown rating"):
+        stress_core(model, chains[test], core, to_rating="ZZ")
+    assert model.master_scale is scale_object and "_DEFAULT" not in (model.master_scale or {})
+    assert sorted(vars(model)) == sorted(before)
+    for k, v in before.items():
+        now = getattr(model, k)
+        if isinstance(v, (pd.Series, pd.Index)):
+            assert now.equals(v), k
+        elif k == "core_stats_":
+            assert all(np.array_equal(x, y) for x, y in zip(now, v))
+        else:
+            assert now == v, k
 
 
 def test_debtrank_distress_is_bounded_and_spreads_along_exposures():

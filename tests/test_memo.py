@@ -219,3 +219,25 @@ def test_svg_pictures_are_shared_across_a_chain_without_changing(explain_world):
     w = waterfall_svg(contrib, values, {"a": "Alpha"}, top=2)
     assert w == waterfall_svg(contrib.to_dict(), values.to_dict(), {"a": "Alpha"}, top=2)
     assert "Alpha = 1,234" in w and "1 other features" in w and "firm -2.600" in w
+
+
+def test_svg_pictures_travel_in_svg_keys_and_each_key_has_one_format(memo_case, explain_world, tmp_path):
+    """``*_svg`` keys carry SVG markup (what batch scoring passes), ``*_png`` keys PNG: a
+    picture in the other key's format, or in both keys, is refused."""
+    from scf_engine.memo.svg import ChainPictures, waterfall_svg
+
+    ctx = {k: v for k, v in memo_case["ctx"].items() if k not in ("neighbourhood_png", "waterfall_png")}
+    chain, fid = explain_world["chain"], memo_case["fid"]
+    nb = ChainPictures(chain, pd.Series(0.01, index=chain.nodes.index)).svg(fid)
+    wf = waterfall_svg({"expected_value": -3.0, "a": 0.5}, {"a": 1.0}, {"a": "Alpha"})
+    out = render_memo({**ctx, "neighbourhood_svg": nb, "waterfall_svg": wf}, tmp_path, formats=("html", "md"))
+    html = out["html"].read_text(encoding="utf-8")
+    assert html.count("data:image/svg+xml;base64,") == 2 and "data:image/png" not in html
+    assert sorted(p.suffix for p in tmp_path.glob("*.svg")) == [".svg", ".svg"]
+    with pytest.raises(ValueError, match="waterfall_png: SVG markup"):
+        render_memo({**ctx, "waterfall_png": wf}, tmp_path / "x", formats=("md",))
+    with pytest.raises(ValueError, match="neighbourhood_svg: SVG markup expected"):
+        render_memo({**ctx, "neighbourhood_svg": memo_case["ctx"]["neighbourhood_png"]}, tmp_path / "x", formats=("md",))
+    with pytest.raises(ValueError, match="both waterfall_svg and waterfall_png"):
+        render_memo({**ctx, "waterfall_svg": wf, "waterfall_png": memo_case["ctx"]["waterfall_png"]}, tmp_path / "x",
+                    formats=("md",))

@@ -104,6 +104,75 @@ def test_a_registered_model_gives_exactly_the_same_pds(trained):
     assert np.array_equal(before.to_numpy(), after.to_numpy())
 
 
+def _logged_models(uri: str) -> dict[str, str]:
+    """Model URI per kind: the registered challengers and the training run's rule baseline."""
+    fluent(uri).set_registry_uri(uri)  # the tests' own mlflow calls below
+    uris = {k: f"models:/{tracking.registered_name(k)}@challenger" for k in tracking.MODEL_KINDS}
+    uris["jiangyin"] = tracking.Store(uri).latest_run("train").data.tags["baseline_model_uri"]
+    return uris
+
+
+def test_registered_models_serve_pds_without_the_engine(trained, tmp_path):
+    """A registered model is an MLflow pyfunc from code over plain state: a fresh Python
+    loads and runs it with MLflow alone (no scf_engine module imported), and its PDs on
+    the logged input example are the engine's to the last bit."""
+    uris = _logged_models(trained["uri"])
+    code = f"""
+import json, sys
+import mlflow
+import numpy as np
+mlflow.set_tracking_uri({trained["uri"]!r}); mlflow.set_registry_uri({trained["uri"]!r})
+out = {{}}
+for kind, uri in {uris!r}.items():
+    model = mlflow.pyfunc.load_model(uri)
+    out[kind] = np.asarray(model.predict(model.input_example), dtype=float).tolist()
+out["engine_modules"] = sorted(m for m in sys.modules if m == "scf_engine" or m.startswith("scf_engine."))
+print(json.dumps(out))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    served = json.loads(r.stdout.strip().splitlines()[-1])
+    assert served.pop("engine_modules") == []
+    import mlflow
+
+    for kind, uri in uris.items():
+        store = tracking.Store(trained["uri"])
+        model = store.load_model(kind, "challenger")[0] if kind != "jiangyin" else store.load_logged_model(uri)
+        example = mlflow.pyfunc.load_model(uri).input_example
+        assert len(served[kind]) == len(example) > 0
+        assert np.array_equal(np.asarray(served[kind]), model.predict_pd(example)), kind
+
+
+def test_registered_state_names_no_engine_class(trained, tmp_path, monkeypatch):
+    """What a registered version stores: state JSON (and LightGBM's booster text), no
+    pickle, no class path; pointing a kind at a moved class still loads every version."""
+    import mlflow
+
+    from scf_engine.learners import DecoupledModel, HybridModel, JiangyinGrading
+    from scf_engine.learners import state as model_state
+    from scf_engine.propagation import CorePropagation
+
+    uris = _logged_models(trained["uri"])
+    for kind, uri in uris.items():
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / kind)))
+        files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+        assert "artifacts/state.json" in files and not any(f.endswith((".pkl", ".pickle")) for f in files)
+        assert ("artifacts/booster.txt" in files) == (kind in ("decoupled", "hybrid"))
+        text = (local / "artifacts" / "state.json").read_text(encoding="utf-8")
+        assert "scf_engine" not in text and json.loads(text)["kind"] == kind
+        assert "scf_engine" not in (local / "requirements.txt").read_text()
+
+    moved = {}
+    for kind, cls in {"decoupled": DecoupledModel, "hybrid": HybridModel, "jiangyin": JiangyinGrading,
+                      "propagation": CorePropagation}.items():
+        moved[kind] = type(f"Moved{cls.__name__}", (cls,), {"__module__": "somewhere.else"})
+        monkeypatch.setitem(model_state.KINDS, kind, moved[kind])
+    for kind, uri in uris.items():
+        store = tracking.Store(trained["uri"])
+        model = store.load_model(kind, "challenger")[0] if kind != "jiangyin" else store.load_logged_model(uri)
+        assert type(model) is moved[kind]
+
+
 def test_comparison_report_and_segments(trained):
     out = trained["home"] / "compare"
     html = (out / "comparison.html").read_text()

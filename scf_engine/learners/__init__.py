@@ -1,4 +1,7 @@
-"""Learners: every model has ``fit`` / ``predict_proba``.
+"""Learners: every model has ``fit``, ``predict_pd`` (the PD), ``predict_proba`` (n, 2),
+``predict`` (the class) and a plain state (``get_state`` / ``from_state``,
+:mod:`.state`) that a registered model stores instead of a pickle
+(:mod:`.pyfunc_model` serves it).
 
 * :class:`DecoupledModel` - LightGBM on the firm's own fund flows (脱核).
 * :class:`HybridModel` - LightGBM on flows + chain + registry + propagation output.

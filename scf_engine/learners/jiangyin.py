@@ -39,6 +39,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+# The rule is written once, in the served model's standalone file (a registered model
+# grades with it without the engine); re-exported here.
+from scf_engine.learners.pyfunc_model import cell_pd, grade_from_indicators, indicator_grades
 
 INDICATORS = ("tax_growth", "utilities_growth", "social_insurance", "housing_fund", "years_in_business",
               "loan_record", "performance_rank")
@@ -47,37 +52,11 @@ REQUIRED_FEATURES = ("tax_yoy_rank_industry", "utilities_yoy_rank_industry", "so
                      "history_months", "trade_in_rank_industry")
 
 
-def _band(rank: pd.Series) -> pd.Series:
-    return pd.Series(np.select([rank >= 0.8, rank >= 0.5], ["A", "B"], "C"), index=rank.index).where(rank.notna())
-
-
-def indicator_grades(X: pd.DataFrame) -> pd.DataFrame:
-    """A/B/C (or empty: not graded) per supported indicator."""
-    g = pd.DataFrame(index=X.index)
-    g["tax_growth"] = _band(X["tax_yoy_rank_industry"])
-    g["utilities_growth"] = _band(X["utilities_yoy_rank_industry"])
-    g["social_insurance"] = np.where(X["social_insurance_missed_12m"] == 0, "A", "B")
-    expected = np.minimum(12, X["history_months"].fillna(0))
-    hf_all = (X["housing_fund_months_12m"] >= expected) & (expected > 0)
-    g["housing_fund"] = pd.Series(np.where(hf_all, "A", None), index=X.index)
-    g["years_in_business"] = np.where(X["firm_age_years"] > 3, "A", "B")
-    missed = X["loan_service_missed_12m"]
-    g["loan_record"] = np.select([missed.isna(), missed == 0, missed <= 2], ["B", "A", "B"], "C")
-    g["performance_rank"] = _band(X["trade_in_rank_industry"])
-    return g.where(g.notna(), None)
-
-
-def grade_from_indicators(g: pd.DataFrame) -> pd.DataFrame:
-    n_a = (g == "A").sum(axis=1)
-    n_c = (g == "C").sum(axis=1)
-    n = g.notna().sum(axis=1)
-    share_a = n_a / n.where(n > 0)
-    grade = np.select([(share_a >= 0.75) & (n_c == 0), (share_a >= 0.5) & (n_c == 0)], ["premium", "grade_1"], "alternate")
-    return pd.DataFrame({"grade": grade, "n_a": n_a, "n_c": n_c, "n_graded": n}, index=g.index)
-
-
 class JiangyinGrading(BaseEstimator):
-    """Rule baseline with ``fit`` (cell default rates) and ``predict_proba``."""
+    """Rule baseline with ``fit`` (cell default rates), ``predict_pd`` (the cell's rate),
+    ``predict_proba`` (n, 2) and ``predict`` (class: 1 where the PD is above 0.5)."""
+
+    _FITTED = ("base_rate_", "grade_rate_", "cell_rate_")
 
     def __init__(self, shrinkage: float = 20.0):
         self.shrinkage = shrinkage
@@ -96,13 +75,33 @@ class JiangyinGrading(BaseEstimator):
         self.cell_rate_ = {(r.grade, int(r.n_a), int(r.n_c)): float(r.rate) for r in cells.itertuples()}
         return self
 
+    def predict_pd(self, X: pd.DataFrame) -> np.ndarray:
+        """PD, one per row: the default rate of the row's (grade, count of A, count of C) cell."""
+        check_is_fitted(self, self._FITTED)
+        return cell_pd(self.grade(X), self.cell_rate_, self.grade_rate_, self.base_rate_)
+
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        g = self.grade(X)
-        p = np.array([
-            self.cell_rate_.get((gr, int(a), int(c)), self.grade_rate_.get(gr, self.base_rate_))
-            for gr, a, c in zip(g["grade"], g["n_a"], g["n_c"])
-        ])
+        """(n, 2): probability of no default, of default."""
+        p = self.predict_pd(X)
         return np.column_stack([1 - p, p])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return self.predict_proba(X)[:, 1]
+        """Class label: 1 (default) where the PD is above 0.5, else 0."""
+        return (self.predict_pd(X) > 0.5).astype(int)
+
+    # --- plain state (scf_engine.learners.state) ------------------------------------------------
+    def get_state(self) -> dict:
+        check_is_fitted(self, self._FITTED)
+        return {"params": self.get_params(deep=False),
+                "fitted": {"base_rate": float(self.base_rate_),
+                           "grade_rate": {str(k): float(v) for k, v in self.grade_rate_.items()},
+                           "cell_rate": [[g, int(a), int(c), float(r)] for (g, a, c), r in self.cell_rate_.items()]}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "JiangyinGrading":
+        model = cls(**state["params"])
+        f = state["fitted"]
+        model.base_rate_ = float(f["base_rate"])
+        model.grade_rate_ = {k: float(v) for k, v in f["grade_rate"].items()}
+        model.cell_rate_ = {(g, int(a), int(c)): float(r) for g, a, c, r in f["cell_rate"]}
+        return model

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted
 
 from scf_engine import policies
 from scf_engine.catalogue import load_catalogue
@@ -23,9 +24,12 @@ from scf_engine.numeric import sigmoid
 
 
 class LightGBMPD(BaseEstimator):
-    """``fit(X, y, as_of=...)`` / ``predict_proba(X)`` over a fixed list of feature columns."""
+    """``fit(X, y, as_of=...)`` over a fixed list of feature columns, then as scikit-learn
+    classifiers: ``predict_proba(X)`` (n, 2), ``predict(X)`` the class (1: default, PD
+    above 0.5), and ``predict_pd(X)`` the PD; ``decision_function`` the log-odds."""
 
     feature_set = None  # subclasses: "decoupled" or "hybrid"
+    _FITTED = ("features_", "booster_", "best_iteration_", "platt_a_", "platt_b_")
 
     def __init__(self, features=None, params=None, num_boost_round=3000, early_stopping_rounds=150,
                  monotone=True, validation_snapshots=1, validation_firm_share=0.3, seed=0):
@@ -105,31 +109,65 @@ class LightGBMPD(BaseEstimator):
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """LightGBM's uncalibrated log-odds."""
+        check_is_fitted(self, self._FITTED[:3])  # fit itself calibrates on it
         return self.booster_.predict(X[self.features_].astype(float), num_iteration=self.best_iteration_, raw_score=True)
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated log-odds of default."""
+        check_is_fitted(self, self._FITTED)
         return self.platt_a_ * self.raw_score(X) + self.platt_b_
 
+    def predict_pd(self, X: pd.DataFrame) -> np.ndarray:
+        """PD, one per row (what the registered model serves)."""
+        return sigmoid(self.decision_function(X))
+
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        p = sigmoid(self.decision_function(X))
+        """(n, 2): probability of no default, of default."""
+        p = self.predict_pd(X)
         return np.column_stack([1 - p, p])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """PD (what the MLflow pyfunc flavour serves)."""
-        return self.predict_proba(X)[:, 1]
+        """Class label: 1 (default) where the PD is above 0.5, else 0."""
+        return (self.predict_pd(X) > 0.5).astype(int)
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """SHAP values (TreeSHAP, LightGBM's ``pred_contrib``) on the calibrated log-odds
         scale: columns = features + ``expected_value``; each row sums to
         ``decision_function``."""
+        check_is_fitted(self, self._FITTED)
         raw = self.booster_.predict(X[self.features_].astype(float), num_iteration=self.best_iteration_, pred_contrib=True)
         out = pd.DataFrame(raw[:, :-1] * self.platt_a_, columns=self.features_, index=X.index)
         out["expected_value"] = raw[:, -1] * self.platt_a_ + self.platt_b_
         return out
 
+    # --- plain state (scf_engine.learners.state) ------------------------------------------------
+    def get_state(self) -> dict:
+        """Parameters and fitted attributes as JSON-able values; the booster as LightGBM's
+        model text (every iteration, as LightGBM's own pickling keeps it)."""
+        check_is_fitted(self, self._FITTED)
+        return {
+            "params": self.get_params(deep=False),
+            "fitted": {"features": list(self.features_), "booster": self.booster_.model_to_string(num_iteration=-1),
+                       "best_iteration": int(self.best_iteration_), "platt_a": float(self.platt_a_),
+                       "platt_b": float(self.platt_b_), "n_train": int(self.n_train_), "n_valid": int(self.n_valid_),
+                       "train_default_rate": float(self.train_default_rate_)},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LightGBMPD":
+        model = cls(**state["params"])
+        f = state["fitted"]
+        model.features_ = list(f["features"])
+        model.booster_ = lgb.Booster(model_str=f["booster"])
+        model.best_iteration_ = int(f["best_iteration"])
+        model.platt_a_, model.platt_b_ = float(f["platt_a"]), float(f["platt_b"])
+        model.n_train_, model.n_valid_ = int(f["n_train"]), int(f["n_valid"])
+        model.train_default_rate_ = float(f["train_default_rate"])
+        return model
+
     @property
     def feature_importance_(self) -> pd.Series:
+        check_is_fitted(self, self._FITTED)
         return pd.Series(self.booster_.feature_importance("gain"), index=self.features_).sort_values(ascending=False)
 
 

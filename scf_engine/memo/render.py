@@ -4,7 +4,7 @@
 templates in ``memo/templates`` and returns ``{format: path}``. The HTML is
 self-contained (images embedded as base64 data URIs, print CSS for A4); the PDF is that
 HTML printed by WeasyPrint; the Markdown references the images written beside it
-(``<stem>.neighbourhood.png``, ``<stem>.waterfall.png``).
+(``<stem>.neighbourhood.svg``, ``<stem>.waterfall.svg``, or ``.png`` for PNG pictures).
 
 Context (``ctx``), exactly these keys (others are refused; * = required):
 
@@ -12,9 +12,10 @@ Context (``ctx``), exactly these keys (others are refused; * = required):
 * ``as_of``\\*: the as-of date (date, Timestamp or ISO string)
 * ``chain_position``: ``{role, upstream_tier, downstream_tier, cores: [core names],
   core_dependence}`` (:func:`chain_position` builds it from a Chain)
-* ``neighbourhood_png``: PNG bytes or a path; the firm's chain, made with
-  ``plot_chain(..., highlight=firm_id)`` (:func:`neighbourhood_png`), or an SVG string
-  (``<svg ...``: :class:`scf_engine.memo.svg.ChainPictures`, what batch scoring uses)
+* ``neighbourhood_svg``: the firm's chain as SVG markup (a string ``<svg ...``:
+  :class:`scf_engine.memo.svg.ChainPictures`, what batch scoring uses); or instead
+  ``neighbourhood_png``: PNG bytes or a path, made with ``plot_chain(...,
+  highlight=firm_id)`` (:func:`neighbourhood_png`). One picture, one of the two keys.
 * ``models``\\*: ``[{name, pd, version, run_id}]`` for ``propagation`` / ``decoupled`` /
   ``hybrid``; ``pd`` None means the model does not score the firm, and an optional
   ``reason`` says why
@@ -22,8 +23,8 @@ Context (``ctx``), exactly these keys (others are refused; * = required):
   each component and which cap bound]}``
 * ``reasons``\\*: the firm's list from :func:`scf_engine.explain.reason_codes`
   (:class:`~scf_engine.explain.Reason` objects or their ``to_dict()``)
-* ``waterfall_png``: PNG bytes or a path (:func:`scf_engine.explain.plots.waterfall_plot`),
-  or an SVG string (:func:`scf_engine.memo.svg.waterfall_svg`)
+* ``waterfall_svg``: SVG markup (:func:`scf_engine.memo.svg.waterfall_svg`); or instead
+  ``waterfall_png``: PNG bytes or a path (:func:`scf_engine.explain.plots.waterfall_plot`)
 * ``propagation_paths``: rows of :func:`scf_engine.explain.path_decomposition`
   (DataFrame, or list of dicts such as :func:`scf_engine.explain.path_rows` gives), optional
 * ``data_quality``: ``[{file, line, column, reason}]`` - quarantined rows touching the firm
@@ -49,8 +50,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 FORMATS = ("html", "pdf", "md")
 REQUIRED_KEYS = ("firm", "as_of", "models", "final", "reasons")
-OPTIONAL_KEYS = ("chain_position", "neighbourhood_png", "waterfall_png", "propagation_paths", "data_quality",
-                 "mlflow", "generated_at")
+PICTURES = ("neighbourhood", "waterfall")
+OPTIONAL_KEYS = ("chain_position", "neighbourhood_svg", "neighbourhood_png", "waterfall_svg", "waterfall_png",
+                 "propagation_paths", "data_quality", "mlflow", "generated_at")
 CONTEXT_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
 FIRM_KEYS = ("firm_id", "name", "industry", "region", "founded_on", "batch_group")
 MAX_PATHS_SHOWN = 8
@@ -149,15 +151,27 @@ def _md_cell(v) -> str:
 
 
 # --- images ------------------------------------------------------------------------------------
-def _png_bytes(img) -> bytes | None:
-    """Image bytes: PNG (bytes or a path) or SVG (a string starting with ``<svg``)."""
-    if img is None:
+def _looks_svg(img) -> bool:
+    return isinstance(img, str) and img.lstrip().startswith("<svg")
+
+
+def _picture(ctx: dict, name: str) -> bytes | None:
+    """The bytes of picture ``name`` (``neighbourhood`` / ``waterfall``): SVG markup from
+    ``<name>_svg``, or PNG (bytes or a path) from ``<name>_png``; each key one format."""
+    svg, png = ctx.get(f"{name}_svg"), ctx.get(f"{name}_png")
+    if svg is not None and png is not None:
+        raise ValueError(f"both {name}_svg and {name}_png given: one picture, one key")
+    if svg is not None:
+        if not _looks_svg(svg):
+            raise ValueError(f"{name}_svg: SVG markup expected (a string starting with <svg), got {type(svg).__name__}")
+        return svg.encode("utf-8")
+    if png is None:
         return None
-    if isinstance(img, str) and img.lstrip().startswith("<svg"):
-        return img.encode("utf-8")
-    if isinstance(img, (bytes, bytearray, memoryview)):
-        return bytes(img)
-    p = Path(img)
+    if _looks_svg(png):
+        raise ValueError(f"{name}_png: SVG markup given; pass it as {name}_svg")
+    if isinstance(png, (bytes, bytearray, memoryview)):
+        return bytes(png)
+    p = Path(png)
     if not p.is_file():
         raise FileNotFoundError(f"image not found: {p}")
     return p.read_bytes()
@@ -167,11 +181,11 @@ def _is_svg(img: bytes | None) -> bool:
     return img is not None and img.lstrip()[:4] == b"<svg"
 
 
-def _data_uri(png: bytes | None) -> str | None:
-    if png is None:
+def _data_uri(img: bytes | None) -> str | None:
+    if img is None:
         return None
-    mime = "image/svg+xml" if _is_svg(png) else "image/png"
-    return f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
+    mime = "image/svg+xml" if _is_svg(img) else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(img).decode("ascii")
 
 
 # --- context -> view ---------------------------------------------------------------------------
@@ -300,8 +314,7 @@ def view(ctx: dict) -> dict:
         "paths": _paths_view(ctx.get("propagation_paths"), own, keep), "data_quality": dq,
         "mlflow": {k: ("—" if _missing(ml.get(k)) else str(ml.get(k))) for k in ("run_id", "experiment", "tracking_uri")},
         "generated_at": fmt_datetime(generated),
-        "neighbourhood_png": _png_bytes(ctx.get("neighbourhood_png")),
-        "waterfall_png": _png_bytes(ctx.get("waterfall_png")),
+        "pictures": {name: _picture(ctx, name) for name in PICTURES},  # bytes: SVG or PNG (_is_svg tells)
     }
 
 
@@ -327,7 +340,7 @@ def memo_stem(ctx: dict) -> str:
 
 def render_html(ctx: dict, v: dict | None = None) -> str:
     v = v or view(ctx)
-    images = {"neighbourhood": _data_uri(v["neighbourhood_png"]), "waterfall": _data_uri(v["waterfall_png"])}
+    images = {name: _data_uri(img) for name, img in v["pictures"].items()}
     return _env("html").get_template("memo.html.j2").render(**v, images=images)
 
 
@@ -365,11 +378,10 @@ def render_memo(ctx: dict, out_dir: Path, formats=FORMATS) -> dict[str, Path]:
         out["pdf"] = write_pdf(html, out_dir / f"{stem}.pdf", base_url=str(out_dir))
     if "md" in formats:
         names = {}
-        for key in ("neighbourhood", "waterfall"):
-            png = v[f"{key}_png"]
-            if png is not None:
-                name = f"{stem}.{key}.{'svg' if _is_svg(png) else 'png'}"
-                (out_dir / name).write_bytes(png)
+        for key, img in v["pictures"].items():
+            if img is not None:
+                name = f"{stem}.{key}.{'svg' if _is_svg(img) else 'png'}"
+                (out_dir / name).write_bytes(img)
                 names[key] = name
         out["md"] = out_dir / f"{stem}.md"
         out["md"].write_text(render_markdown(ctx, v, names), encoding="utf-8")

@@ -203,7 +203,7 @@ def _record_model(store, parent, kind: str, model, example, fitted: Fitted, pols
         register = kind != "jiangyin"
         if register:
             _log_scale(run, pols)
-        return run.log_model(model, kind, input_example=example, output_example=model.predict(example), register=register)
+        return run.log_model(model, kind, input_example=example, output_example=model.predict_pd(example), register=register)
 
 
 def _log_scale(run, pols) -> None:

@@ -21,6 +21,12 @@ and the rest is fitted exactly. Fitted parameters (``decay_``, ``transmission_``
 
 A firm with no supply path to a core is not scored (``covered`` False, PD empty): the
 model's coverage is a metric, not a crash.
+
+Two inputs, one word each: a *chain* goes to :meth:`~CorePropagation.design` (the design
+frame and coverage) and :meth:`~CorePropagation.predict_frame` (PD and log-odds per
+non-core firm, empty where not covered); a *design frame* goes to the scikit-learn
+methods ``decision_function``, ``predict_pd``, ``predict_proba`` (n, 2) and ``predict``
+(class: 1 where the PD is above 0.5), as for the LightGBM models.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted
 
 from scf_engine import policies
 from scf_engine.graph import Chain
@@ -38,6 +45,8 @@ from scf_engine.propagation.transmission import Transmission, transmission
 
 class CorePropagation(BaseEstimator):
     """Core credit transmitted along the chain, blended with registry evidence."""
+
+    _FITTED = ("decay_", "mu0_", "core_stats_", "medians_", "columns_", "coef_", "intercept_")
 
     def __init__(self, decay_grid=(0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95),
                  core_evidence=("payables_late_share", "payables_unconfirmed_share", "payables_days_late"),
@@ -199,18 +208,33 @@ class CorePropagation(BaseEstimator):
     def design(self, chain: Chain) -> tuple[pd.DataFrame, np.ndarray]:
         """The model's inputs for every non-core firm (transmitted credit, core evidence,
         standalone evidence) and the coverage mask."""
+        check_is_fitted(self, self._FITTED)
         tr, trans, ce, s = self._raw_design(chain, self.decay_, self.mu0_)
         return self._design_frame(trans, ce, s)[self.columns_], tr.covered
 
+    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+        """Log-odds of default from a design frame (what :meth:`design` returns)."""
+        check_is_fitted(self, self._FITTED)
+        return self.intercept_ + X[self.columns_].to_numpy() @ self.coef_.to_numpy()
+
+    def predict_pd(self, X: pd.DataFrame) -> np.ndarray:
+        """PD from a design frame, one per row (what the registered model serves)."""
+        return sigmoid(self.decision_function(X))
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """(n, 2) from a design frame: probability of no default, of default."""
+        p = self.predict_pd(X)
+        return np.column_stack([1 - p, p])
+
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """PD from a design frame (what the MLflow pyfunc flavour serves)."""
-        return sigmoid(self.intercept_ + X[self.columns_].to_numpy() @ self.coef_.to_numpy())
+        """Class label from a design frame: 1 (default) where the PD is above 0.5, else 0."""
+        return (self.predict_pd(X) > 0.5).astype(int)
 
     def predict_frame(self, chain: Chain) -> pd.DataFrame:
-        """Per non-core firm: ``covered``, ``propagated_log_odds`` (the chain's part of the
-        log-odds), ``log_odds`` and ``pd`` (empty where not covered)."""
+        """Per non-core firm of the chain: ``covered``, ``propagated_log_odds`` (the chain's
+        part of the log-odds), ``log_odds`` and ``pd`` (empty where not covered)."""
         X, covered = self.design(chain)
-        lin = self.intercept_ + X.to_numpy() @ self.coef_.to_numpy()
+        lin = self.intercept_ + X.to_numpy() @ self.coef_.to_numpy()  # X is in columns_ order
         chain_part = X["transmitted"].to_numpy() * self.transmission_ + sum(
             X[f"core_{n}"].to_numpy() * self.core_evidence_weights_[f"core_{n}"] for n in self.core_evidence)
         out = pd.DataFrame({"covered": covered, "propagated_log_odds": chain_part, "log_odds": lin,
@@ -219,17 +243,64 @@ class CorePropagation(BaseEstimator):
         out.index.name = "firm_id"
         return out
 
-    def predict_proba(self, chain: Chain) -> np.ndarray:
-        """(n, 2) for the chain's non-core firms, in ``chain.nodes`` order; NaN where not covered."""
-        f = self.predict_frame(chain)
-        ids = chain.nodes.index[~chain.nodes["is_core"]]
-        p = f["pd"].reindex(ids).to_numpy()
-        return np.column_stack([1 - p, p])
-
     def core_credit(self, chain: Chain, tr: Transmission | None = None) -> pd.Series:
         """Each core's credit in the model's units (beta * a_c + gamma . D_c): what it sends down the chain."""
+        check_is_fitted(self, self._FITTED)
         tr = tr or transmission(chain)
         a, D = self._core_inputs(chain, tr, self.mu0_)
         D = self._standardise_core(D)
         w = self.core_evidence_weights_.to_numpy()
         return pd.Series(self.transmission_ * a + D @ w, index=tr.core_ids)
+
+    # --- plain state (scf_engine.learners.state) ------------------------------------------------
+    def get_state(self) -> dict:
+        """Parameters and fitted attributes as JSON-able values (series as index and values)."""
+        check_is_fitted(self, self._FITTED)
+        params = self.get_params(deep=False)
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        mean, std = self.core_stats_
+        return {
+            "params": params,
+            "fitted": {
+                "mu0": float(self.mu0_), "decay": float(self.decay_), "intercept": float(self.intercept_),
+                "transmission": float(self.transmission_), "log_likelihood": float(self.log_likelihood_),
+                "n_train": int(self.n_train_), "columns": [str(c) for c in self.columns_],
+                "core_stats": {"mean": _floats(mean), "std": _floats(std)},
+                "profile": [[float(d), float(ll)] for d, ll in self.profile_.items()],
+                **{name: _series_state(getattr(self, f"{name}_")) for name in _SERIES},
+            },
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "CorePropagation":
+        params = dict(state["params"])
+        for k in ("decay_grid", "core_evidence", "standalone_evidence"):
+            if isinstance(params.get(k), list):
+                params[k] = tuple(params[k])
+        model = cls(**params)
+        f = state["fitted"]
+        model.mu0_, model.decay_, model.intercept_ = float(f["mu0"]), float(f["decay"]), float(f["intercept"])
+        model.transmission_, model.log_likelihood_ = float(f["transmission"]), float(f["log_likelihood"])
+        model.n_train_ = int(f["n_train"])
+        model.columns_ = pd.Index(f["columns"])
+        model.core_stats_ = (np.asarray(f["core_stats"]["mean"], dtype=np.float64),
+                             np.asarray(f["core_stats"]["std"], dtype=np.float64))
+        model.profile_ = {float(d): float(ll) for d, ll in f["profile"]}
+        for name in _SERIES:
+            setattr(model, f"{name}_", _series_from_state(f[name]))
+        return model
+
+
+_SERIES = ("coef", "x_mean", "x_std", "core_worst", "medians", "core_evidence_weights", "standalone_weights")
+
+
+def _floats(a) -> list[float]:
+    return [float(v) for v in np.asarray(a, dtype=np.float64)]
+
+
+def _series_state(s: pd.Series) -> dict:
+    return {"index": [str(i) for i in s.index], "values": _floats(s.to_numpy()), "name": s.name}
+
+
+def _series_from_state(d: dict) -> pd.Series:
+    return pd.Series(np.asarray(d["values"], dtype=np.float64), index=pd.Index(d["index"]), name=d["name"])

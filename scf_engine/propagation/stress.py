@@ -16,6 +16,8 @@ Two views, reported side by side:
 
 from __future__ import annotations
 
+import copy
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -64,9 +66,11 @@ def debtrank(chain: Chain, shocked: dict[str, float], *, equity_months: float = 
 def stress_core(model, chain: Chain, core_id: str, *, to_rating: str | None = None,
                 equity_months: float = 3.0) -> pd.DataFrame:
     """PD before and after the core's downgrade (``to_rating``) or default (None), and
-    DebtRank distress, for every non-core firm; sorted by PD change."""
+    DebtRank distress, for every non-core firm; sorted by PD change. ``model`` is never
+    changed: a default is scored by a shallow copy whose master scale has a default grade."""
     before = model.predict_frame(chain)
     stressed_nodes = chain.nodes.copy()
+    stressed = model
     if to_rating is None:
         scale = dict(model._scale())
         scale["_DEFAULT"] = DEFAULT_PD
@@ -77,17 +81,13 @@ def stress_core(model, chain: Chain, core_id: str, *, to_rating: str | None = No
         for col in model.core_evidence:
             current = float(np.nan_to_num(chain.nodes.at[core_id, col]))
             stressed_nodes.loc[core_id, col] = 1.0 if col.endswith("_share") else max(90.0, float(model.core_worst_[col]), current)
-        model_scale = model.master_scale
-        model.master_scale = scale
+        stressed = copy.copy(model)  # shares the fitted attributes (read only); its own master scale
+        stressed.master_scale = scale
+    elif to_rating not in RATINGS:
+        raise ValueError(f"unknown rating {to_rating!r}")
     else:
-        if to_rating not in RATINGS:
-            raise ValueError(f"unknown rating {to_rating!r}")
         stressed_nodes.loc[core_id, "core_rating"] = to_rating
-        model_scale = model.master_scale
-    try:
-        after = model.predict_frame(Chain(chain.as_of, chain.edges, stressed_nodes))
-    finally:
-        model.master_scale = model_scale
+    after = stressed.predict_frame(Chain(chain.as_of, chain.edges, stressed_nodes))
     h0 = 1.0 if to_rating is None else _downgrade_shock(chain.nodes.loc[core_id, "core_rating"], to_rating, model)
     dist = debtrank(chain, {core_id: h0}, equity_months=equity_months)
     out = pd.DataFrame({

@@ -1,0 +1,104 @@
+"""The estimators' scikit-learn manners and their plain state (what a registered model stores)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from scf_engine.learners import DecoupledModel, HybridModel, JiangyinGrading
+from scf_engine.learners import state as model_state
+from scf_engine.propagation import CorePropagation
+
+
+@pytest.fixture(scope="module")
+def fitted(explain_world):
+    w = explain_world
+    tr = w["tr"][w["tr"]["history_months"].notna()]
+    jy = JiangyinGrading().fit(tr, tr["label"])
+    X, covered = w["prop"].design(w["chain"])
+    return {"decoupled": (w["dec"], w["te"]), "jiangyin": (jy, w["te"]), "propagation": (w["prop"], X[covered])}
+
+
+@pytest.mark.parametrize("kind", ["decoupled", "jiangyin", "propagation"])
+def test_predict_is_the_class_predict_pd_the_pd_and_predict_proba_both(fitted, kind):
+    model, X = fitted[kind]
+    p = model.predict_pd(X)
+    proba = model.predict_proba(X)
+    assert p.shape == (len(X),) and proba.shape == (len(X), 2)
+    assert np.array_equal(proba[:, 1], p) and np.allclose(proba.sum(axis=1), 1.0)
+    labels = model.predict(X)
+    assert set(np.unique(labels)) <= {0, 1} and np.array_equal(labels, (p > 0.5).astype(int))
+
+
+def test_propagation_predicts_from_its_design_frame_as_predict_frame_does(explain_world):
+    prop, chain = explain_world["prop"], explain_world["chain"]
+    X, covered = prop.design(chain)
+    frame = prop.predict_frame(chain)
+    # equal up to the order of summation BLAS picks for a different number of rows
+    np.testing.assert_allclose(prop.predict_pd(X[covered]), frame.loc[covered, "pd"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(prop.decision_function(X[covered]), frame.loc[covered, "log_odds"].to_numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("model", [DecoupledModel(), HybridModel(), JiangyinGrading(), CorePropagation()],
+                         ids=["decoupled", "hybrid", "jiangyin", "propagation"])
+def test_an_unfitted_model_says_so(model, explain_world):
+    X = explain_world["te"].head(3)
+    methods = ["predict", "predict_pd", "predict_proba", "get_state"]
+    if not isinstance(model, JiangyinGrading):
+        methods.append("decision_function")
+    if isinstance(model, (DecoupledModel, HybridModel)):
+        methods += ["raw_score", "contributions"]
+    for name in methods:
+        with pytest.raises(NotFittedError, match="not fitted"):
+            getattr(model, name)(*([] if name == "get_state" else [X]))
+    if isinstance(model, CorePropagation):
+        for name in ("design", "predict_frame", "core_credit"):
+            with pytest.raises(NotFittedError):
+                getattr(model, name)(explain_world["chain"])
+
+
+@pytest.mark.parametrize("kind", ["decoupled", "jiangyin", "propagation"])
+def test_state_round_trip_gives_the_same_pds_and_names_no_class(fitted, kind, tmp_path):
+    model, X = fitted[kind]
+    files = model_state.save_state(model, tmp_path)
+    text = files["state"].read_text(encoding="utf-8")
+    assert "scf_engine" not in text and json.loads(text)["kind"] == kind
+    assert set(files) == ({"state", "booster"} if kind == "decoupled" else {"state"})
+    back = model_state.load(files["state"], files.get("booster"))
+    assert type(back) is type(model) and back.get_params() == model.get_params()
+    assert np.array_equal(back.predict_pd(X), model.predict_pd(X))
+
+
+def test_propagation_state_keeps_every_fitted_attribute(explain_world):
+    prop, chain = explain_world["prop"], explain_world["chain"]
+    back = model_state.from_state(json.loads(json.dumps(model_state.get_state(prop))))
+    assert sorted(vars(back)) == sorted(vars(prop))
+    for k, v in vars(prop).items():
+        b = getattr(back, k)
+        if isinstance(v, pd.Series):
+            pd.testing.assert_series_equal(b, v, check_exact=True)
+        elif isinstance(v, pd.Index):
+            assert b.equals(v)
+        elif k == "core_stats_":
+            assert all(np.array_equal(x, y) for x, y in zip(b, v))
+        else:
+            assert b == v, k
+    pd.testing.assert_frame_equal(back.predict_frame(chain), prop.predict_frame(chain), check_exact=True)
+
+
+def test_a_moved_class_still_loads_a_saved_state(fitted, tmp_path, monkeypatch):
+    """The state names a kind, not a class path: point the kind at another class (as a
+    move or rename would) and the saved model loads into it."""
+    model, X = fitted["decoupled"]
+    files = model_state.save_state(model, tmp_path)
+
+    class Renamed(DecoupledModel):
+        pass
+
+    monkeypatch.setitem(model_state.KINDS, "decoupled", Renamed)
+    back = model_state.load(files["state"], files["booster"])
+    assert type(back) is Renamed and np.array_equal(back.predict_pd(X), model.predict_pd(X))
