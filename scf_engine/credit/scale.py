@@ -62,19 +62,16 @@ class ScoreScale:
     @classmethod
     def from_policy(cls, policy: Policy | Mapping[str, Any]) -> "ScoreScale":
         """The scale of a loaded ``score_scale`` policy (or a mapping with its keys)."""
-        d = as_data(policy)
+        d = {"min_score": 0.0, "max_score": 100.0, **as_data(policy)}
+        validate("score_scale", d)  # the one check of these rules (policies.py)
         decimals = d.get("decimals", 2)
-        scale = cls(
+        return cls(
             base_score=float(d["base_score"]), base_odds=float(d["base_odds"]),
             points_to_double_odds=float(d["points_to_double_odds"]),
             min_score=float(d.get("min_score", 0.0)), max_score=float(d.get("max_score", 100.0)),
             decimals=None if decimals is None else int(decimals),
             policy_sha256=policy.sha256 if isinstance(policy, Policy) else None,
         )
-        if scale.base_odds <= 0 or scale.points_to_double_odds <= 0 or scale.min_score >= scale.max_score:
-            raise PolicyError("score_scale: base_odds and points_to_double_odds must be positive "
-                              "and min_score below max_score")
-        return scale
 
     @property
     def factor(self) -> float:

@@ -23,20 +23,26 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scf_engine import policies
 from scf_engine.contract import RATINGS
 from scf_engine.graph import Chain
 
 DEFAULT_PD = 1 - 1e-6
 
 
-def debtrank(chain: Chain, shocked: dict[str, float], *, equity_months: float = 3.0, max_rounds: int = 50) -> pd.Series:
+def _equity_months(value: float | None) -> float:
+    """``stress_equity_months`` of ``models/propagation.yaml`` unless given."""
+    return float(policies.load("propagation")["stress_equity_months"]) if value is None else float(value)
+
+
+def debtrank(chain: Chain, shocked: dict[str, float], *, equity_months: float | None = None, max_rounds: int = 50) -> pd.Series:
     """Final distress ``h`` (share of equity lost, 0..1) of every firm after shocking the
     given firms (``{firm_id: initial distress}``)."""
     nodes, edges = chain.nodes, chain.edges
     ids = pd.Index(nodes.index)
     n = len(ids)
     equity = np.maximum(nodes["registered_capital"].fillna(0).to_numpy(),
-                        equity_months / 12 * nodes["trade_in_12m"].fillna(0).to_numpy())
+                        _equity_months(equity_months) / 12 * nodes["trade_in_12m"].fillna(0).to_numpy())
     equity = np.where(equity > 0, equity, np.inf)
     s = ids.get_indexer(edges["supplier"])
     b = ids.get_indexer(edges["buyer"])
@@ -64,7 +70,7 @@ def debtrank(chain: Chain, shocked: dict[str, float], *, equity_months: float = 
 
 
 def stress_core(model, chain: Chain, core_id: str, *, to_rating: str | None = None,
-                equity_months: float = 3.0) -> pd.DataFrame:
+                equity_months: float | None = None) -> pd.DataFrame:
     """PD before and after the core's downgrade (``to_rating``) or default (None), and
     DebtRank distress, for every non-core firm; sorted by PD change. ``model`` is never
     changed: a default is scored by a shallow copy whose master scale has a default grade."""
