@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-#: model kind -> its PD column in every frame the engine builds
-SCORES = {"propagation": "pd_propagation", "decoupled": "pd_decoupled", "hybrid": "pd_hybrid", "jiangyin": "pd_jiangyin"}
+#: model kind -> its PD column in every frame the engine builds (a "score" is the 0-100 scale)
+PD_COLUMNS = {"propagation": "pd_propagation", "decoupled": "pd_decoupled", "hybrid": "pd_hybrid", "jiangyin": "pd_jiangyin"}
 
 
 def has_flows(frame: pd.DataFrame) -> pd.Series:
@@ -43,4 +43,4 @@ def predict_all(models: dict, frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-__all__ = ["SCORES", "has_flows", "predict_all"]
+__all__ = ["PD_COLUMNS", "has_flows", "predict_all"]

@@ -19,7 +19,7 @@ from scf_engine.assemble import add_propagation, assemble, stack, truth_frame
 from scf_engine.errors import DatasetError, ModelNotFound
 from scf_engine.evaluate import bootstrap_difference, evaluate
 from scf_engine.ingest import fingerprint, load_dataset
-from scf_engine.learners.predict import SCORES, predict_all
+from scf_engine.learners.predict import PD_COLUMNS, predict_all
 from scf_engine.pipelines.promote import promote as move_alias
 from scf_engine.pipelines.promote import promotion_plan
 
@@ -69,7 +69,7 @@ def evaluate_heldout(ds, models: dict, test_dates, *, n_boot: int = 300, progres
     add_propagation(data, models["propagation"])
     te = stack(data, test_dates)
     te = te.join(predict_all(models, te).drop(columns=["pd_propagation"]))
-    ev = evaluate(te, list(SCORES.values()))
+    ev = evaluate(te, list(PD_COLUMNS.values()))
     say("bootstrapping differences")
     boot = pd.DataFrame([bootstrap_difference(te, a, b, n_boot=n_boot) for a, b in PAIRS])
     return {"test": te, "evaluation": ev, "bootstrap": boot,
@@ -105,7 +105,7 @@ def record_comparison(store, res: dict, versions: dict, alias: str, train_run_id
     """The HTML report and tables on disk, and one MLflow run holding them."""
     from scf_engine import report
 
-    ev, scores = res["evaluation"], list(SCORES.values())
+    ev, pd_cols = res["evaluation"], list(PD_COLUMNS.values())
     model_table = pd.DataFrame([{"model": k, "registered": tracking.registered_name(k), "alias": alias, **v} for k, v in versions.items()]
                                + [{"model": "jiangyin", "registered": "(rule, from training run)", "alias": "-", "version": "-",
                                    "run_id": train_run_id}])
@@ -115,7 +115,7 @@ def record_comparison(store, res: dict, versions: dict, alias: str, train_run_id
         for _, row in ev["overall"].iterrows():
             run.log_metrics({f"{row['model']}_{k}": row.get(k) for k in ("auc", "ks", "gini", "brier", "coverage", "bayes_fraction")})
         path = out_dir / "comparison.html"
-        report.comparison_html(ev, res["test"], scores, res["bootstrap"], test_dates=test_dates, dataset=str(data_dir),
+        report.comparison_html(ev, res["test"], pd_cols, res["bootstrap"], test_dates=test_dates, dataset=str(data_dir),
                                models=model_table, run_id=run.id, path=path)
         out_dir.mkdir(parents=True, exist_ok=True)
         ev["overall"].to_csv(out_dir / "overall.csv", index=False)

@@ -22,7 +22,7 @@ from scf_engine.errors import DatasetError
 from scf_engine.evaluate import evaluate, psi
 from scf_engine.ingest import load_dataset
 from scf_engine.learners import DecoupledModel, HybridModel, JiangyinGrading
-from scf_engine.learners.predict import SCORES, has_flows, predict_all
+from scf_engine.learners.predict import PD_COLUMNS, has_flows, predict_all
 from scf_engine.propagation import CorePropagation
 
 SCALE_ARTIFACT = "scorecard/score_scale.json"
@@ -98,22 +98,22 @@ def fit_and_evaluate(ds: Dataset, dates, train_dates, test_dates, *, progress=No
     jy = JiangyinGrading().fit(tr[flows_tr], tr.loc[flows_tr, "label"])
     models = {"decoupled": dec, "hybrid": hyb, "jiangyin": jy}
     te = te.join(predict_all(models, te).drop(columns=["pd_propagation"]))
-    tr_scores = predict_all(models, tr)
-    scores = list(SCORES.values())
+    tr_pds = predict_all(models, tr)
+    pd_cols = list(PD_COLUMNS.values())
     say("evaluating")
-    ev = evaluate(te, scores)
-    stability = {s: psi(tr_scores[s] if s != "pd_propagation" else tr["pd_propagation"], te[s]) for s in scores}
+    ev = evaluate(te, pd_cols)
+    stability = {s: psi(tr_pds[s] if s != "pd_propagation" else tr["pd_propagation"], te[s]) for s in pd_cols}
     return Fitted(prop, models, data, tr, te, ev, stability)
 
 
 def write_tables(fitted: Fitted, ds: Dataset, out_dir: Path) -> Path:
     """Evaluation tables, held-out predictions and the quarantine report on disk."""
-    ev, te, scores = fitted.evaluation, fitted.test, list(SCORES.values())
+    ev, te, pd_cols = fitted.evaluation, fitted.test, list(PD_COLUMNS.values())
     tables = out_dir / "evaluation"
     tables.mkdir(parents=True, exist_ok=True)
     ev["overall"].assign(psi=ev["overall"]["model"].map(fitted.stability)).to_csv(tables / "overall.csv", index=False)
     ev["segments"].to_csv(tables / "segments.csv", index=False)
-    predictions = te[["firm_id", "as_of", "label"] + scores + (["true_pd"] if "true_pd" in te else [])]
+    predictions = te[["firm_id", "as_of", "label"] + pd_cols + (["true_pd"] if "true_pd" in te else [])]
     predictions.to_parquet(tables / "heldout_predictions.parquet", index=False)
     ds.report.write(out_dir / "quarantine.csv")
     return tables
@@ -188,15 +188,15 @@ def _examples(fitted: Fitted) -> dict:
 def _record_model(store, parent, kind: str, model, example, fitted: Fitted, pols) -> str | None:
     """A child run per model: metrics, parameters, tables, the model itself and, for the
     registered ones, the score scale its PDs are turned into scores with."""
-    score = SCORES[kind]
+    col = PD_COLUMNS[kind]
     ev = fitted.evaluation
     with store.run("train", kind, parent=parent, tags={"scf_role": "model", "model_kind": kind}) as run:
-        m = ev["overall"].set_index("model").loc[score].to_dict()
+        m = ev["overall"].set_index("model").loc[col].to_dict()
         run.log_metrics({k: m.get(k) for k in ("auc", "gini", "ks", "brier", "log_loss", "coverage", "bayes_fraction", "mean_pd")}
-                        | {"psi_train_test": fitted.stability[score], "n_scored": m.get("n"), "defaults": m.get("defaults")})
+                        | {"psi_train_test": fitted.stability[col], "n_scored": m.get("n"), "defaults": m.get("defaults")})
         run.log_params(model_params(kind, model))
         run.log_artifact(policies.policy_dir() / "features.yaml", "catalogue")
-        _log_model_tables(run, ev, score, fitted.test)
+        _log_model_tables(run, ev, col, fitted.test)
         if kind in ("decoupled", "hybrid"):
             imp = model.feature_importance_.rename("gain").reset_index().rename(columns={"index": "feature"})
             run.log_frame(imp, "feature_importance.csv", "explain")
@@ -227,13 +227,13 @@ def model_params(kind: str, model) -> dict:
             "n_valid": model.n_valid_, **{f"lgbm_{k}": v for k, v in (model.params or {}).items()}}
 
 
-def _log_model_tables(run, ev: dict, score: str, te: pd.DataFrame) -> None:
+def _log_model_tables(run, ev: dict, col: str, te: pd.DataFrame) -> None:
     from scf_engine import report
 
-    run.log_frame(ev["calibration"][score], "calibration.csv", "evaluation")
-    run.log_frame(ev["lift"][score], "lift.csv", "evaluation")
-    run.log_frame(ev["segments"][ev["segments"]["model"] == score], "segments.csv", "evaluation")
-    for name, fig in report.figures(te, [score]).items():
+    run.log_frame(ev["calibration"][col], "calibration.csv", "evaluation")
+    run.log_frame(ev["lift"][col], "lift.csv", "evaluation")
+    run.log_frame(ev["segments"][ev["segments"]["model"] == col], "segments.csv", "evaluation")
+    for name, fig in report.figures(te, [col]).items():
         run.log_figure(fig, f"plots/{name}.png")
         report.plt.close(fig)
 
