@@ -183,6 +183,20 @@ def test_round_trips_and_cycles_show_in_the_features():
     assert F.loc[B, "pass_through_share_12m"] == pytest.approx(1.0)
 
 
+def test_alerts_follow_the_policy_rules():
+    from scf_engine.features.alerts import raise_alerts
+
+    F = pd.DataFrame({"cycle_return_share_12m": [0.2, 0.01, np.nan], "cycle_share_12m": [0.3, 0.0, np.nan],
+                      "round_trip_share_12m": [0.0, 0.5, np.nan], "pass_through_share_12m": [0.0, 0.0, np.nan],
+                      "scatter_gather_12m": [0.0, 4.0, np.nan], "fan_in_burst_12m": [1.0, 9.0, np.nan],
+                      "fan_out_burst_12m": [1.0, 1.0, np.nan]}, index=pd.Index(["X", "Y", "Z"], name="firm_id"))
+    got = raise_alerts(F)
+    assert list(zip(got["firm_id"], got["name"], got["severity"])) == [
+        ("X", "ring_return", "high"), ("X", "ring_member", "medium"), ("Y", "round_trip", "medium"),
+        ("Y", "scatter_gather", "medium"), ("Y", "fan_in_burst", "low")]
+    assert got.loc[0, "value"] == 0.2 and got.loc[0, "label_zh"].startswith("资金空转")
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 400), st.sampled_from([A, B, C, "EXT-Q"]), st.sampled_from([A, B, C, "EXT-R"]),
                           st.floats(1, 1e6), st.sampled_from(["trade", "payroll", "tax", "utilities", "loan_drawdown"])),

@@ -248,3 +248,39 @@ FEATURES = ("round_trip_share_12m", "cycle_share_12m", "cycle_parties_12m", "cyc
 # what a firm with flows but none of these shapes gets: 0, except the shortest ring and the
 # days to return, which stay empty (there is no ring to measure)
 ZERO_WHEN_NONE = tuple(f for f in FEATURES if f not in ("cycle_min_parties_12m", "cycle_return_days_12m"))
+
+
+class RingEvidence:
+    """The rings by which a firm's own payments came back, for its credit memo: built once
+    per snapshot (the last 12 months' trade flows indexed), then one small search per firm
+    from its own payments only."""
+
+    def __init__(self, flows: pd.DataFrame, as_of, policy=None):
+        pol = policies.as_data(policy or load_policy())
+        T = pd.Timestamp(as_of)
+        t = flows[(flows["purpose"] == "trade") & (flows["booked_on"] >= T - pd.DateOffset(months=12))
+                  & (flows["booked_on"] < T)]
+        codes, self.party = pd.factorize(pd.concat([t["payer_id"], t["payee_id"]], ignore_index=True))
+        n = len(t)
+        self.day = t["booked_on"].to_numpy("datetime64[D]")
+        self.index = TransferIndex(codes[:n], codes[n:], self.day.astype(np.int64), t["amount"].to_numpy(np.float64),
+                                   hop_decay=pol["hop_decay"], hop_growth=pol["hop_growth"])
+        self.rings = pol["rings"]
+
+    def of(self, firm_id, limit: int = 5) -> list[dict]:
+        """Up to ``limit`` rings that brought the firm's money back, quickest first:
+        ``{"days", "hops": [{"payer", "payee", "date", "amount"}]}`` with party ids as in the
+        data (the memo masks every party but the firm)."""
+        where = np.flatnonzero(self.party == firm_id)
+        if not len(where) or self.index.n == 0:
+            return []
+        starts = np.flatnonzero(self.index.payer == where[0])
+        paths = [row for p in ring_paths(self.index, window_days=self.rings["window_days"],
+                                         min_parties=self.rings["min_parties"], max_parties=self.rings["max_parties"],
+                                         starts=starts) for row in p]
+        idx = self.index
+        paths.sort(key=lambda p: (int(idx.day[p[-1]] - idx.day[p[0]]), len(p), int(p[0])))
+        return [{"days": int(idx.day[p[-1]] - idx.day[p[0]]),
+                 "hops": [{"payer": self.party[idx.payer[e]], "payee": self.party[idx.payee[e]],
+                           "date": self.day[e].astype(str), "amount": float(idx.amount[e])} for e in p]}
+                for p in paths[:limit]]
