@@ -171,6 +171,34 @@ def _check_final_pd(data: dict, path: Path) -> None:
                  "weights must be >= 0 with a positive sum")
 
 
+SEVERITIES = ("low", "medium", "high")
+AUTHENTICITY_SECTIONS = {"rings": {"window_days", "min_parties", "max_parties"}, "round_trip": {"days", "tolerance"},
+                         "pass_through": {"days"}, "scatter_gather": {"days", "min_fan"}, "bursts": {"days"}}
+ALERT_KEYS = {"name", "label_zh", "label_en", "severity", "feature", "rule"}
+
+
+def _check_authenticity(data: dict, path: Path) -> None:
+    _require(0 <= float(data.get("hop_decay", -1)) < 1, path, "'hop_decay' must lie in [0, 1)")
+    _require(float(data.get("hop_growth", -1)) >= 0, path, "'hop_growth' must be >= 0")
+    for section, keys in AUTHENTICITY_SECTIONS.items():
+        _require(isinstance(data.get(section), dict), path, f"'{section}' must be a mapping")
+        _only(data[section], keys, path, f"{section}: ")
+        for key in keys:
+            _require(float(data[section].get(key, -1)) >= 0, path, f"'{section}.{key}' must be a number >= 0")
+    rings = data["rings"]
+    _require(3 <= int(rings["min_parties"]) <= int(rings["max_parties"]), path,
+             "rings need 3 <= min_parties <= max_parties (a ring passes through at least two other parties)")
+    _require(isinstance(data.get("alerts"), list), path, "'alerts' must be a list")
+    names = set()
+    for i, a in enumerate(data["alerts"]):
+        where = f"alert #{i + 1} ({a.get('name', '?')}): "
+        _only(a, ALERT_KEYS, path, where)
+        _require(set(a) == ALERT_KEYS, path, f"{where}needs {', '.join(sorted(ALERT_KEYS))}")
+        _require(a["severity"] in SEVERITIES, path, f"{where}severity must be one of {', '.join(SEVERITIES)}")
+        _require(a["name"] not in names, path, f"duplicate alert name {a['name']!r}")
+        names.add(a["name"])
+
+
 # name -> (checker, every key the engine reads; any other key is refused)
 SCHEMAS = {
     "features": (_check_features, {"version", "windows", "features"}),
@@ -185,6 +213,7 @@ SCHEMAS = {
                                            "core_line_share_of_core_payments", "round_trip_review_above", "require_consent",
                                            "expected_loss_budget_share", "envelope_weight"}),
     "final_pd": (_check_final_pd, {"version", "method", "fallback", "weights"}),
+    "authenticity": (_check_authenticity, {"version", "hop_decay", "hop_growth", "alerts"} | set(AUTHENTICITY_SECTIONS)),
 }
 
 

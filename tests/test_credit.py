@@ -333,7 +333,7 @@ def test_decline_paths(limited, firm_id, needle):
 
 @pytest.mark.parametrize("firm_id, needle", [
     ("ALT", "alternate"),
-    ("CYCLE", "cycles of matching amounts"),
+    ("CYCLE", "trade money moved on rings"),
     ("RTRIP", "came back"),
     ("LOOP", "closed loop"),
     ("DQ", "data-quality"),

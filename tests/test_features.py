@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from scf_engine.catalogue import load_catalogue
 from scf_engine.dataset import Dataset
 from scf_engine.features import flow_features
-from scf_engine.features.authenticity import cycle_edges
+from scf_engine.features.authenticity import (
+    RingSummary, TransferIndex, authenticity_features, pass_through_edges, ring_paths, round_trip_edges, scatter_gather,
+)
 from scf_engine.contract import make_uscc
 
 T = pd.Timestamp("2025-01-01")
@@ -84,13 +86,82 @@ def test_young_and_flowless_firms():
     assert np.isnan(F.loc[B, "history_months"]) and np.isnan(F.loc[B, "trade_in_12m"])
 
 
-def test_cycles_of_matching_amounts_are_found_and_pairs_are_not():
-    payer = np.array(["a", "b", "c", "x", "y", "p", "q"])
-    payee = np.array(["b", "c", "a", "y", "x", "q", "r"])
-    amount = np.array([1000.0, 995.0, 990.0, 500.0, 500.0, 70.0, 70.0])
-    assert cycle_edges(payer, payee, amount).tolist() == [True, True, True, False, False, False, False]
-    # the same loop with an amount that does not match is not a cycle of matching amounts
-    assert not cycle_edges(payer[:3], payee[:3], np.array([1000.0, 600.0, 990.0])).any()
+def index_of(payer, payee, day, amount, decay=0.05, growth=0.0):
+    codes, _ = pd.factorize(np.concatenate([payer, payee]))
+    n = len(payer)
+    return TransferIndex(codes[:n], codes[n:], np.asarray(day), np.asarray(amount, float), hop_decay=decay, hop_growth=growth)
+
+
+def rings_of(index, **kw):
+    return sorted(tuple(int(e) for e in row) for p in ring_paths(index, **kw) for row in p)
+
+
+def test_rings_need_three_parties_in_time_order_with_shrinking_amounts():
+    # a -> b -> c -> a, each hop 1% smaller and a few days later: a ring; x <-> y is a pair
+    idx = index_of(list("abcxy"), list("bcayx"), [1, 4, 9, 1, 2], [1000.0, 990.0, 980.1, 500.0, 500.0])
+    assert rings_of(idx, window_days=30) == [(0, 1, 2)]
+    # the last hop before the one it carries on: not a ring (money cannot come back first)
+    assert rings_of(index_of(list("abc"), list("bca"), [1, 9, 4], [1000.0, 990.0, 980.1]), window_days=30) == []
+    # a hop that grows, or shrinks by more than the tolerance, breaks it; a slow return too
+    assert rings_of(index_of(list("abc"), list("bca"), [1, 4, 9], [1000.0, 1010.0, 1000.0]), window_days=30) == []
+    assert rings_of(index_of(list("abc"), list("bca"), [1, 4, 9], [1000.0, 900.0, 890.0]), window_days=30) == []
+    assert rings_of(idx, window_days=7) == []
+
+
+def test_a_chain_of_pairs_is_not_a_ring():
+    """A<->B and B<->C at one amount: strongly connected, but no cycle passes through three
+    parties (the old bucket-graph detector called all four transfers a ring)."""
+    idx = index_of(np.array(["A", "B", "B", "C"]), np.array(["B", "A", "C", "B"]), [1, 2, 3, 4], [100.0] * 4)
+    assert rings_of(idx, window_days=365) == []
+    assert not RingSummary.of(idx, ring_paths(idx, window_days=365)).on_ring.any()
+
+
+def brute_rings(payer, payee, day, amount, *, window_days, decay, growth, min_parties, max_parties):
+    """Every ring by plain enumeration of transfer sequences (the definition, written out)."""
+    n, found = len(payer), []
+
+    def grow(path):
+        last = path[-1]
+        for e in range(n):
+            if payer[e] != payee[last] or not (day[last] <= day[e] <= day[path[0]] + window_days):
+                continue
+            if not (amount[last] * (1 - decay) <= amount[e] <= amount[last] * (1 + growth)):
+                continue
+            if payee[e] == payer[path[0]]:
+                if len(path) + 1 >= min_parties:
+                    found.append(tuple(path + [e]))
+            elif payee[e] not in {payer[p] for p in path} and len(path) + 1 < max_parties:
+                grow(path + [e])
+
+    for s in range(n):
+        grow([s])
+    return sorted(found)
+
+
+graphs = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 20), st.sampled_from([100.0, 99.0, 97.0, 96.0, 90.0])),
+                  min_size=1, max_size=30).map(lambda rows: [r for r in rows if r[0] != r[1]]).filter(bool)
+
+
+@settings(max_examples=150, deadline=None)
+@given(graphs, st.sampled_from([0.0, 0.02, 0.05]), st.sampled_from([0.0, 0.02]), st.integers(3, 5), st.integers(3, 20))
+def test_rings_round_trips_and_onward_hops_match_a_brute_force_reference(rows, decay, growth, max_parties, window):
+    payer, payee, day, amount = (np.array(c) for c in zip(*rows))
+    idx = TransferIndex(payer, payee, day, amount, hop_decay=decay, hop_growth=growth)
+    kw = dict(window_days=window, min_parties=3, max_parties=max_parties)
+    assert rings_of(idx, **kw) == brute_rings(payer, payee, day, amount, decay=decay, growth=growth, **kw)
+    n = len(rows)
+    onward = [(i, j) for i in range(n) for j in range(n) if payer[j] == payee[i] and day[i] <= day[j] <= day[i] + window
+              and amount[i] * (1 - decay) <= amount[j] <= amount[i] * (1 + growth)]
+    passed = {i for i, j in onward if payee[j] != payer[i]}
+    assert set(np.flatnonzero(pass_through_edges(idx, days=window))) == passed
+    fan = pd.DataFrame([(payer[i], payee[i], payee[j]) for i, j in onward if payee[j] != payer[i]],
+                       columns=["src", "mid", "dst"]).drop_duplicates()
+    want = {} if fan.empty else fan.groupby(["src", "dst"]).size().to_dict()
+    got = scatter_gather(idx, days=window).set_index(["src", "dst"])["fan"].to_dict()
+    assert got == want
+    trips = {k for i in range(n) for j in range(n) for k in (i, j) if payer[j] == payee[i] and payee[j] == payer[i]
+             and day[i] <= day[j] <= day[i] + 7 and abs(np.log(amount[j] / amount[i])) <= np.log1p(0.02) + 1e-12}
+    assert set(np.flatnonzero(round_trip_edges(idx, days=7, tolerance=0.02))) == trips
 
 
 def test_round_trips_and_cycles_show_in_the_features():
@@ -103,6 +174,27 @@ def test_round_trips_and_cycles_show_in_the_features():
     assert F.loc[A, "cycle_share_12m"] > 0 and F.loc[A, "cycle_parties_12m"] == 2
     assert F.loc[B, "cycle_share_12m"] == pytest.approx(1.0)
     assert F.loc[A, "round_trip_share_12m"] > 0
+    # six payments of 200,000 left A and came back round B and C two days later, each time
+    assert F.loc[A, "cycle_rings_12m"] == 6 and F.loc[B, "cycle_rings_12m"] == 0
+    assert F.loc[A, "cycle_return_share_12m"] == pytest.approx(6 * 200_000 / (12 * 90_000 + 6 * 280_000))
+    assert F.loc[A, "cycle_min_parties_12m"] == 3 and F.loc[C, "cycle_min_parties_12m"] == 3
+    assert F.loc[A, "cycle_return_days_12m"] == 2 and np.isnan(F.loc[B, "cycle_return_days_12m"])
+    # B and C pass each receipt on within a day at a matching amount
+    assert F.loc[B, "pass_through_share_12m"] == pytest.approx(1.0)
+
+
+def test_alerts_follow_the_policy_rules():
+    from scf_engine.features.alerts import raise_alerts
+
+    F = pd.DataFrame({"cycle_return_share_12m": [0.2, 0.01, np.nan], "cycle_share_12m": [0.3, 0.0, np.nan],
+                      "round_trip_share_12m": [0.0, 0.5, np.nan], "pass_through_share_12m": [0.0, 0.0, np.nan],
+                      "scatter_gather_12m": [0.0, 4.0, np.nan], "fan_in_burst_12m": [1.0, 9.0, np.nan],
+                      "fan_out_burst_12m": [1.0, 1.0, np.nan]}, index=pd.Index(["X", "Y", "Z"], name="firm_id"))
+    got = raise_alerts(F)
+    assert list(zip(got["firm_id"], got["name"], got["severity"])) == [
+        ("X", "ring_return", "high"), ("X", "ring_member", "medium"), ("Y", "round_trip", "medium"),
+        ("Y", "scatter_gather", "medium"), ("Y", "fan_in_burst", "low")]
+    assert got.loc[0, "value"] == 0.2 and got.loc[0, "label_zh"].startswith("资金空转")
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -121,7 +213,7 @@ def test_flows_dated_on_or_after_T_change_no_feature_at_T(later):
 def test_every_catalogue_feature_is_computed_somewhere_and_nothing_else():
     cat = load_catalogue()
     F = flow_features(dataset(flows_for_a()).as_of(T))
-    flow_kinds = {s.name for s in cat.specs if s.kind != "code" or s.function in ("payer_concentration", "authenticity")}
+    flow_kinds = {s.name for s in cat.specs if s.kind != "code" or s.function in ("payer_concentration", "authenticity", "fan_bursts")}
     assert set(F.columns) == flow_kinds
     from scf_engine.assemble import chain_feature_names
     others = {s.name for s in cat.specs if s.kind == "code" and s.function in ("graph", "registry")}

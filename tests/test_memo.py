@@ -77,6 +77,16 @@ def memo_case(tmp_path_factory, explain_world):
         "waterfall_png": waterfall_plot(c.loc[fid], row.loc[fid], None, lang="zh"),
         "propagation_paths": best_paths,
         "data_quality": dq,
+        "authenticity": {
+            "features": [{"label_zh": "经环路回流的付款占比（资金空转）", "label_en": "Payments that came back round a ring",
+                          "value": 0.25}, {"label_zh": "资金环路回流天数", "label_en": "Days for money to come back", "value": None}],
+            "alerts": [{"name": "ring_return", "severity": "high", "label_zh": "资金空转：资金经两家以上企业回流",
+                        "label_en": "Money came back round a ring of firms", "feature": "cycle_return_share_12m", "value": 0.25}],
+            "rings": [{"days": 12, "hops": [
+                {"payer": fid, "payee": other[2], "date": "2023-11-01", "amount": 500_000.0},
+                {"payer": other[2], "payee": "EXT-C-000777", "date": "2023-11-05", "amount": 495_000.0},
+                {"payer": "EXT-C-000777", "payee": fid, "date": "2023-11-13", "amount": 490_000.0}]}],
+        },
         "mlflow": {"run_id": "d" * 32, "experiment": "scf-batch", "tracking_uri": "sqlite:///mlflow.db"},
         "generated_at": pd.Timestamp("2024-01-02 09:30"),
     }
@@ -167,6 +177,10 @@ def test_counterparty_ids_are_masked(memo_case):
     # the paths section names its counterparties masked
     hop_ids = {h["to"] for hops in memo_case["ctx"]["propagation_paths"]["hops"].dropna() for h in hops}
     assert hop_ids and all(mask_id(h) in md for h in list(hop_ids)[:3])
+    # the authenticity section: the alert, and the ring with every party but the firm masked
+    assert "贸易背景真实性 / Trade authenticity" in md and "资金空转：资金经两家以上企业回流" in md
+    assert f"本企业 this firm ({fid}) → {mask_id(others[2])} → {mask_id('EXT-C-000777')} → 本企业 this firm ({fid})" in md
+    assert "EXT-C-000777" not in texts["html"] and "(12 天 days)" in texts["html"]
 
 
 def test_masking_rules():

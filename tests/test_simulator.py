@@ -114,3 +114,31 @@ def test_simulate_command_writes_dataset_truth_and_faulty_copy(tmp_path):
     r = CliRunner().invoke(app, ["validate", str(tmp_path / "w" / "with-faults"), "--out", str(tmp_path / "q")])
     assert r.exit_code == 1
     assert len(pd.read_csv(tmp_path / "q" / "quarantine.csv").drop_duplicates(["file", "line"])) == len(faults)
+
+
+def test_planted_rings_are_found_with_high_recall_and_few_false_positives(medium_world):
+    """The simulator's circular-trade rings pass money on a little smaller at each hop and
+    days later; the ring features must find their live members (recall >= 0.9) while calling
+    at most 1% of honest firms (measured: recall 1.0 on 73 ring firm-dates, no false positive
+    among about 3,500 firm-dates). A ring stops once a member defaults, so only rings with
+    every member alive at T count as live."""
+    import json
+
+    from scf_engine.features import flow_features
+
+    _, path = medium_world
+    ds = load_dataset(path)
+    truth = pd.read_csv(path / "truth_firms.csv").set_index("firm_id")
+    defaulted = ds.defaults.set_index("firm_id")["default_on"]
+    rings = json.loads((path / "world.json").read_text())["rings"]
+    found, honest = [], []
+    for T in ds.snapshot_dates()[:3]:
+        F = flow_features(ds.as_of(T)).join(truth[["fabricated", "role"]])
+        F = F[(F["role"] != "core") & F["history_months"].notna() & ~F.index.isin(defaulted.index[defaulted < T])]
+        live = {f for r in rings for f in r if not (defaulted.reindex(r) < T).any()}
+        called = F["cycle_share_12m"].fillna(0) > 0
+        found.append(called[F.index.isin(list(live))])
+        honest.append(called[~F["fabricated"]])
+    found, honest = pd.concat(found), pd.concat(honest)
+    assert len(found) >= 50 and found.mean() >= 0.9
+    assert len(honest) >= 3000 and honest.mean() <= 0.01

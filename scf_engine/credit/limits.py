@@ -29,7 +29,7 @@ Input frame of :func:`apply_limits` (one row per firm):
 ``requested_amount``        optional; CNY, NaN where the batch gives none
 ``core_id``                 optional; the core whose 1+N chain the firm is financed in,
                             NaN where the batch is not one core's chain
-``cycle_share_12m``         optional; share of trade money on matching-amount cycles
+``cycle_share_12m``         optional; share of trade money on rings (models/authenticity.yaml)
 ``round_trip_share_12m``    optional; share of trade money in round trips
 ``in_trade_cycle``          optional; 1 when the firm sits on a cycle of the trade graph
 ``dq_issues``               optional; count of data-quality issues (quarantined rows...)
@@ -310,8 +310,8 @@ def _decide_row(i: int, w: SimpleNamespace, f: SimpleNamespace) -> tuple[str, li
     if w.grade[i] == "alternate":
         why.append("Grade is alternate (备选): normal, strict review.")
     if f.cycle[i] > 0:
-        why.append(f"{_pct(f.cycle[i])} of trade money moved on cycles of matching amounts among "
-                   "related parties (possible fabricated trade).")
+        why.append(f"{_pct(f.cycle[i])} of trade money moved on rings: passed hop after hop through "
+                   "three or more parties and back (possible fabricated trade, 资金空转).")
     if f.rtrip[i] > f.rt_max:
         why.append(f"{_pct(f.rtrip[i])} of trade money went out and came back at a matching amount "
                    f"within days, above the {_pct(f.rt_max)} review threshold.")

@@ -1,121 +1,286 @@
-"""Is the trade real? (交易真实性验证) Round trips and circular flows of matching amounts.
+"""Is the trade real? (贸易背景真实性) Money that moves without trade behind it.
 
-Fabricated trade leaves two shapes in account flows: money that goes out and comes back
-from the same counterparty at nearly the same amount within days (a *round trip*), and
-money passed round a ring of related parties at nearly the same amount (a *cycle*).
+Fabricated trade and 资金空转 leave shapes in account flows that real trade rarely does:
 
-Cycles are found as strongly connected components of a graph whose nodes are
-``(party, amount bucket)``: an edge per transfer, with its amount bucketed on a 2% log
-scale (twice, the second bucketing shifted by half a bucket so near-equal amounts that
-straddle a boundary still match). A transfer lies on a cycle of matching amounts exactly
-when both its ends fall in the same component. One sparse SCC call
-(``scipy.sparse.csgraph``) handles millions of transfers. Ordinary trade rarely closes a
-loop at a matching amount, so these signals pick out circular money far more often than
-chance: on IBM's AMLSim sample with planted cycles every account it flags is a planted one
-(``tests/test_external_data.py``), though rings that do not close inside the data stay unseen.
+* a **ring**: money leaves a firm and comes back to it through at least two other
+  parties, each hop booked after the one before it, within weeks, losing a little at each
+  hop (fees, a thin margin);
+* a **round trip**: paid to a counterparty and paid back by it at a matching amount within
+  days;
+* a **pass-through** account (过桥): a receipt paid straight on to someone else;
+* **scatter-gather**: money from one party reaches another through several intermediaries;
+* fan-in and fan-out **bursts**: many payers (payees) within a few days.
+
+Every threshold (window, per-hop decay, ring length, days) is in ``models/authenticity.yaml``.
+
+How rings are found, at scale: a bounded-depth, time-respecting path search, one hop at a
+time, for all starting transfers at once (numpy). Transfers are sorted by (payer, amount
+band, day), the band a log-scale bucket one hop's tolerance wide, so the transfers that may
+follow a hop (leaving its payee, at most ``hop_decay`` smaller, on or after its day, before
+the window closes) are a few contiguous slices found by binary search; only those are
+checked exactly. A path is extended only to parties it has not visited; it is a ring when a
+hop reaches the party it started from with at least ``min_parties`` parties on it. Work
+grows with the number of *matching* onward transfers, not with counterparties, so a hub
+with thousands of payments a month costs no more than its matching ones. Start transfers
+are processed in chunks to bound memory. Exact: ``tests/test_features.py`` checks it
+against a brute-force enumeration on small random graphs (hypothesis).
+
+The same onward-hop search gives pass-through (a receipt followed by a matching payment to
+another party within days) and scatter-gather (two-hop paths grouped by their ends).
+
+Until this version, cycles were strongly connected components of a (party, amount bucket)
+graph, with no time order: two pairs A<->B and B<->C at one amount read as a ring, though no
+cycle passes through three parties, and money that shrank on the way read as none.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
-TOLERANCE = 0.02  # relative amount difference still counted as "the same amount"
-ROUND_TRIP_DAYS = 7
+from scf_engine import policies
 
-
-def cycle_edges(payer: np.ndarray, payee: np.ndarray, amount: np.ndarray, *, tolerance: float = TOLERANCE,
-                min_parties: int = 3) -> np.ndarray:
-    """Boolean mask of transfers lying on a directed cycle of matching amounts through at
-    least ``min_parties`` parties."""
-    n = len(amount)
-    if n == 0:
-        return np.zeros(0, dtype=bool)
-    codes, _ = pd.factorize(np.concatenate([np.asarray(payer), np.asarray(payee)]))
-    src, dst = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
-    logs = np.log(np.maximum(np.asarray(amount, dtype=np.float64), 1e-9)) / np.log1p(tolerance)
-    on_cycle = np.zeros(n, dtype=bool)
-    for shift in (0.0, 0.5):
-        bucket = np.floor(logs + shift).astype(np.int64)
-        b_codes, _ = pd.factorize(bucket)
-        a = src * (b_codes.max() + 1) + b_codes
-        b = dst * (b_codes.max() + 1) + b_codes
-        node_codes, nodes = pd.factorize(np.concatenate([a, b]))
-        u, v = node_codes[:n], node_codes[n:]
-        m = len(nodes)
-        g = sp.csr_matrix((np.ones(n, dtype=np.int8), (u, v)), shape=(m, m))
-        _, label = connected_components(g, directed=True, connection="strong")
-        same = label[u] == label[v]
-        size = np.bincount(label, minlength=label.max() + 1)
-        # parties in the component: the node count equals the party count within a bucket
-        on_cycle |= same & (size[label[u]] >= min_parties)
-    return on_cycle
+CHUNK = 1 << 20  # start transfers per pass of the ring search (bounds the frontier's memory)
 
 
-def round_trip_edges(frame: pd.DataFrame, *, tolerance: float = TOLERANCE, days: int = ROUND_TRIP_DAYS,
-                     con=None) -> np.ndarray:
+def load_policy(models_dir=None) -> policies.Policy:
+    return policies.load("authenticity", models_dir)
+
+
+class TransferIndex:
+    """Transfers (parties as integer codes, ``day`` as integer days) indexed for the
+    onward-hop query: which transfers may carry on the money of a given transfer."""
+
+    def __init__(self, payer, payee, day, amount, *, hop_decay: float, hop_growth: float = 0.0):
+        self.payer = np.asarray(payer, dtype=np.int64)
+        self.payee = np.asarray(payee, dtype=np.int64)
+        self.day = np.asarray(day, dtype=np.int64)
+        self.amount = np.asarray(amount, dtype=np.float64)
+        self.decay, self.growth = float(hop_decay), float(hop_growth)
+        self.n = len(self.amount)
+        # amount bands one hop's tolerance wide: a hop's onward range spans at most 3 bands
+        self.width = max(-np.log1p(-self.decay), np.log1p(self.growth), 1e-6)
+        if self.n == 0:
+            return
+        self.b0 = int(np.floor(self._log(self.amount).min() / self.width))
+        band = self._band(self.amount)
+        self.nb = int(band.max()) + 1
+        self.d0 = int(self.day.min())
+        self.nt = int(self.day.max()) - self.d0 + 1
+        key = (self.payer * self.nb + band) * self.nt + (self.day - self.d0)
+        self.order = np.argsort(key, kind="stable")
+        self.skey = key[self.order]
+
+    @staticmethod
+    def _log(a):
+        return np.log(np.maximum(a, 1e-9))
+
+    def _band(self, a):
+        return np.floor(self._log(a) / self.width).astype(np.int64) - self.b0
+
+    def onward(self, last: np.ndarray, day_to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs ``(row, edge)``: transfer ``edge`` leaves the payee of ``last[row]``, on its
+        day or later and on ``day_to[row]`` or before, carrying between (1 - decay) and
+        (1 + growth) times its amount."""
+        if self.n == 0 or len(last) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        v, a = self.payee[last], self.amount[last]
+        t_lo = self.day[last] - self.d0
+        t_hi = np.minimum(np.asarray(day_to, np.int64) - self.d0, self.nt - 1)
+        lo_a, hi_a = a * (1 - self.decay), a * (1 + self.growth)
+        blo = np.clip(self._band(lo_a), 0, self.nb - 1)
+        bhi = np.clip(self._band(hi_a), 0, self.nb - 1)
+        rows, edges = [], []
+        for off in range(int((bhi - blo).max()) + 1):
+            r = np.flatnonzero((blo + off <= bhi) & (t_lo <= t_hi))
+            base = (v[r] * self.nb + blo[r] + off) * self.nt
+            lo = np.searchsorted(self.skey, base + t_lo[r], "left")
+            cnt = np.searchsorted(self.skey, base + t_hi[r], "right") - lo
+            rows.append(np.repeat(r, cnt))
+            first = np.repeat(lo - np.cumsum(cnt) + cnt, cnt)
+            edges.append(self.order[first + np.arange(int(cnt.sum()))])
+        r, e = np.concatenate(rows), np.concatenate(edges)
+        ok = (self.amount[e] >= lo_a[r]) & (self.amount[e] <= hi_a[r])
+        return r[ok], e[ok]
+
+
+def ring_paths(index: TransferIndex, *, window_days: int, min_parties: int = 3, max_parties: int = 6,
+               starts: np.ndarray | None = None) -> list[np.ndarray]:
+    """Every ring, as arrays of transfer ids ``(n_rings, k)`` (one array per length k, the
+    first column the transfer that started it): a simple directed cycle of k distinct
+    parties, ``min_parties <= k <= max_parties``, each hop on or after the day of the one
+    before, carrying the amount on within the index's tolerance, the last hop booked within
+    ``window_days`` of the first. ``starts`` limits the starting transfers (all by default)."""
+    starts = np.arange(index.n) if starts is None else np.asarray(starts, np.int64)
+    found: list[np.ndarray] = []
+    for c in range(0, len(starts), CHUNK):
+        path = starts[c:c + CHUNK, None]
+        for hop in range(1, max_parties):
+            r, e = index.onward(path[:, -1], index.day[path[:, 0]] + window_days)
+            w = index.payee[e]
+            home = w == index.payer[path[r, 0]]
+            if hop + 1 >= min_parties and home.any():
+                found.append(np.column_stack([path[r[home]], e[home]]))
+            r, e, w = r[~home], e[~home], w[~home]
+            seen = np.zeros(len(r), dtype=bool)
+            for j in range(path.shape[1]):  # payers already on the path (the start included)
+                seen |= index.payer[path[r, j]] == w
+            path = np.column_stack([path[r[~seen]], e[~seen]])
+            if not len(path):
+                break
+    return found
+
+
+@dataclass
+class RingSummary:
+    """Per transfer: on a ring at all, the shortest ring it is on, and for a ring's first
+    transfer (money that came back) the shortest ring and the fewest days to return."""
+
+    on_ring: np.ndarray
+    min_parties: np.ndarray  # shortest ring through the transfer (inf: none)
+    returns: np.ndarray
+    return_days: np.ndarray  # fewest days from leaving to coming back (nan: never)
+
+    @classmethod
+    def of(cls, index: TransferIndex, rings: list[np.ndarray]) -> "RingSummary":
+        n = index.n
+        shortest = np.full(n, np.inf)
+        days = np.full(n, np.inf)
+        for p in rings:
+            np.minimum.at(shortest, p.ravel(), float(p.shape[1]))
+            np.minimum.at(days, p[:, 0], (index.day[p[:, -1]] - index.day[p[:, 0]]).astype(np.float64))
+        return cls(on_ring=np.isfinite(shortest), min_parties=shortest, returns=np.isfinite(days),
+                   return_days=np.where(np.isfinite(days), days, np.nan))
+
+
+def round_trip_edges(index: TransferIndex, *, days: int, tolerance: float) -> np.ndarray:
     """Boolean mask of transfers answered (or answering) by a transfer the other way between
-    the same two parties at a matching amount within ``days`` days.
-
-    ``frame`` has ``payer, payee, amount, booked_on`` and a unique ``_i`` row number.
-    """
-    from scf_engine.duck import connect
-
-    own = con is None
-    con = con or connect()
-    con.register("_rt", frame[["_i", "payer", "payee", "amount", "booked_on"]])
-    hits = con.sql(f"""
-        SELECT a._i AS i, b._i AS j FROM _rt a JOIN _rt b
-          ON a.payer = b.payee AND a.payee = b.payer
-         AND b.booked_on BETWEEN a.booked_on AND a.booked_on + INTERVAL {int(days)} DAY
-         AND abs(ln(b.amount / a.amount)) <= ln(1 + {tolerance})
-    """).fetchnumpy()
-    con.unregister("_rt")
-    if own:
-        con.close()
-    mask = np.zeros(len(frame), dtype=bool)
-    pos = pd.Index(frame["_i"].to_numpy())
-    for col in ("i", "j"):
-        if len(hits[col]):
-            mask[pos.get_indexer(hits[col])] = True
+    the same two parties at a matching amount (within ``tolerance`` either way) within
+    ``days`` days."""
+    back = TransferIndex(index.payer, index.payee, index.day, index.amount, hop_decay=1 - 1 / (1 + tolerance),
+                         hop_growth=tolerance)
+    r, e = back.onward(np.arange(index.n), index.day + days)
+    hit = back.payee[e] == back.payer[r]
+    mask = np.zeros(index.n, dtype=bool)
+    mask[r[hit]] = True
+    mask[e[hit]] = True
     return mask
 
 
-def authenticity_features(legs: pd.DataFrame, con=None) -> pd.DataFrame:
-    """Per firm: ``round_trip_share_12m``, ``cycle_share_12m``, ``cycle_parties_12m``.
+def pass_through_edges(index: TransferIndex, *, days: int) -> np.ndarray:
+    """Boolean mask of transfers whose money the payee paid on to a third party at a
+    matching amount within ``days`` days."""
+    r, e = index.onward(np.arange(index.n), index.day + days)
+    onward = index.payee[e] != index.payer[r]
+    mask = np.zeros(index.n, dtype=bool)
+    mask[r[onward]] = True
+    return mask
 
-    ``legs`` are the firm's trade legs of the last 12 months: ``firm_id, cpty, dir,
-    amount, booked_on, _i`` (``_i`` identifies the underlying transfer; a transfer between
-    two firms appears as two legs with the same ``_i``).
+
+def scatter_gather(index: TransferIndex, *, days: int) -> pd.DataFrame:
+    """Per (source, gatherer) pair: the number of distinct intermediaries through which
+    money from the source reached the gatherer in two matching hops within ``days`` days."""
+    r, e = index.onward(np.arange(index.n), index.day + days)
+    src, mid, dst = index.payer[r], index.payee[r], index.payee[e]
+    keep = dst != src
+    pairs = pd.DataFrame({"src": src[keep], "mid": mid[keep], "dst": dst[keep]}).drop_duplicates()
+    return pairs.groupby(["src", "dst"], sort=True).size().rename("fan").reset_index()
+
+
+def authenticity_features(legs: pd.DataFrame, policy=None) -> pd.DataFrame:
+    """Per firm: the ring, round-trip, pass-through and scatter-gather features of the
+    catalogue's authenticity family (``FEATURES``).
+
+    ``legs`` are the firms' trade legs of the last 12 months: ``firm_id, cpty, dir, amount,
+    day, _i`` with parties as integer codes (``_i`` identifies the underlying transfer; a
+    transfer between two firms appears as two legs with the same ``_i``).
     """
+    pol = policies.as_data(policy or load_policy())
     if legs.empty:
-        return pd.DataFrame(columns=["round_trip_share_12m", "cycle_share_12m", "cycle_parties_12m"])
+        return pd.DataFrame(columns=list(FEATURES))
     transfers = legs.drop_duplicates("_i")
-    payer = np.where(transfers["dir"] == "out", transfers["firm_id"], transfers["cpty"])
-    payee = np.where(transfers["dir"] == "out", transfers["cpty"], transfers["firm_id"])
-    t = pd.DataFrame({"_i": transfers["_i"].to_numpy(), "payer": payer, "payee": payee,
-                      "amount": transfers["amount"].to_numpy(), "booked_on": transfers["booked_on"].to_numpy()})
-    cycle = cycle_edges(t["payer"].to_numpy(), t["payee"].to_numpy(), t["amount"].to_numpy())
-    round_trip = round_trip_edges(t, con=con)
-    # per leg, by position (a merge would copy every column of millions of legs)
-    at = pd.Index(t["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())
-    cycle, round_trip = cycle[at], round_trip[at]
-    codes, firms = pd.factorize(legs["firm_id"])
+    out_leg = (transfers["dir"] == "out").to_numpy()
+    firm, cpty = transfers["firm_id"].to_numpy(np.int64), transfers["cpty"].to_numpy(np.int64)
+    index = TransferIndex(np.where(out_leg, firm, cpty), np.where(out_leg, cpty, firm), transfers["day"].to_numpy(),
+                          transfers["amount"].to_numpy(np.float64), hop_decay=pol["hop_decay"], hop_growth=pol["hop_growth"])
+    rp = pol["rings"]
+    rings = RingSummary.of(index, ring_paths(index, window_days=rp["window_days"], min_parties=rp["min_parties"],
+                                             max_parties=rp["max_parties"]))
+    round_trip = round_trip_edges(index, **pol["round_trip"])
+    passed = pass_through_edges(index, **pol["pass_through"])
+    sg = scatter_gather(index, days=pol["scatter_gather"]["days"])
+
+    at = pd.Index(transfers["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())  # per leg, by position
+    codes, firms = pd.factorize(legs["firm_id"], sort=True)
     amount = legs["amount"].to_numpy(dtype=np.float64)
+    is_out = (legs["dir"] == "out").to_numpy()
+    m = len(firms)
 
-    def total(mask=None):
-        c, w = (codes, amount) if mask is None else (codes[mask], amount[mask])
-        return np.bincount(c, weights=w, minlength=len(firms))
+    def total(mask):
+        return np.bincount(codes[mask], weights=amount[mask], minlength=m)
 
-    total_all = total()
-    cycle_pairs = pd.DataFrame({"f": codes[cycle], "c": legs["cpty"].to_numpy()[cycle]}).drop_duplicates()
+    everything, out_all, in_all = np.ones(len(legs), bool), is_out, ~is_out
+    ring_legs, back = rings.on_ring[at], is_out & rings.returns[at]
+    ring_pairs = pd.DataFrame({"f": codes[ring_legs], "c": legs["cpty"].to_numpy()[ring_legs]}).drop_duplicates()
+    per_firm = pd.DataFrame({"f": codes, "len": rings.min_parties[at], "days": np.where(back, rings.return_days[at], np.nan)})
+    fan = pd.concat([sg.rename(columns={"src": "p"}), sg.rename(columns={"dst": "p"})]).groupby("p")["fan"].max()
     with np.errstate(divide="ignore", invalid="ignore"):
         out = pd.DataFrame({
-            # round trips both ways, over all trade in and out
-            "round_trip_share_12m": total(round_trip) / total_all,
-            "cycle_share_12m": total(cycle) / total_all,
-            "cycle_parties_12m": np.bincount(cycle_pairs["f"].to_numpy(), minlength=len(firms)).astype(np.float64),
+            "round_trip_share_12m": total(round_trip[at]) / total(everything),
+            "cycle_share_12m": total(ring_legs) / total(everything),
+            "cycle_parties_12m": np.bincount(ring_pairs["f"].to_numpy(), minlength=m).astype(np.float64),
+            "cycle_return_share_12m": total(back) / total(out_all),
+            "cycle_rings_12m": np.bincount(codes[back], minlength=m).astype(np.float64),
+            "cycle_min_parties_12m": per_firm.groupby("f")["len"].min().replace(np.inf, np.nan).reindex(range(m)).to_numpy(),
+            "cycle_return_days_12m": per_firm.groupby("f")["days"].median().reindex(range(m)).to_numpy(),
+            "pass_through_share_12m": total(in_all & passed[at]) / total(in_all),
+            "scatter_gather_12m": fan.reindex(firms).fillna(0).where(lambda s: s >= pol["scatter_gather"]["min_fan"], 0)
+                                     .to_numpy(np.float64),
         }, index=pd.Index(firms, name=legs["firm_id"].name))
     return out
+
+
+FEATURES = ("round_trip_share_12m", "cycle_share_12m", "cycle_parties_12m", "cycle_return_share_12m",
+            "cycle_rings_12m", "cycle_min_parties_12m", "cycle_return_days_12m", "pass_through_share_12m",
+            "scatter_gather_12m")
+# what a firm with flows but none of these shapes gets: 0, except the shortest ring and the
+# days to return, which stay empty (there is no ring to measure)
+ZERO_WHEN_NONE = tuple(f for f in FEATURES if f not in ("cycle_min_parties_12m", "cycle_return_days_12m"))
+
+
+class RingEvidence:
+    """The rings by which a firm's own payments came back, for its credit memo: built once
+    per snapshot (the last 12 months' trade flows indexed), then one small search per firm
+    from its own payments only."""
+
+    def __init__(self, flows: pd.DataFrame, as_of, policy=None):
+        pol = policies.as_data(policy or load_policy())
+        T = pd.Timestamp(as_of)
+        t = flows[(flows["purpose"] == "trade") & (flows["booked_on"] >= T - pd.DateOffset(months=12))
+                  & (flows["booked_on"] < T)]
+        codes, self.party = pd.factorize(pd.concat([t["payer_id"], t["payee_id"]], ignore_index=True))
+        n = len(t)
+        self.day = t["booked_on"].to_numpy("datetime64[D]")
+        self.index = TransferIndex(codes[:n], codes[n:], self.day.astype(np.int64), t["amount"].to_numpy(np.float64),
+                                   hop_decay=pol["hop_decay"], hop_growth=pol["hop_growth"])
+        self.rings = pol["rings"]
+
+    def of(self, firm_id, limit: int = 5) -> list[dict]:
+        """Up to ``limit`` rings that brought the firm's money back, quickest first:
+        ``{"days", "hops": [{"payer", "payee", "date", "amount"}]}`` with party ids as in the
+        data (the memo masks every party but the firm)."""
+        where = np.flatnonzero(self.party == firm_id)
+        if not len(where) or self.index.n == 0:
+            return []
+        starts = np.flatnonzero(self.index.payer == where[0])
+        paths = [row for p in ring_paths(self.index, window_days=self.rings["window_days"],
+                                         min_parties=self.rings["min_parties"], max_parties=self.rings["max_parties"],
+                                         starts=starts) for row in p]
+        idx = self.index
+        paths.sort(key=lambda p: (int(idx.day[p[-1]] - idx.day[p[0]]), len(p), int(p[0])))
+        return [{"days": int(idx.day[p[-1]] - idx.day[p[0]]),
+                 "hops": [{"payer": self.party[idx.payer[e]], "payee": self.party[idx.payee[e]],
+                           "date": self.day[e].astype(str), "amount": float(idx.amount[e])} for e in p]}
+                for p in paths[:limit]]

@@ -26,7 +26,7 @@ from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
 from scf_engine.duck import connect, one_thread, register_money
-from scf_engine.features.authenticity import authenticity_features
+from scf_engine.features.authenticity import ZERO_WHEN_NONE, authenticity_features, load_policy
 from scf_engine.ingest.rules import sql_list
 
 LOOKBACK_MONTHS = 24
@@ -136,13 +136,17 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     code = {s.function for s in cat.of_kind("code")}
     if "payer_concentration" in code:
         out = out.join(_payer_concentration(con), how="left")
+    auth_policy = load_policy() if code & {"authenticity", "fan_bursts"} else None
+    if "fan_bursts" in code:
+        out = out.join(_fan_bursts(con, T, auth_policy["bursts"]["days"]), how="left")
     trade = _trade_legs(con) if "authenticity" in code else None
     # the big tables are done with: free DuckDB's memory before the pandas work below
     con.execute("DROP TABLE IF EXISTS legs; DROP TABLE IF EXISTS p2; DROP TABLE IF EXISTS p")
     if trade is not None:
-        out = out.join(_authenticity(*trade, con=con), how="left")
-        for c in ("round_trip_share_12m", "cycle_share_12m", "cycle_parties_12m"):
-            out.loc[out["history_months"].notna(), c] = out.loc[out["history_months"].notna(), c].fillna(0)
+        out = out.join(_authenticity(*trade, policy=auth_policy), how="left")
+        has = out["history_months"].notna()
+        for c in ZERO_WHEN_NONE:
+            out.loc[has, c] = out.loc[has, c].fillna(0)
 
     out = _derived(con, out, cat)
     out = _ranks(out, snapshot.firms, cat)
@@ -156,11 +160,11 @@ def _trade_legs(con) -> tuple[pd.DataFrame, np.ndarray]:
     """The last 12 months' trade legs for the authenticity features, with parties as
     integer codes and ``dir`` as a category (as text, 20 million flows' legs took about
     5 GB more at this step: bench/bench_features.py), and the party of each code."""
-    con.execute("CREATE OR REPLACE TEMP TABLE _trade AS "
-                "SELECT _i, firm_id, cpty, dir, amount, booked_on FROM legs WHERE k < 12 AND purpose = 'trade'")
+    con.execute("CREATE OR REPLACE TEMP TABLE _trade AS SELECT _i, firm_id, cpty, dir, amount, "
+                "date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM legs WHERE k < 12 AND purpose = 'trade'")
     con.execute("CREATE OR REPLACE TEMP TABLE _parties AS SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
                 "AS code FROM (SELECT firm_id AS party FROM _trade UNION SELECT cpty FROM _trade)")
-    trade = con.sql("SELECT t._i, a.code AS firm_id, b.code AS cpty, t.dir, t.amount, t.booked_on FROM _trade t "
+    trade = con.sql("SELECT t._i, a.code AS firm_id, b.code AS cpty, t.dir, t.amount, t.day FROM _trade t "
                     "JOIN _parties a ON t.firm_id = a.party JOIN _parties b ON t.cpty = b.party "
                     "ORDER BY t._i, t.dir").df()
     party = np.asarray(con.sql("SELECT party FROM _parties ORDER BY code").fetchnumpy()["party"], dtype=object)
@@ -168,10 +172,24 @@ def _trade_legs(con) -> tuple[pd.DataFrame, np.ndarray]:
     return trade, party
 
 
-def _authenticity(trade: pd.DataFrame, party: np.ndarray, con) -> pd.DataFrame:
-    auth = authenticity_features(trade, con=con)
+def _authenticity(trade: pd.DataFrame, party: np.ndarray, policy) -> pd.DataFrame:
+    auth = authenticity_features(trade, policy)
     auth.index = pd.Index(party[auth.index.to_numpy(dtype=np.int64)], name="firm_id")
     return auth
+
+
+def _fan_bursts(con, T: str, days: int) -> pd.DataFrame:
+    """Distinct trade payers (payees) in the busiest window of ``days`` days of the last 12
+    months (windows counted back from T). A ratio to the firm's average window was tried
+    and dropped: an account used once, for one burst, has a ratio of 1."""
+    return con.sql(f"""
+        WITH w AS (SELECT firm_id, dir, (date_diff('day', booked_on, DATE '{T}') - 1) // {int(days)} AS win,
+                          count(DISTINCT cpty) AS n
+                   FROM legs WHERE k < 12 AND purpose = 'trade' GROUP BY firm_id, dir, win)
+        SELECT firm_id, coalesce(max(n) FILTER (WHERE dir = 'in'), 0)::DOUBLE AS fan_in_burst_12m,
+               coalesce(max(n) FILTER (WHERE dir = 'out'), 0)::DOUBLE AS fan_out_burst_12m
+        FROM w GROUP BY firm_id
+    """).df().set_index("firm_id")
 
 
 def _payer_concentration(con) -> pd.DataFrame:

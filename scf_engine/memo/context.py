@@ -16,6 +16,8 @@ import pandas as pd
 
 from scf_engine.explain import path_context, path_rows
 from scf_engine.catalogue import load_catalogue
+from scf_engine.features.alerts import raise_alerts
+from scf_engine.features.authenticity import RingEvidence
 from scf_engine.memo.render import chain_position, firm_record, render_memo
 from scf_engine.memo.svg import ChainPictures, waterfall_svg
 
@@ -47,6 +49,22 @@ class _BatchShared:
         self.contrib_rows = {k: dict(zip(c.index, c.to_dict("records"))) for k, c in decisions.contributions.items()}
         self.value_rows = {k: dict(zip(batch_table.index, batch_table[list(models[k].features_)].to_dict("records")))
                            for k in decisions.contributions}
+        # authenticity: the family's values, the policy's alerts, the rings behind them
+        cat = load_catalogue()
+        self.auth_specs = [s for s in cat.specs if s.family == "authenticity" and s.name in table.columns]
+        self.auth_values = batch_table[[s.name for s in self.auth_specs]]
+        alerts = raise_alerts(self.auth_values)
+        self.alerts = {f: g.drop(columns="firm_id").to_dict("records") for f, g in alerts.groupby("firm_id")}
+        self.rings = RingEvidence(data.snapshot.flows, data.snapshot.as_of)
+
+    def authenticity(self, fid) -> dict:
+        values = self.auth_values.loc[fid] if fid in self.auth_values.index else None
+        return {
+            "features": [{"label_zh": s.label_zh, "label_en": s.label_en, "value": None if values is None else values[s.name]}
+                         for s in self.auth_specs],
+            "alerts": self.alerts.get(fid, []),
+            "rings": self.rings.of(fid),
+        }
 
 
 def _models_view(row, provenance: Provenance) -> list[dict]:
@@ -80,6 +98,7 @@ def memo_context(i, decisions, data, models, shared: _BatchShared, provenance: P
         "waterfall_svg": waterfall,
         "propagation_paths": paths,
         "data_quality": dq[["file", "line", "column", "reason"]].to_dict("records") if len(dq) else [],
+        "authenticity": shared.authenticity(fid),
         "mlflow": {"run_id": provenance.run_id, "experiment": provenance.experiment, "tracking_uri": provenance.tracking_uri},
         "generated_at": datetime.now(timezone.utc),
     }

@@ -28,6 +28,10 @@ Context (``ctx``), exactly these keys (others are refused; * = required):
 * ``propagation_paths``: rows of :func:`scf_engine.explain.path_decomposition`
   (DataFrame, or list of dicts such as :func:`scf_engine.explain.path_rows` gives), optional
 * ``data_quality``: ``[{file, line, column, reason}]`` - quarantined rows touching the firm
+* ``authenticity``: ``{features: [{label_zh, label_en, value}], alerts: [{name, severity,
+  label_zh, label_en, feature, value}], rings: [{days, hops: [{payer, payee, date, amount}]}]}``
+  - trade authenticity (贸易背景真实性): the family's values, the policy's alerts, and the
+  rings by which the firm's own payments came back
 * ``mlflow``: ``{run_id, experiment, tracking_uri}``
 * ``generated_at``: when the memo was made (default: now)
 
@@ -52,7 +56,7 @@ FORMATS = ("html", "pdf", "md")
 REQUIRED_KEYS = ("firm", "as_of", "models", "final", "reasons")
 PICTURES = ("neighbourhood", "waterfall")
 OPTIONAL_KEYS = ("chain_position", "neighbourhood_svg", "neighbourhood_png", "waterfall_svg", "waterfall_png",
-                 "propagation_paths", "data_quality", "mlflow", "generated_at")
+                 "propagation_paths", "data_quality", "authenticity", "mlflow", "generated_at")
 CONTEXT_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
 FIRM_KEYS = ("firm_id", "name", "industry", "region", "founded_on", "batch_group")
 MAX_PATHS_SHOWN = 8
@@ -262,6 +266,32 @@ def _paths_view(paths, own, keep) -> dict | None:
     }
 
 
+SEVERITY_WORDS = {"high": "高 High", "medium": "中 Medium", "low": "低 Low"}
+
+
+def _authenticity_view(auth, own, keep) -> dict | None:
+    """Values as the catalogue's reasons show them; ring hops with every party but the
+    firm masked."""
+    from scf_engine.explain.reasons import format_value
+
+    if not auth:
+        return None
+    rings = [{"days": r["days"], "route": " → ".join([scrub(_party(r["hops"][0]["payer"], None, own), keep)]
+                                                     + [scrub(_party(h["payee"], None, own), keep) for h in r["hops"]]),
+              "hops": [{"date": fmt_date(h["date"]), "amount": fmt_cny(h["amount"]),
+                        "payer": scrub(_party(h["payer"], None, own), keep), "payee": scrub(_party(h["payee"], None, own), keep)}
+                       for h in r["hops"]]}
+             for r in auth.get("rings") or []]
+    return {
+        "features": [{"label_zh": f["label_zh"], "label_en": f["label_en"],
+                      "value": "—" if _missing(f["value"]) else format_value(f["value"], "en")} for f in auth.get("features") or []],
+        "alerts": [{"severity": SEVERITY_WORDS.get(a["severity"], a["severity"]), "label_zh": a["label_zh"],
+                    "label_en": a["label_en"], "value": "—" if _missing(a["value"]) else format_value(a["value"], "en")}
+                   for a in auth.get("alerts") or []],
+        "rings": rings,
+    }
+
+
 def view(ctx: dict) -> dict:
     """The template's view of a context: formatted, masked, images as data URIs."""
     check_context(ctx)
@@ -312,6 +342,7 @@ def view(ctx: dict) -> dict:
         "firm": firm_v, "as_of": fmt_date(ctx["as_of"]), "chain": chain_v, "models": models, "final": final_v,
         "reasons": [_reason_view(r, keep) for r in (ctx.get("reasons") or [])],
         "paths": _paths_view(ctx.get("propagation_paths"), own, keep), "data_quality": dq,
+        "authenticity": _authenticity_view(ctx.get("authenticity"), own, keep),
         "mlflow": {k: ("—" if _missing(ml.get(k)) else str(ml.get(k))) for k in ("run_id", "experiment", "tracking_uri")},
         "generated_at": fmt_datetime(generated),
         "pictures": {name: _picture(ctx, name) for name in PICTURES},  # bytes: SVG or PNG (_is_svg tells)

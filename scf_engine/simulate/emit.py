@@ -15,7 +15,8 @@ deviation ``r = h - mu - age`` (its recent movement); none gives health away alo
   (cores confirm most), less often as the buyer's health falls; paid late when the buyer
   is weak; partly paid when it is very weak; never paid once it has defaulted. Each paid
   receivable is a ``trade`` flow from buyer to supplier on its paid date;
-* fabricated-trade rings pass round-number amounts round the ring within days, bounce
+* fabricated-trade rings pass money round the ring, a little less at each hop and a few
+  days later each time, back within weeks; they bounce
   money back and forth, spike inflows at quarter ends, and register receivables on each
   other that are never confirmed or paid;
 * after a default, activity decays and obligations are mostly skipped.
@@ -385,12 +386,15 @@ def _fabricated(world, rows, parties, rng, size, dm, born, month_days, month_len
             live = born[members, t].all() and all(dm[m] < 0 or dm[m] > t for m in members)
             if not live:
                 continue
-            if rng.random() < 0.6:  # money passed round the ring
+            if rng.random() < 0.6:  # money passed round the ring (资金空转)
                 x = np.round(size[members].mean() * rng.uniform(0.5, 2.0), -4)
                 d = month_days[t] + rng.integers(0, max(1, month_len[t] - 8))
+                # each hop 0.5-3% smaller (a fee, a thin margin) and 1-10 days after the one
+                # before: back with the first member within weeks
+                amt = x * np.cumprod(np.r_[1.0, 1 - rng.uniform(0.005, 0.03, k - 1)])
+                day = d + np.r_[0, np.cumsum(rng.integers(1, 11, k - 1))]
                 for hop in range(k):
-                    rows.add([d + hop * rng.integers(0, 3)], members[hop], members[(hop + 1) % k],
-                             [x * (1 - 0.001 * hop)], "trade")
+                    rows.add([day[hop]], members[hop], members[(hop + 1) % k], [np.round(amt[hop], 2)], "trade")
                 if rng.random() < 0.5:  # a receivable on the next member, never confirmed or paid
                     recv.append((members[0], members[1], t, x, d))
             for m in members:
