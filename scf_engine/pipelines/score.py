@@ -31,7 +31,7 @@ from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import OutputError, PolicyError, RequestError
 from scf_engine.hashing import file_sha256
-from scf_engine.ingest import load_dataset
+from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_batch, read_consents, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.pipelines.compare import load_models
@@ -114,7 +114,10 @@ def saved_scale(store: tracking.Store, versions: dict, current) -> ScoreScale:
     return next(iter(scales.values()))
 
 
-def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None, alias="champion", progress=None) -> Loaded:
+def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None, alias="champion", progress=None,
+                       report_path: Path | None = None) -> Loaded:
+    """Everything a decision needs; ``report_path``: where the quarantine report goes when
+    the dataset turns out unusable (exit 2 still shows what was read and why)."""
     say = progress or (lambda *a, **k: None)
     pols = policies.load_all()
     if consents is None and pols["limit_policy"].get("require_consent", False):
@@ -122,7 +125,7 @@ def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None
                            "pass --consents consents.csv")
     T = parse_as_of(as_of)
     store = tracking.Store(tracking_uri).check()  # a server that is down: one line now, not after the work
-    ds = load_dataset(data_dir, progress=say)
+    ds = load_or_report(data_dir, report_path, progress=say)
     consents_frame = read_consents(consents) if consents else None
     T = check_as_of(T, ds, say)
     say(f"loading {alias} models")
@@ -154,7 +157,7 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
     check_writable(out, audit_log)
     requests = read_batch(Path(batch))
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                                progress=say)
+                                progress=say, report_path=out.parent / "quarantine.csv")
     inputs = {**loaded.dataset.fingerprints, "batch": file_sha256(Path(batch)),
               **({"consents": file_sha256(Path(consents))} if consents else {})}
     batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{inputs['batch'][:10]}"
@@ -321,7 +324,7 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
     audit log (who read the firm's data, when and why)."""
     check_writable(Path(out) / "memos" / "memo", Path(audit_log))
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                                progress=progress)
+                                progress=progress, report_path=Path(out) / "quarantine.csv")
     decisions = decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [str(firm_id)]})))
     memo_paths = {}
     if decisions.scored.iloc[0]:

@@ -20,7 +20,7 @@ from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset
 from scf_engine.errors import DatasetError
 from scf_engine.evaluate import evaluate, psi
-from scf_engine.ingest import load_dataset
+from scf_engine.ingest.load import load_or_report
 from scf_engine.learners import DecoupledModel, HybridModel, JiangyinGrading
 from scf_engine.learners.predict import PD_COLUMNS, has_flows, predict_all
 from scf_engine.propagation import CorePropagation
@@ -128,7 +128,7 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = tracking.Store(tracking_uri).check()  # a server that is down: one line now, not after training
-    ds = load_dataset(data_dir, progress=say)  # raises before any run exists
+    ds = load_or_report(data_dir, out_dir / "quarantine.csv", progress=say)  # raises before any run exists
     require_defaults(ds)
     dates, train_dates, test_dates = snapshot_dates(ds, n_test)
     pols = policies.load_all()
