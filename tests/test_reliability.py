@@ -185,3 +185,194 @@ def test_rollback_takes_back_only_the_last_entry_it_wrote(tmp_path):
     assert not audit.rollback(log, a)  # another entry follows it: it stays
     assert audit.rollback(log, b) and audit.head(log) == {"seq": 1, "hash": a["hash"]}
     assert audit.verify(log) == (True, [])
+
+
+# --- 2 and 7. a row per firm, one line per user error --------------------------------------------
+
+
+def test_explain_of_an_unknown_firm_is_a_decline_row_not_a_crash(world, tmp_path):
+    r = invoke("explain", world["data"], "--firm", "91110000000000000X", "--consents", world["data"] / "consents.csv",
+               "--out", tmp_path / "x", "--tracking-uri", world["uri"], "--audit-log", tmp_path / "audit.jsonl")
+    assert r.exit_code == 0, r.output
+    assert "unknown firm" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("as_of", ["1990-01-01", "2099-01-01"])
+def test_an_as_of_outside_the_data_is_one_line_or_a_decline_row_per_firm(world, tmp_path, as_of):
+    r = score(world, tmp_path, "--as-of", as_of, log=tmp_path / "audit.jsonl")
+    assert "Traceback" not in r.output
+    if r.exit_code == 2:
+        assert "--as-of" in one_line_error(r)
+    else:
+        lim = pd.read_csv(tmp_path / "limits.csv", dtype={"firm_id": str})
+        assert len(lim) == 12 and lim["decision"].isin(["approve", "review", "decline"]).all()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_is_one_line_at_the_start(world, tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    t0 = time.monotonic()
+    r = invoke("train", world["data"], "--tracking-uri", uri, "--out", tmp_path / "train")
+    assert uri in one_line_error(r) and "tracking" in r.output
+    r = score(world, tmp_path, uri=uri, log=tmp_path / "audit.jsonl")
+    assert uri in one_line_error(r) and "no champion" not in r.output
+    assert time.monotonic() - t0 < 60 and not (tmp_path / "limits.csv").exists()
+
+
+# --- 3 and 6. formulas and markup ---------------------------------------------------------------
+
+
+def test_formula_cells_are_neutralised_in_limits_and_quarantine(world, tmp_path):
+    evil = ["=HYPERLINK(\"http://x\",\"y\")", "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3*cmd"]
+    batch = tmp_path / "batch.csv"
+    pd.DataFrame({"firm_id": evil + ["-100"]}).to_csv(batch, index=False)
+    r = score(world, tmp_path, batch=batch, log=tmp_path / "audit.jsonl")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "limits.csv", dtype=str, keep_default_na=False)
+    assert lim["firm_id"].tolist() == ["'" + e for e in evil] + ["-100"]  # a plain number stays a number
+    assert not any(str(v).startswith(("=", "+", "@")) for v in lim.to_numpy().ravel())
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    flows = pd.read_csv(data / "flows.csv", dtype=str, keep_default_na=False)
+    flows.loc[0, "amount"] = "=1+1"
+    flows.to_csv(data / "flows.csv", index=False)
+    r = invoke("validate", data, "--out", tmp_path / "v")
+    q = pd.read_csv(tmp_path / "v" / "quarantine.csv", dtype=str, keep_default_na=False)
+    assert "'=1+1" in q["value"].tolist() and "=1+1" not in q["value"].tolist()
+
+
+def test_markdown_memos_escape_html():
+    from scf_engine.memo.render import render_markdown
+
+    ctx = {"firm": {"firm_id": "91320281107684262D", "name": "<script>alert(1)</script><img src=x onerror=alert(2)>",
+                    "industry": "C34", "region": "320281", "founded_on": "2010-01-01", "batch_group": "<b>g</b>"},
+           "as_of": "2024-01-01", "models": [], "reasons": [],
+           "final": {"pd": 0.02, "score": 70, "grade": "alternate", "limit_cny": 1e6, "decision": "review",
+                     "limit_basis": ["<iframe src=x>"]}}
+    md = render_markdown(ctx)
+    assert "<script" not in md and "<img" not in md and "<iframe" not in md and "<b>" not in md
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+
+
+# --- 4, 5, 8. ingestion -------------------------------------------------------------------------
+
+
+def _copy_data(world, tmp_path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    return data
+
+
+def test_future_dated_records_are_quarantined_and_do_not_move_the_as_of(world, tmp_path):
+    from scf_engine.ingest import load_dataset
+
+    base = load_dataset(world["data"])
+    data = _copy_data(world, tmp_path)
+    flows = pd.read_csv(data / "flows.csv", dtype=str, keep_default_na=False)
+    flows.loc[3, "booked_on"] = "2099-06-01"
+    flows.loc[4, "booked_on"] = (base.last_date + pd.DateOffset(months=8)).strftime("%Y-%m-%d")
+    flows.to_csv(data / "flows.csv", index=False)
+    ds = load_dataset(data)
+    assert ds.default_as_of == base.default_as_of
+    rows = ds.report.rows
+    future = rows[rows["reason"].str.contains("in the future")]
+    assert future["line"].tolist() == [5, 6] and "2099-06-01" in future["value"].tolist()
+    r = score(world, tmp_path / "out", log=tmp_path / "audit.jsonl")
+    assert r.exit_code == 0 and f"as-of {base.default_as_of.date()} (default" in r.output
+
+
+def test_null_spellings_are_quarantined_with_their_value_on_the_typed_path(world, tmp_path):
+    from scf_engine.ingest import load_dataset
+
+    data = _copy_data(world, tmp_path)
+    rec = pd.read_csv(data / "receivables.csv", dtype=str, keep_default_na=False)
+    rec.loc[0, "confirmed_on"], rec.loc[1, "paid_amount"], rec.loc[2, "amount"] = "N/A", "NULL", "NaN"
+    rec.to_csv(data / "receivables.csv", index=False)
+    firms = pd.read_csv(data / "firms.csv", dtype=str, keep_default_na=False)
+    firms.loc[0, "registered_capital"] = "NaN"
+    firms.to_csv(data / "firms.csv", index=False)
+    rows = load_dataset(data).report.rows
+    got = {(r.file, r.line): (r.column, r.value) for r in rows.itertuples()}
+    assert got[("receivables.csv", 2)] == ("confirmed_on", "N/A")
+    assert got[("receivables.csv", 3)][1] in ("NULL", "2") or ("paid_amount", "NULL") in got.values()
+    assert got[("receivables.csv", 4)] == ("amount", "NaN")
+    assert got[("firms.csv", 2)] == ("registered_capital", "NaN")
+
+
+def test_a_too_long_field_and_a_cut_off_character_quarantine_their_row_not_the_file(world, tmp_path):
+    from scf_engine.ingest import load_dataset
+
+    data = _copy_data(world, tmp_path)
+    flows = pd.read_csv(data / "flows.csv", dtype=str, keep_default_na=False)
+    flows.loc[1, "purpose"] = "x" * 6_000_000  # longer than Arrow's read block: once "straddles two block boundaries"
+    flows.to_csv(data / "flows.csv", index=False)
+    raw = (data / "firms.csv").read_bytes()
+    cut = raw.rstrip(b"\n")
+    last_multibyte = max(i for i, b in enumerate(cut) if b >= 0xE0)
+    (data / "firms.csv").write_bytes(cut[: last_multibyte + 2])  # the file ends inside a character
+    ds = load_dataset(data)
+    rows = ds.report.rows
+    assert "characters long" in rows[(rows["file"] == "flows.csv") & (rows["line"] == 3)]["reason"].iloc[0]
+    n_firm_lines = raw.rstrip(b"\n").count(b"\n") + 1
+    broken = rows[(rows["file"] == "firms.csv") & rows["reason"].str.contains("broken character")]
+    assert broken["line"].tolist() == [n_firm_lines]
+    assert ds.firms["name"].str.contains("�").sum() == 0  # read as UTF-8, not re-read as GB18030
+
+
+def test_an_unusable_dataset_still_writes_its_quarantine_report(world, tmp_path):
+    data = _copy_data(world, tmp_path)
+    firms = pd.read_csv(data / "firms.csv", dtype=str, keep_default_na=False)
+    firms["firm_id"] = "not-a-code-" + firms.index.astype(str)
+    firms.to_csv(data / "firms.csv", index=False)
+    r = invoke("validate", data, "--out", tmp_path / "v")
+    assert "nothing left to score" in one_line_error(r)
+    q = pd.read_csv(tmp_path / "v" / "quarantine.csv")
+    assert (q["file"] == "firms.csv").sum() >= len(firms)
+
+
+# --- fault injection: kill -9 at each stage, a full disk ------------------------------------------
+
+SCF = [sys.executable, "-c", "from scf_engine.cli import app; app()"]
+
+
+@pytest.mark.parametrize("stage", ["staged_limits", "staged_memos", "logged", "appended", "published"])
+def test_kill_9_at_each_stage_leaves_the_previous_audited_output_or_the_new_one(world, tmp_path, stage):
+    out_dir, log = copy_output(world, tmp_path), copy_log(world, tmp_path)
+    before = snapshot(out_dir)
+    env = {**os.environ, "SCF_TEST_KILL_AT": stage, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run([*SCF, "score", str(world["data"]), "--batch", str(world["data"] / "batch.csv"), "--consents",
+                        str(world["data"] / "consents.csv"), "--out", str(out_dir / "limits.csv"), "--tracking-uri",
+                        world["uri"], "--memo-formats", "md", "--audit-log", str(log)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
+    assert invoke("audit", "verify", log).exit_code == 0
+    if stage == "published":
+        assert snapshot(out_dir) != before
+    else:
+        assert {k: v for k, v in snapshot(out_dir).items() if not k.startswith(".scf-staging-")} == before
+    assert_audited(out_dir, log) if not list(out_dir.glob(".scf-staging-*")) else \
+        json.loads((out_dir / "audit_entry.json").read_text()) in [json.loads(x) for x in log.read_text().splitlines()]
+
+
+def test_a_full_disk_under_out_publishes_nothing(world, tmp_path):
+    """--out on a 64 KiB tmpfs: the memos fill it; one line, the previous output intact
+    (nothing there before), the log unchanged, the run FAILED."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.fail("mount -t tmpfs needs root here")  # the suite runs as root in this project's containers
+    try:
+        log = copy_log(world, tmp_path)
+        before = log.read_bytes()
+        r = invoke("score", world["data"], "--batch", world["data"] / "batch.csv", "--consents",
+                   world["data"] / "consents.csv", "--out", mnt / "limits.csv", "--tracking-uri", world["uri"],
+                   "--memo-formats", "html,md", "--audit-log", log)
+        assert "--out" in one_line_error(r) and "No space left" in r.output
+        assert list(mnt.iterdir()) == [] and log.read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
