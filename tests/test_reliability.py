@@ -376,3 +376,25 @@ def test_a_full_disk_under_out_publishes_nothing(world, tmp_path):
         assert list(mnt.iterdir()) == [] and log.read_bytes() == before
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_keyed_chain_cannot_be_rewritten_without_the_key(tmp_path, monkeypatch):
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("SCF_AUDIT_KEY", "committee-secret")
+    for n in range(3):
+        audit.append(log, "t", "score", {"n": n})
+    anchor = audit.head(log)
+    assert audit.verify(log, anchor=anchor) == (True, [])
+    lines = log.read_text().splitlines()
+    forged = json.loads(lines[-1])
+    forged["details"]["n"] = 99
+    forged.pop("key_id")
+    forged["hash"] = audit.entry_hash(forged)  # a writer without the key re-hashes the tail as a plain chain
+    log.write_text("\n".join(lines[:-1] + [json.dumps(forged)]) + "\n")
+    ok, problems = audit.verify(log)
+    assert not ok and "unkeyed entry after keyed ones" in problems[0]
+    monkeypatch.setenv("SCF_AUDIT_KEY", "wrong")
+    assert not audit.verify(log)[0]
+    monkeypatch.delenv("SCF_AUDIT_KEY")
+    ok, problems = audit.verify(log)
+    assert not ok and "SCF_AUDIT_KEY" in problems[0]
