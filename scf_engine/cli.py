@@ -80,10 +80,10 @@ def validate(
     out: Path = typer.Option(Path("out/validate"), "--out", help="Folder for quarantine.csv."),
 ):
     """Check a dataset; write the quarantine report. Exit 0 clean, 1 rows quarantined, 2 unusable."""
-    from scf_engine.ingest import load_dataset
+    from scf_engine.ingest.load import load_or_report
 
     with steps("validate") as say:
-        ds = load_dataset(data, progress=say)
+        ds = load_or_report(data, out / "quarantine.csv", progress=say)
     path = ds.report.write(out / "quarantine.csv")
     print_report(ds.report)
     console.print(f"quarantine report: {path}")

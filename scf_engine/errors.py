@@ -37,8 +37,14 @@ class TrackingError(ScfError):
     """The tracking store cannot be reached or refused an operation."""
 
 
+class OutputError(ScfError, OSError):
+    """An output (limits, memos, reports) cannot be written: a folder that is not
+    writable, a full disk. Nothing half-written is left in its place."""
+
+
 class AuditError(ScfError, RuntimeError):
     """The audit log cannot be appended to safely (its last line is broken), or read."""
 
 
-__all__ = ["ScfError", "DatasetError", "RequestError", "PolicyError", "ModelNotFound", "TrackingError", "AuditError"]
+__all__ = ["ScfError", "DatasetError", "RequestError", "PolicyError", "ModelNotFound", "TrackingError", "OutputError",
+           "AuditError"]

@@ -200,6 +200,19 @@ def _check_authenticity(data: dict, path: Path) -> None:
 
 
 # name -> (checker, every key the engine reads; any other key is refused)
+def _check_ingest(d: Mapping[str, Any], path: Path) -> None:
+    fd = d.get("future_dates")
+    _require(isinstance(fd, dict), path, "'future_dates' must be a mapping")
+    _only(fd, {"max_days_after_today", "max_gap_days", "max_outlier_share"}, path)
+    for key in ("max_days_after_today", "max_gap_days"):
+        _require(isinstance(fd.get(key), int) and fd[key] >= 0, path, f"future_dates.{key} must be an integer >= 0")
+    share = fd.get("max_outlier_share")
+    _require(isinstance(share, (int, float)) and 0 <= share < 0.5, path,
+             "future_dates.max_outlier_share must be a number in [0, 0.5)")
+    n = d.get("max_field_chars")
+    _require(isinstance(n, int) and n >= 1000, path, "'max_field_chars' must be an integer >= 1000")
+
+
 SCHEMAS = {
     "features": (_check_features, {"version", "windows", "features"}),
     "master_scale": (_check_master_scale, {"version", "ratings"}),
@@ -214,6 +227,7 @@ SCHEMAS = {
                                            "expected_loss_budget_share", "envelope_weight"}),
     "final_pd": (_check_final_pd, {"version", "method", "fallback", "weights"}),
     "authenticity": (_check_authenticity, {"version", "hop_decay", "hop_growth", "alerts"} | set(AUTHENTICITY_SECTIONS)),
+    "ingest": (_check_ingest, {"version", "future_dates", "max_field_chars"}),
 }
 
 

@@ -41,14 +41,23 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACT_ROOT = "mlartifacts"
 
 
-from scf_engine.errors import ModelNotFound  # noqa: E402
+from scf_engine.errors import ModelNotFound, ScfError, TrackingError  # noqa: E402
 
 
 def registered_name(kind: str) -> str:
     return f"scf-{kind}"
 
 
+# A tracking server that went away is reported within seconds, not after MLflow's default
+# seven retries with doubling back-off (about four minutes); a bank's own setting wins.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+CHECK_TIMEOUT_S = 5.0
+
+
 def _mlflow():
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_TRACKING_INSECURE_TLS", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -88,6 +97,28 @@ class Store:
         mlflow.set_registry_uri(self.uri)
         return mlflow
 
+    def check(self) -> "Store":
+        """Reach the store now, with a short timeout, so a server that is down or a URI
+        with a typo is one line at the start of a command (naming the URI), not a
+        traceback after minutes of work or a model "not registered"."""
+        if self.uri.startswith(("http://", "https://")):
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=CHECK_TIMEOUT_S) as r:
+                    if r.status == 200:
+                        return self
+                    problem = f"HTTP {r.status}"
+            except Exception as exc:  # URLError, timeout, connection refused, HTTPError
+                problem = str(getattr(exc, "reason", None) or exc).splitlines()[0] or type(exc).__name__
+            raise TrackingError(f"tracking server {self.uri} cannot be reached ({problem}): start it or pass "
+                                "another --tracking-uri")
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:
+            raise TrackingError(f"tracking store {self.uri} cannot be opened: {str(exc).splitlines()[0][:300]}") from None
+        return self
+
     @property
     def client(self):
         return _mlflow().MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -108,9 +139,21 @@ class Store:
         mlflow = self._activate()
         if parent is not None and (mlflow.active_run() is None or mlflow.active_run().info.run_id != parent.id):
             raise RuntimeError("a child run needs its parent open")
-        with mlflow.start_run(experiment_id=self.experiment_id(kind), run_name=name, nested=parent is not None,
-                              tags=tags or {}) as r:
+        with tracking_errors(self.uri, "start a run"):
+            r = mlflow.start_run(experiment_id=self.experiment_id(kind), run_name=name, nested=parent is not None,
+                                 tags=tags or {})
+        try:
             yield Run(self, r.info.run_id)
+        except BaseException as exc:
+            try:  # mlflow pops its active-run stack before telling the store, so a dead store leaves no run open here
+                mlflow.end_run("FAILED")
+            except Exception:
+                pass  # the store is gone: the run stays RUNNING there; the error that stopped us is what matters
+            if isinstance(exc, Exception) and not isinstance(exc, ScfError) and _is_tracking_failure(exc):
+                raise TrackingError(f"tracking store {self.uri} failed during the run: {_first_line(exc)}") from None
+            raise
+        with tracking_errors(self.uri, "finish the run"):
+            mlflow.end_run("FINISHED")
 
     # -- registry ----------------------------------------------------------------------
     def load_model(self, kind: str, alias: str = "champion"):
@@ -161,6 +204,29 @@ class Store:
                                                         tracking_uri=self.uri))
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _is_tracking_failure(exc: BaseException) -> bool:
+    """An exception raised by MLflow's client or the HTTP layer under it (not a bug in the
+    engine): these say the store could not do what was asked."""
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("mlflow", "requests", "urllib3", "sqlalchemy")) or isinstance(exc, (ConnectionError, TimeoutError))
+
+
+@contextmanager
+def tracking_errors(uri: str, what: str):
+    """Turn a tracking-store failure inside the block into one TrackingError naming the URI."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, ScfError) or not _is_tracking_failure(exc):
+            raise
+        raise TrackingError(f"tracking store {uri}: could not {what}: {_first_line(exc)}") from None
+
+
 class Run:
     """One MLflow run, logged to by its id."""
 
@@ -199,7 +265,9 @@ class Run:
             if name.endswith(".parquet"):
                 df.to_parquet(p, index=False)
             else:
-                df.to_csv(p, index=False)
+                from scf_engine.tables import write_csv
+
+                write_csv(df, p)
             self.log_artifact(p, artifact_path)
 
     def log_small_table(self, df: pd.DataFrame, name: str) -> None:

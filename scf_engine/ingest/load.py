@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scf_engine import policies
 from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, RECEIVABLES, FileSpec, locate
 from scf_engine.errors import DatasetError
 from scf_engine.dataset import Dataset
@@ -25,6 +26,7 @@ from scf_engine.ingest.reading import LoadedFile, read_file
 from scf_engine.ingest.rules import (
     H,
     _parse_exprs,
+    FUTURE_DATES,
     all_rules,
     flagged_sql,
     mask_sql,
@@ -33,7 +35,7 @@ from scf_engine.ingest.rules import (
     uscc_violations,
 )
 
-__all__ = ["load_dataset", "read_files", "fingerprint"]
+__all__ = ["load_dataset", "load_or_report", "read_files", "fingerprint"]
 
 PARTY_COLUMNS = ("firm_id", "supplier_id", "buyer_id", "payer_id", "payee_id")
 
@@ -92,7 +94,8 @@ def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
                 if col.kind == "date":
                     expr = _parse_exprs(col, lf.typed)[1].rsplit(" AS ", 1)[0]
                     date_exprs.append(f"SELECT max({expr}) AS d FROM raw_{spec.name}")
-    con.execute(f"CREATE TEMP TABLE _last_date AS SELECT max(d) AS last_date FROM ({' UNION ALL '.join(date_exprs)})")
+    con.execute(f"CREATE TEMP TABLE _last_date AS SELECT max(d) AS last_date, "
+                f"CAST({_sql_date(data_end(con, files))} AS DATE) AS horizon FROM ({' UNION ALL '.join(date_exprs)})")
 
     tables: dict[str, pd.DataFrame] = {}
     for spec in (FIRMS, RECEIVABLES, FLOWS, DEFAULTS):
@@ -107,12 +110,17 @@ def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
 
     firms = tables["firms"]
     firms_file = files["firms"].path.name
+    problem = None
     if firms.empty:
-        raise DatasetError(f"{firms_file}: nothing left to score: no firm row was accepted")
-    if not (~firms["is_core"]).any():
-        raise DatasetError(f"{firms_file}: nothing left to score: every accepted firm is a core")
-    if tables["flows"].empty and tables["receivables"].empty:
-        raise DatasetError(f"{folder}: nothing left to score: no flow and no receivable row was accepted")
+        problem = f"{firms_file}: nothing left to score: no firm row was accepted"
+    elif not (~firms["is_core"]).any():
+        problem = f"{firms_file}: nothing left to score: every accepted firm is a core"
+    elif tables["flows"].empty and tables["receivables"].empty:
+        problem = f"{folder}: nothing left to score: no flow and no receivable row was accepted"
+    if problem:
+        exc = DatasetError(problem)
+        exc.report = report  # what was read and why it was set aside: load_or_report writes it
+        raise exc
     defaults = tables.get("defaults")
     if defaults is None:
         defaults = pd.DataFrame({"firm_id": pd.Series([], dtype="str"), "default_on": pd.Series([], dtype="datetime64[s]")})
@@ -126,6 +134,66 @@ def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
         files={lf.path.name: lf.path for lf in files.values()},
         has_defaults="defaults" in files,
     )
+
+
+# Dates that say when something happened (not a due date, which is rightly ahead).
+EVENT_DATES = FUTURE_DATES
+
+
+def data_end(con, files: dict[str, LoadedFile], today: pd.Timestamp | None = None) -> pd.Timestamp | None:
+    """The last date a record may carry, by ``ingest.yaml``'s ``future_dates``: no later
+    than today (plus the policy's days), and not moved by a few misdated records: the
+    event dates are scanned from the latest down, and a gap longer than ``max_gap_days``
+    with at most ``max_outlier_share`` of the records above it puts the end below the
+    gap. None when the files hold no event date."""
+    policy = policies.load("ingest")["future_dates"]
+    parts = []
+    for spec in (FLOWS, RECEIVABLES, DEFAULTS):
+        if spec.name in files:
+            lf = files[spec.name]
+            for col in spec.columns:
+                if col.name in EVENT_DATES[spec.name]:
+                    expr = _parse_exprs(col, lf.typed)[1].rsplit(" AS ", 1)[0]
+                    parts.append(f"SELECT {expr} AS d FROM raw_{spec.name}")
+    counts = con.sql(f"SELECT d, count(*) AS n FROM ({' UNION ALL '.join(parts)}) WHERE d IS NOT NULL "
+                     "GROUP BY d ORDER BY d").df()
+    today = (today or pd.Timestamp.today()).normalize() + pd.Timedelta(days=policy["max_days_after_today"])
+    if counts.empty:
+        return today
+    dates = pd.to_datetime(counts["d"]).to_numpy()
+    n = counts["n"].to_numpy()
+    allowed = policy["max_outlier_share"] * n.sum()
+    keep = dates <= today.to_datetime64()
+    dates, n = dates[keep], n[keep]
+    cut, above = len(dates), 0
+    for i in range(len(dates) - 1, 0, -1):
+        above += n[i]
+        if above > allowed:
+            break
+        if (dates[i] - dates[i - 1]) > np.timedelta64(policy["max_gap_days"], "D"):
+            cut = i
+    return pd.Timestamp(dates[cut - 1]) if cut > 0 else today
+
+
+def _sql_date(d: pd.Timestamp | None) -> str:
+    return "NULL" if d is None else f"DATE '{d.date().isoformat()}'"
+
+
+def load_or_report(folder: Path | str, report_path: Path | None, *, progress=None) -> Dataset:
+    """:func:`load_dataset`; when the dataset cannot be used after its rows were read
+    (every firm row quarantined, say), the quarantine report of what was read is still
+    written to ``report_path`` and named in the one-line error, so a user can see why."""
+    try:
+        return load_dataset(folder, progress=progress)
+    except DatasetError as exc:
+        report = getattr(exc, "report", None)
+        if report is None or report_path is None:
+            raise
+        try:
+            path = report.write(Path(report_path))
+        except OSError:
+            raise exc from None
+        raise DatasetError(f"{exc} (quarantine report of what was read: {path})") from None
 
 
 def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Array | None) -> pd.DataFrame:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from scf_engine.tables import write_csv
+
 QUARANTINE_COLUMNS = ["file", "line", "column", "value", "reason", "parties"]
 
 
@@ -66,7 +68,5 @@ class QuarantineReport:
         return self.rows[parties.str.split(";").apply(lambda ps: firm_id in ps)]
 
     def write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
         rows = self.rows.sort_values(["file", "line"], kind="stable") if len(self.rows) else self.rows
-        rows.to_csv(path, index=False, encoding="utf-8")
-        return path
+        return write_csv(rows, path)  # values as the bank wrote them, neutralised for spreadsheets

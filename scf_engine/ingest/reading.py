@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
+import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +37,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from scf_engine import policies
 from scf_engine.contract import FALSE_SPELLINGS, TRUE_SPELLINGS, FileSpec
 from scf_engine.errors import DatasetError
 
 CHUNK = 1 << 24  # 16 MiB
+csv.field_size_limit(sys.maxsize)  # a too-long field is the ingest policy's call (max_field_chars), not the csv module's
 
 
 @dataclass
@@ -220,7 +226,126 @@ def _pyarrow_csv(path, names, encoding, column_types, bad_rows, **convert):
 
 
 def _read_csv(path: Path, spec: FileSpec) -> LoadedFile:
+    """The file as Arrow reads it; when a row stops Arrow (a field longer than a read
+    block, a broken character) or holds a field over ``ingest.yaml``'s
+    ``max_field_chars``, the file is read again from a copy without those rows, each of
+    them quarantined with its line: one row never refuses the whole file."""
+    max_chars = int(policies.load("ingest")["max_field_chars"])
     names = _header(path)
+    try:
+        lf = _read_csv_plain(path, spec, names)
+    except _RowStopsTheFile as exc:
+        if "neither UTF-8 nor GB18030" in str(exc) or "straddl" in str(exc) or "UTF-8" in str(exc) \
+                or _has_bad_row(path, max_chars):
+            return _read_without_bad_rows(path, spec, names, max_chars)
+        raise DatasetError(str(exc)) from None
+    if _longest_text(lf.table) > max_chars:
+        return _read_without_bad_rows(path, spec, names, max_chars)
+    return lf
+
+
+class _RowStopsTheFile(Exception):
+    """Arrow cannot read the file because of what one row holds."""
+
+
+def _longest_text(table: pa.Table) -> int:
+    longest = 0
+    for col in table.columns:
+        if (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) and len(col):
+            m = pc.max(pc.utf8_length(col)).as_py()
+            longest = max(longest, m or 0)
+    return longest
+
+
+def _read_without_bad_rows(path: Path, spec: FileSpec, names: list[str], max_chars: int) -> LoadedFile:
+    """Read a copy of ``path`` in which each row with a broken character or a field over
+    ``max_chars`` is replaced by as many empty lines as it had (so every other row keeps
+    its line number), and report those rows as malformed."""
+    encoding = _majority_encoding(path)
+    fd, tmp_name = tempfile.mkstemp(prefix="scf-clean-", suffix=".csv")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            dropped = _copy_good_rows(path, out, encoding, max_chars)
+        try:
+            lf = _read_csv_plain(tmp, spec, names)
+        except _RowStopsTheFile as exc:
+            raise DatasetError(str(exc).replace(tmp.name, path.name)) from None
+        n = lf.table.num_rows
+        lf.line_map._exact = lf.line_map.lines(np.arange(n)) if n else np.array([], np.int64)
+        lf.line_map.path = path
+        lf.path = path
+        lf.malformed = sorted(lf.malformed + dropped)
+        return lf
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _has_bad_row(path: Path, max_chars: int) -> bool:
+    """Whether some row has a broken character or a field over ``max_chars``."""
+    encoding = _majority_encoding(path)
+    return bool(_copy_good_rows(path, io.BytesIO(), encoding, max_chars))
+
+
+def _majority_encoding(path: Path) -> str:
+    """The contract encoding most rows decode in (a file with one broken character is
+    neither UTF-8 nor GB18030 as a whole)."""
+    ok = {e: 0 for e in ENCODINGS}
+    for _, raw, _ in _raw_records(path):
+        for e in ENCODINGS:
+            try:
+                raw.decode(e)
+                ok[e] += 1
+            except UnicodeDecodeError:
+                pass
+    return max(ENCODINGS, key=lambda e: ok[e])  # ties: UTF-8 (listed first)
+
+
+def _raw_records(path: Path):
+    """``(first line, bytes, physical lines)`` of each record after the header, split on
+    newlines outside quotes (a ``"`` byte never occurs inside a multi-byte character in
+    UTF-8 or GB18030)."""
+    with open(path, "rb") as fh:
+        fh.readline()
+        line_no, start, buf, quotes = 1, 0, [], 0
+        for line in fh:
+            line_no += 1
+            if not buf:
+                start = line_no
+            buf.append(line)
+            quotes += line.count(b'"')
+            if quotes % 2 == 0:
+                yield start, b"".join(buf), len(buf)
+                buf, quotes = [], 0
+        if buf:
+            yield start, b"".join(buf), len(buf)
+
+
+def _copy_good_rows(path: Path, out, encoding: str, max_chars: int) -> list[tuple[int, str, str]]:
+    """Copy the header and every readable row of ``path`` to ``out``; blank out the rest
+    and return ``(line, text, reason)`` for each."""
+    with open(path, "rb") as fh:
+        out.write(fh.readline())
+    dropped = []
+    for start, raw, n_lines in _raw_records(path):
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            dropped.append((start, raw[:200].decode(encoding, errors="replace").rstrip("\r\n"),
+                            f"broken character: byte {exc.start + 1} of the row is not valid {encoding}"))
+            out.write(b"\n" * n_lines)
+            continue
+        longest = max((len(f) for rec in csv.reader(io.StringIO(text)) for f in rec), default=0)
+        if longest > max_chars:
+            dropped.append((start, text[:200], f"a field is {longest:,} characters long "
+                                               f"(more than ingest.yaml max_field_chars {max_chars:,})"))
+            out.write(b"\n" * n_lines)
+            continue
+        out.write(raw)
+    return dropped
+
+
+def _read_csv_plain(path: Path, spec: FileSpec, names: list[str]) -> LoadedFile:
     _check_columns(path, spec, names)
     kinds = {c.name: c.kind for c in spec.columns}
     typed_types = {
@@ -230,6 +355,7 @@ def _read_csv(path: Path, spec: FileSpec) -> LoadedFile:
     # Arrow's ISO-8601 parser (its default) rejects impossible dates such as 2015-02-29,
     # where its strptime parsers roll them over; any time part is dropped afterwards.
     typed_options = dict(
+        null_values=[""],  # one null vocabulary on both paths: only empty is empty (N/A, NULL, NaN are quarantined)
         strings_can_be_null=False,
         true_values=sorted({v for s in TRUE_SPELLINGS for v in (s, s.upper(), s.capitalize())}),
         false_values=sorted({v for s in FALSE_SPELLINGS for v in (s, s.upper(), s.capitalize())}),
@@ -246,24 +372,66 @@ def _read_csv(path: Path, spec: FileSpec) -> LoadedFile:
         except pa.ArrowInvalid as exc:
             if encoding != "utf-8" or "utf8" not in str(exc).lower():
                 raise
+        if _mostly_utf8(path):  # UTF-8 with a broken character or a cut-off end: its rows, not GB18030
+            raise _RowStopsTheFile(f"{path.name}: invalid UTF-8 in some rows")
         encoding = _csv_encoding(path)  # not UTF-8: GB18030 or unreadable
         bad_rows.clear()
         return _pyarrow_csv(path, names, encoding, types, bad_rows, **options)
 
     typed = True
     try:
-        table = attempt(typed_types, typed_options)
-    except pa.ArrowInvalid:  # a value that does not parse: the exact path, all text
-        typed = False
         try:
+            table = attempt(typed_types, typed_options)
+        except pa.ArrowInvalid as exc:  # a value that does not parse: the exact path, all text
+            if _stops_the_file(exc):
+                raise
+            typed = False
             table = attempt({n: pa.string() for n in names}, text_options)
-        except pa.ArrowInvalid as exc:
-            raise DatasetError(f"{path.name}: unreadable CSV: {str(exc).splitlines()[0]}") from None
+    except pa.ArrowInvalid as exc:  # maybe one row (a cut-off last line): the caller looks for it
+        raise _RowStopsTheFile(f"{path.name}: unreadable CSV: {str(exc).splitlines()[0]}") from None
+    except DatasetError as exc:
+        if "neither UTF-8 nor GB18030" in str(exc):  # a broken character somewhere: find its row
+            raise _RowStopsTheFile(str(exc)) from None
+        raise
+    if typed and _has_nan(table, spec):  # "NaN"/"inf" parse as floats: the text path quarantines them as written
+        typed, table = False, attempt({n: pa.string() for n in names}, text_options)
     if typed:
         table = _typed_dates(table, spec)
     line_map = LineMap(path, encoding, table.num_rows)
     malformed = _malformed_rows(path, encoding, bad_rows) if bad_rows else []
     return LoadedFile(spec, path, _finish(table, spec, typed), typed, encoding, line_map, malformed)
+
+
+def _mostly_utf8(path: Path) -> bool:
+    """A file that is not valid UTF-8 only here and there (a truncated multi-byte
+    character, a stray byte): fewer invalid sequences than one per ten non-ASCII bytes.
+    GB18030 text read as UTF-8 fails on nearly every character. One C-speed pass."""
+    bad = non_ascii = 0
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            bad += decoder.decode(chunk).count("\ufffd")
+            non_ascii += len(chunk) - len(chunk.translate(None, bytes(range(128, 256))))
+        bad += decoder.decode(b"", final=True).count("\ufffd")
+    return bad * 10 < non_ascii
+
+
+def _stops_the_file(exc: Exception) -> bool:
+    """An Arrow error caused by one row (a field longer than a read block, invalid
+    UTF-8), not by the file's structure."""
+    text = str(exc).lower()
+    return "straddl" in text or "utf8" in text or "utf-8" in text
+
+
+def _has_nan(table: pa.Table, spec: FileSpec) -> bool:
+    """Whether a typed amount column holds NaN or infinity (spelled NaN, nan, inf in the
+    file): not a number to the contract, to be reported with its spelling."""
+    for c in spec.columns:
+        if c.kind == "amount" and c.name in table.column_names:
+            col = table[c.name]
+            if pc.any(pc.invert(pc.is_finite(col))).as_py():
+                return True
+    return False
 
 
 def _has_bom(path: Path) -> bool:

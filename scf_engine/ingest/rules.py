@@ -124,8 +124,24 @@ def column_rules(col: Column) -> list[tuple[str, str, str]]:
     return rules
 
 
+FUTURE_DATES = {"flows": ("booked_on",), "receivables": ("issued_on", "confirmed_on", "paid_on"),
+                "defaults": ("default_on",)}
+
+
+def future_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
+    """An event dated after the data's end or today (``_last_date.horizon``, by the
+    ``ingest.yaml`` policy) is in the future: quarantined, so it cannot move the as-of."""
+    return [(n, f"{H('d', n)} > (SELECT horizon FROM _last_date)",
+             f"{n} is in the future (after the data's end or today; ingest.yaml future_dates)")
+            for n in FUTURE_DATES.get(spec.name, ())]
+
+
 def row_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
     """Rules across columns of one row (date order, signs, conditional requirements)."""
+    return _row_rules(spec) + future_rules(spec)
+
+
+def _row_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
     d, a, e = (lambda n: H("d", n)), (lambda n: H("a", n)), (lambda n: H("e", n))
     if spec.name == "firms":
         core = H("b", "is_core")

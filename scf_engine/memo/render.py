@@ -154,6 +154,17 @@ def _md_cell(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
+_MD_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def _md_text(v) -> str:
+    """Every value put into a Markdown memo, with ``&``, ``<`` and ``>`` as entities:
+    Markdown passes inline HTML through, so a firm named ``<script>...`` or
+    ``<img onerror=...>`` would be live in any viewer that renders it. Entities show as
+    the characters themselves, so the memo reads the same."""
+    return "" if v is None else str(v).translate(_MD_HTML)
+
+
 # --- images ------------------------------------------------------------------------------------
 def _looks_svg(img) -> bool:
     return isinstance(img, str) and img.lstrip().startswith("<svg")
@@ -358,7 +369,8 @@ def _env(kind: str) -> Environment:
         env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
                           autoescape=select_autoescape(enabled_extensions=("html", "html.j2"),
                                                        default_for_string=False) if kind == "html" else False,
-                          trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+                          trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                          **({"finalize": _md_text} if kind == "md" else {}))
         env.filters["md"] = _md_cell
         _ENVS[kind] = env
     return _ENVS[kind]

@@ -22,6 +22,7 @@ from scf_engine.ingest import fingerprint, load_dataset
 from scf_engine.learners.predict import PD_COLUMNS, predict_all
 from scf_engine.pipelines.promote import promote as move_alias
 from scf_engine.pipelines.promote import promotion_plan
+from scf_engine.tables import write_csv
 
 PAIRS = [("pd_hybrid", "pd_decoupled"), ("pd_decoupled", "pd_propagation"), ("pd_hybrid", "pd_propagation"),
          ("pd_decoupled", "pd_jiangyin"), ("pd_hybrid", "pd_jiangyin"), ("pd_propagation", "pd_jiangyin")]
@@ -83,7 +84,7 @@ def compare(*, tracking_uri: str | None = None, data_dir: Path | str | None = No
     the compared versions ``champion``."""
     say = progress or (lambda *a, **k: None)
     kinds, notes = promotion_plan(promote)  # a bad --promote stops here, before any work
-    store = tracking.Store(tracking_uri)
+    store = tracking.Store(tracking_uri).check()
     last = store.latest_run("train")
     if last is None:
         raise ModelNotFound("no training run found: run `scf train DIR` first")
@@ -118,10 +119,9 @@ def record_comparison(store, res: dict, versions: dict, alias: str, train_run_id
         report.comparison_html(ev, res["test"], pd_cols, res["bootstrap"], test_dates=test_dates, dataset=str(data_dir),
                                models=model_table, run_id=run.id, path=path)
         out_dir.mkdir(parents=True, exist_ok=True)
-        ev["overall"].to_csv(out_dir / "overall.csv", index=False)
-        ev["segments"].to_csv(out_dir / "segments.csv", index=False)
-        res["bootstrap"].to_csv(out_dir / "bootstrap.csv", index=False)
-        res["winners"].to_csv(out_dir / "segment_winners.csv", index=False)
+        for name, table in (("overall", ev["overall"]), ("segments", ev["segments"]), ("bootstrap", res["bootstrap"]),
+                            ("segment_winners", res["winners"])):
+            write_csv(table, out_dir / f"{name}.csv")
         run.log_artifacts(out_dir, "comparison")
     return run.id, path
 

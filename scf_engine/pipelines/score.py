@@ -11,9 +11,14 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
+import os
 import re
+import shutil
+import signal
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +29,14 @@ from scf_engine.assemble import SnapshotData, add_propagation, assemble
 from scf_engine.credit.decide import BatchOptions, Decisions, decide
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset, as_timestamp
-from scf_engine.errors import PolicyError, RequestError
+from scf_engine.errors import OutputError, PolicyError, RequestError
 from scf_engine.hashing import file_sha256
-from scf_engine.ingest import load_dataset
+from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_batch, read_consents, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.train import SCALE_ARTIFACT
+from scf_engine.tables import csv_bytes
 
 DEFAULT_AUDIT_LOG = Path("audit/audit.jsonl")
 
@@ -75,6 +81,21 @@ def parse_as_of(value) -> pd.Timestamp | None:
         raise RequestError(f"--as-of {value!r} is not a date (YYYY-MM-DD)") from None
 
 
+def check_as_of(T: pd.Timestamp | None, ds: Dataset, say) -> pd.Timestamp:
+    """The as-of date, stated on every run: the one asked for, or the default (the day
+    after the last accepted record; records dated in the future are quarantined, so one
+    outlier cannot move it). A date before the data begins has nothing to score on."""
+    if T is None:
+        T = ds.default_as_of
+        say(f"as-of {T.date()} (default: the day after the last accepted record, {ds.last_date.date()})")
+        return T
+    if T <= ds.first_date:
+        raise RequestError(f"--as-of {T.date()} is not after the data begins ({ds.first_date.date()}): "
+                           "nothing is known before it")
+    say(f"as-of {T.date()}")
+    return T
+
+
 def saved_scale(store: tracking.Store, versions: dict, current) -> ScoreScale:
     """The score scale the champions were validated with (saved with each at training),
     refused when today's ``score_scale.yaml`` scores differently."""
@@ -93,17 +114,20 @@ def saved_scale(store: tracking.Store, versions: dict, current) -> ScoreScale:
     return next(iter(scales.values()))
 
 
-def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None, alias="champion", progress=None) -> Loaded:
+def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None, alias="champion", progress=None,
+                       report_path: Path | None = None) -> Loaded:
+    """Everything a decision needs; ``report_path``: where the quarantine report goes when
+    the dataset turns out unusable (exit 2 still shows what was read and why)."""
     say = progress or (lambda *a, **k: None)
     pols = policies.load_all()
     if consents is None and pols["limit_policy"].get("require_consent", False):
         raise RequestError("the limit policy requires the firms' data-use authorisation (require_consent: true): "
                            "pass --consents consents.csv")
     T = parse_as_of(as_of)
-    ds = load_dataset(data_dir, progress=say)
+    store = tracking.Store(tracking_uri).check()  # a server that is down: one line now, not after the work
+    ds = load_or_report(data_dir, report_path, progress=say)
     consents_frame = read_consents(consents) if consents else None
-    T = T if T is not None else ds.default_as_of
-    store = tracking.Store(tracking_uri)
+    T = check_as_of(T, ds, say)
     say(f"loading {alias} models")
     models, versions = load_models(store, alias)  # ModelNotFound names the missing one
     scale = saved_scale(store, versions, pols["score_scale"])
@@ -129,57 +153,156 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
     """Batch credit (批量授信) with the champion models: limits, memos, MLflow run, audit entry."""
     say = progress or (lambda *a, **k: None)
     options = BatchOptions(group_limit=group_limit, group_by=group_by, chain_core=chain_core)
+    out, audit_log = Path(out), Path(audit_log)
+    check_writable(out, audit_log)
     requests = read_batch(Path(batch))
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                                progress=say)
+                                progress=say, report_path=out.parent / "quarantine.csv")
     inputs = {**loaded.dataset.fingerprints, "batch": file_sha256(Path(batch)),
               **({"consents": file_sha256(Path(consents))} if consents else {})}
     batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{inputs['batch'][:10]}"
     say("decisions")
     decisions = decide_loaded(loaded, requests, options)
-    return record_batch(loaded, decisions, Path(out), batch_id=batch_id, inputs=inputs, options=options,
+    return record_batch(loaded, decisions, out, batch_id=batch_id, inputs=inputs, options=options,
                         paths={"dataset": Path(data_dir), "batch": Path(batch)}, memos=memos, memo_formats=memo_formats,
-                        audit_log=Path(audit_log), actor=actor, progress=say)
+                        audit_log=audit_log, actor=actor, progress=say)
+
+
+CHECKPOINT_ENV = "SCF_TEST_KILL_AT"
+STAGES = ("staged_limits", "staged_memos", "logged", "appended", "published")
+
+
+def checkpoint(stage: str) -> None:
+    """A named point of the record step. Test hook, documented and inert otherwise: with
+    ``SCF_TEST_KILL_AT=<stage>`` in the environment the process kills itself with SIGKILL
+    there, so the fault-injection tests can show what a ``kill -9`` at each stage leaves."""
+    if os.environ.get(CHECKPOINT_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def check_writable(out: Path, audit_log: Path) -> None:
+    """Before any work: the output folder and the audit log can be written (a run that
+    decides, then cannot record, is the worst outcome). Creates the folders."""
+    for what, folder in (("--out", out.parent), ("--audit-log", audit_log.parent)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".scf-write-check-"):
+                pass
+        except OSError as exc:
+            raise RequestError(f"{what} {folder if what == '--out' else audit_log}: cannot write there "
+                               f"({exc.strerror or exc})") from None
+    if audit_log.exists() and not os.access(audit_log, os.W_OK):
+        raise RequestError(f"--audit-log {audit_log}: the audit log is not writable")
+    if out.is_dir():
+        raise RequestError(f"--out {out}: is a folder; name the limits.csv to write")
 
 
 def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, inputs, options, paths, memos, memo_formats,
                  audit_log: Path, actor, progress) -> ScoreResult:
-    """``limits.csv``, memos, the batch's MLflow run (open while memos are written, so each
-    memo names it) and its audit entry."""
-    result, pols, versions = decisions.limits, loaded.pols, loaded.versions
-    with loaded.store.run("score", f"batch {batch_id}", tags={"scf_role": "score", "batch_id": batch_id}) as run:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.to_csv(out, index=False, encoding="utf-8")
-        memo_dir = None
-        if memos and decisions.scored.any():
-            memo_dir = out.parent / "memos"
-            progress("memos")
-            prov = Provenance(versions, run.id, tracking.EXPERIMENTS["score"], loaded.store.uri)
-            write_memos(memo_dir, memo_formats, memo_contexts(decisions, loaded.data, loaded.models, prov, loaded.dataset.report))
-        run.log_params({
-            "batch_id": batch_id, "as_of": str(decisions.as_of.date()), "dataset_path": str(paths["dataset"].resolve()),
-            "batch_file": str(paths["batch"].resolve()), "n_requested": len(result),
-            "model_versions": {k: v["version"] for k, v in versions.items()},
-            "policy_hashes": policies.fingerprint(pols), "group_limit": options.group_limit, "group_by": options.group_by,
-            "chain_core": decisions.chain_core or "",
-        })
-        run.log_metrics(decisions.summary)
-        run.log_artifact(out, "limits")
-        run.log_small_table(result.groupby(["decision", "grade"], dropna=False).agg(
-            firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index().astype({"grade": str}), "limits_summary.json")
-        if memo_dir is not None:
-            run.log_artifacts(memo_dir, "memos")
-        entry = audit.append(audit_log, actor or getpass.getuser(), "score", {
-            "batch_id": batch_id, "mlflow_run_id": run.id, "as_of": str(decisions.as_of.date()),
-            "firms": result["firm_id"].tolist(), "inputs": inputs,
-            "model_versions": {k: v["version"] for k, v in versions.items()},
-            "policy_hashes": policies.fingerprint(pols), "output": {out.name: file_sha256(out)},
-        })
-        with_entry = out.parent / "audit_entry.json"
-        with_entry.write_text(json.dumps(entry, ensure_ascii=False, indent=2))
-        run.log_artifact(with_entry, "audit")
-        run.set_tags({"audit_head": f"{entry['seq']}:{entry['hash']}"})  # for `scf audit verify --anchor`
+    """``limits.csv``, memos, the batch's MLflow run and its audit entry, all or nothing.
+
+    Everything is written to a staging folder beside ``out`` first; the audit entry
+    records the sha256 of the bytes written there (never a re-read of a file another run
+    may have replaced); only then are the files moved into place. A failure before the
+    append leaves the previous output and the log as they were (and the MLflow run
+    FAILED); a failure after it takes the entry back. A kill leaves the previous audited
+    output, or the new one with its entry; an interrupted staging folder
+    (``.scf-staging-*``) is never read."""
+    result = decisions.limits
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".scf-staging-", dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"--out {out.parent}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        with output_errors(out), loaded.store.run("score", f"batch {batch_id}", tags={"scf_role": "score", "batch_id": batch_id}) as run:
+            staged = _stage(loaded, decisions, staging, out.name, run, memos, memo_formats, progress)
+            _log_batch(run, loaded, decisions, staged, batch_id, options, paths)
+            checkpoint("logged")
+            entry = audit.append(audit_log, actor or getpass.getuser(), "score", {
+                "batch_id": batch_id, "mlflow_run_id": run.id, "as_of": str(decisions.as_of.date()),
+                "firms": result["firm_id"].tolist(), "inputs": inputs,
+                "model_versions": {k: v["version"] for k, v in loaded.versions.items()},
+                "policy_hashes": policies.fingerprint(loaded.pols), "output": staged["hashes"],
+            })
+            checkpoint("appended")
+            try:
+                (staging / AUDIT_ENTRY).write_text(json.dumps(entry, ensure_ascii=False, indent=2))
+                run.log_artifact(staging / AUDIT_ENTRY, "audit")
+                run.set_tags({"audit_head": f"{entry['seq']}:{entry['hash']}"})  # for `scf audit verify --anchor`
+                memo_dir = _publish(staging, out, memo=staged["memo_dir"] is not None)
+            except BaseException:
+                audit.rollback(audit_log, entry)
+                raise
+            checkpoint("published")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return ScoreResult(result, out, memo_dir, run.id, entry, decisions.summary)
+
+
+AUDIT_ENTRY = "audit_entry.json"
+
+
+@contextmanager
+def output_errors(out: Path):
+    """A file of the batch that cannot be written (a full disk, a quota) is one line
+    naming the folder; the staging folder is removed, nothing is published."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"--out {out.parent}: the batch's files could not be written ({exc.strerror or exc}); "
+                          "nothing was published") from None
+
+
+def _stage(loaded: Loaded, decisions: Decisions, staging: Path, name: str, run, memos, memo_formats, progress) -> dict:
+    """limits.csv and the memos in the staging folder, and the sha256 of each file."""
+    data = csv_bytes(decisions.limits)
+    (staging / name).write_bytes(data)
+    hashes = {name: hashlib.sha256(data).hexdigest()}
+    checkpoint("staged_limits")
+    memo_dir = None
+    if memos and decisions.scored.any():
+        memo_dir = staging / "memos"
+        progress("memos")
+        prov = Provenance(loaded.versions, run.id, tracking.EXPERIMENTS["score"], loaded.store.uri)
+        write_memos(memo_dir, memo_formats, memo_contexts(decisions, loaded.data, loaded.models, prov, loaded.dataset.report))
+        hashes["memos"] = {p.name: file_sha256(p) for p in sorted(memo_dir.iterdir()) if p.is_file()}
+    checkpoint("staged_memos")
+    return {"path": staging / name, "memo_dir": memo_dir, "hashes": hashes}
+
+
+def _log_batch(run, loaded: Loaded, decisions: Decisions, staged: dict, batch_id, options, paths) -> None:
+    result, versions = decisions.limits, loaded.versions
+    run.log_params({
+        "batch_id": batch_id, "as_of": str(decisions.as_of.date()), "dataset_path": str(paths["dataset"].resolve()),
+        "batch_file": str(paths["batch"].resolve()), "n_requested": len(result),
+        "model_versions": {k: v["version"] for k, v in versions.items()},
+        "policy_hashes": policies.fingerprint(loaded.pols), "group_limit": options.group_limit,
+        "group_by": options.group_by, "chain_core": decisions.chain_core or "",
+    })
+    run.log_metrics(decisions.summary)
+    run.log_artifact(staged["path"], "limits")
+    run.log_small_table(result.groupby(["decision", "grade"], dropna=False).agg(
+        firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index().astype({"grade": str}),
+        "limits_summary.json")
+    if staged["memo_dir"] is not None:
+        run.log_artifacts(staged["memo_dir"], "memos")
+
+
+def _publish(staging: Path, out: Path, *, memo: bool) -> Path | None:
+    """Move the staged files into place: memos (the previous batch's memos set aside
+    first, so no folder mixes two batches), the audit entry, and ``limits.csv`` last,
+    each by one rename within the folder."""
+    folder = out.parent
+    old = folder / "memos"
+    if old.exists():
+        os.replace(old, staging / "previous-memos")
+    if memo:
+        os.replace(staging / "memos", old)
+    os.replace(staging / AUDIT_ENTRY, folder / AUDIT_ENTRY)
+    os.replace(staging / out.name, out)
+    return old if memo else None
 
 
 # --------------------------------------------------------------------------------- explain
@@ -199,8 +322,9 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
     """One firm's decision as a batch of one would give it (its real consent, the same
     policy; caps shared across a batch cannot bind), its memo, and an access entry in the
     audit log (who read the firm's data, when and why)."""
+    check_writable(Path(out) / "memos" / "memo", Path(audit_log))
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                                progress=progress)
+                                progress=progress, report_path=Path(out) / "quarantine.csv")
     decisions = decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [str(firm_id)]})))
     memo_paths = {}
     if decisions.scored.iloc[0]:
@@ -217,4 +341,5 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
 
 
 __all__ = ["ScoreResult", "ExplainResult", "Loaded", "score", "explain", "load_for_decisions", "decide_loaded",
-           "record_batch", "saved_scale", "parse_as_of", "DEFAULT_AUDIT_LOG"]
+           "record_batch", "saved_scale", "parse_as_of", "check_as_of", "check_writable", "checkpoint", "STAGES",
+           "DEFAULT_AUDIT_LOG"]

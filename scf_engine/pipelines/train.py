@@ -20,10 +20,11 @@ from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset
 from scf_engine.errors import DatasetError
 from scf_engine.evaluate import evaluate, psi
-from scf_engine.ingest import load_dataset
+from scf_engine.ingest.load import load_or_report
 from scf_engine.learners import DecoupledModel, HybridModel, JiangyinGrading
 from scf_engine.learners.predict import PD_COLUMNS, has_flows, predict_all
 from scf_engine.propagation import CorePropagation
+from scf_engine.tables import write_csv
 
 SCALE_ARTIFACT = "scorecard/score_scale.json"
 
@@ -111,8 +112,8 @@ def write_tables(fitted: Fitted, ds: Dataset, out_dir: Path) -> Path:
     ev, te, pd_cols = fitted.evaluation, fitted.test, list(PD_COLUMNS.values())
     tables = out_dir / "evaluation"
     tables.mkdir(parents=True, exist_ok=True)
-    ev["overall"].assign(psi=ev["overall"]["model"].map(fitted.stability)).to_csv(tables / "overall.csv", index=False)
-    ev["segments"].to_csv(tables / "segments.csv", index=False)
+    write_csv(ev["overall"].assign(psi=ev["overall"]["model"].map(fitted.stability)), tables / "overall.csv")
+    write_csv(ev["segments"], tables / "segments.csv")
     predictions = te[["firm_id", "as_of", "label"] + pd_cols + (["true_pd"] if "true_pd" in te else [])]
     predictions.to_parquet(tables / "heldout_predictions.parquet", index=False)
     ds.report.write(out_dir / "quarantine.csv")
@@ -126,11 +127,11 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
     say = progress or (lambda *a, **k: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(data_dir, progress=say)  # raises before any run exists
+    store = tracking.Store(tracking_uri).check()  # a server that is down: one line now, not after training
+    ds = load_or_report(data_dir, out_dir / "quarantine.csv", progress=say)  # raises before any run exists
     require_defaults(ds)
     dates, train_dates, test_dates = snapshot_dates(ds, n_test)
     pols = policies.load_all()
-    store = tracking.Store(tracking_uri)
     fitted = fit_and_evaluate(ds, dates, train_dates, test_dates, progress=say)
     tables = write_tables(fitted, ds, out_dir)
     say("logging to MLflow")

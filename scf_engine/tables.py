@@ -1,0 +1,62 @@
+"""Every report CSV the engine writes goes through here, so none can carry a formula.
+
+Credit officers open ``limits.csv`` and ``quarantine.csv`` in Excel, and a firm id or a
+name taken from a bank's export may start with ``=``, ``+``, ``-`` or ``@``: Excel (and
+LibreOffice, Google Sheets) would run ``=HYPERLINK(...)`` or ``+cmd|' /C calc'!A0`` as a
+formula. OWASP's rule for CSV injection is applied to every text cell: a cell that starts
+with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading ``'`` (which the
+spreadsheet shows as text and hides). Numbers are untouched: numeric columns are never
+looked at, and a text cell that *is* a plain number (``-100``, ``+1.5e3``) is a number to
+a spreadsheet, not a formula, so it stays as written.
+
+Dataset files (what ``scf simulate`` and ``scf import`` write) are data the engine reads
+back, not reports: they are written as is, since a prefix would change the data.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutralise_cell(value):
+    """``value`` with a leading ``'`` when it is text that a spreadsheet would read as a
+    formula; anything else unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def neutralise(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` whose text cells cannot be read as formulas; numeric, boolean and
+    date columns are not touched (their values cannot start a formula)."""
+    out = df.copy()
+    for c in out.columns:
+        col = out[c]
+        if col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
+            text = col.astype(object)
+            starts = text.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_START))
+            if starts.any():
+                out[c] = text.map(neutralise_cell)
+    return out
+
+
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    """The neutralised CSV of ``df`` as UTF-8 bytes (what is hashed is what is written)."""
+    return neutralise(df).to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def write_csv(df: pd.DataFrame, path: Path | str) -> Path:
+    """Write ``df`` as a neutralised UTF-8 CSV at ``path`` (folder created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(csv_bytes(df))
+    return path
+
+
+__all__ = ["FORMULA_START", "neutralise_cell", "neutralise", "csv_bytes", "write_csv"]
