@@ -43,9 +43,11 @@ def trained(world_dir, tmp_path_factory):
     database file."""
     home = tmp_path_factory.mktemp("home")
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    r = invoke("train", world_dir, "--tracking-uri", uri, "--out", home / "train")
+    r = invoke("train", world_dir, "--tracking-uri", uri, "--out", home / "train", "--audit-log", home / "audit.jsonl",
+               "--actor", "analyst.li")
     assert r.exit_code == 0, r.output
-    r = invoke("compare", "--tracking-uri", uri, "--promote", "all", "--out", home / "compare")
+    r = invoke("compare", "--tracking-uri", uri, "--promote", "all", "--out", home / "compare", "--audit-log",
+               home / "audit.jsonl", "--actor", "analyst.li")
     assert r.exit_code == 0, r.output
     r = invoke("score", world_dir, "--batch", world_dir / "batch.csv", "--consents", world_dir / "consents.csv",
                "--out", home / "score" / "limits.csv", "--tracking-uri", uri, "--memo-formats", "html,md",
@@ -375,10 +377,13 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path, monkeypatch):
     before the decision core was pulled out of the scoring pipeline)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SCF_AUDIT_LOG", raising=False)
     r = invoke("demo", "--data", ROOT / "data" / "sample", "--out", tmp_path / "demo")
     assert r.exit_code == 0, r.output
-    # the batch's entry and the explanation's access entry
-    assert "intact (2 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
+    # every read of firm data: validate, train, compare, the batch, the explanation
+    assert "intact (5 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
+    actions = [json.loads(line)["action"] for line in (tmp_path / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert actions == ["validate", "train", "compare", "score", "explain"]
     assert list((tmp_path / "demo" / "score" / "memos").glob("*.html"))
     assert list((tmp_path / "demo" / "explain" / "memos").glob("*.pdf"))
     got = (tmp_path / "demo" / "score" / "limits.csv").read_text(encoding="utf-8")
@@ -540,3 +545,51 @@ def test_a_bad_as_of_is_one_line(trained, tmp_path, value):
     r = invoke("score", data, "--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out",
                tmp_path / "limits.csv", "--tracking-uri", trained["uri"], "--as-of", value)
     assert r.exit_code == 2 and "--as-of" in r.output and "Traceback" not in r.output
+
+
+# --- a record of every access (issue: authorisation and access records) -----------------------
+
+
+def test_every_read_of_firm_data_is_on_the_chain_with_who_and_why(trained, tmp_path):
+    home, data = trained["home"], trained["data"]
+    entries = [json.loads(line) for line in (home / "audit.jsonl").read_text().splitlines()]
+    by_action = {e["action"]: e for e in entries}
+    assert {"train", "compare", "score"} <= set(by_action)
+    firms = pd.read_csv(data / "firms.csv", dtype=str)["firm_id"]
+    from scf_engine.access import firms_digest
+
+    for action in ("train", "compare"):
+        d = by_action[action]["details"]
+        assert by_action[action]["actor"] == "analyst.li" and d["purpose"] and d["command"] == action
+        assert {k: d[k] for k in ("firms_count", "firms_sha256")} == firms_digest(firms)
+        assert "firms.csv" in d["inputs"] and "firms" not in d  # a whole-dataset read names no ids
+    score = by_action["score"]["details"]
+    assert score["firms"] == pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].tolist()
+    log = tmp_path / "audit.jsonl"
+    r = invoke("validate", data, "--out", tmp_path / "v", "--audit-log", log, "--actor", "ops.wang")
+    assert r.exit_code in (0, 1), r.output
+    e = json.loads(log.read_text().splitlines()[-1])
+    assert e["action"] == "validate" and e["actor"] == "ops.wang" and e["details"]["firms_count"] == len(firms)
+
+
+def test_audit_show_answers_who_read_a_firm_and_what_an_actor_read(trained, tmp_path, monkeypatch):
+    home, data = trained["home"], trained["data"]
+    log = home / "audit.jsonl"
+    firm = pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].iloc[0]
+    monkeypatch.setenv("SCF_ACTOR", "officer.zhao")
+    r = invoke("explain", data, "--firm", firm, "--consents", data / "consents.csv", "--out", tmp_path / "x",
+               "--tracking-uri", trained["uri"], "--audit-log", log)
+    assert r.exit_code == 0, r.output
+    from scf_engine import access
+
+    named = access.show(log, firm=firm)
+    assert set(named["action"]) >= {"score", "explain"} and (named["match"] == "named").all()
+    assert named.loc[named["action"] == "explain", "actor"].tolist() == ["officer.zhao"]
+    with_data = access.show(log, firm=firm, dataset_firms=pd.read_csv(data / "firms.csv", dtype=str)["firm_id"])
+    assert {"train", "compare"} <= set(with_data.loc[with_data["match"] == "dataset", "action"])
+    assert access.show(log, firm="91110000000000000X").empty
+    assert set(access.show(log, actor="analyst.li")["action"]) == {"train", "compare"}
+    r = invoke("audit", "show", log, "--firm", firm, "--data", data)
+    assert r.exit_code == 0 and "explain" in r.output and "train" in r.output
+    r = invoke("audit", "show", log)
+    assert r.exit_code == 2 and "--firm" in r.output

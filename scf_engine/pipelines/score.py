@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import re
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scf_engine import audit, policies, tracking
+from scf_engine import access, policies, tracking
 from scf_engine.assemble import SnapshotData, add_propagation, assemble
 from scf_engine.credit.decide import BatchOptions, Decisions, decide
 from scf_engine.credit.scale import ScoreScale
@@ -32,7 +31,7 @@ from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.train import SCALE_ARTIFACT
 
-DEFAULT_AUDIT_LOG = Path("audit/audit.jsonl")
+DEFAULT_AUDIT_LOG = access.DEFAULT_LOG
 
 
 @dataclass
@@ -124,7 +123,7 @@ def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions 
 def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=None, tracking_uri: str | None = None,
           consents: Path | str | None = None, group_limit: float | None = None, group_by: str = "batch",
           chain_core: str | None = None, memos: bool = True, memo_formats=("html", "pdf", "md"),
-          audit_log: Path | str = DEFAULT_AUDIT_LOG, actor: str | None = None, alias: str = "champion",
+          audit_log: Path | str | None = None, actor: str | None = None, alias: str = "champion",
           progress=None) -> ScoreResult:
     """Batch credit (批量授信) with the champion models: limits, memos, MLflow run, audit entry."""
     say = progress or (lambda *a, **k: None)
@@ -139,7 +138,7 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
     decisions = decide_loaded(loaded, requests, options)
     return record_batch(loaded, decisions, Path(out), batch_id=batch_id, inputs=inputs, options=options,
                         paths={"dataset": Path(data_dir), "batch": Path(batch)}, memos=memos, memo_formats=memo_formats,
-                        audit_log=Path(audit_log), actor=actor, progress=say)
+                        audit_log=access.log_path(audit_log), actor=actor, progress=say)
 
 
 def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, inputs, options, paths, memos, memo_formats,
@@ -169,12 +168,11 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
             firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index().astype({"grade": str}), "limits_summary.json")
         if memo_dir is not None:
             run.log_artifacts(memo_dir, "memos")
-        entry = audit.append(audit_log, actor or getpass.getuser(), "score", {
-            "batch_id": batch_id, "mlflow_run_id": run.id, "as_of": str(decisions.as_of.date()),
-            "firms": result["firm_id"].tolist(), "inputs": inputs,
-            "model_versions": {k: v["version"] for k, v in versions.items()},
-            "policy_hashes": policies.fingerprint(pols), "output": {out.name: file_sha256(out)},
-        })
+        entry = access.record(
+            audit_log, actor, "score", "batch credit decision (批量授信)", result["firm_id"].tolist(), inputs=inputs,
+            name_firms=True, batch_id=batch_id, mlflow_run_id=run.id, as_of=str(decisions.as_of.date()),
+            model_versions={k: v["version"] for k, v in versions.items()}, policy_hashes=policies.fingerprint(pols),
+            output={out.name: file_sha256(out)})
         with_entry = out.parent / "audit_entry.json"
         with_entry.write_text(json.dumps(entry, ensure_ascii=False, indent=2))
         run.log_artifact(with_entry, "audit")
@@ -195,7 +193,7 @@ class ExplainResult:
 
 def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, consents: Path | str | None = None,
             tracking_uri: str | None = None, alias: str = "champion", memo_formats=("html", "pdf", "md"),
-            audit_log: Path | str = DEFAULT_AUDIT_LOG, actor: str | None = None, progress=None) -> ExplainResult:
+            audit_log: Path | str | None = None, actor: str | None = None, progress=None) -> ExplainResult:
     """One firm's decision as a batch of one would give it (its real consent, the same
     policy; caps shared across a batch cannot bind), its memo, and an access entry in the
     audit log (who read the firm's data, when and why)."""
@@ -207,12 +205,11 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
         prov = Provenance(loaded.versions, None, None, loaded.store.uri)
         memo_paths = write_memos(Path(out) / "memos", memo_formats,
                                  memo_contexts(decisions, loaded.data, loaded.models, prov, loaded.dataset.report))[0]
-    entry = audit.append(Path(audit_log), actor or getpass.getuser(), "explain", {
-        "purpose": "explain one firm's decision", "as_of": str(decisions.as_of.date()), "firms": [str(firm_id)],
-        "inputs": {**loaded.dataset.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {})},
-        "model_versions": {k: v["version"] for k, v in loaded.versions.items()},
-        "policy_hashes": policies.fingerprint(loaded.pols),
-    })
+    entry = access.record(
+        audit_log, actor, "explain", "explain one firm's decision", [str(firm_id)], name_firms=True,
+        inputs={**loaded.dataset.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {})},
+        as_of=str(decisions.as_of.date()), model_versions={k: v["version"] for k, v in loaded.versions.items()},
+        policy_hashes=policies.fingerprint(loaded.pols))
     return ExplainResult(decisions.limits.iloc[0], list(decisions.reasons.iloc[0]), memo_paths, entry)
 
 

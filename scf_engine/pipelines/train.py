@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scf_engine import __version__, policies, tracking
+from scf_engine import __version__, access, policies, tracking
 from scf_engine.assemble import add_propagation, assemble, split_dates, stack, truth_frame
 from scf_engine.contract import CONTRACT_VERSION
 from scf_engine.credit.scale import ScoreScale
@@ -120,7 +120,7 @@ def write_tables(fitted: Fitted, ds: Dataset, out_dir: Path) -> Path:
 
 
 def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Path | str = "out/train",
-          n_test: int = 2, progress=None) -> TrainResult:
+          n_test: int = 2, audit_log: Path | str | None = None, actor: str | None = None, progress=None) -> TrainResult:
     """Build snapshots, train propagation, de-coupled, hybrid and the rule baseline, evaluate
     them out of time, log everything to one parent run with a child per model."""
     say = progress or (lambda *a, **k: None)
@@ -137,6 +137,8 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
     run_id, versions = record_training(store, fitted, ds, pols, Path(data_dir), out_dir, tables,
                                        (dates, train_dates, test_dates))
     (out_dir / "run.json").write_text(json.dumps({"run_id": run_id, "tracking_uri": store.uri, "versions": versions}, indent=2))
+    access.record(audit_log, actor, "train", "model training on the firms' history", ds.firms["firm_id"],
+                  inputs=ds.fingerprints, mlflow_run_id=run_id, registered=versions)
     q = ds.report.summary()
     return TrainResult(run_id, {k: v for k, v in versions.items() if v}, fitted.evaluation, test_dates, train_dates, out_dir,
                        int(q["quarantined"].sum()),
