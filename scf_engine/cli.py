@@ -121,6 +121,7 @@ def train(
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     out: Path = typer.Option(Path("out/train"), "--out", help="Folder for evaluation tables and the quarantine report."),
     n_test: int = typer.Option(2, "--test-snapshots", help="Latest snapshot dates held out for out-of-time evaluation."),
+    consents: Path = typer.Option(None, "--consents", help="consents.csv: needed when data_use.yaml says training uses only consented history."),
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
 ):
@@ -129,7 +130,7 @@ def train(
 
     with steps("train") as say:
         result = pipelines.train(data, tracking_uri=tracking_uri, out_dir=out, n_test=n_test, audit_log=audit_log,
-                                 actor=actor, progress=say)
+                                 actor=actor, consents=consents, progress=say)
     if result.quarantined:
         console.print(f"[yellow]{result.quarantined} rows were quarantined[/] (see {out / 'quarantine.csv'}); trained on the rest")
     print_overall(result.evaluation["overall"],
@@ -177,6 +178,7 @@ def score(
     group_limit: float = typer.Option(None, "--group-limit", help="One envelope (CNY) shared by the group (整园/整会/整村授信)."),
     group_by: str = typer.Option("batch", "--group-by", help="batch: the whole batch is one group; batch_group: one envelope per firms' batch_group."),
     chain_core: str = typer.Option(None, "--chain-core", help="The core whose 1+N chain this batch is (default: detected when all firms share one core)."),
+    whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制); firms off it are declined or reviewed as limit_policy.yaml's off_whitelist says."),
     memos: bool = typer.Option(True, "--memos/--no-memos", help="Write a credit memo per scored firm."),
     memo_formats: str = typer.Option("html,md", "--memo-formats", help="Comma-separated: html, pdf, md (PDF costs ~0.3 s a memo; the HTML prints the same)."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
@@ -189,7 +191,7 @@ def score(
     with steps("score") as say:
         r = run_score(data, batch, out, as_of=as_of, tracking_uri=tracking_uri, consents=consents, group_limit=group_limit,
                       group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
-                      audit_log=audit_log, actor=actor, progress=say)
+                      audit_log=audit_log, actor=actor, whitelist=whitelist, progress=say)
     lim = r.limits
     by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
     by["grade"] = by["grade"].astype(object).where(by["grade"].notna(), "-")
@@ -340,15 +342,16 @@ def demo(
     console.rule("1. validate")
     _validate(data, out, None, log)
     console.rule("2. train")
-    train(data=data, tracking_uri=None, out=out / "train", n_test=2, actor=None, audit_log=log)
+    consents = data / "consents.csv"
+    train(data=data, tracking_uri=None, out=out / "train", n_test=2, consents=consents if consents.is_file() else None,
+          actor=None, audit_log=log)
     console.rule("3. compare")
     compare(tracking_uri=None, alias="challenger", promote=["all"], data=data, out=out / "compare", actor=None, audit_log=log)
     console.rule("4. score a batch: one core's chain (1+N)")
     batch = data / "batch.csv"
-    consents = data / "consents.csv"
     score(data=data, batch=batch, out=out / "score" / "limits.csv", as_of=None,
           consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
-          memos=True, memo_formats="html,md", tracking_uri=None, actor=None, audit_log=log)
+          whitelist=None, memos=True, memo_formats="html,md", tracking_uri=None, actor=None, audit_log=log)
     console.rule("5. explain one firm (memo as HTML, PDF and Markdown)")
     first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
     explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,

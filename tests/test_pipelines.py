@@ -553,7 +553,9 @@ def test_a_bad_as_of_is_one_line(trained, tmp_path, value):
 def test_every_read_of_firm_data_is_on_the_chain_with_who_and_why(trained, tmp_path):
     home, data = trained["home"], trained["data"]
     entries = [json.loads(line) for line in (home / "audit.jsonl").read_text().splitlines()]
-    by_action = {e["action"]: e for e in entries}
+    by_action = {}
+    for e in entries:  # the fixture's own entries come first; later tests append to the same log
+        by_action.setdefault(e["action"], e)
     assert {"train", "compare", "score"} <= set(by_action)
     firms = pd.read_csv(data / "firms.csv", dtype=str)["firm_id"]
     from scf_engine.access import firms_digest
@@ -593,3 +595,87 @@ def test_audit_show_answers_who_read_a_firm_and_what_an_actor_read(trained, tmp_
     assert r.exit_code == 0 and "explain" in r.output and "train" in r.output
     r = invoke("audit", "show", log)
     assert r.exit_code == 2 and "--firm" in r.output
+
+
+def test_limits_carry_the_jiangyin_grade_and_decline_serious_dishonesty(trained):
+    """contract v1.1: jiangyin_grade / jiangyin_a / jiangyin_c beside each scored firm; a
+    firm whose latest indicators say 严重失信 is not graded and is declined."""
+    home, data = trained["home"], trained["data"]
+    lim = pd.read_csv(home / "score" / "limits.csv", dtype={"firm_id": str, "jiangyin_grade": str})
+    assert {"jiangyin_grade", "jiangyin_a", "jiangyin_c"} <= set(lim.columns)
+    scored = lim["pd"].notna()
+    assert set(lim.loc[scored, "jiangyin_grade"].dropna()) <= {"premium", "grade_1", "alternate"}
+    assert (lim.loc[scored, "jiangyin_a"].between(0, 13)).all()
+    rule = __import__("scf_engine.learners.jiangyin", fromlist=["policy_rule"]).policy_rule()
+    ind = pd.read_csv(data / "indicators.csv", dtype=str).sort_values("as_of", kind="stable")
+    bonus = ind[ind["indicator"] == "bonus"].drop_duplicates("firm_id", keep="last").set_index("firm_id")["grade"].astype(float)
+    premium = lim["jiangyin_grade"] == "premium"
+    stepped = lim["firm_id"].map(bonus).fillna(0) >= rule["bonus_step_up_points"]
+    assert (lim.loc[premium & ~stepped, "jiangyin_a"] >= rule["grades"]["premium"]["min_a"]).all()
+    assert (lim.loc[premium & stepped, "jiangyin_a"] >= rule["grades"]["grade_1"]["min_a"]).all()  # one step up
+    assert (lim.loc[premium, "jiangyin_c"] == 0).all()
+    latest = ind[ind["indicator"] == "dishonest"].drop_duplicates("firm_id", keep="last").set_index("firm_id")["grade"]
+    flagged = lim["firm_id"].map(latest).eq("true")
+    if flagged.any():
+        assert (lim.loc[flagged, "decision"] == "decline").all()
+        assert lim.loc[flagged, "reasons"].str.contains("严重失信").all() and lim.loc[flagged, "pd"].isna().all()
+    memo = next((home / "score" / "memos").glob("*.html")).read_text(encoding="utf-8")
+    assert "江阴指引评级" in memo and "Jiangyin credit grading guide" in memo
+
+
+# --- authorisation on every path ------------------------------------------------------------------
+
+
+def _policies_copy(tmp_path, monkeypatch, name, old, new):
+    from scf_engine import policies
+
+    models = tmp_path / "models"
+    if not models.exists():
+        shutil.copytree(policies.MODELS_DIR, models)
+    text = (models / f"{name}.yaml").read_text()
+    assert old in text
+    (models / f"{name}.yaml").write_text(text.replace(old, new))
+    monkeypatch.setenv("SCF_MODELS_DIR", str(models))
+
+
+def test_a_whitelist_limits_the_batch_decline_or_review_by_policy(trained, tmp_path, monkeypatch):
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    batch = pd.read_csv(data / "batch.csv", dtype=str).head(10)
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    on_list = batch["firm_id"].iloc[:5]
+    pd.DataFrame({"firm_id": on_list, "list": "园区白名单"}).to_csv(tmp_path / "whitelist.csv", index=False)
+    args = ["score", data, "--batch", tmp_path / "batch.csv", "--consents", data / "consents.csv", "--tracking-uri", uri,
+            "--no-memos", "--whitelist", tmp_path / "whitelist.csv", "--audit-log", tmp_path / "audit.jsonl"]
+    r = invoke(*args, "--out", tmp_path / "a" / "limits.csv")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "a" / "limits.csv", dtype={"firm_id": str})
+    off = ~lim["firm_id"].isin(on_list)
+    assert (lim.loc[off, "decision"] == "decline").all() and lim.loc[off, "reasons"].str.contains("whitelist").all()
+    assert lim.loc[off, "pd"].isna().all() and not lim.loc[~off, "reasons"].str.contains("whitelist").any()
+    _policies_copy(tmp_path, monkeypatch, "limit_policy", "off_whitelist: decline", "off_whitelist: review")
+    r = invoke(*args, "--out", tmp_path / "b" / "limits.csv")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "b" / "limits.csv", dtype={"firm_id": str})
+    scored_off = off & lim["pd"].notna()
+    assert scored_off.any() and (lim.loc[scored_off, "decision"] != "approve").all()
+    assert lim.loc[scored_off & (lim["decision"] == "review"), "decision_reasons"].str.contains("whitelist").all()
+
+
+def test_training_follows_the_stated_data_use_rule(world_dir, tmp_path, monkeypatch):
+    """data_use.yaml training: consent_at_snapshot -- no consents file is one line naming
+    --consents; with one, a firm's rows are used only for dates its authorisation covered."""
+    _policies_copy(tmp_path, monkeypatch, "data_use", "training: attested", "training: consent_at_snapshot")
+    uri = f"sqlite:///{tmp_path / 'c.db'}"
+    r = invoke("train", world_dir, "--tracking-uri", uri, "--out", tmp_path / "t0", "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 2 and "--consents" in r.output and "Traceback" not in r.output
+    consents = pd.read_csv(world_dir / "consents.csv", dtype=str)
+    firms = sorted(consents["firm_id"])
+    dropped = set(firms[::3])  # a third never signed
+    consents[~consents["firm_id"].isin(dropped)].to_csv(tmp_path / "consents.csv", index=False)
+    r = invoke("train", world_dir, "--tracking-uri", uri, "--out", tmp_path / "t1", "--consents", tmp_path / "consents.csv",
+               "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 0, r.output
+    held = pd.read_parquet(tmp_path / "t1" / "evaluation" / "heldout_predictions.parquet")
+    assert not set(held["firm_id"]) & dropped and len(held) > 0
+    entry = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[-1])
+    assert entry["details"]["training_data_rule"] == "consent_at_snapshot" and "consents" in entry["details"]["inputs"]

@@ -26,7 +26,7 @@ from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import PolicyError, RequestError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest import load_dataset
-from scf_engine.ingest.requests import read_batch, read_consents, requests_frame
+from scf_engine.ingest.requests import read_batch, read_consents, read_whitelist, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.train import SCALE_ARTIFACT
@@ -124,15 +124,19 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
           consents: Path | str | None = None, group_limit: float | None = None, group_by: str = "batch",
           chain_core: str | None = None, memos: bool = True, memo_formats=("html", "pdf", "md"),
           audit_log: Path | str | None = None, actor: str | None = None, alias: str = "champion",
-          progress=None) -> ScoreResult:
-    """Batch credit (批量授信) with the champion models: limits, memos, MLflow run, audit entry."""
+          whitelist: Path | str | None = None, progress=None) -> ScoreResult:
+    """Batch credit (批量授信) with the champion models: limits, memos, MLflow run, audit entry.
+    ``whitelist``: the programme's list (名单制); firms off it are declined or reviewed as
+    the limit policy says."""
     say = progress or (lambda *a, **k: None)
-    options = BatchOptions(group_limit=group_limit, group_by=group_by, chain_core=chain_core)
+    options = BatchOptions(group_limit=group_limit, group_by=group_by, chain_core=chain_core,
+                           whitelist=read_whitelist(whitelist) if whitelist else None)
     requests = read_batch(Path(batch))
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                                 progress=say)
     inputs = {**loaded.dataset.fingerprints, "batch": file_sha256(Path(batch)),
-              **({"consents": file_sha256(Path(consents))} if consents else {})}
+              **({"consents": file_sha256(Path(consents))} if consents else {}),
+              **({"whitelist": file_sha256(Path(whitelist))} if whitelist else {})}
     batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{inputs['batch'][:10]}"
     say("decisions")
     decisions = decide_loaded(loaded, requests, options)
