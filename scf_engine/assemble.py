@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from scf_engine.catalogue import load_catalogue
+from scf_engine.contract import FALSE_SPELLINGS, GRADED_INDICATORS, TRUE_SPELLINGS
 from scf_engine.dataset import Dataset, Snapshot
 from scf_engine.duck import connect
 from scf_engine.features import flow_features
@@ -39,11 +41,27 @@ def chain_feature_names() -> list[str]:
     return [s.name for s in cat.of_kind("code") if s.function in ("graph", "registry")]
 
 
+def indicator_columns(snapshot: Snapshot) -> pd.DataFrame:
+    """The external grading indicators known at the as-of date, one row per firm:
+    ``ind_<indicator>`` = A/B/C ("" when not graded) for the graded ones, ``ind_bonus``
+    (points, NaN when none) and ``ind_dishonest`` (1.0 / 0.0, NaN when not reported)."""
+    ind = snapshot.indicators
+    ids = pd.Index(snapshot.firms["firm_id"], name="firm_id")
+    wide = ind.pivot(index="firm_id", columns="indicator", values="grade").reindex(ids) if len(ind) else pd.DataFrame(index=ids)
+    out = pd.DataFrame(index=ids)
+    for name in GRADED_INDICATORS:
+        out[f"ind_{name}"] = wide[name].fillna("").astype(str) if name in wide else ""
+    out["ind_bonus"] = pd.to_numeric(wide["bonus"], errors="coerce") if "bonus" in wide else np.nan
+    dishonest = wide["dishonest"].str.lower() if "dishonest" in wide else pd.Series(np.nan, index=ids, dtype=object)
+    out["ind_dishonest"] = np.where(dishonest.isin(TRUE_SPELLINGS), 1.0, np.where(dishonest.isin(FALSE_SPELLINGS), 0.0, np.nan))
+    return out
+
+
 def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None) -> pd.DataFrame:
     flows = flow_features(snapshot, con=con)
     nodes = chain.nodes
     chain_cols = [c for c in chain_feature_names() if c in nodes.columns]
-    table = flows.join(nodes[chain_cols + list(CONTEXT_COLUMNS)], how="left")
+    table = flows.join(nodes[chain_cols + list(CONTEXT_COLUMNS)], how="left").join(indicator_columns(snapshot), how="left")
     scorable = snapshot.scorable
     return table.loc[table.index.intersection(scorable)].copy()
 

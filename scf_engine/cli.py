@@ -73,20 +73,34 @@ def simulate(
     console.print(f"wrote {out}: {firms} firms, seed {seed}; truth.csv has {len(rows['truth'])} rows")
 
 
-@app.command()
-@handles_errors
-def validate(
-    data: Path = typer.Argument(..., help="Dataset folder."),
-    out: Path = typer.Option(Path("out/validate"), "--out", help="Folder for quarantine.csv."),
-):
-    """Check a dataset; write the quarantine report. Exit 0 clean, 1 rows quarantined, 2 unusable."""
+ACTOR_HELP = "Who is acting, for the audit log (default: $SCF_ACTOR, else the OS user)."
+AUDIT_HELP = "The hash-chained audit log every read of firm data is recorded in (default: $SCF_AUDIT_LOG, else audit/audit.jsonl)."
+
+
+def _validate(data: Path, out: Path, actor, audit_log):
+    from scf_engine import access
     from scf_engine.ingest.load import load_or_report
 
     with steps("validate") as say:
         ds = load_or_report(data, out / "quarantine.csv", progress=say)
     path = ds.report.write(out / "quarantine.csv")
+    access.record(audit_log, actor, "validate", "data-quality check of a delivered dataset", ds.firms["firm_id"],
+                  inputs=ds.fingerprints, quarantined=int(ds.report.n_quarantined))
     print_report(ds.report)
     console.print(f"quarantine report: {path}")
+    return ds
+
+
+@app.command()
+@handles_errors
+def validate(
+    data: Path = typer.Argument(..., help="Dataset folder."),
+    out: Path = typer.Option(Path("out/validate"), "--out", help="Folder for quarantine.csv."),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+):
+    """Check a dataset; write the quarantine report. Exit 0 clean, 1 rows quarantined, 2 unusable."""
+    ds = _validate(data, out, actor, audit_log)
     raise typer.Exit(ExitCode.QUARANTINED if ds.report.n_quarantined else ExitCode.OK)
 
 
@@ -107,12 +121,16 @@ def train(
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     out: Path = typer.Option(Path("out/train"), "--out", help="Folder for evaluation tables and the quarantine report."),
     n_test: int = typer.Option(2, "--test-snapshots", help="Latest snapshot dates held out for out-of-time evaluation."),
+    consents: Path = typer.Option(None, "--consents", help="consents.csv: needed when data_use.yaml says training uses only consented history."),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
 ):
     """Build snapshots, train propagation, de-coupled and hybrid models, log everything to MLflow."""
     from scf_engine import pipelines
 
     with steps("train") as say:
-        result = pipelines.train(data, tracking_uri=tracking_uri, out_dir=out, n_test=n_test, progress=say)
+        result = pipelines.train(data, tracking_uri=tracking_uri, out_dir=out, n_test=n_test, audit_log=audit_log,
+                                 actor=actor, consents=consents, progress=say)
     if result.quarantined:
         console.print(f"[yellow]{result.quarantined} rows were quarantined[/] (see {out / 'quarantine.csv'}); trained on the rest")
     print_overall(result.evaluation["overall"],
@@ -129,13 +147,15 @@ def compare(
     promote: list[str] = typer.Option([], "--promote", help="Move the champion alias to this kind's compared version (propagation, decoupled, hybrid, or all); repeatable."),
     data: Path = typer.Option(None, "--data", help="Dataset folder (default: the one the latest training used; must be unchanged)."),
     out: Path = typer.Option(Path("out/compare"), "--out", help="Folder for the HTML report and tables."),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
 ):
     """Compare the tracked models and the Jiangyin rule baseline on the same held-out snapshots."""
     from scf_engine import pipelines
 
     with steps("compare") as say:
         result = pipelines.compare(tracking_uri=tracking_uri, data_dir=data, alias=alias, promote=promote, out_dir=out,
-                                   progress=say)
+                                   audit_log=audit_log, actor=actor, progress=say)
     print_overall(result.overall, "Models on the same held-out snapshots")
     console.print(frame_table(result.bootstrap[["a", "b", "n", "auc_diff", "auc_lo", "auc_hi", "ks_diff", "ks_lo", "ks_hi"]],
                               "Differences, 95% bootstrap intervals (firms resampled)", float_format="{:.3f}"))
@@ -158,10 +178,12 @@ def score(
     group_limit: float = typer.Option(None, "--group-limit", help="One envelope (CNY) shared by the group (整园/整会/整村授信)."),
     group_by: str = typer.Option("batch", "--group-by", help="batch: the whole batch is one group; batch_group: one envelope per firms' batch_group."),
     chain_core: str = typer.Option(None, "--chain-core", help="The core whose 1+N chain this batch is (default: detected when all firms share one core)."),
+    whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制); firms off it are declined or reviewed as limit_policy.yaml's off_whitelist says."),
     memos: bool = typer.Option(True, "--memos/--no-memos", help="Write a credit memo per scored firm."),
     memo_formats: str = typer.Option("html,md", "--memo-formats", help="Comma-separated: html, pdf, md (PDF costs ~0.3 s a memo; the HTML prints the same)."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-    audit_log: Path = typer.Option(Path("audit/audit.jsonl"), "--audit-log", help="The hash-chained audit log to append to."),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
 ):
     """Score a batch with the champion models: limits.csv, memos, an MLflow run and an audit entry."""
     from scf_engine.pipelines import score as run_score
@@ -169,7 +191,7 @@ def score(
     with steps("score") as say:
         r = run_score(data, batch, out, as_of=as_of, tracking_uri=tracking_uri, consents=consents, group_limit=group_limit,
                       group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
-                      audit_log=audit_log, progress=say)
+                      audit_log=audit_log, actor=actor, whitelist=whitelist, progress=say)
     lim = r.limits
     by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
     by["grade"] = by["grade"].astype(object).where(by["grade"].notna(), "-")
@@ -189,7 +211,8 @@ def explain(
     consents: Path = typer.Option(None, "--consents", help="consents.csv: the firm's data-use authorisation is checked as in a batch."),
     alias: str = typer.Option("champion", "--alias", help="Registered model alias to explain."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-    audit_log: Path = typer.Option(Path("audit/audit.jsonl"), "--audit-log", help="The hash-chained audit log the access is recorded in."),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
 ):
     """Print the reasons behind one firm's PD and write its credit memo (an access entry
     goes to the audit log)."""
@@ -197,7 +220,7 @@ def explain(
 
     with steps("explain") as say:
         r = run_explain(data, firm, out, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                        audit_log=audit_log, progress=say)
+                        audit_log=audit_log, actor=actor, progress=say)
     row = r.row
     if row["pd"] == row["pd"]:
         console.print(f"[bold]{row['firm_id']}[/] at {row['as_of']}: PD {row['pd']:.4f}  score {row['score']}  "
@@ -218,14 +241,15 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("verify")
 @handles_errors
 def audit_verify(
-    log: Path = typer.Argument(Path("audit/audit.jsonl"), help="Audit log to check."),
+    log: Path = typer.Argument(None, help="Audit log to check (default: $SCF_AUDIT_LOG, else audit/audit.jsonl)."),
     anchor: str = typer.Option(None, "--anchor", help="SEQ:HASH of an entry recorded elsewhere (a batch's MLflow "
                                "run keeps one): the log must still hold it, so entries cut off its end are seen."),
 ):
     """Check every entry's hash and the chain; exit 0 when intact, 1 when tampered. Prints
     the head (SEQ:HASH of the last entry) to keep somewhere else."""
-    from scf_engine import audit
+    from scf_engine import access, audit
 
+    log = access.log_path(log)
     if not log.is_file():
         err_console.print(f"[red]error:[/] {log}: no such audit log")
         raise typer.Exit(ExitCode.UNUSABLE)
@@ -249,14 +273,45 @@ def audit_verify(
     raise typer.Exit(1)
 
 
+@audit_app.command("show")
+@handles_errors
+def audit_show(
+    log: Path = typer.Argument(None, help="Audit log (default: $SCF_AUDIT_LOG, else audit/audit.jsonl)."),
+    firm: str = typer.Option(None, "--firm", help="Whose data: entries that read this firm's data."),
+    actor: str = typer.Option(None, "--actor", help="Who: entries made by this actor."),
+    data: Path = typer.Option(None, "--data", help="A dataset folder: whole-dataset reads (validate, train, compare) of "
+                              "exactly its firms count for --firm when the firm is among them."),
+):
+    """Who read a firm's data, when and why; or what an actor read."""
+    from scf_engine import access
+    from scf_engine.errors import RequestError
+
+    if not firm and not actor:
+        raise RequestError("scf audit show needs --firm ID or --actor NAME")
+    firms = None
+    if data is not None:
+        from scf_engine.ingest import load_dataset
+
+        firms = load_dataset(data).firms["firm_id"]
+    rows = access.show(log, firm=firm, actor=actor, dataset_firms=firms)
+    title = " and ".join(x for x in (f"firm {firm}" if firm else "", f"actor {actor}" if actor else "") if x)
+    console.print(frame_table(rows.fillna(""), f"{access.log_path(log)}: {len(rows)} entries for {title}"))
+
+
 @app.command("import")
 @handles_errors
 def import_export(
     source: Path = typer.Argument(..., help="A foreign export (CSV)."),
     mapping: Path = typer.Option(..., "--mapping", help="YAML column mapping (see data/mappings/)."),
     out: Path = typer.Option(..., "--out", help="Dataset folder to write contract files to."),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
 ):
     """Turn someone else's export into contract files through a column mapping."""
+    import pandas as pd
+
+    from scf_engine import access
+    from scf_engine.hashing import file_sha256
     from scf_engine.ingest.mapping import import_export as run_import
 
     try:
@@ -264,6 +319,10 @@ def import_export(
     except ValueError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(ExitCode.UNUSABLE) from None
+    firms = pd.read_csv(paths["firms"], dtype=str, usecols=["firm_id"])["firm_id"] if "firms" in paths else []
+    access.record(audit_log, actor, "import", "bring a foreign export into the contract's files", firms,
+                  inputs={Path(source).name: file_sha256(source), Path(mapping).name: file_sha256(mapping)},
+                  outputs={Path(p).name: file_sha256(p) for p in paths.values()})
     for name, p in paths.items():
         console.print(f"{name}: {p}")
 
@@ -277,29 +336,28 @@ def demo(
     """The main job end to end on a dataset (default: the shipped sample)."""
     import pandas as pd
 
-    from scf_engine.ingest import load_dataset
+    from scf_engine import access
 
+    log = access.log_path(None)
     console.rule("1. validate")
-    with steps("validate") as say:
-        ds = load_dataset(data, progress=say)
-    ds.report.write(out / "quarantine.csv")
-    print_report(ds.report)
+    _validate(data, out, None, log)
     console.rule("2. train")
-    train(data=data, tracking_uri=None, out=out / "train", n_test=2)
+    consents = data / "consents.csv"
+    train(data=data, tracking_uri=None, out=out / "train", n_test=2, consents=consents if consents.is_file() else None,
+          actor=None, audit_log=log)
     console.rule("3. compare")
-    compare(tracking_uri=None, alias="challenger", promote=["all"], data=data, out=out / "compare")
+    compare(tracking_uri=None, alias="challenger", promote=["all"], data=data, out=out / "compare", actor=None, audit_log=log)
     console.rule("4. score a batch: one core's chain (1+N)")
     batch = data / "batch.csv"
-    consents = data / "consents.csv"
     score(data=data, batch=batch, out=out / "score" / "limits.csv", as_of=None,
           consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
-          memos=True, memo_formats="html,md", tracking_uri=None, audit_log=Path("audit/audit.jsonl"))
+          whitelist=None, memos=True, memo_formats="html,md", tracking_uri=None, actor=None, audit_log=log)
     console.rule("5. explain one firm (memo as HTML, PDF and Markdown)")
     first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
     explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,
-            alias="champion", tracking_uri=None, audit_log=Path("audit/audit.jsonl"))
-    console.rule("6. audit")
-    audit_verify(Path("audit/audit.jsonl"), anchor=None)
+            alias="champion", tracking_uri=None, actor=None, audit_log=log)
+    console.rule("6. audit: every read of firm data is on the chain")
+    audit_verify(log, anchor=None)
     console.print("open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")
 
 

@@ -18,7 +18,7 @@ from stdnum.cn import uscc
 
 from scf_engine.errors import DatasetError  # raised by locate; the one error base lives in errors.py
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "1.1"
 
 
 class ExitCode(IntEnum):
@@ -134,7 +134,28 @@ DEFAULTS = FileSpec(
     required=False,  # for training and evaluation only
 )
 
-FILES: tuple[FileSpec, ...] = (FIRMS, RECEIVABLES, FLOWS, DEFAULTS)
+# v1.1: externally sourced grading indicators (the Jiangyin guide's indicators the flows
+# cannot give), filled by the bank from the credit platform. ``grade`` is A/B/C for the
+# graded ones, points for ``bonus`` (加分项), true/false for ``dishonest`` (严重失信).
+GRADED_INDICATORS: tuple[str, ...] = (
+    "premises", "legal_rep_credit", "environment", "public_credit", "industrial_policy", "other_rating",
+)
+INDICATOR_NAMES: tuple[str, ...] = GRADED_INDICATORS + ("bonus", "dishonest")
+INDICATOR_GRADES: tuple[str, ...] = ("A", "B", "C")
+
+INDICATORS = FileSpec(
+    "indicators",
+    (
+        Column("firm_id", "firm_ref"),
+        Column("as_of", "date"),
+        Column("indicator", "vocab", vocabulary=INDICATOR_NAMES),
+        Column("grade", "text"),
+    ),
+    key=None,
+    required=False,
+)
+
+FILES: tuple[FileSpec, ...] = (FIRMS, RECEIVABLES, FLOWS, DEFAULTS, INDICATORS)
 FILE_EXTENSIONS = (".csv", ".parquet")
 
 

@@ -26,6 +26,12 @@ def as_timestamp(value) -> pd.Timestamp:
     return pd.Timestamp(value).normalize()
 
 
+def empty_indicators() -> pd.DataFrame:
+    """An indicators table with no rows (a dataset without ``indicators.csv``)."""
+    return pd.DataFrame({"firm_id": pd.Series([], dtype=object), "as_of": pd.Series([], dtype="datetime64[s]"),
+                         "indicator": pd.Series([], dtype=object), "grade": pd.Series([], dtype=object)})
+
+
 @dataclass
 class Snapshot:
     """What is known at as-of date ``as_of`` (records strictly before it)."""
@@ -34,6 +40,8 @@ class Snapshot:
     firms: pd.DataFrame  # founded before as_of; column ``defaulted`` = default_on < as_of
     receivables: pd.DataFrame  # issued before as_of; later confirmation/payment masked
     flows: pd.DataFrame  # booked before as_of
+    # the latest grade of each (firm, indicator) graded before as_of (v1.1, optional)
+    indicators: pd.DataFrame = field(default_factory=empty_indicators)
 
     @property
     def scorable(self) -> pd.Index:
@@ -53,10 +61,12 @@ class Dataset:
     files: dict[str, Path] = field(default_factory=dict)  # contract file name -> path
     has_defaults: bool = True
     _fingerprints: dict[str, str] | None = None
+    indicators: pd.DataFrame = field(default_factory=empty_indicators)  # v1.1, optional
 
     def __post_init__(self):
         """Dates are datetime64[s] everywhere, whoever built the frames."""
         for frame, cols in ((self.firms, ("founded_on",)), (self.flows, ("booked_on",)), (self.defaults, ("default_on",)),
+                            (self.indicators, ("as_of",)),
                             (self.receivables, ("issued_on", "due_on", "confirmed_on", "paid_on"))):
             for c in cols:
                 if c in frame and frame[c].dtype != "datetime64[s]":
@@ -103,7 +113,10 @@ class Dataset:
         r.loc[late_paid, "paid_amount"] = np.nan
 
         flows = self.flows[self.flows["booked_on"] < T]
-        return Snapshot(T, firms.reset_index(drop=True), r.reset_index(drop=True), flows.reset_index(drop=True))
+        ind = self.indicators[self.indicators["as_of"] < T]
+        latest = ind.sort_values(["firm_id", "indicator", "as_of"], kind="stable").drop_duplicates(["firm_id", "indicator"], keep="last")
+        return Snapshot(T, firms.reset_index(drop=True), r.reset_index(drop=True), flows.reset_index(drop=True),
+                        latest.reset_index(drop=True))
 
     def labels(self, as_of) -> pd.DataFrame:
         """``firm_id, label`` for the firms scorable at ``as_of``: 1 when

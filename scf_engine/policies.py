@@ -152,6 +152,7 @@ def _check_limit_policy(data: dict, path: Path) -> None:
     for key in ("max_expected_loss_cny", "max_limit_cny", "round_to_cny"):
         if key in data:
             _require(float(data[key]) >= 0, path, f"'{key}' must be >= 0")
+    _require(data.get("off_whitelist", "decline") in ("decline", "review"), path, "'off_whitelist' must be decline or review")
 
 
 FINAL_PD_MODELS = ("hybrid", "decoupled", "propagation")
@@ -199,6 +200,28 @@ def _check_authenticity(data: dict, path: Path) -> None:
         names.add(a["name"])
 
 
+def _check_jiangyin(data: dict, path: Path) -> None:
+    g = data.get("grades")
+    _require(isinstance(g, dict) and set(g) == {"premium", "grade_1"}, path, "'grades' must give premium and grade_1")
+    for name, r in g.items():
+        _require(isinstance(r, dict) and set(r) == {"min_a", "max_c"}, path, f"grades.{name} needs min_a and max_c")
+        _require(all(isinstance(r[k], int) and 0 <= r[k] <= 13 for k in r), path, f"grades.{name}: counts are 0..13")
+    _require(g["premium"]["min_a"] >= g["grade_1"]["min_a"], path, "premium cannot need fewer A than grade_1")
+    b = data.get("rank_bands")
+    _require(isinstance(b, dict) and set(b) == {"A", "B"} and 0 < float(b["B"]) <= float(b["A"]) < 1, path,
+             "'rank_bands' must give A and B percentile floors with 0 < B <= A < 1")
+    lr = data.get("loan_record")
+    _require(isinstance(lr, dict) and set(lr) == {"b_max_missed", "arrears_gap_months"}, path,
+             "'loan_record' must give b_max_missed and arrears_gap_months")
+    for key in ("years_in_business_a_above", "bonus_step_up_points"):
+        _require(isinstance(data.get(key), (int, float)) and data[key] >= 0, path, f"'{key}' must be a number >= 0")
+
+
+def _check_data_use(data: dict, path: Path) -> None:
+    _require(data.get("training") in ("attested", "consent_at_snapshot"), path,
+             "'training' must be attested or consent_at_snapshot")
+
+
 # name -> (checker, every key the engine reads; any other key is refused)
 def _check_ingest(d: Mapping[str, Any], path: Path) -> None:
     fd = d.get("future_dates")
@@ -224,10 +247,13 @@ SCHEMAS = {
     "limit_policy": (_check_limit_policy, {"version", "flow_share_by_grade", "advance_rate", "buyer_rating_floor",
                                            "pd_decline_above", "lgd", "max_expected_loss_cny", "max_limit_cny", "round_to_cny",
                                            "core_line_share_of_core_payments", "round_trip_review_above", "require_consent",
-                                           "expected_loss_budget_share", "envelope_weight"}),
+                                           "expected_loss_budget_share", "envelope_weight", "off_whitelist"}),
     "final_pd": (_check_final_pd, {"version", "method", "fallback", "weights"}),
     "authenticity": (_check_authenticity, {"version", "hop_decay", "hop_growth", "alerts"} | set(AUTHENTICITY_SECTIONS)),
     "ingest": (_check_ingest, {"version", "future_dates", "max_field_chars"}),
+    "data_use": (_check_data_use, {"version", "training"}),
+    "jiangyin": (_check_jiangyin, {"version", "grades", "rank_bands", "years_in_business_a_above", "loan_record",
+                                   "bonus_step_up_points"}),
 }
 
 

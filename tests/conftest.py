@@ -19,6 +19,20 @@ from scf_engine.simulate import WorldConfig, simulate, write_dataset
 EXTERNAL = Path(os.environ.get("SCF_EXTERNAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "external-data")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_log_outside_the_checkout(tmp_path_factory):
+    """Every command records its reads of firm data in the audit log (default
+    audit/audit.jsonl in the working directory); the suite's go to a temporary file."""
+    path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    old = os.environ.get("SCF_AUDIT_LOG")
+    os.environ["SCF_AUDIT_LOG"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SCF_AUDIT_LOG", None)
+    else:
+        os.environ["SCF_AUDIT_LOG"] = old
+
+
 @pytest.fixture(scope="session")
 def small_world_dir(tmp_path_factory) -> Path:
     """400 firms, 36 months, CSV."""

@@ -214,3 +214,23 @@ def test_cli_verify_prints_the_head_and_checks_an_anchor(tmp_path):
     assert cut.exit_code == 1 and "seq 5" in cut.output
     bad = runner.invoke(app, ["audit", "verify", str(path), "--anchor", "five:abc"])
     assert bad.exit_code == 2 and "SEQ:HASH" in bad.output
+
+
+def test_two_processes_appending_at_the_same_moment_keep_the_chain(tmp_path):
+    """Two writers released at one instant append 60 entries each: one chain, 120 links."""
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "audit.jsonl"
+    start = time.time() + 2.0
+    code = ("import sys, time\nfrom scf_engine import audit\n"
+            f"while time.time() < {start}: pass\n"
+            "for i in range(60):\n"
+            f"    audit.append({str(log)!r}, sys.argv[1], 'explain', {{'i': i}})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, name]) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    ok, problems = audit.verify(log)
+    assert ok, problems
+    lines = log.read_text().splitlines()
+    assert len(lines) == 120 and [json.loads(x)["seq"] for x in lines] == list(range(1, 121))

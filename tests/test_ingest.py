@@ -279,7 +279,7 @@ def test_validate_exit_codes_and_report_file(tmp_path):
 def test_injected_faults_are_each_quarantined_and_nothing_else(small_world_dir, tmp_path):
     manifest = write_faulty_copy(small_world_dir, tmp_path / "faulty", seed=3)
     # every contract file gets faults, of the kinds the manifest lists
-    assert set(manifest["file"]) == {"firms.csv", "receivables.csv", "flows.csv", "defaults.csv"}
+    assert set(manifest["file"]) == {"firms.csv", "receivables.csv", "flows.csv", "defaults.csv", "indicators.csv"}
     ds = load_dataset(tmp_path / "faulty")
     q = ds.report.rows
     for fault in manifest.itertuples():
@@ -290,7 +290,7 @@ def test_injected_faults_are_each_quarantined_and_nothing_else(small_world_dir, 
     s = ds.report.summary().set_index("file")
     assert (s["read"] == s["accepted"] + s["quarantined"]).all()
     clean = load_dataset(small_world_dir).report.summary().set_index("file")
-    for name in ("firms", "receivables", "flows", "defaults"):
+    for name in ("firms", "receivables", "flows", "defaults", "indicators"):
         assert s.loc[f"{name}.csv", "accepted"] == clean.loc[f"{name}.csv", "accepted"]
 
 

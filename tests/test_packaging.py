@@ -34,7 +34,7 @@ def test_a_wheel_install_runs_the_demo(tmp_path):
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCF_MODELS_DIR", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCF_MODELS_DIR", "MLFLOW_TRACKING_URI", "SCF_AUDIT_LOG")}
     where = subprocess.run([str(py), "-c", "import scf_engine, scf_engine.policies as p; print(scf_engine.__file__); print(p.policy_dir())"],
                            cwd=work, env=env, check=True, capture_output=True, text=True).stdout.split()
     assert all(str(venv) in w for w in where), where

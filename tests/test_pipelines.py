@@ -43,9 +43,11 @@ def trained(world_dir, tmp_path_factory):
     database file."""
     home = tmp_path_factory.mktemp("home")
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    r = invoke("train", world_dir, "--tracking-uri", uri, "--out", home / "train")
+    r = invoke("train", world_dir, "--tracking-uri", uri, "--out", home / "train", "--audit-log", home / "audit.jsonl",
+               "--actor", "analyst.li")
     assert r.exit_code == 0, r.output
-    r = invoke("compare", "--tracking-uri", uri, "--promote", "all", "--out", home / "compare")
+    r = invoke("compare", "--tracking-uri", uri, "--promote", "all", "--out", home / "compare", "--audit-log",
+               home / "audit.jsonl", "--actor", "analyst.li")
     assert r.exit_code == 0, r.output
     r = invoke("score", world_dir, "--batch", world_dir / "batch.csv", "--consents", world_dir / "consents.csv",
                "--out", home / "score" / "limits.csv", "--tracking-uri", uri, "--memo-formats", "html,md",
@@ -375,10 +377,13 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path, monkeypatch):
     before the decision core was pulled out of the scoring pipeline)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SCF_AUDIT_LOG", raising=False)
     r = invoke("demo", "--data", ROOT / "data" / "sample", "--out", tmp_path / "demo")
     assert r.exit_code == 0, r.output
-    # the batch's entry and the explanation's access entry
-    assert "intact (2 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
+    # every read of firm data: validate, train, compare, the batch, the explanation
+    assert "intact (5 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
+    actions = [json.loads(line)["action"] for line in (tmp_path / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert actions == ["validate", "train", "compare", "score", "explain"]
     assert list((tmp_path / "demo" / "score" / "memos").glob("*.html"))
     assert list((tmp_path / "demo" / "explain" / "memos").glob("*.pdf"))
     got = (tmp_path / "demo" / "score" / "limits.csv").read_text(encoding="utf-8")
@@ -540,3 +545,137 @@ def test_a_bad_as_of_is_one_line(trained, tmp_path, value):
     r = invoke("score", data, "--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out",
                tmp_path / "limits.csv", "--tracking-uri", trained["uri"], "--as-of", value)
     assert r.exit_code == 2 and "--as-of" in r.output and "Traceback" not in r.output
+
+
+# --- a record of every access (issue: authorisation and access records) -----------------------
+
+
+def test_every_read_of_firm_data_is_on_the_chain_with_who_and_why(trained, tmp_path):
+    home, data = trained["home"], trained["data"]
+    entries = [json.loads(line) for line in (home / "audit.jsonl").read_text().splitlines()]
+    by_action = {}
+    for e in entries:  # the fixture's own entries come first; later tests append to the same log
+        by_action.setdefault(e["action"], e)
+    assert {"train", "compare", "score"} <= set(by_action)
+    firms = pd.read_csv(data / "firms.csv", dtype=str)["firm_id"]
+    from scf_engine.access import firms_digest
+
+    for action in ("train", "compare"):
+        d = by_action[action]["details"]
+        assert by_action[action]["actor"] == "analyst.li" and d["purpose"] and d["command"] == action
+        assert {k: d[k] for k in ("firms_count", "firms_sha256")} == firms_digest(firms)
+        assert "firms.csv" in d["inputs"] and "firms" not in d  # a whole-dataset read names no ids
+    score = by_action["score"]["details"]
+    assert score["firms"] == pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].tolist()
+    log = tmp_path / "audit.jsonl"
+    r = invoke("validate", data, "--out", tmp_path / "v", "--audit-log", log, "--actor", "ops.wang")
+    assert r.exit_code in (0, 1), r.output
+    e = json.loads(log.read_text().splitlines()[-1])
+    assert e["action"] == "validate" and e["actor"] == "ops.wang" and e["details"]["firms_count"] == len(firms)
+
+
+def test_audit_show_answers_who_read_a_firm_and_what_an_actor_read(trained, tmp_path, monkeypatch):
+    home, data = trained["home"], trained["data"]
+    log = home / "audit.jsonl"
+    firm = pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].iloc[0]
+    monkeypatch.setenv("SCF_ACTOR", "officer.zhao")
+    r = invoke("explain", data, "--firm", firm, "--consents", data / "consents.csv", "--out", tmp_path / "x",
+               "--tracking-uri", trained["uri"], "--audit-log", log)
+    assert r.exit_code == 0, r.output
+    from scf_engine import access
+
+    named = access.show(log, firm=firm)
+    assert set(named["action"]) >= {"score", "explain"} and (named["match"] == "named").all()
+    assert named.loc[named["action"] == "explain", "actor"].tolist() == ["officer.zhao"]
+    with_data = access.show(log, firm=firm, dataset_firms=pd.read_csv(data / "firms.csv", dtype=str)["firm_id"])
+    assert {"train", "compare"} <= set(with_data.loc[with_data["match"] == "dataset", "action"])
+    assert access.show(log, firm="91110000000000000X").empty
+    assert set(access.show(log, actor="analyst.li")["action"]) == {"train", "compare"}
+    r = invoke("audit", "show", log, "--firm", firm, "--data", data)
+    assert r.exit_code == 0 and "explain" in r.output and "train" in r.output
+    r = invoke("audit", "show", log)
+    assert r.exit_code == 2 and "--firm" in r.output
+
+
+def test_limits_carry_the_jiangyin_grade_and_decline_serious_dishonesty(trained):
+    """contract v1.1: jiangyin_grade / jiangyin_a / jiangyin_c beside each scored firm; a
+    firm whose latest indicators say 严重失信 is not graded and is declined."""
+    home, data = trained["home"], trained["data"]
+    lim = pd.read_csv(home / "score" / "limits.csv", dtype={"firm_id": str, "jiangyin_grade": str})
+    assert {"jiangyin_grade", "jiangyin_a", "jiangyin_c"} <= set(lim.columns)
+    scored = lim["pd"].notna()
+    assert set(lim.loc[scored, "jiangyin_grade"].dropna()) <= {"premium", "grade_1", "alternate"}
+    assert (lim.loc[scored, "jiangyin_a"].between(0, 13)).all()
+    rule = __import__("scf_engine.learners.jiangyin", fromlist=["policy_rule"]).policy_rule()
+    ind = pd.read_csv(data / "indicators.csv", dtype=str).sort_values("as_of", kind="stable")
+    bonus = ind[ind["indicator"] == "bonus"].drop_duplicates("firm_id", keep="last").set_index("firm_id")["grade"].astype(float)
+    premium = lim["jiangyin_grade"] == "premium"
+    stepped = lim["firm_id"].map(bonus).fillna(0) >= rule["bonus_step_up_points"]
+    assert (lim.loc[premium & ~stepped, "jiangyin_a"] >= rule["grades"]["premium"]["min_a"]).all()
+    assert (lim.loc[premium & stepped, "jiangyin_a"] >= rule["grades"]["grade_1"]["min_a"]).all()  # one step up
+    assert (lim.loc[premium, "jiangyin_c"] == 0).all()
+    latest = ind[ind["indicator"] == "dishonest"].drop_duplicates("firm_id", keep="last").set_index("firm_id")["grade"]
+    flagged = lim["firm_id"].map(latest).eq("true")
+    if flagged.any():
+        assert (lim.loc[flagged, "decision"] == "decline").all()
+        assert lim.loc[flagged, "reasons"].str.contains("严重失信").all() and lim.loc[flagged, "pd"].isna().all()
+    memo = next((home / "score" / "memos").glob("*.html")).read_text(encoding="utf-8")
+    assert "江阴指引评级" in memo and "Jiangyin credit grading guide" in memo
+
+
+# --- authorisation on every path ------------------------------------------------------------------
+
+
+def _policies_copy(tmp_path, monkeypatch, name, old, new):
+    from scf_engine import policies
+
+    models = tmp_path / "models"
+    if not models.exists():
+        shutil.copytree(policies.MODELS_DIR, models)
+    text = (models / f"{name}.yaml").read_text()
+    assert old in text
+    (models / f"{name}.yaml").write_text(text.replace(old, new))
+    monkeypatch.setenv("SCF_MODELS_DIR", str(models))
+
+
+def test_a_whitelist_limits_the_batch_decline_or_review_by_policy(trained, tmp_path, monkeypatch):
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    batch = pd.read_csv(data / "batch.csv", dtype=str).head(10)
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    on_list = batch["firm_id"].iloc[:5]
+    pd.DataFrame({"firm_id": on_list, "list": "园区白名单"}).to_csv(tmp_path / "whitelist.csv", index=False)
+    args = ["score", data, "--batch", tmp_path / "batch.csv", "--consents", data / "consents.csv", "--tracking-uri", uri,
+            "--no-memos", "--whitelist", tmp_path / "whitelist.csv", "--audit-log", tmp_path / "audit.jsonl"]
+    r = invoke(*args, "--out", tmp_path / "a" / "limits.csv")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "a" / "limits.csv", dtype={"firm_id": str})
+    off = ~lim["firm_id"].isin(on_list)
+    assert (lim.loc[off, "decision"] == "decline").all() and lim.loc[off, "reasons"].str.contains("whitelist").all()
+    assert lim.loc[off, "pd"].isna().all() and not lim.loc[~off, "reasons"].str.contains("whitelist").any()
+    _policies_copy(tmp_path, monkeypatch, "limit_policy", "off_whitelist: decline", "off_whitelist: review")
+    r = invoke(*args, "--out", tmp_path / "b" / "limits.csv")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "b" / "limits.csv", dtype={"firm_id": str})
+    scored_off = off & lim["pd"].notna()
+    assert scored_off.any() and (lim.loc[scored_off, "decision"] != "approve").all()
+    assert lim.loc[scored_off & (lim["decision"] == "review"), "decision_reasons"].str.contains("whitelist").all()
+
+
+def test_training_follows_the_stated_data_use_rule(world_dir, tmp_path, monkeypatch):
+    """data_use.yaml training: consent_at_snapshot -- no consents file is one line naming
+    --consents; with one, a firm's rows are used only for dates its authorisation covered."""
+    _policies_copy(tmp_path, monkeypatch, "data_use", "training: attested", "training: consent_at_snapshot")
+    uri = f"sqlite:///{tmp_path / 'c.db'}"
+    r = invoke("train", world_dir, "--tracking-uri", uri, "--out", tmp_path / "t0", "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 2 and "--consents" in r.output and "Traceback" not in r.output
+    consents = pd.read_csv(world_dir / "consents.csv", dtype=str)
+    firms = sorted(consents["firm_id"])
+    dropped = set(firms[::3])  # a third never signed
+    consents[~consents["firm_id"].isin(dropped)].to_csv(tmp_path / "consents.csv", index=False)
+    r = invoke("train", world_dir, "--tracking-uri", uri, "--out", tmp_path / "t1", "--consents", tmp_path / "consents.csv",
+               "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 0, r.output
+    held = pd.read_parquet(tmp_path / "t1" / "evaluation" / "heldout_predictions.parquet")
+    assert not set(held["firm_id"]) & dropped and len(held) > 0
+    entry = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[-1])
+    assert entry["details"]["training_data_rule"] == "consent_at_snapshot" and "consents" in entry["details"]["inputs"]

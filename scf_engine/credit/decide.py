@@ -27,7 +27,9 @@ from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
 from scf_engine.errors import RequestError
 from scf_engine.explain.model_reasons import propagation_reasons, shap_reasons
 from scf_engine.explain.reasons import format_reasons
+from scf_engine.learners.jiangyin import grade_from_indicators, indicator_grades
 from scf_engine.learners.predict import predict_all
+from scf_engine.policies import as_data
 
 GROUP_BY = ("batch", "batch_group")
 PD_COLUMNS = ["pd_propagation", "pd_decoupled", "pd_hybrid"]
@@ -42,6 +44,7 @@ class BatchOptions:
     group_limit: float | None = None
     group_by: str = "batch"
     chain_core: str | None = None
+    whitelist: frozenset | None = None  # 名单制: the programme's list; None: no list
 
     def __post_init__(self):
         if self.group_by not in GROUP_BY:
@@ -62,6 +65,7 @@ class Decisions:
     limit_detail: pd.DataFrame  # limit_basis, decision_reasons, binding_caps as lists
     chain_core: str | None
     summary: dict = field(default_factory=dict)
+    jiangyin: pd.DataFrame | None = None  # the guide's 13 indicator grades and its grade, per row with flows
 
     @property
     def firm_ids(self) -> pd.Series:
@@ -71,7 +75,8 @@ class Decisions:
 # ----------------------------------------------------------------------------- eligibility
 
 
-def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: pd.Series, require_consent: bool) -> pd.Series:
+def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: pd.Series, require_consent: bool,
+                dishonest: pd.Series | None = None, off_list: pd.Series | None = None) -> pd.Series:
     """Per request row, why the firm may not be scored at ``as_of`` ("" when it may)."""
     firms = dataset.firms.set_index("firm_id")
     ids = requests["firm_id"]
@@ -85,6 +90,10 @@ def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: p
     defaulted_on = dataset.default_dates(ids).set_axis(requests.index)
     in_default = (why == "") & (defaulted_on < as_of)
     why[in_default] = [f"in default since {d.date()}" for d in defaulted_on[in_default]]
+    if dishonest is not None:
+        why[(why == "") & dishonest.eq(1.0)] = "serious dishonesty record (严重失信): not graded, declined"
+    if off_list is not None:
+        why[(why == "") & off_list] = "not on the programme's whitelist (名单制)"
     if require_consent:
         no_consent = (why == "") & (consent != "ok")
         why[no_consent] = [f"not scored: no valid data-sharing authorisation ({s.replace('_', ' ')})" for s in consent[no_consent]]
@@ -119,8 +128,11 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     requests = requests.reset_index(drop=True)
     consent = consent_status(requests["firm_id"], consents, T).set_axis(requests.index)
     require = bool(pols["limit_policy"].get("require_consent", False))
-    why = eligibility(dataset, requests, T, consent, require)
     rows = data.table.reindex(requests["firm_id"]).set_axis(requests.index)
+    off_list = ~requests["firm_id"].isin(options.whitelist) if options.whitelist is not None else None
+    decline_off_list = as_data(pols["limit_policy"]).get("off_whitelist", "decline") == "decline"
+    why = eligibility(dataset, requests, T, consent, require, rows.get("ind_dishonest"),
+                      off_list if decline_off_list else None)
     preds, fin = _predict(models, pols, rows, why == "")
     why[(why == "") & fin["pd"].isna()] = "not scorable: no fund-flow history and no chain link to a core"
     ok = why == ""
@@ -129,11 +141,15 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     core = options.chain_core or single_core(nodes[ok])
     lim_in = _limit_inputs(data, pols, requests, rows, nodes, fin["pd"].where(ok), sg["grade"].where(ok), consent,
                            require, core, dataset)
+    if off_list is not None and not decline_off_list:
+        lim_in["off_whitelist"] = off_list.to_numpy()
     lim, group = _limits(lim_in, nodes, ok, pols, core, data.chain, options)
     reasons, contribs = _reasons(models, data, rows, nodes, ok, fin["pd_source"], requests["firm_id"])
     result = _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group)
+    jy_cols, jy = jiangyin_columns(rows, pols)
+    result = result.join(jy_cols)
     return Decisions(T, result, ok, reasons, contribs, lim[["limit_basis", "decision_reasons", "binding_caps"]], core,
-                     summary(result, pols))
+                     summary(result, pols), jy)
 
 
 def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -235,6 +251,27 @@ def _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group) 
         result["group_bound_by"] = group["bound_by"]
     assert list(result.columns[: len(LIMITS_COLUMNS)]) == list(LIMITS_COLUMNS)
     return result
+
+
+def jiangyin_columns(rows: pd.DataFrame, pols: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Jiangyin guide's grade and its counts of A and C over the 13 indicators for
+    every request row with flow history (empty elsewhere; the grade is empty for a firm
+    with a serious-dishonesty record), and the per-indicator grades behind them."""
+    out = pd.DataFrame({"jiangyin_grade": "", "jiangyin_a": np.nan, "jiangyin_c": np.nan}, index=rows.index)
+    known = rows["history_months"].notna() if "history_months" in rows else pd.Series(False, index=rows.index)
+    detail = pd.DataFrame(index=rows.index[known])
+    if known.any():
+        rule = {k: v for k, v in as_data(pols["jiangyin"]).items() if k != "version"}
+        X = rows[known]
+        ind = indicator_grades(X, rule)
+        g = grade_from_indicators(ind, rule, X.get("ind_bonus"), X.get("ind_dishonest"))
+        detail = ind.join(g)
+        out.loc[known, "jiangyin_grade"] = g["grade"]
+        out.loc[known, "jiangyin_a"] = g["n_a"]
+        out.loc[known, "jiangyin_c"] = g["n_c"]
+    out["jiangyin_a"] = out["jiangyin_a"].astype("Int64")
+    out["jiangyin_c"] = out["jiangyin_c"].astype("Int64")
+    return out, detail
 
 
 def summary(result: pd.DataFrame, pols: dict) -> dict:

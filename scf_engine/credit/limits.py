@@ -36,6 +36,8 @@ Input frame of :func:`apply_limits` (one row per firm):
 ``consent_ok``              bool; required when the policy has ``require_consent: true``
 ``consent_status``          optional; ``ok/missing/expired/not_yet_valid`` (credit.consent)
                             used only to word the consent reason
+``off_whitelist``           optional; True for a firm off the batch's whitelist when the
+                            policy sends such firms to review (``off_whitelist: review``)
 ==========================  ==========================================================
 
 An optional column that is absent counts as "no signal" (0 / NaN). NaN in an
@@ -278,6 +280,8 @@ def _review_flags(frame: pd.DataFrame, d) -> SimpleNamespace:
         rtrip=np.nan_to_num(_column(frame, "round_trip_share_12m"), nan=0.0),
         in_cycle=np.nan_to_num(_column(frame, "in_trade_cycle"), nan=0.0),
         dq=np.nan_to_num(_column(frame, "dq_issues"), nan=0.0),
+        off_list=(frame["off_whitelist"].fillna(False).astype(bool).to_numpy() if "off_whitelist" in frame
+                  else np.zeros(n, dtype=bool)),
         rt_max=float(d.get("round_trip_review_above", 0.0)),
         need_consent=bool(d.get("require_consent", False)),
         consent_ok=(frame["consent_ok"].fillna(False).astype(bool).to_numpy() if "consent_ok" in frame
@@ -319,6 +323,8 @@ def _decide_row(i: int, w: SimpleNamespace, f: SimpleNamespace) -> tuple[str, li
         why.append("The firm sits on a closed loop of the trade graph (goods or money may circulate).")
     if f.dq[i] > 0:
         why.append(f"{int(f.dq[i])} data-quality issue(s) in the firm's records.")
+    if f.off_list[i]:
+        why.append("Not on the programme's whitelist (名单制): manual review before any lending.")
     if f.need_consent and not f.consent_ok[i]:
         why.append(f"Consent check failed: {CONSENT_WORDING.get(f.consent_status[i], 'no valid data-use authorisation')}; "
                    "data may be used only with the firm's authorisation.")

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scf_engine import policies
-from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, RECEIVABLES, FileSpec, locate
+from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, INDICATORS, RECEIVABLES, FileSpec, locate
 from scf_engine.errors import DatasetError
-from scf_engine.dataset import Dataset
+from scf_engine.dataset import Dataset, empty_indicators
 from scf_engine.duck import connect
 from scf_engine.ingest.quarantine import QuarantineReport
 from scf_engine.hashing import file_sha256
@@ -98,7 +98,7 @@ def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
                 f"CAST({_sql_date(data_end(con, files))} AS DATE) AS horizon FROM ({' UNION ALL '.join(date_exprs)})")
 
     tables: dict[str, pd.DataFrame] = {}
-    for spec in (FIRMS, RECEIVABLES, FLOWS, DEFAULTS):
+    for spec in (FIRMS, RECEIVABLES, FLOWS, DEFAULTS, INDICATORS):
         if spec.name not in files:
             continue
         if progress:
@@ -124,7 +124,9 @@ def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
     defaults = tables.get("defaults")
     if defaults is None:
         defaults = pd.DataFrame({"firm_id": pd.Series([], dtype="str"), "default_on": pd.Series([], dtype="datetime64[s]")})
+    indicators = tables.get("indicators")
     return Dataset(
+        indicators=indicators if indicators is not None else empty_indicators(),
         firms=firms,
         receivables=tables["receivables"],
         flows=tables["flows"],

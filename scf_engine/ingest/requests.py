@@ -120,4 +120,22 @@ def read_consents(path: str | Path) -> pd.DataFrame:
 
 
 
-__all__ = ["read_batch", "requests_frame", "read_consents", "CONSENT_COLUMNS"]
+def read_whitelist(path: Path | str) -> frozenset:
+    """``whitelist.csv`` (contract v1.1): ``firm_id`` and an optional ``list`` naming the
+    programme; the firm ids it holds. An empty id or a file without ``firm_id`` stops the
+    run with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path.name}: no such file ({path})")
+    header, rows, lines = read_small_csv(path)
+    if "firm_id" not in header:
+        raise DatasetError(f"{path.name}: missing required column 'firm_id'")
+    k = header.index("firm_id")
+    ids = [r[k].strip() for r in rows]
+    empty = [ln for v, ln in zip(ids, lines) if not v]
+    if empty:
+        raise DatasetError(f"{path.name}: line {empty[0]}: firm_id is empty")
+    return frozenset(ids)
+
+
+__all__ = ["read_batch", "requests_frame", "read_consents", "read_whitelist", "CONSENT_COLUMNS"]

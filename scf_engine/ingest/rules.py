@@ -20,6 +20,8 @@ from stdnum.cn import uscc
 from scf_engine.contract import (
     EXTERNAL_PREFIX,
     FALSE_SPELLINGS,
+    GRADED_INDICATORS,
+    INDICATOR_GRADES,
     TRUE_SPELLINGS,
     Column,
     FileSpec,
@@ -161,6 +163,18 @@ def _row_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
             ("paid_amount", f"{a('paid_amount')} < 0", "paid_amount is negative"),
             ("paid_amount", f"NOT {e('paid_on')} AND {e('paid_amount')}", "paid_on is set but paid_amount is empty"),
             ("paid_on", f"{e('paid_on')} AND NOT {e('paid_amount')}", "paid_amount is set but paid_on is empty"),
+        ]
+    if spec.name == "indicators":
+        graded = sql_list(GRADED_INDICATORS)
+        bools = sql_list(TRUE_SPELLINGS + FALSE_SPELLINGS)
+        return [
+            ("grade", f"indicator IN {graded} AND NOT {e('grade')} AND grade NOT IN {sql_list(INDICATOR_GRADES)}",
+             "grade must be A, B or C for a graded indicator"),
+            ("grade", f"indicator = 'bonus' AND NOT {e('grade')} AND (TRY_CAST(grade AS DOUBLE) IS NULL "
+                      f"OR TRY_CAST(grade AS DOUBLE) < 0)", "grade must be a number of points >= 0 for bonus"),
+            ("grade", f"indicator = 'dishonest' AND NOT {e('grade')} AND lower(grade) NOT IN {bools}",
+             "grade must be true or false for dishonest"),
+            ("as_of", f"{d('as_of')} > (SELECT last_date FROM _last_date)", "as_of is after the last date in the dataset"),
         ]
     if spec.name == "flows":
         return [

@@ -1,14 +1,16 @@
-"""The Jiangyin enterprise credit grading guide's indicator method, as a rule baseline.
+"""The Jiangyin enterprise credit grading guide's indicator method (江阴企业金融信用评级指引),
+as written: the rule baseline and the ``jiangyin_*`` columns of ``limits.csv``.
 
 The guide (a county's published rulebook, summarised in ``shared/domain-notes.md``)
-grades each indicator A/B/C and then: 9 or more A and no C -> 高级 premium; 6 or more A
-and no C -> 一级 grade_1; otherwise 备选 alternate.
-
-Indicators the data supports (computed from flow features; the guide itself leaves
-unrated indicators out):
+filters out firms with a serious-dishonesty record (严重失信: not graded), grades each of
+its 13 indicators A/B/C and then: 9 or more A and no C -> 高级 premium; 6 or more A and no
+C -> 一级 grade_1; otherwise 备选 alternate. Bonus points (加分项) at the policy's bar
+raise the grade one step. Counts, bands and the bonus bar are in ``models/jiangyin.yaml``.
+**An indicator not graded is not an A**: a firm with only the seven flow-derived
+indicators can reach grade_1 but never premium, as the guide intends.
 
 ====  ========================================  ==================================================
- no.  indicator                                 from the data
+ no.  indicator                                 source
 ====  ========================================  ==================================================
   1   tax paid, year on year, ranked in         ``tax_yoy_rank_industry``: top 20% A, 20-50% B, rest C
       industry
@@ -16,18 +18,18 @@ unrated indicators out):
   3   social insurance                          paid every month of the last 12 A, otherwise B
   4   housing fund                              paid every month A; otherwise not graded
   5   years in business                         more than 3 A, otherwise B
- 10   loan record                               loans serviced every month A; no loans or 1-2 missed
-                                                months B; 3 or more missed, or in arrears now, C
+  6   premises (经营场所)                        indicators.csv ``premises``
+  7   legal representative's credit             indicators.csv ``legal_rep_credit``
+  8   environmental rating (环保评级)            indicators.csv ``environment``; not graded where unrated
+  9   public credit record (公共信用记录)        indicators.csv ``public_credit``
+ 10   loan record                               loans serviced every month A; no loans, or 1-2 missed
+                                                months without arrears, B; 3 or more missed, or in
+                                                arrears now (last service ``arrears_gap_months`` or
+                                                more ago), C
+ 11   industrial policy (产业政策)               indicators.csv ``industrial_policy``
  12   industrial performance ranking            ``trade_in_rank_industry``: top 20% A, 20-50% B, rest C
+ 13   other / higher-level ratings              indicators.csv ``other_rating``
 ====  ========================================  ==================================================
-
-Not used (no data): 6 premises, 7 legal representative's personal credit, 8
-environmental rating, 9 public credit record, 11 industrial policy, 13 other ratings
-(reference only in the guide), and the dishonesty pre-filter.
-
-With at most 7 graded indicators the guide's counts (9 of 12, 6 of 12) are applied as
-shares of the indicators graded for the firm: premium when at least 75% are A and none
-is C, grade_1 when at least 50% are A and none is C.
 
 PD: the guide has none; for comparison on the same metrics each (grade, count of A,
 count of C) cell gets the default rate observed for it on the training snapshots,
@@ -43,28 +45,45 @@ from sklearn.utils.validation import check_is_fitted
 
 # The rule is written once, in the served model's standalone file (a registered model
 # grades with it without the engine); re-exported here.
-from scf_engine.learners.pyfunc_model import cell_pd, grade_from_indicators, indicator_grades
+from scf_engine import policies
+from scf_engine.learners.pyfunc_model import (JIANGYIN_INDICATORS, cell_pd, grade_from_indicators, indicator_grades,
+                                              jiangyin_grade)
 
-INDICATORS = ("tax_growth", "utilities_growth", "social_insurance", "housing_fund", "years_in_business",
-              "loan_record", "performance_rank")
+INDICATORS = JIANGYIN_INDICATORS
 REQUIRED_FEATURES = ("tax_yoy_rank_industry", "utilities_yoy_rank_industry", "social_insurance_missed_12m",
                      "housing_fund_months_12m", "housing_fund_open_gap", "firm_age_years", "loan_service_missed_12m",
-                     "history_months", "trade_in_rank_industry")
+                     "loan_service_open_gap", "history_months", "trade_in_rank_industry")
+
+
+def policy_rule(models_dir=None) -> dict:
+    """The rule as ``models/jiangyin.yaml`` states it (a plain dict, saved with the model)."""
+    d = dict(policies.load("jiangyin", models_dir).data)
+    d.pop("version", None)
+    return d
 
 
 class JiangyinGrading(BaseEstimator):
     """Rule baseline with ``fit`` (cell default rates), ``predict_pd`` (the cell's rate),
     ``predict_proba`` (n, 2) and ``predict`` (class: 1 where the PD is above 0.5)."""
 
-    _FITTED = ("base_rate_", "grade_rate_", "cell_rate_")
+    _FITTED = ("rule_", "base_rate_", "grade_rate_", "cell_rate_")
 
-    def __init__(self, shrinkage: float = 20.0):
+    def __init__(self, shrinkage: float = 20.0, rule: dict | None = None):
         self.shrinkage = shrinkage
+        self.rule = rule
+
+    @classmethod
+    def from_policy(cls, models_dir=None, **overrides) -> "JiangyinGrading":
+        return cls(rule=policy_rule(models_dir), **overrides)
 
     def grade(self, X: pd.DataFrame) -> pd.DataFrame:
-        return grade_from_indicators(indicator_grades(X))
+        """``grade`` (premium / grade_1 / alternate; empty for an excluded firm), ``n_a``,
+        ``n_c``, ``n_graded``, ``bonus_step``, ``excluded`` per row."""
+        rule = getattr(self, "rule_", None) or (self.rule if self.rule is not None else policy_rule())
+        return jiangyin_grade(X, rule)
 
     def fit(self, X: pd.DataFrame, y, as_of=None):
+        self.rule_ = dict(self.rule) if self.rule is not None else policy_rule()  # saved with the model
         g = self.grade(X).assign(y=np.asarray(y, dtype=float))
         self.base_rate_ = float(g["y"].mean())
         by_grade = g.groupby("grade")["y"].agg(["sum", "count"])
@@ -93,7 +112,7 @@ class JiangyinGrading(BaseEstimator):
     def get_state(self) -> dict:
         check_is_fitted(self, self._FITTED)
         return {"params": self.get_params(deep=False),
-                "fitted": {"base_rate": float(self.base_rate_),
+                "fitted": {"rule": self.rule_, "base_rate": float(self.base_rate_),
                            "grade_rate": {str(k): float(v) for k, v in self.grade_rate_.items()},
                            "cell_rate": [[g, int(a), int(c), float(r)] for (g, a, c), r in self.cell_rate_.items()]}}
 
@@ -101,7 +120,12 @@ class JiangyinGrading(BaseEstimator):
     def from_state(cls, state: dict) -> "JiangyinGrading":
         model = cls(**state["params"])
         f = state["fitted"]
+        model.rule_ = f["rule"]
         model.base_rate_ = float(f["base_rate"])
         model.grade_rate_ = {k: float(v) for k, v in f["grade_rate"].items()}
         model.cell_rate_ = {(g, int(a), int(c)): float(r) for g, a, c, r in f["cell_rate"]}
         return model
+
+
+__all__ = ["JiangyinGrading", "INDICATORS", "REQUIRED_FEATURES", "policy_rule", "jiangyin_grade", "indicator_grades",
+           "grade_from_indicators"]

@@ -39,33 +39,68 @@ def sigmoid(x):
 
 # --- the Jiangyin grading guide's rule (documented in scf_engine.learners.jiangyin) ------------
 
-def _band(rank: pd.Series) -> pd.Series:
-    return pd.Series(np.select([rank >= 0.8, rank >= 0.5], ["A", "B"], "C"), index=rank.index).where(rank.notna())
+# the guide's 13 indicators, in its order; ``ind_*`` come from the bank's indicators.csv
+JIANGYIN_INDICATORS = ("tax_growth", "utilities_growth", "social_insurance", "housing_fund", "years_in_business",
+                       "ind_premises", "ind_legal_rep_credit", "ind_environment", "ind_public_credit", "loan_record",
+                       "ind_industrial_policy", "performance_rank", "ind_other_rating")
+JIANGYIN_GRADES = ("premium", "grade_1", "alternate")
 
 
-def indicator_grades(X: pd.DataFrame) -> pd.DataFrame:
-    """A/B/C (or empty: not graded) per supported indicator."""
+def _band(rank: pd.Series, bands: dict) -> pd.Series:
+    a, b = float(bands["A"]), float(bands["B"])
+    return pd.Series(np.select([rank >= a, rank >= b], ["A", "B"], "C"), index=rank.index).where(rank.notna())
+
+
+def _column(X: pd.DataFrame, name: str, default=np.nan) -> pd.Series:
+    return X[name] if name in X else pd.Series(default, index=X.index)
+
+
+def indicator_grades(X: pd.DataFrame, rule: dict) -> pd.DataFrame:
+    """A/B/C (None: not graded) for each of the guide's 13 indicators."""
     g = pd.DataFrame(index=X.index)
-    g["tax_growth"] = _band(X["tax_yoy_rank_industry"])
-    g["utilities_growth"] = _band(X["utilities_yoy_rank_industry"])
+    bands = rule["rank_bands"]
+    g["tax_growth"] = _band(X["tax_yoy_rank_industry"], bands)
+    g["utilities_growth"] = _band(X["utilities_yoy_rank_industry"], bands)
     g["social_insurance"] = np.where(X["social_insurance_missed_12m"] == 0, "A", "B")
     expected = np.minimum(12, X["history_months"].fillna(0))
     hf_all = (X["housing_fund_months_12m"] >= expected) & (expected > 0)
     g["housing_fund"] = pd.Series(np.where(hf_all, "A", None), index=X.index)
-    g["years_in_business"] = np.where(X["firm_age_years"] > 3, "A", "B")
+    g["years_in_business"] = np.where(X["firm_age_years"] > float(rule["years_in_business_a_above"]), "A", "B")
+    loans = rule["loan_record"]
     missed = X["loan_service_missed_12m"]
-    g["loan_record"] = np.select([missed.isna(), missed == 0, missed <= 2], ["B", "A", "B"], "C")
-    g["performance_rank"] = _band(X["trade_in_rank_industry"])
-    return g.where(g.notna(), None)
+    arrears = _column(X, "loan_service_open_gap") >= float(loans["arrears_gap_months"])
+    g["loan_record"] = np.select([missed.isna(), arrears, missed == 0, missed <= float(loans["b_max_missed"])],
+                                 ["B", "C", "A", "B"], "C")
+    g["performance_rank"] = _band(X["trade_in_rank_industry"], bands)
+    for name in JIANGYIN_INDICATORS:
+        if name.startswith("ind_"):
+            v = _column(X, name, "").fillna("").astype(str)
+            g[name] = v.where(v.isin(["A", "B", "C"]))
+    return g[list(JIANGYIN_INDICATORS)].where(g[list(JIANGYIN_INDICATORS)].notna(), None)
 
 
-def grade_from_indicators(g: pd.DataFrame) -> pd.DataFrame:
+def grade_from_indicators(g: pd.DataFrame, rule: dict, bonus=None, dishonest=None) -> pd.DataFrame:
+    """The guide's grade from the counts of A and C over its 13 indicators (an indicator
+    not graded is not an A), one step up for bonus points at the policy's bar; a firm
+    with a serious-dishonesty record is not graded (grade empty, ``excluded``)."""
     n_a = (g == "A").sum(axis=1)
     n_c = (g == "C").sum(axis=1)
     n = g.notna().sum(axis=1)
-    share_a = n_a / n.where(n > 0)
-    grade = np.select([(share_a >= 0.75) & (n_c == 0), (share_a >= 0.5) & (n_c == 0)], ["premium", "grade_1"], "alternate")
-    return pd.DataFrame({"grade": grade, "n_a": n_a, "n_c": n_c, "n_graded": n}, index=g.index)
+    grades = rule["grades"]
+    level = np.select([(n_a >= grades["premium"]["min_a"]) & (n_c <= grades["premium"]["max_c"]),
+                       (n_a >= grades["grade_1"]["min_a"]) & (n_c <= grades["grade_1"]["max_c"])], [0, 1], 2)
+    points = pd.Series(np.nan if bonus is None else bonus, index=g.index, dtype=float)
+    stepped = (points >= float(rule["bonus_step_up_points"])).to_numpy()
+    level = np.where(stepped, np.maximum(level - 1, 0), level)
+    excluded = pd.Series(np.nan if dishonest is None else dishonest, index=g.index, dtype=float).eq(1.0).to_numpy()
+    grade = np.where(excluded, "", np.array(JIANGYIN_GRADES, dtype=object)[level])
+    return pd.DataFrame({"grade": grade, "n_a": n_a, "n_c": n_c, "n_graded": n, "bonus_step": stepped & ~excluded,
+                         "excluded": excluded}, index=g.index)
+
+
+def jiangyin_grade(X: pd.DataFrame, rule: dict) -> pd.DataFrame:
+    """The whole rule on a frame of features and ``ind_*`` columns."""
+    return grade_from_indicators(indicator_grades(X, rule), rule, _column(X, "ind_bonus"), _column(X, "ind_dishonest"))
 
 
 def cell_pd(g: pd.DataFrame, cell_rate: dict, grade_rate: dict, base_rate: float) -> np.ndarray:
@@ -108,6 +143,7 @@ class StatePD:
             self.coef = np.asarray(coef["values"], dtype=np.float64)
             self.intercept = float(fitted["intercept"])
         elif self.kind == "jiangyin":
+            self.rule = fitted["rule"]
             self.base_rate = float(fitted["base_rate"])
             self.grade_rate = {k: float(v) for k, v in fitted["grade_rate"].items()}
             self.cell_rate = {(g, int(a), int(c)): float(r) for g, a, c, r in fitted["cell_rate"]}
@@ -120,7 +156,7 @@ class StatePD:
             return sigmoid(self.platt_a * raw + self.platt_b)
         if self.kind == "propagation":
             return sigmoid(self.intercept + X[self.columns].to_numpy() @ self.coef)
-        return cell_pd(grade_from_indicators(indicator_grades(X)), self.cell_rate, self.grade_rate, self.base_rate)
+        return cell_pd(jiangyin_grade(X, self.rule), self.cell_rate, self.grade_rate, self.base_rate)
 
 
 def _serve() -> None:

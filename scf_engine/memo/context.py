@@ -73,6 +73,19 @@ def _models_view(row, provenance: Provenance) -> list[dict]:
             for k in MODEL_KINDS]
 
 
+def jiangyin_record(decisions, i) -> dict | None:
+    """The Jiangyin guide's indicator table of request row ``i`` (None without flows)."""
+    jy = getattr(decisions, "jiangyin", None)
+    if jy is None or i not in jy.index:
+        return None
+    row = jy.loc[i]
+    from scf_engine.learners.jiangyin import INDICATORS
+
+    return {"grade": row["grade"], "n_a": int(row["n_a"]), "n_c": int(row["n_c"]), "n_graded": int(row["n_graded"]),
+            "bonus_step": bool(row["bonus_step"]), "excluded": bool(row["excluded"]),
+            "indicators": [{"name": k, "grade": row[k]} for k in INDICATORS]}
+
+
 def memo_context(i, decisions, data, models, shared: _BatchShared, provenance: Provenance, quarantine=None) -> dict:
     """The memo context (see :mod:`scf_engine.memo.render`) of request row ``i``."""
     row, chain = decisions.limits.loc[i], data.chain
@@ -99,6 +112,7 @@ def memo_context(i, decisions, data, models, shared: _BatchShared, provenance: P
         "propagation_paths": paths,
         "data_quality": dq[["file", "line", "column", "reason"]].to_dict("records") if len(dq) else [],
         "authenticity": shared.authenticity(fid),
+        "jiangyin": jiangyin_record(decisions, i),
         "mlflow": {"run_id": provenance.run_id, "experiment": provenance.experiment, "tracking_uri": provenance.tracking_uri},
         "generated_at": datetime.now(timezone.utc),
     }

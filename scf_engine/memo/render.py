@@ -55,7 +55,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 FORMATS = ("html", "pdf", "md")
 REQUIRED_KEYS = ("firm", "as_of", "models", "final", "reasons")
 PICTURES = ("neighbourhood", "waterfall")
-OPTIONAL_KEYS = ("chain_position", "neighbourhood_svg", "neighbourhood_png", "waterfall_svg", "waterfall_png",
+OPTIONAL_KEYS = ("jiangyin", "chain_position", "neighbourhood_svg", "neighbourhood_png", "waterfall_svg", "waterfall_png",
                  "propagation_paths", "data_quality", "authenticity", "mlflow", "generated_at")
 CONTEXT_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
 FIRM_KEYS = ("firm_id", "name", "industry", "region", "founded_on", "batch_group")
@@ -67,6 +67,21 @@ ROLE_WORDS = {"core": "核心企业 Core enterprise", "upstream": "上游供应�
               "downstream": "下游经销商 Downstream buyer", "unattached": "未挂链 Not attached to a chain"}
 MODEL_WORDS = {"propagation": "核心企业信用传导 Core-credit propagation", "decoupled": "脱核模型 De-coupled (flows)",
                "hybrid": "混合模型 Hybrid (core + data)"}
+JIANGYIN_WORDS = {  # the guide's 13 indicators, in its order
+    "tax_growth": "1 纳税同比增长（行业排名） Tax growth, ranked in industry",
+    "utilities_growth": "2 水电气费同比（行业排名） Utilities growth, ranked in industry",
+    "social_insurance": "3 社保缴纳 Social insurance",
+    "housing_fund": "4 公积金缴存 Housing fund",
+    "years_in_business": "5 经营年限 Years in business",
+    "ind_premises": "6 经营场所 Premises",
+    "ind_legal_rep_credit": "7 法人个人信用 Legal representative's credit",
+    "ind_environment": "8 环保评级 Environmental rating",
+    "ind_public_credit": "9 公共信用记录 Public credit record",
+    "loan_record": "10 信贷记录 Loan record",
+    "ind_industrial_policy": "11 产业政策 Industrial policy",
+    "performance_rank": "12 产业绩效排名 Industrial performance ranking",
+    "ind_other_rating": "13 其他评级 Other ratings",
+}
 DIRECTION_ZH = {"raises risk": "推高风险", "lowers risk": "降低风险"}
 
 # what counts as an identifier to mask in free text
@@ -303,6 +318,20 @@ def _authenticity_view(auth, own, keep) -> dict | None:
     }
 
 
+def _jiangyin_view(jy) -> dict | None:
+    if not jy:
+        return None
+    grade = jy.get("grade") or ""
+    return {
+        "grade": GRADE_WORDS.get(grade, "不评级 not graded (严重失信 serious dishonesty)" if jy.get("excluded") else "—"),
+        "n_a": jy.get("n_a"), "n_c": jy.get("n_c"), "n_graded": jy.get("n_graded"),
+        "bonus_step": "加分项升一级 raised one step by bonus points" if jy.get("bonus_step") else "",
+        "rows": [{"name": JIANGYIN_WORDS.get(r["name"], str(r["name"])),
+                  "grade": r["grade"] if r.get("grade") in ("A", "B", "C") else "未评 not graded"}
+                 for r in jy.get("indicators") or []],
+    }
+
+
 def view(ctx: dict) -> dict:
     """The template's view of a context: formatted, masked, images as data URIs."""
     check_context(ctx)
@@ -357,6 +386,7 @@ def view(ctx: dict) -> dict:
         "mlflow": {k: ("—" if _missing(ml.get(k)) else str(ml.get(k))) for k in ("run_id", "experiment", "tracking_uri")},
         "generated_at": fmt_datetime(generated),
         "pictures": {name: _picture(ctx, name) for name in PICTURES},  # bytes: SVG or PNG (_is_svg tells)
+        "jiangyin": _jiangyin_view(ctx.get("jiangyin")),
     }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scf_engine import tracking
+from scf_engine import access, tracking
 from scf_engine.assemble import add_propagation, assemble, stack, truth_frame
 from scf_engine.errors import DatasetError, ModelNotFound
 from scf_engine.evaluate import bootstrap_difference, evaluate
@@ -78,7 +78,8 @@ def evaluate_heldout(ds, models: dict, test_dates, *, n_boot: int = 300, progres
 
 
 def compare(*, tracking_uri: str | None = None, data_dir: Path | str | None = None, alias: str = "challenger",
-            promote=None, out_dir: Path | str = "out/compare", n_boot: int = 300, progress=None) -> CompareResult:
+            promote=None, out_dir: Path | str = "out/compare", n_boot: int = 300, audit_log: Path | str | None = None,
+            actor: str | None = None, progress=None) -> CompareResult:
     """Compare the tracked models (by alias) and the Jiangyin rule baseline on the held-out
     snapshots of the latest training run; with ``promote`` (kinds or ``all``), make exactly
     the compared versions ``champion``."""
@@ -94,6 +95,8 @@ def compare(*, tracking_uri: str | None = None, data_dir: Path | str | None = No
     models["jiangyin"] = store.load_logged_model(last.data.tags["baseline_model_uri"])
     res = evaluate_heldout(ds, models, test_dates, n_boot=n_boot, progress=say)
     run_id, path = record_comparison(store, res, versions, alias, last.info.run_id, test_dates, Path(data_dir), Path(out_dir))
+    access.record(audit_log, actor, "compare", "model comparison on held-out snapshots", ds.firms["firm_id"],
+                  inputs=ds.fingerprints, mlflow_run_id=run_id, alias=alias, versions={k: v["version"] for k, v in versions.items()})
     promoted = {}
     if kinds:
         promoted = move_alias(store, versions, kinds)

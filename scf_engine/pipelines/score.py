@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scf_engine import audit, policies, tracking
+from scf_engine import access, audit, policies, tracking
 from scf_engine.assemble import SnapshotData, add_propagation, assemble
 from scf_engine.credit.decide import BatchOptions, Decisions, decide
 from scf_engine.credit.scale import ScoreScale
@@ -32,13 +31,13 @@ from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import OutputError, PolicyError, RequestError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
-from scf_engine.ingest.requests import read_batch, read_consents, requests_frame
+from scf_engine.ingest.requests import read_batch, read_consents, read_whitelist, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.train import SCALE_ARTIFACT
 from scf_engine.tables import csv_bytes
 
-DEFAULT_AUDIT_LOG = Path("audit/audit.jsonl")
+DEFAULT_AUDIT_LOG = access.DEFAULT_LOG
 
 
 @dataclass
@@ -148,18 +147,22 @@ def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions 
 def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=None, tracking_uri: str | None = None,
           consents: Path | str | None = None, group_limit: float | None = None, group_by: str = "batch",
           chain_core: str | None = None, memos: bool = True, memo_formats=("html", "pdf", "md"),
-          audit_log: Path | str = DEFAULT_AUDIT_LOG, actor: str | None = None, alias: str = "champion",
-          progress=None) -> ScoreResult:
-    """Batch credit (批量授信) with the champion models: limits, memos, MLflow run, audit entry."""
+          audit_log: Path | str | None = None, actor: str | None = None, alias: str = "champion",
+          whitelist: Path | str | None = None, progress=None) -> ScoreResult:
+    """Batch credit (批量授信) with the champion models: limits, memos, MLflow run, audit entry.
+    ``whitelist``: the programme's list (名单制); firms off it are declined or reviewed as
+    the limit policy says."""
     say = progress or (lambda *a, **k: None)
-    options = BatchOptions(group_limit=group_limit, group_by=group_by, chain_core=chain_core)
-    out, audit_log = Path(out), Path(audit_log)
+    options = BatchOptions(group_limit=group_limit, group_by=group_by, chain_core=chain_core,
+                           whitelist=read_whitelist(whitelist) if whitelist else None)
+    out, audit_log = Path(out), access.log_path(audit_log)
     check_writable(out, audit_log)
     requests = read_batch(Path(batch))
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                                 progress=say, report_path=out.parent / "quarantine.csv")
     inputs = {**loaded.dataset.fingerprints, "batch": file_sha256(Path(batch)),
-              **({"consents": file_sha256(Path(consents))} if consents else {})}
+              **({"consents": file_sha256(Path(consents))} if consents else {}),
+              **({"whitelist": file_sha256(Path(whitelist))} if whitelist else {})}
     batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{inputs['batch'][:10]}"
     say("decisions")
     decisions = decide_loaded(loaded, requests, options)
@@ -218,12 +221,11 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
             staged = _stage(loaded, decisions, staging, out.name, run, memos, memo_formats, progress)
             _log_batch(run, loaded, decisions, staged, batch_id, options, paths)
             checkpoint("logged")
-            entry = audit.append(audit_log, actor or getpass.getuser(), "score", {
-                "batch_id": batch_id, "mlflow_run_id": run.id, "as_of": str(decisions.as_of.date()),
-                "firms": result["firm_id"].tolist(), "inputs": inputs,
-                "model_versions": {k: v["version"] for k, v in loaded.versions.items()},
-                "policy_hashes": policies.fingerprint(loaded.pols), "output": staged["hashes"],
-            })
+            entry = access.record(
+                audit_log, actor, "score", "batch credit decision (批量授信)", result["firm_id"].tolist(), inputs=inputs,
+                name_firms=True, batch_id=batch_id, mlflow_run_id=run.id, as_of=str(decisions.as_of.date()),
+                model_versions={k: v["version"] for k, v in loaded.versions.items()},
+                policy_hashes=policies.fingerprint(loaded.pols), output=staged["hashes"])
             checkpoint("appended")
             try:
                 (staging / AUDIT_ENTRY).write_text(json.dumps(entry, ensure_ascii=False, indent=2))
@@ -318,11 +320,12 @@ class ExplainResult:
 
 def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, consents: Path | str | None = None,
             tracking_uri: str | None = None, alias: str = "champion", memo_formats=("html", "pdf", "md"),
-            audit_log: Path | str = DEFAULT_AUDIT_LOG, actor: str | None = None, progress=None) -> ExplainResult:
+            audit_log: Path | str | None = None, actor: str | None = None, progress=None) -> ExplainResult:
     """One firm's decision as a batch of one would give it (its real consent, the same
     policy; caps shared across a batch cannot bind), its memo, and an access entry in the
     audit log (who read the firm's data, when and why)."""
-    check_writable(Path(out) / "memos" / "memo", Path(audit_log))
+    audit_log = access.log_path(audit_log)
+    check_writable(Path(out) / "memos" / "memo", audit_log)
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                                 progress=progress, report_path=Path(out) / "quarantine.csv")
     decisions = decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [str(firm_id)]})))
@@ -331,12 +334,11 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
         prov = Provenance(loaded.versions, None, None, loaded.store.uri)
         memo_paths = write_memos(Path(out) / "memos", memo_formats,
                                  memo_contexts(decisions, loaded.data, loaded.models, prov, loaded.dataset.report))[0]
-    entry = audit.append(Path(audit_log), actor or getpass.getuser(), "explain", {
-        "purpose": "explain one firm's decision", "as_of": str(decisions.as_of.date()), "firms": [str(firm_id)],
-        "inputs": {**loaded.dataset.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {})},
-        "model_versions": {k: v["version"] for k, v in loaded.versions.items()},
-        "policy_hashes": policies.fingerprint(loaded.pols),
-    })
+    entry = access.record(
+        audit_log, actor, "explain", "explain one firm's decision", [str(firm_id)], name_firms=True,
+        inputs={**loaded.dataset.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {})},
+        as_of=str(decisions.as_of.date()), model_versions={k: v["version"] for k, v in loaded.versions.items()},
+        policy_hashes=policies.fingerprint(loaded.pols))
     return ExplainResult(decisions.limits.iloc[0], list(decisions.reasons.iloc[0]), memo_paths, entry)
 
 

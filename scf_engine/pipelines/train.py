@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from scf_engine import __version__, policies, tracking
+from scf_engine import __version__, access, policies, tracking
 from scf_engine.assemble import add_propagation, assemble, split_dates, stack, truth_frame
 from scf_engine.contract import CONTRACT_VERSION
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset
-from scf_engine.errors import DatasetError
+from scf_engine.credit.consent import consent_status
+from scf_engine.errors import DatasetError, RequestError
+from scf_engine.hashing import file_sha256
+from scf_engine.ingest.requests import read_consents
 from scf_engine.evaluate import evaluate, psi
 from scf_engine.ingest.load import load_or_report
 from scf_engine.learners import DecoupledModel, HybridModel, JiangyinGrading
@@ -87,16 +90,28 @@ def fit_propagation_and_decoupled(data: dict, train_dates: list, test_dates: lis
     return prop, dec, tr, te
 
 
-def fit_and_evaluate(ds: Dataset, dates, train_dates, test_dates, *, progress=None) -> Fitted:
-    """Every model on the training snapshots, judged on the held-out ones (no I/O)."""
+def consented_rows(data: dict, consents: pd.DataFrame) -> None:
+    """Keep, in every snapshot table, only the firms whose data-use authorisation covered
+    that snapshot's date (data_use.yaml ``training: consent_at_snapshot``)."""
+    for T, sd in data.items():
+        ok = consent_status(sd.table.index, consents, T).eq("ok").to_numpy()
+        sd.table = sd.table[ok]
+
+
+def fit_and_evaluate(ds: Dataset, dates, train_dates, test_dates, *, consents: pd.DataFrame | None = None,
+                     progress=None) -> Fitted:
+    """Every model on the training snapshots, judged on the held-out ones (no I/O).
+    ``consents``: when given, only consented firm-dates are learned from and judged."""
     say = progress or (lambda *a, **k: None)
     say("assembling snapshots")
     data = assemble(ds, dates, truth=truth_frame(ds), progress=lambda i, n: say(f"snapshot {i}/{n}"))
+    if consents is not None:
+        consented_rows(data, consents)
     prop, dec, tr, te = fit_propagation_and_decoupled(data, train_dates, test_dates, progress=say)
     flows_tr = has_flows(tr)
     say("fitting hybrid model")
     hyb = HybridModel.from_policy().fit(tr, tr["label"], as_of=tr["as_of"], groups=tr["firm_id"])
-    jy = JiangyinGrading().fit(tr[flows_tr], tr.loc[flows_tr, "label"])
+    jy = JiangyinGrading.from_policy().fit(tr[flows_tr], tr.loc[flows_tr, "label"])
     models = {"decoupled": dec, "hybrid": hyb, "jiangyin": jy}
     te = te.join(predict_all(models, te).drop(columns=["pd_propagation"]))
     tr_pds = predict_all(models, tr)
@@ -120,8 +135,20 @@ def write_tables(fitted: Fitted, ds: Dataset, out_dir: Path) -> Path:
     return tables
 
 
+def training_consents(pols, consents) -> tuple[str, pd.DataFrame | None]:
+    """The rule data_use.yaml states for training and the consents it needs."""
+    rule = policies.as_data(pols["data_use"])["training"]
+    if rule == "consent_at_snapshot":
+        if consents is None:
+            raise RequestError("data_use.yaml says training uses only consented history (training: consent_at_snapshot): "
+                               "pass --consents consents.csv")
+        return rule, read_consents(consents)
+    return rule, None
+
+
 def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Path | str = "out/train",
-          n_test: int = 2, progress=None) -> TrainResult:
+          n_test: int = 2, audit_log: Path | str | None = None, actor: str | None = None,
+          consents: Path | str | None = None, progress=None) -> TrainResult:
     """Build snapshots, train propagation, de-coupled, hybrid and the rule baseline, evaluate
     them out of time, log everything to one parent run with a child per model."""
     say = progress or (lambda *a, **k: None)
@@ -132,12 +159,17 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
     require_defaults(ds)
     dates, train_dates, test_dates = snapshot_dates(ds, n_test)
     pols = policies.load_all()
-    fitted = fit_and_evaluate(ds, dates, train_dates, test_dates, progress=say)
+    rule, consent_frame = training_consents(pols, consents)
+    fitted = fit_and_evaluate(ds, dates, train_dates, test_dates, consents=consent_frame, progress=say)
     tables = write_tables(fitted, ds, out_dir)
     say("logging to MLflow")
     run_id, versions = record_training(store, fitted, ds, pols, Path(data_dir), out_dir, tables,
                                        (dates, train_dates, test_dates))
     (out_dir / "run.json").write_text(json.dumps({"run_id": run_id, "tracking_uri": store.uri, "versions": versions}, indent=2))
+    inputs = {**ds.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {})}
+    access.record(audit_log, actor, "train", "model training on the firms' history", ds.firms["firm_id"],
+                  inputs=inputs, mlflow_run_id=run_id, registered=versions, training_data_rule=rule,
+                  training_rows=len(fitted.train))
     q = ds.report.summary()
     return TrainResult(run_id, {k: v for k, v in versions.items() if v}, fitted.evaluation, test_dates, train_dates, out_dir,
                        int(q["quarantined"].sum()),

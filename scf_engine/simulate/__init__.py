@@ -180,6 +180,48 @@ def consents_frame(world: World) -> pd.DataFrame:
     return out[keep].reset_index(drop=True)
 
 
+def indicators_frame(world: World) -> pd.DataFrame:
+    """The bank's external grading indicators (contract v1.1 ``indicators.csv``): for 70%
+    of the non-core firms the credit platform grades, once a year in the first quarter,
+    the six Jiangyin indicators the flows cannot give, each read from the firm's latent
+    health (``mu``) through its own noise, so they carry information but give nothing
+    away; some firms earn bonus points (加分项) and the weakest few carry a serious-
+    dishonesty record (严重失信). Its own random stream: the rest of the world is the same
+    with or without it."""
+    rng = np.random.default_rng([world.config.seed, 7])
+    f = world.firms[~world.firms["is_core"]].reset_index(drop=True)
+    mu = np.asarray(world.state["params"].mu)[~world.firms["is_core"].to_numpy()]
+    covered = rng.random(len(f)) < 0.7
+    years = sorted({d.year for d in world.months})
+    rows = []
+    policy_of = {ind: rng.choice(["A", "B", "C"], p=[0.3, 0.6, 0.1]) for ind in sorted(f["industry"].unique())}
+    bonus = np.where(rng.random(len(f)) < 0.06, rng.integers(5, 21, len(f)), 0)
+    for year in years:
+        day = pd.DatetimeIndex(pd.Timestamp(year=year, month=1, day=15) + pd.to_timedelta(rng.integers(0, 75, len(f)), unit="D"))
+        graded = covered & np.asarray(day >= pd.DatetimeIndex(f["founded_on"])) & np.asarray(day <= world.months[-1])
+        z = mu + rng.normal(0.0, 1.0, len(f))
+
+        def abc(x, a, b):
+            return np.where(x > a, "A", np.where(x > b, "B", "C"))
+
+        cols = {
+            "premises": np.where(mu + rng.normal(0, 1, len(f)) > 0, "A", "B"),
+            "legal_rep_credit": abc(z, 0.3, -0.8),
+            "environment": np.where(rng.random(len(f)) < 0.6, abc(z + rng.normal(0, 0.5, len(f)), 0.0, -1.0), ""),
+            "public_credit": abc(z + rng.normal(0, 0.5, len(f)), -0.5, -1.5),
+            "industrial_policy": f["industry"].map(policy_of).to_numpy(),
+            "other_rating": np.where(rng.random(len(f)) < 0.3, abc(z, 0.5, -0.5), ""),
+            "bonus": np.where(bonus > 0, bonus.astype(str), ""),
+            "dishonest": np.where(z < -2.8, "true", np.where(rng.random(len(f)) < 0.2, "false", "")),
+        }
+        for name, grades in cols.items():
+            keep = graded & (grades != "")
+            rows.append(pd.DataFrame({"firm_id": f.loc[keep, "firm_id"].to_numpy(), "as_of": day[keep].strftime("%Y-%m-%d"),
+                                      "indicator": name, "grade": grades[keep]}))
+    out = pd.concat(rows, ignore_index=True)
+    return out.sort_values(["as_of", "firm_id", "indicator"], kind="stable").reset_index(drop=True)
+
+
 def batch_frame(world: World) -> pd.DataFrame:
     """A demo batch request: one core's chain (1+N), its live tier-1 and tier-2 suppliers,
     some asking for an amount. The core is the one with the most suppliers."""
@@ -225,6 +267,7 @@ def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
         mu=np.round(world.state["params"].mu, 4),
     ).to_csv(out / "truth_firms.csv", index=False)
     consents_frame(world).to_csv(out / "consents.csv", index=False)
+    indicators_frame(world).to_csv(out / "indicators.csv", index=False)
     batch_frame(world).to_csv(out / "batch.csv", index=False)
     meta = {
         "generator": "scf_engine.simulate",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scf_engine.contract import FILES, locate, make_uscc
+from scf_engine.contract import FILES, INDICATOR_NAMES, locate, make_uscc
 
 # (file, column, bad value or callable(row) -> row, reason fragment)
 FIRM_FAULTS = [
@@ -76,7 +76,17 @@ DEFAULT_FAULTS = [
     ("firm_id", "DUPLICATE", "duplicate firm_id"),
     ("default_on", "soon", "default_on is not a date"),
 ]
-FAULTS = {"firms": FIRM_FAULTS, "receivables": RECEIVABLE_FAULTS, "flows": FLOW_FAULTS, "defaults": DEFAULT_FAULTS}
+INDICATOR_FAULTS = [  # contract v1.1
+    ("firm_id", "UNKNOWN", "firm_id is not an accepted firm in firms"),
+    ("as_of", "2024-02-30", "as_of is not a date (YYYY-MM-DD)"),
+    ("indicator", "size", "indicator is not one of " + ", ".join(INDICATOR_NAMES[:2])),
+    ("grade", "GRADE_D", "grade must be A, B or C for a graded indicator"),
+    ("grade", "BONUS_WORDS", "grade must be a number of points >= 0 for bonus"),
+    ("grade", "FLAG_MAYBE", "grade must be true or false for dishonest"),
+]
+
+FAULTS = {"firms": FIRM_FAULTS, "receivables": RECEIVABLE_FAULTS, "flows": FLOW_FAULTS, "defaults": DEFAULT_FAULTS,
+          "indicators": INDICATOR_FAULTS}
 UNKNOWN_FIRM = "91110000000000000X"  # well-formed id of a firm that is not in firms
 
 
@@ -94,7 +104,8 @@ def _read_text(path: Path) -> pd.DataFrame:
 
 def _mutate(file: str, row: dict, column: str, value: str, rng, tag: str, firms: pd.DataFrame) -> dict:
     row = dict(row)
-    key = {"firms": "firm_id", "receivables": "receivable_id", "flows": "txn_id", "defaults": "firm_id"}[file]
+    key = {"firms": "firm_id", "receivables": "receivable_id", "flows": "txn_id", "defaults": "firm_id",
+           "indicators": "firm_id"}[file]
     if file in ("receivables", "flows"):
         row[key] = f"FAULT-{tag}"
     if file == "firms":
@@ -133,6 +144,9 @@ def _mutate(file: str, row: dict, column: str, value: str, rng, tag: str, firms:
         row["is_core"], row["core_rating"] = "true", "AAAA"
     elif value == "MALFORMED":
         pass
+    elif value in ("GRADE_D", "BONUS_WORDS", "FLAG_MAYBE"):
+        row["indicator"], row["grade"] = {"GRADE_D": ("premises", "D"), "BONUS_WORDS": ("bonus", "lots"),
+                                          "FLAG_MAYBE": ("dishonest", "maybe")}[value]
     else:
         row[column] = value
     if file == "defaults" and column != "firm_id":
