@@ -125,11 +125,9 @@ class AuditAndLimit:
 # ------------------------------------------------------------------------------ the app
 
 
-def create_app(service: Service, keys: dict[str, ApiKey], writer: AuditWriter) -> FastAPI:
-    policy = service.policy
-    roles = {r: set(p) for r, p in policy["roles"].items()}
-    max_firms = int(policy["max_firms_per_request"])
-    app = FastAPI(title="scf-engine", version="1", summary="Credit decisions for supply-chain finance, as `scf score` gives them.")
+def _access(keys: dict[str, ApiKey], roles: dict[str, set]):
+    """``allowed(permission)``: a dependency that answers 401 without a valid key and 403
+    when the key's role lacks the permission, and names the caller in the audit record."""
 
     def caller(request: Request) -> ApiKey:
         presented = request.headers.get("x-api-key")
@@ -149,10 +147,21 @@ def create_app(service: Service, keys: dict[str, ApiKey], writer: AuditWriter) -
             return key
         return check
 
-    def note(request: Request, state, firms) -> None:
-        rec = request.scope.get("scf_audit")
-        if rec is not None:
-            rec.update(firms=list(firms), as_of=state.as_of, model_versions=state.versions)
+    return allowed
+
+
+def _note(request: Request, state, firms) -> None:
+    """Which firms the request read, at which as-of, with which models (audit record)."""
+    rec = request.scope.get("scf_audit")
+    if rec is not None:
+        rec.update(firms=list(firms), as_of=state.as_of, model_versions=state.versions)
+
+
+def create_app(service: Service, keys: dict[str, ApiKey], writer: AuditWriter) -> FastAPI:
+    policy = service.policy
+    allowed = _access(keys, {r: set(p) for r, p in policy["roles"].items()})
+    max_firms = int(policy["max_firms_per_request"])
+    app = FastAPI(title="scf-engine", version="1", summary="Credit decisions for supply-chain finance, as `scf score` gives them.")
 
     @app.exception_handler(ScfError)
     async def scf_error(request: Request, exc: ScfError):
@@ -180,20 +189,20 @@ def create_app(service: Service, keys: dict[str, ApiKey], writer: AuditWriter) -
         decided = state.answers.get(request_key(firms))  # a cached answer: no thread hop
         if decided is None:
             state, decided, _ = await anyio.to_thread.run_sync(service.decisions, firms)
-        note(request, state, [f for f, _ in firms])
+        _note(request, state, [f for f, _ in firms])
         payload = b'{"as_of":"' + state.as_of.encode() + b'","decisions":' + decided + b"}"
         return Response(payload, media_type="application/json")
 
     @app.get("/v1/firms/{firm_id}/reasons")
     async def reasons(firm_id: str, request: Request, key: ApiKey = Depends(allowed("reasons"))):
         state, body = await anyio.to_thread.run_sync(service.reasons, firm_id)
-        note(request, state, [firm_id])
+        _note(request, state, [firm_id])
         return Response(body, media_type="application/json")
 
     @app.get("/v1/firms/{firm_id}/memo", response_class=HTMLResponse)
     async def memo(firm_id: str, request: Request, key: ApiKey = Depends(allowed("memo"))):
         state, html, why = await anyio.to_thread.run_sync(service.memo, firm_id)
-        note(request, state, [firm_id])
+        _note(request, state, [firm_id])
         if html is None:
             raise HTTPException(404, f"no memo for {firm_id}: {why}")
         return HTMLResponse(html)
