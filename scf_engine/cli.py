@@ -234,6 +234,37 @@ def explain(
     console.print(f"memo: {r.memo_paths.get('html', '-')}; audit entry #{r.audit_entry['seq']}")
 
 
+@app.command()
+@handles_errors
+def serve(
+    data: Path = typer.Argument(..., help="Dataset folder."),
+    keys: Path = typer.Option(..., "--keys", help="keys.csv: name, role, key_sha256 (the keys' sha256, never the keys)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    as_of: str = typer.Option(None, "--as-of", help="Snapshot date YYYY-MM-DD (default: the day after the data's last date)."),
+    consents: Path = typer.Option(None, "--consents", help="consents.csv: checked as in batch scoring."),
+    alias: str = typer.Option("champion", "--alias", help="Registered model alias to serve (reloaded when it moves)."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    audit_log: Path = typer.Option(Path("audit/audit.jsonl"), "--audit-log", help="The hash-chained audit log every request is recorded in."),
+    actor: str = typer.Option(None, "--actor", help="Who runs the service, as the audit log names it (default: $SCF_ACTOR or the OS user)."),
+    poll_seconds: float = typer.Option(None, "--poll-seconds", help="How often to look whether the alias moved (default: serve.yaml; 0: only on POST /v1/reload)."),
+    cache_entries: int = typer.Option(None, "--cache-entries", help="Answers kept per loaded state (default: serve.yaml; 0: off)."),
+):
+    """Credit decisions over HTTP (POST /v1/decisions, key in X-API-Key; docs at /docs)."""
+    import os
+
+    from scf_engine.serve import build, run
+
+    with steps("serve") as say:
+        built = build(data, keys, as_of=as_of, consents=consents, alias=alias, tracking_uri=tracking_uri,
+                      audit_log=audit_log, actor=actor or os.environ.get("SCF_ACTOR"), cache_entries=cache_entries,
+                      progress=say)
+    st = built[1].state
+    console.print(f"serving {alias} models {st.versions} at as-of {st.as_of} on http://{host}:{port} (docs: /docs)",
+                  highlight=False)
+    run(*built, host=host, port=port, poll_seconds=poll_seconds)
+
+
 audit_app = typer.Typer(help="The hash-chained audit log.")
 app.add_typer(audit_app, name="audit")
 

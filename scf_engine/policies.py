@@ -222,6 +222,24 @@ def _check_data_use(data: dict, path: Path) -> None:
              "'training' must be attested or consent_at_snapshot")
 
 
+SERVE_PERMISSIONS = ("decide", "reasons", "memo", "reload")
+
+
+def _check_serve(data: dict, path: Path) -> None:
+    roles = data.get("roles")
+    _require(isinstance(roles, dict) and bool(roles), path, "'roles' must map role names to lists of permissions")
+    for role, perms in roles.items():
+        _require(isinstance(perms, list) and set(perms) <= set(SERVE_PERMISSIONS), path,
+                 f"role {role!r}: permissions must be a list within {', '.join(SERVE_PERMISSIONS)}")
+    for key in ("max_body_bytes", "max_firms_per_request"):
+        _require(isinstance(data.get(key), int) and data[key] > 0, path, f"'{key}' must be an integer > 0")
+    for key in ("answer_cache_entries", "memo_cache_entries", "reload_poll_seconds"):
+        _require(isinstance(data.get(key), (int, float)) and data[key] >= 0, path, f"'{key}' must be a number >= 0")
+    skip = data.get("audit_skip_paths", [])
+    _require(isinstance(skip, list) and all(isinstance(p, str) and p.startswith("/") for p in skip), path,
+             "'audit_skip_paths' must be a list of paths starting with /")
+
+
 # name -> (checker, every key the engine reads; any other key is refused)
 def _check_ingest(d: Mapping[str, Any], path: Path) -> None:
     fd = d.get("future_dates")
@@ -254,6 +272,8 @@ SCHEMAS = {
     "data_use": (_check_data_use, {"version", "training"}),
     "jiangyin": (_check_jiangyin, {"version", "grades", "rank_bands", "years_in_business_a_above", "loan_record",
                                    "bonus_step_up_points"}),
+    "serve": (_check_serve, {"version", "roles", "max_body_bytes", "max_firms_per_request", "answer_cache_entries",
+                             "memo_cache_entries", "reload_poll_seconds", "audit_skip_paths"}),
 }
 
 

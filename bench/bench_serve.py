@@ -1,0 +1,246 @@
+"""``scf serve`` under load on loopback: 50 concurrent clients asking one firm's decision.
+
+World: a simulated dataset of ``BENCH_SERVE_FIRMS`` firms (default 1,000), trained and
+promoted the way ``scf train`` / ``scf compare --promote all`` do, in a temporary store.
+The service is the real command (``scf serve`` in its own process, uvicorn, the audit log
+on disk); the clients are one asyncio process speaking HTTP/1.1 keep-alive on raw
+sockets (the lightest client Python has, so the 2 cores go to the service as far as
+they can), each sending ``POST /v1/decisions`` for one firm with a requested amount,
+drawn from ``BENCH_SERVE_DISTINCT`` applicants (default 200), and waiting for the answer
+before the next (closed loop: latency = time from sending to the whole answer).
+
+Rows:
+
+* **baseline: in-process one-firm decision** - what ``scf explain`` runs per firm
+  (``requests_frame`` -> ``decide_loaded`` on the loaded snapshot and models), one call at
+  a time, no HTTP, no audit;
+* **service, answers cached** - after one warm-up pass over the applicants (timed and
+  shown), ``BENCH_SERVE_CLIENTS`` clients (default 50) for ``BENCH_SERVE_SECONDS``
+  (default 60);
+* **service, no cache** - ``--cache-entries 0``: every request runs the decision core,
+  for ``BENCH_SERVE_COLD_SECONDS`` (default 15).
+
+"x baseline" is the row's throughput / the baseline's; errors are non-200 answers and
+broken connections; "audited" is the requests found in the audit log (``scf audit
+verify`` run on it) against the requests sent, warm-up included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import show
+
+FIRMS = int(os.environ.get("BENCH_SERVE_FIRMS", 1000))
+DISTINCT = int(os.environ.get("BENCH_SERVE_DISTINCT", 200))
+CLIENTS = int(os.environ.get("BENCH_SERVE_CLIENTS", 50))
+SECONDS = float(os.environ.get("BENCH_SERVE_SECONDS", 60))
+COLD_SECONDS = float(os.environ.get("BENCH_SERVE_COLD_SECONDS", 15))
+KEY = "bench-platform-key"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prepare(home: Path) -> dict:
+    """Simulate, train, compare and promote, as the commands do (in this process)."""
+    from scf_engine import pipelines
+    from scf_engine.simulate import WorldConfig, simulate, write_dataset
+
+    data = write_dataset(simulate(WorldConfig(n_firms=FIRMS, seed=31, n_months=36)), home / "data")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    pipelines.train(data, tracking_uri=uri, out_dir=home / "train")
+    pipelines.compare(tracking_uri=uri, data_dir=data, alias="challenger", promote=["all"], out_dir=home / "compare")
+    (home / "keys.csv").write_text(f"name,role,key_sha256\nbench,platform,{hashlib.sha256(KEY.encode()).hexdigest()}\n")
+    return {"data": data, "uri": uri, "keys": home / "keys.csv", "consents": data / "consents.csv"}
+
+
+def applicants(world: dict) -> list[tuple[str, float]]:
+    import pandas as pd
+
+    firms = pd.read_csv(world["data"] / "firms.csv", dtype=str)
+    ids = firms.loc[firms["is_core"].str.lower() != "true", "firm_id"].tolist()
+    rng = random.Random(7)
+    return [(f, float(rng.randrange(1, 50) * 100_000)) for f in rng.sample(ids, min(DISTINCT, len(ids)))]
+
+
+def baseline(world: dict, apps) -> dict:
+    """One-firm decisions in process, one at a time (``scf explain``'s route)."""
+    import pandas as pd
+
+    from scf_engine.ingest.requests import requests_frame
+    from scf_engine.pipelines.score import decide_loaded, load_for_decisions
+
+    loaded = load_for_decisions(world["data"], consents=world["consents"], tracking_uri=world["uri"])
+    lat = []
+    t0 = time.perf_counter()
+    for f, a in apps[:100]:
+        t = time.perf_counter()
+        decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [f], "requested_amount": [repr(a)]})))
+        lat.append(time.perf_counter() - t)
+    return {"n": len(lat), "seconds": time.perf_counter() - t0, "lat": lat, "errors": 0}
+
+
+# ------------------------------------------------------------------------- the service
+
+
+def start(world: dict, home: Path, port: int, log: Path, extra=()) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "scf_engine.cli", "serve", str(world["data"]), "--keys", str(world["keys"]),
+           "--port", str(port), "--consents", str(world["consents"]), "--tracking-uri", world["uri"],
+           "--audit-log", str(log), "--poll-seconds", "0", *extra]
+    proc = subprocess.Popen(cmd, cwd=home, stdout=subprocess.DEVNULL, stderr=open(home / f"serve-{port}.log", "w"),
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"scf serve did not start: {(home / f'serve-{port}.log').read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)  # uvicorn shuts down; the audit queue is written
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -------------------------------------------------------------------------- the clients
+
+
+def request_bytes(port: int, firm: str, amount: float) -> bytes:
+    body = json.dumps({"firms": [{"firm_id": firm, "requested_amount": amount}]}).encode()
+    return (f"POST /v1/decisions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-Key: {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _exchange(reader, writer, payload: bytes) -> int:
+    writer.write(payload)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    await reader.readexactly(length)
+    return status
+
+
+async def _client(port, payloads, until, lat, errors, rng):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < until:
+            t = time.perf_counter()
+            try:
+                status = await _exchange(reader, writer, rng.choice(payloads))
+            except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
+                errors.append("connection")
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                continue
+            lat.append(time.perf_counter() - t)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(port, payloads, clients, seconds):
+    lat, errors = [], []
+    until = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    await asyncio.gather(*[_client(port, payloads, until, lat, errors, random.Random(i)) for i in range(clients)])
+    return {"n": len(lat), "seconds": time.perf_counter() - t0, "lat": lat, "errors": len(errors)}
+
+
+def load(port, apps, clients, seconds) -> dict:
+    payloads = [request_bytes(port, f, a) for f, a in apps]
+    return asyncio.run(_load(port, payloads, clients, seconds))
+
+
+async def _warm(port, payloads):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    bad = sum([await _exchange(reader, writer, p) != 200 for p in payloads])
+    writer.close()
+    return bad
+
+
+def audited(log: Path) -> int:
+    from scf_engine import audit
+
+    ok, problems = audit.verify(log)
+    if not ok:
+        raise RuntimeError(f"audit chain broken: {problems[:3]}")
+    return sum(len(json.loads(line)["details"].get("requests", [])) for line in log.read_text().splitlines())
+
+
+def row(name, r, base=None, sent=None, recorded=None) -> dict:
+    lat = np.asarray(r["lat"]) * 1000
+    thr = r["n"] / r["seconds"]
+    return {"route": name, "clients": r.get("clients", 1), "seconds": round(r["seconds"], 1), "requests": r["n"],
+            "req_per_s": round(thr, 1), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "errors": r["errors"], "x_baseline": round(thr / base, 2) if base else 1.0,
+            "audited": f"{recorded}/{sent}" if sent is not None else "-"}
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        home = Path(tmp)
+        t = time.perf_counter()
+        world = prepare(home)
+        print(f"world of {FIRMS} firms trained and promoted in {time.perf_counter() - t:.0f} s")
+        apps = applicants(world)
+        base = baseline(world, apps)
+        rows = [row("baseline: in-process one-firm decide (scf explain's route)", base)]
+        base_thr = base["n"] / base["seconds"]
+
+        port, log = free_port(), home / "audit-warm.jsonl"
+        proc = start(world, home, port, log)
+        try:
+            t = time.perf_counter()
+            bad = asyncio.run(_warm(port, [request_bytes(port, f, a) for f, a in apps]))
+            warm_s = time.perf_counter() - t
+            r = load(port, apps, CLIENTS, SECONDS)
+        finally:
+            stop(proc)
+        r["clients"] = CLIENTS
+        r["errors"] += bad
+        rows.append(row(f"service, answers cached (warm-up: {len(apps)} requests in {warm_s:.1f} s)", r, base_thr,
+                        sent=r["n"] + len(apps), recorded=audited(log)))
+
+        port, log = free_port(), home / "audit-cold.jsonl"
+        proc = start(world, home, port, log, extra=("--cache-entries", "0"))
+        try:
+            r = load(port, apps, CLIENTS, COLD_SECONDS)
+        finally:
+            stop(proc)
+        r["clients"] = CLIENTS
+        rows.append(row("service, no cache (every request runs the core)", r, base_thr, sent=r["n"], recorded=audited(log)))
+    show(f"scf serve on loopback, one firm a request, {os.cpu_count()} cores", rows, "serve")
+
+
+if __name__ == "__main__":
+    main()

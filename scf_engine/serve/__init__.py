@@ -1,0 +1,51 @@
+"""``scf serve``: credit decisions over HTTP, on the decision core and the audit log.
+
+* :mod:`.keys` - ``keys.csv`` (``name, role, key_sha256``), checked like every input;
+* :mod:`.state` - the champion models and snapshot loaded by the batch pipeline's own
+  loader, answers cached per loaded state, reload when the alias moves or on request;
+* :mod:`.audit_writer` - every request in the hash-chained audit log, group-committed;
+* :mod:`.app` - the FastAPI application;
+* :func:`run` - load, then serve with uvicorn until stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scf_engine import policies
+from scf_engine.serve.audit_writer import AuditWriter
+from scf_engine.serve.keys import ApiKey, key_sha256, read_keys
+from scf_engine.serve.state import Service
+
+
+def build(data_dir, keys_path, *, as_of=None, consents=None, tracking_uri=None, alias="champion",
+          audit_log: Path | str = "audit/audit.jsonl", actor=None, cache_entries: int | None = None, progress=None):
+    """Everything checked and loaded before a port is opened: ``(app, service, writer)``.
+    A bad keys file, dataset, policy or registry is one :class:`~scf_engine.errors.ScfError`."""
+    from scf_engine.serve.app import create_app
+
+    pol = policies.load("serve")
+    if cache_entries is not None:
+        pol = policies.Policy(pol.name, pol.path, {**pol.data, "answer_cache_entries": int(cache_entries)}, pol.sha256)
+    keys = read_keys(keys_path, pol["roles"])
+    service = Service(data_dir, serve_policy=pol, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
+                      progress=progress)
+    writer = AuditWriter(audit_log, actor)
+    return create_app(service, keys, writer), service, writer
+
+
+def run(app, service: Service, writer: AuditWriter, *, host="127.0.0.1", port=8000, poll_seconds=None) -> None:
+    """Watch the champion alias and serve until interrupted, then write the audit
+    records still queued."""
+    import uvicorn
+
+    poll = service.policy["reload_poll_seconds"] if poll_seconds is None else poll_seconds
+    service.watch(float(poll))
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        service.close()
+        writer.close()
+
+
+__all__ = ["build", "run", "Service", "AuditWriter", "ApiKey", "key_sha256", "read_keys"]

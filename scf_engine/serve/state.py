@@ -1,0 +1,231 @@
+"""What the service holds: the champion models and the snapshot, loaded once through the
+batch pipeline's own loader, and answers cached per loaded state.
+
+Every answer comes from :func:`scf_engine.pipelines.score.decide_loaded` (the decision
+core) on the request as a batch, exactly as ``scf score`` would decide a ``batch.csv``
+holding the same rows: a one-firm request is a batch of one. The caches keep what the
+core answered for a request (key: the request's rows), so a repeated request costs a
+dictionary look-up instead of a run of the core (~70 ms for one firm on 2 cores, almost
+all of it per-call overhead); they belong to one loaded state and go with it on reload,
+so an answer never outlives the models and snapshot it came from.
+
+The core runs under one lock: pandas objects shared by every call (the snapshot's
+tables, lazily built index engines) are not documented as safe for concurrent use, and on
+two cores a second concurrent run would only compete for the same interpreter lock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from scf_engine import tracking
+from scf_engine.ingest.requests import requests_frame
+from scf_engine.memo.context import Provenance, memo_contexts
+from scf_engine.memo.render import render_html
+from scf_engine.pipelines.score import Loaded, decide_loaded, load_for_decisions
+
+
+class LRU:
+    """A bounded, thread-safe mapping that forgets the least recently used entry."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key):
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                self.hits += 1
+                return self._d[key]
+            self.misses += 1
+            return None
+
+    def put(self, key, value) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def plain_records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-ready dicts: NaN as null, numpy scalars as Python numbers."""
+    out = []
+    for row in frame.astype(object).to_dict("records"):
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else (v.item() if hasattr(v, "item") else v))
+                    for k, v in row.items()})
+    return out
+
+
+@dataclass
+class State:
+    """One loaded snapshot with its models, and the answers computed on it."""
+
+    loaded: Loaded
+    loaded_at: float
+    answers: LRU
+    firm_answers: LRU  # firm_id -> the batch-of-one Decisions' reasons view (JSON bytes)
+    memos: LRU
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def as_of(self) -> str:
+        return str(self.loaded.data.as_of.date())
+
+    @property
+    def versions(self) -> dict:
+        return {k: v["version"] for k, v in self.loaded.versions.items()}
+
+
+def request_key(firms) -> tuple:
+    """The cache key of a request: its rows in order (a repeat or an order change is a
+    different batch)."""
+    return tuple((f, None if a is None else float(a)) for f, a in firms)
+
+
+def _requests(firms) -> pd.DataFrame:
+    """The request rows as ``batch.csv`` text, through the batch's own row checks."""
+    return requests_frame(pd.DataFrame({"firm_id": [f for f, _ in firms],
+                                        "requested_amount": ["" if a is None else repr(float(a)) for _, a in firms]}))
+
+
+class Service:
+    """The loaded state and how it is reloaded: when the champion alias moves (polled) or
+    on request."""
+
+    def __init__(self, data_dir, *, serve_policy, as_of=None, consents=None, tracking_uri=None, alias="champion",
+                 progress=None):
+        self.args = dict(data_dir=data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias)
+        self.policy = serve_policy
+        self.alias = alias
+        self.progress = progress
+        self._reload_lock = threading.Lock()
+        self.last_reload_error: str | None = None
+        self.state: State = self._load()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _load(self) -> State:
+        loaded = load_for_decisions(**self.args, progress=self.progress)
+        p = self.policy
+        return State(loaded, time.time(), LRU(p["answer_cache_entries"]), LRU(p["answer_cache_entries"]),
+                     LRU(p["memo_cache_entries"]))
+
+    # ------------------------------------------------------------------------- reload
+
+    def champion_versions(self) -> dict | None:
+        """``{kind: version}`` behind the alias in the registry now (None if unreachable)."""
+        store = self.state.loaded.store
+        found = {k: store.model_version(k, self.alias) for k in tracking.MODEL_KINDS}
+        if any(v is None for v in found.values()):
+            return None
+        return {k: v["version"] for k, v in found.items()}
+
+    def reload(self, *, only_if_moved: bool = False) -> bool:
+        """Load again (models by alias, dataset, snapshot) and swap atomically; requests in
+        flight finish on the state they started with. Returns whether it swapped."""
+        with self._reload_lock:
+            if only_if_moved:
+                now = self.champion_versions()
+                if now is None or now == self.state.versions:
+                    return False
+            self.state = self._load()
+            self.last_reload_error = None
+            return True
+
+    def watch(self, every: float) -> None:
+        """Poll the alias every ``every`` seconds in a background thread; a failed reload
+        keeps the state loaded before and is reported by ``/readyz``."""
+        if every <= 0 or self._watcher is not None:
+            return
+
+        def loop():
+            while not self._stop.wait(every):
+                try:
+                    self.reload(only_if_moved=True)
+                except Exception as exc:  # keep serving the previous state
+                    self.last_reload_error = f"{type(exc).__name__}: {exc}"
+
+        self._watcher = threading.Thread(target=loop, name="scf-champion-watch", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------------ answers
+
+    def decisions(self, firms) -> tuple[State, bytes, bool]:
+        """The JSON array of decisions for ``firms`` (``[(firm_id, amount or None)]``), the
+        state it was decided on, and whether it came from the cache."""
+        state = self.state
+        key = request_key(firms)
+        hit = state.answers.get(key)
+        if hit is not None:
+            return state, hit, True
+        with state.lock:
+            hit = state.answers.get(key)
+            if hit is not None:
+                return state, hit, True
+            decisions = decide_loaded(state.loaded, _requests(firms))
+        body = json.dumps(plain_records(decisions.limits), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        state.answers.put(key, body)
+        return state, body, False
+
+    def firm(self, firm_id: str):
+        """The firm's decision as a batch of one without an amount (what ``scf explain``
+        gives): ``(state, decisions)``."""
+        state = self.state
+        with state.lock:
+            return state, decide_loaded(state.loaded, _requests([(firm_id, None)]))
+
+    def reasons(self, firm_id: str) -> tuple[State, bytes]:
+        state = self.state
+        hit = state.firm_answers.get(firm_id)
+        if hit is not None:
+            return state, hit
+        state, d = self.firm(firm_id)
+        row = plain_records(d.limits)[0]
+        view = {k: row[k] for k in ("firm_id", "as_of", "pd", "score", "grade", "limit_cny", "decision", "pd_source")}
+        view["scored"] = bool(d.scored.iloc[0])
+        view["not_scored_because"] = None if view["scored"] else row["reasons"]
+        view["reasons"] = [{**r.to_dict(), "text": r.text()} for r in d.reasons.iloc[0]]
+        body = json.dumps(view, ensure_ascii=False, allow_nan=False, default=float).encode("utf-8")
+        state.firm_answers.put(firm_id, body)
+        return state, body
+
+    def memo(self, firm_id: str) -> tuple[State, str | None, str]:
+        """``(state, html, why)``: the firm's credit memo as HTML, or None and the reason
+        it has none (not scored: unknown, no consent, in default...)."""
+        state = self.state
+        hit = state.memos.get(firm_id)
+        if hit is not None:
+            return state, hit[0], hit[1]
+        state, d = self.firm(firm_id)
+        if not d.scored.iloc[0]:
+            out = (None, str(d.limits["reasons"].iloc[0]))
+        else:
+            ld = state.loaded
+            prov = Provenance(ld.versions, None, None, ld.store.uri)
+            with state.lock:
+                ctx = next(iter(memo_contexts(d, ld.data, ld.models, prov, ld.dataset.report)))
+            out = (render_html(ctx), "")
+        state.memos.put(firm_id, out)
+        return state, out[0], out[1]
+
+
+__all__ = ["LRU", "State", "Service", "plain_records", "request_key"]
