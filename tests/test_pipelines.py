@@ -589,7 +589,7 @@ def test_audit_show_answers_who_read_a_firm_and_what_an_actor_read(trained, tmp_
     assert named.loc[named["action"] == "explain", "actor"].tolist() == ["officer.zhao"]
     with_data = access.show(log, firm=firm, dataset_firms=pd.read_csv(data / "firms.csv", dtype=str)["firm_id"])
     assert {"train", "compare"} <= set(with_data.loc[with_data["match"] == "dataset", "action"])
-    assert access.show(log, firm="91110000000000000X").empty
+    assert access.show(log, firm="NEVER-REQUESTED-ANYWHERE").empty
     assert set(access.show(log, actor="analyst.li")["action"]) == {"train", "compare"}
     r = invoke("audit", "show", log, "--firm", firm, "--data", data)
     assert r.exit_code == 0 and "explain" in r.output and "train" in r.output
