@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -361,11 +362,13 @@ def test_kill_9_at_each_stage_leaves_the_previous_audited_output_or_the_new_one(
 
 def test_a_full_disk_under_out_publishes_nothing(world, tmp_path):
     """--out on a 64 KiB tmpfs: the memos fill it; one line, the previous output intact
-    (nothing there before), the log unchanged, the run FAILED."""
+    (nothing there before), the log unchanged, the run FAILED. Where tmpfs cannot be
+    mounted (not root, a container without CAP_SYS_ADMIN), the same fault comes from a
+    size-limited file instead (see the next test), so the case is never skipped."""
     mnt = tmp_path / "small"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.fail("mount -t tmpfs needs root here")  # the suite runs as root in this project's containers
+        return full_file_under_out(world, tmp_path)
     try:
         log = copy_log(world, tmp_path)
         before = log.read_bytes()
@@ -376,6 +379,52 @@ def test_a_full_disk_under_out_publishes_nothing(world, tmp_path):
         assert list(mnt.iterdir()) == [] and log.read_bytes() == before
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_file_size_limit_under_out_publishes_nothing(world, tmp_path):
+    """The fallback for machines where tmpfs cannot be mounted, tested here everywhere."""
+    full_file_under_out(world, tmp_path)
+
+
+FILE_SIZE_LIMIT = 256 * 1024
+
+
+def _limit_file_size():
+    """In the child before exec: no file may grow past FILE_SIZE_LIMIT (a write past it
+    fails with EFBIG, as on a full disk, rather than killing the process)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+
+
+def full_file_under_out(world, tmp_path):
+    """``scf score`` in a subprocess under RLIMIT_FSIZE. The limit is per file, so the
+    batch is made to give the largest file the command writes: the whole world plus
+    1,000 unknown firms (a decline row each) make limits.csv about 360 KB, while the model
+    files it downloads stay under the limit, and the tracking store is an ``mlflow
+    server`` (another process, not limited). Writing the staged limits.csv fails: one
+    line naming --out, nothing under --out, the log unchanged, the run FAILED."""
+    with serving(world, tmp_path) as srv:
+        batch = tmp_path / "big-batch.csv"
+        firms = pd.read_csv(world["data"] / "firms.csv", dtype=str)["firm_id"].tolist()
+        pd.DataFrame({"firm_id": firms + [f"9132000000{i:07d}X" for i in range(1000)]}).to_csv(batch, index=False)
+        log, out_dir = copy_log(world, tmp_path), tmp_path / "limited"
+        before = log.read_bytes()
+        assert len(before) < FILE_SIZE_LIMIT / 2
+        p = subprocess.run([*SCF, "score", str(world["data"]), "--batch", str(batch), "--consents",
+                            str(world["data"] / "consents.csv"), "--out", str(out_dir / "limits.csv"), "--tracking-uri",
+                            srv["uri"], "--no-memos", "--audit-log", str(log)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": REPO}, preexec_fn=_limit_file_size, timeout=300)
+        text = p.stdout + p.stderr
+        errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
+        assert p.returncode == 2 and "Traceback" not in text and len(errors) == 1, text
+        assert "--out" in errors[0] and "File too large" in errors[0], text
+        assert list(out_dir.iterdir()) == [] and log.read_bytes() == before
+        store = tracking.Store(srv["uri"])
+        last = store.client.search_runs([store.experiment_id("score")], max_results=1,
+                                        order_by=["attributes.start_time DESC"])
+        assert last[0].info.status == "FAILED"
 
 
 def test_a_keyed_chain_cannot_be_rewritten_without_the_key(tmp_path, monkeypatch):
@@ -437,14 +486,22 @@ def kill_server(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-@pytest.fixture
-def server(world, tmp_path):
+@contextmanager
+def serving(world, tmp_path):
     db = tmp_path / "server.db"
     shutil.copy(Path(world["uri"].split("sqlite:///", 1)[1]), db)
     port = _free_port()
     proc = start_mlflow_server(db, port)
-    yield {"proc": proc, "uri": f"http://127.0.0.1:{port}", "db": db}
-    kill_server(proc)
+    try:
+        yield {"proc": proc, "uri": f"http://127.0.0.1:{port}", "db": db}
+    finally:
+        kill_server(proc)
+
+
+@pytest.fixture
+def server(world, tmp_path):
+    with serving(world, tmp_path) as srv:
+        yield srv
 
 
 def scf_paused_at(stage: str, flag: Path, *args) -> subprocess.Popen:
