@@ -395,7 +395,7 @@ def demo(
     explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,
             alias="champion", tracking_uri=None, actor=None, audit_log=log)
     console.rule("6. audit: every read of firm data is on the chain")
-    audit_verify(log, anchor=None)
+    audit_verify(log, anchor=None, out=None)
     console.print("open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")
 
 
