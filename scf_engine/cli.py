@@ -275,6 +275,8 @@ def audit_verify(
     log: Path = typer.Argument(None, help="Audit log to check (default: $SCF_AUDIT_LOG, else audit/audit.jsonl)."),
     anchor: str = typer.Option(None, "--anchor", help="SEQ:HASH of an entry recorded elsewhere (a batch's MLflow "
                                "run keeps one): the log must still hold it, so entries cut off its end are seen."),
+    out: Path = typer.Option(None, "--out", help="A batch's output folder (where limits.csv is): its files must be "
+                             "exactly those its audit_entry.json recorded, and that entry must be in the log."),
 ):
     """Check every entry's hash and the chain; exit 0 when intact, 1 when tampered. Prints
     the head (SEQ:HASH of the last entry) to keep somewhere else."""
@@ -293,11 +295,16 @@ def audit_verify(
             raise typer.Exit(ExitCode.UNUSABLE)
         anchor_entry = {"seq": int(seq), "hash": digest.strip()}
     ok, problems = audit.verify(log, anchor=anchor_entry)
+    if out is not None:
+        from scf_engine.pipelines.score import verify_output
+
+        out_problems = verify_output(out, log)
+        ok, problems = ok and not out_problems, problems + out_problems
     if ok:
         n = sum(1 for _ in open(log, encoding="utf-8"))
         top = audit.head(log)
-        console.print(f"{log}: intact ({n} entries)" + (f"; head {top['seq']}:{top['hash']}" if top else ""),
-                      highlight=False, soft_wrap=True)
+        console.print(f"{log}: intact ({n} entries)" + (f"; head {top['seq']}:{top['hash']}" if top else "")
+                      + (f"; {out}: matches its audit entry" if out is not None else ""), highlight=False, soft_wrap=True)
         return
     for p in problems:
         err_console.print(f"[red]tampered:[/] {p}", highlight=False, soft_wrap=True)
@@ -388,7 +395,7 @@ def demo(
     explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,
             alias="champion", tracking_uri=None, actor=None, audit_log=log)
     console.rule("6. audit: every read of firm data is on the chain")
-    audit_verify(log, anchor=None)
+    audit_verify(log, anchor=None, out=None)
     console.print("open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")
 
 

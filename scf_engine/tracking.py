@@ -141,7 +141,7 @@ class Store:
             raise RuntimeError("a child run needs its parent open")
         with tracking_errors(self.uri, "start a run"):
             r = mlflow.start_run(experiment_id=self.experiment_id(kind), run_name=name, nested=parent is not None,
-                                 tags=tags or {})
+                                 tags={**(tags or {}), **owner_tags()})
         try:
             yield Run(self, r.info.run_id)
         except BaseException as exc:
@@ -154,6 +154,29 @@ class Store:
             raise
         with tracking_errors(self.uri, "finish the run"):
             mlflow.end_run("FINISHED")
+
+    def fail_stale_runs(self) -> list[str]:
+        """Mark FAILED this engine's runs left RUNNING by a process on this host that no
+        longer exists (a ``kill -9``, a power cut): MLflow cannot know the run ended, so
+        the next ``scf score`` / ``scf train`` against the store says so. Runs of live
+        processes and of other hosts are left alone. Returns the run ids marked."""
+        from scf_engine import owner
+
+        marked = []
+        with tracking_errors(self.uri, "look for runs left running"):
+            client = self.client
+            ids = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in EXPERIMENTS.values()) if e]
+            if not ids:
+                return marked
+            flt = f"attributes.status = 'RUNNING' and tags.{OWNER_TAG}host = '{owner.me()['host']}'"
+            for run in client.search_runs(ids, filter_string=flt, max_results=1000):
+                who = {k: run.data.tags.get(OWNER_TAG + k, "") for k in ("host", "pid", "started")}
+                if owner.is_dead(who):
+                    client.set_tag(run.info.run_id, "scf_failed_reason",
+                                   f"process {who['pid']} on {who['host']} ended without finishing the run")
+                    client.set_terminated(run.info.run_id, "FAILED")
+                    marked.append(run.info.run_id)
+        return marked
 
     # -- registry ----------------------------------------------------------------------
     def load_model(self, kind: str, alias: str = "champion"):
@@ -202,6 +225,17 @@ class Store:
         mlflow = self._activate()
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
                                                         tracking_uri=self.uri))
+
+
+OWNER_TAG = "scf_owner_"
+
+
+def owner_tags() -> dict:
+    """The process a run belongs to (host, pid, start time), so a later run can tell a
+    run whose process was killed from one still in progress."""
+    from scf_engine import owner
+
+    return {OWNER_TAG + k: v for k, v in owner.me().items()}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scf_engine import access, audit, policies, tracking
+from scf_engine import access, audit, faults, owner, policies, tracking
 from scf_engine.assemble import SnapshotData, add_propagation, assemble
 from scf_engine.credit.decide import BatchOptions, Decisions, decide
 from scf_engine.credit.scale import ScoreScale
@@ -124,6 +123,8 @@ def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None
                            "pass --consents consents.csv")
     T = parse_as_of(as_of)
     store = tracking.Store(tracking_uri).check()  # a server that is down: one line now, not after the work
+    for run_id in store.fail_stale_runs():
+        say(f"MLflow run {run_id} was left RUNNING by a process that no longer exists: marked FAILED")
     ds = load_or_report(data_dir, report_path, progress=say)
     consents_frame = read_consents(consents) if consents else None
     T = check_as_of(T, ds, say)
@@ -171,16 +172,9 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
                         audit_log=audit_log, actor=actor, progress=say)
 
 
-CHECKPOINT_ENV = "SCF_TEST_KILL_AT"
-STAGES = ("staged_limits", "staged_memos", "logged", "appended", "published")
-
-
-def checkpoint(stage: str) -> None:
-    """A named point of the record step. Test hook, documented and inert otherwise: with
-    ``SCF_TEST_KILL_AT=<stage>`` in the environment the process kills itself with SIGKILL
-    there, so the fault-injection tests can show what a ``kill -9`` at each stage leaves."""
-    if os.environ.get(CHECKPOINT_ENV) == stage:
-        os.kill(os.getpid(), signal.SIGKILL)
+CHECKPOINT_ENV = faults.KILL_ENV
+STAGES = ("staged_limits", "staged_memos", "logged", "appended", "published_memos", "published")
+checkpoint = faults.checkpoint  # the record step's named points (see scf_engine.faults)
 
 
 def check_writable(out: Path, audit_log: Path) -> None:
@@ -212,8 +206,10 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
     output, or the new one with its entry; an interrupted staging folder
     (``.scf-staging-*``) is never read."""
     result = decisions.limits
+    leftovers = settle_leftovers(out, progress)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".scf-staging-", dir=out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out.parent))
+        (staging / OWNER_FILE).write_text(json.dumps(owner.me()))
     except OSError as exc:
         raise OutputError(f"--out {out.parent}: cannot write there ({exc.strerror or exc})") from None
     try:
@@ -225,7 +221,8 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
                 audit_log, actor, "score", "batch credit decision (批量授信)", result["firm_id"].tolist(), inputs=inputs,
                 name_firms=True, batch_id=batch_id, mlflow_run_id=run.id, as_of=str(decisions.as_of.date()),
                 model_versions={k: v["version"] for k, v in loaded.versions.items()},
-                policy_hashes=policies.fingerprint(loaded.pols), output=staged["hashes"])
+                policy_hashes=policies.fingerprint(loaded.pols), output=staged["hashes"],
+                **({"leftover_staging": leftovers} if leftovers else {}))
             checkpoint("appended")
             try:
                 (staging / AUDIT_ENTRY).write_text(json.dumps(entry, ensure_ascii=False, indent=2))
@@ -242,6 +239,85 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
 
 
 AUDIT_ENTRY = "audit_entry.json"
+STAGING_PREFIX = ".scf-staging-"
+OWNER_FILE = ".owner.json"
+
+
+def settle_leftovers(out: Path, say) -> list[dict]:
+    """Staging folders beside ``out`` left by a run that was killed: each is removed and
+    reported (the notes go on this batch's audit entry). When the folder's
+    ``audit_entry.json`` already names the staged ``limits.csv`` bytes, the kill came
+    between moving the memos and the final rename: the publish is finished first, so the
+    folder holds the audited batch. A folder whose owner still runs (a concurrent
+    ``scf score`` into the same ``--out``) or lives on another host is left alone."""
+    notes = []
+    for folder in sorted(out.parent.glob(STAGING_PREFIX + "*")):
+        try:
+            who = json.loads((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            who = {}
+        if not folder.is_dir() or not owner.is_dead(who):
+            if folder.is_dir():
+                say(f"left alone: {folder.name} (its run may still be going, or ran on another host)")
+            continue
+        note = {"folder": folder.name, "pid": who.get("pid")}
+        staged = folder / out.name
+        if staged.is_file():
+            note["limits_sha256"] = file_sha256(staged)
+            published = _published_entry(out.parent)
+            if published and published.get("details", {}).get("output", {}).get(out.name) == note["limits_sha256"]:
+                os.replace(staged, out)
+                note["finished_publishing_entry"] = published.get("seq")
+        shutil.rmtree(folder, ignore_errors=True)
+        say(f"removed {folder.name}, left by process {who.get('pid')} killed before publishing"
+            + (f" (finished publishing audit entry #{note['finished_publishing_entry']})"
+               if "finished_publishing_entry" in note else ""))
+        notes.append(note)
+    return notes
+
+
+def verify_output(folder: Path | str, log: Path | str) -> list[str]:
+    """What is wrong with a batch's output folder against the audit log (empty: nothing).
+    Its ``audit_entry.json`` must be an entry of the log, byte for byte in content; every
+    file that entry recorded must be there with the recorded sha256; no memo may be there
+    that it did not record; and no staging folder may be left. This is what tells a
+    half-published folder (a kill between moving the memos and the final rename) from an
+    audited one, which the chain alone cannot."""
+    folder = Path(folder)
+    entry = _published_entry(folder)
+    if entry is None:
+        return [f"{folder}: no readable {AUDIT_ENTRY}: the files there are not audited"]
+    problems = []
+    try:
+        logged = {ln for ln in Path(log).read_bytes().splitlines() if ln.strip()}
+    except OSError as exc:
+        return [f"{log}: cannot be read ({exc.strerror or exc})"]
+    if audit.canonical(entry) not in logged:
+        problems.append(f"{folder / AUDIT_ENTRY}: entry #{entry.get('seq')} is not in the audit log {log}")
+    output = (entry.get("details") or {}).get("output") or {}
+    recorded_memos = output.get("memos") or {}
+    files = {name: digest for name, digest in output.items() if name != "memos"}
+    files.update({f"memos/{name}": digest for name, digest in recorded_memos.items()})
+    for name, digest in sorted(files.items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: recorded by entry #{entry.get('seq')} but missing")
+        elif file_sha256(path) != digest:
+            problems.append(f"{path}: its bytes are not those entry #{entry.get('seq')} recorded")
+    memo_dir = folder / "memos"
+    extra = sorted(p.name for p in memo_dir.iterdir() if p.is_file() and p.name not in recorded_memos) \
+        if memo_dir.is_dir() else []
+    if extra:
+        problems.append(f"{memo_dir}: {len(extra)} memo(s) entry #{entry.get('seq')} did not record, e.g. {extra[0]}")
+    problems += [f"{p}: a staging folder left by an interrupted run" for p in sorted(folder.glob(STAGING_PREFIX + "*"))]
+    return problems
+
+
+def _published_entry(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / AUDIT_ENTRY).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @contextmanager
@@ -303,6 +379,7 @@ def _publish(staging: Path, out: Path, *, memo: bool) -> Path | None:
     if memo:
         os.replace(staging / "memos", old)
     os.replace(staging / AUDIT_ENTRY, folder / AUDIT_ENTRY)
+    checkpoint("published_memos")  # the memos and the entry are new, limits.csv is not yet
     os.replace(staging / out.name, out)
     return old if memo else None
 
@@ -343,5 +420,5 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
 
 
 __all__ = ["ScoreResult", "ExplainResult", "Loaded", "score", "explain", "load_for_decisions", "decide_loaded",
-           "record_batch", "saved_scale", "parse_as_of", "check_as_of", "check_writable", "checkpoint", "STAGES",
+           "record_batch", "verify_output", "settle_leftovers", "saved_scale", "parse_as_of", "check_as_of", "check_writable", "checkpoint", "STAGES",
            "DEFAULT_AUDIT_LOG"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scf_engine import __version__, access, policies, tracking
+from scf_engine import __version__, access, faults, policies, tracking
 from scf_engine.assemble import add_propagation, assemble, split_dates, stack, truth_frame
 from scf_engine.contract import CONTRACT_VERSION
 from scf_engine.credit.scale import ScoreScale
@@ -155,6 +155,8 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = tracking.Store(tracking_uri).check()  # a server that is down: one line now, not after training
+    for run_id in store.fail_stale_runs():
+        say(f"MLflow run {run_id} was left RUNNING by a process that no longer exists: marked FAILED")
     ds = load_or_report(data_dir, out_dir / "quarantine.csv", progress=say)  # raises before any run exists
     require_defaults(ds)
     dates, train_dates, test_dates = snapshot_dates(ds, n_test)
@@ -183,6 +185,7 @@ def record_training(store: tracking.Store, fitted: Fitted, ds: Dataset, pols, da
     q = ds.report.summary()
     tr, te, ev = fitted.train, fitted.test, fitted.evaluation
     with store.run("train", f"train {data_dir.name}", tags={"scf_role": "parent"}) as run:
+        faults.checkpoint("train_run_started")
         run.log_params({
             "dataset_path": str(data_dir.resolve()), "dataset_fingerprint": ds.fingerprints,
             "snapshot_dates": [str(d.date()) for d in dates], "train_dates": [str(d.date()) for d in train_dates],
