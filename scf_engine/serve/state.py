@@ -3,11 +3,13 @@ batch pipeline's own loader, and answers cached per loaded state.
 
 Every answer comes from :func:`scf_engine.pipelines.score.decide_loaded` (the decision
 core) on the request as a batch, exactly as ``scf score`` would decide a ``batch.csv``
-holding the same rows: a one-firm request is a batch of one. The caches keep what the
-core answered for a request (key: the request's rows), so a repeated request costs a
-dictionary look-up instead of a run of the core (~70 ms for one firm on 2 cores, almost
-all of it per-call overhead); they belong to one loaded state and go with it on reload,
-so an answer never outlives the models and snapshot it came from.
+holding the same rows: a one-firm request is a batch of one. What every decision on the
+snapshot shares (firms index, eligible receivables, core lines, industry medians...) is
+the core's own :class:`~scf_engine.credit.decide.DecisionContext`, built once per loaded
+state instead of once per call. The caches keep what the core answered for a request
+(key: the request's rows), so a repeated request costs a dictionary look-up instead of a
+run of the core; they belong to one loaded state and go with it on reload, so an answer
+never outlives the models and snapshot it came from.
 
 The core runs under one lock: pandas objects shared by every call (the snapshot's
 tables, lazily built index engines) are not documented as safe for concurrent use, and on
@@ -29,7 +31,8 @@ from scf_engine import tracking
 from scf_engine.ingest.requests import requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts
 from scf_engine.memo.render import render_html
-from scf_engine.pipelines.score import Loaded, decide_loaded, load_for_decisions
+from scf_engine.credit.decide import DecisionContext
+from scf_engine.pipelines.score import Loaded, decide_loaded, decision_context, load_for_decisions
 
 
 class LRU:
@@ -77,6 +80,7 @@ class State:
     """One loaded snapshot with its models, and the answers computed on it."""
 
     loaded: Loaded
+    context: DecisionContext  # the snapshot's shared work, built once at load
     loaded_at: float
     answers: LRU
     firm_answers: LRU  # firm_id -> the batch-of-one Decisions' reasons view (JSON bytes)
@@ -123,8 +127,8 @@ class Service:
     def _load(self) -> State:
         loaded = load_for_decisions(**self.args, progress=self.progress)
         p = self.policy
-        return State(loaded, time.time(), LRU(p["answer_cache_entries"]), LRU(p["answer_cache_entries"]),
-                     LRU(p["memo_cache_entries"]))
+        return State(loaded, decision_context(loaded), time.time(), LRU(p["answer_cache_entries"]),
+                     LRU(p["answer_cache_entries"]), LRU(p["memo_cache_entries"]))
 
     # ------------------------------------------------------------------------- reload
 
@@ -181,7 +185,7 @@ class Service:
             hit = state.answers.get(key)
             if hit is not None:
                 return state, hit, True
-            decisions = decide_loaded(state.loaded, _requests(firms))
+            decisions = decide_loaded(state.loaded, _requests(firms), context=state.context)
         body = json.dumps(plain_records(decisions.limits), ensure_ascii=False, allow_nan=False).encode("utf-8")
         state.answers.put(key, body)
         return state, body, False
@@ -191,7 +195,7 @@ class Service:
         gives): ``(state, decisions)``."""
         state = self.state
         with state.lock:
-            return state, decide_loaded(state.loaded, _requests([(firm_id, None)]))
+            return state, decide_loaded(state.loaded, _requests([(firm_id, None)]), context=state.context)
 
     def reasons(self, firm_id: str) -> tuple[State, bytes]:
         state = self.state
