@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.contract import LIMITS_COLUMNS
-from scf_engine.credit.consent import consent_ok, consent_status
+from scf_engine.credit.consent import consent_lookup, consent_ok, consent_table
 from scf_engine.credit.envelope import allocate_envelope
 from scf_engine.credit.limits import apply_limits, core_lines, eligible_receivables
 from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
@@ -91,10 +91,12 @@ class DecisionContext:
     medians: dict  # model kind -> industry medians of its features (explain.reasons)
     propagation_design: pd.DataFrame  # the propagation model's design over the chain
     dq_counts: pd.Series  # quarantine rows naming each firm, by firm_id
+    consent: pd.Series | None  # best authorisation rank by firm_id at the as-of (credit.consent)
 
     @classmethod
-    def build(cls, data, models: dict, pols: dict, dataset) -> "DecisionContext":
-        """The context of snapshot ``data`` with ``models``, ``pols`` and ``dataset``."""
+    def build(cls, data, models: dict, pols: dict, dataset, consents: pd.DataFrame | None = None) -> "DecisionContext":
+        """The context of snapshot ``data`` with ``models``, ``pols``, ``dataset`` and
+        ``consents`` (the frame :func:`decide` is given with it)."""
         table, chain = data.table, data.chain
         reference = table.assign(industry=chain.nodes["industry"].reindex(table.index))
         medians = {k: industry_medians(reference, models[k].features_) for k in ("hybrid", "decoupled") if k in models}
@@ -104,7 +106,8 @@ class DecisionContext:
         return cls(dataset.firms.set_index("firm_id"), d,
                    eligible_receivables(chain, pols["limit_policy"], pols["master_scale"]),
                    core_lines(chain, pols["limit_policy"]), medians,
-                   models["propagation"].design(chain)[0] if "propagation" in models else None, dq)
+                   models["propagation"].design(chain)[0] if "propagation" in models else None, dq,
+                   consent_table(consents, data.as_of))
 
 
 # ----------------------------------------------------------------------------- eligibility
@@ -118,7 +121,7 @@ def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: p
     firms = context.firms if context is not None else dataset.firms.set_index("firm_id")
     ids = requests["firm_id"]
     why = requests["request_problem"].copy() if "request_problem" in requests else pd.Series("", index=requests.index, dtype=object)
-    known = ids.isin(firms.index)
+    known = pd.Series(firms.index.get_indexer(ids) >= 0, index=ids.index)  # hashed: no scan of the table
     why[(why == "") & ~known] = "unknown firm: not in firms"
     is_core = ids.map(firms["is_core"]).eq(True)
     why[(why == "") & is_core] = "core enterprise: rated externally, not scored by this engine"
@@ -167,9 +170,9 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     score scale saved with the models (default: the policy's); ``context``: the
     snapshot's :class:`DecisionContext` (built here when not given)."""
     T = data.as_of
-    ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset)
+    ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
     requests = requests.reset_index(drop=True)
-    consent = consent_status(requests["firm_id"], consents, T).set_axis(requests.index)
+    consent = consent_lookup(requests["firm_id"], ctx.consent).set_axis(requests.index)
     require = bool(pols["limit_policy"].get("require_consent", False))
     rows = data.table.reindex(requests["firm_id"]).set_axis(requests.index)
     off_list = ~requests["firm_id"].isin(options.whitelist) if options.whitelist is not None else None

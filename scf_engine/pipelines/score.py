@@ -146,7 +146,7 @@ def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions 
 
 def decision_context(loaded: Loaded) -> DecisionContext:
     """What every decision on ``loaded`` shares, computed once (see :class:`DecisionContext`)."""
-    return DecisionContext.build(loaded.data, loaded.models, loaded.pols, loaded.dataset)
+    return DecisionContext.build(loaded.data, loaded.models, loaded.pols, loaded.dataset, loaded.consents)
 
 
 # ----------------------------------------------------------------------------------- score
