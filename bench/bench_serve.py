@@ -13,7 +13,13 @@ Rows:
 
 * **baseline: in-process one-firm decision** - what ``scf explain`` runs per firm
   (``requests_frame`` -> ``decide_loaded`` on the loaded snapshot and models), one call at
-  a time, no HTTP, no audit;
+  a time, no HTTP, no audit; the core builds its snapshot context on every call, as a
+  batch of one does;
+* **in-process, shared context** - the same calls with the snapshot's
+  ``DecisionContext`` built once and passed in (what ``scf serve`` does);
+* **generator + HTTP only** - ``GET /healthz`` on the cached service (no audit record,
+  no work): what the load generator and the HTTP stack cost on the same 2 cores, the
+  floor under every service row's latency;
 * **service, answers cached** - after one warm-up pass over the applicants (timed and
   shown), ``BENCH_SERVE_CLIENTS`` clients (default 50) for ``BENCH_SERVE_SECONDS``
   (default 60);
@@ -76,21 +82,27 @@ def applicants(world: dict) -> list[tuple[str, float]]:
     return [(f, float(rng.randrange(1, 50) * 100_000)) for f in rng.sample(ids, min(DISTINCT, len(ids)))]
 
 
-def baseline(world: dict, apps) -> dict:
-    """One-firm decisions in process, one at a time (``scf explain``'s route)."""
+def baseline(world: dict, apps) -> tuple[dict, dict]:
+    """One-firm decisions in process, one at a time: as ``scf explain`` runs them (the
+    core builds its snapshot context per call) and with one shared context (as the
+    service runs them), alternating so both see the same load."""
     import pandas as pd
 
     from scf_engine.ingest.requests import requests_frame
-    from scf_engine.pipelines.score import decide_loaded, load_for_decisions
+    from scf_engine.pipelines.score import decide_loaded, decision_context, load_for_decisions
 
     loaded = load_for_decisions(world["data"], consents=world["consents"], tracking_uri=world["uri"])
-    lat = []
-    t0 = time.perf_counter()
+    context = decision_context(loaded)
+    out = {"per call": {"lat": [], "errors": 0}, "shared": {"lat": [], "errors": 0}}
     for f, a in apps[:100]:
-        t = time.perf_counter()
-        decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [f], "requested_amount": [repr(a)]})))
-        lat.append(time.perf_counter() - t)
-    return {"n": len(lat), "seconds": time.perf_counter() - t0, "lat": lat, "errors": 0}
+        req = requests_frame(pd.DataFrame({"firm_id": [f], "requested_amount": [repr(a)]}))
+        for name, ctx in (("per call", None), ("shared", context)):
+            t = time.perf_counter()
+            decide_loaded(loaded, req, context=ctx)
+            out[name]["lat"].append(time.perf_counter() - t)
+    for r in out.values():
+        r["n"], r["seconds"] = len(r["lat"]), sum(r["lat"])
+    return out["per call"], out["shared"]
 
 
 # ------------------------------------------------------------------------- the service
@@ -131,6 +143,10 @@ def free_port() -> int:
 
 
 # -------------------------------------------------------------------------- the clients
+
+
+def healthz_bytes(port: int) -> bytes:
+    return f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
 
 
 def request_bytes(port: int, firm: str, amount: float) -> bytes:
@@ -176,8 +192,8 @@ async def _load(port, payloads, clients, seconds):
     return {"n": len(lat), "seconds": time.perf_counter() - t0, "lat": lat, "errors": len(errors)}
 
 
-def load(port, apps, clients, seconds) -> dict:
-    payloads = [request_bytes(port, f, a) for f, a in apps]
+def load(port, apps, clients, seconds, payloads=None) -> dict:
+    payloads = payloads or [request_bytes(port, f, a) for f, a in apps]
     return asyncio.run(_load(port, payloads, clients, seconds))
 
 
@@ -213,9 +229,10 @@ def main() -> None:
         world = prepare(home)
         print(f"world of {FIRMS} firms trained and promoted in {time.perf_counter() - t:.0f} s")
         apps = applicants(world)
-        base = baseline(world, apps)
-        rows = [row("baseline: in-process one-firm decide (scf explain's route)", base)]
+        base, shared = baseline(world, apps)
         base_thr = base["n"] / base["seconds"]
+        rows = [row("baseline: in-process one-firm decide (scf explain's route)", base),
+                row("in-process one-firm decide, snapshot context shared (the service's route)", shared, base_thr)]
 
         port, log = free_port(), home / "audit-warm.jsonl"
         proc = start(world, home, port, log)
@@ -223,10 +240,12 @@ def main() -> None:
             t = time.perf_counter()
             bad = asyncio.run(_warm(port, [request_bytes(port, f, a) for f, a in apps]))
             warm_s = time.perf_counter() - t
+            floor = load(port, apps, CLIENTS, min(SECONDS, 20), payloads=[healthz_bytes(port)])
             r = load(port, apps, CLIENTS, SECONDS)
         finally:
             stop(proc)
-        r["clients"] = CLIENTS
+        floor["clients"] = r["clients"] = CLIENTS
+        rows.append(row("generator + HTTP only: GET /healthz, no audit, no work (the latency floor)", floor, base_thr))
         r["errors"] += bad
         rows.append(row(f"service, answers cached (warm-up: {len(apps)} requests in {warm_s:.1f} s)", r, base_thr,
                         sent=r["n"] + len(apps), recorded=audited(log)))

@@ -433,6 +433,35 @@ def test_the_core_decides_a_batch_of_nobody_without_files_or_runs(trained):
     assert store.count_runs("score") == runs_before
 
 
+def test_a_shared_decision_context_gives_the_answers_decide_gives_alone(trained):
+    """scf serve builds the snapshot's DecisionContext once and passes it to every call;
+    a batch lets decide build it. Same rows, same limits, reasons and details, whether the
+    batch is whole, one firm, or has unknown, core and unconsented firms in it."""
+    from scf_engine.ingest.requests import requests_frame
+    from scf_engine.pipelines.score import decide_loaded, decision_context, load_for_decisions
+
+    data = trained["data"]
+    loaded = load_for_decisions(data, consents=data / "consents.csv", tracking_uri=trained["uri"])
+    ctx = decision_context(loaded)
+    firms = pd.read_csv(data / "firms.csv", dtype=str)
+    consented = set(pd.read_csv(data / "consents.csv", dtype=str)["firm_id"])
+    core = firms.loc[firms["is_core"].str.lower() == "true", "firm_id"].iloc[0]
+    defaulted = set(pd.read_csv(data / "defaults.csv", dtype=str)["firm_id"])
+    plain = firms[(firms["is_core"].str.lower() != "true") & (pd.to_datetime(firms["founded_on"]) < loaded.data.as_of)]
+    no_consent = next(f for f in plain["firm_id"] if f not in consented and f not in defaulted)
+    batch = pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].tolist()
+    asks = [batch, batch[:1], batch[1:2], ["NOT-A-FIRM", core, no_consent] + batch[:3]]
+    for ids in asks:
+        req = requests_frame(pd.DataFrame({"firm_id": ids, "requested_amount": ["500000"] * len(ids)}))
+        alone, shared = decide_loaded(loaded, req), decide_loaded(loaded, req, context=ctx)
+        pd.testing.assert_frame_equal(alone.limits, shared.limits)
+        pd.testing.assert_frame_equal(alone.limit_detail, shared.limit_detail)
+        assert [[r.to_dict() for r in rs] for rs in alone.reasons] == [[r.to_dict() for r in rs] for rs in shared.reasons]
+    last = shared.limits.set_index("firm_id")["reasons"]
+    assert last["NOT-A-FIRM"] == "unknown firm: not in firms" and "core enterprise" in last[core]
+    assert "authorisation" in last[no_consent]
+
+
 def test_consent_required_without_a_consents_file_is_one_line_naming_the_option(trained, tmp_path):
     data = trained["data"]
     r = invoke("score", data, "--batch", data / "batch.csv", "--out", tmp_path / "limits.csv",

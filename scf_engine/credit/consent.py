@@ -35,9 +35,26 @@ def consent_status(firm_ids: Iterable[str], consents: pd.DataFrame | None, as_of
     authorisation covers ``as_of`` (``granted_on <= as_of <= expires_on``), else
     ``not_yet_valid`` / ``expired`` / ``missing``. ``consents=None`` (no file) makes
     every firm ``missing``; the limit policy decides what that means."""
+    return consent_lookup(firm_ids, consent_table(consents, as_of))
+
+
+def consent_lookup(firm_ids: Iterable[str], table: pd.Series | None) -> pd.Series:
+    """:func:`consent_status` from a :func:`consent_table` computed beforehand."""
     ids = pd.Index([str(f) for f in firm_ids], name="firm_id")
-    if consents is None or consents.empty:
+    if table is None:
         return pd.Series("missing", index=ids, name="consent_status", dtype=object)
+    by_rank = {v: k for k, v in _RANK.items()}
+    out = table.reindex(ids).fillna(_RANK["missing"]).astype(int).map(by_rank)
+    out.index.name = "firm_id"
+    return out.rename("consent_status").astype(object)
+
+
+def consent_table(consents: pd.DataFrame | None, as_of) -> pd.Series | None:
+    """The best authorisation rank of every firm in ``consents`` at ``as_of`` (by firm_id;
+    None without consents): the whole-file part of :func:`consent_status`, which a
+    service computes once per snapshot."""
+    if consents is None or consents.empty:
+        return None
     t = pd.Timestamp(as_of).normalize()
     c = consents
     granted = pd.to_datetime(c["granted_on"])
@@ -45,11 +62,7 @@ def consent_status(firm_ids: Iterable[str], consents: pd.DataFrame | None, as_of
     status = np.where(granted > t, "not_yet_valid",
                       np.where(expires.notna() & (expires < t), "expired", "ok"))
     rank = pd.Series([_RANK[s] for s in status], index=c["firm_id"].astype(str).to_numpy())
-    best = rank.groupby(level=0).max()
-    by_rank = {v: k for k, v in _RANK.items()}
-    out = best.reindex(ids).fillna(_RANK["missing"]).astype(int).map(by_rank)
-    out.index.name = "firm_id"
-    return out.rename("consent_status").astype(object)
+    return rank.groupby(level=0).max()
 
 
 def consent_ok(status: pd.Series) -> pd.Series:

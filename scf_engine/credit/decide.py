@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.contract import LIMITS_COLUMNS
-from scf_engine.credit.consent import consent_ok, consent_status
+from scf_engine.credit.consent import consent_lookup, consent_ok, consent_table
 from scf_engine.credit.envelope import allocate_envelope
 from scf_engine.credit.limits import apply_limits, core_lines, eligible_receivables
 from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
 from scf_engine.errors import RequestError
 from scf_engine.explain.model_reasons import propagation_reasons, shap_reasons
-from scf_engine.explain.reasons import format_reasons
+from scf_engine.explain.reasons import format_reasons, industry_medians
 from scf_engine.learners.jiangyin import grade_from_indicators, indicator_grades
 from scf_engine.learners.predict import predict_all
 from scf_engine.policies import as_data
@@ -72,22 +72,65 @@ class Decisions:
         return self.limits["firm_id"]
 
 
+@dataclass(frozen=True)
+class DecisionContext:
+    """What every decision on one snapshot shares, whichever firms are asked: the firms
+    table by id, default dates, eligible receivables, the cores' lines, the industry
+    medians the reasons quote, the propagation model's design and the data-quality counts.
+
+    :func:`decide` builds it itself when not given one, so a batch computes it once per
+    batch; a service builds it once per loaded snapshot (:meth:`build`) and passes it to
+    every call, which takes the whole-table work out of a one-firm request. Same code,
+    same answers: the context holds what :func:`decide` would otherwise compute inline.
+    """
+
+    firms: pd.DataFrame  # dataset.firms indexed by firm_id
+    default_on: pd.Series  # default date by firm_id (NaT: none)
+    eligible: pd.Series  # eligible receivables by firm_id (credit.limits)
+    lines: pd.Series  # each core's 1+N line by core firm_id (credit.limits)
+    medians: dict  # model kind -> industry medians of its features (explain.reasons)
+    propagation_design: pd.DataFrame  # the propagation model's design over the chain
+    dq_counts: pd.Series  # quarantine rows naming each firm, by firm_id
+    consent: pd.Series | None  # best authorisation rank by firm_id at the as-of (credit.consent)
+
+    @classmethod
+    def build(cls, data, models: dict, pols: dict, dataset, consents: pd.DataFrame | None = None) -> "DecisionContext":
+        """The context of snapshot ``data`` with ``models``, ``pols``, ``dataset`` and
+        ``consents`` (the frame :func:`decide` is given with it)."""
+        table, chain = data.table, data.chain
+        reference = table.assign(industry=chain.nodes["industry"].reindex(table.index))
+        medians = {k: industry_medians(reference, models[k].features_) for k in ("hybrid", "decoupled") if k in models}
+        report = getattr(dataset, "report", None)
+        dq = report.touching_counts() if report is not None else pd.Series(dtype="int64")
+        d = dataset.defaults.set_index("firm_id")["default_on"].astype("datetime64[s]")
+        return cls(dataset.firms.set_index("firm_id"), d,
+                   eligible_receivables(chain, pols["limit_policy"], pols["master_scale"]),
+                   core_lines(chain, pols["limit_policy"]), medians,
+                   models["propagation"].design(chain)[0] if "propagation" in models else None, dq,
+                   consent_table(consents, data.as_of))
+
+
 # ----------------------------------------------------------------------------- eligibility
 
 
 def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: pd.Series, require_consent: bool,
-                dishonest: pd.Series | None = None, off_list: pd.Series | None = None) -> pd.Series:
-    """Per request row, why the firm may not be scored at ``as_of`` ("" when it may)."""
-    firms = dataset.firms.set_index("firm_id")
+                dishonest: pd.Series | None = None, off_list: pd.Series | None = None, *,
+                context: DecisionContext | None = None) -> pd.Series:
+    """Per request row, why the firm may not be scored at ``as_of`` ("" when it may);
+    ``context`` (optional): the dataset's firms and default dates already indexed."""
+    firms = context.firms if context is not None else dataset.firms.set_index("firm_id")
     ids = requests["firm_id"]
     why = requests["request_problem"].copy() if "request_problem" in requests else pd.Series("", index=requests.index, dtype=object)
-    known = ids.isin(firms.index)
+    known = pd.Series(firms.index.get_indexer(ids) >= 0, index=ids.index)  # hashed: no scan of the table
     why[(why == "") & ~known] = "unknown firm: not in firms"
     is_core = ids.map(firms["is_core"]).eq(True)
     why[(why == "") & is_core] = "core enterprise: rated externally, not scored by this engine"
     founded = ids.map(firms["founded_on"])
     why[(why == "") & known & (founded >= as_of)] = f"not founded before the as-of date {as_of.date()}"
-    defaulted_on = dataset.default_dates(ids).set_axis(requests.index)
+    if context is not None:
+        defaulted_on = context.default_on.reindex(pd.Index(ids)).set_axis(requests.index)
+    else:
+        defaulted_on = dataset.default_dates(ids).set_axis(requests.index)
     in_default = (why == "") & (defaulted_on < as_of)
     why[in_default] = [f"in default since {d.date()}" for d in defaulted_on[in_default]]
     if dishonest is not None:
@@ -116,35 +159,38 @@ def single_core(nodes: pd.DataFrame) -> str | None:
 
 
 def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, consents: pd.DataFrame | None = None,
-           options: BatchOptions = BatchOptions(), scale: ScoreScale | None = None) -> Decisions:
+           options: BatchOptions = BatchOptions(), scale: ScoreScale | None = None,
+           context: DecisionContext | None = None) -> Decisions:
     """Decisions for ``requests`` (``firm_id``, optional ``requested_amount`` and
     ``request_problem``, as :func:`scf_engine.ingest.requests.read_batch` returns) on the
     assembled snapshot ``data`` (an :class:`~scf_engine.assemble.SnapshotData` with the
     propagation model's outputs added), with ``models`` (propagation, decoupled, hybrid),
     the loaded policies ``pols`` and the consents frame. ``dataset`` tells known from
     unknown firms, founding and default dates and data-quality issues; ``scale`` is the
-    score scale saved with the models (default: the policy's)."""
+    score scale saved with the models (default: the policy's); ``context``: the
+    snapshot's :class:`DecisionContext` (built here when not given)."""
     T = data.as_of
+    ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
     requests = requests.reset_index(drop=True)
-    consent = consent_status(requests["firm_id"], consents, T).set_axis(requests.index)
+    consent = consent_lookup(requests["firm_id"], ctx.consent).set_axis(requests.index)
     require = bool(pols["limit_policy"].get("require_consent", False))
     rows = data.table.reindex(requests["firm_id"]).set_axis(requests.index)
     off_list = ~requests["firm_id"].isin(options.whitelist) if options.whitelist is not None else None
     decline_off_list = as_data(pols["limit_policy"]).get("off_whitelist", "decline") == "decline"
     why = eligibility(dataset, requests, T, consent, require, rows.get("ind_dishonest"),
-                      off_list if decline_off_list else None)
+                      off_list if decline_off_list else None, context=ctx)
     preds, fin = _predict(models, pols, rows, why == "")
     why[(why == "") & fin["pd"].isna()] = "not scorable: no fund-flow history and no chain link to a core"
     ok = why == ""
     sg = score_frame(fin["pd"].where(ok), scale or ScoreScale.from_policy(pols["score_scale"]))
     nodes = data.chain.nodes.reindex(requests["firm_id"]).set_axis(requests.index)
     core = options.chain_core or single_core(nodes[ok])
-    lim_in = _limit_inputs(data, pols, requests, rows, nodes, fin["pd"].where(ok), sg["grade"].where(ok), consent,
-                           require, core, dataset)
+    lim_in = _limit_inputs(ctx, requests, rows, nodes, fin["pd"].where(ok), sg["grade"].where(ok), consent,
+                           require, core)
     if off_list is not None and not decline_off_list:
         lim_in["off_whitelist"] = off_list.to_numpy()
-    lim, group = _limits(lim_in, nodes, ok, pols, core, data.chain, options)
-    reasons, contribs = _reasons(models, data, rows, nodes, ok, fin["pd_source"], requests["firm_id"])
+    lim, group = _limits(lim_in, nodes, ok, pols, core, ctx.lines, options)
+    reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, ok, fin["pd_source"], requests["firm_id"])
     result = _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group)
     jy_cols, jy = jiangyin_columns(rows, pols)
     result = result.join(jy_cols)
@@ -160,12 +206,10 @@ def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series) -> tup
     return preds, final_pd(preds, pols["final_pd"])
 
 
-def _limit_inputs(data, pols, requests, rows, nodes, pd_, grade, consent, require, core, dataset) -> pd.DataFrame:
+def _limit_inputs(ctx: DecisionContext, requests, rows, nodes, pd_, grade, consent, require, core) -> pd.DataFrame:
     """One row per request: what the limit policy reads (credit.limits' input frame)."""
-    elig = eligible_receivables(data.chain, pols["limit_policy"], pols["master_scale"])
-    report = getattr(dataset, "report", None)
-    dq = report.rows if report is not None else pd.DataFrame()
-    dq_count = requests["firm_id"].map(lambda f: int(len(report.rows_touching(f))) if len(dq) else 0)
+    elig = ctx.eligible
+    dq_count = requests["firm_id"].map(ctx.dq_counts).fillna(0).astype(int)
     return pd.DataFrame({
         "firm_id": requests["firm_id"], "pd": pd_, "grade": grade,
         "trade_in_12m": nodes["trade_in_12m"].fillna(0.0),
@@ -179,11 +223,11 @@ def _limit_inputs(data, pols, requests, rows, nodes, pd_, grade, consent, requir
     }, index=requests.index)
 
 
-def _limits(lim_in, nodes, ok, pols, core, chain, options: BatchOptions):
+def _limits(lim_in, nodes, ok, pols, core, core_line: pd.Series, options: BatchOptions):
     """Limits for the scorable rows (unique firms: a repeat is not scorable), envelopes,
     and a zero-limit decline for every other row."""
     policy = pols["limit_policy"]
-    lines = core_lines(chain, policy) if core else None
+    lines = core_line if core else None
     lim = apply_limits(lim_in[ok], policy, core_line=lines).reindex(lim_in.index)
     group = None
     if options.group_limit is not None:
@@ -210,21 +254,19 @@ def _envelope(lim, lim_in, nodes, total, group_by, policy):
     return lim, a
 
 
-def _reasons(models, data, rows, nodes, ok, source, ids: pd.Series) -> tuple[pd.Series, dict]:
+def _reasons(models, ctx: DecisionContext, chain, rows, nodes, ok, source, ids: pd.Series) -> tuple[pd.Series, dict]:
     """Reasons of the model that gave each final PD: SHAP for the LightGBM models, the
     design terms for a firm only propagation scores."""
     reasons = pd.Series([[] for _ in rows.index], index=rows.index, dtype=object)
     contribs = {}
-    table, chain = data.table, data.chain
-    reference = table.assign(industry=chain.nodes["industry"].reindex(table.index))
     for kind in ("hybrid", "decoupled"):
         use = ok & (source == kind)
         if use.any():
             X = rows[use].assign(industry=nodes.loc[use, "industry"])
-            reasons[use], contribs[kind] = shap_reasons(models[kind], X, reference)
+            reasons[use], contribs[kind] = shap_reasons(models[kind], X, medians=ctx.medians[kind])
     use = ok & (source == "propagation")
     if use.any():
-        reasons[use] = propagation_reasons(models["propagation"], chain, ids[use])
+        reasons[use] = propagation_reasons(models["propagation"], chain, ids[use], design=ctx.propagation_design)
     return reasons, contribs
 
 
@@ -287,4 +329,4 @@ def summary(result: pd.DataFrame, pols: dict) -> dict:
     return out
 
 
-__all__ = ["BatchOptions", "Decisions", "decide", "eligibility", "single_core", "summary"]
+__all__ = ["BatchOptions", "DecisionContext", "Decisions", "decide", "eligibility", "single_core", "summary"]

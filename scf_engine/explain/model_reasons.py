@@ -14,11 +14,12 @@ from scf_engine.explain.reasons import Reason, contributions, reason_codes
 from scf_engine.catalogue import load_catalogue
 
 
-def shap_reasons(model, X: pd.DataFrame, reference: pd.DataFrame) -> tuple[list, pd.DataFrame]:
-    """Reasons per row of ``X`` (``reference``: the rows that give industry medians) and
-    the contributions they were read from."""
+def shap_reasons(model, X: pd.DataFrame, reference: pd.DataFrame | None = None, *,
+                 medians: pd.DataFrame | None = None) -> tuple[list, pd.DataFrame]:
+    """Reasons per row of ``X`` (``reference``: the rows that give industry medians, or
+    ``medians``: those already computed) and the contributions they were read from."""
     contrib = contributions(model, X)
-    return reason_codes(contrib, X, model.features_, reference=reference), contrib
+    return reason_codes(contrib, X, model.features_, reference=reference, medians=medians), contrib
 
 
 def _design_reason(cat, col: str, c: float, value: float) -> Reason:
@@ -31,11 +32,12 @@ def _design_reason(cat, col: str, c: float, value: float) -> Reason:
                   feature_contribution=c, value=value, industry_median=None, industry=None)
 
 
-def propagation_reasons(model, chain, firm_ids, *, top: int = 5) -> list[list[Reason]]:
+def propagation_reasons(model, chain, firm_ids, *, top: int = 5, design: pd.DataFrame | None = None) -> list[list[Reason]]:
     """For each firm, the ``top`` largest terms of the propagation model's log-odds
-    (relative to the training mean), largest first."""
+    (relative to the training mean), largest first. ``design``: ``model.design(chain)[0]``
+    when already computed (it covers the whole chain, whatever the firms asked)."""
     cat = load_catalogue()
-    X, _ = model.design(chain)
+    X = model.design(chain)[0] if design is None else design
     out = []
     for fid in firm_ids:
         x = X.loc[fid]

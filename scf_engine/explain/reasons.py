@@ -188,15 +188,26 @@ def _none_if_nan(v):
     return None if math.isnan(v) else v
 
 
+def industry_medians(reference: pd.DataFrame, model_features) -> pd.DataFrame:
+    """The median of each model feature per industry over ``reference`` (the peers, with
+    an ``industry`` column): what a reason compares a firm's value with. A function of
+    its own so a service computes it once per snapshot and passes it as ``medians``."""
+    if "industry" not in reference.columns:
+        raise KeyError("reference needs an 'industry' column for industry medians")
+    feats = [f for f in model_features if f != EXPECTED and f in reference.columns]
+    return reference.groupby("industry")[feats].median()
+
+
 def reason_codes(contrib: pd.DataFrame, X: pd.DataFrame, model_features, *, reference: pd.DataFrame | None = None,
-                 top: int = 5, catalogue=None) -> pd.Series:
+                 top: int = 5, catalogue=None, medians: pd.DataFrame | None = None) -> pd.Series:
     """Top ``top`` reasons per row of ``X``: a Series (index = ``X.index``) of lists of
     :class:`Reason`, most important first.
 
     ``contrib``: from :func:`contributions` (same index as ``X``); ``X``: the features and,
     when ``reference`` is given, an ``industry`` column; ``reference``: the peers' features
     with an ``industry`` column, from which the industry median of each reason's feature
-    is taken. Families whose contributions sum to exactly zero give no reason.
+    is taken (or ``medians``: :func:`industry_medians` of it, computed beforehand). Families
+    whose contributions sum to exactly zero give no reason.
     """
     cat = catalogue or load_catalogue()
     feats = [f for f in model_features if f != EXPECTED]
@@ -213,12 +224,12 @@ def reason_codes(contrib: pd.DataFrame, X: pd.DataFrame, model_features, *, refe
     member[np.arange(len(feats)), fam_idx] = 1.0
     S = C @ member  # (n, families) family sums
 
-    medians = None
     industries = None
-    if reference is not None:
-        if "industry" not in reference.columns or "industry" not in X.columns:
+    if medians is None and reference is not None:
+        medians = industry_medians(reference, feats)
+    if medians is not None:
+        if "industry" not in X.columns:
             raise KeyError("reference and X both need an 'industry' column for industry medians")
-        medians = reference.groupby("industry")[[f for f in feats if f in reference.columns]].median()
         industries = X["industry"].to_numpy()
 
     order = np.argsort(-np.abs(S), axis=1, kind="stable")[:, :top]
@@ -264,4 +275,4 @@ def format_reasons(reasons, lang: str = "en") -> str:
     return "; ".join(_as_reason(r).text(lang).replace(";", ",") for r in reasons)
 
 
-__all__ = ["EXPECTED", "Reason", "additivity_error", "contributions", "format_reasons", "format_value", "reason_codes"]
+__all__ = ["EXPECTED", "Reason", "additivity_error", "contributions", "format_reasons", "format_value", "industry_medians", "reason_codes"]

@@ -64,8 +64,17 @@ class QuarantineReport:
         """Quarantine rows that name this firm in any party column (memo data-quality notes)."""
         if self.rows.empty:
             return self.rows
-        parties = self.rows["parties"].fillna("").astype(str)
-        return self.rows[parties.str.split(";").apply(lambda ps: firm_id in ps)]
+        return self.rows[self._party_lists().apply(lambda ps: firm_id in ps)]
+
+    def touching_counts(self) -> pd.Series:
+        """How many quarantine rows name each firm (``len(rows_touching(f))`` for every
+        firm at once, by firm_id): one pass instead of one scan per firm."""
+        if self.rows.empty:
+            return pd.Series(dtype="int64")
+        return self._party_lists().map(set).explode().value_counts()
+
+    def _party_lists(self) -> pd.Series:
+        return self.rows["parties"].fillna("").astype(str).str.split(";")
 
     def write(self, path: Path) -> Path:
         rows = self.rows.sort_values(["file", "line"], kind="stable") if len(self.rows) else self.rows

@@ -24,7 +24,7 @@ import pandas as pd
 
 from scf_engine import access, audit, faults, owner, policies, tracking
 from scf_engine.assemble import SnapshotData, add_propagation, assemble
-from scf_engine.credit.decide import BatchOptions, Decisions, decide
+from scf_engine.credit.decide import BatchOptions, DecisionContext, Decisions, decide
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import OutputError, PolicyError, RequestError
@@ -137,9 +137,17 @@ def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None
     return Loaded(ds, data, models, versions, pols, scale, consents_frame, store)
 
 
-def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions = BatchOptions()) -> Decisions:
+def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions = BatchOptions(),
+                  context: DecisionContext | None = None) -> Decisions:
+    """The decision core on what :func:`load_for_decisions` loaded; ``context``: the
+    snapshot's :class:`DecisionContext` when the caller keeps one (``scf serve``)."""
     return decide(loaded.data, loaded.models, loaded.pols, requests, dataset=loaded.dataset, consents=loaded.consents,
-                  options=options, scale=loaded.scale)
+                  options=options, scale=loaded.scale, context=context)
+
+
+def decision_context(loaded: Loaded) -> DecisionContext:
+    """What every decision on ``loaded`` shares, computed once (see :class:`DecisionContext`)."""
+    return DecisionContext.build(loaded.data, loaded.models, loaded.pols, loaded.dataset, loaded.consents)
 
 
 # ----------------------------------------------------------------------------------- score

@@ -129,7 +129,9 @@ def _access(keys: dict[str, ApiKey], roles: dict[str, set]):
     """``allowed(permission)``: a dependency that answers 401 without a valid key and 403
     when the key's role lacks the permission, and names the caller in the audit record."""
 
-    def caller(request: Request) -> ApiKey:
+    # async: a plain ``def`` dependency is run by FastAPI in its thread pool, two thread
+    # hops per request for a dictionary look-up
+    async def caller(request: Request) -> ApiKey:
         presented = request.headers.get("x-api-key")
         found = keys.get(key_sha256(presented)) if presented else None
         if found is None:
@@ -141,7 +143,7 @@ def _access(keys: dict[str, ApiKey], roles: dict[str, set]):
         return found
 
     def allowed(permission: str):
-        def check(key: ApiKey = Depends(caller)) -> ApiKey:
+        async def check(key: ApiKey = Depends(caller)) -> ApiKey:
             if permission not in roles.get(key.role, ()):
                 raise HTTPException(403, f"key {key.name!r} (role {key.role!r}) lacks the {permission!r} permission")
             return key
