@@ -21,11 +21,14 @@ def test_a_wheel_install_runs_the_demo(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {"scf_engine/models/limit_policy.yaml", "scf_engine/models/features.yaml"} <= set(names)
 
+    # nothing of this environment may leak into the install: a PYTHONPATH naming a checkout
+    # would make pip see the package as installed already and install nothing
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCF_MODELS_DIR", "MLFLOW_TRACKING_URI", "SCF_AUDIT_LOG")}
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)],
-                   check=True, capture_output=True, text=True)
+                   check=True, capture_output=True, text=True, env=env)
     # the dependencies come from this environment's site-packages, added as a plain path:
     # its .pth files (among them the editable install of the checkout) are not processed
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -34,7 +37,6 @@ def test_a_wheel_install_runs_the_demo(tmp_path):
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCF_MODELS_DIR", "MLFLOW_TRACKING_URI", "SCF_AUDIT_LOG")}
     where = subprocess.run([str(py), "-c", "import scf_engine, scf_engine.policies as p; print(scf_engine.__file__); print(p.policy_dir())"],
                            cwd=work, env=env, check=True, capture_output=True, text=True).stdout.split()
     assert all(str(venv) in w for w in where), where
