@@ -1,0 +1,210 @@
+"""scf monitor: a lent portfolio re-scored after the batch through the same decision core,
+the contract's portfolio.csv and alerts.csv, bad input, and credit repair."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from scf_engine import policies, tracking
+from scf_engine.cli import app
+from scf_engine.contract import GRADES
+from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, repaired
+from scf_engine.monitor.signals import ALERTS_COLUMNS, fire
+from scf_engine.simulate import WorldConfig, simulate, write_dataset
+
+runner = CliRunner()
+BATCH = "2024-01-01"
+AS_OF = ["2024-04-01", "2024-07-01", "2024-10-01"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def lent(tmp_path_factory):
+    """A world, champion models, and a batch scored a year before the data ends."""
+    home = tmp_path_factory.mktemp("mon")
+    data = write_dataset(simulate(WorldConfig(n_firms=300, seed=21, n_months=36)), home / "data")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    log = home / "audit.jsonl"
+    for args in (("train", data, "--out", home / "train"), ("compare", "--promote", "all", "--out", home / "cmp"),
+                 ("score", data, "--batch", data / "batch.csv", "--consents", data / "consents.csv", "--as-of", BATCH,
+                  "--out", home / "score" / "limits.csv", "--no-memos")):
+        r = invoke(*args, "--tracking-uri", uri, "--audit-log", log)
+        assert r.exit_code == 0, r.output
+    run = tracking.Store(uri).latest_run("score", parent_only=False)
+    return {"home": home, "data": data, "uri": uri, "log": log, "limits": home / "score" / "limits.csv",
+            "batch_run": run.info.run_id}
+
+
+def run_monitor(lent, out, *extra, portfolio=True):
+    args = ["monitor", lent["data"], "--out", out, "--consents", lent["data"] / "consents.csv",
+            "--tracking-uri", lent["uri"], "--audit-log", lent["log"]]
+    if portfolio:
+        args += ["--portfolio", lent["limits"]]
+    for t in AS_OF:
+        args += ["--as-of", t]
+    return invoke(*args, *extra)
+
+
+@pytest.fixture(scope="module")
+def monitored(lent):
+    out = lent["home"] / "mon"
+    r = run_monitor(lent, out)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_portfolio_and_alerts_follow_the_contract(lent, monitored):
+    port = pd.read_csv(monitored / "portfolio.csv", dtype={"firm_id": str})
+    alerts = pd.read_csv(monitored / "alerts.csv", dtype={"firm_id": str})
+    assert list(port.columns) == PORTFOLIO_COLUMNS and list(alerts.columns) == ALERTS_COLUMNS
+    limits = pd.read_csv(lent["limits"], dtype={"firm_id": str})
+    book = limits[limits["limit_cny"] > 0]
+    assert set(port["firm_id"]) == set(book["firm_id"])  # the portfolio is exactly the firms lent to
+    assert sorted(port["as_of"].unique()) == AS_OF and len(port) == len(book) * len(AS_OF)
+    assert set(port["action"]) <= {"keep", "reduce", "freeze", "raise"} and set(port["level"]) <= {"red", "amber", "green"}
+    assert set(port["grade"].dropna()) <= set(GRADES)
+    # the batch's own answer is carried, not recomputed
+    b = book.set_index("firm_id")
+    first = port[port["as_of"] == AS_OF[0]].set_index("firm_id")
+    assert np.allclose(first["pd_at_batch"], b.loc[first.index, "pd"])
+    assert np.allclose(first["limit_at_batch"], b.loc[first.index, "limit_cny"])
+    # actions follow levels: red freezes to 0, amber never above the batch's limit, raise above it
+    assert (port.loc[port["level"] == "red", "action"] == "freeze").all()
+    assert (port.loc[port["action"] == "freeze", "limit_now"] == 0).all()
+    assert (port.loc[port["action"] == "reduce", "limit_now"] < port.loc[port["action"] == "reduce", "limit_at_batch"]).all()
+    assert (port.loc[port["action"] == "raise", "limit_now"] > port.loc[port["action"] == "raise", "limit_at_batch"]).all()
+    # every alert names a firm of the portfolio at an as-of, its evidence carries a date
+    assert len(alerts) > 0 and set(alerts["firm_id"]) <= set(port["firm_id"])
+    assert alerts["evidence"].str.contains(r"\d{4}-\d{2}-\d{2}").all()
+    # a firm with a red alert is red at that as-of
+    red = alerts[alerts["level"] == "red"][["firm_id", "as_of"]].drop_duplicates()
+    merged = red.merge(port, on=["firm_id", "as_of"])
+    assert (merged["level"] == "red").all()
+
+
+def test_the_pass_is_an_mlflow_run_and_an_audit_entry(lent, monitored):
+    store = tracking.Store(lent["uri"])
+    run = store.latest_run("monitor", parent_only=False)
+    assert run is not None and run.data.metrics["n_firms"] > 0
+    arts = {a.path for a in store.client.list_artifacts(run.info.run_id, "monitor")}
+    assert {"monitor/portfolio.csv", "monitor/alerts.csv"} <= arts
+    entries = [json.loads(line) for line in lent["log"].read_text().splitlines()]
+    mine = [e for e in entries if e["action"] == "monitor"]
+    assert mine and mine[-1]["details"]["mlflow_run_id"] == run.info.run_id
+    assert set(mine[-1]["details"]["output"]) == {"portfolio.csv", "alerts.csv"}
+    assert not list(monitored.glob(".scf-staging-*"))
+
+
+def test_batch_run_gives_the_same_portfolio(lent, monitored, tmp_path):
+    r = run_monitor(lent, tmp_path / "m2", "--batch-run", lent["batch_run"], portfolio=False)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m2" / "portfolio.csv").read_bytes() == (monitored / "portfolio.csv").read_bytes()
+
+
+def test_unknown_firms_are_quarantined_not_monitored(lent, tmp_path):
+    limits = pd.read_csv(lent["limits"], dtype=str)
+    extra = limits[limits["limit_cny"].astype(float) > 0].head(2).copy()
+    extra["firm_id"] = ["91000000000000001X", "91000000000000002X"]
+    path = tmp_path / "limits.csv"
+    pd.concat([limits, extra]).to_csv(path, index=False)
+    out = tmp_path / "m"
+    r = invoke("monitor", lent["data"], "--portfolio", path, "--as-of", AS_OF[0], "--out", out, "--consents",
+               lent["data"] / "consents.csv", "--tracking-uri", lent["uri"], "--audit-log", lent["log"])
+    assert r.exit_code == 0, r.output
+    q = pd.read_csv(out / "portfolio_quarantine.csv", dtype=str)
+    assert set(q["firm_id"]) == set(extra["firm_id"]) and q["reason"].str.contains("unknown firm").all()
+    assert not set(extra["firm_id"]) & set(pd.read_csv(out / "portfolio.csv", dtype=str)["firm_id"])
+
+
+@pytest.mark.parametrize("case,message", [
+    ("before", "is not after the batch"),
+    ("run", "no such run"),
+    ("nobody", "none of its"),
+])
+def test_bad_input_is_one_line_and_exit_2(lent, tmp_path, case, message):
+    args = ["monitor", lent["data"], "--out", tmp_path / "m", "--consents", lent["data"] / "consents.csv",
+            "--tracking-uri", lent["uri"], "--audit-log", lent["log"]]
+    if case == "before":
+        args += ["--portfolio", lent["limits"], "--as-of", "2023-12-01"]
+    elif case == "run":
+        args += ["--batch-run", "0" * 32, "--as-of", AS_OF[0]]
+    else:
+        limits = pd.read_csv(lent["limits"], dtype=str)
+        limits["firm_id"] = [f"9100000000000{i:04d}X" for i in range(len(limits))]
+        limits.to_csv(tmp_path / "l.csv", index=False)
+        args += ["--portfolio", tmp_path / "l.csv", "--as-of", AS_OF[0]]
+    r = invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "m" / "portfolio.csv").exists()
+
+
+def _firm(**over) -> dict:
+    """A healthy firm's row as the rules read it."""
+    row = {"payroll_open_gap": 0, "payroll_12m": 1.2e6, "payroll_missed_12m": 0, "payroll_cured_12m": 0,
+           "tax_open_gap": 0, "tax_3m_last_year": 3e4, "tax_cured_12m": 0, "social_insurance_open_gap": 0,
+           "social_insurance_missed_12m": 0, "social_insurance_cured_12m": 0, "housing_fund_open_gap": 0,
+           "housing_fund_months_12m": 12, "utilities_missed_12m": 0, "b_utilities_missed_12m": 0,
+           "loan_service_open_gap": 0, "b_loan_service_open_gap": 0, "trade_in_yoy_3m": 0.0, "trade_in_3m": 3e6,
+           "trade_in_3m_last_year": 3e6, "recv_overdue_open_share": 0.0, "b_recv_overdue_open_share": 0.0,
+           "core_distress": 0.0, "distressed_core": "", "core_late_rise": np.nan, "top_payer_share_12m": 0.3,
+           "b_top_payer_share_12m": 0.3, "pd": 0.03, "pd_at_batch": 0.03, "pd_change": 0.0,
+           "consent_days_left": 300.0, "consent_expires_on": "2025-12-31", "in_default": False, "default_on": "",
+           "obligations_missed_12m": 0, "obligations_missed_3m": 0, "obligations_open": 0,
+           "grade": "grade_1", "grade_at_batch": "grade_1"}
+    row.update(over)
+    return row
+
+
+def test_a_cured_delay_weighs_less_than_an_open_one_in_the_rules():
+    pol = policies.load("monitoring")
+    frame = pd.DataFrame({
+        "healthy": _firm(),
+        # three months of payroll missed, still open
+        "open": _firm(payroll_open_gap=3, payroll_missed_12m=3, obligations_missed_12m=3, obligations_missed_3m=3,
+                      obligations_open=1, grade="alternate"),
+        # three months missed half a year ago, caught up, nothing missed since
+        "cured": _firm(payroll_missed_12m=3, payroll_cured_12m=1, obligations_missed_12m=3, grade="alternate"),
+        # caught up only last month: not yet cured for the policy's months
+        "fresh": _firm(payroll_missed_12m=3, payroll_cured_12m=1, obligations_missed_12m=3, obligations_missed_3m=2,
+                       grade="alternate"),
+    }).T.infer_objects()
+    text = {"distressed_core", "consent_expires_on", "default_on", "grade", "grade_at_batch"}
+    for c in set(frame.columns) - text:
+        frame[c] = pd.to_numeric(frame[c]) if c != "in_default" else frame[c].astype(bool)
+    alerts = fire(frame, pol, pd.Timestamp("2024-07-01"))
+    assert set(alerts.loc[alerts["firm_id"] == "open", "signal"]) == {"payroll_missed"}
+    assert not alerts["firm_id"].isin(["healthy", "cured", "fresh"]).any()
+    fix = repaired(frame, pol)
+    assert fix["cured"] and not fix["open"] and not fix["fresh"] and not fix["healthy"]
+
+
+def test_a_cured_delay_weighs_less_than_an_open_one_in_the_model(lent):
+    """The champion de-coupled model: the same firms with three payroll months missed,
+    once still open, once caught up; the open delay gives the higher PD on average."""
+    from scf_engine.assemble import assemble
+    from scf_engine.ingest import load_dataset
+    from scf_engine.learners.predict import predict_all
+
+    store = tracking.Store(lent["uri"])
+    model, _ = store.load_model("decoupled")
+    ds = load_dataset(lent["data"])
+    T = pd.Timestamp(AS_OF[-1])
+    table = assemble(ds, [T], with_labels=False)[T].table
+    rows = table[table["history_months"] >= 12].head(80)
+    common = {"payroll_missed_12m": 3, "obligations_missed_12m": rows["obligations_missed_12m"] + 3}
+    open_ = rows.assign(**common, payroll_open_gap=3, payroll_cured_12m=0, obligations_open=1,
+                        obligations_missed_3m=rows["obligations_missed_3m"] + 3)
+    cured = rows.assign(**common, payroll_open_gap=0, payroll_cured_12m=1, obligations_open=0)
+    p_open = predict_all({"decoupled": model}, open_)["pd_decoupled"]
+    p_cured = predict_all({"decoupled": model}, cured)["pd_decoupled"]
+    assert (p_open >= p_cured - 1e-9).mean() >= 0.9
+    assert p_open.mean() > p_cured.mean()
