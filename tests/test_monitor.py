@@ -99,7 +99,7 @@ def test_the_pass_is_an_mlflow_run_and_an_audit_entry(lent, monitored):
     entries = [json.loads(line) for line in lent["log"].read_text().splitlines()]
     mine = [e for e in entries if e["action"] == "monitor"]
     assert mine and mine[-1]["details"]["mlflow_run_id"] == run.info.run_id
-    assert set(mine[-1]["details"]["output"]) == {"portfolio.csv", "alerts.csv"}
+    assert set(mine[-1]["details"]["output"]) == {"portfolio.csv", "alerts.csv", "drift.csv"}
     assert not list(monitored.glob(".scf-staging-*"))
 
 
@@ -208,3 +208,30 @@ def test_a_cured_delay_weighs_less_than_an_open_one_in_the_model(lent):
     p_cured = predict_all({"decoupled": model}, cured)["pd_decoupled"]
     assert (p_open >= p_cured - 1e-9).mean() >= 0.9
     assert p_open.mean() > p_cured.mean()
+
+
+def test_psi_keeps_empty_bins_smoothed_and_sees_a_shift():
+    from scf_engine.monitor.drift import psi, reference
+
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"x": rng.normal(0, 1, 5000)})
+    ref = reference(train, ["x"], 10)
+    same = psi(ref["x"], pd.Series(rng.normal(0, 1, 5000)), 1e-4)
+    # every row above the training maximum: all inner bins but the last empty
+    moved = psi(ref["x"], pd.Series(rng.normal(10, 0.1, 500)), 1e-4)
+    assert 0 <= same < 0.02 and np.isfinite(moved) and moved > 1.0
+    # missing values are a bin of their own, not dropped
+    assert psi(ref["x"], pd.Series([np.nan] * 100), 1e-4) > 1.0
+
+
+def test_drift_against_the_training_reference_month_by_month(lent, monitored):
+    drift = pd.read_csv(monitored / "drift.csv")
+    score = drift[drift["kind"] == "psi"]
+    assert list(score["as_of"]) == AS_OF and (score["variable"] == "score").all()
+    assert drift["value"].notna().all() and (drift["value"] >= 0).all()
+    assert drift.loc[drift["kind"] == "csi", "variable"].nunique() > 10
+    client = tracking.Store(lent["uri"]).client
+    exp = client.get_experiment_by_name("scf-monitor")
+    runs = client.search_runs([exp.experiment_id], filter_string="metrics.n_as_of = 3")
+    hist = client.get_metric_history(runs[0].info.run_id, "psi_score")
+    assert len(hist) == len(AS_OF)

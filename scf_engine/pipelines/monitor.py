@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from scf_engine.errors import RequestError, TrackingError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_consents, requests_frame
+from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows
 from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, portfolio_rows
 from scf_engine.monitor.signals import ALERTS_COLUMNS, core_distress, fire, new_authenticity
 from scf_engine.pipelines.compare import load_models
@@ -49,6 +51,7 @@ class MonitorResult:
     run_id: str
     audit_entry: dict
     summary: dict
+    drift: pd.DataFrame | None = None
 
 
 # ------------------------------------------------------------------------------ portfolio
@@ -139,20 +142,33 @@ def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, 
     say("loading champion models")
     models, versions = load_models(store, alias)
     scale = saved_scale(store, versions, pols["score_scale"])
-    frames = compute(ds, lent, dates, batch_T, models, pols, cons, scale, say)
+    ref = drift_reference(store, versions)
+    frames = compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref)
     inputs = {**ds.fingerprints, "portfolio": port_sha, **({"consents": file_sha256(Path(consents))} if consents else {})}
     return record(store, frames, quarantined, out, dates=dates, batch_T=batch_T, versions=versions, pols=pols,
                   inputs=inputs, batch_run=batch_run, audit_log=audit_log, actor=actor)
 
 
-def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """portfolio.csv and alerts.csv rows over every as-of (pure apart from the progress)."""
+def drift_reference(store, versions) -> dict | None:
+    """The training reference saved with the champion hybrid's run (None for a model
+    trained before references were saved: drift is then not measured, and said so)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = store.download_artifact(versions["hybrid"]["run_id"], REFERENCE_ARTIFACT, tmp)
+        except Exception:
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) -> tuple:
+    """portfolio.csv, alerts.csv and drift rows over every as-of (pure apart from the
+    progress)."""
     say(f"snapshots at the batch ({batch_T.date()}) and {len(dates)} as-of date(s)")
     data = assemble(ds, [batch_T, *dates], with_labels=False)
     add_propagation(data, models["propagation"])
     batch = data[batch_T]
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
-    parts, alerts = [], []
+    parts, alerts, drift = [], [], []
     for i, T in enumerate(dates, 1):
         say(f"as-of {T.date()} ({i}/{len(dates)}): decision core, signals")
         dec = decide(data[T], models, pols, requests, dataset=ds, consents=cons, scale=scale)
@@ -164,7 +180,10 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say) -> tuple[p
         months = (T - batch_T).days / 30.4375
         parts.append(portfolio_rows(frame, a, T, months, pols["monitoring"]))
         alerts.append(a)
-    return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS]
+        if ref is not None:
+            drift.append(drift_rows(ref, frame, T, pols["monitoring"]))
+    drift = pd.concat(drift, ignore_index=True) if drift else None
+    return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS], drift
 
 
 def monitor_frame(ds, lent, dec, now, batch, cons, T, policy) -> pd.DataFrame:
@@ -236,7 +255,7 @@ def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, p
     and one audit entry, all or nothing: staged beside the outputs, the entry records the
     sha256 of the staged bytes, then each file moves into place by one rename; a failure
     after the append takes the entry back."""
-    port, alerts = frames
+    port, alerts, drift = frames
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".scf-staging-", dir=out))
     stats = summary(port, alerts)
@@ -246,6 +265,10 @@ def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, p
             files = {"portfolio.csv": csv_bytes(port), "alerts.csv": csv_bytes(alerts)}
             if len(quarantined):
                 files["portfolio_quarantine.csv"] = csv_bytes(quarantined)
+            if drift is not None:
+                files["drift.csv"] = csv_bytes(drift)
+                for step, (day, v) in enumerate(drift[drift["kind"] == "psi"][["as_of", "value"]].itertuples(index=False)):
+                    run.log_metrics({"psi_score": v}, step=step)
             for name, data in files.items():
                 (staging / name).write_bytes(data)
             hashes = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
@@ -268,7 +291,7 @@ def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, p
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return MonitorResult(port, alerts, quarantined, out, run.id, entry, stats)
+    return MonitorResult(port, alerts, quarantined, out, run.id, entry, stats, drift)
 
 
 __all__ = ["monitor", "compute", "read_portfolio", "MonitorResult", "PORTFOLIO_COLUMNS", "ALERTS_COLUMNS"]
