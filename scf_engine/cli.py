@@ -416,7 +416,18 @@ def demo(
     first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
     explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,
             alias="champion", tracking_uri=None, actor=None, audit_log=log)
-    console.rule("6. audit: every read of firm data is on the chain")
+    console.rule("6. after lending: the same chain lent six months earlier, monitored month by month")
+    T = pd.Timestamp(pd.read_csv(out / "score" / "limits.csv", dtype=str)["as_of"].iloc[0])
+    lent_on = (T - pd.DateOffset(months=6)).replace(day=1)
+    score(data=data, batch=batch, out=out / "monitor" / "batch" / "limits.csv", as_of=str(lent_on.date()),
+          consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
+          whitelist=None, memos=False, memo_formats="html", tracking_uri=None, actor=None, audit_log=log)
+    months = [str((lent_on + pd.DateOffset(months=k)).date()) for k in range(1, 7)]
+    monitor(data=data, out=out / "monitor", as_of=[m for m in months if pd.Timestamp(m) <= T],
+            portfolio=out / "monitor" / "batch" / "limits.csv", batch_run=None,
+            consents=consents if consents.is_file() else None, alias="champion", tracking_uri=None, actor=None,
+            audit_log=log)
+    console.rule("7. audit: every read of firm data is on the chain")
     audit_verify(log, anchor=None)
     console.print("open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")
 
