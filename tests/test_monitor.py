@@ -99,7 +99,7 @@ def test_the_pass_is_an_mlflow_run_and_an_audit_entry(lent, monitored):
     entries = [json.loads(line) for line in lent["log"].read_text().splitlines()]
     mine = [e for e in entries if e["action"] == "monitor"]
     assert mine and mine[-1]["details"]["mlflow_run_id"] == run.info.run_id
-    assert set(mine[-1]["details"]["output"]) == {"portfolio.csv", "alerts.csv", "drift.csv"}
+    assert set(mine[-1]["details"]["output"]) == {"portfolio.csv", "alerts.csv", "drift.csv", "report.html"}
     assert not list(monitored.glob(".scf-staging-*"))
 
 
@@ -235,3 +235,32 @@ def test_drift_against_the_training_reference_month_by_month(lent, monitored):
     runs = client.search_runs([exp.experiment_id], filter_string="metrics.n_as_of = 3")
     hist = client.get_metric_history(runs[0].info.run_id, "psi_score")
     assert len(hist) == len(AS_OF)
+
+
+def test_the_report_opens_in_headless_chromium(lent, monitored, tmp_path):
+    import re
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    page = (monitored / "report.html").as_uri()
+    shot = tmp_path / "report.png"
+    r = subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1600", page],
+                       capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), r.stderr[-2000:]
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.std() > 5  # not a blank page
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    text = re.sub(r"<[^>]+>", " ", dom.stdout)
+    assert "评级迁移 Grade migration" in text and "Score PSI over time" in text and "预警 Alerts by level" in text
+    port = pd.read_csv(monitored / "portfolio.csv", dtype={"firm_id": str})
+    alerts = pd.read_csv(monitored / "alerts.csv", dtype={"firm_id": str})
+    assert alerts["label_zh"].iloc[0] in text and "<polyline" in dom.stdout
+    worst = port[port["as_of"] == AS_OF[-1]].sort_values("pd", ascending=False)
+    red = worst[worst["level"] == "red"]
+    assert (red["firm_id"].iloc[0] if len(red) else worst["firm_id"].iloc[0]) in text

@@ -34,6 +34,7 @@ from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_consents, requests_frame
 from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows
 from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, portfolio_rows
+from scf_engine.monitor.report import render_report
 from scf_engine.monitor.signals import ALERTS_COLUMNS, core_distress, fire, new_authenticity
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.score import check_writable, output_errors, parse_as_of, saved_scale
@@ -145,8 +146,9 @@ def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, 
     ref = drift_reference(store, versions)
     frames = compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref)
     inputs = {**ds.fingerprints, "portfolio": port_sha, **({"consents": file_sha256(Path(consents))} if consents else {})}
+    memo_dir = Path(portfolio).parent / "memos" if portfolio else None
     return record(store, frames, quarantined, out, dates=dates, batch_T=batch_T, versions=versions, pols=pols,
-                  inputs=inputs, batch_run=batch_run, audit_log=audit_log, actor=actor)
+                  inputs=inputs, batch_run=batch_run, audit_log=audit_log, actor=actor, memo_dir=memo_dir)
 
 
 def drift_reference(store, versions) -> dict | None:
@@ -250,8 +252,9 @@ def summary(port: pd.DataFrame, alerts: pd.DataFrame) -> dict:
 
 
 def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, pols, inputs, batch_run, audit_log,
-           actor) -> MonitorResult:
-    """portfolio.csv, alerts.csv (and the quarantine rows of unknown firms), one MLflow run
+           actor, memo_dir: Path | None = None) -> MonitorResult:
+    """portfolio.csv, alerts.csv, drift.csv, report.html (and the quarantine rows of unknown
+    firms), one MLflow run
     and one audit entry, all or nothing: staged beside the outputs, the entry records the
     sha256 of the staged bytes, then each file moves into place by one rename; a failure
     after the append takes the entry back."""
@@ -265,6 +268,8 @@ def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, p
             files = {"portfolio.csv": csv_bytes(port), "alerts.csv": csv_bytes(alerts)}
             if len(quarantined):
                 files["portfolio_quarantine.csv"] = csv_bytes(quarantined)
+            files["report.html"] = render_report(port, alerts, drift, pols["monitoring"], memo_dir=memo_dir,
+                                                 out_dir=out).encode("utf-8")
             if drift is not None:
                 files["drift.csv"] = csv_bytes(drift)
                 for step, (day, v) in enumerate(drift[drift["kind"] == "psi"][["as_of", "value"]].itertuples(index=False)):
