@@ -19,7 +19,7 @@ from scf_engine.simulate import WorldConfig, simulate, write_dataset
 
 runner = CliRunner()
 BATCH = "2024-01-01"
-AS_OF = ["2024-04-01", "2024-07-01", "2024-10-01"]
+AS_OF = ["2024-04-01", "2024-07-01", "2024-10-01", "2025-01-01"]
 
 
 def invoke(*args):
@@ -28,9 +28,12 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def lent(tmp_path_factory):
-    """A world, champion models, and a batch scored a year before the data ends."""
+    """A world with the after-lending scenario (15% of firms start to deteriorate and a
+    healthy core declines from month 24, the batch date), champion models, and a batch
+    scored a year before the data ends."""
     home = tmp_path_factory.mktemp("mon")
-    data = write_dataset(simulate(WorldConfig(n_firms=300, seed=21, n_months=36)), home / "data")
+    cfg = WorldConfig(n_firms=500, seed=23, n_months=36, deteriorating_share=0.15, downgraded_cores=1, scenario_month=24)
+    data = write_dataset(simulate(cfg), home / "data")
     uri = f"sqlite:///{home / 'mlflow.db'}"
     log = home / "audit.jsonl"
     for args in (("train", data, "--out", home / "train"), ("compare", "--promote", "all", "--out", home / "cmp"),
@@ -232,7 +235,7 @@ def test_drift_against_the_training_reference_month_by_month(lent, monitored):
     assert drift.loc[drift["kind"] == "csi", "variable"].nunique() > 10
     client = tracking.Store(lent["uri"]).client
     exp = client.get_experiment_by_name("scf-monitor")
-    runs = client.search_runs([exp.experiment_id], filter_string="metrics.n_as_of = 3")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"metrics.n_as_of = {len(AS_OF)}")
     hist = client.get_metric_history(runs[0].info.run_id, "psi_score")
     assert len(hist) == len(AS_OF)
 
@@ -264,3 +267,33 @@ def test_the_report_opens_in_headless_chromium(lent, monitored, tmp_path):
     worst = port[port["as_of"] == AS_OF[-1]].sort_values("pd", ascending=False)
     red = worst[worst["level"] == "red"]
     assert (red["firm_id"].iloc[0] if len(red) else worst["firm_id"].iloc[0]) in text
+
+
+def test_alerts_fire_on_the_firms_that_go_bad_and_stay_quiet_on_the_rest(lent, monitored):
+    """The simulator's truth says which lent firms started to deteriorate after the batch:
+    a year on, most of them are amber or red, at least twice the share of the rest."""
+    port = pd.read_csv(monitored / "portfolio.csv", dtype={"firm_id": str})
+    truth = pd.read_csv(lent["data"] / "truth_firms.csv", dtype={"firm_id": str}).set_index("firm_id")
+    last = port[port["as_of"] == AS_OF[-1]].assign(bad=lambda d: d["firm_id"].map(truth["deteriorates"]).astype(bool))
+    flagged = last["level"].isin(["amber", "red"])
+    assert last["bad"].sum() >= 10  # enough of them were lent to for the comparison to mean something
+    bad_share, rest_share = flagged[last["bad"]].mean(), flagged[~last["bad"]].mean()
+    assert bad_share >= 0.5 and bad_share >= 2 * rest_share, (bad_share, rest_share)
+    # before the deterioration could show (3 months in), the two groups look alike
+    first = port[port["as_of"] == AS_OF[0]].assign(bad=lambda d: d["firm_id"].map(truth["deteriorates"]).astype(bool))
+    assert first.loc[first["bad"], "level"].isin(["amber", "red"]).mean() < bad_share
+
+
+def test_the_scenario_leaves_existing_worlds_as_they_were(tmp_path):
+    """The scenario draws from its own stream: a world without it is byte for byte the
+    world the simulator made before the scenario existed (same files, same truth)."""
+    import filecmp
+
+    cfg = WorldConfig(n_firms=120, seed=4, n_months=24)
+    a = write_dataset(simulate(cfg), tmp_path / "a")
+    b = write_dataset(simulate(WorldConfig(n_firms=120, seed=4, n_months=24, deteriorating_share=0.0)), tmp_path / "b")
+    assert all(filecmp.cmp(a / f.name, b / f.name, shallow=False) for f in a.iterdir())
+    assert "deteriorating_share" not in (a / "world.json").read_text()
+    c = write_dataset(simulate(WorldConfig(n_firms=120, seed=4, n_months=24, deteriorating_share=0.2)), tmp_path / "c")
+    assert filecmp.cmp(a / "firms.csv", c / "firms.csv", shallow=False)  # who exists is the same
+    assert not filecmp.cmp(a / "flows.csv", c / "flows.csv", shallow=False)  # what happens to them is not
