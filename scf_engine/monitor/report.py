@@ -47,7 +47,7 @@ def psi_chart(drift: pd.DataFrame | None, policy) -> str:
     if drift is None or drift.empty:
         return "<p>未测量 Not measured: the champion was trained before drift references were saved.</p>"
     s = drift[drift["kind"] == "psi"].reset_index(drop=True)
-    w, h, pad = 640, 220, 40
+    w, h, pad = 700, 220, 40
     top = max(float(s["value"].max()), float(policy["psi_red"])) * 1.15 or 1.0
     x = lambda i: pad + (w - 2 * pad) * (i / max(len(s) - 1, 1))  # noqa: E731
     y = lambda v: h - pad - (h - 2 * pad) * (v / top)  # noqa: E731
@@ -56,7 +56,10 @@ def psi_chart(drift: pd.DataFrame | None, policy) -> str:
                     f"stroke='{c}' stroke-dasharray='4'/>" for k, c in (("psi_amber", "#ff9f0e"), ("psi_red", "#d62728")))
     labels = "".join(f"<text x='{x(i):.1f}' y='{h - 12}' font-size='10' text-anchor='middle'>{_e(d)}</text>"
                      for i, d in enumerate(s["as_of"]))
-    dots = "".join(f"<circle cx='{x(i):.1f}' cy='{y(v):.1f}' r='3'/>" for i, v in enumerate(s["value"]))
+    dots = "".join(f"<circle cx='{x(i):.1f}' cy='{y(v):.1f}' r='3'/><text x='{x(i):.1f}' y='{y(v) - 8:.1f}' "
+                   f"font-size='11' text-anchor='middle'>{v:.3f}</text>" for i, v in enumerate(s["value"]))
+    lines += "".join(f"<text x='{w - pad + 4}' y='{y(float(policy[k])) + 4:.1f}' font-size='10' fill='{c}'>{k}</text>"
+                     for k, c in (("psi_amber", "#ff9f0e"), ("psi_red", "#d62728")))
     return (f"<svg width='{w}' height='{h}' xmlns='http://www.w3.org/2000/svg'>{lines}"
             f"<polyline fill='none' stroke='#1f77b4' stroke-width='2' points='{pts}'/>{dots}{labels}</svg>")
 
