@@ -12,7 +12,9 @@
    are observed, some of which overlap the monitoring window (optimistic).
 2. **Cost**: the same pipeline over the portfolio for 1 as-of date (baseline) and for 12;
    ratio = per-as-of cost at 12 over the per-as-of cost at 1. The issue's 100,000 firms x
-   12 dates is extrapolated linearly from the per-firm-as-of cost, not measured.
+   12 dates is extrapolated, not measured: the 1-date run's fixed cost plus 12 times the
+   cost of one more date scaled linearly by world size (each date snapshots the whole
+   world, not only the portfolio). Measure it for real before claiming the target.
 """
 
 from __future__ import annotations
@@ -110,11 +112,13 @@ def main():
         rows.append(q)
         per_one = one["seconds"] / one["firms"]
         per_twelve = twelve["seconds"] / (twelve["firms"] * 12)
+        marginal = (twelve["seconds"] - one["seconds"]) / 11  # one more as-of date: snapshot of the world + core + rules
         cost.append({"seed": seed, "firms": twelve["firms"], "s_1_date": one["seconds"], "s_12_dates": twelve["seconds"],
-                     "peak_mb_12": twelve["peak_mb"], "ratio": per_twelve / per_one,
-                     "100k_x_12_extrapolated_s": per_twelve * 100_000 * 12})
+                     "s_per_extra_date": marginal, "peak_mb_12": twelve["peak_mb"], "ratio": per_twelve / per_one,
+                     "100k_x_12_extrapolated_s": one["seconds"] + 12 * marginal * 100_000 / N_FIRMS})
     show("Early warning, 6 months after the batch (targets: red_lift >= 4, flagged_3m_ahead >= 0.6)", rows, "monitor_quality")
-    show("Monitoring cost (ratio = per firm-date cost at 12 dates / at 1 date; 100k x 12 extrapolated)", cost, "monitor_cost")
+    show("Monitoring cost (ratio = per firm-date cost at 12 dates / at 1 date; 100k x 12 extrapolated, target 300 s)",
+         cost, "monitor_cost")
 
 
 if __name__ == "__main__":
