@@ -236,6 +236,35 @@ def explain(
 
 @app.command()
 @handles_errors
+def monitor(
+    data: Path = typer.Argument(..., help="Dataset folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for portfolio.csv and alerts.csv."),
+    as_of: list[str] = typer.Option(..., "--as-of", help="Monitoring date YYYY-MM-DD, after the batch; repeat for several."),
+    portfolio: Path = typer.Option(None, "--portfolio", help="A batch's limits.csv: its firms with a limit > 0 are the portfolio."),
+    batch_run: str = typer.Option(None, "--batch-run", help="Take the portfolio from this batch's MLflow run instead."),
+    consents: Path = typer.Option(None, "--consents", help="consents.csv: checked as in a batch; a lapsing consent is a signal."),
+    alias: str = typer.Option("champion", "--alias", help="Registered model alias to re-score with."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+):
+    """Re-score a lent portfolio at each as-of (贷后监测): portfolio.csv, alerts.csv, an MLflow run and an audit entry."""
+    from scf_engine.pipelines.monitor import monitor as run_monitor
+
+    with steps("monitor") as say:
+        r = run_monitor(data, out, as_of=as_of, portfolio=portfolio, batch_run=batch_run, consents=consents,
+                        tracking_uri=tracking_uri, alias=alias, audit_log=audit_log, actor=actor, progress=say)
+    p = r.portfolio
+    by = p.groupby(["as_of", "level"]).size().unstack(fill_value=0).reset_index()
+    console.print(frame_table(by, f"Portfolio of {p['firm_id'].nunique()} firms by level"))
+    if len(r.quarantined):
+        console.print(f"{len(r.quarantined)} portfolio row(s) quarantined (unknown firms): {r.out / 'portfolio_quarantine.csv'}")
+    console.print(f"portfolio: {r.out / 'portfolio.csv'}; alerts: {r.out / 'alerts.csv'} ({len(r.alerts)}); "
+                  f"MLflow run {r.run_id}; audit entry #{r.audit_entry['seq']}")
+
+
+@app.command()
+@handles_errors
 def serve(
     data: Path = typer.Argument(..., help="Dataset folder."),
     keys: Path = typer.Option(..., "--keys", help="keys.csv: name, role, key_sha256 (the keys' sha256, never the keys)."),
@@ -394,7 +423,18 @@ def demo(
     first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
     explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,
             alias="champion", tracking_uri=None, actor=None, audit_log=log)
-    console.rule("6. audit: every read of firm data is on the chain")
+    console.rule("6. after lending: the same chain lent six months earlier, monitored month by month")
+    T = pd.Timestamp(pd.read_csv(out / "score" / "limits.csv", dtype=str)["as_of"].iloc[0])
+    lent_on = (T - pd.DateOffset(months=6)).replace(day=1)
+    score(data=data, batch=batch, out=out / "monitor" / "batch" / "limits.csv", as_of=str(lent_on.date()),
+          consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
+          whitelist=None, memos=False, memo_formats="html", tracking_uri=None, actor=None, audit_log=log)
+    months = [str((lent_on + pd.DateOffset(months=k)).date()) for k in range(1, 7)]
+    monitor(data=data, out=out / "monitor", as_of=[m for m in months if pd.Timestamp(m) <= T],
+            portfolio=out / "monitor" / "batch" / "limits.csv", batch_run=None,
+            consents=consents if consents.is_file() else None, alias="champion", tracking_uri=None, actor=None,
+            audit_log=log)
+    console.rule("7. audit: every read of firm data is on the chain")
     audit_verify(log, anchor=None, out=None)
     console.print("open the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")
 

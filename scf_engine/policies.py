@@ -200,6 +200,48 @@ def _check_authenticity(data: dict, path: Path) -> None:
         names.add(a["name"])
 
 
+MONITOR_LEVELS = ("red", "amber", "green")
+SIGNAL_KEYS = {"name", "label_zh", "label_en", "severity", "rule", "evidence"}
+
+
+def _check_monitoring(data: dict, path: Path) -> None:
+    lv = data.get("levels")
+    _require(isinstance(lv, dict) and set(lv) == set(SEVERITIES) and set(lv.values()) <= set(MONITOR_LEVELS), path,
+             f"'levels' must map {', '.join(SEVERITIES)} to {', '.join(MONITOR_LEVELS)}")
+    for key in ("pd_red", "pd_amber", "pd_step"):
+        _require(isinstance(data.get(key), (int, float)) and 0 <= data[key] <= 1, path, f"'{key}' must lie in [0, 1]")
+    _require(data["pd_amber"] <= data["pd_red"], path, "'pd_amber' cannot be above 'pd_red'")
+    _require(isinstance(data.get("consent_warn_days"), int) and data["consent_warn_days"] >= 0, path,
+             "'consent_warn_days' must be an integer >= 0")
+    cd = data.get("core_distress")
+    _require(isinstance(cd, dict) and set(cd) == {"min_rise"} and 0 <= float(cd["min_rise"]) <= 1, path,
+             "'core_distress' must give min_rise in [0, 1]")
+    act = data.get("actions")
+    _require(isinstance(act, dict) and set(act) == {"reduce_share", "raise_share", "raise_after_months", "clean_rule"},
+             path, "'actions' must give reduce_share, raise_share, raise_after_months and clean_rule")
+    _require(0 <= float(act["reduce_share"]) <= 1 and float(act["raise_share"]) >= 0, path,
+             "actions: reduce_share in [0, 1], raise_share >= 0")
+    _require(isinstance(act["raise_after_months"], int) and act["raise_after_months"] >= 0, path,
+             "actions.raise_after_months must be an integer >= 0")
+    cr = data.get("credit_repair")
+    _require(isinstance(cr, dict) and set(cr) == {"months", "rule"} and cr["months"] in (3, 12), path,
+             "'credit_repair' must give months (3 or 12, a catalogue window) and rule")
+    dr = data.get("drift")
+    _require(isinstance(dr, dict) and set(dr) == {"bins", "epsilon", "psi_amber", "psi_red"}, path,
+             "'drift' must give bins, epsilon, psi_amber and psi_red")
+    _require(isinstance(dr["bins"], int) and dr["bins"] >= 2 and 0 < float(dr["epsilon"]) < 0.01, path,
+             "drift: bins an integer >= 2, epsilon in (0, 0.01)")
+    _require(isinstance(data.get("signals"), list) and data["signals"], path, "'signals' must be a non-empty list")
+    names = set()
+    for i, s in enumerate(data["signals"]):
+        where = f"signal #{i + 1} ({s.get('name', '?')}): "
+        _only(s, SIGNAL_KEYS, path, where)
+        _require(set(s) == SIGNAL_KEYS, path, f"{where}needs {', '.join(sorted(SIGNAL_KEYS))}")
+        _require(s["severity"] in SEVERITIES, path, f"{where}severity must be one of {', '.join(SEVERITIES)}")
+        _require(s["name"] not in names, path, f"duplicate signal name {s['name']!r}")
+        names.add(s["name"])
+
+
 def _check_jiangyin(data: dict, path: Path) -> None:
     g = data.get("grades")
     _require(isinstance(g, dict) and set(g) == {"premium", "grade_1"}, path, "'grades' must give premium and grade_1")
@@ -272,6 +314,8 @@ SCHEMAS = {
     "data_use": (_check_data_use, {"version", "training"}),
     "jiangyin": (_check_jiangyin, {"version", "grades", "rank_bands", "years_in_business_a_above", "loan_record",
                                    "bonus_step_up_points"}),
+    "monitoring": (_check_monitoring, {"version", "levels", "pd_red", "pd_amber", "pd_step", "consent_warn_days",
+                                       "core_distress", "actions", "credit_repair", "drift", "signals"}),
     "serve": (_check_serve, {"version", "roles", "max_body_bytes", "max_firms_per_request", "answer_cache_entries",
                              "memo_cache_entries", "reload_poll_seconds", "audit_skip_paths"}),
 }

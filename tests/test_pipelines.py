@@ -380,10 +380,13 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path, monkeypatch):
     monkeypatch.delenv("SCF_AUDIT_LOG", raising=False)
     r = invoke("demo", "--data", ROOT / "data" / "sample", "--out", tmp_path / "demo")
     assert r.exit_code == 0, r.output
-    # every read of firm data: validate, train, compare, the batch, the explanation
-    assert "intact (5 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
+    # every read of firm data: validate, train, compare, the batch, the explanation, and the
+    # monitoring step (a batch six months earlier, then a monthly pass)
+    assert "intact (7 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
     actions = [json.loads(line)["action"] for line in (tmp_path / "audit" / "audit.jsonl").read_text().splitlines()]
-    assert actions == ["validate", "train", "compare", "score", "explain"]
+    assert actions == ["validate", "train", "compare", "score", "explain", "score", "monitor"]
+    port = pd.read_csv(tmp_path / "demo" / "monitor" / "portfolio.csv")
+    assert port["as_of"].nunique() >= 5 and set(port["level"]) <= {"red", "amber", "green"}
     assert list((tmp_path / "demo" / "score" / "memos").glob("*.html"))
     assert list((tmp_path / "demo" / "explain" / "memos").glob("*.pdf"))
     got = (tmp_path / "demo" / "score" / "limits.csv").read_text(encoding="utf-8")

@@ -239,6 +239,8 @@ def _record_model(store, parent, kind: str, model, example, fitted: Fitted, pols
         register = kind != "jiangyin"
         if register:
             _log_scale(run, pols)
+        if kind == "hybrid" and "monitoring" in pols:
+            _log_drift_reference(run, model, fitted.train, pols)
         return run.log_model(model, kind, input_example=example, output_example=model.predict_pd(example), register=register)
 
 
@@ -248,6 +250,25 @@ def _log_scale(run, pols) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = ScoreScale.from_policy(pols["score_scale"]).save(Path(tmp) / Path(SCALE_ARTIFACT).name)
         run.log_artifact(path, str(Path(SCALE_ARTIFACT).parent))
+
+
+def _log_drift_reference(run, model, tr: pd.DataFrame, pols) -> None:
+    """The training rows' score and model-feature distributions, the reference ``scf
+    monitor`` measures PSI and CSI against (saved with the model, so a later policy or
+    data change cannot move the baseline)."""
+    import tempfile
+
+    from scf_engine.credit.scale import score_frame
+    from scf_engine.monitor.drift import REFERENCE_ARTIFACT, reference
+
+    frame = tr.assign(score=score_frame(pd.Series(model.predict_proba(tr)[:, 1], index=tr.index),
+                                        ScoreScale.from_policy(pols["score_scale"]))["score"])
+    numeric = [c for c in model.features_ if c in frame and pd.api.types.is_numeric_dtype(frame[c])]
+    ref = reference(frame, ["score", *numeric], int(pols["monitoring"]["drift"]["bins"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+        path.write_text(json.dumps(ref))
+        run.log_artifact(path, str(Path(REFERENCE_ARTIFACT).parent))
 
 
 def model_params(kind: str, model) -> dict:

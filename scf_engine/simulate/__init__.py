@@ -55,6 +55,7 @@ def simulate(config: WorldConfig | None = None, *, progress=None, **kwargs) -> W
 
 
 FLOW_CHUNK = 4_000_000
+SCENARIO_KEYS = ("deteriorating_share", "downgraded_cores", "scenario_month")  # left out of world.json when off
 
 
 def static_tables(world: World) -> dict[str, pa.Table]:
@@ -261,7 +262,8 @@ def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
     ].to_csv(out / "truth.csv", index=False)
     f = world.firms
     ids = f["firm_id"].to_numpy()
-    f[["firm_id", "role", "fabricated", "young", "distressed_core"]].assign(
+    scenario = [c for c in ("deteriorates", "downgraded_core") if c in f]  # only when the scenario is on
+    f[["firm_id", "role", "fabricated", "young", "distressed_core", *scenario]].assign(
         flows_visible_from=f["flows_visible_from"].dt.strftime("%Y-%m-%d"),
         primary_core=np.where(f["primary_core"] >= 0, ids[np.maximum(f["primary_core"], 0)], ""),
         mu=np.round(world.state["params"].mu, 4),
@@ -271,7 +273,8 @@ def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
     batch_frame(world).to_csv(out / "batch.csv", index=False)
     meta = {
         "generator": "scf_engine.simulate",
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in world.config.__dict__.items()},
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in world.config.__dict__.items()
+                   if scenario or k not in SCENARIO_KEYS},
         "distressed_cores": f.loc[f["distressed_core"], "firm_id"].tolist(),
         "rings": [ids[g.sort_values("order")["firm"].to_numpy()].tolist() for _, g in world.rings.groupby("ring")],
         "rows": rows,

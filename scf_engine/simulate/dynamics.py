@@ -50,6 +50,8 @@ CHAIN_QUALITY = 0.8  # how much of its core's quality a fully dependent supplier
 FABRICATED_PENALTY = 1.0
 ROLE_OFFSET = {"core": 0.0, "tier1": 0.1, "tier2": -0.1, "downstream": 0.0, "unattached": -0.2}
 DISTRESS_ONSET = 0.35  # fraction of the history at which distressed cores start to decline
+DETERIORATE_PUSH = -0.06  # after-lending scenario: a firm's momentum push per month, for PUSH_MONTHS
+SCENARIO_ONSET = 0.6  # default start of the scenario, as a fraction of the history
 
 
 class Params:
@@ -98,6 +100,11 @@ class Params:
         onset = int(DISTRESS_ONSET * world.config.n_months)
         self.push = np.zeros((world.config.n_months + 24, n))
         self.push[onset:onset + PUSH_MONTHS, f["distressed_core"].to_numpy()] = PUSH
+        if "deteriorates" in f:  # the after-lending scenario (WorldConfig.deteriorating_share, downgraded_cores)
+            cfg = world.config
+            m0 = cfg.scenario_month if cfg.scenario_month >= 0 else int(SCENARIO_ONSET * cfg.n_months)
+            self.push[m0:m0 + PUSH_MONTHS, f["deteriorates"].to_numpy()] += DETERIORATE_PUSH
+            self.push[m0:m0 + PUSH_MONTHS, f["downgraded_core"].to_numpy()] += PUSH
         self.months = pd.date_range(world.months[0], periods=world.config.n_months + 24, freq="MS")
         self._month_days = self.months.to_numpy().astype("datetime64[D]")
 

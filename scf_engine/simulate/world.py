@@ -72,6 +72,13 @@ class WorldConfig:
     ring_share: float = 0.03  # firms doing fabricated trade
     distressed_cores: int = 1
     mc_paths: int = 0  # Monte Carlo paths for truth; 0 = chosen by size
+    # After-lending scenario (off by default, so every existing world stays the same; drawn
+    # from its own random stream): from scenario_month (default 60% into the history) a
+    # share of non-core firms starts to deteriorate, and some healthy cores decline as the
+    # distressed ones do (a core downgraded mid-year); missed payments are cured as always.
+    deteriorating_share: float = 0.0
+    downgraded_cores: int = 0
+    scenario_month: int = -1
 
 
 @dataclass
@@ -266,4 +273,20 @@ def build_world(cfg: WorldConfig) -> World:
     # (weighted by chain size, so the decline has suppliers to reach)
     distressed = rng.choice(core_idx, size=min(cfg.distressed_cores, n_core), replace=False, p=chain_weight)
     firms["distressed_core"] = firms["idx"].isin(distressed)
+    if cfg.deteriorating_share > 0 or cfg.downgraded_cores > 0:
+        add_scenario(cfg, firms)
     return World(cfg, firms, links, rings, months)
+
+
+def add_scenario(cfg: WorldConfig, firms: pd.DataFrame) -> None:
+    """Mark the firms of the after-lending scenario (columns ``deteriorates``,
+    ``downgraded_core``), drawn from a stream of their own: the world's other draws are
+    untouched."""
+    rng = np.random.default_rng([cfg.seed, 9])
+    core = firms["is_core"].to_numpy()
+    plain = np.flatnonzero(~core)
+    k = int(round(cfg.deteriorating_share * len(plain)))
+    firms["deteriorates"] = firms["idx"].isin(rng.choice(plain, size=min(k, len(plain)), replace=False))
+    healthy = np.flatnonzero(core & ~firms["distressed_core"].to_numpy())
+    firms["downgraded_core"] = firms["idx"].isin(rng.choice(healthy, size=min(cfg.downgraded_cores, len(healthy)),
+                                                            replace=False))

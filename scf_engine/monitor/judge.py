@@ -1,0 +1,95 @@
+"""Levels, actions and credit repair for one as-of (pure: frames in, frames out).
+
+The decision core has already re-scored the portfolio; this module turns its answer, the
+batch's answer and the signals that fired into ``portfolio.csv``: a level (the worst of
+the signals' levels and the PD bands), an action by the level (red freezes, amber
+reduces, green keeps, and a clean record earns a raise: 信用奖惩闭环), and credit
+repair (信用修复): a firm whose delays are cured and stayed cured gets its batch grade
+back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from scf_engine.monitor.signals import fill, holds
+from scf_engine.policies import as_data
+
+PORTFOLIO_COLUMNS = ["firm_id", "as_of", "pd", "score", "grade", "pd_at_batch", "grade_at_batch", "limit_at_batch",
+                     "limit_now", "action", "level", "reasons"]
+LEVEL_RANK = {"green": 0, "amber": 1, "red": 2}
+GRADE_RANK = {"premium": 0, "grade_1": 1, "alternate": 2}  # higher is worse
+
+
+def firm_levels(frame: pd.DataFrame, alerts: pd.DataFrame, policy) -> pd.Series:
+    """Per firm: the worst of its alerts' levels and of the PD bands."""
+    p = as_data(policy)
+    rank = pd.Series(0, index=frame.index)
+    pd_ = frame["pd"]
+    rank[pd_ >= p["pd_amber"]] = 1
+    rank[pd_ >= p["pd_red"]] = 2
+    if len(alerts):
+        worst = alerts.assign(r=alerts["level"].map(LEVEL_RANK)).groupby("firm_id")["r"].max()
+        rank = np.maximum(rank, worst.reindex(frame.index).fillna(0).astype(int))
+    names = {v: k for k, v in LEVEL_RANK.items()}
+    return pd.Series(rank, index=frame.index).map(names)
+
+
+def repaired(frame: pd.DataFrame, policy) -> pd.Series:
+    """信用修复: the policy's rule holds (delays cured, none missed for its months, nothing
+    open) and the re-scored grade fell below the batch's."""
+    p = as_data(policy)
+    rule = holds(frame, fill(p["credit_repair"]["rule"], p), "credit_repair")
+    fell = frame["grade"].map(GRADE_RANK) > frame["grade_at_batch"].map(GRADE_RANK)
+    return rule & fell.fillna(False)
+
+
+def actions(frame: pd.DataFrame, level: pd.Series, months_since_batch: float, policy) -> pd.DataFrame:
+    """``action`` and ``limit_now`` per firm. ``frame['core_limit']`` is what the decision
+    core grants now; a cut never goes above it, a raise never above it either."""
+    a = as_data(policy)["actions"]
+    at_batch = frame["limit_at_batch"].astype(float)
+    core = frame["core_limit"].fillna(0.0).astype(float)
+    clean = holds(frame, a["clean_rule"], "actions.clean_rule")
+    action = pd.Series("keep", index=frame.index, dtype=object)
+    limit = at_batch.copy()
+    red, amber = level.eq("red"), level.eq("amber")
+    action[red], limit[red] = "freeze", 0.0
+    action[amber] = "reduce"
+    limit[amber] = np.minimum(at_batch[amber] * (1 - float(a["reduce_share"])), core[amber])
+    up = level.eq("green") & clean & (core > at_batch) & (months_since_batch >= a["raise_after_months"])
+    action[up] = "raise"
+    limit[up] = np.minimum(core[up], at_batch[up] * (1 + float(a["raise_share"])))
+    return pd.DataFrame({"action": action, "limit_now": limit.round(0)})
+
+
+def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestamp, months_since_batch: float,
+                   policy) -> pd.DataFrame:
+    """portfolio.csv's rows for one as-of, in the contract's columns. ``frame`` holds per
+    firm: pd, score, grade, core_reasons (the decision core's), pd_at_batch,
+    grade_at_batch, limit_at_batch, core_limit and the features the rules read."""
+    frame = frame.copy()
+    fix = repaired(frame, policy)
+    months = as_data(policy)["credit_repair"]["months"]
+    note = pd.Series("", index=frame.index, dtype=object)
+    note[fix] = [f"信用修复 credit repair: delays cured, none for {months} months; grade {g} restored to {b}"
+                 for g, b in zip(frame.loc[fix, "grade"], frame.loc[fix, "grade_at_batch"])]
+    frame.loc[fix, "grade"] = frame.loc[fix, "grade_at_batch"]
+    level = firm_levels(frame, alerts, policy)
+    act = actions(frame, level, months_since_batch, policy)
+    fired = alerts.groupby("firm_id")["signal"].agg(lambda s: "; ".join(s)) if len(alerts) else pd.Series(dtype=object)
+    sig = fired.reindex(frame.index).fillna("")
+    reasons = [("; ".join(x for x in (n, f"signals: {s}" if s else "", r) if x))
+               for n, s, r in zip(note, sig, frame["core_reasons"].fillna(""))]
+    out = pd.DataFrame({
+        "firm_id": frame.index, "as_of": str(as_of.date()), "pd": frame["pd"].round(6).to_numpy(),
+        "score": frame["score"].to_numpy(), "grade": frame["grade"].to_numpy(),
+        "pd_at_batch": frame["pd_at_batch"].to_numpy(), "grade_at_batch": frame["grade_at_batch"].to_numpy(),
+        "limit_at_batch": frame["limit_at_batch"].to_numpy(), "limit_now": act["limit_now"].to_numpy(),
+        "action": act["action"].to_numpy(), "level": level.to_numpy(), "reasons": reasons,
+    })
+    return out[PORTFOLIO_COLUMNS]
+
+
+__all__ = ["PORTFOLIO_COLUMNS", "firm_levels", "repaired", "actions", "portfolio_rows"]

@@ -1,0 +1,302 @@
+"""``scf monitor``: after lending (贷后), load -> re-score and judge -> record.
+
+* **load**: the dataset, the champion models and their saved score scale (as
+  ``scf score``), the lent portfolio (firms with a limit > 0 in a batch's ``limits.csv``,
+  given as a file or taken from the batch's MLflow run), the consents, the policies;
+* **compute**: at each as-of, the SAME decision core as the batch re-scores every firm;
+  the signals of ``models/monitoring.yaml`` fire with their evidence; levels, actions and
+  credit repair follow (:mod:`scf_engine.monitor`);
+* **record**: ``portfolio.csv`` and ``alerts.csv`` staged, one MLflow run in
+  ``scf-monitor`` (metrics, both CSVs as artifacts), one audit entry, then published:
+  all or nothing, as a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scf_engine import access, audit, policies, tracking
+from scf_engine.assemble import add_propagation, assemble
+from scf_engine.credit.consent import consent_status
+from scf_engine.credit.decide import decide
+from scf_engine.errors import RequestError, TrackingError
+from scf_engine.hashing import file_sha256
+from scf_engine.ingest.load import load_or_report
+from scf_engine.ingest.requests import read_consents, requests_frame
+from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows
+from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, portfolio_rows
+from scf_engine.monitor.report import render_report
+from scf_engine.monitor.signals import ALERTS_COLUMNS, core_distress, fire, new_authenticity
+from scf_engine.pipelines.compare import load_models
+from scf_engine.pipelines.score import check_writable, output_errors, parse_as_of, saved_scale
+from scf_engine.tables import csv_bytes
+
+PORTFOLIO_NEEDS = ("firm_id", "as_of", "pd", "grade", "limit_cny")
+
+
+@dataclass
+class MonitorResult:
+    portfolio: pd.DataFrame
+    alerts: pd.DataFrame
+    quarantined: pd.DataFrame
+    out: Path
+    run_id: str
+    audit_entry: dict
+    summary: dict
+    drift: pd.DataFrame | None = None
+
+
+# ------------------------------------------------------------------------------ portfolio
+
+
+def read_portfolio(path: Path) -> pd.DataFrame:
+    """The lent firms of a batch's ``limits.csv`` (limit > 0), or a one-line error."""
+    try:
+        df = pd.read_csv(path, dtype={"firm_id": str, "as_of": str, "grade": str}, keep_default_na=True)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise RequestError(f"--portfolio {path}: cannot be read ({str(exc).splitlines()[0][:200]})") from None
+    missing = [c for c in PORTFOLIO_NEEDS if c not in df.columns]
+    if missing:
+        raise RequestError(f"--portfolio {path}: missing column {missing[0]!r} (a batch's limits.csv has "
+                           f"{', '.join(PORTFOLIO_NEEDS)})")
+    df["_line"] = np.arange(2, len(df) + 2)
+    df["limit_cny"] = pd.to_numeric(df["limit_cny"], errors="coerce")
+    lent = df[df["limit_cny"] > 0].drop_duplicates("firm_id").copy()
+    if lent.empty:
+        raise RequestError(f"--portfolio {path}: no firm has a limit > 0: nothing to monitor")
+    lent["batch_as_of"] = pd.to_datetime(lent["as_of"], errors="coerce")
+    if lent["batch_as_of"].isna().any():
+        raise RequestError(f"--portfolio {path}: as_of on line {int(lent.loc[lent['batch_as_of'].isna(), '_line'].iloc[0])} "
+                           "is not a date")
+    return lent
+
+
+def portfolio_from_run(store: tracking.Store, run_id: str, tmp: Path) -> Path:
+    """The limits.csv logged by a batch's MLflow run (``--batch-run``)."""
+    try:
+        run = store.get_run(run_id)
+    except Exception:
+        raise TrackingError(f"--batch-run {run_id}: no such run in {store.uri}") from None
+    if run.data.tags.get("scf_role") != "score":
+        raise RequestError(f"--batch-run {run_id}: not a batch (scf score) run")
+    folder = store.download_artifact(run_id, "limits", tmp)
+    found = sorted(Path(folder).glob("*.csv"))
+    if not found:
+        raise TrackingError(f"--batch-run {run_id}: the run logged no limits.csv")
+    return found[0]
+
+
+def split_known(lent: pd.DataFrame, ds) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Firms of the portfolio the dataset knows, and a quarantine row per one it does
+    not (a portfolio from another dataset must not pass silently)."""
+    known = lent["firm_id"].isin(ds.firms["firm_id"])
+    q = pd.DataFrame({"file": "portfolio", "line": lent.loc[~known, "_line"].to_numpy(), "column": "firm_id",
+                      "firm_id": lent.loc[~known, "firm_id"].to_numpy(), "reason": "unknown firm: not in firms"})
+    return lent[known], q
+
+
+# ------------------------------------------------------------------------------- monitor
+
+
+def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, batch_run: str | None = None,
+            consents: Path | str | None = None, tracking_uri: str | None = None, alias: str = "champion",
+            audit_log: Path | str | None = None, actor: str | None = None, progress=None) -> MonitorResult:
+    """Re-score the lent portfolio at each as-of and write portfolio.csv and alerts.csv."""
+    say = progress or (lambda *a, **k: None)
+    if (portfolio is None) == (batch_run is None):
+        raise RequestError("give the portfolio as --portfolio limits.csv or --batch-run RUN_ID (one of them)")
+    dates = sorted({parse_as_of(t) for t in as_of or []})
+    if not dates:
+        raise RequestError("--as-of: give at least one monitoring date")
+    out, audit_log = Path(out), access.log_path(audit_log)
+    check_writable(out / "portfolio.csv", audit_log)
+    pols = policies.load_all()
+    store = tracking.Store(tracking_uri).check()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(portfolio) if portfolio else portfolio_from_run(store, batch_run, Path(tmp))
+        lent, port_sha = read_portfolio(path), file_sha256(path)
+    batch_T = lent["batch_as_of"].max()
+    early = [t for t in dates if t <= batch_T]
+    if early:
+        raise RequestError(f"--as-of {early[0].date()} is not after the batch's as-of {batch_T.date()}: "
+                           "monitoring looks at what happened after lending")
+    if consents is None and pols["limit_policy"].get("require_consent", False):
+        raise RequestError("the limit policy requires the firms' data-use authorisation (require_consent: true): "
+                           "pass --consents consents.csv")
+    ds = load_or_report(data_dir, out / "quarantine.csv", progress=say)
+    late = [t for t in dates if t > ds.default_as_of]
+    if late:
+        raise RequestError(f"--as-of {late[0].date()} is after the data ends ({ds.last_date.date()}): nothing is known yet")
+    lent, quarantined = split_known(lent, ds)
+    if lent.empty:
+        raise RequestError(f"--portfolio {path}: none of its {len(quarantined)} lent firms is in this dataset's firms")
+    cons = read_consents(consents) if consents else None
+    say("loading champion models")
+    models, versions = load_models(store, alias)
+    scale = saved_scale(store, versions, pols["score_scale"])
+    ref = drift_reference(store, versions)
+    frames = compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref)
+    inputs = {**ds.fingerprints, "portfolio": port_sha, **({"consents": file_sha256(Path(consents))} if consents else {})}
+    memo_dir = Path(portfolio).parent / "memos" if portfolio else None
+    return record(store, frames, quarantined, out, dates=dates, batch_T=batch_T, versions=versions, pols=pols,
+                  inputs=inputs, batch_run=batch_run, audit_log=audit_log, actor=actor, memo_dir=memo_dir)
+
+
+def drift_reference(store, versions) -> dict | None:
+    """The training reference saved with the champion hybrid's run (None for a model
+    trained before references were saved: drift is then not measured, and said so)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = store.download_artifact(versions["hybrid"]["run_id"], REFERENCE_ARTIFACT, tmp)
+        except Exception:
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) -> tuple:
+    """portfolio.csv, alerts.csv and drift rows over every as-of (pure apart from the
+    progress)."""
+    say(f"snapshots at the batch ({batch_T.date()}) and {len(dates)} as-of date(s)")
+    data = assemble(ds, [batch_T, *dates], with_labels=False)
+    add_propagation(data, models["propagation"])
+    batch = data[batch_T]
+    requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
+    parts, alerts, drift = [], [], []
+    for i, T in enumerate(dates, 1):
+        say(f"as-of {T.date()} ({i}/{len(dates)}): decision core, signals")
+        dec = decide(data[T], models, pols, requests, dataset=ds, consents=cons, scale=scale)
+        frame = monitor_frame(ds, lent, dec, data[T], batch, cons, T, pols["monitoring"])
+        a = pd.concat([fire(frame, pols["monitoring"], T),
+                       new_authenticity(data[T].table.reindex(frame.index).dropna(how="all"),
+                                        batch.table.reindex(frame.index).dropna(how="all"), pols["monitoring"], T)],
+                      ignore_index=True)
+        months = (T - batch_T).days / 30.4375
+        parts.append(portfolio_rows(frame, a, T, months, pols["monitoring"]))
+        alerts.append(a)
+        if ref is not None:
+            drift.append(drift_rows(ref, frame, T, pols["monitoring"]))
+    drift = pd.concat(drift, ignore_index=True) if drift else None
+    return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS], drift
+
+
+def monitor_frame(ds, lent, dec, now, batch, cons, T, policy) -> pd.DataFrame:
+    """One row per lent firm: what the rules read (features now, ``b_`` features at the
+    batch, the core's answer, the batch's, consent, core distress, default)."""
+    ids = pd.Index(lent["firm_id"], name="firm_id")
+    res = dec.limits.set_index("firm_id").reindex(ids)
+    feats = now.table.reindex(ids)
+    drop = [c for c in feats.columns if feats[c].dtype == object or c in ("pd", "score", "grade")]
+    base = batch.table.reindex(ids).drop(columns=drop, errors="ignore").add_prefix("b_")
+    frame = feats.drop(columns=drop, errors="ignore").join(base)
+    lb = lent.set_index("firm_id")
+    frame["pd"] = res["pd"].astype(float)
+    frame["score"] = res["score"]
+    frame["grade"] = res["grade"]
+    frame["core_reasons"] = res["reasons"].where(res["pd"].notna(), res["decision_reasons"])
+    frame["core_limit"] = res["limit_cny"].astype(float)
+    frame["pd_at_batch"] = pd.to_numeric(lb["pd"], errors="coerce")
+    frame["grade_at_batch"] = lb["grade"]
+    frame["limit_at_batch"] = lb["limit_cny"].astype(float)
+    frame["pd_change"] = frame["pd"] - frame["pd_at_batch"]
+    frame = frame.join(consent_days(ids, cons, T))
+    distress = core_distress(now.chain, batch.chain, float(policy["core_distress"]["min_rise"]))
+    frame = frame.join(distress.reindex(ids).fillna({"core_distress": 0.0, "distressed_core": ""}))
+    d_on = ds.default_dates(ids).set_axis(ids)
+    frame["in_default"] = (d_on < T).to_numpy()
+    frame["default_on"] = d_on.dt.strftime("%Y-%m-%d").fillna("").to_numpy()
+    return frame
+
+
+def consent_days(ids: pd.Index, cons: pd.DataFrame | None, T: pd.Timestamp) -> pd.DataFrame:
+    """Days from the as-of to the end of the firm's latest authorisation (negative once
+    lapsed; empty without a consents file or with an open-ended one)."""
+    out = pd.DataFrame({"consent_days_left": np.nan, "consent_expires_on": ""}, index=ids)
+    if cons is None or cons.empty:
+        return out
+    status = consent_status(ids, cons, T)
+    c = cons[cons["firm_id"].astype(str).isin(ids)]
+    end = c.groupby(c["firm_id"].astype(str))["expires_on"].max()
+    open_ended = c[c["expires_on"].isna()]["firm_id"].astype(str).unique()
+    end = end.drop(index=[f for f in open_ended if f in end.index]).reindex(ids)
+    days = (end - T).dt.days
+    days[status.reindex(ids).eq("missing").to_numpy()] = -1  # no authorisation at all counts as lapsed
+    out["consent_days_left"] = days.astype(float)
+    out["consent_expires_on"] = end.dt.strftime("%Y-%m-%d").fillna("none").to_numpy()
+    return out
+
+
+# -------------------------------------------------------------------------------- record
+
+
+def summary(port: pd.DataFrame, alerts: pd.DataFrame) -> dict:
+    """The pass's MLflow metrics (few and stable names: pitfalls.md), over the last as-of."""
+    last = port[port["as_of"] == port["as_of"].max()]
+    out = {"n_firms": int(last["firm_id"].nunique()), "n_as_of": int(port["as_of"].nunique()),
+           "n_alerts": len(alerts), "limit_at_batch_cny": float(last["limit_at_batch"].sum()),
+           "limit_now_cny": float(last["limit_now"].sum()), "ever_red_share": float(
+               port.groupby("firm_id")["level"].agg(lambda s: (s == "red").any()).mean())}
+    for lv in ("red", "amber", "green"):
+        out[f"n_{lv}"] = int((last["level"] == lv).sum())
+    for act in ("keep", "reduce", "freeze", "raise"):
+        out[f"n_{act}"] = int((last["action"] == act).sum())
+    return out
+
+
+def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, pols, inputs, batch_run, audit_log,
+           actor, memo_dir: Path | None = None) -> MonitorResult:
+    """portfolio.csv, alerts.csv, drift.csv, report.html (and the quarantine rows of unknown
+    firms), one MLflow run
+    and one audit entry, all or nothing: staged beside the outputs, the entry records the
+    sha256 of the staged bytes, then each file moves into place by one rename; a failure
+    after the append takes the entry back."""
+    port, alerts, drift = frames
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".scf-staging-", dir=out))
+    stats = summary(port, alerts)
+    try:
+        with output_errors(out / "portfolio.csv"), store.run(
+                "monitor", f"monitor {dates[0].date()}..{dates[-1].date()}", tags={"scf_role": "monitor"}) as run:
+            files = {"portfolio.csv": csv_bytes(port), "alerts.csv": csv_bytes(alerts)}
+            if len(quarantined):
+                files["portfolio_quarantine.csv"] = csv_bytes(quarantined)
+            files["report.html"] = render_report(port, alerts, drift, pols["monitoring"], memo_dir=memo_dir,
+                                                 out_dir=out).encode("utf-8")
+            if drift is not None:
+                files["drift.csv"] = csv_bytes(drift)
+                for step, (day, v) in enumerate(drift[drift["kind"] == "psi"][["as_of", "value"]].itertuples(index=False)):
+                    run.log_metrics({"psi_score": v}, step=step)
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+            hashes = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+            run.log_params({"as_of": [str(t.date()) for t in dates], "batch_as_of": str(batch_T.date()),
+                            "batch_run": batch_run or "", "model_versions": {k: v["version"] for k, v in versions.items()},
+                            "policy_hashes": policies.fingerprint(pols)})
+            run.log_metrics(stats)
+            for name in files:
+                run.log_artifact(staging / name, "monitor")
+            entry = access.record(
+                audit_log, actor, "monitor", "after-lending monitoring (贷后监测)", sorted(port["firm_id"].unique()),
+                inputs=inputs, mlflow_run_id=run.id, as_of=[str(t.date()) for t in dates],
+                model_versions={k: v["version"] for k, v in versions.items()},
+                policy_hashes=policies.fingerprint(pols), output=hashes)
+            try:
+                for name in files:
+                    os.replace(staging / name, out / name)
+            except BaseException:
+                audit.rollback(audit_log, entry)
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return MonitorResult(port, alerts, quarantined, out, run.id, entry, stats, drift)
+
+
+__all__ = ["monitor", "compute", "read_portfolio", "MonitorResult", "PORTFOLIO_COLUMNS", "ALERTS_COLUMNS"]
