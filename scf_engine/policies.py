@@ -178,6 +178,19 @@ AUTHENTICITY_SECTIONS = {"rings": {"window_days", "min_parties", "max_parties"},
 ALERT_KEYS = {"name", "label_zh", "label_en", "severity", "feature", "rule"}
 
 
+def _check_named_rules(items: list, keys: set, path: Path, kind: str) -> None:
+    """A list of named rules (authenticity alerts, monitoring signals): exactly ``keys``
+    each, a known severity, no name twice."""
+    names = set()
+    for i, r in enumerate(items):
+        where = f"{kind} #{i + 1} ({r.get('name', '?')}): "
+        _only(r, keys, path, where)
+        _require(set(r) == keys, path, f"{where}needs {', '.join(sorted(keys))}")
+        _require(r["severity"] in SEVERITIES, path, f"{where}severity must be one of {', '.join(SEVERITIES)}")
+        _require(r["name"] not in names, path, f"duplicate {kind} name {r['name']!r}")
+        names.add(r["name"])
+
+
 def _check_authenticity(data: dict, path: Path) -> None:
     _require(0 <= float(data.get("hop_decay", -1)) < 1, path, "'hop_decay' must lie in [0, 1)")
     _require(float(data.get("hop_growth", -1)) >= 0, path, "'hop_growth' must be >= 0")
@@ -190,14 +203,7 @@ def _check_authenticity(data: dict, path: Path) -> None:
     _require(3 <= int(rings["min_parties"]) <= int(rings["max_parties"]), path,
              "rings need 3 <= min_parties <= max_parties (a ring passes through at least two other parties)")
     _require(isinstance(data.get("alerts"), list), path, "'alerts' must be a list")
-    names = set()
-    for i, a in enumerate(data["alerts"]):
-        where = f"alert #{i + 1} ({a.get('name', '?')}): "
-        _only(a, ALERT_KEYS, path, where)
-        _require(set(a) == ALERT_KEYS, path, f"{where}needs {', '.join(sorted(ALERT_KEYS))}")
-        _require(a["severity"] in SEVERITIES, path, f"{where}severity must be one of {', '.join(SEVERITIES)}")
-        _require(a["name"] not in names, path, f"duplicate alert name {a['name']!r}")
-        names.add(a["name"])
+    _check_named_rules(data["alerts"], ALERT_KEYS, path, "alert")
 
 
 MONITOR_LEVELS = ("red", "amber", "green")
@@ -232,14 +238,7 @@ def _check_monitoring(data: dict, path: Path) -> None:
     _require(isinstance(dr["bins"], int) and dr["bins"] >= 2 and 0 < float(dr["epsilon"]) < 0.01, path,
              "drift: bins an integer >= 2, epsilon in (0, 0.01)")
     _require(isinstance(data.get("signals"), list) and data["signals"], path, "'signals' must be a non-empty list")
-    names = set()
-    for i, s in enumerate(data["signals"]):
-        where = f"signal #{i + 1} ({s.get('name', '?')}): "
-        _only(s, SIGNAL_KEYS, path, where)
-        _require(set(s) == SIGNAL_KEYS, path, f"{where}needs {', '.join(sorted(SIGNAL_KEYS))}")
-        _require(s["severity"] in SEVERITIES, path, f"{where}severity must be one of {', '.join(SEVERITIES)}")
-        _require(s["name"] not in names, path, f"duplicate signal name {s['name']!r}")
-        names.add(s["name"])
+    _check_named_rules(data["signals"], SIGNAL_KEYS, path, "signal")
 
 
 def _check_jiangyin(data: dict, path: Path) -> None:
