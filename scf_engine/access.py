@@ -22,7 +22,6 @@ the dataset, :func:`show` proves membership by recomputing that hash.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
@@ -43,12 +42,7 @@ def actor_name(actor: str | None = None) -> str:
     if actor and actor.strip():
         return actor.strip()
     env = os.environ.get("SCF_ACTOR", "").strip()
-    if env:
-        return env
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in a container: say so rather than guess
-        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return env or audit.os_user()
 
 
 def log_path(path: str | Path | None = None) -> Path:

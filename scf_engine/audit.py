@@ -111,8 +111,11 @@ def _plain(value: Any) -> Any:
 
 
 def _actor(actor: str | None) -> str:
-    if actor:
-        return str(actor)
+    return str(actor) if actor else os_user()
+
+
+def os_user() -> str:
+    """The OS login name of this process."""
     try:
         return getpass.getuser()
     except Exception:  # no login name in a container: say so rather than guess

@@ -274,19 +274,17 @@ def serve(
     consents: Path = typer.Option(None, "--consents", help="consents.csv: checked as in batch scoring."),
     alias: str = typer.Option("champion", "--alias", help="Registered model alias to serve (reloaded when it moves)."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-    audit_log: Path = typer.Option(Path("audit/audit.jsonl"), "--audit-log", help="The hash-chained audit log every request is recorded in."),
-    actor: str = typer.Option(None, "--actor", help="Who runs the service, as the audit log names it (default: $SCF_ACTOR or the OS user)."),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     poll_seconds: float = typer.Option(None, "--poll-seconds", help="How often to look whether the alias moved (default: serve.yaml; 0: only on POST /v1/reload)."),
     cache_entries: int = typer.Option(None, "--cache-entries", help="Answers kept per loaded state (default: serve.yaml; 0: off)."),
 ):
     """Credit decisions over HTTP (POST /v1/decisions, key in X-API-Key; docs at /docs)."""
-    import os
-
     from scf_engine.serve import build, run
 
     with steps("serve") as say:
         built = build(data, keys, as_of=as_of, consents=consents, alias=alias, tracking_uri=tracking_uri,
-                      audit_log=audit_log, actor=actor or os.environ.get("SCF_ACTOR"), cache_entries=cache_entries,
+                      audit_log=audit_log, actor=actor, cache_entries=cache_entries,
                       progress=say)
     st = built[1].state
     console.print(f"serving {alias} models {st.versions} at as-of {st.as_of} on http://{host}:{port} (docs: /docs)",

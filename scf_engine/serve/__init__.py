@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scf_engine import policies
+from scf_engine import access, policies
 from scf_engine.serve.audit_writer import AuditWriter
 from scf_engine.serve.keys import ApiKey, key_sha256, read_keys
 from scf_engine.serve.state import Service
 
 
 def build(data_dir, keys_path, *, as_of=None, consents=None, tracking_uri=None, alias="champion",
-          audit_log: Path | str = "audit/audit.jsonl", actor=None, cache_entries: int | None = None, progress=None):
+          audit_log: Path | str | None = None, actor=None, cache_entries: int | None = None, progress=None):
     """Everything checked and loaded before a port is opened: ``(app, service, writer)``.
     A bad keys file, dataset, policy or registry is one :class:`~scf_engine.errors.ScfError`."""
     from scf_engine.serve.app import create_app
@@ -30,7 +30,8 @@ def build(data_dir, keys_path, *, as_of=None, consents=None, tracking_uri=None, 
     keys = read_keys(keys_path, pol["roles"])
     service = Service(data_dir, serve_policy=pol, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                       progress=progress)
-    writer = AuditWriter(audit_log, actor)
+    # the same log and actor every other command records in ($SCF_AUDIT_LOG, $SCF_ACTOR)
+    writer = AuditWriter(access.log_path(audit_log), access.actor_name(actor))
     return create_app(service, keys, writer), service, writer
 
 
