@@ -97,6 +97,8 @@ class Publication:
         return self
 
     def __exit__(self, *exc) -> bool:
+        if self.staging is not None and current_name(self.state) == self.staging.name:
+            self.published = True  # interrupted between the flip and the line that says so: it is published
         if not self.published and self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             for empty in (self.state, self.state.parent):  # a first run that failed leaves nothing under --out
