@@ -302,8 +302,9 @@ def audit_verify(
     log: Path = typer.Argument(None, help="Audit log to check (default: $SCF_AUDIT_LOG, else audit/audit.jsonl)."),
     anchor: str = typer.Option(None, "--anchor", help="SEQ:HASH of an entry recorded elsewhere (a batch's MLflow "
                                "run keeps one): the log must still hold it, so entries cut off its end are seen."),
-    out: Path = typer.Option(None, "--out", help="A batch's output folder (where limits.csv is): its files must be "
-                             "exactly those its audit_entry.json recorded, and that entry must be in the log."),
+    out: Path = typer.Option(None, "--out", help="An output folder (a batch's, where limits.csv is, or a monitor "
+                             "pass's): its files must be exactly those its audit entry recorded, reached through the links "
+                             "to the published output, and that entry must be in the log."),
 ):
     """Check every entry's hash and the chain; exit 0 when intact, 1 when tampered. Prints
     the head (SEQ:HASH of the last entry) to keep somewhere else."""
@@ -323,9 +324,12 @@ def audit_verify(
         anchor_entry = {"seq": int(seq), "hash": digest.strip()}
     ok, problems = audit.verify(log, anchor=anchor_entry)
     if out is not None:
-        from scf_engine.pipelines.score import verify_output
+        from scf_engine.publish import unpublished, verify
 
-        out_problems = verify_output(out, log)
+        out_problems = verify(out, log)
+        for left in unpublished(out):
+            console.print(f"note: {left}: never published (being written, or left by a killed run; the next run "
+                          "removes it)", highlight=False, soft_wrap=True)
         ok, problems = ok and not out_problems, problems + out_problems
     if ok:
         n = sum(1 for _ in open(log, encoding="utf-8"))

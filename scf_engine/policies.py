@@ -295,6 +295,12 @@ def _check_ingest(d: Mapping[str, Any], path: Path) -> None:
     _require(isinstance(n, int) and n >= 1000, path, "'max_field_chars' must be an integer >= 1000")
 
 
+def _check_output(d: Mapping[str, Any], path: Path) -> None:
+    n = d.get("keep_published")
+    _require(isinstance(n, int) and not isinstance(n, bool) and n >= 1, path,
+             "'keep_published' must be an integer >= 1 (the published output is always kept)")
+
+
 SCHEMAS = {
     "features": (_check_features, {"version", "windows", "features"}),
     "master_scale": (_check_master_scale, {"version", "ratings"}),
@@ -311,6 +317,7 @@ SCHEMAS = {
     "authenticity": (_check_authenticity, {"version", "hop_decay", "hop_growth", "alerts"} | set(AUTHENTICITY_SECTIONS)),
     "ingest": (_check_ingest, {"version", "future_dates", "max_field_chars"}),
     "data_use": (_check_data_use, {"version", "training"}),
+    "output": (_check_output, {"version", "keep_published"}),
     "jiangyin": (_check_jiangyin, {"version", "grades", "rank_bands", "years_in_business_a_above", "loan_record",
                                    "bonus_step_up_points"}),
     "monitoring": (_check_monitoring, {"version", "levels", "pd_red", "pd_amber", "pd_step", "consent_warn_days",

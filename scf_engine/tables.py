@@ -47,8 +47,25 @@ def neutralise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def csv_bytes(df: pd.DataFrame) -> bytes:
-    """The neutralised CSV of ``df`` as UTF-8 bytes (what is hashed is what is written)."""
-    return neutralise(df).to_csv(index=False, lineterminator="\n").encode("utf-8")
+    """The neutralised CSV of ``df`` as UTF-8 bytes (what is hashed is what is written).
+
+    Python's csv writer quotes a field only for the characters of its line terminator,
+    so with ``\n`` a bare carriage return went out unquoted and a reader (Excel, pandas)
+    broke the row there: ``'\r+1+1`` became a row starting ``+1+1``, a formula again.
+    When a text cell holds ``\r``, the file is written with ``\r\n`` (every field with
+    a CR or LF quoted) and the row ends, outside quotes, turned back into ``\n``."""
+    out = neutralise(df)
+    if not _has_cr(out):
+        return out.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    parts = out.to_csv(index=False, lineterminator="\r\n").split('"')
+    parts[::2] = [p.replace("\r\n", "\n") for p in parts[::2]]  # even parts lie outside quotes ("" toggles twice)
+    return '"'.join(parts).encode("utf-8")
+
+
+def _has_cr(df: pd.DataFrame) -> bool:
+    return any(df[c].astype(object).map(lambda v: isinstance(v, str) and "\r" in v).any()
+               for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c].dtype)) or \
+        any(isinstance(c, str) and "\r" in c for c in df.columns)
 
 
 def write_csv(df: pd.DataFrame, path: Path | str) -> Path:

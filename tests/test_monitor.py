@@ -3,7 +3,14 @@ the contract's portfolio.csv and alerts.csv, bad input, and credit repair."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,7 +110,58 @@ def test_the_pass_is_an_mlflow_run_and_an_audit_entry(lent, monitored):
     mine = [e for e in entries if e["action"] == "monitor"]
     assert mine and mine[-1]["details"]["mlflow_run_id"] == run.info.run_id
     assert set(mine[-1]["details"]["output"]) == {"portfolio.csv", "alerts.csv", "drift.csv", "report.html"}
-    assert not list(monitored.glob(".scf-staging-*"))
+    assert json.loads((monitored / "monitor_audit_entry.json").read_text()) == mine[-1]
+    r = invoke("audit", "verify", lent["log"], "--out", monitored)
+    assert r.exit_code == 0 and "never published" not in r.output, r.output
+
+
+# --- kill -9 while a pass is recorded (the same publish step as scf score: scf_engine.publish) ---------
+
+SCF = [sys.executable, "-c", "from scf_engine.cli import app; app()"]
+
+
+def view(folder: Path) -> dict:
+    """What a reader finds under the folder's names (through the links) and its sha256."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if not p.name.startswith(".") and p.is_file()}
+
+
+def kill_monitor_at(lent, out: Path, log: Path, stage: str | None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("SCF_TEST_KILL_AT", None)
+    if stage:
+        env["SCF_TEST_KILL_AT"] = stage
+    return subprocess.run([*SCF, "monitor", str(lent["data"]), "--portfolio", str(lent["limits"]), "--as-of", AS_OF[0],
+                           "--out", str(out), "--consents", str(lent["data"] / "consents.csv"), "--tracking-uri",
+                           lent["uri"], "--audit-log", str(log)], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("stage", ["staged", "appended", "published"])
+def test_kill_9_while_a_pass_is_recorded_leaves_the_previous_pass_or_the_new_one(lent, monitored, tmp_path, stage):
+    """Killed with its files staged, with its entry appended, or just after the flip:
+    portfolio.csv, alerts.csv, drift.csv, report.html and the entry are all the previous
+    pass's, byte for byte, or all the new one's, and verify --out passes on either; the
+    next pass removes what the killed one left and notes it on its entry."""
+    out, log = tmp_path / "mon", tmp_path / "audit.jsonl"
+    shutil.copytree(monitored, out, symlinks=True)
+    shutil.copy(lent["log"], log)
+    before = view(out)
+    p = kill_monitor_at(lent, out, log, stage)
+    assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
+    assert (view(out) == before) == (stage != "published")
+    shown = json.loads((out / "monitor_audit_entry.json").read_text())
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert shown == (entries[-1] if stage == "published" else json.loads((monitored / "monitor_audit_entry.json").read_text()))
+    assert invoke("audit", "verify", log, "--out", out).exit_code == 0
+    if stage != "appended":
+        return
+    orphan = json.loads(log.read_text().splitlines()[-1])  # appended, never published
+    p = kill_monitor_at(lent, out, log, None)
+    assert p.returncode == 0 and "killed before publishing" in p.stdout + p.stderr, p.stdout + p.stderr
+    note = json.loads((out / "monitor_audit_entry.json").read_text())["details"]["leftover_outputs"]
+    assert note[0]["files"]["portfolio.csv"] == orphan["details"]["output"]["portfolio.csv"]
+    r = invoke("audit", "verify", log, "--out", out)
+    assert r.exit_code == 0 and "never published" not in r.output, r.output
 
 
 def test_batch_run_gives_the_same_portfolio(lent, monitored, tmp_path):

@@ -7,7 +7,9 @@ verify`` says so."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,8 +25,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from scf_engine import audit, tracking
+from scf_engine import audit, publish, tracking
 from scf_engine.cli import app
+from scf_engine.pipelines.score import STAGES, verify_output
 from scf_engine.simulate import WorldConfig, simulate, write_dataset
 
 runner = CliRunner()
@@ -66,11 +69,17 @@ def score(w, out_dir: Path, *extra, log=None, batch=None, uri=None):
 
 
 def snapshot(folder: Path) -> dict:
-    """Every file under ``folder`` and its sha256 (what a user would find there)."""
-    if not folder.exists():
-        return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file a user reaches under ``folder`` (through its links: ``limits.csv`` and
+    ``memos`` are links to the published output; the engine's hidden folders left out)
+    and its sha256."""
+    found = {}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            p = Path(root) / f
+            if not f.startswith(".") and p.is_file():
+                found[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return found
 
 
 def assert_audited(out_dir: Path, log: Path) -> None:
@@ -85,7 +94,7 @@ def assert_audited(out_dir: Path, log: Path) -> None:
     memos = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out_dir / "memos").iterdir()} \
         if (out_dir / "memos").exists() else {}
     assert memos == out.get("memos", {})
-    assert not list(out_dir.glob(".scf-staging-*"))
+    assert (out_dir / "limits.csv").is_symlink() and verify_output(out_dir, log) == []
     assert invoke("audit", "verify", log).exit_code == 0
 
 
@@ -97,7 +106,7 @@ def copy_log(w, tmp_path) -> Path:
 
 def copy_output(w, tmp_path) -> Path:
     out_dir = tmp_path / "score"
-    shutil.copytree(w["home"] / "score", out_dir)
+    shutil.copytree(w["home"] / "score", out_dir, symlinks=True)  # as `cp -r` does: the links stay links
     return out_dir
 
 
@@ -336,28 +345,80 @@ def test_an_unusable_dataset_still_writes_its_quarantine_report(world, tmp_path)
     assert (q["file"] == "firms.csv").sum() >= len(firms)
 
 
+def test_a_parquet_column_of_the_wrong_type_stops_with_its_quarantine_report(world, tmp_path):
+    """firm_id typed as integers in a Parquet export: every firm row is refused, exit 2,
+    and the report says why for each row (once, no quarantine.csv on an exit-2 path)."""
+    data = _copy_data(world, tmp_path)
+    firms = pd.read_csv(data / "firms.csv", dtype=str, keep_default_na=False)
+    firms["firm_id"] = range(len(firms))
+    firms.to_parquet(data / "firms.parquet")
+    (data / "firms.csv").unlink()
+    r = invoke("validate", data, "--out", tmp_path / "v")
+    assert "firms.parquet" in one_line_error(r) and "quarantine report" in r.output
+    q = pd.read_csv(tmp_path / "v" / "quarantine.csv")
+    assert (q["file"] == "firms.parquet").sum() == len(firms)
+
+
+def test_records_dated_after_today_are_in_the_future_even_without_a_gap(world, tmp_path):
+    """The data-end rule alone cannot see records that run on, without a gap, past
+    today: the flows shifted to end ten days from now. Those after today (the policy's
+    max_days_after_today: 0) are quarantined as in the future and the default as-of is
+    no later than tomorrow."""
+    from scf_engine.ingest import load_dataset
+
+    data = _copy_data(world, tmp_path)
+    flows = pd.read_csv(data / "flows.csv", dtype=str, keep_default_na=False)
+    booked = pd.to_datetime(flows["booked_on"])
+    today = pd.Timestamp.today().normalize()
+    flows["booked_on"] = (booked + (today + pd.Timedelta(days=10) - booked.max())).dt.strftime("%Y-%m-%d")
+    flows.to_csv(data / "flows.csv", index=False)
+    ds = load_dataset(data)
+    rows = ds.report.rows
+    future = rows[(rows["file"] == "flows.csv") & rows["reason"].str.contains("in the future")]
+    after = (pd.to_datetime(flows["booked_on"]) > today).sum()
+    assert after > 0 and len(future) == after
+    assert ds.default_as_of <= today + pd.Timedelta(days=1)
+
+
+def test_text_cells_starting_with_a_tab_or_a_carriage_return_are_neutralised():
+    """OWASP's list includes tab and CR (a spreadsheet strips them, then reads the
+    formula); numbers, negative ones included, stay numbers."""
+    from scf_engine.tables import csv_bytes
+
+    df = pd.DataFrame({"name": ["\t=cmd|' /C calc'!A0", "\r+1+1", "a\rb", 'say "x"\r\n', "plain", "-12.5"],
+                       "limit_cny": [1.5, -2.0, 0.0, 3.0, 4.0, 5.0]})
+    data = csv_bytes(df)
+    got = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)  # a bare CR once split the row here
+    assert got["name"].tolist() == ["'\t=cmd|' /C calc'!A0", "'\r+1+1", "a\rb", 'say "x"\r\n', "plain", "-12.5"]
+    assert got["limit_cny"].tolist() == ["1.5", "-2.0", "0.0", "3.0", "4.0", "5.0"]
+    assert [r[0] for r in csv.reader(io.StringIO(data.decode(), newline=""))][1:] == got["name"].tolist()
+    assert data.endswith(b"5.0\n") and csv_bytes(df.iloc[4:]) == b"name,limit_cny\nplain,4.0\n-12.5,5.0\n"
+
+
 # --- fault injection: kill -9 at each stage, a full disk ------------------------------------------
 
 SCF = [sys.executable, "-c", "from scf_engine.cli import app; app()"]
 
 
-@pytest.mark.parametrize("stage", ["staged_limits", "staged_memos", "logged", "appended", "published"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_at_each_stage_leaves_the_previous_audited_output_or_the_new_one(world, tmp_path, stage):
+    """A kill -9 at every named point of the record step (limits staged, memos staged,
+    the MLflow run logged, the entry appended, every link made, the flip done): the
+    folder shows the previous audited batch, byte for byte, or the new one with its
+    entry, never a mix (once, a kill between moving the memos and limits.csv left one);
+    ``scf audit verify --out`` passes on what it shows and notes the unpublished rest."""
     out_dir, log = copy_output(world, tmp_path), copy_log(world, tmp_path)
     before = snapshot(out_dir)
-    env = {**os.environ, "SCF_TEST_KILL_AT": stage, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    p = subprocess.run([*SCF, "score", str(world["data"]), "--batch", str(world["data"] / "batch.csv"), "--consents",
-                        str(world["data"] / "consents.csv"), "--out", str(out_dir / "limits.csv"), "--tracking-uri",
-                        world["uri"], "--memo-formats", "md", "--audit-log", str(log)],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
+    kill_score_at(world, out_dir, log, stage)
     assert invoke("audit", "verify", log).exit_code == 0
     if stage == "published":
         assert snapshot(out_dir) != before
+        assert json.loads((out_dir / "audit_entry.json").read_text()) == json.loads(log.read_text().splitlines()[-1])
     else:
-        assert {k: v for k, v in snapshot(out_dir).items() if not k.startswith(".scf-staging-")} == before
-    assert_audited(out_dir, log) if not list(out_dir.glob(".scf-staging-*")) else \
-        json.loads((out_dir / "audit_entry.json").read_text()) in [json.loads(x) for x in log.read_text().splitlines()]
+        assert snapshot(out_dir) == before
+    assert_audited(out_dir, log)
+    r = invoke("audit", "verify", log, "--out", out_dir)
+    assert r.exit_code == 0 and ("never published" in r.output) == (stage != "published"), r.output
 
 
 def test_a_full_disk_under_out_publishes_nothing(world, tmp_path):
@@ -546,6 +607,41 @@ def test_a_tracking_server_killed_mid_score_leaves_the_previous_audited_output(w
     assert invoke("audit", "verify", log, "--out", out_dir).exit_code == 0
 
 
+def test_two_runs_into_one_out_each_record_the_bytes_they_wrote(world, tmp_path):
+    """Two ``scf score`` into one --out: the first waits with its entry appended and
+    every link made (its flip next) while the second runs start to end. Each entry
+    records the hashes of its own bytes (once, an entry re-read the file and recorded
+    the other run's); the second leaves the first's output alone; the folder ends with
+    the batch flipped last and its entry, and the other batch is kept with its entry."""
+    out_dir, log = copy_output(world, tmp_path), copy_log(world, tmp_path)
+    flag = tmp_path / "paused"
+    first = scf_paused_at("linked", flag, "score", world["data"], "--batch", world["batch"], "--consents",
+                          world["data"] / "consents.csv", "--out", out_dir / "limits.csv", "--tracking-uri", world["uri"],
+                          "--memo-formats", "md", "--audit-log", log)
+    deadline = time.monotonic() + 300
+    while not flag.exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.1)
+    small = tmp_path / "small.csv"
+    pd.read_csv(world["batch"], dtype=str).head(5).to_csv(small, index=False)
+    r = score(world, out_dir, log=log, batch=small)
+    assert r.exit_code == 0 and "left alone" in r.output, r.output
+    second = json.loads((out_dir / "audit_entry.json").read_text())
+    assert len(pd.read_csv(out_dir / "limits.csv")) == 5
+    flag.unlink()
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, out + err
+    shown = json.loads((out_dir / "audit_entry.json").read_text())
+    logged = [json.loads(x) for x in log.read_text().splitlines()]
+    assert shown in logged and second in logged and shown["seq"] < second["seq"]  # appended first, flipped last
+    assert len(pd.read_csv(out_dir / "limits.csv")) == 12
+    assert_audited(out_dir, log)
+    kept = [p for p in publish._outputs(out_dir / publish.OUTPUTS / "score")
+            if json.loads((p / "audit_entry.json").read_text()) == second]
+    assert len(kept) == 1 and hashlib.sha256((kept[0] / "limits.csv").read_bytes()).hexdigest() == \
+        second["details"]["output"]["limits.csv"]
+
+
 def test_a_tracking_server_killed_during_train_is_one_line(world, server, tmp_path):
     flag = tmp_path / "paused"
     proc = scf_paused_at("train_run_started", flag, "train", world["data"], "--tracking-uri", server["uri"],
@@ -599,35 +695,40 @@ def kill_score_at(world, out_dir: Path, log: Path, stage: str) -> None:
     assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
 
 
-def test_a_staging_folder_left_after_the_append_is_cleaned_and_reported_by_the_next_run(world, tmp_path):
+@pytest.mark.parametrize("stage", ["appended", "linked"])
+def test_an_output_left_after_the_append_is_removed_and_noted_by_the_next_run(world, tmp_path, stage):
+    """Killed after its entry was appended, before the flip: the entry names an output
+    nobody can see; the next run removes it and its entry names the leftover's hashes
+    (so an auditor can match the orphan entry)."""
     out_dir, log = copy_output(world, tmp_path), copy_log(world, tmp_path)
-    kill_score_at(world, out_dir, log, "appended")
-    left = list(out_dir.glob(".scf-staging-*"))
+    kill_score_at(world, out_dir, log, stage)
+    left = publish.unpublished(out_dir)
     orphan = json.loads(log.read_text().splitlines()[-1])  # appended, never published
     assert len(left) == 1 and orphan["details"]["output"]["limits.csv"] == hashlib.sha256(
         (left[0] / "limits.csv").read_bytes()).hexdigest()
     r = score(world, out_dir, log=log)
     assert r.exit_code == 0, r.output
-    assert f"removed {left[0].name}" in r.output
+    assert f"removed {left[0].relative_to(out_dir)}" in r.output and publish.unpublished(out_dir) == []
     assert_audited(out_dir, log)
-    note = json.loads((out_dir / "audit_entry.json").read_text())["details"]["leftover_staging"]
-    assert note == [{"folder": left[0].name, "pid": note[0]["pid"],
-                     "limits_sha256": orphan["details"]["output"]["limits.csv"]}]
+    note = json.loads((out_dir / "audit_entry.json").read_text())["details"]["leftover_outputs"]
+    assert [(n["folder"], n["files"]["limits.csv"]) for n in note] == [
+        (str(left[0].relative_to(out_dir)), orphan["details"]["output"]["limits.csv"])]
 
 
-def test_verify_out_sees_a_kill_between_the_memos_and_the_final_rename(world, tmp_path):
-    from scf_engine.pipelines.score import settle_leftovers
-
-    out_dir, log = copy_output(world, tmp_path), copy_log(world, tmp_path)
-    assert invoke("audit", "verify", log, "--out", out_dir).exit_code == 0
-    kill_score_at(world, out_dir, log, "published_memos")
-    assert invoke("audit", "verify", log).exit_code == 0  # the chain alone cannot tell
-    r = invoke("audit", "verify", log, "--out", out_dir)
-    assert r.exit_code == 1 and "limits.csv: its bytes are not those entry" in r.output, r.output
-    notes = settle_leftovers(out_dir / "limits.csv", lambda *a: None)  # what the next run does first
-    assert notes[0]["finished_publishing_entry"] == json.loads(log.read_text().splitlines()[-1])["seq"]
-    assert invoke("audit", "verify", log, "--out", out_dir).exit_code == 0
+def test_a_folder_written_before_the_links_is_adopted_by_the_next_run(world, tmp_path):
+    """An output folder of the previous layout (real limits.csv, memos, audit entry, as
+    copying with the links followed also gives): verify passes on it, the next run moves
+    it under the linked layout, byte for byte, and publishes over it."""
+    out_dir, log = tmp_path / "score", copy_log(world, tmp_path)
+    shutil.copytree(world["home"] / "score", out_dir)  # the links followed: real files
+    shutil.rmtree(out_dir / publish.OUTPUTS)
+    before = snapshot(out_dir)
+    assert not (out_dir / "limits.csv").is_symlink() and verify_output(out_dir, log) == []
+    r = score(world, out_dir, log=log)
+    assert r.exit_code == 0 and "moved audit_entry.json, limits.csv, memos under" in r.output, r.output
     assert_audited(out_dir, log)
+    adopted = [p for p in publish._outputs(out_dir / publish.OUTPUTS / "score") if "adopted" in p.name]
+    assert len(adopted) == 1 and snapshot(adopted[0]) == before
 
 
 def test_verify_out_refuses_an_unaudited_or_edited_folder(world, tmp_path):
@@ -637,6 +738,10 @@ def test_verify_out_refuses_an_unaudited_or_edited_folder(world, tmp_path):
     (out_dir / "memos" / "memo_extra.md").write_text("not from this batch")
     r = invoke("audit", "verify", log, "--out", out_dir)
     assert r.exit_code == 1 and memo.name in r.output and "did not record" in r.output
-    (out_dir / "audit_entry.json").unlink()
+    (out_dir / "limits.csv").unlink()
+    (out_dir / "limits.csv").write_bytes((out_dir / publish.OUTPUTS / "score" / "current" / "limits.csv").read_bytes())
+    r = invoke("audit", "verify", log, "--out", out_dir)  # the same bytes, but no longer the published batch's link
+    assert r.exit_code == 1 and "limits.csv: not the link" in r.output
+    (out_dir / publish.OUTPUTS / "score" / "current" / "audit_entry.json").unlink()
     r = invoke("audit", "verify", log, "--out", out_dir)
     assert r.exit_code == 1 and "not audited" in r.output

@@ -13,10 +13,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scf_engine import access, audit, policies, tracking
+from scf_engine import access, policies, publish, tracking
+from scf_engine.faults import checkpoint
 from scf_engine.assemble import add_propagation, assemble
 from scf_engine.credit.consent import consent_status
 from scf_engine.credit.decide import decide
@@ -37,7 +35,8 @@ from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, portfolio_rows
 from scf_engine.monitor.report import render_report
 from scf_engine.monitor.signals import ALERTS_COLUMNS, core_distress, fire, new_authenticity
 from scf_engine.pipelines.compare import load_models
-from scf_engine.pipelines.score import check_writable, output_errors, parse_as_of, saved_scale
+from scf_engine.pipelines.score import check_writable, parse_as_of, saved_scale
+from scf_engine.publish import Publication
 from scf_engine.tables import csv_bytes
 
 PORTFOLIO_NEEDS = ("firm_id", "as_of", "pd", "grade", "limit_cny")
@@ -148,7 +147,8 @@ def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, 
     inputs = {**ds.fingerprints, "portfolio": port_sha, **({"consents": file_sha256(Path(consents))} if consents else {})}
     memo_dir = Path(portfolio).parent / "memos" if portfolio else None
     return record(store, frames, quarantined, out, dates=dates, batch_T=batch_T, versions=versions, pols=pols,
-                  inputs=inputs, batch_run=batch_run, audit_log=audit_log, actor=actor, memo_dir=memo_dir)
+                  inputs=inputs, batch_run=batch_run, audit_log=audit_log, actor=actor, memo_dir=memo_dir,
+                  progress=say)
 
 
 def drift_reference(store, versions) -> dict | None:
@@ -251,51 +251,54 @@ def summary(port: pd.DataFrame, alerts: pd.DataFrame) -> dict:
     return out
 
 
+MONITOR_NAMES = ("portfolio.csv", "alerts.csv", "portfolio_quarantine.csv", "report.html", "drift.csv")
+KIND = "monitor"  # passes live under DIR/.scf-outputs/monitor/ (scf_engine.publish)
+ENTRY_LINK = "monitor_audit_entry.json"  # not audit_entry.json: a batch's limits.csv may share the folder
+
+
 def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, pols, inputs, batch_run, audit_log,
-           actor, memo_dir: Path | None = None) -> MonitorResult:
+           actor, memo_dir: Path | None = None, progress=None) -> MonitorResult:
     """portfolio.csv, alerts.csv, drift.csv, report.html (and the quarantine rows of unknown
-    firms), one MLflow run
-    and one audit entry, all or nothing: staged beside the outputs, the entry records the
-    sha256 of the staged bytes, then each file moves into place by one rename; a failure
-    after the append takes the entry back."""
+    firms), one MLflow run and one audit entry, all or nothing, as a batch: staged in a
+    folder of its own, the entry records the sha256 of the staged bytes, one flip
+    publishes them all (:class:`scf_engine.publish.Publication`); what a killed pass left
+    is removed by the next and noted on its entry."""
     port, alerts, drift = frames
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".scf-staging-", dir=out))
     stats = summary(port, alerts)
-    try:
-        with output_errors(out / "portfolio.csv"), store.run(
-                "monitor", f"monitor {dates[0].date()}..{dates[-1].date()}", tags={"scf_role": "monitor"}) as run:
-            files = {"portfolio.csv": csv_bytes(port), "alerts.csv": csv_bytes(alerts)}
-            if len(quarantined):
-                files["portfolio_quarantine.csv"] = csv_bytes(quarantined)
-            files["report.html"] = render_report(port, alerts, drift, pols["monitoring"], memo_dir=memo_dir,
-                                                 out_dir=out).encode("utf-8")
-            if drift is not None:
-                files["drift.csv"] = csv_bytes(drift)
-                for step, (day, v) in enumerate(drift[drift["kind"] == "psi"][["as_of", "value"]].itertuples(index=False)):
-                    run.log_metrics({"psi_score": v}, step=step)
-            for name, data in files.items():
-                (staging / name).write_bytes(data)
-            hashes = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
-            run.log_params({"as_of": [str(t.date()) for t in dates], "batch_as_of": str(batch_T.date()),
-                            "batch_run": batch_run or "", "model_versions": {k: v["version"] for k, v in versions.items()},
-                            "policy_hashes": policies.fingerprint(pols)})
-            run.log_metrics(stats)
-            for name in files:
-                run.log_artifact(staging / name, "monitor")
-            entry = access.record(
+    pub = Publication(out, KIND, names=MONITOR_NAMES, keep=pols["output"]["keep_published"], entry_link=ENTRY_LINK,
+                      progress=progress)
+    with pub, publish.write_errors(out), store.run(
+            "monitor", f"monitor {dates[0].date()}..{dates[-1].date()}", tags={"scf_role": "monitor"}) as run:
+        files = {"portfolio.csv": csv_bytes(port), "alerts.csv": csv_bytes(alerts)}
+        if len(quarantined):
+            files["portfolio_quarantine.csv"] = csv_bytes(quarantined)
+        files["report.html"] = render_report(port, alerts, drift, pols["monitoring"], memo_dir=memo_dir,
+                                             out_dir=out).encode("utf-8")
+        if drift is not None:
+            files["drift.csv"] = csv_bytes(drift)
+            for step, (day, v) in enumerate(drift[drift["kind"] == "psi"][["as_of", "value"]].itertuples(index=False)):
+                run.log_metrics({"psi_score": v}, step=step)
+        for name, data in files.items():
+            pub.write(name, data)
+        checkpoint("staged")
+        run.log_params({"as_of": [str(t.date()) for t in dates], "batch_as_of": str(batch_T.date()),
+                        "batch_run": batch_run or "", "model_versions": {k: v["version"] for k, v in versions.items()},
+                        "policy_hashes": policies.fingerprint(pols)})
+        run.log_metrics(stats)
+        for name in files:
+            run.log_artifact(pub.path(name), "monitor")
+        checkpoint("logged")
+
+        def append(hashes: dict) -> dict:
+            return access.record(
                 audit_log, actor, "monitor", "after-lending monitoring (贷后监测)", sorted(port["firm_id"].unique()),
                 inputs=inputs, mlflow_run_id=run.id, as_of=[str(t.date()) for t in dates],
                 model_versions={k: v["version"] for k, v in versions.items()},
-                policy_hashes=policies.fingerprint(pols), output=hashes)
-            try:
-                for name in files:
-                    os.replace(staging / name, out / name)
-            except BaseException:
-                audit.rollback(audit_log, entry)
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                policy_hashes=policies.fingerprint(pols), output=hashes,
+                **({"leftover_outputs": pub.leftovers} if pub.leftovers else {}))
+
+        entry = pub.publish(audit_log, append, lambda e, path: run.log_artifact(path, "audit"))
     return MonitorResult(port, alerts, quarantined, out, run.id, entry, stats, drift)
 
 

@@ -10,28 +10,25 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import shutil
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from scf_engine import access, audit, faults, owner, policies, tracking
+from scf_engine import access, faults, policies, publish, tracking
 from scf_engine.assemble import SnapshotData, add_propagation, assemble
 from scf_engine.credit.decide import BatchOptions, DecisionContext, Decisions, decide
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset, as_timestamp
-from scf_engine.errors import OutputError, PolicyError, RequestError
+from scf_engine.errors import PolicyError, RequestError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_batch, read_consents, read_whitelist, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos
+from scf_engine.publish import Publication
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.train import SCALE_ARTIFACT
 from scf_engine.tables import csv_bytes
@@ -181,8 +178,9 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
 
 
 CHECKPOINT_ENV = faults.KILL_ENV
-STAGES = ("staged_limits", "staged_memos", "logged", "appended", "published_memos", "published")
-checkpoint = faults.checkpoint  # the record step's named points (see scf_engine.faults)
+STAGES = ("staged_limits", "staged_memos", "logged", "appended", "linked", "published")
+checkpoint = faults.checkpoint  # the record step's named points (see scf_engine.faults, scf_engine.publish)
+KIND = "score"  # outputs live under DIR/.scf-outputs/score/ (scf_engine.publish)
 
 
 def check_writable(out: Path, audit_log: Path) -> None:
@@ -206,156 +204,65 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
                  audit_log: Path, actor, progress) -> ScoreResult:
     """``limits.csv``, memos, the batch's MLflow run and its audit entry, all or nothing.
 
-    Everything is written to a staging folder beside ``out`` first; the audit entry
-    records the sha256 of the bytes written there (never a re-read of a file another run
-    may have replaced); only then are the files moved into place. A failure before the
-    append leaves the previous output and the log as they were (and the MLflow run
-    FAILED); a failure after it takes the entry back. A kill leaves the previous audited
-    output, or the new one with its entry; an interrupted staging folder
-    (``.scf-staging-*``) is never read."""
+    The batch is staged in a folder of its own and published by one atomic flip
+    (:class:`scf_engine.publish.Publication`): the audit entry records the sha256 of the
+    bytes written; ``DIR/limits.csv``, ``DIR/memos`` and ``DIR/audit_entry.json`` are
+    links that switch from the previous batch to this one at once. A failure before the
+    flip leaves the previous output and the log as they were (and the MLflow run
+    FAILED); a kill leaves the previous audited output or the new one with its entry;
+    what a killed run left is removed by the next and noted on its entry."""
     result = decisions.limits
-    leftovers = settle_leftovers(out, progress)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out.parent))
-        (staging / OWNER_FILE).write_text(json.dumps(owner.me()))
-    except OSError as exc:
-        raise OutputError(f"--out {out.parent}: cannot write there ({exc.strerror or exc})") from None
-    try:
-        with output_errors(out), loaded.store.run("score", f"batch {batch_id}", tags={"scf_role": "score", "batch_id": batch_id}) as run:
-            staged = _stage(loaded, decisions, staging, out.name, run, memos, memo_formats, progress)
-            _log_batch(run, loaded, decisions, staged, batch_id, options, paths)
-            checkpoint("logged")
-            entry = access.record(
+    pub = Publication(out.parent, KIND, names=(out.name, "memos"), keep=loaded.pols["output"]["keep_published"],
+                      progress=progress)
+    with pub, publish.write_errors(out.parent), loaded.store.run(
+            "score", f"batch {batch_id}", tags={"scf_role": "score", "batch_id": batch_id}) as run:
+        staged = _stage(loaded, decisions, pub, out.name, run, memos, memo_formats, progress)
+        _log_batch(run, loaded, decisions, staged, batch_id, options, paths)
+        checkpoint("logged")
+
+        def append(hashes: dict) -> dict:
+            return access.record(
                 audit_log, actor, "score", "batch credit decision (批量授信)", result["firm_id"].tolist(), inputs=inputs,
                 name_firms=True, batch_id=batch_id, mlflow_run_id=run.id, as_of=str(decisions.as_of.date()),
                 model_versions={k: v["version"] for k, v in loaded.versions.items()},
-                policy_hashes=policies.fingerprint(loaded.pols), output=staged["hashes"],
-                **({"leftover_staging": leftovers} if leftovers else {}))
-            checkpoint("appended")
-            try:
-                (staging / AUDIT_ENTRY).write_text(json.dumps(entry, ensure_ascii=False, indent=2))
-                run.log_artifact(staging / AUDIT_ENTRY, "audit")
-                run.set_tags({"audit_head": f"{entry['seq']}:{entry['hash']}"})  # for `scf audit verify --anchor`
-                memo_dir = _publish(staging, out, memo=staged["memo_dir"] is not None)
-            except BaseException:
-                audit.rollback(audit_log, entry)
-                raise
-            checkpoint("published")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                policy_hashes=policies.fingerprint(loaded.pols), output=hashes,
+                **({"leftover_outputs": pub.leftovers} if pub.leftovers else {}))
+
+        def log_entry(entry: dict, path: Path) -> None:
+            run.log_artifact(path, "audit")
+            run.set_tags({"audit_head": f"{entry['seq']}:{entry['hash']}"})  # for `scf audit verify --anchor`
+
+        entry = pub.publish(audit_log, append, log_entry)
+    memo_dir = pub.link("memos") if staged["memo_dir"] is not None else None
     return ScoreResult(result, out, memo_dir, run.id, entry, decisions.summary)
 
 
-AUDIT_ENTRY = "audit_entry.json"
-STAGING_PREFIX = ".scf-staging-"
-OWNER_FILE = ".owner.json"
+AUDIT_ENTRY = publish.ENTRY
 
 
 def settle_leftovers(out: Path, say) -> list[dict]:
-    """Staging folders beside ``out`` left by a run that was killed: each is removed and
-    reported (the notes go on this batch's audit entry). When the folder's
-    ``audit_entry.json`` already names the staged ``limits.csv`` bytes, the kill came
-    between moving the memos and the final rename: the publish is finished first, so the
-    folder holds the audited batch. A folder whose owner still runs (a concurrent
-    ``scf score`` into the same ``--out``) or lives on another host is left alone."""
-    notes = []
-    for folder in sorted(out.parent.glob(STAGING_PREFIX + "*")):
-        try:
-            who = json.loads((folder / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            who = {}
-        if not folder.is_dir() or not owner.is_dead(who):
-            if folder.is_dir():
-                say(f"left alone: {folder.name} (its run may still be going, or ran on another host)")
-            continue
-        note = {"folder": folder.name, "pid": who.get("pid")}
-        staged = folder / out.name
-        if staged.is_file():
-            note["limits_sha256"] = file_sha256(staged)
-            published = _published_entry(out.parent)
-            if published and published.get("details", {}).get("output", {}).get(out.name) == note["limits_sha256"]:
-                os.replace(staged, out)
-                note["finished_publishing_entry"] = published.get("seq")
-        shutil.rmtree(folder, ignore_errors=True)
-        say(f"removed {folder.name}, left by process {who.get('pid')} killed before publishing"
-            + (f" (finished publishing audit entry #{note['finished_publishing_entry']})"
-               if "finished_publishing_entry" in note else ""))
-        notes.append(note)
-    return notes
+    """What a killed ``scf score`` left beside ``out`` (see :func:`scf_engine.publish.settle`)."""
+    return publish.settle(out.parent, KIND, say)
 
 
 def verify_output(folder: Path | str, log: Path | str) -> list[str]:
-    """What is wrong with a batch's output folder against the audit log (empty: nothing).
-    Its ``audit_entry.json`` must be an entry of the log, byte for byte in content; every
-    file that entry recorded must be there with the recorded sha256; no memo may be there
-    that it did not record; and no staging folder may be left. This is what tells a
-    half-published folder (a kill between moving the memos and the final rename) from an
-    audited one, which the chain alone cannot."""
-    folder = Path(folder)
-    entry = _published_entry(folder)
-    if entry is None:
-        return [f"{folder}: no readable {AUDIT_ENTRY}: the files there are not audited"]
-    problems = []
-    try:
-        logged = {ln for ln in Path(log).read_bytes().splitlines() if ln.strip()}
-    except OSError as exc:
-        return [f"{log}: cannot be read ({exc.strerror or exc})"]
-    if audit.canonical(entry) not in logged:
-        problems.append(f"{folder / AUDIT_ENTRY}: entry #{entry.get('seq')} is not in the audit log {log}")
-    output = (entry.get("details") or {}).get("output") or {}
-    recorded_memos = output.get("memos") or {}
-    files = {name: digest for name, digest in output.items() if name != "memos"}
-    files.update({f"memos/{name}": digest for name, digest in recorded_memos.items()})
-    for name, digest in sorted(files.items()):
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{path}: recorded by entry #{entry.get('seq')} but missing")
-        elif file_sha256(path) != digest:
-            problems.append(f"{path}: its bytes are not those entry #{entry.get('seq')} recorded")
-    memo_dir = folder / "memos"
-    extra = sorted(p.name for p in memo_dir.iterdir() if p.is_file() and p.name not in recorded_memos) \
-        if memo_dir.is_dir() else []
-    if extra:
-        problems.append(f"{memo_dir}: {len(extra)} memo(s) entry #{entry.get('seq')} did not record, e.g. {extra[0]}")
-    problems += [f"{p}: a staging folder left by an interrupted run" for p in sorted(folder.glob(STAGING_PREFIX + "*"))]
-    return problems
+    """What is wrong with an output folder against the audit log (see :func:`scf_engine.publish.verify`)."""
+    return publish.verify(folder, log)
 
 
-def _published_entry(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / AUDIT_ENTRY).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-@contextmanager
-def output_errors(out: Path):
-    """A file of the batch that cannot be written (a full disk, a quota) is one line
-    naming the folder; the staging folder is removed, nothing is published."""
-    try:
-        yield
-    except OSError as exc:
-        if isinstance(exc, OutputError):
-            raise
-        raise OutputError(f"--out {out.parent}: the batch's files could not be written ({exc.strerror or exc}); "
-                          "nothing was published") from None
-
-
-def _stage(loaded: Loaded, decisions: Decisions, staging: Path, name: str, run, memos, memo_formats, progress) -> dict:
-    """limits.csv and the memos in the staging folder, and the sha256 of each file."""
-    data = csv_bytes(decisions.limits)
-    (staging / name).write_bytes(data)
-    hashes = {name: hashlib.sha256(data).hexdigest()}
+def _stage(loaded: Loaded, decisions: Decisions, pub: Publication, name: str, run, memos, memo_formats, progress) -> dict:
+    """limits.csv and the memos in the staging folder (their hashes kept by ``pub``)."""
+    path = pub.write(name, csv_bytes(decisions.limits))
     checkpoint("staged_limits")
     memo_dir = None
     if memos and decisions.scored.any():
-        memo_dir = staging / "memos"
+        memo_dir = pub.path("memos")
         progress("memos")
         prov = Provenance(loaded.versions, run.id, tracking.EXPERIMENTS["score"], loaded.store.uri)
         write_memos(memo_dir, memo_formats, memo_contexts(decisions, loaded.data, loaded.models, prov, loaded.dataset.report))
-        hashes["memos"] = {p.name: file_sha256(p) for p in sorted(memo_dir.iterdir()) if p.is_file()}
+        pub.add_folder("memos")
     checkpoint("staged_memos")
-    return {"path": staging / name, "memo_dir": memo_dir, "hashes": hashes}
+    return {"path": path, "memo_dir": memo_dir}
 
 
 def _log_batch(run, loaded: Loaded, decisions: Decisions, staged: dict, batch_id, options, paths) -> None:
@@ -374,22 +281,6 @@ def _log_batch(run, loaded: Loaded, decisions: Decisions, staged: dict, batch_id
         "limits_summary.json")
     if staged["memo_dir"] is not None:
         run.log_artifacts(staged["memo_dir"], "memos")
-
-
-def _publish(staging: Path, out: Path, *, memo: bool) -> Path | None:
-    """Move the staged files into place: memos (the previous batch's memos set aside
-    first, so no folder mixes two batches), the audit entry, and ``limits.csv`` last,
-    each by one rename within the folder."""
-    folder = out.parent
-    old = folder / "memos"
-    if old.exists():
-        os.replace(old, staging / "previous-memos")
-    if memo:
-        os.replace(staging / "memos", old)
-    os.replace(staging / AUDIT_ENTRY, folder / AUDIT_ENTRY)
-    checkpoint("published_memos")  # the memos and the entry are new, limits.csv is not yet
-    os.replace(staging / out.name, out)
-    return old if memo else None
 
 
 # --------------------------------------------------------------------------------- explain
