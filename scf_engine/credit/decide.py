@@ -200,7 +200,7 @@ class Precomputed:
     reasons: np.ndarray  # object: the list of explain.Reason of each firm (empty when not scored)
     contributions: dict  # model kind -> SHAP contributions by firm_id of the firms whose final PD it gave
     jiangyin: pd.DataFrame  # the 13 indicator grades and the guide's grade, by firm_id (firms with flows)
-    lines: pd.Series  # each core's 1+N line (DecisionContext.lines)
+    lines: dict  # each core's 1+N line by core firm_id (DecisionContext.lines as a dict)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -265,7 +265,7 @@ def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: p
     by_id = pd.Index(ids, dtype=object)
     return Precomputed(T, {f: i for i, f in enumerate(ids)}, cols, reasons.to_numpy(dtype=object),
                        {k: c.set_axis(by_id[c.index]) for k, c in contribs.items()}, jy.set_axis(by_id[jy.index]),
-                       ctx.lines)
+                       dict(zip(ctx.lines.index.astype(str), ctx.lines.astype(float))))
 
 
 AUTHENTICITY = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle")
@@ -452,6 +452,28 @@ def limits_frame(cols: dict) -> pd.DataFrame:
     return result
 
 
+INT_COLUMNS = ("jiangyin_a", "jiangyin_c")  # counts: nullable integers in the frame, ints in JSON
+
+
+def records(cols: dict) -> list[dict]:
+    """The rows of :func:`decide_rows`' columns as JSON-ready dicts, as the rows of
+    :func:`limits_frame` read: NaN as None, numbers as Python numbers, the Jiangyin
+    counts as ints. What a service answers without building the frame."""
+    lists = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v)) for k, v in cols.items()}
+    out = []
+    for i in range(len(lists["firm_id"])):
+        row = {}
+        for k, v in lists.items():
+            x = v[i]
+            if isinstance(x, float) and x != x:
+                x = None
+            elif k in INT_COLUMNS and x is not None:
+                x = int(x)
+            row[k] = x
+        out.append(row)
+    return out
+
+
 def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
     preds = pd.DataFrame(index=rows.index, columns=PD_COLUMNS, dtype=float)
     if ok.any():
@@ -524,4 +546,4 @@ def summary(result: pd.DataFrame, pols: dict) -> dict:
 
 
 __all__ = ["BatchOptions", "DecisionContext", "Decisions", "Precomputed", "decide", "decide_rows", "eligibility", "finalize",
-           "limits_frame", "precompute", "single_core", "summary"]
+           "limits_frame", "precompute", "records", "single_core", "summary"]

@@ -240,8 +240,8 @@ def _amounts(c: Mapping[str, np.ndarray], d) -> SimpleNamespace:
     w.scorable = ~np.isnan(w.p) & np.array([g in GRADES for g in w.grade], dtype=bool)
     share_by_grade = {g: float(v) for g, v in d["flow_share_by_grade"].items()}
     w.flow_share = np.array([share_by_grade.get(g, 0.0) if ok else 0.0 for g, ok in zip(w.grade, w.scorable)], dtype=float)
-    w.trade_in = np.nan_to_num(_col(c, "trade_in_12m", n), nan=0.0).clip(0)
-    w.recv = np.nan_to_num(_col(c, "eligible_receivables", n), nan=0.0).clip(0)
+    w.trade_in = _finite0(_col(c, "trade_in_12m", n)).clip(0)
+    w.recv = _finite0(_col(c, "eligible_receivables", n)).clip(0)
     w.advance = float(d["advance_rate"])
     w.flow_part = w.flow_share * w.trade_in
     w.recv_part = np.where(w.scorable, w.advance * w.recv, 0.0)
@@ -290,15 +290,16 @@ def _apply_core_line(c: Mapping[str, np.ndarray], w: SimpleNamespace, core_line)
     w.line_of = np.full(n, np.nan)
     if not has_core.any():
         return
-    lines = pd.Series(core_line if core_line is not None else {}, dtype=float)
-    cores = pd.Series(core_id[has_core]).astype(str)
-    unknown = sorted(set(cores) - set(lines.index.astype(str)))
-    if unknown:
-        raise ValueError(f"no core line given for core(s) {', '.join(unknown)}")
-    lines.index = lines.index.astype(str)
-    keys = np.where(has_core, core_id, "").astype(str)
-    used = pd.Series(np.where(has_core & lendable, limit, 0.0)).groupby(keys).transform("sum").to_numpy()
-    w.line_of = np.where(has_core, lines.reindex(keys).to_numpy(), np.nan)
+    keys = [str(k) for k in core_id[has_core]]
+    line_for = _lines_for(core_line, keys)
+    value = np.where(has_core & lendable, limit, 0.0)
+    if len(set(keys)) == len(keys):  # one supplier per core: the group's sum is its own limit
+        used = value
+    else:
+        keys_all = np.where(has_core, core_id, "").astype(str)
+        used = pd.Series(value).groupby(keys_all).transform("sum").to_numpy()
+    w.line_of = np.full(n, np.nan)
+    w.line_of[has_core] = [line_for[k] for k in keys]
     over = has_core & (used > w.line_of) & (used > 0)
     w.core_scale = np.where(over, np.divide(w.line_of, used, out=np.ones(n), where=used > 0), 1.0)
     binds = over & lendable & (limit > 0)
@@ -307,13 +308,33 @@ def _apply_core_line(c: Mapping[str, np.ndarray], w: SimpleNamespace, core_line)
         w.binding[i].append("core_line")
 
 
+def _lines_for(core_line, keys: list) -> dict:
+    """The line of each core in ``keys`` (str -> float); a core without one is an error.
+    A dict keyed by str (what a service keeps) is read as is, anything else converted."""
+    if isinstance(core_line, pd.Series):
+        core_line = dict(zip(core_line.index.astype(str), core_line.astype(float)))
+    src = {} if core_line is None else core_line
+    if any(not isinstance(k, str) for k in src):
+        src = {str(k): v for k, v in src.items()}
+    unknown = sorted(set(k for k in keys if k not in src))
+    if unknown:
+        raise ValueError(f"no core line given for core(s) {', '.join(unknown)}")
+    return {k: float(src[k]) for k in set(keys)}
+
+
+def _finite0(x: np.ndarray) -> np.ndarray:
+    """NaN as 0 (``np.nan_to_num``), skipped when every value is finite: it is the
+    slowest numpy call of a one-row request."""
+    return x if np.isfinite(x).all() else np.nan_to_num(x, nan=0.0)
+
+
 def _review_flags(c: Mapping[str, np.ndarray], n: int, d) -> SimpleNamespace:
     """What sends a lendable firm to review: authenticity, data quality, consent."""
     return SimpleNamespace(
-        cycle=np.nan_to_num(_col(c, "cycle_share_12m", n), nan=0.0),
-        rtrip=np.nan_to_num(_col(c, "round_trip_share_12m", n), nan=0.0),
-        in_cycle=np.nan_to_num(_col(c, "in_trade_cycle", n), nan=0.0),
-        dq=np.nan_to_num(_col(c, "dq_issues", n), nan=0.0),
+        cycle=_finite0(_col(c, "cycle_share_12m", n)),
+        rtrip=_finite0(_col(c, "round_trip_share_12m", n)),
+        in_cycle=_finite0(_col(c, "in_trade_cycle", n)),
+        dq=_finite0(_col(c, "dq_issues", n)),
         off_list=np.asarray(c["off_whitelist"], dtype=bool) if "off_whitelist" in c else np.zeros(n, dtype=bool),
         rt_max=float(d.get("round_trip_review_above", 0.0)),
         need_consent=bool(d.get("require_consent", False)),
