@@ -16,19 +16,26 @@ Rows:
   a time, no HTTP, no audit; the core builds its snapshot context on every call, as a
   batch of one does;
 * **in-process, shared context** - the same calls with the snapshot's
-  ``DecisionContext`` built once and passed in (what ``scf serve`` does);
+  ``DecisionContext`` built once and passed in (what ``scf serve`` did before the
+  precomputed table, and still does for an unknown firm);
+* **in-process, request step only** - what ``scf serve`` now runs for a request the
+  cache has not seen: ``decide_rows`` on the snapshot's precomputed per-firm table
+  (``precompute``, once at load), the answer's records and its JSON;
 * **generator + HTTP only** - ``GET /healthz`` on the cached service (no audit record,
   no work): what the load generator and the HTTP stack cost on the same 2 cores, the
   floor under every service row's latency;
 * **service, answers cached** - after one warm-up pass over the applicants (timed and
   shown), ``BENCH_SERVE_CLIENTS`` clients (default 50) for ``BENCH_SERVE_SECONDS``
   (default 60);
-* **service, no cache** - ``--cache-entries 0``: every request runs the decision core,
-  for ``BENCH_SERVE_COLD_SECONDS`` (default 15).
+* **service, no cache** - ``--cache-entries 0``: every request runs the decision core's
+  request step on the precomputed table, for ``BENCH_SERVE_COLD_SECONDS`` (default 15).
 
-"x baseline" is the row's throughput / the baseline's; errors are non-200 answers and
-broken connections; "audited" is the requests found in the audit log (``scf audit
-verify`` run on it) against the requests sent, warm-up included.
+"x baseline" is the row's throughput / the baseline's; "thr x floor" and "p99 x floor"
+compare a service row with the healthz floor measured in the same run (throughput
+ratio, p99 ratio); errors are non-200 answers and broken connections; "audited" is the
+requests found in the audit log (``scf audit verify`` run on it) against the requests
+sent, warm-up included. Printed apart: the precompute's time at load and the Python
+memory it holds (tracemalloc, the 1M-firm figure scaled linearly from this world).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 
@@ -88,21 +96,37 @@ def baseline(world: dict, apps) -> tuple[dict, dict]:
     service runs them), alternating so both see the same load."""
     import pandas as pd
 
+    from scf_engine.credit.decide import decide_rows, records
     from scf_engine.ingest.requests import requests_frame
-    from scf_engine.pipelines.score import decide_loaded, decision_context, load_for_decisions
+    from scf_engine.pipelines.score import decide_loaded, decision_context, load_for_decisions, precompute_loaded
 
     loaded = load_for_decisions(world["data"], consents=world["consents"], tracking_uri=world["uri"])
     context = decision_context(loaded)
-    out = {"per call": {"lat": [], "errors": 0}, "shared": {"lat": [], "errors": 0}}
+    t = time.perf_counter()
+    table = precompute_loaded(loaded, context)
+    precompute_s = time.perf_counter() - t
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    again = precompute_loaded(loaded, context)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    del again
+    out = {"per call": {"lat": [], "errors": 0}, "shared": {"lat": [], "errors": 0}, "step": {"lat": [], "errors": 0}}
     for f, a in apps[:100]:
         req = requests_frame(pd.DataFrame({"firm_id": [f], "requested_amount": [repr(a)]}))
         for name, ctx in (("per call", None), ("shared", context)):
             t = time.perf_counter()
             decide_loaded(loaded, req, context=ctx)
             out[name]["lat"].append(time.perf_counter() - t)
+    for f, a in apps * 5:
+        t = time.perf_counter()
+        cols, _ = decide_rows([table], [f], np.array([a]), None, loaded.pols)
+        json.dumps(records(cols), ensure_ascii=False, allow_nan=False).encode()
+        out["step"]["lat"].append(time.perf_counter() - t)
     for r in out.values():
         r["n"], r["seconds"] = len(r["lat"]), sum(r["lat"])
-    return out["per call"], out["shared"]
+    memory = {"firms": len(table), "precompute_s": precompute_s, "bytes": held}
+    return out["per call"], out["shared"], out["step"], memory
 
 
 # ------------------------------------------------------------------------- the service
@@ -213,13 +237,19 @@ def audited(log: Path) -> int:
     return sum(len(json.loads(line)["details"].get("requests", [])) for line in log.read_text().splitlines())
 
 
-def row(name, r, base=None, sent=None, recorded=None) -> dict:
+def row(name, r, base=None, sent=None, recorded=None, floor=None) -> dict:
     lat = np.asarray(r["lat"]) * 1000
     thr = r["n"] / r["seconds"]
-    return {"route": name, "clients": r.get("clients", 1), "seconds": round(r["seconds"], 1), "requests": r["n"],
-            "req_per_s": round(thr, 1), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "errors": r["errors"], "x_baseline": round(thr / base, 2) if base else 1.0,
-            "audited": f"{recorded}/{sent}" if sent is not None else "-"}
+    p99 = float(np.percentile(lat, 99))
+    out = {"route": name, "clients": r.get("clients", 1), "seconds": round(r["seconds"], 1), "requests": r["n"],
+           "req_per_s": round(thr, 1), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": p99,
+           "errors": r["errors"], "x_baseline": round(thr / base, 2) if base else 1.0,
+           "thr_x_floor": "-", "p99_x_floor": "-", "audited": f"{recorded}/{sent}" if sent is not None else "-"}
+    if floor is not None:
+        f_lat = np.asarray(floor["lat"]) * 1000
+        out["thr_x_floor"] = f"{thr / (floor['n'] / floor['seconds']):.2f}"
+        out["p99_x_floor"] = f"{p99 / float(np.percentile(f_lat, 99)):.2f}"
+    return out
 
 
 def main() -> None:
@@ -229,10 +259,11 @@ def main() -> None:
         world = prepare(home)
         print(f"world of {FIRMS} firms trained and promoted in {time.perf_counter() - t:.0f} s")
         apps = applicants(world)
-        base, shared = baseline(world, apps)
+        base, shared, step, memory = baseline(world, apps)
         base_thr = base["n"] / base["seconds"]
         rows = [row("baseline: in-process one-firm decide (scf explain's route)", base),
-                row("in-process one-firm decide, snapshot context shared (the service's route)", shared, base_thr)]
+                row("in-process one-firm decide, snapshot context shared (unknown firms' route)", shared, base_thr),
+                row("in-process request step on the precomputed table + JSON (the service's route)", step, base_thr)]
 
         port, log = free_port(), home / "audit-warm.jsonl"
         proc = start(world, home, port, log)
@@ -245,10 +276,11 @@ def main() -> None:
         finally:
             stop(proc)
         floor["clients"] = r["clients"] = CLIENTS
-        rows.append(row("generator + HTTP only: GET /healthz, no audit, no work (the latency floor)", floor, base_thr))
+        rows.append(row("generator + HTTP only: GET /healthz, no audit, no work (the latency floor)", floor, base_thr,
+                        floor=floor))
         r["errors"] += bad
         rows.append(row(f"service, answers cached (warm-up: {len(apps)} requests in {warm_s:.1f} s)", r, base_thr,
-                        sent=r["n"] + len(apps), recorded=audited(log)))
+                        sent=r["n"] + len(apps), recorded=audited(log), floor=floor))
 
         port, log = free_port(), home / "audit-cold.jsonl"
         proc = start(world, home, port, log, extra=("--cache-entries", "0"))
@@ -257,8 +289,13 @@ def main() -> None:
         finally:
             stop(proc)
         r["clients"] = CLIENTS
-        rows.append(row("service, no cache (every request runs the core)", r, base_thr, sent=r["n"], recorded=audited(log)))
+        rows.append(row("service, no cache (every request runs the request step)", r, base_thr, sent=r["n"],
+                        recorded=audited(log), floor=floor))
     show(f"scf serve on loopback, one firm a request, {os.cpu_count()} cores", rows, "serve")
+    per_firm = memory["bytes"] / memory["firms"]
+    print(f"precompute at load: {memory['firms']:,} firms in {memory['precompute_s']:.1f} s; "
+          f"Python memory held {memory['bytes'] / 2**20:.1f} MiB ({per_firm / 1024:.2f} KiB a firm), "
+          f"so about {per_firm * 1e6 / 2**30:.1f} GiB for a 1M-firm snapshot (linear)")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,48 @@ def test_one_firm_equals_scf_score_of_a_batch_of_one_and_repeats_identically(ser
     assert_same_answers(json.loads(first[2])["decisions"], limits)
 
 
+def test_never_seen_requests_answer_as_the_whole_core_on_a_batch_of_one(server):
+    """Requests the cache has never seen (new firms, new amounts: below, at and above the
+    firm's limit, none, zero), unknown firms, cores and firms without consent, over HTTP:
+    each answer equals the whole decision core run on the same request as a batch, with
+    no precomputed table and no shared context (what `scf score` runs on a batch.csv of
+    those rows)."""
+    import random
+
+    from scf_engine.ingest.requests import requests_frame
+    from scf_engine.pipelines.score import decide_loaded
+    from scf_engine.serve.state import plain_records
+
+    loaded = server["service"].state.loaded
+    table = pd.read_csv(server["data"] / "firms.csv", dtype=str)
+    firms = table["firm_id"].tolist()
+    consented = set(pd.read_csv(server["data"] / "consents.csv", dtype=str)["firm_id"])
+    defaulted = set(pd.read_csv(server["data"] / "defaults.csv", dtype=str)["firm_id"])
+    plain = table[(table["is_core"].str.lower() != "true") & (pd.to_datetime(table["founded_on"]) < loaded.data.as_of)]
+    no_consent = [f for f in plain["firm_id"] if f not in consented and f not in defaulted][:2]
+    rng = random.Random(8)
+    asks = []
+    for f in rng.sample(firms, 40) + no_consent + ["91000000000000000X"]:
+        status, _, raw = call(server, "POST", "/v1/decisions", {"firms": [{"firm_id": f}]}, key="plat")
+        assert status == 200, raw
+        limit = json.loads(raw)["decisions"][0]["limit_cny"]
+        asks += [[(f, amount)] for amount in {0.0, round(limit * 0.5, 2), limit, limit * 2 + 1, rng.randrange(1, 90) * 1e5}]
+    asks += [[(f, rng.choice([None, 3e5, 5e6])) for f in rng.sample(firms, 4)] for _ in range(5)]
+    seen = set()
+    for firms_asked in asks:
+        body = {"firms": [{"firm_id": f, "requested_amount": a} for f, a in firms_asked]}
+        status, _, raw = call(server, "POST", "/v1/decisions", body, key="plat")
+        assert status == 200, raw
+        req = requests_frame(pd.DataFrame({"firm_id": [f for f, _ in firms_asked],
+                                           "requested_amount": ["" if a is None else repr(a) for _, a in firms_asked]}))
+        whole = decide_loaded(loaded, req)
+        assert json.loads(raw)["decisions"] == plain_records(whole.limits)
+        lim = whole.limits
+        seen |= set(lim["decision"]) | {c for caps in lim["binding_caps"] for c in caps.split(";") if c}
+        seen |= {w for w in ("unknown firm", "authorisation", "core enterprise") if lim["reasons"].str.contains(w).any()}
+    assert {"approve", "review", "decline", "requested", "unknown firm", "authorisation"} <= seen, seen
+
+
 def test_reasons_and_memo_by_role(server):
     lim = pd.read_csv(server["data"] / "batch.csv", dtype=str)
     firm = lim["firm_id"].iloc[0]

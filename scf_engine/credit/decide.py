@@ -15,14 +15,15 @@ empty PD, ``decline`` and the reason: never a silent gap, whatever the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
 from scf_engine.contract import LIMITS_COLUMNS
-from scf_engine.credit.consent import consent_lookup, consent_ok, consent_table
+from scf_engine.credit.consent import consent_lookup, consent_table
 from scf_engine.credit.envelope import allocate_envelope
-from scf_engine.credit.limits import apply_limits, core_lines, eligible_receivables
+from scf_engine.credit.limits import core_lines, eligible_receivables, limit_arrays
 from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
 from scf_engine.errors import RequestError
 from scf_engine.explain.model_reasons import propagation_reasons, shap_reasons
@@ -112,6 +113,9 @@ class DecisionContext:
 
 # ----------------------------------------------------------------------------- eligibility
 
+NOT_SCORABLE = "not scorable: no fund-flow history and no chain link to a core"
+OFF_LIST = "not on the programme's whitelist (名单制)"
+
 
 def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: pd.Series, require_consent: bool,
                 dishonest: pd.Series | None = None, off_list: pd.Series | None = None, *,
@@ -136,23 +140,135 @@ def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: p
     if dishonest is not None:
         why[(why == "") & dishonest.eq(1.0)] = "serious dishonesty record (严重失信): not graded, declined"
     if off_list is not None:
-        why[(why == "") & off_list] = "not on the programme's whitelist (名单制)"
+        why[(why == "") & off_list] = OFF_LIST
     if require_consent:
-        no_consent = (why == "") & (consent != "ok")
-        why[no_consent] = [f"not scored: no valid data-sharing authorisation ({s.replace('_', ' ')})" for s in consent[no_consent]]
+        late = consent_reasons(consent)
+        why[why == ""] = late[why == ""]
     return why
+
+
+def consent_reasons(consent: pd.Series) -> pd.Series:
+    """Why each row may not be scored for want of a valid data-use authorisation ("" when
+    its consent is ``ok``); read only when the policy requires consent."""
+    out = pd.Series("", index=consent.index, dtype=object)
+    bad = consent != "ok"
+    out[bad] = [f"not scored: no valid data-sharing authorisation ({s.replace('_', ' ')})" for s in consent[bad]]
+    return out
 
 
 def single_core(nodes: pd.DataFrame) -> str | None:
     """The one core every scorable firm of the batch is tied to, if there is exactly one
     (a 1+N chain batch); else None."""
-    cores = nodes["cores"].dropna()
-    if cores.empty:
+    return _single_core(nodes["cores"].tolist())
+
+
+def _single_core(cores: list) -> str | None:
+    cores = [c for c in cores if not _missing(c)]
+    if not cores:
         return None
-    common = set(cores.iloc[0])
-    for c in cores.iloc[1:]:
+    common = set(cores[0])
+    for c in cores[1:]:
         common &= set(c)
     return sorted(common)[0] if len(common) == 1 and all(len(c) >= 1 for c in cores) else None
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+# ------------------------------------------------------------ the per-firm part, once
+
+
+@dataclass
+class Precomputed:
+    """Everything about a decision that does not depend on the request, for a set of
+    firms at one as-of: why a firm may not be scored (unknown, core, not founded, in
+    default, dishonesty record, consent, no model), each model's PD, the final PD, score
+    and grade, the limit policy's inputs (trade inflow, eligible receivables,
+    authenticity and data-quality counts, consent), the firm's cores, its reasons and
+    their SHAP contributions, and its Jiangyin grade.
+
+    A batch computes it for its own firms (:func:`decide`); a service computes it once
+    for every firm of the loaded snapshot, so that a request runs only :func:`finalize`
+    (the request's own checks, the whitelist, the 1+N core, the limits with their caps,
+    the envelope): the same two steps, so the same answers. Columns are numpy arrays,
+    one entry per firm, found by :meth:`positions`."""
+
+    as_of: pd.Timestamp
+    index: dict  # firm_id -> position
+    cols: dict  # column name -> np.ndarray, one entry per firm
+    reasons: np.ndarray  # object: the list of explain.Reason of each firm (empty when not scored)
+    contributions: dict  # model kind -> SHAP contributions by firm_id of the firms whose final PD it gave
+    jiangyin: pd.DataFrame  # the 13 indicator grades and the guide's grade, by firm_id (firms with flows)
+    lines: dict  # each core's 1+N line by core firm_id (DecisionContext.lines as a dict)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def missing(self, ids) -> list:
+        """The ids (in first-seen order, once each) this table does not hold."""
+        return [f for f in dict.fromkeys(ids) if f not in self.index]
+
+    def take(self, ids) -> dict:
+        """The columns for ``ids`` in order (every id must be held)."""
+        pos = np.fromiter((self.index[f] for f in ids), dtype=np.intp, count=len(ids))
+        out = {k: v[pos] for k, v in self.cols.items()}
+        out["_reasons"] = self.reasons[pos]
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes held by the numeric columns' buffers (strings and lists are counted apart)."""
+        return int(sum(v.nbytes for v in self.cols.values()))
+
+
+def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: pd.DataFrame | None = None,
+               scale: ScoreScale | None = None, context: DecisionContext | None = None) -> Precomputed:
+    """The request-independent part of every decision for ``firm_ids`` (any ids: an
+    unknown one gets its "unknown firm" row) on snapshot ``data`` (see :func:`decide`
+    for the arguments). Every step is per firm, so a firm's entry is the same whichever
+    other firms are computed with it (the randomised tests check it)."""
+    T = data.as_of
+    ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
+    ids = list(dict.fromkeys(str(f) for f in firm_ids))
+    req = pd.DataFrame({"firm_id": pd.Series(ids, dtype=object)})
+    consent = consent_lookup(req["firm_id"], ctx.consent).set_axis(req.index)
+    require = bool(pols["limit_policy"].get("require_consent", False))
+    rows = data.table.reindex(req["firm_id"]).set_axis(req.index)
+    why = eligibility(dataset, req, T, consent, False, rows.get("ind_dishonest"), context=ctx)
+    late = consent_reasons(consent).where(why == "", "") if require else pd.Series("", index=req.index, dtype=object)
+    preds, fin = _predict(models, pols, rows, (why == "") & (late == ""))
+    late[(why == "") & (late == "") & fin["pd"].isna()] = NOT_SCORABLE
+    ok = (why == "") & (late == "")
+    sg = score_frame(fin["pd"].where(ok), scale or ScoreScale.from_policy(pols["score_scale"]))
+    nodes = data.chain.nodes.reindex(req["firm_id"]).set_axis(req.index)
+    reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, ok, fin["pd_source"], req["firm_id"])
+    jy_cols, jy = jiangyin_columns(rows, pols)
+    cols = {"firm_id": np.array(ids, dtype=object), "why": why.to_numpy(dtype=object),
+            "why_late": late.to_numpy(dtype=object), "ok": ok.to_numpy(dtype=bool),
+            **{c: preds[c].to_numpy(dtype=float) for c in PD_COLUMNS},
+            "pd": fin["pd"].where(ok).to_numpy(dtype=float), "pd_source": fin["pd_source"].where(ok, "").to_numpy(dtype=object),
+            "score": sg["score"].where(ok).to_numpy(dtype=float), "grade": sg["grade"].where(ok).to_numpy(dtype=object),
+            "text": np.array([format_reasons(r) if o and r else "" for r, o in zip(reasons, ok)], dtype=object),
+            "trade_in_12m": nodes["trade_in_12m"].fillna(0.0).to_numpy(dtype=float),
+            "eligible_receivables": ctx.eligible.reindex(req["firm_id"]).fillna(0.0).to_numpy(dtype=float),
+            "dq_issues": req["firm_id"].map(ctx.dq_counts).fillna(0).astype(int).to_numpy(),
+            "consent": consent.to_numpy(dtype=object),
+            "cores": nodes["cores"].to_numpy(dtype=object), "batch_group": nodes["batch_group"].to_numpy(dtype=object),
+            "jiangyin_grade": jy_cols["jiangyin_grade"].to_numpy(dtype=object),
+            "jiangyin_a": jy_cols["jiangyin_a"].to_numpy(dtype=float, na_value=np.nan),
+            "jiangyin_c": jy_cols["jiangyin_c"].to_numpy(dtype=float, na_value=np.nan),
+            "has_flows": (rows["history_months"].notna() if "history_months" in rows
+                          else pd.Series(False, index=rows.index)).to_numpy(dtype=bool)}
+    for c in AUTHENTICITY:
+        if c in rows:
+            cols[c] = pd.to_numeric(rows[c], errors="raise").to_numpy(dtype=float)
+    by_id = pd.Index(ids, dtype=object)
+    return Precomputed(T, {f: i for i, f in enumerate(ids)}, cols, reasons.to_numpy(dtype=object),
+                       {k: c.set_axis(by_id[c.index]) for k, c in contribs.items()}, jy.set_axis(by_id[jy.index]),
+                       dict(zip(ctx.lines.index.astype(str), ctx.lines.astype(float))))
+
+
+AUTHENTICITY = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle")
 
 
 # ------------------------------------------------------------------------------- the core
@@ -160,7 +276,7 @@ def single_core(nodes: pd.DataFrame) -> str | None:
 
 def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, consents: pd.DataFrame | None = None,
            options: BatchOptions = BatchOptions(), scale: ScoreScale | None = None,
-           context: DecisionContext | None = None) -> Decisions:
+           context: DecisionContext | None = None, precomputed: Precomputed | None = None) -> Decisions:
     """Decisions for ``requests`` (``firm_id``, optional ``requested_amount`` and
     ``request_problem``, as :func:`scf_engine.ingest.requests.read_batch` returns) on the
     assembled snapshot ``data`` (an :class:`~scf_engine.assemble.SnapshotData` with the
@@ -168,34 +284,194 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     the loaded policies ``pols`` and the consents frame. ``dataset`` tells known from
     unknown firms, founding and default dates and data-quality issues; ``scale`` is the
     score scale saved with the models (default: the policy's); ``context``: the
-    snapshot's :class:`DecisionContext` (built here when not given)."""
-    T = data.as_of
+    snapshot's :class:`DecisionContext` (built here when not given).
+
+    Two steps: :func:`precompute` (per firm, whatever the request) and :func:`finalize`
+    (the request). ``precomputed``: a table the caller keeps for the snapshot (a
+    service's, over every firm); firms it lacks (unknown ids) are computed here."""
     ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
+    ids = requests["firm_id"].astype(str).tolist()
+    extra = None
+    if precomputed is None or precomputed.missing(ids):
+        todo = ids if precomputed is None else precomputed.missing(ids)
+        extra = precompute(data, models, pols, todo, dataset=dataset, consents=consents, scale=scale, context=ctx)
+    tables = [t for t in (precomputed, extra) if t is not None]
+    return finalize(tables, requests, pols, options)
+
+
+def finalize(tables, requests: pd.DataFrame, pols: dict, options: BatchOptions = BatchOptions()) -> Decisions:
+    """The request step: :class:`Decisions` for ``requests`` from the per-firm tables
+    (a :class:`Precomputed` or a list of them; each requested firm is read from the first
+    that holds it), with the request's own checks, the whitelist, the batch's 1+N core,
+    the limits and their caps, and the envelope (:func:`decide_rows`)."""
+    tables = list(tables) if isinstance(tables, (list, tuple)) else [tables]
     requests = requests.reset_index(drop=True)
-    consent = consent_lookup(requests["firm_id"], ctx.consent).set_axis(requests.index)
-    require = bool(pols["limit_policy"].get("require_consent", False))
-    rows = data.table.reindex(requests["firm_id"]).set_axis(requests.index)
-    off_list = ~requests["firm_id"].isin(options.whitelist) if options.whitelist is not None else None
-    decline_off_list = as_data(pols["limit_policy"]).get("off_whitelist", "decline") == "decline"
-    why = eligibility(dataset, requests, T, consent, require, rows.get("ind_dishonest"),
-                      off_list if decline_off_list else None, context=ctx)
-    preds, fin = _predict(models, pols, rows, why == "")
-    why[(why == "") & fin["pd"].isna()] = "not scorable: no fund-flow history and no chain link to a core"
-    ok = why == ""
-    sg = score_frame(fin["pd"].where(ok), scale or ScoreScale.from_policy(pols["score_scale"]))
-    nodes = data.chain.nodes.reindex(requests["firm_id"]).set_axis(requests.index)
-    core = options.chain_core or single_core(nodes[ok])
-    lim_in = _limit_inputs(ctx, requests, rows, nodes, fin["pd"].where(ok), sg["grade"].where(ok), consent,
-                           require, core)
-    if off_list is not None and not decline_off_list:
-        lim_in["off_whitelist"] = off_list.to_numpy()
-    lim, group = _limits(lim_in, nodes, ok, pols, core, ctx.lines, options)
-    reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, ok, fin["pd_source"], requests["firm_id"])
-    result = _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group)
-    jy_cols, jy = jiangyin_columns(rows, pols)
-    result = result.join(jy_cols)
-    return Decisions(T, result, ok, reasons, contribs, lim[["limit_basis", "decision_reasons", "binding_caps"]], core,
+    ids = requests["firm_id"].astype(str).tolist()
+    amounts = requests["requested_amount"].to_numpy(dtype=float) if "requested_amount" in requests else None
+    problems = requests["request_problem"].to_numpy(dtype=object) if "request_problem" in requests else None
+    cols, w = decide_rows(tables, ids, amounts, problems, pols, options)
+    result = limits_frame(cols)
+    ok, index = w.ok, result.index
+    reasons = pd.Series([list(r) if o else [] for r, o in zip(w.reasons, ok)], index=index, dtype=object)
+    contribs = {}
+    for kind in ("hybrid", "decoupled"):
+        use = ok & (cols["pd_source"] == kind)
+        if use.any():
+            contribs[kind] = _rows_by_id([t.contributions.get(kind) for t in tables], w.ids[use]).set_axis(index[use])
+    known = w.has_flows
+    jy = (_rows_by_id([t.jiangyin for t in tables], w.ids[known]).set_axis(index[known]) if known.any()
+          else pd.DataFrame(index=index[known]))
+    detail = pd.DataFrame({"limit_basis": w.basis, "decision_reasons": w.decision_reasons, "binding_caps": w.binding},
+                          index=index)
+    return Decisions(tables[0].as_of, result, pd.Series(ok, index=index), reasons, contribs, detail, w.core,
                      summary(result, pols), jy)
+
+
+def _rows_by_id(frames: list, ids: np.ndarray) -> pd.DataFrame:
+    """The rows of ``ids`` in order, each from the first frame (indexed by firm_id) holding it."""
+    frames = [f for f in frames if f is not None]
+    if len(frames) == 1:
+        return frames[0].loc[ids]
+    parts = [f.loc[f.index.intersection(pd.Index(ids))] for f in frames]
+    both = pd.concat(parts)
+    return both[~both.index.duplicated()].loc[ids]
+
+
+def _gather(tables: list, ids: list) -> dict:
+    """The precomputed columns of ``ids`` in order, from the first table holding each."""
+    if len(tables) == 1:
+        return tables[0].take(ids)
+    where = np.array([next(j for j, t in enumerate(tables) if f in t.index) for f in ids], dtype=int)
+    parts = [(where == j, t.take([f for f, k in zip(ids, where) if k == j])) for j, t in enumerate(tables)]
+    out = {}
+    for name in parts[0][1]:
+        col = np.empty(len(ids), dtype=np.result_type(*[p[name].dtype for _, p in parts]))
+        for mask, p in parts:
+            col[mask] = p[name]
+        out[name] = col
+    return out
+
+
+def decide_rows(tables: list, ids: list, amounts: np.ndarray | None, problems: np.ndarray | None, pols: dict,
+                options: BatchOptions = BatchOptions()) -> tuple[dict, SimpleNamespace]:
+    """The request step on plain arrays: the ``limits.csv`` columns (a dict of arrays, in
+    the contract's order) for request rows ``ids`` with their requested ``amounts`` (NaN:
+    none) and ``problems`` (the request's own row problems, "" when none), and the
+    working :func:`finalize` turns into :class:`Decisions`.
+
+    No pandas unless an envelope is asked for: a service runs this per request on one
+    row, where each DataFrame operation's fixed cost would be the whole cost."""
+    p, n = _gather(tables, ids), len(ids)
+    d = as_data(pols["limit_policy"])
+    idarr = np.array(ids, dtype=object)
+    why = p["why"] if problems is None else np.where(problems != "", problems, p["why"])
+    off_list = np.array([f not in options.whitelist for f in ids], dtype=bool) if options.whitelist is not None else None
+    decline_off = d.get("off_whitelist", "decline") == "decline"
+    if off_list is not None and decline_off:
+        why = np.where((why == "") & off_list, OFF_LIST, why)
+    blocked = why != ""  # by the request or the whitelist: no model was run for the row
+    why = np.where(blocked, why, p["why_late"])
+    ok = why == ""
+    k = np.flatnonzero(ok)
+    pd_ = np.where(ok, p["pd"], np.nan)
+    grade = np.where(ok, p["grade"], np.nan)
+    core = options.chain_core or _single_core(list(p["cores"][k]))
+    req = amounts if amounts is not None else np.full(n, np.nan)
+    lim = limit_arrays(_limit_input(p, idarr, k, pd_, grade, req, core, off_list if not decline_off else None, d),
+                       d, core_line=tables[0].lines if core else None)
+    limit_cny = np.zeros(n)
+    limit_cny[k] = lim["limit_cny"]
+    group = None
+    if options.group_limit is not None:
+        limit_cny[k], group = _envelope_rows(lim, k, pd_, p["batch_group"], n, options, pols["limit_policy"])
+    decision = np.full(n, "decline", dtype=object)
+    decision[k] = lim["decision"]
+    part = {}
+    for name in ("uncapped_limit", "flow_part", "receivable_part"):
+        part[name] = np.full(n, np.nan)
+        part[name][k] = lim[name]
+    binding, reasons_, basis = ([[] for _ in range(n)] for _ in range(3))
+    for j, i in enumerate(k):
+        binding[i], reasons_[i], basis[i] = lim["binding_caps"][j], lim["decision_reasons"][j], lim["limit_basis"][j]
+    cols = {"firm_id": idarr, "as_of": np.full(n, tables[0].as_of.strftime("%Y-%m-%d"), dtype=object),
+            "pd": np.round(pd_, 6), "score": np.where(ok, p["score"], np.nan), "grade": grade, "limit_cny": limit_cny,
+            "decision": decision, "reasons": np.where(ok, p["text"], why),
+            **{c: np.round(np.where(blocked, np.nan, p[c]), 6) for c in PD_COLUMNS},
+            "pd_source": np.where(ok, p["pd_source"], "").astype(object), "requested_amount": req, **part,
+            "binding_caps": np.array([";".join(b) for b in binding], dtype=object),
+            "decision_reasons": np.array(["; ".join(r) if o else w for r, o, w in zip(reasons_, ok, why)], dtype=object),
+            "consent": p["consent"]}
+    if group is not None:
+        cols.update(group)
+    cols.update({c: p[c] for c in ("jiangyin_grade", "jiangyin_a", "jiangyin_c")})
+    w = SimpleNamespace(ok=ok, ids=idarr, reasons=p["_reasons"], core=core, binding=binding, basis=basis,
+                        decision_reasons=reasons_, has_flows=p["has_flows"])
+    return cols, w
+
+
+def _limit_input(p: dict, idarr, k, pd_, grade, req, core, off_list, d) -> dict:
+    """What the limit policy reads (credit.limits' columns) for the scorable rows ``k``."""
+    if len(set(idarr[k])) < len(k):
+        raise ValueError("limit frame: firm_id must be unique")
+    c = {"firm_id": idarr[k], "pd": pd_[k], "grade": grade[k], "trade_in_12m": p["trade_in_12m"][k],
+         "eligible_receivables": p["eligible_receivables"][k], "requested_amount": req[k],
+         "dq_issues": p["dq_issues"][k].astype(float), "consent_status": p["consent"][k]}
+    if core:
+        c["core_id"] = np.full(len(k), core, dtype=object)
+    for name in AUTHENTICITY:
+        if name in p:
+            c[name] = p[name][k]
+    if d.get("require_consent", False):
+        c["consent_ok"] = p["consent"][k] == "ok"
+    if off_list is not None:
+        c["off_whitelist"] = off_list[k]
+    return c
+
+
+def _envelope_rows(lim: dict, k, pd_, batch_group, n: int, options: BatchOptions, policy):
+    """The envelope over the scorable rows ``k``: their limits within it, and the
+    ``group``, ``group_allocation_cny`` and ``group_bound_by`` columns of every row."""
+    frame = pd.DataFrame(lim, index=k)
+    lim_ok, group = _envelope(frame, pd.DataFrame({"pd": pd_[k]}, index=k),
+                              pd.DataFrame({"batch_group": batch_group[k]}, index=k),
+                              options.group_limit, options.group_by, policy)
+    group = group.reindex(pd.RangeIndex(n))
+    return lim_ok["limit_cny"].to_numpy(), {"group": group["group"].to_numpy(dtype=object),
+                                             "group_allocation_cny": group["allocation_cny"].to_numpy(),
+                                             "group_bound_by": group["bound_by"].to_numpy(dtype=object)}
+
+
+def limits_frame(cols: dict) -> pd.DataFrame:
+    """The ``limits.csv`` frame of :func:`decide_rows`' columns (the Jiangyin counts as
+    nullable integers)."""
+    result = pd.DataFrame(cols)
+    result["pd_source"] = result["pd_source"].astype(object)  # as the batch has always written it
+    for c in ("jiangyin_a", "jiangyin_c"):
+        result[c] = result[c].astype("Int64")
+    assert list(result.columns[: len(LIMITS_COLUMNS)]) == list(LIMITS_COLUMNS)
+    return result
+
+
+INT_COLUMNS = ("jiangyin_a", "jiangyin_c")  # counts: nullable integers in the frame, ints in JSON
+
+
+def records(cols: dict) -> list[dict]:
+    """The rows of :func:`decide_rows`' columns as JSON-ready dicts, as the rows of
+    :func:`limits_frame` read: NaN as None, numbers as Python numbers, the Jiangyin
+    counts as ints. What a service answers without building the frame."""
+    lists = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v)) for k, v in cols.items()}
+    out = []
+    for i in range(len(lists["firm_id"])):
+        row = {}
+        for k, v in lists.items():
+            x = v[i]
+            if isinstance(x, float) and x != x:
+                x = None
+            elif k in INT_COLUMNS and x is not None:
+                x = int(x)
+            row[k] = x
+        out.append(row)
+    return out
 
 
 def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -204,41 +480,6 @@ def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series) -> tup
         p = predict_all({"decoupled": models["decoupled"], "hybrid": models["hybrid"]}, rows[ok])
         preds.loc[ok, PD_COLUMNS] = p[PD_COLUMNS].to_numpy()
     return preds, final_pd(preds, pols["final_pd"])
-
-
-def _limit_inputs(ctx: DecisionContext, requests, rows, nodes, pd_, grade, consent, require, core) -> pd.DataFrame:
-    """One row per request: what the limit policy reads (credit.limits' input frame)."""
-    elig = ctx.eligible
-    dq_count = requests["firm_id"].map(ctx.dq_counts).fillna(0).astype(int)
-    return pd.DataFrame({
-        "firm_id": requests["firm_id"], "pd": pd_, "grade": grade,
-        "trade_in_12m": nodes["trade_in_12m"].fillna(0.0),
-        "eligible_receivables": elig.reindex(requests["firm_id"]).fillna(0.0).to_numpy(),
-        "requested_amount": requests["requested_amount"] if "requested_amount" in requests else np.nan,
-        "core_id": core if core else np.nan,
-        "cycle_share_12m": rows.get("cycle_share_12m"), "round_trip_share_12m": rows.get("round_trip_share_12m"),
-        "in_trade_cycle": rows.get("in_trade_cycle"), "dq_issues": dq_count,
-        "consent_ok": consent_ok(consent).to_numpy() if require else True,
-        "consent_status": consent.to_numpy(),
-    }, index=requests.index)
-
-
-def _limits(lim_in, nodes, ok, pols, core, core_line: pd.Series, options: BatchOptions):
-    """Limits for the scorable rows (unique firms: a repeat is not scorable), envelopes,
-    and a zero-limit decline for every other row."""
-    policy = pols["limit_policy"]
-    lines = core_line if core else None
-    lim = apply_limits(lim_in[ok], policy, core_line=lines).reindex(lim_in.index)
-    group = None
-    if options.group_limit is not None:
-        lim_ok, group = _envelope(lim[ok], lim_in[ok], nodes[ok], options.group_limit, options.group_by, policy)
-        lim.loc[ok, "limit_cny"] = lim_ok["limit_cny"]
-        group = group.reindex(lim_in.index)
-    lim.loc[~ok, "limit_cny"] = 0.0
-    lim.loc[~ok, "decision"] = "decline"
-    for col in ("binding_caps", "decision_reasons", "limit_basis"):
-        lim[col] = [v if isinstance(v, list) else [] for v in lim[col]]
-    return lim, group
 
 
 def _envelope(lim, lim_in, nodes, total, group_by, policy):
@@ -268,31 +509,6 @@ def _reasons(models, ctx: DecisionContext, chain, rows, nodes, ok, source, ids: 
     if use.any():
         reasons[use] = propagation_reasons(models["propagation"], chain, ids[use], design=ctx.propagation_design)
     return reasons, contribs
-
-
-def _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group) -> pd.DataFrame:
-    """The limits.csv frame: the contract's columns first, then the working."""
-    text = [format_reasons(r) if o and r else ("" if o else w) for r, o, w in zip(reasons, ok, why)]
-    result = pd.DataFrame({
-        "firm_id": requests["firm_id"], "as_of": T.strftime("%Y-%m-%d"),
-        "pd": fin["pd"].where(ok).round(6), "score": sg["score"].where(ok), "grade": sg["grade"].where(ok),
-        "limit_cny": lim["limit_cny"].fillna(0.0), "decision": lim["decision"], "reasons": text,
-        "pd_propagation": preds["pd_propagation"].round(6), "pd_decoupled": preds["pd_decoupled"].round(6),
-        "pd_hybrid": preds["pd_hybrid"].round(6), "pd_source": fin["pd_source"].where(ok, ""),
-        "requested_amount": requests["requested_amount"] if "requested_amount" in requests else np.nan,
-        "uncapped_limit": lim["uncapped_limit"].where(ok),
-        "flow_part": lim["flow_part"].where(ok), "receivable_part": lim["receivable_part"].where(ok),
-        "binding_caps": lim["binding_caps"].map(lambda c: ";".join(c) if isinstance(c, list) else ""),
-        "decision_reasons": [("; ".join(r) if isinstance(r, list) else "") if o else w
-                             for r, o, w in zip(lim["decision_reasons"], ok, why)],
-        "consent": consent.to_numpy(),
-    })
-    if group is not None:
-        result["group"] = group["group"]
-        result["group_allocation_cny"] = group["allocation_cny"]
-        result["group_bound_by"] = group["bound_by"]
-    assert list(result.columns[: len(LIMITS_COLUMNS)]) == list(LIMITS_COLUMNS)
-    return result
 
 
 def jiangyin_columns(rows: pd.DataFrame, pols: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -329,4 +545,5 @@ def summary(result: pd.DataFrame, pols: dict) -> dict:
     return out
 
 
-__all__ = ["BatchOptions", "DecisionContext", "Decisions", "decide", "eligibility", "single_core", "summary"]
+__all__ = ["BatchOptions", "DecisionContext", "Decisions", "Precomputed", "decide", "decide_rows", "eligibility", "finalize",
+           "limits_frame", "precompute", "records", "single_core", "summary"]

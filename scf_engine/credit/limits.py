@@ -172,17 +172,48 @@ def apply_limits(frame: pd.DataFrame, policy: Policy | Mapping[str, Any],
     Returns, on the frame's index: ``firm_id, flow_share, flow_part, receivable_part,
     uncapped_limit, limit_cny, binding_caps`` (list, in order of application),
     ``decision, decision_reasons`` (list of sentences) and ``limit_basis`` (list of lines
-    for the credit memo).
+    for the credit memo). The work is :func:`limit_arrays` on the frame's columns.
     """
     d = as_data(policy)
     _check_frame(frame, d)
-    w = _amounts(frame, d)
-    _apply_caps(frame, d, w)
-    _apply_core_line(frame, w, core_line)
+    return pd.DataFrame(limit_arrays(frame_columns(frame), d, core_line), index=frame.index)
+
+
+def frame_columns(frame: pd.DataFrame) -> dict:
+    """The columns of a limit frame as the arrays :func:`limit_arrays` reads (an absent
+    optional column stays absent)."""
+    c = {"firm_id": frame["firm_id"].astype(str).to_numpy(),
+         "grade": frame["grade"].where(frame["grade"].notna(), None).to_numpy(dtype=object)}
+    for name in ("pd", "trade_in_12m", "eligible_receivables", "requested_amount", "cycle_share_12m",
+                 "round_trip_share_12m", "in_trade_cycle", "dq_issues"):
+        if name in frame:
+            c[name] = _column(frame, name)
+    for name in ("consent_ok", "off_whitelist"):
+        if name in frame:
+            c[name] = frame[name].fillna(False).astype(bool).to_numpy()
+    for name in ("core_id", "consent_status"):
+        if name in frame:
+            c[name] = frame[name].to_numpy(dtype=object)
+    return c
+
+
+def limit_arrays(c: Mapping[str, np.ndarray], policy: Policy | Mapping[str, Any],
+                 core_line: pd.Series | Mapping[str, float] | None = None) -> dict:
+    """:func:`apply_limits` on plain arrays (``c``: column name -> array, the frame's
+    columns; ``firm_id`` and ``grade`` as object arrays, numbers as floats, ``consent_ok``
+    and ``off_whitelist`` as bools), returning its columns as a dict of arrays and lists.
+
+    Numpy throughout, no pandas on the way: this is the one amount-dependent step of a
+    decision, and a service runs it per request on one row, where the fixed cost of a
+    DataFrame operation (tens of microseconds each) would be the whole cost."""
+    d = as_data(policy)
+    w = _amounts(c, d)
+    _apply_caps(c, d, w)
+    _apply_core_line(c, w, core_line)
     unit = float(d.get("round_to_cny", 0) or 0)
     w.unit = unit
     w.limit_final = _round_down(np.clip(w.limit, 0, None), unit)
-    flags = _review_flags(frame, d)
+    flags = _review_flags(c, w.n, d)
     decision = np.empty(w.n, dtype=object)
     reasons: list[list[str]] = []
     basis: list[list[str]] = []
@@ -191,22 +222,26 @@ def apply_limits(frame: pd.DataFrame, policy: Policy | Mapping[str, Any],
         reasons.append(why)
         basis.append(_basis_lines(i, w, decision[i]))
     limit_out = np.where(decision == "decline", 0.0, w.limit_final)
-    return pd.DataFrame({
-        "firm_id": w.firm, "flow_share": w.flow_share, "flow_part": w.flow_part, "receivable_part": w.recv_part,
-        "uncapped_limit": w.uncapped, "limit_cny": limit_out, "binding_caps": w.binding,
-        "decision": decision, "decision_reasons": reasons, "limit_basis": basis,
-    }, index=frame.index)
+    return {"firm_id": w.firm, "flow_share": w.flow_share, "flow_part": w.flow_part, "receivable_part": w.recv_part,
+            "uncapped_limit": w.uncapped, "limit_cny": limit_out, "binding_caps": w.binding,
+            "decision": decision, "decision_reasons": reasons, "limit_basis": basis}
 
 
-def _amounts(frame: pd.DataFrame, d) -> SimpleNamespace:
+def _col(c: Mapping[str, np.ndarray], name: str, n: int, default: float = np.nan) -> np.ndarray:
+    return np.asarray(c[name], dtype=float) if name in c else np.full(n, default, dtype=float)
+
+
+def _amounts(c: Mapping[str, np.ndarray], d) -> SimpleNamespace:
     """Who is scorable and lendable, and the two parts of the uncapped limit."""
-    w = SimpleNamespace(n=len(frame), firm=frame["firm_id"].astype(str).to_numpy(), p=_column(frame, "pd"))
-    w.grade = frame["grade"].where(frame["grade"].notna(), None).to_numpy(dtype=object)
+    firm = np.asarray(c["firm_id"], dtype=object)
+    n = len(firm)
+    w = SimpleNamespace(n=n, firm=firm, p=_col(c, "pd", n))
+    w.grade = np.asarray(c["grade"], dtype=object)
     w.scorable = ~np.isnan(w.p) & np.array([g in GRADES for g in w.grade], dtype=bool)
     share_by_grade = {g: float(v) for g, v in d["flow_share_by_grade"].items()}
-    w.flow_share = np.array([share_by_grade.get(g, 0.0) if ok else 0.0 for g, ok in zip(w.grade, w.scorable)])
-    w.trade_in = np.nan_to_num(_column(frame, "trade_in_12m"), nan=0.0).clip(0)
-    w.recv = np.nan_to_num(_column(frame, "eligible_receivables"), nan=0.0).clip(0)
+    w.flow_share = np.array([share_by_grade.get(g, 0.0) if ok else 0.0 for g, ok in zip(w.grade, w.scorable)], dtype=float)
+    w.trade_in = _finite0(_col(c, "trade_in_12m", n)).clip(0)
+    w.recv = _finite0(_col(c, "eligible_receivables", n)).clip(0)
     w.advance = float(d["advance_rate"])
     w.flow_part = w.flow_share * w.trade_in
     w.recv_part = np.where(w.scorable, w.advance * w.recv, 0.0)
@@ -218,12 +253,12 @@ def _amounts(frame: pd.DataFrame, d) -> SimpleNamespace:
     return w
 
 
-def _apply_caps(frame: pd.DataFrame, d, w: SimpleNamespace) -> None:
+def _apply_caps(c: Mapping[str, np.ndarray], d, w: SimpleNamespace) -> None:
     """The requested amount, the policy maximum and the expected-loss budget, in order;
     each one that lowers a limit is recorded."""
     n, p = w.n, w.p
     caps = {
-        "requested": _column(frame, "requested_amount"),
+        "requested": _col(c, "requested_amount", n),
         "max_limit": np.full(n, float(d.get("max_limit_cny", np.inf))),
     }
     w.max_el = d.get("max_expected_loss_cny")
@@ -246,24 +281,25 @@ def _apply_caps(frame: pd.DataFrame, d, w: SimpleNamespace) -> None:
     w.limit = limit
 
 
-def _apply_core_line(frame: pd.DataFrame, w: SimpleNamespace, core_line) -> None:
+def _apply_core_line(c: Mapping[str, np.ndarray], w: SimpleNamespace, core_line) -> None:
     """One core's chain: the suppliers' limits together within the core's line, pro rata."""
     n, limit, lendable = w.n, w.limit, w.lendable
-    core_id = frame["core_id"].to_numpy(dtype=object) if "core_id" in frame else np.full(n, None, dtype=object)
+    core_id = np.asarray(c["core_id"], dtype=object) if "core_id" in c else np.full(n, None, dtype=object)
     has_core = np.array([c is not None and not (isinstance(c, float) and math.isnan(c)) for c in core_id], dtype=bool)
     w.core_scale = np.ones(n)
     w.line_of = np.full(n, np.nan)
     if not has_core.any():
         return
-    lines = pd.Series(core_line if core_line is not None else {}, dtype=float)
-    cores = pd.Series(core_id[has_core]).astype(str)
-    unknown = sorted(set(cores) - set(lines.index.astype(str)))
-    if unknown:
-        raise ValueError(f"no core line given for core(s) {', '.join(unknown)}")
-    lines.index = lines.index.astype(str)
-    keys = np.where(has_core, core_id, "").astype(str)
-    used = pd.Series(np.where(has_core & lendable, limit, 0.0)).groupby(keys).transform("sum").to_numpy()
-    w.line_of = np.where(has_core, lines.reindex(keys).to_numpy(), np.nan)
+    keys = [str(k) for k in core_id[has_core]]
+    line_for = _lines_for(core_line, keys)
+    value = np.where(has_core & lendable, limit, 0.0)
+    if len(set(keys)) == len(keys):  # one supplier per core: the group's sum is its own limit
+        used = value
+    else:
+        keys_all = np.where(has_core, core_id, "").astype(str)
+        used = pd.Series(value).groupby(keys_all).transform("sum").to_numpy()
+    w.line_of = np.full(n, np.nan)
+    w.line_of[has_core] = [line_for[k] for k in keys]
     over = has_core & (used > w.line_of) & (used > 0)
     w.core_scale = np.where(over, np.divide(w.line_of, used, out=np.ones(n), where=used > 0), 1.0)
     binds = over & lendable & (limit > 0)
@@ -272,21 +308,38 @@ def _apply_core_line(frame: pd.DataFrame, w: SimpleNamespace, core_line) -> None
         w.binding[i].append("core_line")
 
 
-def _review_flags(frame: pd.DataFrame, d) -> SimpleNamespace:
+def _lines_for(core_line, keys: list) -> dict:
+    """The line of each core in ``keys`` (str -> float); a core without one is an error.
+    A dict keyed by str (what a service keeps) is read as is, anything else converted."""
+    if isinstance(core_line, pd.Series):
+        core_line = dict(zip(core_line.index.astype(str), core_line.astype(float)))
+    src = {} if core_line is None else core_line
+    if any(not isinstance(k, str) for k in src):
+        src = {str(k): v for k, v in src.items()}
+    unknown = sorted(set(k for k in keys if k not in src))
+    if unknown:
+        raise ValueError(f"no core line given for core(s) {', '.join(unknown)}")
+    return {k: float(src[k]) for k in set(keys)}
+
+
+def _finite0(x: np.ndarray) -> np.ndarray:
+    """NaN as 0 (``np.nan_to_num``), skipped when every value is finite: it is the
+    slowest numpy call of a one-row request."""
+    return x if np.isfinite(x).all() else np.nan_to_num(x, nan=0.0)
+
+
+def _review_flags(c: Mapping[str, np.ndarray], n: int, d) -> SimpleNamespace:
     """What sends a lendable firm to review: authenticity, data quality, consent."""
-    n = len(frame)
     return SimpleNamespace(
-        cycle=np.nan_to_num(_column(frame, "cycle_share_12m"), nan=0.0),
-        rtrip=np.nan_to_num(_column(frame, "round_trip_share_12m"), nan=0.0),
-        in_cycle=np.nan_to_num(_column(frame, "in_trade_cycle"), nan=0.0),
-        dq=np.nan_to_num(_column(frame, "dq_issues"), nan=0.0),
-        off_list=(frame["off_whitelist"].fillna(False).astype(bool).to_numpy() if "off_whitelist" in frame
-                  else np.zeros(n, dtype=bool)),
+        cycle=_finite0(_col(c, "cycle_share_12m", n)),
+        rtrip=_finite0(_col(c, "round_trip_share_12m", n)),
+        in_cycle=_finite0(_col(c, "in_trade_cycle", n)),
+        dq=_finite0(_col(c, "dq_issues", n)),
+        off_list=np.asarray(c["off_whitelist"], dtype=bool) if "off_whitelist" in c else np.zeros(n, dtype=bool),
         rt_max=float(d.get("round_trip_review_above", 0.0)),
         need_consent=bool(d.get("require_consent", False)),
-        consent_ok=(frame["consent_ok"].fillna(False).astype(bool).to_numpy() if "consent_ok" in frame
-                    else np.ones(n, dtype=bool)),
-        consent_status=(frame["consent_status"].to_numpy(dtype=object) if "consent_status" in frame
+        consent_ok=np.asarray(c["consent_ok"], dtype=bool) if "consent_ok" in c else np.ones(n, dtype=bool),
+        consent_status=(np.asarray(c["consent_status"], dtype=object) if "consent_status" in c
                         else np.full(n, None, dtype=object)),
     )
 

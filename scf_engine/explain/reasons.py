@@ -220,9 +220,10 @@ def reason_codes(contrib: pd.DataFrame, X: pd.DataFrame, model_features, *, refe
     families = list(dict.fromkeys(fam_of))
     fam_idx = np.array([families.index(f) for f in fam_of])
     n, k = C.shape[0], len(families)
-    member = np.zeros((len(feats), k))
-    member[np.arange(len(feats)), fam_idx] = 1.0
-    S = C @ member  # (n, families) family sums
+    # (n, families) family sums, row by row: a matrix product's blocking depends on how
+    # many rows it multiplies, so a firm's sums (in their last bits) would depend on the
+    # other firms of its batch; a row-wise sum gives the same bits for a firm alone
+    S = np.stack([C[:, fam_idx == j].sum(axis=1) for j in range(k)], axis=1) if k else np.zeros((n, 0))
 
     industries = None
     if medians is None and reference is not None:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from scf_engine import access, faults, policies, publish, tracking
 from scf_engine.assemble import SnapshotData, add_propagation, assemble
-from scf_engine.credit.decide import BatchOptions, DecisionContext, Decisions, decide
+from scf_engine.credit.decide import BatchOptions, DecisionContext, Decisions, Precomputed, decide, precompute
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import PolicyError, RequestError
@@ -135,11 +135,20 @@ def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None
 
 
 def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions = BatchOptions(),
-                  context: DecisionContext | None = None) -> Decisions:
-    """The decision core on what :func:`load_for_decisions` loaded; ``context``: the
-    snapshot's :class:`DecisionContext` when the caller keeps one (``scf serve``)."""
+                  context: DecisionContext | None = None, precomputed: Precomputed | None = None) -> Decisions:
+    """The decision core on what :func:`load_for_decisions` loaded; ``context`` and
+    ``precomputed``: the snapshot's :class:`DecisionContext` and per-firm table when the
+    caller keeps them (``scf serve``)."""
     return decide(loaded.data, loaded.models, loaded.pols, requests, dataset=loaded.dataset, consents=loaded.consents,
-                  options=options, scale=loaded.scale, context=context)
+                  options=options, scale=loaded.scale, context=context, precomputed=precomputed)
+
+
+def precompute_loaded(loaded: Loaded, context: DecisionContext, firm_ids=None) -> Precomputed:
+    """The request-independent part of the decisions of ``firm_ids`` (default: every firm
+    of the dataset) on what :func:`load_for_decisions` loaded (see :func:`precompute`)."""
+    ids = loaded.dataset.firms["firm_id"] if firm_ids is None else firm_ids
+    return precompute(loaded.data, loaded.models, loaded.pols, ids, dataset=loaded.dataset, consents=loaded.consents,
+                      scale=loaded.scale, context=context)
 
 
 def decision_context(loaded: Loaded) -> DecisionContext:
@@ -318,6 +327,6 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
     return ExplainResult(decisions.limits.iloc[0], list(decisions.reasons.iloc[0]), memo_paths, entry)
 
 
-__all__ = ["ScoreResult", "ExplainResult", "Loaded", "score", "explain", "load_for_decisions", "decide_loaded",
+__all__ = ["ScoreResult", "ExplainResult", "Loaded", "score", "explain", "load_for_decisions", "decide_loaded", "precompute_loaded",
            "record_batch", "verify_output", "settle_leftovers", "saved_scale", "parse_as_of", "check_as_of", "check_writable", "checkpoint", "STAGES",
            "DEFAULT_AUDIT_LOG"]

@@ -190,7 +190,11 @@ def create_app(service: Service, keys: dict[str, ApiKey], writer: AuditWriter) -
         state = service.state
         decided = state.answers.get(request_key(firms))  # a cached answer: no thread hop
         if decided is None:
-            state, decided, _ = await anyio.to_thread.run_sync(service.decisions, firms)
+            quick = service.quick(firms)  # precomputed firms: the request step only, in the loop
+            if quick is not None:
+                state, decided = quick
+            else:
+                state, decided, _ = await anyio.to_thread.run_sync(service.decisions, firms)
         _note(request, state, [f for f, _ in firms])
         payload = b'{"as_of":"' + state.as_of.encode() + b'","decisions":' + decided + b"}"
         return Response(payload, media_type="application/json")

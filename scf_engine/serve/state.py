@@ -1,12 +1,19 @@
 """What the service holds: the champion models and the snapshot, loaded once through the
 batch pipeline's own loader, and answers cached per loaded state.
 
-Every answer comes from :func:`scf_engine.pipelines.score.decide_loaded` (the decision
-core) on the request as a batch, exactly as ``scf score`` would decide a ``batch.csv``
-holding the same rows: a one-firm request is a batch of one. What every decision on the
-snapshot shares (firms index, eligible receivables, core lines, industry medians...) is
-the core's own :class:`~scf_engine.credit.decide.DecisionContext`, built once per loaded
-state instead of once per call. The caches keep what the core answered for a request
+Every answer comes from the decision core on the request as a batch, exactly as ``scf
+score`` would decide a ``batch.csv`` holding the same rows: a one-firm request is a batch
+of one. The core works in two steps (:mod:`scf_engine.credit.decide`): ``precompute``,
+what a decision needs that does not depend on the request (eligibility, PDs, score,
+grade, reasons, Jiangyin grade, limit inputs), and ``decide_rows``, the request (its
+amounts, the 1+N core, caps, decision). The service runs the first once per loaded state
+for every firm of the snapshot, so a request the cache has never seen (a new firm, a new
+amount) runs only the second: numpy on a few rows, in the event loop, no thread hop and
+no lock (:meth:`Service.quick`). A request it cannot take that way (an unknown firm, a
+firm_id the batch's row checks would flag) goes through the whole core, under the lock.
+What every decision on the snapshot shares (firms index, eligible receivables, core
+lines, industry medians...) is the core's own
+:class:`~scf_engine.credit.decide.DecisionContext`, built once per loaded state. The caches keep what the core answered for a request
 (key: the request's rows), so a repeated request costs a dictionary look-up instead of a
 run of the core; they belong to one loaded state and go with it on reload, so an answer
 never outlives the models and snapshot it came from.
@@ -26,14 +33,15 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from scf_engine import tracking
 from scf_engine.ingest.requests import requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts
 from scf_engine.memo.render import render_html
-from scf_engine.credit.decide import DecisionContext
-from scf_engine.pipelines.score import Loaded, decide_loaded, decision_context, load_for_decisions
+from scf_engine.credit.decide import DecisionContext, Precomputed, decide_rows, records
+from scf_engine.pipelines.score import Loaded, decide_loaded, decision_context, load_for_decisions, precompute_loaded
 
 
 class LRU:
@@ -82,6 +90,7 @@ class State:
 
     loaded: Loaded
     context: DecisionContext  # the snapshot's shared work, built once at load
+    precomputed: Precomputed  # every firm's request-independent part of a decision, once at load
     loaded_at: float
     answers: LRU
     firm_answers: LRU  # firm_id -> the batch-of-one Decisions' reasons view (JSON bytes)
@@ -144,7 +153,10 @@ class Service:
     def _load(self) -> State:
         loaded = load_for_decisions(**self.args, progress=self.progress)
         p = self.policy
-        state = State(loaded, decision_context(loaded), time.time(), LRU(p["answer_cache_entries"]),
+        context = decision_context(loaded)
+        if self.progress:
+            self.progress(f"precomputing the decisions' request-independent part for {len(loaded.dataset.firms):,} firms")
+        state = State(loaded, context, precompute_loaded(loaded, context), time.time(), LRU(p["answer_cache_entries"]),
                       LRU(p["answer_cache_entries"]), LRU(p["memo_cache_entries"]))
         _settle()
         return state
@@ -192,6 +204,25 @@ class Service:
 
     # ------------------------------------------------------------------------ answers
 
+    def quick(self, firms) -> tuple[State, bytes] | None:
+        """The answer to ``firms`` from the precomputed table and the request step alone
+        (:func:`~scf_engine.credit.decide.decide_rows`), or None when the request needs
+        the whole core: a firm the table lacks (unknown), or a row the batch's own row
+        checks (``requests_frame``) would flag (an empty or padded firm_id, a repeat, an
+        amount that is not a finite number >= 0). Numpy on read-only arrays: no lock."""
+        state = self.state
+        ids = [f for f, _ in firms]
+        table = state.precomputed
+        if len(set(ids)) < len(ids) or any(not f or f != f.strip() or f not in table.index for f in ids):
+            return None
+        if any(a is not None and not (math.isfinite(a) and a >= 0) for _, a in firms):
+            return None
+        amounts = np.array([math.nan if a is None else float(a) for _, a in firms], dtype=float)
+        cols, _ = decide_rows([table], ids, amounts, None, state.loaded.pols)
+        body = json.dumps(records(cols), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        state.answers.put(request_key(firms), body)
+        return state, body
+
     def decisions(self, firms) -> tuple[State, bytes, bool]:
         """The JSON array of decisions for ``firms`` (``[(firm_id, amount or None)]``), the
         state it was decided on, and whether it came from the cache."""
@@ -204,7 +235,8 @@ class Service:
             hit = state.answers.get(key)
             if hit is not None:
                 return state, hit, True
-            decisions = decide_loaded(state.loaded, _requests(firms), context=state.context)
+            decisions = decide_loaded(state.loaded, _requests(firms), context=state.context,
+                                      precomputed=state.precomputed)
         body = json.dumps(plain_records(decisions.limits), ensure_ascii=False, allow_nan=False).encode("utf-8")
         state.answers.put(key, body)
         return state, body, False
@@ -214,7 +246,8 @@ class Service:
         gives): ``(state, decisions)``."""
         state = self.state
         with state.lock:
-            return state, decide_loaded(state.loaded, _requests([(firm_id, None)]), context=state.context)
+            return state, decide_loaded(state.loaded, _requests([(firm_id, None)]), context=state.context,
+                                        precomputed=state.precomputed)
 
     def reasons(self, firm_id: str) -> tuple[State, bytes]:
         state = self.state
