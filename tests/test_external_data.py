@@ -7,8 +7,10 @@ Two samples nobody on this project generated (``../shared/external-data``, see i
   registry's payment-delay features must agree with the export's own ``DaysLate``.
 * IBM AMLSim transfers with planted cycles, mapped onto the flows contract; its cycles
   are not booked in time order, so the ring features (money that comes back, hop after
-  hop) call none of them, and no ordinary account either; with rings of the real shape
-  planted among its accounts they find every ring account and no fan-in account.
+  hop) call none of them, and no ordinary account either; the order-free ring evidence
+  (an amount handed on, a short ring of relationships) ranks them at AUC 0.87, short of
+  the issue's 0.90; with rings of the real shape planted among its accounts the ring
+  features find every ring account and no fan-in account.
 
 Neither has a defaults file, as a foreign export would not, so every snapshot here also
 checks that ``Dataset.as_of`` works without one.
@@ -187,15 +189,12 @@ def test_amlsim_transfers_get_in_as_flows(aml20k):
 
 
 def test_amlsim_cycles_are_not_time_ordered_so_no_ring_is_called(aml20k):
-    """Measured, and a target missed: the issue asked for ROC AUC >= 0.90 on these labels.
-
-    A planted cycle shows as one small amount (10-20) handed from account to account, but
+    """A planted cycle shows as one small amount (10-20) handed from account to account, but
     AMLSim books the hops at unrelated days: the 16.43 ring goes 3916 -> 18533 (day 22),
     18533 -> 8624 (day 91), 8624 -> 19433 (day 50), 19433 -> 19914 (day 28),
-    19914 -> 3916 (day 138). Of the 145 such amounts only 38 travel in time order and none
-    of those closes inside the sample's 149 days, and 326 of the 945 planted accounts carry
-    no such amount at all. Money cannot come back before it left, so the ring features call
-    no account (AUC 0.5): no false ring among 19,055 ordinary accounts either.
+    19914 -> 3916 (day 138). Money cannot come back before it left, so the time-ordered ring
+    features call no account (AUC 0.5): no false ring among 19,055 ordinary accounts either.
+    The order-free ring evidence (next test) is what sees these.
     """
     _, feats, is_fraud = aml20k
     raw = pd.read_csv(AML_20K / "transactions.csv")
@@ -207,6 +206,40 @@ def test_amlsim_cycles_are_not_time_ordered_so_no_ring_is_called(aml20k):
     assert at == 3916 and days == [22, 91, 50, 28, 138]  # closed, but not in time order
     for c in ("cycle_share_12m", "cycle_return_share_12m", "cycle_rings_12m"):
         assert (feats[c].fillna(0) == 0).all(), c
+    ring = ["3916", "18533", "8624", "19433", "19914"]
+    assert (feats.loc[ring, "cycle_chain_hops_12m"] > 0).all()  # the amount handed on, order ignored
+    assert (feats.loc[ring, "cycle_structural_parties_12m"] <= 5).all()
+
+
+def test_amlsim_cycle_accounts_by_order_free_ring_evidence(aml20k):
+    """The issue's target, ROC AUC >= 0.90 for the cycle accounts, is missed: the ring score
+    reaches 0.873 (measured), from 0.556 for the best feature before.
+
+    How AMLSim plants a cycle (IBM/AMLSim, CycleTypology / CycleTransactionModel): k accounts
+    (5 here) are joined by ring edges in its transaction graph; each hop is sent at a random
+    step, in no order, at the ring's one amount; the ordinary transaction models then use
+    the ring edges like any other. So a ring leaves (1) an amount handed from account to
+    account, when two adjacent hops fall inside the sample's 149 days, and (2) a short cycle
+    of relationships, when its edges carried any transfer at all.
+
+    * (1), ``cycle_chain_hops_12m``: 490 of the 945 accounts, and 16 of 19,055 ordinary ones;
+    * (2), ``cycle_structural_parties_12m`` alone: AUC 0.83; it cannot separate a planted ring
+      of 5 from the 11,000 ordinary accounts that sit on some cycle of 6 or fewer;
+    * 326 cycle accounts have no planted hop in the sample at all, and 148 of them lie on no
+      cycle of cycle accounts either (their ring edges carried nothing): no ring signal can
+      see them. An oracle that knew every other cycle account and ranked these 148 at
+      chance would reach 0.92, so 0.90 leaves almost no room for ordinary accounts that
+      happen to sit on short rings.
+
+    The score ranks (1) above any (2); the floor asserted is a little under the measurement.
+    """
+    _, feats, is_fraud = aml20k
+    score = feats["cycle_score_12m"].fillna(0)
+    assert roc_auc_score(is_fraud, score) >= 0.86
+    chain = feats["cycle_chain_hops_12m"].fillna(0) > 0
+    assert chain[is_fraud == 1].sum() >= 480 and chain[is_fraud == 0].sum() <= 20
+    assert roc_auc_score(is_fraud, -feats["cycle_structural_parties_12m"].fillna(99)) >= 0.82
+    assert roc_auc_score(is_fraud, feats["cycle_share_12m"].fillna(0)) == 0.5  # time order: nothing
 
 
 def plant(tx: pd.DataFrame, rng, *, n_rings: int, n_fans: int) -> tuple[pd.DataFrame, set, set]:
@@ -253,6 +286,13 @@ def test_rings_with_decay_and_delays_are_found_among_amlsim_accounts_and_fan_ins
     is_fan = feats.index.isin(fans)
     assert roc_auc_score(is_fan, feats["fan_in_burst_12m"].fillna(0)) >= 0.95
     assert (feats.loc[list(fans), "cycle_rings_12m"] == 0).all()
+    # the order-free evidence does not call a fan-in account a ring either, and the one
+    # ring score puts every ring account (on a ring in time order) above every other
+    fan = feats.loc[list(fans)]
+    assert (fan["cycle_score_12m"] == 0).all() and fan["cycle_structural_parties_12m"].isna().all()
+    assert (fan["cycle_chain_hops_12m"] == 0).all()
+    score = feats["cycle_score_12m"].fillna(0)
+    assert score[is_ring].min() > score[~is_ring].max()
 
 
 def test_amlsim_tiny_cycle_alerts(tmp_path):

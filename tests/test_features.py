@@ -12,7 +12,8 @@ from scf_engine.catalogue import load_catalogue
 from scf_engine.dataset import Dataset
 from scf_engine.features import flow_features
 from scf_engine.features.authenticity import (
-    RingSummary, TransferIndex, authenticity_features, pass_through_edges, ring_paths, round_trip_edges, scatter_gather,
+    RingSummary, TransferIndex, authenticity_features, chain_edges, pass_through_edges, ring_paths, round_trip_edges,
+    scatter_gather, structural_cycles,
 )
 from scf_engine.contract import make_uscc
 
@@ -164,6 +165,62 @@ def test_rings_round_trips_and_onward_hops_match_a_brute_force_reference(rows, d
     assert set(np.flatnonzero(round_trip_edges(idx, days=7, tolerance=0.02))) == trips
 
 
+def brute_shortest_cycle(payer, payee, n, max_parties):
+    """Per party: the fewest parties on a simple directed cycle through it, by enumerating
+    every simple path (the definition, written out); inf when none of at most max_parties."""
+    out = {v: set() for v in range(n)}
+    for a, b in zip(payer, payee):
+        if a != b:
+            out[a].add(b)
+    best = np.full(n, np.inf)
+
+    def walk(start, path):
+        for w in out[path[-1]]:
+            if w == start and len(path) >= 2:
+                best[start] = min(best[start], len(path))
+            elif w not in path and len(path) < max_parties:
+                walk(start, path + [w])
+
+    for v in range(n):
+        walk(v, [v])
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), min_size=1, max_size=25), st.integers(2, 6))
+def test_structural_rings_match_a_brute_force_reference(edges, max_parties):
+    payer, payee = (np.array(c) for c in zip(*edges))
+    got = structural_cycles(payer, payee, 8, max_parties=max_parties, chunk=3)  # small chunks: the chunking is exercised
+    np.testing.assert_array_equal(got, brute_shortest_cycle(payer, payee, 8, max_parties))
+
+
+@settings(max_examples=100, deadline=None)
+@given(graphs, st.sampled_from([0.0, 0.02, 0.05]), st.integers(0, 10))
+def test_amount_chains_match_a_brute_force_reference(rows, tolerance, days):
+    payer, payee, day, amount = (np.array(c) for c in zip(*rows))
+    idx = TransferIndex(payer, payee, day, amount, hop_decay=tolerance)
+    n = len(rows)
+    want = {k for i in range(n) for j in range(n) for k in (i, j)
+            if payer[j] == payee[i] and payee[j] != payer[i] and abs(int(day[j]) - int(day[i])) <= days
+            and amount[i] * (1 - tolerance) <= amount[j] <= amount[i]}
+    assert set(np.flatnonzero(chain_edges(idx, days=days))) == want
+
+
+def test_structural_rings_and_chains_ignore_time_order():
+    """A ring booked out of time order (as AMLSim books them): no ring in time order, but a
+    structural ring of 3 and an amount chain at every hop; a pair paying each other is a
+    ring of 2; a chain of pairs (A<->B, B<->C) has rings of 2 and none of 3."""
+    idx = index_of(list("abcxy"), list("bcayx"), [9, 5, 1, 1, 2], [100.0, 100.0, 100.0, 7.0, 8.0])
+    assert rings_of(idx, window_days=30) == []
+    codes = np.arange(5)
+    assert list(structural_cycles(idx.payer, idx.payee, 5, max_parties=6)[codes]) == [3, 3, 3, 2, 2]
+    assert list(chain_edges(idx, days=30)) == [True, True, True, False, False]
+    assert not chain_edges(idx, days=3).any()  # hops 4 or more days apart
+    pairs = index_of(np.array(["A", "B", "B", "C"]), np.array(["B", "A", "C", "B"]), [1, 2, 3, 4], [100.0] * 4)
+    assert list(structural_cycles(pairs.payer, pairs.payee, 3, max_parties=6)) == [2, 2, 2]
+    assert chain_edges(pairs, days=30).all()  # B hands A's 100 on to C and C's on to A: chains, though no ring of 3
+
+
 def test_round_trips_and_cycles_show_in_the_features():
     rows = flows_for_a()
     for k in range(6):
@@ -223,3 +280,29 @@ def test_every_catalogue_feature_is_computed_somewhere_and_nothing_else():
     dec = cat.model_features("decoupled")
     assert not {cat[n].family for n in dec} & {"registry", "chain", "propagation"}
     assert all(cat[n].label_zh and cat[n].label_en for n in dec)
+
+
+def test_the_structural_ring_policy_is_checked():
+    """The order-free ring settings are read from models/authenticity.yaml and checked: a
+    ring search that would not meet in the middle cheaply, a tolerance of 100% or a score
+    with no weight is refused with the key named."""
+    import copy
+
+    from scf_engine import policies
+    from scf_engine.features.authenticity import load_policy
+
+    good = policies.as_data(load_policy())
+    for section, key, value, words in (("structural_rings", "max_parties", 9, "max_parties"),
+                                       ("structural_rings", "chain_tolerance", 1.0, "chain_tolerance"),
+                                       ("ring_score", None, 0, "weight")):
+        bad = copy.deepcopy(good)
+        if key:
+            bad[section][key] = value
+        else:
+            bad[section] = {k: value for k in bad[section]}
+        with pytest.raises(policies.PolicyError, match=words):
+            policies.validate("authenticity", bad)
+    extra = copy.deepcopy(good)
+    extra["structural_rings"]["min_parties"] = 3
+    with pytest.raises(policies.PolicyError, match="min_parties"):
+        policies.validate("authenticity", extra)

@@ -28,6 +28,16 @@ against a brute-force enumeration on small random graphs (hypothesis).
 The same onward-hop search gives pass-through (a receipt followed by a matching payment to
 another party within days) and scatter-gather (two-hop paths grouped by their ends).
 
+Order-free ring evidence, beside the time-respecting rings: a ring whose hops are booked out
+of time order (IBM's AMLSim books a planted cycle's hops at random days; a real one may book
+the closing hop under another name) never "comes back". What it still leaves is an amount
+handed on from party to party (**amount chains**, the onward-hop search over a window either
+side of the receipt) and a short directed cycle of trade relationships (**structural
+rings**, a meet-in-the-middle breadth-first search over sparse matrices, exact up to
+``max_parties``). ``cycle_score_12m`` weighs the three kinds of evidence (policy weights):
+money that came round in order, then an amount chain, then the shortness of the structural
+ring, which ordinary firms sit on by chance too.
+
 Until this version, cycles were strongly connected components of a (party, amount bucket)
 graph, with no time order: two pairs A<->B and B<->C at one amount read as a ring, though no
 cycle passes through three parties, and money that shrank on the way read as none.
@@ -39,6 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 from scf_engine import policies
 
@@ -80,14 +92,16 @@ class TransferIndex:
     def _band(self, a):
         return np.floor(self._log(a) / self.width).astype(np.int64) - self.b0
 
-    def onward(self, last: np.ndarray, day_to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def onward(self, last: np.ndarray, day_to: np.ndarray, day_from: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Pairs ``(row, edge)``: transfer ``edge`` leaves the payee of ``last[row]``, on its
-        day or later and on ``day_to[row]`` or before, carrying between (1 - decay) and
-        (1 + growth) times its amount."""
+        day or later (on ``day_from[row]`` or later when given: order ignored) and on
+        ``day_to[row]`` or before, carrying between (1 - decay) and (1 + growth) times its
+        amount."""
         if self.n == 0 or len(last) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         v, a = self.payee[last], self.amount[last]
-        t_lo = self.day[last] - self.d0
+        t_lo = np.maximum((self.day[last] if day_from is None else np.asarray(day_from, np.int64)) - self.d0, 0)
         t_hi = np.minimum(np.asarray(day_to, np.int64) - self.d0, self.nt - 1)
         lo_a, hi_a = a * (1 - self.decay), a * (1 + self.growth)
         blo = np.clip(self._band(lo_a), 0, self.nb - 1)
@@ -179,6 +193,97 @@ def pass_through_edges(index: TransferIndex, *, days: int) -> np.ndarray:
     return mask
 
 
+def chain_edges(index: TransferIndex, *, days: int) -> np.ndarray:
+    """Boolean mask of transfers that are a hop of an *amount chain*: a receipt and a
+    payment of the same party to a third party, within ``days`` of each other in either
+    order, the payment carrying between (1 - decay) and (1 + growth) times the receipt
+    (the index's tolerance). Both hops are marked.
+
+    Order is ignored on purpose: a ring booked out of time order (AMLSim books a ring's
+    hops on unrelated days) still hands one amount from party to party."""
+    r, e = index.onward(np.arange(index.n), index.day + days, index.day - days)
+    onward = index.payee[e] != index.payer[r]
+    mask = np.zeros(index.n, dtype=bool)
+    mask[r[onward]] = True
+    mask[e[onward]] = True
+    return mask
+
+
+class _Balls:
+    """Breadth-first balls from a chunk of sources at once, one hop at a time: ``levels[d]``
+    holds, per source row, the parties at exactly ``d + 1`` hops (0/1 sparse, the source
+    never in it). ``keep`` drops rows whose answer is known, so they cost nothing more."""
+
+    def __init__(self, adj: sp.csr_matrix, rows: np.ndarray):
+        self.adj = adj
+        self.seen = sp.csr_matrix((np.ones(len(rows), np.float32), (np.arange(len(rows)), rows)),
+                                  shape=(len(rows), adj.shape[0]))
+        self.levels: list[sp.csr_matrix] = []
+
+    def grow(self, depth: int) -> None:
+        while len(self.levels) < depth:
+            front = self.levels[-1] if self.levels else self.seen
+            nxt = (front @ self.adj).tocsr()
+            nxt.data[:] = 1
+            nxt = (nxt - nxt.multiply(self.seen)).tocsr()
+            nxt.eliminate_zeros()
+            self.seen = (self.seen + nxt).tocsr()
+            self.levels.append(nxt)
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.seen = self.seen[mask]
+        self.levels = [lv[mask] for lv in self.levels]
+
+
+def structural_cycles(payer: np.ndarray, payee: np.ndarray, n: int, *, max_parties: int,
+                      chunk: int = 2048) -> np.ndarray:
+    """Per party code ``0..n-1``: the fewest parties on a directed cycle of *relationships*
+    through it (someone it paid paid someone ... who paid it), ``2 <= k <= max_parties``,
+    with time order and amounts ignored; ``inf`` when there is none that short.
+
+    Exact and bounded: a cycle lies inside one strongly connected component, so only
+    parties of components of two or more are searched (external customers who only pay
+    and suppliers who are only paid drop out). The shortest cycle through ``s`` has length
+    ``min_x d(s, x) + d(x, s)`` (the shortest closed walk through ``s`` is a simple cycle),
+    and the party half way round it lies within ``ceil(k/2)`` hops out and ``floor(k/2)``
+    hops back, so the search meets in the middle: balls of radius 3 for rings of 6."""
+    best = np.full(n, np.inf)
+    payer, payee = np.asarray(payer, np.int64), np.asarray(payee, np.int64)
+    key = np.unique((payer * n + payee)[payer != payee])  # one relationship per (payer, payee)
+    if not len(key) or max_parties < 2:
+        return best
+    pairs = np.column_stack([key // n, key % n])
+    adj = sp.csr_matrix((np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, comp = connected_components(adj, directed=True, connection="strong")
+    big = np.bincount(comp)[comp] >= 2
+    keep = big[pairs[:, 0]] & (comp[pairs[:, 0]] == comp[pairs[:, 1]])
+    nodes = np.flatnonzero(big)
+    if not len(nodes):
+        return best
+    at = np.full(n, -1)
+    at[nodes] = np.arange(len(nodes))
+    m = len(nodes)
+    fwd = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (at[pairs[keep, 0]], at[pairs[keep, 1]])), shape=(m, m))
+    back = fwd.T.tocsr()
+    for c in range(0, m, chunk):
+        rows = np.arange(c, min(c + chunk, m))
+        out, inn = _Balls(fwd, rows), _Balls(back, rows)
+        for k in range(2, max_parties + 1):  # shortest first; a row found leaves the search
+            out.grow((k + 1) // 2)
+            inn.grow(k // 2)
+            hit = np.zeros(len(rows), dtype=bool)
+            for i in range(k // 2, (k + 1) // 2 + 1):  # i hops out, k - i back (i = k/2 or the larger half)
+                if 1 <= k - i <= len(inn.levels) and i <= len(out.levels):
+                    hit |= np.diff(out.levels[i - 1].multiply(inn.levels[k - i - 1]).tocsr().indptr) > 0
+            best[nodes[rows[hit]]] = k
+            rows = rows[~hit]
+            if not len(rows):
+                break
+            out.keep(~hit)
+            inn.keep(~hit)
+    return best
+
+
 def scatter_gather(index: TransferIndex, *, days: int) -> pd.DataFrame:
     """Per (source, gatherer) pair: the number of distinct intermediaries through which
     money from the source reached the gatherer in two matching hops within ``days`` days."""
@@ -211,6 +316,11 @@ def authenticity_features(legs: pd.DataFrame, policy=None) -> pd.DataFrame:
     round_trip = round_trip_edges(index, **pol["round_trip"])
     passed = pass_through_edges(index, **pol["pass_through"])
     sg = scatter_gather(index, days=pol["scatter_gather"]["days"])
+    st = pol["structural_rings"]
+    chained = chain_edges(TransferIndex(index.payer, index.payee, index.day, index.amount, hop_decay=st["chain_tolerance"]),
+                          days=st["chain_days"])
+    n_parties = int(max(index.payer.max(), index.payee.max())) + 1 if index.n else 0
+    structural = structural_cycles(index.payer, index.payee, n_parties, max_parties=st["max_parties"])
 
     at = pd.Index(transfers["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())  # per leg, by position
     codes, firms = pd.factorize(legs["firm_id"], sort=True)
@@ -226,6 +336,7 @@ def authenticity_features(legs: pd.DataFrame, policy=None) -> pd.DataFrame:
     ring_pairs = pd.DataFrame({"f": codes[ring_legs], "c": legs["cpty"].to_numpy()[ring_legs]}).drop_duplicates()
     per_firm = pd.DataFrame({"f": codes, "len": rings.min_parties[at], "days": np.where(back, rings.return_days[at], np.nan)})
     fan = pd.concat([sg.rename(columns={"src": "p"}), sg.rename(columns={"dst": "p"})]).groupby("p")["fan"].max()
+    ring_k = structural[np.asarray(firms, np.int64)]
     with np.errstate(divide="ignore", invalid="ignore"):
         out = pd.DataFrame({
             "round_trip_share_12m": total(round_trip[at]) / total(everything),
@@ -238,16 +349,34 @@ def authenticity_features(legs: pd.DataFrame, policy=None) -> pd.DataFrame:
             "pass_through_share_12m": total(in_all & passed[at]) / total(in_all),
             "scatter_gather_12m": fan.reindex(firms).fillna(0).where(lambda s: s >= pol["scatter_gather"]["min_fan"], 0)
                                      .to_numpy(np.float64),
+            "cycle_chain_hops_12m": np.bincount(codes[chained[at]], minlength=m).astype(np.float64),
+            "cycle_structural_parties_12m": np.where(np.isfinite(ring_k), ring_k, np.nan),
         }, index=pd.Index(firms, name=legs["firm_id"].name))
+    out["cycle_score_12m"] = ring_score(out, pol)
     return out
+
+
+def ring_score(f: pd.DataFrame, pol: dict) -> np.ndarray:
+    """One ring-evidence score in [0, 1]: the policy's weights (``ring_score``) on money
+    that came round in time order (on a ring at all), on an amount handed from party to
+    party (a chain, order ignored), and on how short the firm's shortest structural ring
+    is (2 parties scores 1, ``max_parties`` scores ``1 / (max_parties - 1)``, none 0),
+    divided by the sum of the weights."""
+    w, top = pol["ring_score"], pol["structural_rings"]["max_parties"]
+    k = f["cycle_structural_parties_12m"].to_numpy(np.float64)
+    shortness = np.where(np.isfinite(k), (top + 1 - k) / max(top - 1, 1), 0.0)
+    total = w["temporal"] * (f["cycle_share_12m"].to_numpy() > 0) + w["chain"] * (f["cycle_chain_hops_12m"].to_numpy() > 0) \
+        + w["structural"] * shortness
+    return total / max(w["temporal"] + w["chain"] + w["structural"], 1e-12)
 
 
 FEATURES = ("round_trip_share_12m", "cycle_share_12m", "cycle_parties_12m", "cycle_return_share_12m",
             "cycle_rings_12m", "cycle_min_parties_12m", "cycle_return_days_12m", "pass_through_share_12m",
-            "scatter_gather_12m")
-# what a firm with flows but none of these shapes gets: 0, except the shortest ring and the
+            "scatter_gather_12m", "cycle_chain_hops_12m", "cycle_structural_parties_12m", "cycle_score_12m")
+# what a firm with flows but none of these shapes gets: 0, except the shortest rings and the
 # days to return, which stay empty (there is no ring to measure)
-ZERO_WHEN_NONE = tuple(f for f in FEATURES if f not in ("cycle_min_parties_12m", "cycle_return_days_12m"))
+ZERO_WHEN_NONE = tuple(f for f in FEATURES if f not in ("cycle_min_parties_12m", "cycle_return_days_12m",
+                                                        "cycle_structural_parties_12m"))
 
 
 class RingEvidence:
