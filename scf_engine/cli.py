@@ -169,6 +169,30 @@ def compare(
 
 @app.command()
 @handles_errors
+def recalibrate(
+    data: Path = typer.Argument(..., help="The new bank's dataset folder (with defaults for the quarter's outcomes)."),
+    quarter: str = typer.Option(..., "--quarter", help="As-of date (YYYY-MM-DD) of the first labelled quarter: its 12-month outcomes set the calibration."),
+    alias: str = typer.Option("champion", "--alias", help="Which registered version of each model to recalibrate."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    out: Path = typer.Option(Path("out/recalibrate"), "--out", help="Folder for the calibration tables."),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+):
+    """Refit the de-coupled and hybrid models' calibration on a new bank's first labelled quarter; register new versions."""
+    from scf_engine.pipelines.recalibrate import recalibrate as run_recalibrate
+
+    with steps("recalibrate") as say:
+        result = run_recalibrate(data, quarter, tracking_uri=tracking_uri, alias=alias, out_dir=out, audit_log=audit_log,
+                                 actor=actor, progress=say)
+    console.print(frame_table(result.summary[["kind", "sample", "rows", "defaults", "max_gap_before_pp", "max_gap_after_pp"]],
+                              "Calibration by decile: largest gap between mean PD and observed rate (percentage points)",
+                              float_format="{:.2f}"))
+    versions = ", ".join(f"{k} v{v}" for k, v in result.versions.items())
+    console.print(f"registered as challenger: {versions}; tables in {result.out_dir}")
+
+
+@app.command()
+@handles_errors
 def score(
     data: Path = typer.Argument(..., help="Dataset folder."),
     batch: Path = typer.Option(..., "--batch", help="batch.csv: firm_id, requested_amount (optional)."),
