@@ -122,6 +122,7 @@ def train(
     out: Path = typer.Option(Path("out/train"), "--out", help="Folder for evaluation tables and the quarantine report."),
     n_test: int = typer.Option(2, "--test-snapshots", help="Latest snapshot dates held out for out-of-time evaluation."),
     consents: Path = typer.Option(None, "--consents", help="consents.csv: needed when data_use.yaml says training uses only consented history."),
+    tune: bool = typer.Option(False, "--tune", help="Search the LightGBM parameters first (Optuna, budget and space in lightgbm.yaml 'tuning'; each trial an MLflow child run)."),
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
 ):
@@ -130,7 +131,7 @@ def train(
 
     with steps("train") as say:
         result = pipelines.train(data, tracking_uri=tracking_uri, out_dir=out, n_test=n_test, audit_log=audit_log,
-                                 actor=actor, consents=consents, progress=say)
+                                 actor=actor, consents=consents, progress=say, tune=tune)
     if result.quarantined:
         console.print(f"[yellow]{result.quarantined} rows were quarantined[/] (see {out / 'quarantine.csv'}); trained on the rest")
     print_overall(result.evaluation["overall"],
