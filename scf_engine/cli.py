@@ -56,14 +56,18 @@ def simulate(
     months: int = typer.Option(48, "--months", help="Months of history."),
     fmt: str = typer.Option("csv", "--format", help="csv, parquet, or compact (flows and receivables as Parquet)."),
     faults: bool = typer.Option(False, "--faults", help="Also write OUT/with-faults/: a copy with contract violations of every kind and faults.csv."),
+    story: str = typer.Option("default", "--story", help="The generative story: default, cyclical or shock (scf_engine/simulate/stories.py)."),
 ):
     """Write a synthetic dataset that follows the data contract, plus truth.csv."""
-    from scf_engine.simulate import WorldConfig, simulate as run_simulation, write_dataset
+    from scf_engine.simulate import STORIES, WorldConfig, simulate as run_simulation, write_dataset
+
+    if story not in STORIES:
+        raise typer.BadParameter(f"--story must be one of {', '.join(STORIES)}")
 
     if fmt not in ("csv", "parquet", "compact"):
         raise typer.BadParameter("--format must be csv, parquet or compact")
     with steps("simulate") as say:
-        world = run_simulation(WorldConfig(n_firms=firms, seed=seed, n_months=months), progress=say)
+        world = run_simulation(WorldConfig(n_firms=firms, seed=seed, n_months=months, story=story), progress=say)
         write_dataset(world, out, fmt=fmt)
         if faults:
             from scf_engine.simulate.faults import write_faulty_copy
