@@ -1,7 +1,7 @@
 """Model quality across simulated worlds (issues 4 and 18's acceptance).
 
 Default run (issue 18): one world per simulator story (``default``, ``cyclical``,
-``shock``: :mod:`scf_engine.simulate.stories`), ``BENCH_CROSS_FIRMS`` firms each (4,000
+``shock``: :mod:`scf_engine.simulate.stories`), ``BENCH_CROSS_FIRMS`` firms each (2,500
 unless set), seed ``BENCH_CROSS_SEED`` (2026). Every model is fitted once per world with
 the settings ``scf train`` uses (nothing tuned per world) and scored on every other
 world's firms at its latest labelled as-of date (table 1: every ordered pair), and on its
@@ -36,7 +36,7 @@ from bench.harness import measure, show
 
 WORLDS = [tuple(int(x) for x in w.split(":")) for w in os.environ.get("BENCH_WORLDS", "").split(",") if w]
 ROOT = Path("out/bench/acceptance").resolve()
-CROSS_FIRMS = int(os.environ.get("BENCH_CROSS_FIRMS", "4000"))
+CROSS_FIRMS = int(os.environ.get("BENCH_CROSS_FIRMS", "2500"))
 CROSS_SEED = int(os.environ.get("BENCH_CROSS_SEED", "2026"))
 STORIES = os.environ.get("BENCH_STORIES", "default,cyclical,shock").split(",")
 
