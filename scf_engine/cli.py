@@ -438,7 +438,7 @@ def demo(
     console.rule("2. train")
     consents = data / "consents.csv"
     train(data=data, tracking_uri=None, out=out / "train", n_test=2, consents=consents if consents.is_file() else None,
-          actor=None, audit_log=log)
+          tune=False, actor=None, audit_log=log)  # called as a function: every option explicit
     console.rule("3. compare")
     compare(tracking_uri=None, alias="challenger", promote=["all"], data=data, out=out / "compare", actor=None, audit_log=log)
     console.rule("4. score a batch: one core's chain (1+N)")
