@@ -56,14 +56,18 @@ def simulate(
     months: int = typer.Option(48, "--months", help="Months of history."),
     fmt: str = typer.Option("csv", "--format", help="csv, parquet, or compact (flows and receivables as Parquet)."),
     faults: bool = typer.Option(False, "--faults", help="Also write OUT/with-faults/: a copy with contract violations of every kind and faults.csv."),
+    story: str = typer.Option("default", "--story", help="The generative story: default, cyclical or shock (scf_engine/simulate/stories.py)."),
 ):
     """Write a synthetic dataset that follows the data contract, plus truth.csv."""
-    from scf_engine.simulate import WorldConfig, simulate as run_simulation, write_dataset
+    from scf_engine.simulate import STORIES, WorldConfig, simulate as run_simulation, write_dataset
+
+    if story not in STORIES:
+        raise typer.BadParameter(f"--story must be one of {', '.join(STORIES)}")
 
     if fmt not in ("csv", "parquet", "compact"):
         raise typer.BadParameter("--format must be csv, parquet or compact")
     with steps("simulate") as say:
-        world = run_simulation(WorldConfig(n_firms=firms, seed=seed, n_months=months), progress=say)
+        world = run_simulation(WorldConfig(n_firms=firms, seed=seed, n_months=months, story=story), progress=say)
         write_dataset(world, out, fmt=fmt)
         if faults:
             from scf_engine.simulate.faults import write_faulty_copy
@@ -122,6 +126,7 @@ def train(
     out: Path = typer.Option(Path("out/train"), "--out", help="Folder for evaluation tables and the quarantine report."),
     n_test: int = typer.Option(2, "--test-snapshots", help="Latest snapshot dates held out for out-of-time evaluation."),
     consents: Path = typer.Option(None, "--consents", help="consents.csv: needed when data_use.yaml says training uses only consented history."),
+    tune: bool = typer.Option(False, "--tune", help="Search the LightGBM parameters first (Optuna, budget and space in lightgbm.yaml 'tuning'; each trial an MLflow child run)."),
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
 ):
@@ -130,7 +135,7 @@ def train(
 
     with steps("train") as say:
         result = pipelines.train(data, tracking_uri=tracking_uri, out_dir=out, n_test=n_test, audit_log=audit_log,
-                                 actor=actor, consents=consents, progress=say)
+                                 actor=actor, consents=consents, progress=say, tune=tune)
     if result.quarantined:
         console.print(f"[yellow]{result.quarantined} rows were quarantined[/] (see {out / 'quarantine.csv'}); trained on the rest")
     print_overall(result.evaluation["overall"],
@@ -165,6 +170,30 @@ def compare(
     for kind, version in result.promoted.items():
         console.print(f"champion: {kind} -> version {version}")
     console.print(f"report: {result.report_path}  (MLflow run {result.run_id})")
+
+
+@app.command()
+@handles_errors
+def recalibrate(
+    data: Path = typer.Argument(..., help="The new bank's dataset folder (with defaults for the quarter's outcomes)."),
+    quarter: str = typer.Option(..., "--quarter", help="As-of date (YYYY-MM-DD) of the first labelled quarter: its 12-month outcomes set the calibration."),
+    alias: str = typer.Option("champion", "--alias", help="Which registered version of each model to recalibrate."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    out: Path = typer.Option(Path("out/recalibrate"), "--out", help="Folder for the calibration tables."),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+):
+    """Refit the de-coupled and hybrid models' calibration on a new bank's first labelled quarter; register new versions."""
+    from scf_engine.pipelines.recalibrate import recalibrate as run_recalibrate
+
+    with steps("recalibrate") as say:
+        result = run_recalibrate(data, quarter, tracking_uri=tracking_uri, alias=alias, out_dir=out, audit_log=audit_log,
+                                 actor=actor, progress=say)
+    console.print(frame_table(result.summary[["kind", "sample", "rows", "defaults", "max_gap_before_pp", "max_gap_after_pp"]],
+                              "Calibration by decile: largest gap between mean PD and observed rate (percentage points)",
+                              float_format="{:.2f}"))
+    versions = ", ".join(f"{k} v{v}" for k, v in result.versions.items())
+    console.print(f"registered as challenger: {versions}; tables in {result.out_dir}")
 
 
 @app.command()
@@ -413,7 +442,7 @@ def demo(
     console.rule("2. train")
     consents = data / "consents.csv"
     train(data=data, tracking_uri=None, out=out / "train", n_test=2, consents=consents if consents.is_file() else None,
-          actor=None, audit_log=log)
+          tune=False, actor=None, audit_log=log)  # called as a function: every option explicit
     console.rule("3. compare")
     compare(tracking_uri=None, alias="challenger", promote=["all"], data=data, out=out / "compare", actor=None, audit_log=log)
     console.rule("4. score a batch: one core's chain (1+N)")

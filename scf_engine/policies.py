@@ -124,6 +124,21 @@ def _check_lightgbm(data: dict, path: Path) -> None:
     # Platt scaling is linear in log-odds, so SHAP contributions stay additive; isotonic
     # calibration would break that, so it is not offered
     _require(data.get("calibration", "platt") == "platt", path, "'calibration' must be platt (the one method that keeps SHAP additive)")
+    if "tuning" in data:
+        _check_tuning(data["tuning"], path)
+
+
+def _check_tuning(t: Any, path: Path) -> None:
+    _require(isinstance(t, dict), path, "'tuning' must be a mapping")
+    _only(t, {"n_trials", "timeout_s", "folds", "seed", "space"}, path, "tuning: ")
+    for key in ("n_trials", "folds", "seed"):
+        _require(isinstance(t.get(key), int) and t[key] >= 1, path, f"tuning: '{key}' must be an integer >= 1")
+    _require(isinstance(t.get("timeout_s"), (int, float)) and t["timeout_s"] > 0, path, "tuning: 'timeout_s' must be a positive number")
+    _require(isinstance(t.get("space"), dict) and t["space"], path, "tuning: 'space' must be a non-empty mapping")
+    for name, spec in t["space"].items():
+        ok = isinstance(spec, list) and len(spec) in (2, 3) and all(isinstance(v, (int, float)) for v in spec[:2])
+        _require(ok and spec[0] < spec[1] and (len(spec) == 2 or spec[2] in ("log", "int")), path,
+                 f"tuning.space.{name}: must be [low, high] or [low, high, log|int] with low < high")
 
 
 def _check_propagation(data: dict, path: Path) -> None:
@@ -313,7 +328,8 @@ SCHEMAS = {
     "master_scale": (_check_master_scale, {"version", "ratings"}),
     "score_scale": (_check_score_scale, {"version", "base_score", "base_odds", "points_to_double_odds", "min_score",
                                          "max_score", "decimals"}),
-    "lightgbm": (_check_lightgbm, {"version", "num_boost_round", "early_stopping_rounds", "monotone", "calibration", "params"}),
+    "lightgbm": (_check_lightgbm, {"version", "num_boost_round", "early_stopping_rounds", "monotone", "calibration", "params",
+                                   "tuning"}),
     "propagation": (_check_propagation, {"version", "decay_grid", "core_evidence", "standalone_evidence", "C", "max_tier",
                                          "stress_equity_months"}),
     "limit_policy": (_check_limit_policy, {"version", "flow_share_by_grade", "advance_rate", "buyer_rating_floor",

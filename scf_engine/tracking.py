@@ -35,7 +35,8 @@ from pathlib import Path
 
 import pandas as pd
 
-EXPERIMENTS = {"train": "scf-train", "compare": "scf-compare", "score": "scf-score", "monitor": "scf-monitor"}
+EXPERIMENTS = {"train": "scf-train", "compare": "scf-compare", "score": "scf-score", "monitor": "scf-monitor",
+               "recalibrate": "scf-recalibrate"}
 MODEL_KINDS = ("propagation", "decoupled", "hybrid")
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACT_ROOT = "mlartifacts"

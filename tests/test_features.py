@@ -270,7 +270,7 @@ def test_flows_dated_on_or_after_T_change_no_feature_at_T(later):
 def test_every_catalogue_feature_is_computed_somewhere_and_nothing_else():
     cat = load_catalogue()
     F = flow_features(dataset(flows_for_a()).as_of(T))
-    flow_kinds = {s.name for s in cat.specs if s.kind != "code" or s.function in ("payer_concentration", "authenticity", "fan_bursts")}
+    flow_kinds = {s.name for s in cat.specs if s.kind != "code" or s.function in ("payer_concentration", "authenticity", "fan_bursts", "counterparty_health")}
     assert set(F.columns) == flow_kinds
     from scf_engine.assemble import chain_feature_names
     others = {s.name for s in cat.specs if s.kind == "code" and s.function in ("graph", "registry")}
@@ -306,3 +306,21 @@ def test_the_structural_ring_policy_is_checked():
     extra["structural_rings"]["min_parties"] = 3
     with pytest.raises(policies.PolicyError, match="min_parties"):
         policies.validate("authenticity", extra)
+
+
+def test_counterparty_health_reads_the_paying_firms_own_flows():
+    """A is paid equally by B, which pays no payroll, tax, social insurance or utilities,
+    and by C, which pays them all every month: half of A's receipts come from a payer in
+    arrears. External customers are nobody to read and count for nothing."""
+    rows = flows_for_a()
+    for k in range(12):
+        rows.append((month(k, 7), B, A, 80_000.0, "trade"))
+        rows.append((month(k, 7), C, A, 80_000.0, "trade"))
+        for purpose, payee in (("payroll", "EXT-PAY"), ("tax", "EXT-TAX"), ("social_insurance", "EXT-SI"),
+                               ("utilities", "EXT-GRID")):
+            rows.append((month(k, 12), C, payee, 1_000.0, purpose))
+    F = flow_features(dataset(rows).as_of(T))
+    assert F.loc[A, "payer_arrears_share_12m"] == 0.5
+    assert np.isnan(F.loc[B, "payer_arrears_share_12m"])  # nobody on the platform pays B
+    without = flow_features(dataset(flows_for_a()).as_of(T))
+    assert np.isnan(without.loc[A, "payer_arrears_share_12m"])

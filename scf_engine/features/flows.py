@@ -134,6 +134,8 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     out = fr.join(out, how="left")  # every firm of the snapshot, flows or not
 
     code = {s.function for s in cat.of_kind("code")}
+    if "counterparty_health" in code:
+        out = out.join(_counterparty_health(con, out), how="left")
     if "payer_concentration" in code:
         out = out.join(_payer_concentration(con), how="left")
     auth_policy = load_policy() if code & {"authenticity", "fan_bursts"} else None
@@ -176,6 +178,28 @@ def _authenticity(trade: pd.DataFrame, party: np.ndarray, policy) -> pd.DataFram
     auth = authenticity_features(trade, policy)
     auth.index = pd.Index(party[auth.index.to_numpy(dtype=np.int64)], name="firm_id")
     return auth
+
+
+def _counterparty_health(con, out: pd.DataFrame) -> pd.DataFrame:
+    """Paying firms' health read from their own flows at the same as-of date (so nothing
+    later than the firm's own features): the receipt share from payers that missed
+    statutory or utility payments in the last 3 months, and the receipt-weighted trend of
+    the payers' own trade inflow. One thread: sums of doubles in a fixed order."""
+    health = out[["obligations_missed_3m", "trade_in_slope_12m"]].rename_axis("firm_id").reset_index()
+    con.register("_cpty_health", health)
+    with one_thread(con):
+        res = con.sql("""
+            SELECT l.firm_id,
+                   sum(l.amount) FILTER (WHERE h.obligations_missed_3m > 0) AS in_arrears, sum(l.amount) AS total,
+                   sum(l.amount * h.trade_in_slope_12m) FILTER (WHERE h.trade_in_slope_12m IS NOT NULL) AS slope_sum,
+                   sum(l.amount) FILTER (WHERE h.trade_in_slope_12m IS NOT NULL) AS slope_weight
+            FROM (SELECT firm_id, cpty, amount FROM legs WHERE dir = 'in' AND purpose = 'trade' AND k < 12
+                  ORDER BY firm_id, cpty, amount) l
+            JOIN _cpty_health h ON l.cpty = h.firm_id
+            GROUP BY l.firm_id ORDER BY l.firm_id""").df().set_index("firm_id")
+    con.unregister("_cpty_health")
+    return pd.DataFrame({"payer_arrears_share_12m": res["in_arrears"].fillna(0.0) / res["total"],
+                         "payer_trade_slope_12m": res["slope_sum"] / res["slope_weight"]}, index=res.index)
 
 
 def _fan_bursts(con, T: str, days: int) -> pd.DataFrame:

@@ -100,12 +100,7 @@ class LightGBMPD(BaseEstimator):
             is_val = np.arange(n) >= int(0.8 * n)
             is_train = ~is_val
         Xf = X[self.features_].astype(float)
-        params = dict(self.params or {"objective": "binary", "verbose": -1})
-        cat = load_catalogue()
-        if self.monotone:
-            params["monotone_constraints"] = [cat[c].monotone if c in cat else 0 for c in self.features_]
-        else:
-            params.pop("monotone_constraints_method", None)
+        params = self.train_params()
         train = lgb.Dataset(Xf[is_train], y[is_train], free_raw_data=True)
         valid = lgb.Dataset(Xf[is_val], y[is_val], reference=train)
         self.booster_ = lgb.train(params, train, self.num_boost_round, valid_sets=[valid],
@@ -118,6 +113,28 @@ class LightGBMPD(BaseEstimator):
         self.n_train_, self.n_valid_ = int(is_train.sum()), int(is_val.sum())
         self.train_default_rate_ = float(y.mean())
         return self
+
+    def train_params(self) -> dict:
+        """LightGBM's parameters for ``features_``: the policy's, with the catalogue's
+        monotone constraints when ``monotone`` (the tuning search trains with the same)."""
+        params = dict(self.params or {"objective": "binary", "verbose": -1})
+        cat = load_catalogue()
+        if self.monotone:
+            params["monotone_constraints"] = [cat[c].monotone if c in cat else 0 for c in self.features_]
+        else:
+            params.pop("monotone_constraints_method", None)
+        return params
+
+    def tune(self, X: pd.DataFrame, y, as_of, groups, tuning: dict, progress=None):
+        """A budgeted search (:mod:`scf_engine.learners.tune`) on these rows; returns the
+        search's result, and sets ``params`` to the best point (``fit`` then trains with it)."""
+        from scf_engine.learners.tune import search
+
+        self.features_ = self._features()
+        res = search(X[self.features_], y, as_of, groups, self.train_params(), tuning,
+                     num_boost_round=self.num_boost_round, early_stopping_rounds=self.early_stopping_rounds, progress=progress)
+        self.params = {k: v for k, v in res.best_params.items() if k != "monotone_constraints"}
+        return res
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """LightGBM's uncalibrated log-odds."""

@@ -19,7 +19,7 @@ from scf_engine.contract import CONTRACT_VERSION
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset
 from scf_engine.credit.consent import consent_status
-from scf_engine.errors import DatasetError, RequestError
+from scf_engine.errors import DatasetError, PolicyError, RequestError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.requests import read_consents
 from scf_engine.evaluate import evaluate, psi
@@ -56,6 +56,7 @@ class Fitted:
     test: pd.DataFrame
     evaluation: dict
     stability: dict
+    tuning: dict = field(default_factory=dict)  # kind -> TuneResult, when trained with --tune
 
 
 def require_defaults(ds: Dataset) -> None:
@@ -73,7 +74,18 @@ def snapshot_dates(ds: Dataset, n_test: int) -> tuple[list, list, list]:
     return dates, train, test
 
 
-def fit_propagation_and_decoupled(data: dict, train_dates: list, test_dates: list, *, progress=None):
+def fit_lgbm(model, X: pd.DataFrame, y, *, as_of, groups, tuning: dict | None = None, progress=None):
+    """``model.fit``, after a budgeted search of its parameters when ``tuning`` (the
+    ``tuning`` section of lightgbm.yaml) is given; the search's result is kept as
+    ``model.tune_result_`` (None without one)."""
+    result = model.tune(X, y, as_of, groups, tuning, progress=progress) if tuning else None
+    model.fit(X, y, as_of=as_of, groups=groups)
+    model.tune_result_ = result
+    return model
+
+
+def fit_propagation_and_decoupled(data: dict, train_dates: list, test_dates: list, *, progress=None,
+                                  tuning: dict | None = None):
     """The two base models on assembled snapshots: propagation fitted on the training
     chains (its PD added to every snapshot, as the hybrid needs), then the de-coupled
     LightGBM on the training rows of firms with flows. Returns ``(propagation, decoupled,
@@ -85,8 +97,8 @@ def fit_propagation_and_decoupled(data: dict, train_dates: list, test_dates: lis
     tr, te = stack(data, train_dates), stack(data, test_dates)
     flows = has_flows(tr)
     say("fitting de-coupled model")
-    dec = DecoupledModel.from_policy().fit(tr[flows], tr.loc[flows, "label"], as_of=tr.loc[flows, "as_of"],
-                                           groups=tr.loc[flows, "firm_id"])
+    dec = fit_lgbm(DecoupledModel.from_policy(), tr[flows], tr.loc[flows, "label"], as_of=tr.loc[flows, "as_of"],
+                   groups=tr.loc[flows, "firm_id"], tuning=tuning, progress=say)
     return prop, dec, tr, te
 
 
@@ -99,18 +111,20 @@ def consented_rows(data: dict, consents: pd.DataFrame) -> None:
 
 
 def fit_and_evaluate(ds: Dataset, dates, train_dates, test_dates, *, consents: pd.DataFrame | None = None,
-                     progress=None) -> Fitted:
+                     progress=None, tuning: dict | None = None) -> Fitted:
     """Every model on the training snapshots, judged on the held-out ones (no I/O).
-    ``consents``: when given, only consented firm-dates are learned from and judged."""
+    ``consents``: when given, only consented firm-dates are learned from and judged.
+    ``tuning``: when given, the LightGBM models' parameters are searched first."""
     say = progress or (lambda *a, **k: None)
     say("assembling snapshots")
     data = assemble(ds, dates, truth=truth_frame(ds), progress=lambda i, n: say(f"snapshot {i}/{n}"))
     if consents is not None:
         consented_rows(data, consents)
-    prop, dec, tr, te = fit_propagation_and_decoupled(data, train_dates, test_dates, progress=say)
+    prop, dec, tr, te = fit_propagation_and_decoupled(data, train_dates, test_dates, progress=say, tuning=tuning)
     flows_tr = has_flows(tr)
     say("fitting hybrid model")
-    hyb = HybridModel.from_policy().fit(tr, tr["label"], as_of=tr["as_of"], groups=tr["firm_id"])
+    hyb = fit_lgbm(HybridModel.from_policy(), tr, tr["label"], as_of=tr["as_of"], groups=tr["firm_id"], tuning=tuning,
+                   progress=say)
     jy = JiangyinGrading.from_policy().fit(tr[flows_tr], tr.loc[flows_tr, "label"])
     models = {"decoupled": dec, "hybrid": hyb, "jiangyin": jy}
     te = te.join(predict_all(models, te).drop(columns=["pd_propagation"]))
@@ -119,7 +133,8 @@ def fit_and_evaluate(ds: Dataset, dates, train_dates, test_dates, *, consents: p
     say("evaluating")
     ev = evaluate(te, pd_cols)
     stability = {s: psi(tr_pds[s] if s != "pd_propagation" else tr["pd_propagation"], te[s]) for s in pd_cols}
-    return Fitted(prop, models, data, tr, te, ev, stability)
+    tuned = {k: m.tune_result_ for k, m in (("decoupled", dec), ("hybrid", hyb)) if m.tune_result_ is not None}
+    return Fitted(prop, models, data, tr, te, ev, stability, tuned)
 
 
 def write_tables(fitted: Fitted, ds: Dataset, out_dir: Path) -> Path:
@@ -148,9 +163,11 @@ def training_consents(pols, consents) -> tuple[str, pd.DataFrame | None]:
 
 def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Path | str = "out/train",
           n_test: int = 2, audit_log: Path | str | None = None, actor: str | None = None,
-          consents: Path | str | None = None, progress=None) -> TrainResult:
+          consents: Path | str | None = None, progress=None, tune: bool = False) -> TrainResult:
     """Build snapshots, train propagation, de-coupled, hybrid and the rule baseline, evaluate
-    them out of time, log everything to one parent run with a child per model."""
+    them out of time, log everything to one parent run with a child per model. ``tune``:
+    search the LightGBM models' parameters first (lightgbm.yaml ``tuning``), each trial a
+    child run."""
     say = progress or (lambda *a, **k: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +179,8 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
     dates, train_dates, test_dates = snapshot_dates(ds, n_test)
     pols = policies.load_all()
     rule, consent_frame = training_consents(pols, consents)
-    fitted = fit_and_evaluate(ds, dates, train_dates, test_dates, consents=consent_frame, progress=say)
+    tuning = _tuning_policy(pols) if tune else None
+    fitted = fit_and_evaluate(ds, dates, train_dates, test_dates, consents=consent_frame, progress=say, tuning=tuning)
     tables = write_tables(fitted, ds, out_dir)
     say("logging to MLflow")
     run_id, versions = record_training(store, fitted, ds, pols, Path(data_dir), out_dir, tables,
@@ -176,6 +194,13 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
     return TrainResult(run_id, {k: v for k, v in versions.items() if v}, fitted.evaluation, test_dates, train_dates, out_dir,
                        int(q["quarantined"].sum()),
                        {"propagation": fitted.propagation, "models": fitted.models, "data": fitted.data, "test": fitted.test})
+
+
+def _tuning_policy(pols) -> dict:
+    tuning = policies.as_data(pols["lightgbm"]).get("tuning")
+    if not tuning:
+        raise PolicyError("--tune: lightgbm.yaml has no 'tuning' section (search space and budget)")
+    return dict(tuning)
 
 
 def record_training(store: tracking.Store, fitted: Fitted, ds: Dataset, pols, data_dir: Path, out_dir: Path, tables: Path,
@@ -203,11 +228,27 @@ def record_training(store: tracking.Store, fitted: Fitted, ds: Dataset, pols, da
         run.log_frame(q, "rows_summary.csv", "data_quality")
         run.log_artifacts(tables, "evaluation")
         run.log_small_table(ev["overall"].round(5), "overall.json")
+        for kind, result in fitted.tuning.items():
+            _record_trials(store, run, kind, result)
         versions = {kind: _record_model(store, run, kind, model, example, fitted, pols)
                     for kind, (model, example) in _examples(fitted).items()}
         run.set_tags({"registered_versions": json.dumps({k: v for k, v in versions.items() if k != "jiangyin"}),
                       "baseline_model_uri": versions.pop("jiangyin")})
     return run.id, versions
+
+
+def _record_trials(store, parent, kind: str, result) -> None:
+    """Each tuning trial as a child run of the training run: the point tried, the fold
+    AUCs and their mean, the best iterations and the time it took; the chosen point on the
+    parent."""
+    best = max(result.trials, key=lambda t: t["value"])
+    for t in result.trials:
+        with store.run("train", f"tune {kind} trial {t['number']}", parent=parent,
+                       tags={"scf_role": "tuning_trial", "model_kind": kind, "best": str(t is best).lower()}) as run:
+            run.log_params({**t["params"], "best_iterations": t["best_iterations"]})
+            run.log_metrics({"mean_fold_auc": t["value"], "seconds": t["seconds"],
+                             **{f"fold{i}_auc": a for i, a in enumerate(t["fold_auc"])}})
+    parent.log_params({f"tuned_{kind}_{k}": v for k, v in best["params"].items()} | {f"tuned_{kind}_trials": len(result.trials)})
 
 
 def _examples(fitted: Fitted) -> dict:

@@ -34,9 +34,10 @@ import pyarrow.parquet as pq
 from scf_engine.contract import DEFAULTS, FIRMS, FLOWS, PURPOSES, RECEIVABLES
 from scf_engine.simulate.dynamics import simulate_history, true_pd
 from scf_engine.simulate.emit import emit_records, sequential_ids
+from scf_engine.simulate.stories import STORIES
 from scf_engine.simulate.world import World, WorldConfig, build_world
 
-__all__ = ["WorldConfig", "World", "simulate", "write_dataset"]
+__all__ = ["WorldConfig", "World", "simulate", "write_dataset", "STORIES"]
 
 
 def simulate(config: WorldConfig | None = None, *, progress=None, **kwargs) -> World:
@@ -56,6 +57,7 @@ def simulate(config: WorldConfig | None = None, *, progress=None, **kwargs) -> W
 
 FLOW_CHUNK = 4_000_000
 SCENARIO_KEYS = ("deteriorating_share", "downgraded_cores", "scenario_month")  # left out of world.json when off
+STORY_KEY = "story"  # left out of world.json for the default story (existing worlds' files unchanged)
 
 
 def static_tables(world: World) -> dict[str, pa.Table]:
@@ -274,7 +276,7 @@ def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
     meta = {
         "generator": "scf_engine.simulate",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in world.config.__dict__.items()
-                   if scenario or k not in SCENARIO_KEYS},
+                   if (scenario or k not in SCENARIO_KEYS) and (k != STORY_KEY or v != "default")},
         "distressed_cores": f.loc[f["distressed_core"], "firm_id"].tolist(),
         "rings": [ids[g.sort_values("order")["firm"].to_numpy()].tolist() for _, g in world.rings.groupby("ring")],
         "rows": rows,

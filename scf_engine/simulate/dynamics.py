@@ -18,7 +18,8 @@ The generative story (all on a log-odds-like "health" scale, higher is healthier
   purchases (weaker). When a buyer defaults, its suppliers take a jump down in ``z``
   (lost receivables and demand) in proportion to their exposure.
 
-Each month a live firm defaults with probability ``sigmoid(ALPHA - THETA * h)``.
+Each month a live firm defaults with probability ``sigmoid(alpha - theta * h)`` (the
+story's hazard: :mod:`.stories`).
 
 Truth: at a quarter-start as-of date T the true PD is P(default in the 12 months from T
 | the whole latent state at the end of the month before T), computed by Monte Carlo over
@@ -35,16 +36,17 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scf_engine.numeric import sigmoid
+from scf_engine.simulate.stories import story_of
 from scf_engine.simulate.world import CORE_MU, World
 
 PHI, SIGMA = 0.94, 0.17  # idiosyncratic AR(1)
 PHI_CORE, SIGMA_CORE = 0.97, 0.08
-PHI_S, SIGMA_S = 0.85, 0.12  # industry shocks
 RHO_V, PUSH, PUSH_MONTHS = 0.93, -0.06, 6  # distressed-core momentum
 KAPPA_UP, KAPPA_DOWN = 0.8, 0.45  # contagion through sales / purchase shares
 JUMP = 2.0  # supplier's hit when a buyer defaults, per unit of sales share
 AGE_EFFECT, AGE_SCALE = 1.0, 1.5
-ALPHA, THETA = -7.3, 1.8  # monthly hazard: sigmoid(ALPHA - THETA * h)
+# the monthly hazard sigmoid(alpha - theta * h) and industry shocks' PHI_S, SIGMA_S are the
+# story's (scf_engine.simulate.stories): the default story's alpha = -7.3, theta = 1.8
 MU_SD = 0.8
 CHAIN_QUALITY = 0.8  # how much of its core's quality a fully dependent supplier inherits
 FABRICATED_PENALTY = 1.0
@@ -61,6 +63,9 @@ class Params:
         f = world.firms
         n = len(f)
         self.n = n
+        story = story_of(world.config.story)
+        self.phi_s, self.sigma_s = story.phi_s, story.sigma_s
+        self.alpha, self.theta, self.theta_dev = story.alpha, story.theta, story.theta_dev
         is_core = f["is_core"].to_numpy()
         self.is_core = is_core
         links = world.links
@@ -125,7 +130,7 @@ def step(p: Params, t: int, st: dict, rng: np.random.Generator) -> tuple[np.ndar
     n, P = st["z"].shape
     dt = st["z"].dtype  # float64 for the history, float32 for Monte Carlo paths
     born = p.born(t)[:, None]
-    st["s"] = PHI_S * st["s"] + SIGMA_S * rng.standard_normal((p.n_industries, P), dtype=dt)
+    st["s"] = p.phi_s * st["s"] + p.sigma_s * rng.standard_normal((p.n_industries, P), dtype=dt)
     st["v"] = RHO_V * st["v"] + p.push[t][:, None].astype(dt)
     z = p.phi[:, None].astype(dt) * st["z"] + st["v"] + p.sigma[:, None].astype(dt) * rng.standard_normal((n, P), dtype=dt)
     if st["new_defaults"].any():
@@ -135,12 +140,21 @@ def step(p: Params, t: int, st: dict, rng: np.random.Generator) -> tuple[np.ndar
     c = (p.K @ st["dev"]).astype(dt)
     h = (p.mu[:, None] + age).astype(dt) + st["z"] + p.beta[:, None].astype(dt) * st["s"][p.industry] + c
     live = st["alive"] & born
-    hazard = np.where(live, sigmoid(ALPHA - THETA * h), dt.type(0))
+    hazard = np.where(live, sigmoid(_hazard_logit(p, h, age)), dt.type(0))
     new = live & (rng.random((n, P), dtype=dt) < hazard)
     st["alive"] = st["alive"] & ~new
     st["new_defaults"] = new
     st["dev"] = np.where(st["alive"] & born, h - p.mu[:, None] - age, 0.0)
     return h, hazard
+
+
+def _hazard_logit(p: Params, h: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """``alpha - theta * h``; the ``shock`` story adds ``- theta_dev * dev``, the firm's
+    deviation from its own norm (``h - mu - age``), so recent shocks weigh more than
+    standing."""
+    if p.theta_dev == 0:
+        return p.alpha - p.theta * h
+    return p.alpha - p.theta * h - p.theta_dev * (h - (p.mu[:, None] + age).astype(h.dtype))
 
 
 def simulate_history(world: World) -> None:
@@ -152,7 +166,7 @@ def simulate_history(world: World) -> None:
     st = {
         "z": rng.normal(0.0, SIGMA / np.sqrt(1 - PHI**2), size=(n, 1)) * np.where(p.is_core, 0.3, 1.0)[:, None],
         "v": np.zeros((n, 1)),
-        "s": rng.normal(0.0, SIGMA_S / np.sqrt(1 - PHI_S**2), size=(p.n_industries, 1)),
+        "s": rng.normal(0.0, p.sigma_s / np.sqrt(1 - p.phi_s**2), size=(p.n_industries, 1)),
         "dev": np.zeros((n, 1)),
         "alive": np.ones((n, 1), dtype=bool),
         "new_defaults": np.zeros((n, 1), dtype=bool),

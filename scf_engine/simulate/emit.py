@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from scf_engine.contract import PURPOSES
 from scf_engine.numeric import sigmoid
 from scf_engine.simulate.dynamics import Params
+from scf_engine.simulate.stories import Story, story_of
 from scf_engine.simulate.world import REGIONS, World
 
 PURPOSE_CODE = {p: i for i, p in enumerate(PURPOSES)}
@@ -121,6 +122,8 @@ def emit_records(world: World, *, progress=None) -> None:
     """Fill ``world.records`` with firms, receivables, flows, defaults (contract columns)."""
     cfg = world.config
     rng = np.random.default_rng([cfg.seed, 4])
+    story = story_of(cfg.story)
+    srng = np.random.default_rng([cfg.seed, 10])  # the story's own draws: the default story makes none
     f = world.firms
     p: Params = world.state["params"]
     n, M = len(f), cfg.n_months
@@ -140,9 +143,9 @@ def emit_records(world: World, *, progress=None) -> None:
     dead = since_default >= 0  # in or after the default month
     size = f["size"].to_numpy()
     growth = rng.normal(0.04, 0.08, size=n)
-    season = SEASON[world.months.month.to_numpy() - 1][None, :]
+    season = _season(world, story, srng)
     sales = (size[:, None] * (1 + growth[:, None]) ** (t_idx / 12) * season
-             * np.exp(0.3 * np.clip(r, -4, 4) + 0.12 * rng.standard_normal((n, M))) * act)
+             * np.exp(story.sales_signal * np.clip(r, -4, 4) + 0.12 * rng.standard_normal((n, M))) * act)
     margin = np.clip(0.05 + 0.04 * H + 0.025 * rng.standard_normal((n, M)), -0.3, 0.3)
     region_idx = pd.Index(list(REGIONS)).get_indexer(f["region"])
     rows = _Rows()
@@ -158,10 +161,17 @@ def emit_records(world: World, *, progress=None) -> None:
         rows.add(d, payer[ii] if np.ndim(payer) else payer, payee[ii] if np.ndim(payee) else payee,
                  amount[ii, tt], purpose)
 
+    habit = srng.random(n) < story.habitual_late_share if story.habitual_late_share else None
+
     def obligation(amount, miss_logit, cure_logit, payer, payee, base_day, purpose, active):
-        """A monthly obligation that may be missed and then cured (paid double next month)."""
-        miss = (rng.random((n, M)) < np.where(dead, 0.85, sigmoid(miss_logit))) & active
-        cure = miss & (rng.random((n, M)) < sigmoid(cure_logit)) & ~dead
+        """A monthly obligation that may be missed and then cured (paid double next month).
+        Habitual late payers (the ``cyclical`` story) miss often and always cure."""
+        p_miss, p_cure = sigmoid(miss_logit), sigmoid(cure_logit)
+        if habit is not None:
+            p_miss = np.where(habit[:, None], np.maximum(p_miss, story.habitual_miss), p_miss)
+            p_cure = np.where(habit[:, None], 1.0, p_cure)
+        miss = (rng.random((n, M)) < np.where(dead, 0.85, p_miss)) & active
+        cure = miss & (rng.random((n, M)) < p_cure) & ~dead
         paid = np.where(active & ~miss, amount, 0.0)
         paid[:, 1:] += np.where(cure[:, :-1] & active[:, 1:], amount[:, :-1], 0.0)
         recurring(paid > 0, base_day, 3, payer, payee, paid, purpose)
@@ -214,21 +224,23 @@ def emit_records(world: World, *, progress=None) -> None:
         progress("trade flows")
 
     # --- payroll, tax, social insurance, housing fund, utilities -----------------------
-    obligation(payroll, -4.0 - 2.0 * H, 1.0 + H, firm_ids, parties.ext("payroll", firm_ids), 10, "payroll", active)
+    # (the cyclical story dampens how much health shows in them: Hs, not H)
+    Hs = H if story.obligation_signal == 1 else H.mean() + story.obligation_signal * (H - H.mean())
+    obligation(payroll, -4.0 - 2.0 * Hs, 1.0 + Hs, firm_ids, parties.ext("payroll", firm_ids), 10, "payroll", active)
     prev_sales = np.concatenate([sales[:, :1], sales[:, :-1]], axis=1)
     prev_margin = np.concatenate([margin[:, :1], margin[:, :-1]], axis=1)
     tax = prev_sales * (0.03 + 0.3 * np.maximum(prev_margin, 0)) * np.exp(0.05 * rng.standard_normal((n, M)))
-    obligation(tax, -3.7 - 1.9 * H, 0.8 + H, firm_ids, parties.ext("tax", region_idx), 15, "tax", active & (tax > 1))
-    obligation(payroll * 0.3, -3.4 - 2.0 * H, 0.5 + H, firm_ids, parties.ext("social_insurance", region_idx), 18, "social_insurance", active)
+    obligation(tax, -3.7 - 1.9 * Hs, 0.8 + Hs, firm_ids, parties.ext("tax", region_idx), 15, "tax", active & (tax > 1))
+    obligation(payroll * 0.3, -3.4 - 2.0 * Hs, 0.5 + Hs, firm_ids, parties.ext("social_insurance", region_idx), 18, "social_insurance", active)
     has_hf = rng.random(n) < sigmoid(0.2 + 1.0 * p.mu)
-    obligation(payroll * 0.12, -3.1 - 1.6 * H, 0.5 + H, firm_ids, parties.ext("housing_fund", region_idx), 18, "housing_fund",
+    obligation(payroll * 0.12, -3.1 - 1.6 * Hs, 0.5 + Hs, firm_ids, parties.ext("housing_fund", region_idx), 18, "housing_fund",
                active & has_hf[:, None])
     energy = f["industry"].map(ENERGY).fillna(0.015).to_numpy()
     power = size[:, None] * energy[:, None] * (sales / np.maximum(size[:, None], 1)) * np.exp(0.08 * rng.standard_normal((n, M)))
-    obligation(power, -4.3 - 1.5 * H, 2.0 + H, firm_ids, parties.ext("grid", region_idx), 22, "utilities", active & (power > 10))
+    obligation(power, -4.3 - 1.5 * Hs, 2.0 + Hs, firm_ids, parties.ext("grid", region_idx), 22, "utilities", active & (power > 10))
     water = power * 0.15 * np.exp(0.1 * rng.standard_normal((n, M)))
     water_month = (t_idx % 2 == 0) & active & (water > 10)
-    obligation(water * 2, -4.3 - 1.5 * H, 2.0 + H, firm_ids, parties.ext("water", region_idx), 25, "utilities", water_month)
+    obligation(water * 2, -4.3 - 1.5 * Hs, 2.0 + Hs, firm_ids, parties.ext("water", region_idx), 25, "utilities", water_month)
     if progress:
         progress("obligations")
 
@@ -254,6 +266,8 @@ def emit_records(world: World, *, progress=None) -> None:
     payer_from = visible_from[np.where(payer < n, payer, n)]
     payee_from = visible_from[np.where(payee < n, payee, n)]
     keep = (day <= (end_day - EPOCH).astype(np.int32)) & (amount >= 0.01) & (day >= np.minimum(payer_from, payee_from))
+    if story.gap_share:
+        keep &= _outside_gaps(story, srng, n, month_days, day, payer, payee, payer_from, payee_from)
     del payer_from, payee_from
     order = np.lexsort((payer, day))
     order = order[keep[order]]
@@ -272,6 +286,33 @@ def emit_records(world: World, *, progress=None) -> None:
         month_days[m] + rng.integers(0, month_len[m]) if m >= 0 else np.datetime64("NaT") for m in dm
     ], dtype="datetime64[D]")
     world.records["default_day"] = default_day
+
+
+def _season(world: World, story: Story, srng) -> np.ndarray:
+    """Monthly seasonal factors: one calendar for all (default, shape (1, M)), or the
+    story's amplified calendar shifted by a few months per industry (shape (n, M))."""
+    month0 = world.months.month.to_numpy() - 1
+    if story.season_amplitude == 1 and not story.season_by_industry:
+        return SEASON[month0][None, :]
+    profile = np.clip(1 + story.season_amplitude * (SEASON - 1), 0.2, None)
+    inds = pd.Index(sorted(world.firms["industry"].unique()))
+    shift = srng.integers(0, 12, len(inds)) if story.season_by_industry else np.zeros(len(inds), int)
+    firm_shift = shift[inds.get_indexer(world.firms["industry"])]
+    return profile[(month0[None, :] + firm_shift[:, None]) % 12]
+
+
+def _outside_gaps(story: Story, srng, n, month_days, day, payer, payee, payer_from, payee_from) -> np.ndarray:
+    """Whether each flow reaches the platform when some firms have months missing (the
+    ``shock`` story): a flow is seen if a firm party shares its account and is not in a
+    missing month."""
+    M = len(month_days)
+    gap = (srng.random(n) < story.gap_share)[:, None] & (srng.random((n, M)) < story.gap_months)
+    gap = np.vstack([gap, np.zeros((1, M), bool)])  # row n: external parties (never share anyway)
+    m = np.searchsorted((month_days - EPOCH).astype(np.int32), day, side="right") - 1
+    m = np.clip(m, 0, M - 1)
+    seen_payer = (day >= payer_from) & ~gap[np.where(payer < n, payer, n), m]
+    seen_payee = (day >= payee_from) & ~gap[np.where(payee < n, payee, n), m]
+    return seen_payer | seen_payee
 
 
 def _firm_sales_share(links, dm, n, M):

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.contract import make_uscc
+from scf_engine.simulate.stories import story_of
 
 ROLES = ("core", "tier1", "tier2", "downstream", "unattached")
 
@@ -79,6 +80,9 @@ class WorldConfig:
     deteriorating_share: float = 0.0
     downgraded_cores: int = 0
     scenario_month: int = -1
+    # The generative mechanism (scf_engine.simulate.stories): "default", "cyclical" or
+    # "shock". Other stories draw from their own random stream: default worlds are unchanged.
+    story: str = "default"
 
 
 @dataclass
@@ -203,6 +207,7 @@ def build_world(cfg: WorldConfig) -> World:
     # authorised it; for some firms that happens during the history (the registry, a
     # national system, sees everything from the start)
     late_p = pd.Series(roles).map(dict(zip(ROLES[1:], cfg.late_sharing))).fillna(0.0).to_numpy()
+    late_p = np.where(roles == "core", 0.0, np.minimum(1.0, late_p + story_of(cfg.story).late_sharing_add))
     late = rng.random(n) < late_p
     share_month = rng.integers(12, max(13, cfg.n_months - 2), size=n)
     firms["flows_visible_from"] = np.where(late, months[np.minimum(share_month, cfg.n_months - 1)], months[0])
