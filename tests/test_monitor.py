@@ -190,6 +190,28 @@ def test_a_cured_delay_weighs_less_than_an_open_one_in_the_rules():
     assert fix["cured"] and not fix["open"] and not fix["fresh"] and not fix["healthy"]
 
 
+def test_signals_in_one_query_fire_as_one_query_each():
+    """fire evaluates every signal in one DuckDB query: the same hits, in the policy's order,
+    as each rule on its own (holds); a broken rule is still named in a one-line error."""
+    from scf_engine.errors import PolicyError
+    from scf_engine.monitor.signals import fill, holds, holds_all
+
+    pol = policies.as_data(policies.load("monitoring"))
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame([_firm(payroll_open_gap=int(rng.integers(0, 4)), tax_open_gap=int(rng.integers(0, 4)),
+                                pd=float(rng.uniform(0, 0.3)), pd_change=float(rng.uniform(-0.05, 0.1)),
+                                core_distress=float(rng.uniform(0, 0.1)), consent_days_left=float(rng.integers(-5, 60)),
+                                top_payer_share_12m=float(rng.uniform(0, 1)))
+                          for _ in range(200)], index=[f"f{i:03d}" for i in range(200)])
+    rules = {s["name"]: fill(s["rule"], pol) for s in pol["signals"]}
+    together = holds_all(frame, rules)
+    for name, rule in rules.items():
+        assert (together[name] == holds(frame, rule, name)).all(), name
+    assert together.to_numpy().any() and not together.to_numpy().all()
+    with pytest.raises(PolicyError, match="no_such_column"):
+        holds_all(frame, {**rules, "broken": "no_such_column > 1"})
+
+
 def test_a_cured_delay_weighs_less_than_an_open_one_in_the_model(lent):
     """The champion de-coupled model: the same firms with three payroll months missed,
     once still open, once caught up; the open delay gives the higher PD on average."""

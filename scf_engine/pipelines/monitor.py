@@ -35,7 +35,7 @@ from scf_engine.ingest.requests import read_consents, requests_frame
 from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows
 from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, portfolio_rows
 from scf_engine.monitor.report import render_report
-from scf_engine.monitor.signals import ALERTS_COLUMNS, core_distress, fire, new_authenticity
+from scf_engine.monitor.signals import ALERTS_COLUMNS, authenticity_seen, core_distress, fire, new_authenticity
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.score import check_writable, output_errors, parse_as_of, saved_scale
 from scf_engine.tables import csv_bytes
@@ -164,20 +164,30 @@ def drift_reference(store, versions) -> dict | None:
 
 def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) -> tuple:
     """portfolio.csv, alerts.csv and drift rows over every as-of (pure apart from the
-    progress)."""
+    progress).
+
+    Each as-of snapshots the WHOLE world, not only the lent firms: a lent firm's answer
+    reads the others' at the same date (its industry rank features are percentiles among
+    every scorable firm of its industry, the reasons quote industry medians over every
+    scorable firm, its chain features and propagated core credit come from the whole
+    chain, its ring features from its counterparties' money), so features for the
+    portfolio alone would give other answers. What is done once per pass, not per as-of:
+    the batch snapshot, the batch's authenticity alerts; per as-of the signals are one
+    query (:func:`scf_engine.monitor.signals.holds_all`)."""
     say(f"snapshots at the batch ({batch_T.date()}) and {len(dates)} as-of date(s)")
     data = assemble(ds, [batch_T, *dates], with_labels=False)
     add_propagation(data, models["propagation"])
     batch = data[batch_T]
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
+    ids = pd.Index(lent["firm_id"], name="firm_id")
+    seen = authenticity_seen(batch.table.reindex(ids).dropna(how="all"))  # the batch's alerts, once per pass
     parts, alerts, drift = [], [], []
     for i, T in enumerate(dates, 1):
         say(f"as-of {T.date()} ({i}/{len(dates)}): decision core, signals")
         dec = decide(data[T], models, pols, requests, dataset=ds, consents=cons, scale=scale)
         frame = monitor_frame(ds, lent, dec, data[T], batch, cons, T, pols["monitoring"])
         a = pd.concat([fire(frame, pols["monitoring"], T),
-                       new_authenticity(data[T].table.reindex(frame.index).dropna(how="all"),
-                                        batch.table.reindex(frame.index).dropna(how="all"), pols["monitoring"], T)],
+                       new_authenticity(data[T].table.reindex(frame.index).dropna(how="all"), seen, pols["monitoring"], T)],
                       ignore_index=True)
         months = (T - batch_T).days / 30.4375
         parts.append(portfolio_rows(frame, a, T, months, pols["monitoring"]))
