@@ -233,8 +233,11 @@ def _check_monitoring(data: dict, path: Path) -> None:
     _require(isinstance(cr, dict) and set(cr) == {"months", "rule"} and cr["months"] in (3, 12), path,
              "'credit_repair' must give months (3 or 12, a catalogue window) and rule")
     dr = data.get("drift")
-    _require(isinstance(dr, dict) and set(dr) == {"bins", "epsilon", "psi_amber", "psi_red"}, path,
-             "'drift' must give bins, epsilon, psi_amber and psi_red")
+    _require(isinstance(dr, dict) and set(dr) == {"bins", "epsilon", "psi_amber", "psi_red", "vintage_amber",
+                                                  "vintage_red"}, path,
+             "'drift' must give bins, epsilon, psi_amber, psi_red, vintage_amber and vintage_red")
+    _require(0 < float(dr["vintage_amber"]) <= float(dr["vintage_red"]), path,
+             "drift: 0 < vintage_amber <= vintage_red (ratios of observed to expected default rate)")
     _require(isinstance(dr["bins"], int) and dr["bins"] >= 2 and 0 < float(dr["epsilon"]) < 0.01, path,
              "drift: bins an integer >= 2, epsilon in (0, 0.01)")
     _require(isinstance(data.get("signals"), list) and data["signals"], path, "'signals' must be a non-empty list")

@@ -190,6 +190,39 @@ def test_a_cured_delay_weighs_less_than_an_open_one_in_the_rules():
     assert fix["cured"] and not fix["open"] and not fix["fresh"] and not fix["healthy"]
 
 
+def test_a_repaired_firm_gets_a_coherent_pd_score_and_grade_and_says_so():
+    """信用修复: the repaired firm takes the batch's PD and the score and grade that PD has
+    on the scale (not a restored grade label beside a red-band PD); pd_up and the PD bands
+    read the repaired PD; portfolio.csv's reasons say 'repaired' first."""
+    from scf_engine.credit.scale import ScoreScale
+    from scf_engine.monitor.judge import apply_repair, portfolio_rows
+
+    pol = policies.load("monitoring")
+    scale = ScoreScale.from_policy(policies.load("score_scale"))
+    bad = {"grade": "alternate", "pd": 0.25, "pd_at_batch": 0.01, "pd_change": 0.24, "score": float(scale.score(0.25))}
+    frame = pd.DataFrame({
+        "cured": _firm(payroll_missed_12m=3, payroll_cured_12m=1, obligations_missed_12m=3, **bad),
+        "open": _firm(payroll_open_gap=3, payroll_missed_12m=3, obligations_missed_12m=3, obligations_missed_3m=3,
+                      obligations_open=1, **bad),
+    }).T.infer_objects()
+    for c in set(frame.columns) - {"distressed_core", "consent_expires_on", "default_on", "grade", "grade_at_batch"}:
+        frame[c] = pd.to_numeric(frame[c]) if c != "in_default" else frame[c].astype(bool)
+    frame = frame.assign(core_reasons="model reasons", limit_at_batch=1e6, core_limit=1e6)
+    fixed = apply_repair(frame, pol, scale)
+    c, o = fixed.loc["cured"], fixed.loc["open"]
+    assert c["pd"] == pytest.approx(0.01) and c["score"] == pytest.approx(float(scale.score(0.01)))
+    assert c["grade"] == scale.grade([0.01])[0] == "grade_1"
+    assert o["pd"] == 0.25 and o["grade"] == "alternate"  # an open delay is not repaired
+    T = pd.Timestamp("2024-07-01")
+    alerts = fire(fixed, pol, T)
+    assert "pd_up" not in set(alerts.loc[alerts["firm_id"] == "cured", "signal"])
+    assert "pd_up" in set(alerts.loc[alerts["firm_id"] == "open", "signal"])
+    rows = portfolio_rows(fixed, alerts, T, 6.0, pol, scale).set_index("firm_id")
+    assert rows.loc["cured", "reasons"].startswith("repaired (信用修复)") and "25.00%" in rows.loc["cured", "reasons"]
+    assert rows.loc["cured", "level"] == "green" and rows.loc["open", "level"] == "red"
+    assert not rows.loc["open", "reasons"].startswith("repaired")
+
+
 def test_signals_in_one_query_fire_as_one_query_each():
     """fire evaluates every signal in one DuckDB query: the same hits, in the policy's order,
     as each rule on its own (holds); a broken rule is still named in a one-line error."""

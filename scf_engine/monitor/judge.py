@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scf_engine.credit.scale import grades_for_scores
 from scf_engine.monitor.signals import fill, holds
 from scf_engine.policies import as_data
 
@@ -64,18 +65,53 @@ def actions(frame: pd.DataFrame, level: pd.Series, months_since_batch: float, po
     return pd.DataFrame({"action": action, "limit_now": limit.round(0)})
 
 
+def repair(frame: pd.DataFrame, fix: pd.Series, scale, months: int) -> tuple[pd.DataFrame, pd.Series]:
+    """A repaired firm (信用修复) takes the batch's PD, and the score and grade that PD has
+    on the saved scale: the cured delays still sit in the model's 12-month counters, and
+    the repair rule judges them no longer the firm's risk, so the PD the bank last judged
+    without them (the batch's) stands, never above today's re-score (``fix`` only holds
+    where the grade fell, so today's PD is the higher). PD, score and grade stay one
+    coherent triple: restoring the grade label alone left a red-band PD beside a restored
+    grade. The model's own re-score is kept in the reasons."""
+    frame = frame.copy()
+    note = pd.Series("", index=frame.index, dtype=object)
+    if not fix.any():
+        return frame, note
+    f = frame.loc[fix]
+    new_pd = np.minimum(f["pd_at_batch"].astype(float), f["pd"].astype(float))
+    note[fix] = [f"repaired (信用修复): delays cured, none missed for {months} months; PD {p:.2%} / grade {g} "
+                 f"before repair, batch PD {b:.2%} / grade {gb} restored"
+                 for p, g, b, gb in zip(f["pd"], f["grade"], new_pd, f["grade_at_batch"])]
+    frame.loc[fix, "pd"] = new_pd.to_numpy()
+    if "pd_change" in frame:
+        frame.loc[fix, "pd_change"] = (new_pd - f["pd_at_batch"].astype(float)).to_numpy()
+    if scale is not None:
+        frame.loc[fix, "score"] = scale.score(new_pd.to_numpy())
+        frame.loc[fix, "grade"] = grades_for_scores(frame.loc[fix, "score"].to_numpy(dtype=float))
+    else:
+        frame.loc[fix, "grade"] = f["grade_at_batch"]
+    return frame, note
+
+
+def apply_repair(frame: pd.DataFrame, policy, scale=None) -> pd.DataFrame:
+    """``frame`` with credit repair applied (:func:`repaired`, :func:`repair`) and the
+    note in ``repair_note``: done before the signals fire, so ``pd_up`` and the PD bands
+    read the repaired firm's PD, not the one its cured delays gave it."""
+    frame, note = repair(frame, repaired(frame, policy), scale, as_data(policy)["credit_repair"]["months"])
+    frame["repair_note"] = note
+    return frame
+
+
 def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestamp, months_since_batch: float,
-                   policy) -> pd.DataFrame:
+                   policy, scale=None) -> pd.DataFrame:
     """portfolio.csv's rows for one as-of, in the contract's columns. ``frame`` holds per
     firm: pd, score, grade, core_reasons (the decision core's), pd_at_batch,
-    grade_at_batch, limit_at_batch, core_limit and the features the rules read."""
-    frame = frame.copy()
-    fix = repaired(frame, policy)
-    months = as_data(policy)["credit_repair"]["months"]
-    note = pd.Series("", index=frame.index, dtype=object)
-    note[fix] = [f"信用修复 credit repair: delays cured, none for {months} months; grade {g} restored to {b}"
-                 for g, b in zip(frame.loc[fix, "grade"], frame.loc[fix, "grade_at_batch"])]
-    frame.loc[fix, "grade"] = frame.loc[fix, "grade_at_batch"]
+    grade_at_batch, limit_at_batch, core_limit and the features the rules read, and
+    ``repair_note`` once :func:`apply_repair` has run (run here when it has not);
+    ``scale``: the saved score scale a repaired firm's PD is scored on."""
+    if "repair_note" not in frame:
+        frame = apply_repair(frame, policy, scale)
+    note = frame["repair_note"]
     level = firm_levels(frame, alerts, policy)
     act = actions(frame, level, months_since_batch, policy)
     fired = alerts.groupby("firm_id")["signal"].agg(lambda s: "; ".join(s)) if len(alerts) else pd.Series(dtype=object)
@@ -83,7 +119,7 @@ def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestam
     reasons = [("; ".join(x for x in (n, f"signals: {s}" if s else "", r) if x))
                for n, s, r in zip(note, sig, frame["core_reasons"].fillna(""))]
     out = pd.DataFrame({
-        "firm_id": frame.index, "as_of": str(as_of.date()), "pd": frame["pd"].round(6).to_numpy(),
+        "firm_id": frame.index, "as_of": str(as_of.date()), "pd": frame["pd"].astype(float).round(6).to_numpy(),
         "score": frame["score"].to_numpy(), "grade": frame["grade"].to_numpy(),
         "pd_at_batch": frame["pd_at_batch"].to_numpy(), "grade_at_batch": frame["grade_at_batch"].to_numpy(),
         "limit_at_batch": frame["limit_at_batch"].to_numpy(), "limit_now": act["limit_now"].to_numpy(),
@@ -92,4 +128,4 @@ def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestam
     return out[PORTFOLIO_COLUMNS]
 
 
-__all__ = ["PORTFOLIO_COLUMNS", "firm_levels", "repaired", "actions", "portfolio_rows"]
+__all__ = ["PORTFOLIO_COLUMNS", "firm_levels", "repaired", "repair", "apply_repair", "actions", "portfolio_rows"]

@@ -32,8 +32,8 @@ from scf_engine.errors import RequestError, TrackingError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_consents, requests_frame
-from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows
-from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, portfolio_rows
+from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows, vintage_rows
+from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, apply_repair, portfolio_rows
 from scf_engine.monitor.report import render_report
 from scf_engine.monitor.signals import ALERTS_COLUMNS, authenticity_seen, core_distress, fire, new_authenticity
 from scf_engine.pipelines.compare import load_models
@@ -181,19 +181,23 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) 
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
     ids = pd.Index(lent["firm_id"], name="firm_id")
     seen = authenticity_seen(batch.table.reindex(ids).dropna(how="all"))  # the batch's alerts, once per pass
+    default_on = ds.default_dates(ids).set_axis(ids)
     parts, alerts, drift = [], [], []
     for i, T in enumerate(dates, 1):
         say(f"as-of {T.date()} ({i}/{len(dates)}): decision core, signals")
         dec = decide(data[T], models, pols, requests, dataset=ds, consents=cons, scale=scale)
-        frame = monitor_frame(ds, lent, dec, data[T], batch, cons, T, pols["monitoring"])
+        raw = monitor_frame(ds, lent, dec, data[T], batch, cons, T, pols["monitoring"])
+        if ref is not None:  # the model's own score, before any credit repair
+            drift.append(drift_rows(ref, raw.assign(b_score=scale.score(raw["pd_at_batch"].to_numpy(dtype=float))),
+                                    T, pols["monitoring"]))
+        frame = apply_repair(raw, pols["monitoring"], scale)
         a = pd.concat([fire(frame, pols["monitoring"], T),
                        new_authenticity(data[T].table.reindex(frame.index).dropna(how="all"), seen, pols["monitoring"], T)],
                       ignore_index=True)
         months = (T - batch_T).days / 30.4375
-        parts.append(portfolio_rows(frame, a, T, months, pols["monitoring"]))
+        parts.append(portfolio_rows(frame, a, T, months, pols["monitoring"], scale))
         alerts.append(a)
-        if ref is not None:
-            drift.append(drift_rows(ref, frame, T, pols["monitoring"]))
+        drift.append(vintage_rows(lent, default_on, T, pols["monitoring"]))
     drift = pd.concat(drift, ignore_index=True) if drift else None
     return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS], drift
 
