@@ -282,11 +282,54 @@ def test_psi_keeps_empty_bins_smoothed_and_sees_a_shift():
     assert psi(ref["x"], pd.Series([np.nan] * 100), 1e-4) > 1.0
 
 
+def test_drift_compares_the_portfolio_with_itself_at_the_batch_not_with_training():
+    """Lent firms are a selection (the better half here): against the training population
+    their PSI is red by selection alone; against the same firms at the batch it is not,
+    and a real move since the batch still shows."""
+    from scf_engine.monitor.drift import drift_rows, psi, reference
+
+    pol = policies.as_data(policies.load("monitoring"))
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({"score": rng.normal(70, 10, 20000)})
+    ref = reference(train, ["score"], 10)
+    lent = np.sort(rng.normal(70, 10, 4000))[2000:]  # selected: the top half
+    now = lent + rng.normal(0, 0.5, len(lent))  # the same firms a month on, nothing moved
+    frame = pd.DataFrame({"score": now, "b_score": lent})
+    assert psi(ref["score"], frame["score"], 1e-4) > pol["drift"]["psi_red"]  # selection read as drift
+    row = drift_rows(ref, frame, pd.Timestamp("2024-02-01"), pol).iloc[0]
+    assert row["value"] < pol["drift"]["psi_amber"] and row["level"] == "green" and "batch" in row["baseline"]
+    moved = drift_rows(ref, frame.assign(score=now - 12), pd.Timestamp("2024-02-01"), pol).iloc[0]
+    assert moved["value"] > pol["drift"]["psi_red"]
+
+
+def test_expected_against_observed_default_rate_by_vintage():
+    from scf_engine.monitor.drift import vintage_rows
+
+    pol = policies.as_data(policies.load("monitoring"))
+    lent = pd.DataFrame({"firm_id": [f"f{i}" for i in range(10)], "pd": [0.12] * 10,
+                         "batch_as_of": pd.Timestamp("2024-01-01")})
+    d_on = pd.Series(pd.to_datetime(["2024-03-10", "2024-05-01", "2023-12-01"] + [None] * 7),
+                     index=lent["firm_id"])
+    six = vintage_rows(lent, d_on, pd.Timestamp("2024-07-01"), pol).set_index("kind")
+    months = (pd.Timestamp("2024-07-01") - pd.Timestamp("2024-01-01")).days / 30.4375
+    assert six.loc["expected_default_rate", "value"] == pytest.approx(1 - 0.88 ** (months / 12), abs=1e-6)
+    assert six.loc["observed_default_rate", "value"] == pytest.approx(0.2)  # the one before the batch does not count
+    assert six.loc["observed_default_rate", "level"] == "red"  # 0.2 against 0.062: 3.2x, above vintage_red
+    assert (six["variable"] == "2024-01-01").all()
+    late = vintage_rows(lent, d_on, pd.Timestamp("2025-06-01"), pol).set_index("kind")
+    assert late.loc["expected_default_rate", "value"] == pytest.approx(0.12)  # matured: the 12-month PD itself
+
+
 def test_drift_against_the_training_reference_month_by_month(lent, monitored):
     drift = pd.read_csv(monitored / "drift.csv")
     score = drift[drift["kind"] == "psi"]
     assert list(score["as_of"]) == AS_OF and (score["variable"] == "score").all()
     assert drift["value"].notna().all() and (drift["value"] >= 0).all()
+    assert (score["baseline"] == "portfolio at the batch").all()
+    vintage = drift[drift["kind"] == "observed_default_rate"]
+    assert list(vintage["as_of"]) == AS_OF and (vintage["variable"] == BATCH).all()
+    expected = drift[drift["kind"] == "expected_default_rate"]["value"].to_numpy()
+    assert (np.diff(expected) > 0).all()  # the expected rate grows as the vintage matures
     assert drift.loc[drift["kind"] == "csi", "variable"].nunique() > 10
     client = tracking.Store(lent["uri"]).client
     exp = client.get_experiment_by_name("scf-monitor")
