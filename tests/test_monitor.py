@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from scf_engine import policies, tracking
 from scf_engine.cli import app
 from scf_engine.contract import GRADES
+from scf_engine.errors import PolicyError
 from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, repaired
 from scf_engine.monitor.signals import ALERTS_COLUMNS, fire
 from scf_engine.simulate import WorldConfig, simulate, write_dataset
@@ -223,10 +224,30 @@ def test_a_repaired_firm_gets_a_coherent_pd_score_and_grade_and_says_so():
     assert not rows.loc["open", "reasons"].startswith("repaired")
 
 
+def test_pd_levels_read_the_master_scale_and_red_needs_ccc_two_months_running():
+    from scf_engine.monitor.judge import firm_levels
+
+    pol = policies.load("monitoring")
+    ratings = policies.as_data(policies.load("master_scale"))["ratings"]
+    b, ccc, cc = ratings["B"], ratings["CCC"], ratings["CC"]
+    frame = pd.DataFrame({"pd": [0.02, b, ccc, ccc, cc, b - 1e-4]}, index=["low", "b", "ccc_new", "ccc_held", "cc", "just_under"])
+    none = pd.DataFrame(columns=ALERTS_COLUMNS)
+    history = pd.DataFrame({"firm_id": ["ccc_new", "ccc_held", "ccc_held"], "as_of": ["2024-02-01", "2024-02-01", "2024-03-01"],
+                            "pd": [ccc, ccc * 0.5, ccc * 1.2]})
+    lv = firm_levels(frame, none, pol, ratings, history)
+    assert lv.to_dict() == {"low": "green", "b": "amber", "ccc_new": "amber", "ccc_held": "red", "cc": "red",
+                            "just_under": "green"}
+    # without a month before (the first as-of), CCC alone is not red yet
+    assert firm_levels(frame, none, pol, ratings, None)["ccc_held"] == "amber"
+    bad = policies.as_data(pol)
+    bad = {**bad, "pd_levels": {**bad["pd_levels"], "amber_rating": "Z"}}
+    with pytest.raises(PolicyError, match="not on the master scale"):
+        firm_levels(frame, none, bad, ratings)
+
+
 def test_signals_in_one_query_fire_as_one_query_each():
     """fire evaluates every signal in one DuckDB query: the same hits, in the policy's order,
     as each rule on its own (holds); a broken rule is still named in a one-line error."""
-    from scf_engine.errors import PolicyError
     from scf_engine.monitor.signals import fill, holds, holds_all
 
     pol = policies.as_data(policies.load("monitoring"))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scf_engine import policies
 from scf_engine.credit.scale import grades_for_scores
+from scf_engine.errors import PolicyError
 from scf_engine.monitor.signals import fill, holds
 from scf_engine.policies import as_data
 
@@ -23,13 +25,43 @@ LEVEL_RANK = {"green": 0, "amber": 1, "red": 2}
 GRADE_RANK = {"premium": 0, "grade_1": 1, "alternate": 2}  # higher is worse
 
 
-def firm_levels(frame: pd.DataFrame, alerts: pd.DataFrame, policy) -> pd.Series:
-    """Per firm: the worst of its alerts' levels and of the PD bands."""
-    p = as_data(policy)
+def rating_pd(ratings: dict, name: str) -> float:
+    """The master scale's PD of rating ``name`` (a one-line policy error for an unknown one)."""
+    if name not in ratings:
+        raise PolicyError(f"monitoring.yaml: pd_levels names rating {name!r}, not on the master scale "
+                          f"({', '.join(ratings)})")
+    return float(ratings[name])
+
+
+def persistent(frame: pd.DataFrame, history: pd.DataFrame | None, floor: float, months: int) -> pd.Series:
+    """Firms at or above PD ``floor`` now and at each of the ``months - 1`` as-of dates of
+    this pass just before (``history``: earlier rows, ``firm_id, as_of, pd``)."""
+    now = frame["pd"].astype(float) >= floor
+    if months <= 1:
+        return now
+    if history is None or history.empty:
+        return pd.Series(False, index=frame.index)
+    last = sorted(history["as_of"].unique())[-(months - 1):]
+    if len(last) < months - 1:
+        return pd.Series(False, index=frame.index)
+    h = history[history["as_of"].isin(last)]
+    held = (h["pd"].astype(float) >= floor).groupby(h["firm_id"]).agg(["all", "size"])
+    ok = held["all"] & (held["size"] == months - 1)
+    return now & ok.reindex(frame.index).fillna(False).astype(bool)
+
+
+def firm_levels(frame: pd.DataFrame, alerts: pd.DataFrame, policy, ratings: dict | None = None,
+                history: pd.DataFrame | None = None) -> pd.Series:
+    """Per firm: the worst of its alerts' levels and of the PD levels on the master scale
+    (``ratings``: master_scale.yaml's; ``history``: this pass's earlier rows, for the
+    persistent red)."""
+    p = as_data(policy)["pd_levels"]
+    ratings = ratings if ratings is not None else as_data(policies.load("master_scale"))["ratings"]
     rank = pd.Series(0, index=frame.index)
-    pd_ = frame["pd"]
-    rank[pd_ >= p["pd_amber"]] = 1
-    rank[pd_ >= p["pd_red"]] = 2
+    pd_ = frame["pd"].astype(float)
+    rank[pd_ >= rating_pd(ratings, p["amber_rating"])] = 1
+    rank[pd_ >= rating_pd(ratings, p["red_rating"])] = 2
+    rank[persistent(frame, history, rating_pd(ratings, p["red_persistent_rating"]), int(p["persist_months"]))] = 2
     if len(alerts):
         worst = alerts.assign(r=alerts["level"].map(LEVEL_RANK)).groupby("firm_id")["r"].max()
         rank = np.maximum(rank, worst.reindex(frame.index).fillna(0).astype(int))
@@ -103,16 +135,17 @@ def apply_repair(frame: pd.DataFrame, policy, scale=None) -> pd.DataFrame:
 
 
 def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestamp, months_since_batch: float,
-                   policy, scale=None) -> pd.DataFrame:
+                   policy, scale=None, *, ratings: dict | None = None, history: pd.DataFrame | None = None) -> pd.DataFrame:
     """portfolio.csv's rows for one as-of, in the contract's columns. ``frame`` holds per
     firm: pd, score, grade, core_reasons (the decision core's), pd_at_batch,
     grade_at_batch, limit_at_batch, core_limit and the features the rules read, and
     ``repair_note`` once :func:`apply_repair` has run (run here when it has not);
-    ``scale``: the saved score scale a repaired firm's PD is scored on."""
+    ``scale``: the saved score scale a repaired firm's PD is scored on; ``ratings`` and
+    ``history``: see :func:`firm_levels`."""
     if "repair_note" not in frame:
         frame = apply_repair(frame, policy, scale)
     note = frame["repair_note"]
-    level = firm_levels(frame, alerts, policy)
+    level = firm_levels(frame, alerts, policy, ratings, history)
     act = actions(frame, level, months_since_batch, policy)
     fired = alerts.groupby("firm_id")["signal"].agg(lambda s: "; ".join(s)) if len(alerts) else pd.Series(dtype=object)
     sig = fired.reindex(frame.index).fillna("")

@@ -195,7 +195,9 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) 
                        new_authenticity(data[T].table.reindex(frame.index).dropna(how="all"), seen, pols["monitoring"], T)],
                       ignore_index=True)
         months = (T - batch_T).days / 30.4375
-        parts.append(portfolio_rows(frame, a, T, months, pols["monitoring"], scale))
+        history = pd.concat(parts, ignore_index=True)[["firm_id", "as_of", "pd"]] if parts else None
+        parts.append(portfolio_rows(frame, a, T, months, pols["monitoring"], scale,
+                                    ratings=policies.as_data(pols["master_scale"])["ratings"], history=history))
         alerts.append(a)
         drift.append(vintage_rows(lent, default_on, T, pols["monitoring"]))
     drift = pd.concat(drift, ignore_index=True) if drift else None
