@@ -173,26 +173,26 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) 
     chain, its ring features from its counterparties' money), so features for the
     portfolio alone would give other answers. What is done once per pass, not per as-of:
     the batch snapshot, the batch's authenticity alerts; per as-of the signals are one
-    query (:func:`scf_engine.monitor.signals.holds_all`)."""
-    say(f"snapshots at the batch ({batch_T.date()}) and {len(dates)} as-of date(s)")
-    data = assemble(ds, [batch_T, *dates], with_labels=False)
-    add_propagation(data, models["propagation"])
-    batch = data[batch_T]
+    query (:func:`scf_engine.monitor.signals.holds_all`), and only the batch's snapshot and
+    the current one are held (:func:`snapshot_at`)."""
+    say(f"snapshot at the batch ({batch_T.date()})")
+    batch = snapshot_at(ds, batch_T, models)
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
     ids = pd.Index(lent["firm_id"], name="firm_id")
     seen = authenticity_seen(batch.table.reindex(ids).dropna(how="all"))  # the batch's alerts, once per pass
     default_on = ds.default_dates(ids).set_axis(ids)
     parts, alerts, drift = [], [], []
     for i, T in enumerate(dates, 1):
-        say(f"as-of {T.date()} ({i}/{len(dates)}): decision core, signals")
-        dec = decide(data[T], models, pols, requests, dataset=ds, consents=cons, scale=scale)
-        raw = monitor_frame(ds, lent, dec, data[T], batch, cons, T, pols["monitoring"])
+        say(f"as-of {T.date()} ({i}/{len(dates)}): snapshot, decision core, signals")
+        now = snapshot_at(ds, T, models)  # one as-of alive at a time, beside the batch's
+        dec = decide(now, models, pols, requests, dataset=ds, consents=cons, scale=scale)
+        raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"])
         if ref is not None:  # the model's own score, before any credit repair
             drift.append(drift_rows(ref, raw.assign(b_score=scale.score(raw["pd_at_batch"].to_numpy(dtype=float))),
                                     T, pols["monitoring"]))
         frame = apply_repair(raw, pols["monitoring"], scale)
         a = pd.concat([fire(frame, pols["monitoring"], T),
-                       new_authenticity(data[T].table.reindex(frame.index).dropna(how="all"), seen, pols["monitoring"], T)],
+                       new_authenticity(now.table.reindex(frame.index).dropna(how="all"), seen, pols["monitoring"], T)],
                       ignore_index=True)
         months = (T - batch_T).days / 30.4375
         history = pd.concat(parts, ignore_index=True)[["firm_id", "as_of", "pd"]] if parts else None
@@ -200,8 +200,19 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) 
                                     ratings=policies.as_data(pols["master_scale"])["ratings"], history=history))
         alerts.append(a)
         drift.append(vintage_rows(lent, default_on, T, pols["monitoring"]))
+        del now  # before the next as-of is built
     drift = pd.concat(drift, ignore_index=True) if drift else None
     return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS], drift
+
+
+def snapshot_at(ds, T, models):
+    """The assembled snapshot at ``T`` with the propagation model's outputs. The pass
+    builds one as-of at a time and lets it go: each snapshot holds its own copy of the
+    flows before its date, and holding all of them (13 for a year of monthly dates) made
+    the pass's memory grow with the number of dates."""
+    data = assemble(ds, [T], with_labels=False)
+    add_propagation(data, models["propagation"])
+    return data[T]
 
 
 def monitor_frame(ds, lent, dec, now, batch, cons, T, policy) -> pd.DataFrame:
