@@ -217,6 +217,8 @@ def _check_monitoring(data: dict, path: Path) -> None:
              f"'levels' must map {', '.join(SEVERITIES)} to {', '.join(MONITOR_LEVELS)}")
     _require(isinstance(data.get("pd_step"), (int, float)) and 0 <= data["pd_step"] <= 1, path,
              "'pd_step' must lie in [0, 1]")
+    _require(data.get("authenticity_max_level") in MONITOR_LEVELS, path,
+             f"'authenticity_max_level' must be one of {', '.join(MONITOR_LEVELS)}")
     pl = data.get("pd_levels")
     _require(isinstance(pl, dict) and set(pl) == set(PD_LEVEL_KEYS), path,
              f"'pd_levels' must give {', '.join(PD_LEVEL_KEYS)}")
@@ -323,7 +325,7 @@ SCHEMAS = {
     "data_use": (_check_data_use, {"version", "training"}),
     "jiangyin": (_check_jiangyin, {"version", "grades", "rank_bands", "years_in_business_a_above", "loan_record",
                                    "bonus_step_up_points"}),
-    "monitoring": (_check_monitoring, {"version", "levels", "pd_levels", "pd_step", "consent_warn_days",
+    "monitoring": (_check_monitoring, {"version", "levels", "authenticity_max_level", "pd_levels", "pd_step", "consent_warn_days",
                                        "core_distress", "actions", "credit_repair", "drift", "signals"}),
     "serve": (_check_serve, {"version", "roles", "max_body_bytes", "max_firms_per_request", "answer_cache_entries",
                              "memo_cache_entries", "reload_poll_seconds", "audit_skip_paths"}),

@@ -245,6 +245,28 @@ def test_pd_levels_read_the_master_scale_and_red_needs_ccc_two_months_running():
         firm_levels(frame, none, bad, ratings)
 
 
+def test_new_authenticity_alerts_ask_for_review_not_a_freeze():
+    """authenticity.yaml's high severity means 'send to review' at the batch: after lending
+    a newly firing ring gives at most the policy's authenticity_max_level (amber)."""
+    from scf_engine.monitor.signals import new_authenticity
+
+    pol = policies.load("monitoring")
+    assert policies.as_data(pol)["authenticity_max_level"] == "amber"
+    auth = policies.as_data(policies.load("authenticity"))["alerts"]
+    high = next(a for a in auth if a["severity"] == "high")
+    now = pd.DataFrame({c: [0.0, 0.0] for c in ("round_trip_share_12m", "cycle_share_12m", "cycle_parties_12m",
+                                                "cycle_return_share_12m", "cycle_rings_12m", "cycle_min_parties_12m",
+                                                "cycle_return_days_12m", "pass_through_share_12m", "scatter_gather_12m",
+                                                "fan_in_burst_12m", "fan_out_burst_12m")}, index=["a", "b"])
+    now.index.name = "firm_id"
+    for col in now.columns:  # make every rule hold for firm a: large values everywhere
+        now.loc["a", col] = 1e6 if "days" not in col else 1.0
+    new = new_authenticity(now, set(), pol, pd.Timestamp("2024-07-01"))
+    assert len(new) and set(new["firm_id"]) == {"a"}
+    assert f"authenticity:{high['name']}" in set(new["signal"])  # the high one fired...
+    assert (new["level"] != "red").all()  # ...and asks for review (amber), not a freeze
+
+
 def test_signals_in_one_query_fire_as_one_query_each():
     """fire evaluates every signal in one DuckDB query: the same hits, in the policy's order,
     as each rule on its own (holds); a broken rule is still named in a one-line error."""

@@ -123,6 +123,14 @@ def fire(frame: pd.DataFrame, policy, as_of: pd.Timestamp) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ALERTS_COLUMNS)
 
 
+def capped(levels: pd.Series, top: str) -> pd.Series:
+    """Levels no worse than ``top``. The authenticity alerts' own severity means what to do
+    at the batch (high: send to review, authenticity.yaml), so after lending they give at
+    most the policy's ``authenticity_max_level``: a review of the trade, not a freeze."""
+    order = ["green", "amber", "red"]
+    return levels.where(levels.map(order.index) <= order.index(top), top)
+
+
 def authenticity_seen(batch: pd.DataFrame) -> set:
     """(firm, alert) pairs that already fired at the batch: computed once per pass."""
     a = raise_alerts(batch)
@@ -132,7 +140,7 @@ def authenticity_seen(batch: pd.DataFrame) -> set:
 def new_authenticity(now: pd.DataFrame, seen: set, policy, as_of: pd.Timestamp) -> pd.DataFrame:
     """Authenticity alerts (round trips, rings, pass-through...) that fire at the as-of and
     did not at the batch (``seen``: :func:`authenticity_seen`): new circular money since
-    the credit was granted."""
+    the credit was granted; levels capped (:func:`capped`)."""
     p = as_data(policy)
     a_now = raise_alerts(now)
     new = a_now[[(f, n) not in seen for f, n in zip(a_now["firm_id"], a_now["name"])]]
@@ -140,7 +148,8 @@ def new_authenticity(now: pd.DataFrame, seen: set, policy, as_of: pd.Timestamp) 
         return pd.DataFrame(columns=ALERTS_COLUMNS)
     return pd.DataFrame({
         "firm_id": new["firm_id"].to_numpy(), "as_of": str(as_of.date()),
-        "signal": ("authenticity:" + new["name"]).to_numpy(), "level": new["severity"].map(p["levels"]).to_numpy(),
+        "signal": ("authenticity:" + new["name"]).to_numpy(), "level": capped(new["severity"].map(p["levels"]),
+                                                                             p["authenticity_max_level"]).to_numpy(),
         "evidence": [f"{feat} = {_num(v)} at {as_of.date()} (quiet at the batch)" for feat, v in zip(new["feature"], new["value"])],
         "label_zh": new["label_zh"].to_numpy(), "label_en": new["label_en"].to_numpy(),
     })
