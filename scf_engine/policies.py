@@ -229,6 +229,7 @@ def _check_authenticity(data: dict, path: Path) -> None:
 
 
 MONITOR_LEVELS = ("red", "amber", "green")
+PD_LEVEL_KEYS = ("amber_rating", "red_rating", "red_persistent_rating", "persist_months")
 SIGNAL_KEYS = {"name", "label_zh", "label_en", "severity", "rule", "evidence"}
 
 
@@ -236,9 +237,17 @@ def _check_monitoring(data: dict, path: Path) -> None:
     lv = data.get("levels")
     _require(isinstance(lv, dict) and set(lv) == set(SEVERITIES) and set(lv.values()) <= set(MONITOR_LEVELS), path,
              f"'levels' must map {', '.join(SEVERITIES)} to {', '.join(MONITOR_LEVELS)}")
-    for key in ("pd_red", "pd_amber", "pd_step"):
-        _require(isinstance(data.get(key), (int, float)) and 0 <= data[key] <= 1, path, f"'{key}' must lie in [0, 1]")
-    _require(data["pd_amber"] <= data["pd_red"], path, "'pd_amber' cannot be above 'pd_red'")
+    _require(isinstance(data.get("pd_step"), (int, float)) and 0 <= data["pd_step"] <= 1, path,
+             "'pd_step' must lie in [0, 1]")
+    _require(data.get("authenticity_max_level") in MONITOR_LEVELS, path,
+             f"'authenticity_max_level' must be one of {', '.join(MONITOR_LEVELS)}")
+    pl = data.get("pd_levels")
+    _require(isinstance(pl, dict) and set(pl) == set(PD_LEVEL_KEYS), path,
+             f"'pd_levels' must give {', '.join(PD_LEVEL_KEYS)}")
+    _require(all(isinstance(pl[k], str) for k in PD_LEVEL_KEYS[:3]), path,
+             "pd_levels: amber_rating, red_rating and red_persistent_rating name ratings of master_scale.yaml")
+    _require(isinstance(pl["persist_months"], int) and pl["persist_months"] >= 1, path,
+             "pd_levels.persist_months must be an integer >= 1")
     _require(isinstance(data.get("consent_warn_days"), int) and data["consent_warn_days"] >= 0, path,
              "'consent_warn_days' must be an integer >= 0")
     cd = data.get("core_distress")
@@ -255,8 +264,11 @@ def _check_monitoring(data: dict, path: Path) -> None:
     _require(isinstance(cr, dict) and set(cr) == {"months", "rule"} and cr["months"] in (3, 12), path,
              "'credit_repair' must give months (3 or 12, a catalogue window) and rule")
     dr = data.get("drift")
-    _require(isinstance(dr, dict) and set(dr) == {"bins", "epsilon", "psi_amber", "psi_red"}, path,
-             "'drift' must give bins, epsilon, psi_amber and psi_red")
+    _require(isinstance(dr, dict) and set(dr) == {"bins", "epsilon", "psi_amber", "psi_red", "vintage_amber",
+                                                  "vintage_red"}, path,
+             "'drift' must give bins, epsilon, psi_amber, psi_red, vintage_amber and vintage_red")
+    _require(0 < float(dr["vintage_amber"]) <= float(dr["vintage_red"]), path,
+             "drift: 0 < vintage_amber <= vintage_red (ratios of observed to expected default rate)")
     _require(isinstance(dr["bins"], int) and dr["bins"] >= 2 and 0 < float(dr["epsilon"]) < 0.01, path,
              "drift: bins an integer >= 2, epsilon in (0, 0.01)")
     _require(isinstance(data.get("signals"), list) and data["signals"], path, "'signals' must be a non-empty list")
@@ -343,7 +355,7 @@ SCHEMAS = {
     "output": (_check_output, {"version", "keep_published"}),
     "jiangyin": (_check_jiangyin, {"version", "grades", "rank_bands", "years_in_business_a_above", "loan_record",
                                    "bonus_step_up_points"}),
-    "monitoring": (_check_monitoring, {"version", "levels", "pd_red", "pd_amber", "pd_step", "consent_warn_days",
+    "monitoring": (_check_monitoring, {"version", "levels", "authenticity_max_level", "pd_levels", "pd_step", "consent_warn_days",
                                        "core_distress", "actions", "credit_repair", "drift", "signals"}),
     "serve": (_check_serve, {"version", "roles", "max_body_bytes", "max_firms_per_request", "answer_cache_entries",
                              "memo_cache_entries", "reload_poll_seconds", "audit_skip_paths"}),

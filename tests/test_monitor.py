@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from scf_engine import policies, tracking
 from scf_engine.cli import app
 from scf_engine.contract import GRADES
+from scf_engine.errors import PolicyError
 from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, repaired
 from scf_engine.monitor.signals import ALERTS_COLUMNS, fire
 from scf_engine.simulate import WorldConfig, simulate, write_dataset
@@ -248,6 +249,103 @@ def test_a_cured_delay_weighs_less_than_an_open_one_in_the_rules():
     assert fix["cured"] and not fix["open"] and not fix["fresh"] and not fix["healthy"]
 
 
+def test_a_repaired_firm_gets_a_coherent_pd_score_and_grade_and_says_so():
+    """信用修复: the repaired firm takes the batch's PD and the score and grade that PD has
+    on the scale (not a restored grade label beside a red-band PD); pd_up and the PD bands
+    read the repaired PD; portfolio.csv's reasons say 'repaired' first."""
+    from scf_engine.credit.scale import ScoreScale
+    from scf_engine.monitor.judge import apply_repair, portfolio_rows
+
+    pol = policies.load("monitoring")
+    scale = ScoreScale.from_policy(policies.load("score_scale"))
+    bad = {"grade": "alternate", "pd": 0.25, "pd_at_batch": 0.01, "pd_change": 0.24, "score": float(scale.score(0.25))}
+    frame = pd.DataFrame({
+        "cured": _firm(payroll_missed_12m=3, payroll_cured_12m=1, obligations_missed_12m=3, **bad),
+        "open": _firm(payroll_open_gap=3, payroll_missed_12m=3, obligations_missed_12m=3, obligations_missed_3m=3,
+                      obligations_open=1, **bad),
+    }).T.infer_objects()
+    for c in set(frame.columns) - {"distressed_core", "consent_expires_on", "default_on", "grade", "grade_at_batch"}:
+        frame[c] = pd.to_numeric(frame[c]) if c != "in_default" else frame[c].astype(bool)
+    frame = frame.assign(core_reasons="model reasons", limit_at_batch=1e6, core_limit=1e6)
+    fixed = apply_repair(frame, pol, scale)
+    c, o = fixed.loc["cured"], fixed.loc["open"]
+    assert c["pd"] == pytest.approx(0.01) and c["score"] == pytest.approx(float(scale.score(0.01)))
+    assert c["grade"] == scale.grade([0.01])[0] == "grade_1"
+    assert o["pd"] == 0.25 and o["grade"] == "alternate"  # an open delay is not repaired
+    T = pd.Timestamp("2024-07-01")
+    alerts = fire(fixed, pol, T)
+    assert "pd_up" not in set(alerts.loc[alerts["firm_id"] == "cured", "signal"])
+    assert "pd_up" in set(alerts.loc[alerts["firm_id"] == "open", "signal"])
+    rows = portfolio_rows(fixed, alerts, T, 6.0, pol, scale).set_index("firm_id")
+    assert rows.loc["cured", "reasons"].startswith("repaired (信用修复)") and "25.00%" in rows.loc["cured", "reasons"]
+    assert rows.loc["cured", "level"] == "green" and rows.loc["open", "level"] == "red"
+    assert not rows.loc["open", "reasons"].startswith("repaired")
+
+
+def test_pd_levels_read_the_master_scale_and_red_needs_ccc_two_months_running():
+    from scf_engine.monitor.judge import firm_levels
+
+    pol = policies.load("monitoring")
+    ratings = policies.as_data(policies.load("master_scale"))["ratings"]
+    b, ccc, cc = ratings["B"], ratings["CCC"], ratings["CC"]
+    frame = pd.DataFrame({"pd": [0.02, b, ccc, ccc, cc, b - 1e-4]}, index=["low", "b", "ccc_new", "ccc_held", "cc", "just_under"])
+    none = pd.DataFrame(columns=ALERTS_COLUMNS)
+    history = pd.DataFrame({"firm_id": ["ccc_new", "ccc_held", "ccc_held"], "as_of": ["2024-02-01", "2024-02-01", "2024-03-01"],
+                            "pd": [ccc, ccc * 0.5, ccc * 1.2]})
+    lv = firm_levels(frame, none, pol, ratings, history)
+    assert lv.to_dict() == {"low": "green", "b": "amber", "ccc_new": "amber", "ccc_held": "red", "cc": "red",
+                            "just_under": "green"}
+    # without a month before (the first as-of), CCC alone is not red yet
+    assert firm_levels(frame, none, pol, ratings, None)["ccc_held"] == "amber"
+    bad = policies.as_data(pol)
+    bad = {**bad, "pd_levels": {**bad["pd_levels"], "amber_rating": "Z"}}
+    with pytest.raises(PolicyError, match="not on the master scale"):
+        firm_levels(frame, none, bad, ratings)
+
+
+def test_new_authenticity_alerts_ask_for_review_not_a_freeze():
+    """authenticity.yaml's high severity means 'send to review' at the batch: after lending
+    a newly firing ring gives at most the policy's authenticity_max_level (amber)."""
+    from scf_engine.monitor.signals import new_authenticity
+
+    pol = policies.load("monitoring")
+    assert policies.as_data(pol)["authenticity_max_level"] == "amber"
+    auth = policies.as_data(policies.load("authenticity"))["alerts"]
+    high = next(a for a in auth if a["severity"] == "high")
+    now = pd.DataFrame({c: [0.0, 0.0] for c in ("round_trip_share_12m", "cycle_share_12m", "cycle_parties_12m",
+                                                "cycle_return_share_12m", "cycle_rings_12m", "cycle_min_parties_12m",
+                                                "cycle_return_days_12m", "pass_through_share_12m", "scatter_gather_12m",
+                                                "fan_in_burst_12m", "fan_out_burst_12m")}, index=["a", "b"])
+    now.index.name = "firm_id"
+    for col in now.columns:  # make every rule hold for firm a: large values everywhere
+        now.loc["a", col] = 1e6 if "days" not in col else 1.0
+    new = new_authenticity(now, set(), pol, pd.Timestamp("2024-07-01"))
+    assert len(new) and set(new["firm_id"]) == {"a"}
+    assert f"authenticity:{high['name']}" in set(new["signal"])  # the high one fired...
+    assert (new["level"] != "red").all()  # ...and asks for review (amber), not a freeze
+
+
+def test_signals_in_one_query_fire_as_one_query_each():
+    """fire evaluates every signal in one DuckDB query: the same hits, in the policy's order,
+    as each rule on its own (holds); a broken rule is still named in a one-line error."""
+    from scf_engine.monitor.signals import fill, holds, holds_all
+
+    pol = policies.as_data(policies.load("monitoring"))
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame([_firm(payroll_open_gap=int(rng.integers(0, 4)), tax_open_gap=int(rng.integers(0, 4)),
+                                pd=float(rng.uniform(0, 0.3)), pd_change=float(rng.uniform(-0.05, 0.1)),
+                                core_distress=float(rng.uniform(0, 0.1)), consent_days_left=float(rng.integers(-5, 60)),
+                                top_payer_share_12m=float(rng.uniform(0, 1)))
+                          for _ in range(200)], index=[f"f{i:03d}" for i in range(200)])
+    rules = {s["name"]: fill(s["rule"], pol) for s in pol["signals"]}
+    together = holds_all(frame, rules)
+    for name, rule in rules.items():
+        assert (together[name] == holds(frame, rule, name)).all(), name
+    assert together.to_numpy().any() and not together.to_numpy().all()
+    with pytest.raises(PolicyError, match="no_such_column"):
+        holds_all(frame, {**rules, "broken": "no_such_column > 1"})
+
+
 def test_a_cured_delay_weighs_less_than_an_open_one_in_the_model(lent):
     """The champion de-coupled model: the same firms with three payroll months missed,
     once still open, once caught up; the open delay gives the higher PD on average."""
@@ -285,11 +383,54 @@ def test_psi_keeps_empty_bins_smoothed_and_sees_a_shift():
     assert psi(ref["x"], pd.Series([np.nan] * 100), 1e-4) > 1.0
 
 
+def test_drift_compares_the_portfolio_with_itself_at_the_batch_not_with_training():
+    """Lent firms are a selection (the better half here): against the training population
+    their PSI is red by selection alone; against the same firms at the batch it is not,
+    and a real move since the batch still shows."""
+    from scf_engine.monitor.drift import drift_rows, psi, reference
+
+    pol = policies.as_data(policies.load("monitoring"))
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({"score": rng.normal(70, 10, 20000)})
+    ref = reference(train, ["score"], 10)
+    lent = np.sort(rng.normal(70, 10, 4000))[2000:]  # selected: the top half
+    now = lent + rng.normal(0, 0.5, len(lent))  # the same firms a month on, nothing moved
+    frame = pd.DataFrame({"score": now, "b_score": lent})
+    assert psi(ref["score"], frame["score"], 1e-4) > pol["drift"]["psi_red"]  # selection read as drift
+    row = drift_rows(ref, frame, pd.Timestamp("2024-02-01"), pol).iloc[0]
+    assert row["value"] < pol["drift"]["psi_amber"] and row["level"] == "green" and "batch" in row["baseline"]
+    moved = drift_rows(ref, frame.assign(score=now - 12), pd.Timestamp("2024-02-01"), pol).iloc[0]
+    assert moved["value"] > pol["drift"]["psi_red"]
+
+
+def test_expected_against_observed_default_rate_by_vintage():
+    from scf_engine.monitor.drift import vintage_rows
+
+    pol = policies.as_data(policies.load("monitoring"))
+    lent = pd.DataFrame({"firm_id": [f"f{i}" for i in range(10)], "pd": [0.12] * 10,
+                         "batch_as_of": pd.Timestamp("2024-01-01")})
+    d_on = pd.Series(pd.to_datetime(["2024-03-10", "2024-05-01", "2023-12-01"] + [None] * 7),
+                     index=lent["firm_id"])
+    six = vintage_rows(lent, d_on, pd.Timestamp("2024-07-01"), pol).set_index("kind")
+    months = (pd.Timestamp("2024-07-01") - pd.Timestamp("2024-01-01")).days / 30.4375
+    assert six.loc["expected_default_rate", "value"] == pytest.approx(1 - 0.88 ** (months / 12), abs=1e-6)
+    assert six.loc["observed_default_rate", "value"] == pytest.approx(0.2)  # the one before the batch does not count
+    assert six.loc["observed_default_rate", "level"] == "red"  # 0.2 against 0.062: 3.2x, above vintage_red
+    assert (six["variable"] == "2024-01-01").all()
+    late = vintage_rows(lent, d_on, pd.Timestamp("2025-06-01"), pol).set_index("kind")
+    assert late.loc["expected_default_rate", "value"] == pytest.approx(0.12)  # matured: the 12-month PD itself
+
+
 def test_drift_against_the_training_reference_month_by_month(lent, monitored):
     drift = pd.read_csv(monitored / "drift.csv")
     score = drift[drift["kind"] == "psi"]
     assert list(score["as_of"]) == AS_OF and (score["variable"] == "score").all()
     assert drift["value"].notna().all() and (drift["value"] >= 0).all()
+    assert (score["baseline"] == "portfolio at the batch").all()
+    vintage = drift[drift["kind"] == "observed_default_rate"]
+    assert list(vintage["as_of"]) == AS_OF and (vintage["variable"] == BATCH).all()
+    expected = drift[drift["kind"] == "expected_default_rate"]["value"].to_numpy()
+    assert (np.diff(expected) > 0).all()  # the expected rate grows as the vintage matures
     assert drift.loc[drift["kind"] == "csi", "variable"].nunique() > 10
     client = tracking.Store(lent["uri"]).client
     exp = client.get_experiment_by_name("scf-monitor")

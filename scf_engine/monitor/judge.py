@@ -13,6 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scf_engine import policies
+from scf_engine.credit.scale import grades_for_scores
+from scf_engine.errors import PolicyError
 from scf_engine.monitor.signals import fill, holds
 from scf_engine.policies import as_data
 
@@ -22,13 +25,43 @@ LEVEL_RANK = {"green": 0, "amber": 1, "red": 2}
 GRADE_RANK = {"premium": 0, "grade_1": 1, "alternate": 2}  # higher is worse
 
 
-def firm_levels(frame: pd.DataFrame, alerts: pd.DataFrame, policy) -> pd.Series:
-    """Per firm: the worst of its alerts' levels and of the PD bands."""
-    p = as_data(policy)
+def rating_pd(ratings: dict, name: str) -> float:
+    """The master scale's PD of rating ``name`` (a one-line policy error for an unknown one)."""
+    if name not in ratings:
+        raise PolicyError(f"monitoring.yaml: pd_levels names rating {name!r}, not on the master scale "
+                          f"({', '.join(ratings)})")
+    return float(ratings[name])
+
+
+def persistent(frame: pd.DataFrame, history: pd.DataFrame | None, floor: float, months: int) -> pd.Series:
+    """Firms at or above PD ``floor`` now and at each of the ``months - 1`` as-of dates of
+    this pass just before (``history``: earlier rows, ``firm_id, as_of, pd``)."""
+    now = frame["pd"].astype(float) >= floor
+    if months <= 1:
+        return now
+    if history is None or history.empty:
+        return pd.Series(False, index=frame.index)
+    last = sorted(history["as_of"].unique())[-(months - 1):]
+    if len(last) < months - 1:
+        return pd.Series(False, index=frame.index)
+    h = history[history["as_of"].isin(last)]
+    held = (h["pd"].astype(float) >= floor).groupby(h["firm_id"]).agg(["all", "size"])
+    ok = held["all"] & (held["size"] == months - 1)
+    return now & ok.reindex(frame.index).fillna(False).astype(bool)
+
+
+def firm_levels(frame: pd.DataFrame, alerts: pd.DataFrame, policy, ratings: dict | None = None,
+                history: pd.DataFrame | None = None) -> pd.Series:
+    """Per firm: the worst of its alerts' levels and of the PD levels on the master scale
+    (``ratings``: master_scale.yaml's; ``history``: this pass's earlier rows, for the
+    persistent red)."""
+    p = as_data(policy)["pd_levels"]
+    ratings = ratings if ratings is not None else as_data(policies.load("master_scale"))["ratings"]
     rank = pd.Series(0, index=frame.index)
-    pd_ = frame["pd"]
-    rank[pd_ >= p["pd_amber"]] = 1
-    rank[pd_ >= p["pd_red"]] = 2
+    pd_ = frame["pd"].astype(float)
+    rank[pd_ >= rating_pd(ratings, p["amber_rating"])] = 1
+    rank[pd_ >= rating_pd(ratings, p["red_rating"])] = 2
+    rank[persistent(frame, history, rating_pd(ratings, p["red_persistent_rating"]), int(p["persist_months"]))] = 2
     if len(alerts):
         worst = alerts.assign(r=alerts["level"].map(LEVEL_RANK)).groupby("firm_id")["r"].max()
         rank = np.maximum(rank, worst.reindex(frame.index).fillna(0).astype(int))
@@ -64,26 +97,62 @@ def actions(frame: pd.DataFrame, level: pd.Series, months_since_batch: float, po
     return pd.DataFrame({"action": action, "limit_now": limit.round(0)})
 
 
+def repair(frame: pd.DataFrame, fix: pd.Series, scale, months: int) -> tuple[pd.DataFrame, pd.Series]:
+    """A repaired firm (信用修复) takes the batch's PD, and the score and grade that PD has
+    on the saved scale: the cured delays still sit in the model's 12-month counters, and
+    the repair rule judges them no longer the firm's risk, so the PD the bank last judged
+    without them (the batch's) stands, never above today's re-score (``fix`` only holds
+    where the grade fell, so today's PD is the higher). PD, score and grade stay one
+    coherent triple: restoring the grade label alone left a red-band PD beside a restored
+    grade. The model's own re-score is kept in the reasons."""
+    frame = frame.copy()
+    note = pd.Series("", index=frame.index, dtype=object)
+    if not fix.any():
+        return frame, note
+    f = frame.loc[fix]
+    new_pd = np.minimum(f["pd_at_batch"].astype(float), f["pd"].astype(float))
+    note[fix] = [f"repaired (信用修复): delays cured, none missed for {months} months; PD {p:.2%} / grade {g} "
+                 f"before repair, batch PD {b:.2%} / grade {gb} restored"
+                 for p, g, b, gb in zip(f["pd"], f["grade"], new_pd, f["grade_at_batch"])]
+    frame.loc[fix, "pd"] = new_pd.to_numpy()
+    if "pd_change" in frame:
+        frame.loc[fix, "pd_change"] = (new_pd - f["pd_at_batch"].astype(float)).to_numpy()
+    if scale is not None:
+        frame.loc[fix, "score"] = scale.score(new_pd.to_numpy())
+        frame.loc[fix, "grade"] = grades_for_scores(frame.loc[fix, "score"].to_numpy(dtype=float))
+    else:
+        frame.loc[fix, "grade"] = f["grade_at_batch"]
+    return frame, note
+
+
+def apply_repair(frame: pd.DataFrame, policy, scale=None) -> pd.DataFrame:
+    """``frame`` with credit repair applied (:func:`repaired`, :func:`repair`) and the
+    note in ``repair_note``: done before the signals fire, so ``pd_up`` and the PD bands
+    read the repaired firm's PD, not the one its cured delays gave it."""
+    frame, note = repair(frame, repaired(frame, policy), scale, as_data(policy)["credit_repair"]["months"])
+    frame["repair_note"] = note
+    return frame
+
+
 def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestamp, months_since_batch: float,
-                   policy) -> pd.DataFrame:
+                   policy, scale=None, *, ratings: dict | None = None, history: pd.DataFrame | None = None) -> pd.DataFrame:
     """portfolio.csv's rows for one as-of, in the contract's columns. ``frame`` holds per
     firm: pd, score, grade, core_reasons (the decision core's), pd_at_batch,
-    grade_at_batch, limit_at_batch, core_limit and the features the rules read."""
-    frame = frame.copy()
-    fix = repaired(frame, policy)
-    months = as_data(policy)["credit_repair"]["months"]
-    note = pd.Series("", index=frame.index, dtype=object)
-    note[fix] = [f"信用修复 credit repair: delays cured, none for {months} months; grade {g} restored to {b}"
-                 for g, b in zip(frame.loc[fix, "grade"], frame.loc[fix, "grade_at_batch"])]
-    frame.loc[fix, "grade"] = frame.loc[fix, "grade_at_batch"]
-    level = firm_levels(frame, alerts, policy)
+    grade_at_batch, limit_at_batch, core_limit and the features the rules read, and
+    ``repair_note`` once :func:`apply_repair` has run (run here when it has not);
+    ``scale``: the saved score scale a repaired firm's PD is scored on; ``ratings`` and
+    ``history``: see :func:`firm_levels`."""
+    if "repair_note" not in frame:
+        frame = apply_repair(frame, policy, scale)
+    note = frame["repair_note"]
+    level = firm_levels(frame, alerts, policy, ratings, history)
     act = actions(frame, level, months_since_batch, policy)
     fired = alerts.groupby("firm_id")["signal"].agg(lambda s: "; ".join(s)) if len(alerts) else pd.Series(dtype=object)
     sig = fired.reindex(frame.index).fillna("")
     reasons = [("; ".join(x for x in (n, f"signals: {s}" if s else "", r) if x))
                for n, s, r in zip(note, sig, frame["core_reasons"].fillna(""))]
     out = pd.DataFrame({
-        "firm_id": frame.index, "as_of": str(as_of.date()), "pd": frame["pd"].round(6).to_numpy(),
+        "firm_id": frame.index, "as_of": str(as_of.date()), "pd": frame["pd"].astype(float).round(6).to_numpy(),
         "score": frame["score"].to_numpy(), "grade": frame["grade"].to_numpy(),
         "pd_at_batch": frame["pd_at_batch"].to_numpy(), "grade_at_batch": frame["grade_at_batch"].to_numpy(),
         "limit_at_batch": frame["limit_at_batch"].to_numpy(), "limit_now": act["limit_now"].to_numpy(),
@@ -92,4 +161,4 @@ def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestam
     return out[PORTFOLIO_COLUMNS]
 
 
-__all__ = ["PORTFOLIO_COLUMNS", "firm_levels", "repaired", "actions", "portfolio_rows"]
+__all__ = ["PORTFOLIO_COLUMNS", "firm_levels", "repaired", "repair", "apply_repair", "actions", "portfolio_rows"]

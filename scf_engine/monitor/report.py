@@ -44,9 +44,9 @@ def migration(port: pd.DataFrame) -> str:
 
 def psi_chart(drift: pd.DataFrame | None, policy) -> str:
     """Score PSI per as-of as an inline SVG line, with the policy's amber and red lines."""
-    if drift is None or drift.empty:
+    s = drift[drift["kind"] == "psi"].reset_index(drop=True) if drift is not None else pd.DataFrame()
+    if s.empty:
         return "<p>未测量 Not measured: the champion was trained before drift references were saved.</p>"
-    s = drift[drift["kind"] == "psi"].reset_index(drop=True)
     w, h, pad = 700, 220, 40
     top = max(float(s["value"].max()), float(policy["psi_red"])) * 1.15 or 1.0
     x = lambda i: pad + (w - 2 * pad) * (i / max(len(s) - 1, 1))  # noqa: E731
@@ -101,6 +101,33 @@ def worst_firms(port: pd.DataFrame, memo_dir: Path | None, out_dir: Path, n: int
             "<th>原额度 Limit at batch</th><th>现额度 Limit now</th><th>原因 Reasons</th></tr>" + "".join(rows) + "</table>")
 
 
+def vintage_table(drift: pd.DataFrame | None) -> str:
+    """Expected against observed default rate per batch vintage at each as-of."""
+    if drift is None:
+        return "<p>无 None.</p>"
+    v = drift[drift["kind"].isin(["expected_default_rate", "observed_default_rate"])]
+    if v.empty:
+        return "<p>无 None.</p>"
+    w = v.pivot_table(index=["variable", "as_of", "baseline"], columns="kind", values="value", aggfunc="first")
+    lv = v[v["kind"] == "observed_default_rate"].set_index(["variable", "as_of", "baseline"])["level"]
+    rows = "".join(f"<tr><td>{_e(k[0])}</td><td>{_e(k[1])}</td><td class='l'>{_e(k[2])}</td>"
+                   f"<td>{r['expected_default_rate']:.2%}</td><td style='color:{LEVEL_COLOUR[lv[k]]}'>"
+                   f"{r['observed_default_rate']:.2%}</td></tr>" for k, r in w.iterrows())
+    return ("<table><tr><th>批次 Vintage</th><th>日期 As of</th><th>成熟度 Maturity</th><th>预期违约率 Expected</th>"
+            f"<th>实际违约率 Observed</th></tr>{rows}</table>")
+
+
+def repaired_firms(port: pd.DataFrame) -> str:
+    """Firms whose credit was repaired (信用修复) at the last as-of, with why."""
+    last = port[port["as_of"] == port["as_of"].max()]
+    fix = last[last["reasons"].fillna("").str.startswith("repaired")]
+    if fix.empty:
+        return "<p>无 None.</p>"
+    rows = "".join(f"<tr><td class='l'>{_e(r.firm_id)}</td><td>{_e(r.grade)}</td><td>{r.pd:.2%}</td>"
+                   f"<td class='l'>{_e(r.reasons.split('; ')[0])}</td></tr>" for r in fix.itertuples())
+    return f"<table><tr><th>企业 Firm</th><th>评级 Grade</th><th>PD</th><th>修复 Repair</th></tr>{rows}</table>"
+
+
 def render_report(port, alerts, drift, policy, *, memo_dir: Path | None, out_dir: Path) -> str:
     dates = sorted(port["as_of"].unique())
     return (f"<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'><title>贷后监测报告 Monitoring report"
@@ -109,7 +136,10 @@ def render_report(port, alerts, drift, policy, *, memo_dir: Path | None, out_dir
             f"<h2>评级迁移 Grade migration</h2>{migration(port)}"
             f"<h2>评分稳定性 Score PSI over time</h2>{psi_chart(drift, policy['drift'])}"
             f"<h2>预警 Alerts by level and signal</h2>{alert_tables(alerts)}"
-            f"<h2>重点关注企业 Worst firms</h2>{worst_firms(port, memo_dir, out_dir)}</body></html>")
+            f"<h2>重点关注企业 Worst firms</h2>{worst_firms(port, memo_dir, out_dir)}"
+            f"<h2>信用修复 Credit repaired</h2>{repaired_firms(port)}"
+            f"<h2>分批次预期与实际违约率 Expected against observed default rate by vintage</h2>{vintage_table(drift)}"
+            "</body></html>")
 
 
 __all__ = ["render_report"]

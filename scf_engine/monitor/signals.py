@@ -83,34 +83,73 @@ def core_distress(chain_now, chain_batch, min_rise: float) -> pd.DataFrame:
     return out
 
 
+def holds_all(frame: pd.DataFrame, rules: dict[str, str]) -> pd.DataFrame:
+    """Where each named SQL condition holds (one column per name), in ONE DuckDB query
+    over one registration of ``frame``: a query per rule registered the whole frame and
+    opened a connection each time, which cost more than the rules themselves. A rule
+    that cannot be evaluated is found by :func:`holds` one at a time, for its one-line
+    error."""
+    if not rules:
+        return pd.DataFrame(index=frame.index)
+    f = frame.rename_axis("firm_id").reset_index()
+    cols = ", ".join(f"coalesce(({rule}), false) AS s{i}" for i, rule in enumerate(rules.values()))
+    try:
+        with connect() as con:
+            con.register("_f", f)
+            hit = con.sql(f"SELECT {cols} FROM _f").fetchnumpy()
+    except Exception:
+        for name, rule in rules.items():
+            holds(frame, rule, name)
+        raise
+    return pd.DataFrame({name: np.asarray(hit[f"s{i}"], dtype=bool) for i, name in enumerate(rules)}, index=frame.index)
+
+
 def fire(frame: pd.DataFrame, policy, as_of: pd.Timestamp) -> pd.DataFrame:
     """alerts.csv rows for one as-of: every policy signal whose rule holds, with its
     evidence, in the policy's order, by firm within each."""
     p = as_data(policy)
     day = str(as_of.date())
+    hits = holds_all(frame, {f"signal {s['name']}": fill(s["rule"], p) for s in p["signals"]})
     rows = []
-    for s in p["signals"]:
-        hit = holds(frame, fill(s["rule"], p), f"signal {s['name']}")
-        for fid in sorted(frame.index[hit]):
-            rec = {**frame.loc[fid].to_dict(), "as_of": day}
-            rows.append({"firm_id": fid, "as_of": day, "signal": s["name"], "level": p["levels"][s["severity"]],
-                         "evidence": evidence(s["evidence"], rec), "label_zh": s["label_zh"], "label_en": s["label_en"]})
+    for s, col in zip(p["signals"], hits.columns):
+        ids = sorted(frame.index[hits[col].to_numpy()])
+        if not ids:
+            continue
+        level = p["levels"][s["severity"]]
+        for fid, rec in zip(ids, frame.loc[ids].to_dict("records")):
+            rows.append({"firm_id": fid, "as_of": day, "signal": s["name"], "level": level,
+                         "evidence": evidence(s["evidence"], {**rec, "as_of": day}), "label_zh": s["label_zh"],
+                         "label_en": s["label_en"]})
     return pd.DataFrame(rows, columns=ALERTS_COLUMNS)
 
 
-def new_authenticity(now: pd.DataFrame, batch: pd.DataFrame, policy, as_of: pd.Timestamp) -> pd.DataFrame:
+def capped(levels: pd.Series, top: str) -> pd.Series:
+    """Levels no worse than ``top``. The authenticity alerts' own severity means what to do
+    at the batch (high: send to review, authenticity.yaml), so after lending they give at
+    most the policy's ``authenticity_max_level``: a review of the trade, not a freeze."""
+    order = ["green", "amber", "red"]
+    return levels.where(levels.map(order.index) <= order.index(top), top)
+
+
+def authenticity_seen(batch: pd.DataFrame) -> set:
+    """(firm, alert) pairs that already fired at the batch: computed once per pass."""
+    a = raise_alerts(batch)
+    return set(zip(a["firm_id"], a["name"]))
+
+
+def new_authenticity(now: pd.DataFrame, seen: set, policy, as_of: pd.Timestamp) -> pd.DataFrame:
     """Authenticity alerts (round trips, rings, pass-through...) that fire at the as-of and
-    did not at the batch: new circular money since the credit was granted."""
+    did not at the batch (``seen``: :func:`authenticity_seen`): new circular money since
+    the credit was granted; levels capped (:func:`capped`)."""
     p = as_data(policy)
     a_now = raise_alerts(now)
-    a_then = raise_alerts(batch)
-    seen = set(zip(a_then["firm_id"], a_then["name"]))
     new = a_now[[(f, n) not in seen for f, n in zip(a_now["firm_id"], a_now["name"])]]
     if new.empty:
         return pd.DataFrame(columns=ALERTS_COLUMNS)
     return pd.DataFrame({
         "firm_id": new["firm_id"].to_numpy(), "as_of": str(as_of.date()),
-        "signal": ("authenticity:" + new["name"]).to_numpy(), "level": new["severity"].map(p["levels"]).to_numpy(),
+        "signal": ("authenticity:" + new["name"]).to_numpy(), "level": capped(new["severity"].map(p["levels"]),
+                                                                             p["authenticity_max_level"]).to_numpy(),
         "evidence": [f"{feat} = {_num(v)} at {as_of.date()} (quiet at the batch)" for feat, v in zip(new["feature"], new["value"])],
         "label_zh": new["label_zh"].to_numpy(), "label_en": new["label_en"].to_numpy(),
     })
@@ -121,4 +160,4 @@ def _num(v) -> str:
     return "n/a" if math.isnan(v) else f"{v:.3g}"
 
 
-__all__ = ["ALERTS_COLUMNS", "fire", "holds", "fill", "core_distress", "new_authenticity", "evidence"]
+__all__ = ["ALERTS_COLUMNS", "fire", "holds", "holds_all", "authenticity_seen", "fill", "core_distress", "new_authenticity", "evidence"]

@@ -30,10 +30,10 @@ from scf_engine.errors import RequestError, TrackingError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_consents, requests_frame
-from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows
-from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, portfolio_rows
+from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows, vintage_rows
+from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, apply_repair, portfolio_rows
 from scf_engine.monitor.report import render_report
-from scf_engine.monitor.signals import ALERTS_COLUMNS, core_distress, fire, new_authenticity
+from scf_engine.monitor.signals import ALERTS_COLUMNS, authenticity_seen, core_distress, fire, new_authenticity
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.score import check_writable, parse_as_of, saved_scale
 from scf_engine.publish import Publication
@@ -164,28 +164,55 @@ def drift_reference(store, versions) -> dict | None:
 
 def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) -> tuple:
     """portfolio.csv, alerts.csv and drift rows over every as-of (pure apart from the
-    progress)."""
-    say(f"snapshots at the batch ({batch_T.date()}) and {len(dates)} as-of date(s)")
-    data = assemble(ds, [batch_T, *dates], with_labels=False)
-    add_propagation(data, models["propagation"])
-    batch = data[batch_T]
+    progress).
+
+    Each as-of snapshots the WHOLE world, not only the lent firms: a lent firm's answer
+    reads the others' at the same date (its industry rank features are percentiles among
+    every scorable firm of its industry, the reasons quote industry medians over every
+    scorable firm, its chain features and propagated core credit come from the whole
+    chain, its ring features from its counterparties' money), so features for the
+    portfolio alone would give other answers. What is done once per pass, not per as-of:
+    the batch snapshot, the batch's authenticity alerts; per as-of the signals are one
+    query (:func:`scf_engine.monitor.signals.holds_all`), and only the batch's snapshot and
+    the current one are held (:func:`snapshot_at`)."""
+    say(f"snapshot at the batch ({batch_T.date()})")
+    batch = snapshot_at(ds, batch_T, models)
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
+    ids = pd.Index(lent["firm_id"], name="firm_id")
+    seen = authenticity_seen(batch.table.reindex(ids).dropna(how="all"))  # the batch's alerts, once per pass
+    default_on = ds.default_dates(ids).set_axis(ids)
     parts, alerts, drift = [], [], []
     for i, T in enumerate(dates, 1):
-        say(f"as-of {T.date()} ({i}/{len(dates)}): decision core, signals")
-        dec = decide(data[T], models, pols, requests, dataset=ds, consents=cons, scale=scale)
-        frame = monitor_frame(ds, lent, dec, data[T], batch, cons, T, pols["monitoring"])
+        say(f"as-of {T.date()} ({i}/{len(dates)}): snapshot, decision core, signals")
+        now = snapshot_at(ds, T, models)  # one as-of alive at a time, beside the batch's
+        dec = decide(now, models, pols, requests, dataset=ds, consents=cons, scale=scale)
+        raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"])
+        if ref is not None:  # the model's own score, before any credit repair
+            drift.append(drift_rows(ref, raw.assign(b_score=scale.score(raw["pd_at_batch"].to_numpy(dtype=float))),
+                                    T, pols["monitoring"]))
+        frame = apply_repair(raw, pols["monitoring"], scale)
         a = pd.concat([fire(frame, pols["monitoring"], T),
-                       new_authenticity(data[T].table.reindex(frame.index).dropna(how="all"),
-                                        batch.table.reindex(frame.index).dropna(how="all"), pols["monitoring"], T)],
+                       new_authenticity(now.table.reindex(frame.index).dropna(how="all"), seen, pols["monitoring"], T)],
                       ignore_index=True)
         months = (T - batch_T).days / 30.4375
-        parts.append(portfolio_rows(frame, a, T, months, pols["monitoring"]))
+        history = pd.concat(parts, ignore_index=True)[["firm_id", "as_of", "pd"]] if parts else None
+        parts.append(portfolio_rows(frame, a, T, months, pols["monitoring"], scale,
+                                    ratings=policies.as_data(pols["master_scale"])["ratings"], history=history))
         alerts.append(a)
-        if ref is not None:
-            drift.append(drift_rows(ref, frame, T, pols["monitoring"]))
+        drift.append(vintage_rows(lent, default_on, T, pols["monitoring"]))
+        del now  # before the next as-of is built
     drift = pd.concat(drift, ignore_index=True) if drift else None
     return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS], drift
+
+
+def snapshot_at(ds, T, models):
+    """The assembled snapshot at ``T`` with the propagation model's outputs. The pass
+    builds one as-of at a time and lets it go: each snapshot holds its own copy of the
+    flows before its date, and holding all of them (13 for a year of monthly dates) made
+    the pass's memory grow with the number of dates."""
+    data = assemble(ds, [T], with_labels=False)
+    add_propagation(data, models["propagation"])
+    return data[T]
 
 
 def monitor_frame(ds, lent, dec, now, batch, cons, T, policy) -> pd.DataFrame:
