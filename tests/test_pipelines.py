@@ -734,11 +734,17 @@ def test_precomputed_per_firm_table_and_request_step_give_the_full_cores_answers
     firms = pd.read_csv(data / "firms.csv", dtype=str)
     ids = firms["firm_id"].tolist() + ["NOT-A-FIRM", "91000000000000000X"]
     cores = firms.loc[firms["is_core"].str.lower() == "true", "firm_id"].tolist()
+    consented = set(pd.read_csv(data / "consents.csv", dtype=str)["firm_id"])
+    defaulted = set(pd.read_csv(data / "defaults.csv", dtype=str)["firm_id"])
+    plain = firms[(firms["is_core"].str.lower() != "true") & (pd.to_datetime(firms["founded_on"]) < loaded.data.as_of)]
+    unconsented = [f for f in plain["firm_id"] if f not in consented and f not in defaulted][:3]
     rng = random.Random(20)
     seen = {"decline": 0, "review": 0, "approve": 0, "requested": 0, "unknown": 0, "authorisation": 0}
     for trial in range(36):
         n = rng.choice([1, 1, 1, 2, 5, 30])
         pick = rng.sample(ids, n) + (rng.sample(ids, 1) * 2 if trial % 7 == 3 else [])
+        if trial == 0:  # the kinds a random draw may miss: an unknown firm, firms without consent
+            pick = ["NOT-A-FIRM"] + unconsented
         amounts = [rng.choice(["", "0", "-1", "lots", "50000", "800000", "3000000", "1e9"]) for _ in pick]
         req = requests_frame(pd.DataFrame({"firm_id": pick, "requested_amount": amounts}))
         options = [BatchOptions(), BatchOptions(whitelist=frozenset(rng.sample(ids, len(ids) // 2))),
