@@ -49,6 +49,14 @@ DEFAULTS = {
     "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
 }
 
+# in local mode the driver JVM is the executor too: Spark's 1g default heap ran out on a
+# 400-firm world (the Arrow collect then waited forever on a dead thread); an out-of-memory
+# JVM now exits, so the command fails with an error instead of hanging
+LOCAL_DEFAULTS = {
+    "spark.driver.memory": "2g",
+    "spark.driver.extraJavaOptions": "-XX:+ExitOnOutOfMemoryError",
+}
+
 
 def session(master: str | None = None, *, app_name: str = "scf-engine", conf: dict | None = None):
     """A Spark session: ``master`` (``local[*]``, ``spark://host:7077``, ``yarn``, ``k8s://...``),
@@ -63,7 +71,8 @@ def session(master: str | None = None, *, app_name: str = "scf-engine", conf: di
     master = master or os.environ.get(MASTER_ENV) or "local[*]"
     builder = SparkSession.builder.appName(app_name)
     builder = builder.remote(master) if master.startswith("sc://") else builder.master(master)
-    for k, v in {**DEFAULTS, **(conf or {})}.items():
+    local = {} if not master.startswith("local") else LOCAL_DEFAULTS
+    for k, v in {**DEFAULTS, **local, **(conf or {})}.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     if not master.startswith("sc://"):
