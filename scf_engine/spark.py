@@ -25,6 +25,7 @@ division by zero where ANSI Spark raises, and the catalogue relies on the NULL.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -69,6 +70,11 @@ def session(master: str | None = None, *, app_name: str = "scf-engine", conf: di
         if active is not None:  # a caller's session (a notebook, a test module): use it as it is
             return active
     master = master or os.environ.get(MASTER_ENV) or "local[*]"
+    if master.startswith("local"):
+        # Python workers (mapInPandas) run this interpreter, not whatever python3 is first
+        # on the PATH (which may lack pyarrow and the engine); on a cluster the executors'
+        # Python must have scf-engine installed (README)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     builder = builder.remote(master) if master.startswith("sc://") else builder.master(master)
     local = {} if not master.startswith("local") else LOCAL_DEFAULTS

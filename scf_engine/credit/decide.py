@@ -26,7 +26,7 @@ from scf_engine.credit.limits import apply_limits, core_lines, eligible_receivab
 from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
 from scf_engine.errors import RequestError
 from scf_engine.explain.model_reasons import propagation_reasons, shap_reasons
-from scf_engine.explain.reasons import format_reasons, industry_medians
+from scf_engine.explain.reasons import format_reasons, industry_medians, reason_codes
 from scf_engine.learners.jiangyin import grade_from_indicators, indicator_grades
 from scf_engine.learners.predict import predict_all
 from scf_engine.policies import as_data
@@ -51,6 +51,19 @@ class BatchOptions:
             raise RequestError(f"--group-by takes {' or '.join(GROUP_BY)}, not {self.group_by!r}")
         if self.group_limit is not None and not self.group_limit >= 0:
             raise RequestError(f"--group-limit must be a number >= 0, not {self.group_limit!r}")
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """The LightGBM models' outputs computed elsewhere, by firm: ``pd_decoupled`` and
+    ``pd_hybrid`` (``pds``, index firm_id) and each model's SHAP contributions
+    (``contributions``: kind -> frame, index firm_id, columns the model's features then
+    ``expected_value``). Scoring on Spark computes them per partition
+    (:mod:`scf_engine.pipelines.score_spark`) with the same model code; :func:`decide`
+    then takes them instead of calling the models, and everything after is unchanged."""
+
+    pds: pd.DataFrame
+    contributions: dict
 
 
 @dataclass
@@ -160,7 +173,7 @@ def single_core(nodes: pd.DataFrame) -> str | None:
 
 def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, consents: pd.DataFrame | None = None,
            options: BatchOptions = BatchOptions(), scale: ScoreScale | None = None,
-           context: DecisionContext | None = None) -> Decisions:
+           context: DecisionContext | None = None, outputs: ModelOutputs | None = None) -> Decisions:
     """Decisions for ``requests`` (``firm_id``, optional ``requested_amount`` and
     ``request_problem``, as :func:`scf_engine.ingest.requests.read_batch` returns) on the
     assembled snapshot ``data`` (an :class:`~scf_engine.assemble.SnapshotData` with the
@@ -168,7 +181,8 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     the loaded policies ``pols`` and the consents frame. ``dataset`` tells known from
     unknown firms, founding and default dates and data-quality issues; ``scale`` is the
     score scale saved with the models (default: the policy's); ``context``: the
-    snapshot's :class:`DecisionContext` (built here when not given)."""
+    snapshot's :class:`DecisionContext` (built here when not given); ``outputs``: the
+    models' PDs and contributions when computed elsewhere (:class:`ModelOutputs`)."""
     T = data.as_of
     ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
     requests = requests.reset_index(drop=True)
@@ -179,7 +193,7 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     decline_off_list = as_data(pols["limit_policy"]).get("off_whitelist", "decline") == "decline"
     why = eligibility(dataset, requests, T, consent, require, rows.get("ind_dishonest"),
                       off_list if decline_off_list else None, context=ctx)
-    preds, fin = _predict(models, pols, rows, why == "")
+    preds, fin = _predict(models, pols, rows, why == "", outputs, requests["firm_id"])
     why[(why == "") & fin["pd"].isna()] = "not scorable: no fund-flow history and no chain link to a core"
     ok = why == ""
     sg = score_frame(fin["pd"].where(ok), scale or ScoreScale.from_policy(pols["score_scale"]))
@@ -190,7 +204,7 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     if off_list is not None and not decline_off_list:
         lim_in["off_whitelist"] = off_list.to_numpy()
     lim, group = _limits(lim_in, nodes, ok, pols, core, ctx.lines, options)
-    reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, ok, fin["pd_source"], requests["firm_id"])
+    reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, ok, fin["pd_source"], requests["firm_id"], outputs)
     result = _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group)
     jy_cols, jy = jiangyin_columns(rows, pols)
     result = result.join(jy_cols)
@@ -198,9 +212,14 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
                      summary(result, pols), jy)
 
 
-def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series, outputs: ModelOutputs | None,
+             ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
     preds = pd.DataFrame(index=rows.index, columns=PD_COLUMNS, dtype=float)
-    if ok.any():
+    if ok.any() and outputs is not None:
+        p = outputs.pds.reindex(ids[ok]).set_axis(rows.index[ok])
+        p["pd_propagation"] = rows.loc[ok, "pd_propagation"] if "pd_propagation" in rows else np.nan
+        preds.loc[ok, PD_COLUMNS] = p[PD_COLUMNS].to_numpy()
+    elif ok.any():
         p = predict_all({"decoupled": models["decoupled"], "hybrid": models["hybrid"]}, rows[ok])
         preds.loc[ok, PD_COLUMNS] = p[PD_COLUMNS].to_numpy()
     return preds, final_pd(preds, pols["final_pd"])
@@ -254,16 +273,21 @@ def _envelope(lim, lim_in, nodes, total, group_by, policy):
     return lim, a
 
 
-def _reasons(models, ctx: DecisionContext, chain, rows, nodes, ok, source, ids: pd.Series) -> tuple[pd.Series, dict]:
-    """Reasons of the model that gave each final PD: SHAP for the LightGBM models, the
-    design terms for a firm only propagation scores."""
+def _reasons(models, ctx: DecisionContext, chain, rows, nodes, ok, source, ids: pd.Series,
+             outputs: ModelOutputs | None = None) -> tuple[pd.Series, dict]:
+    """Reasons of the model that gave each final PD: SHAP for the LightGBM models (or the
+    contributions in ``outputs``), the design terms for a firm only propagation scores."""
     reasons = pd.Series([[] for _ in rows.index], index=rows.index, dtype=object)
     contribs = {}
     for kind in ("hybrid", "decoupled"):
         use = ok & (source == kind)
         if use.any():
             X = rows[use].assign(industry=nodes.loc[use, "industry"])
-            reasons[use], contribs[kind] = shap_reasons(models[kind], X, medians=ctx.medians[kind])
+            if outputs is None:
+                reasons[use], contribs[kind] = shap_reasons(models[kind], X, medians=ctx.medians[kind])
+            else:
+                contribs[kind] = outputs.contributions[kind].reindex(ids[use]).set_axis(X.index)
+                reasons[use] = reason_codes(contribs[kind], X, models[kind].features_, medians=ctx.medians[kind])
     use = ok & (source == "propagation")
     if use.any():
         reasons[use] = propagation_reasons(models["propagation"], chain, ids[use], design=ctx.propagation_design)
@@ -329,4 +353,4 @@ def summary(result: pd.DataFrame, pols: dict) -> dict:
     return out
 
 
-__all__ = ["BatchOptions", "DecisionContext", "Decisions", "decide", "eligibility", "single_core", "summary"]
+__all__ = ["BatchOptions", "DecisionContext", "Decisions", "ModelOutputs", "decide", "eligibility", "single_core", "summary"]
