@@ -24,7 +24,7 @@ from scf_engine.errors import OutputError
 from scf_engine.features import flow_features
 from scf_engine.ingest.load import load_or_report
 from scf_engine.pipelines.score import check_as_of, check_writable, parse_as_of
-from scf_engine.sqlengine import ENGINES, feature_engine
+from scf_engine.sqlengine import feature_engine
 
 @dataclass
 class FeaturesResult:
