@@ -23,11 +23,13 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 demo: $(VENV)/.runtime
 	$(BIN)/scf demo --data data/sample --out $(OUT)
 
-# Debian tools the tests drive: Chromium (memo rendering), pdftoppm (PDF pages), a CJK font.
+# Debian tools the tests drive: Chromium (memo rendering), pdftoppm (PDF pages), a CJK font,
+# and a headless Java runtime for Spark (pyspark 4 needs Java 17+; Debian 12 ships 17).
 system-test-deps:
-	@command -v chromium >/dev/null && command -v pdftoppm >/dev/null && fc-list :lang=zh | grep -q . || \
+	@command -v chromium >/dev/null && command -v pdftoppm >/dev/null && fc-list :lang=zh | grep -q . && \
+	  java -version 2>&1 | grep -Eq 'version "(1[7-9]|2[0-9])' || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      chromium poppler-utils fonts-wqy-microhei >/dev/null; }
+	      chromium poppler-utils fonts-wqy-microhei openjdk-17-jre-headless >/dev/null; }
 
 test: $(VENV)/.dev system-test-deps
 	$(BIN)/python -m pytest -n 2 -q

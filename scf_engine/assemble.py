@@ -57,8 +57,10 @@ def indicator_columns(snapshot: Snapshot) -> pd.DataFrame:
     return out
 
 
-def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None) -> pd.DataFrame:
-    flows = flow_features(snapshot, con=con)
+def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None, engine=None) -> pd.DataFrame:
+    """The snapshot's rows: flow features (on ``engine`` when given, see
+    :mod:`scf_engine.sqlengine`), chain features, context and external indicators."""
+    flows = flow_features(snapshot, con=con, engine=engine)
     nodes = chain.nodes
     chain_cols = [c for c in chain_feature_names() if c in nodes.columns]
     table = flows.join(nodes[chain_cols + list(CONTEXT_COLUMNS)], how="left").join(indicator_columns(snapshot), how="left")
@@ -67,14 +69,16 @@ def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None) -> pd.DataFram
 
 
 def assemble(dataset: Dataset, dates, *, with_labels: bool = True, truth: pd.DataFrame | None = None,
-             progress=None) -> dict[pd.Timestamp, SnapshotData]:
+             progress=None, engine=None) -> dict[pd.Timestamp, SnapshotData]:
+    """Snapshot data at each date; ``engine``: where the flow features' SQL runs (default
+    the embedded DuckDB; the chain is built on DuckDB either way)."""
     out = {}
     con = connect()
     for i, T in enumerate(dates):
         T = pd.Timestamp(T)
         snap = dataset.as_of(T)
         chain = build_chain(snap, con=con)
-        table = snapshot_table(snap, chain, con=con)
+        table = snapshot_table(snap, chain, con=con, engine=engine)
         if with_labels:
             lab = dataset.labels(T).set_index("firm_id")["label"]
             table["label"] = lab.reindex(table.index).astype(float)

@@ -109,6 +109,8 @@ def validate(
 
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+SPARK_MASTER_HELP = ("Spark master URL (local[*], spark://host:7077, yarn, k8s://...) or a Spark Connect sc:// URL "
+                     "(default: $SCF_SPARK_MASTER, else local[*]).")
 
 
 def print_overall(overall, title: str) -> None:
@@ -213,6 +215,8 @@ def score(
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+    engine: str = typer.Option("duckdb", "--engine", help="duckdb (embedded) or spark: flow features, the models and their SHAP reasons on Spark."),
+    spark_master: str = typer.Option(None, "--spark-master", help=SPARK_MASTER_HELP),
 ):
     """Score a batch with the champion models: limits.csv, memos, an MLflow run and an audit entry."""
     from scf_engine.pipelines import score as run_score
@@ -220,7 +224,8 @@ def score(
     with steps("score") as say:
         r = run_score(data, batch, out, as_of=as_of, tracking_uri=tracking_uri, consents=consents, group_limit=group_limit,
                       group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
-                      audit_log=audit_log, actor=actor, whitelist=whitelist, progress=say)
+                      audit_log=audit_log, actor=actor, whitelist=whitelist, engine=engine, spark_master=spark_master,
+                      progress=say)
     lim = r.limits
     by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
     by["grade"] = by["grade"].astype(object).where(by["grade"].notna(), "-")
@@ -228,6 +233,27 @@ def score(
     show = lim[["firm_id", "pd", "score", "grade", "limit_cny", "decision"]].head(15)
     console.print(frame_table(show, "First rows of limits.csv", float_format="{:,.4f}"))
     console.print(f"limits: {r.out_path}; memos: {r.memo_dir or '-'}; MLflow run {r.run_id}; audit entry #{r.audit_entry['seq']}")
+
+
+@app.command()
+@handles_errors
+def features(
+    data: Path = typer.Argument(..., help="Dataset folder."),
+    as_of: str = typer.Option(None, "--as-of", help="Snapshot date YYYY-MM-DD (default: the day after the data's last date)."),
+    engine: str = typer.Option("duckdb", "--engine", help="duckdb (embedded) or spark: the same catalogue SQL, transpiled for Spark."),
+    out: Path = typer.Option(Path("features.parquet"), "--out", help="Parquet file: firm_id + one column per catalogue flow feature."),
+    spark_master: str = typer.Option(None, "--spark-master", help=SPARK_MASTER_HELP),
+    actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
+    audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+):
+    """The catalogue's flow features at an as-of date, one row per firm (an access entry goes to the audit log)."""
+    from scf_engine.pipelines.features import features as run_features
+
+    with steps("features") as say:
+        r = run_features(data, out, as_of=as_of, engine=engine, spark_master=spark_master, audit_log=audit_log,
+                         actor=actor, progress=say)
+    console.print(f"{len(r.features)} firms x {r.features.shape[1] - 1} features at {r.as_of.date()} on {r.engine} "
+                  f"in {r.seconds:.1f} s: {r.out_path}; audit entry #{r.audit_entry['seq']}", highlight=False)
 
 
 @app.command()
@@ -449,7 +475,8 @@ def demo(
     batch = data / "batch.csv"
     score(data=data, batch=batch, out=out / "score" / "limits.csv", as_of=None,
           consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
-          whitelist=None, memos=True, memo_formats="html,md", tracking_uri=None, actor=None, audit_log=log)
+          whitelist=None, memos=True, memo_formats="html,md", tracking_uri=None, actor=None, audit_log=log,
+          engine="duckdb", spark_master=None)
     console.rule("5. explain one firm (memo as HTML, PDF and Markdown)")
     first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
     explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,
@@ -459,7 +486,8 @@ def demo(
     lent_on = (T - pd.DateOffset(months=6)).replace(day=1)
     score(data=data, batch=batch, out=out / "monitor" / "batch" / "limits.csv", as_of=str(lent_on.date()),
           consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
-          whitelist=None, memos=False, memo_formats="html", tracking_uri=None, actor=None, audit_log=log)
+          whitelist=None, memos=False, memo_formats="html", tracking_uri=None, actor=None, audit_log=log,
+          engine="duckdb", spark_master=None)
     months = [str((lent_on + pd.DateOffset(months=k)).date()) for k in range(1, 7)]
     monitor(data=data, out=out / "monitor", as_of=[m for m in months if pd.Timestamp(m) <= T],
             portfolio=out / "monitor" / "batch" / "limits.csv", batch_run=None,

@@ -50,14 +50,17 @@ def connect() -> duckdb.DuckDBPyConnection:
 MONEY = "DECIMAL(18,2)"  # whole cents up to 10^16 yuan; sums widen to DECIMAL(38,2)
 
 
-def register_money(con: duckdb.DuckDBPyConnection, name: str, frame, money=("amount", "paid_amount")) -> None:
+def register_money(con: duckdb.DuckDBPyConnection, name: str, frame, money=("amount", "paid_amount"),
+                   row_number: str | None = None) -> None:
     """Register ``frame`` as the view ``name`` with its money columns as exact decimals
-    (see the module docstring); other columns as they are."""
+    (see the module docstring); other columns as they are. ``row_number``: also a column
+    of that name numbering the rows 1.. in the frame's order (insertion order is kept)."""
     raw = f"_{name}_frame"
     con.register(raw, frame)
     cols = [c for c in money if c in frame.columns]
     replace = f" REPLACE ({', '.join(f'CAST({c} AS {MONEY}) AS {c}' for c in cols)})" if cols else ""
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT *{replace} FROM {raw}")
+    numbered = f"row_number() OVER () AS {row_number}, " if row_number else ""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {numbered}*{replace} FROM {raw}")
 
 
 @contextmanager

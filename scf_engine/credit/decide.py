@@ -27,7 +27,7 @@ from scf_engine.credit.limits import core_lines, eligible_receivables, limit_arr
 from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
 from scf_engine.errors import RequestError
 from scf_engine.explain.model_reasons import propagation_reasons, shap_reasons
-from scf_engine.explain.reasons import format_reasons, industry_medians
+from scf_engine.explain.reasons import format_reasons, industry_medians, reason_codes
 from scf_engine.learners.jiangyin import grade_from_indicators, indicator_grades
 from scf_engine.learners.predict import predict_all
 from scf_engine.policies import as_data
@@ -52,6 +52,19 @@ class BatchOptions:
             raise RequestError(f"--group-by takes {' or '.join(GROUP_BY)}, not {self.group_by!r}")
         if self.group_limit is not None and not self.group_limit >= 0:
             raise RequestError(f"--group-limit must be a number >= 0, not {self.group_limit!r}")
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """The LightGBM models' outputs computed elsewhere, by firm: ``pd_decoupled`` and
+    ``pd_hybrid`` (``pds``, index firm_id) and each model's SHAP contributions
+    (``contributions``: kind -> frame, index firm_id, columns the model's features then
+    ``expected_value``). Scoring on Spark computes them per partition
+    (:mod:`scf_engine.pipelines.score_spark`) with the same model code; :func:`decide`
+    then takes them instead of calling the models, and everything after is unchanged."""
+
+    pds: pd.DataFrame
+    contributions: dict
 
 
 @dataclass
@@ -222,7 +235,8 @@ class Precomputed:
 
 
 def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: pd.DataFrame | None = None,
-               scale: ScoreScale | None = None, context: DecisionContext | None = None) -> Precomputed:
+               scale: ScoreScale | None = None, context: DecisionContext | None = None,
+               outputs: ModelOutputs | None = None) -> Precomputed:
     """The request-independent part of every decision for ``firm_ids`` (any ids: an
     unknown one gets its "unknown firm" row) on snapshot ``data`` (see :func:`decide`
     for the arguments). Every step is per firm, so a firm's entry is the same whichever
@@ -236,12 +250,12 @@ def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: p
     rows = data.table.reindex(req["firm_id"]).set_axis(req.index)
     why = eligibility(dataset, req, T, consent, False, rows.get("ind_dishonest"), context=ctx)
     late = consent_reasons(consent).where(why == "", "") if require else pd.Series("", index=req.index, dtype=object)
-    preds, fin = _predict(models, pols, rows, (why == "") & (late == ""))
+    preds, fin = _predict(models, pols, rows, (why == "") & (late == ""), outputs, req["firm_id"])
     late[(why == "") & (late == "") & fin["pd"].isna()] = NOT_SCORABLE
     ok = (why == "") & (late == "")
     sg = score_frame(fin["pd"].where(ok), scale or ScoreScale.from_policy(pols["score_scale"]))
     nodes = data.chain.nodes.reindex(req["firm_id"]).set_axis(req.index)
-    reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, ok, fin["pd_source"], req["firm_id"])
+    reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, ok, fin["pd_source"], req["firm_id"], outputs)
     jy_cols, jy = jiangyin_columns(rows, pols)
     cols = {"firm_id": np.array(ids, dtype=object), "why": why.to_numpy(dtype=object),
             "why_late": late.to_numpy(dtype=object), "ok": ok.to_numpy(dtype=bool),
@@ -276,7 +290,8 @@ AUTHENTICITY = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle")
 
 def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, consents: pd.DataFrame | None = None,
            options: BatchOptions = BatchOptions(), scale: ScoreScale | None = None,
-           context: DecisionContext | None = None, precomputed: Precomputed | None = None) -> Decisions:
+           context: DecisionContext | None = None, precomputed: Precomputed | None = None,
+           outputs: ModelOutputs | None = None) -> Decisions:
     """Decisions for ``requests`` (``firm_id``, optional ``requested_amount`` and
     ``request_problem``, as :func:`scf_engine.ingest.requests.read_batch` returns) on the
     assembled snapshot ``data`` (an :class:`~scf_engine.assemble.SnapshotData` with the
@@ -288,13 +303,16 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
 
     Two steps: :func:`precompute` (per firm, whatever the request) and :func:`finalize`
     (the request). ``precomputed``: a table the caller keeps for the snapshot (a
-    service's, over every firm); firms it lacks (unknown ids) are computed here."""
+    service's, over every firm); firms it lacks (unknown ids) are computed here.
+    ``outputs``: the models' PDs and contributions when computed elsewhere
+    (:class:`ModelOutputs`, scoring on Spark)."""
     ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
     ids = requests["firm_id"].astype(str).tolist()
     extra = None
     if precomputed is None or precomputed.missing(ids):
         todo = ids if precomputed is None else precomputed.missing(ids)
-        extra = precompute(data, models, pols, todo, dataset=dataset, consents=consents, scale=scale, context=ctx)
+        extra = precompute(data, models, pols, todo, dataset=dataset, consents=consents, scale=scale, context=ctx,
+                           outputs=outputs)
     tables = [t for t in (precomputed, extra) if t is not None]
     return finalize(tables, requests, pols, options)
 
@@ -474,9 +492,14 @@ def records(cols: dict) -> list[dict]:
     return out
 
 
-def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series, outputs: ModelOutputs | None,
+             ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
     preds = pd.DataFrame(index=rows.index, columns=PD_COLUMNS, dtype=float)
-    if ok.any():
+    if ok.any() and outputs is not None:
+        p = outputs.pds.reindex(ids[ok]).set_axis(rows.index[ok])
+        p["pd_propagation"] = rows.loc[ok, "pd_propagation"] if "pd_propagation" in rows else np.nan
+        preds.loc[ok, PD_COLUMNS] = p[PD_COLUMNS].to_numpy()
+    elif ok.any():
         p = predict_all({"decoupled": models["decoupled"], "hybrid": models["hybrid"]}, rows[ok])
         preds.loc[ok, PD_COLUMNS] = p[PD_COLUMNS].to_numpy()
     return preds, final_pd(preds, pols["final_pd"])
@@ -495,16 +518,21 @@ def _envelope(lim, lim_in, nodes, total, group_by, policy):
     return lim, a
 
 
-def _reasons(models, ctx: DecisionContext, chain, rows, nodes, ok, source, ids: pd.Series) -> tuple[pd.Series, dict]:
-    """Reasons of the model that gave each final PD: SHAP for the LightGBM models, the
-    design terms for a firm only propagation scores."""
+def _reasons(models, ctx: DecisionContext, chain, rows, nodes, ok, source, ids: pd.Series,
+             outputs: ModelOutputs | None = None) -> tuple[pd.Series, dict]:
+    """Reasons of the model that gave each final PD: SHAP for the LightGBM models (or the
+    contributions in ``outputs``), the design terms for a firm only propagation scores."""
     reasons = pd.Series([[] for _ in rows.index], index=rows.index, dtype=object)
     contribs = {}
     for kind in ("hybrid", "decoupled"):
         use = ok & (source == kind)
         if use.any():
             X = rows[use].assign(industry=nodes.loc[use, "industry"])
-            reasons[use], contribs[kind] = shap_reasons(models[kind], X, medians=ctx.medians[kind])
+            if outputs is None:
+                reasons[use], contribs[kind] = shap_reasons(models[kind], X, medians=ctx.medians[kind])
+            else:
+                contribs[kind] = outputs.contributions[kind].reindex(ids[use]).set_axis(X.index)
+                reasons[use] = reason_codes(contribs[kind], X, models[kind].features_, medians=ctx.medians[kind])
     use = ok & (source == "propagation")
     if use.any():
         reasons[use] = propagation_reasons(models["propagation"], chain, ids[use], design=ctx.propagation_design)
@@ -545,5 +573,5 @@ def summary(result: pd.DataFrame, pols: dict) -> dict:
     return out
 
 
-__all__ = ["BatchOptions", "DecisionContext", "Decisions", "Precomputed", "decide", "decide_rows", "eligibility", "finalize",
+__all__ = ["BatchOptions", "DecisionContext", "Decisions", "ModelOutputs", "Precomputed", "decide", "decide_rows", "eligibility", "finalize",
            "limits_frame", "precompute", "records", "single_core", "summary"]

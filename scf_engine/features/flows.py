@@ -4,7 +4,9 @@ Flows only: no core rating, no receivables registry, no graph built from ratings
 input is a :class:`~scf_engine.dataset.Snapshot`, which holds only flows booked before
 the as-of date T, so no feature can see a record dated T or later.
 
-How (all declarative DuckDB SQL, so the same definitions can run on a cluster engine):
+How (all declarative DuckDB SQL, so the same definitions run on a cluster engine: the
+statements go through an engine, :class:`scf_engine.sqlengine.DuckDBEngine` as written or
+:class:`scf_engine.spark.SparkEngine` transpiled to Spark SQL by sqlglot):
 
 1. *legs*: each flow of the last 24 months becomes one leg per firm it touches
    (``dir`` in/out, ``cpty`` the other party) with ``k``, the number of whole months
@@ -25,7 +27,7 @@ import pandas as pd
 from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
-from scf_engine.duck import connect, one_thread, register_money
+from scf_engine.sqlengine import DuckDBEngine
 from scf_engine.features.authenticity import ZERO_WHEN_NONE, authenticity_features, load_policy
 from scf_engine.ingest.rules import sql_list
 
@@ -36,7 +38,7 @@ MIN_INDUSTRY_GROUP = 10  # smaller industry divisions are ranked within their se
 
 def _legs_sql(T: str) -> str:
     return f"""
-    WITH f AS (SELECT row_number() OVER () AS _i, booked_on, payer_id, payee_id, amount,
+    WITH f AS (SELECT _i, booked_on, payer_id, payee_id, amount,
                       TRY_CAST(purpose AS ENUM{sql_list(PURPOSES)}) AS purpose FROM flows),
     legs AS (
         SELECT _i, payee_id AS firm_id, payer_id AS cpty, 'in'::ENUM('in', 'out') AS dir, booked_on, amount, purpose
@@ -72,9 +74,7 @@ WITH monthly AS (
     FROM legs GROUP BY firm_id, k
 ),
 span AS (SELECT firm_id, max(k) AS first_k FROM monthly GROUP BY firm_id),
-dense AS (
-    SELECT s.firm_id, g.k FROM span s, LATERAL (SELECT unnest(range(0, s.first_k + 1)) AS k) g
-)
+dense AS (SELECT firm_id, unnest(range(0, first_k + 1)) AS k FROM span)
 SELECT d.firm_id, d.k, {coalesced}
 FROM dense d LEFT JOIN monthly m USING (firm_id, k)
 """
@@ -91,86 +91,94 @@ def _panel_sql() -> str:
     return PANEL_SQL.format(obligations=obligations, coalesced=coalesced)
 
 
-def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None) -> pd.DataFrame:
+def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None, engine=None) -> pd.DataFrame:
     """Every flow feature of the catalogue for every firm in the snapshot (index firm_id).
 
-    A firm with no flow in the last 24 months has all panel features empty.
+    A firm with no flow in the last 24 months has all panel features empty. ``engine``:
+    where the SQL runs (default: DuckDB on ``con``, or on a new connection); the same
+    statements on :class:`scf_engine.spark.SparkEngine` give the same features.
     """
     cat = catalogue or load_catalogue()
     T = snapshot.as_of.strftime("%Y-%m-%d")
-    own = con is None
-    con = con or connect()
+    eng = engine or DuckDBEngine(con)
     firms = snapshot.firms[["firm_id", "industry", "founded_on"]]
-    con.register("firms", firms)
-    register_money(con, "flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]])
-    con.execute(f"CREATE OR REPLACE TEMP TABLE legs AS {_legs_sql(T)}")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE p AS {_panel_sql()}")
+    eng.register("firms", firms)
+    eng.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]], money=("amount",),
+                 row_number="_i")
+    eng.create("legs", _legs_sql(T))
+    eng.create("p", _panel_sql())
     # {o}_typical: the firm's median monthly payment; {o}_prev: the month before (k + 1)
     cured = ("payroll", "tax", "social_insurance")
     typical = ", ".join(f"median({o}) FILTER (WHERE {o} > 0) AS {o}_typical" for o in cured)
     prev = ", ".join(f"lead({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_prev" for o in cured)
     # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
     # in the same order every run
-    con.execute(f"CREATE OR REPLACE TEMP TABLE p2 AS SELECT p.*, {prev}, t.* EXCLUDE (firm_id) FROM p JOIN "
-                f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k")
+    eng.create("p2", f"SELECT p.*, {prev}, {', '.join(f't.{o}_typical' for o in cured)} FROM p JOIN "
+                     f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k")
 
     panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
-    with one_thread(con):  # slopes and deviations of doubles: same bits every run (scf_engine.duck)
-        out = con.sql(f"SELECT firm_id, {panel_exprs} FROM p2 GROUP BY firm_id").df().set_index("firm_id")
+    with eng.deterministic():  # slopes and deviations of doubles: same bits every run (scf_engine.duck)
+        out = eng.df(f"SELECT firm_id, {panel_exprs} FROM p2 GROUP BY firm_id").set_index("firm_id")
 
     cpty_specs = cat.of_kind("cpty")
     if cpty_specs:
-        cpty = con.sql(
+        cpty = eng.df(
             f"SELECT firm_id, {', '.join(f'({s.expr}) AS {s.name}' for s in cpty_specs)} "
             f"FROM legs WHERE k < 12 GROUP BY firm_id"
-        ).df().set_index("firm_id")
+        ).set_index("firm_id")
         out = out.join(cpty, how="left")
 
     firm_specs = cat.of_kind("firm")
-    fr = con.sql(
+    fr = eng.df(
         f"SELECT firm_id, {', '.join(f'({s.expr}) AS {s.name}' for s in firm_specs)} "
         f"FROM (SELECT *, DATE '{T}' AS as_of FROM firms)"
-    ).df().set_index("firm_id")
+    ).set_index("firm_id").reindex(firms["firm_id"])  # the snapshot's order, whatever order an engine returns
     out = fr.join(out, how="left")  # every firm of the snapshot, flows or not
+    out = _code_features(eng, out, cat, T)
+    out = _derived(eng, out, cat)
+    out = _ranks(out, snapshot.firms, cat)
+    if engine is None:
+        eng.close()
+    computed = [s.name for s in cat.specs if s.name in out.columns]
+    return out[computed].astype("float64")
 
+
+def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str) -> pd.DataFrame:
+    """The catalogue's ``code`` features over flows: counterparty concentration and fan
+    bursts (SQL), and the authenticity search (numpy, over the trade legs the engine
+    hands back); then the big tables are dropped."""
     code = {s.function for s in cat.of_kind("code")}
     if "counterparty_health" in code:
-        out = out.join(_counterparty_health(con, out), how="left")
+        out = out.join(_counterparty_health(eng, out), how="left")
     if "payer_concentration" in code:
-        out = out.join(_payer_concentration(con), how="left")
+        out = out.join(_payer_concentration(eng), how="left")
     auth_policy = load_policy() if code & {"authenticity", "fan_bursts"} else None
     if "fan_bursts" in code:
-        out = out.join(_fan_bursts(con, T, auth_policy["bursts"]["days"]), how="left")
-    trade = _trade_legs(con) if "authenticity" in code else None
-    # the big tables are done with: free DuckDB's memory before the pandas work below
-    con.execute("DROP TABLE IF EXISTS legs; DROP TABLE IF EXISTS p2; DROP TABLE IF EXISTS p")
+        out = out.join(_fan_bursts(eng, T, auth_policy["bursts"]["days"]), how="left")
+    trade = _trade_legs(eng) if "authenticity" in code else None
+    # the big tables are done with: free the engine's memory before the pandas work below
+    eng.drop("legs", "p2", "p")
     if trade is not None:
         out = out.join(_authenticity(*trade, policy=auth_policy), how="left")
         has = out["history_months"].notna()
         for c in ZERO_WHEN_NONE:
             out.loc[has, c] = out.loc[has, c].fillna(0)
-
-    out = _derived(con, out, cat)
-    out = _ranks(out, snapshot.firms, cat)
-    if own:
-        con.close()
-    computed = [s.name for s in cat.specs if s.name in out.columns]
-    return out[computed].astype("float64")
+    return out
 
 
-def _trade_legs(con) -> tuple[pd.DataFrame, np.ndarray]:
+def _trade_legs(eng) -> tuple[pd.DataFrame, np.ndarray]:
     """The last 12 months' trade legs for the authenticity features, with parties as
     integer codes and ``dir`` as a category (as text, 20 million flows' legs took about
     5 GB more at this step: bench/bench_features.py), and the party of each code."""
-    con.execute("CREATE OR REPLACE TEMP TABLE _trade AS SELECT _i, firm_id, cpty, dir, amount, "
-                "date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM legs WHERE k < 12 AND purpose = 'trade'")
-    con.execute("CREATE OR REPLACE TEMP TABLE _parties AS SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
-                "AS code FROM (SELECT firm_id AS party FROM _trade UNION SELECT cpty FROM _trade)")
-    trade = con.sql("SELECT t._i, a.code AS firm_id, b.code AS cpty, t.dir, t.amount, t.day FROM _trade t "
-                    "JOIN _parties a ON t.firm_id = a.party JOIN _parties b ON t.cpty = b.party "
-                    "ORDER BY t._i, t.dir").df()
-    party = np.asarray(con.sql("SELECT party FROM _parties ORDER BY code").fetchnumpy()["party"], dtype=object)
-    con.execute("DROP TABLE _trade; DROP TABLE _parties")
+    eng.create("_trade", "SELECT _i, firm_id, cpty, dir, amount, "
+               "date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM legs WHERE k < 12 AND purpose = 'trade'")
+    eng.create("_parties", "SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
+               "AS code FROM (SELECT firm_id AS party FROM _trade UNION SELECT cpty FROM _trade)")
+    trade = eng.df("SELECT t._i, a.code AS firm_id, b.code AS cpty, t.dir, t.amount, t.day FROM _trade t "
+                   "JOIN _parties a ON t.firm_id = a.party JOIN _parties b ON t.cpty = b.party "
+                   "ORDER BY t._i, t.dir")
+    party = np.asarray(eng.df("SELECT party FROM _parties ORDER BY code")["party"], dtype=object)
+    eng.drop("_trade", "_parties")
     return trade, party
 
 
@@ -180,15 +188,15 @@ def _authenticity(trade: pd.DataFrame, party: np.ndarray, policy) -> pd.DataFram
     return auth
 
 
-def _counterparty_health(con, out: pd.DataFrame) -> pd.DataFrame:
+def _counterparty_health(eng, out: pd.DataFrame) -> pd.DataFrame:
     """Paying firms' health read from their own flows at the same as-of date (so nothing
     later than the firm's own features): the receipt share from payers that missed
     statutory or utility payments in the last 3 months, and the receipt-weighted trend of
     the payers' own trade inflow. One thread: sums of doubles in a fixed order."""
     health = out[["obligations_missed_3m", "trade_in_slope_12m"]].rename_axis("firm_id").reset_index()
-    con.register("_cpty_health", health)
-    with one_thread(con):
-        res = con.sql("""
+    eng.register("_cpty_health", health)
+    with eng.deterministic():
+        res = eng.df("""
             SELECT l.firm_id,
                    sum(l.amount) FILTER (WHERE h.obligations_missed_3m > 0) AS in_arrears, sum(l.amount) AS total,
                    sum(l.amount * h.trade_in_slope_12m) FILTER (WHERE h.trade_in_slope_12m IS NOT NULL) AS slope_sum,
@@ -196,31 +204,31 @@ def _counterparty_health(con, out: pd.DataFrame) -> pd.DataFrame:
             FROM (SELECT firm_id, cpty, amount FROM legs WHERE dir = 'in' AND purpose = 'trade' AND k < 12
                   ORDER BY firm_id, cpty, amount) l
             JOIN _cpty_health h ON l.cpty = h.firm_id
-            GROUP BY l.firm_id ORDER BY l.firm_id""").df().set_index("firm_id")
-    con.unregister("_cpty_health")
+            GROUP BY l.firm_id ORDER BY l.firm_id""").set_index("firm_id")
+    eng.unregister("_cpty_health")
     return pd.DataFrame({"payer_arrears_share_12m": res["in_arrears"].fillna(0.0) / res["total"],
                          "payer_trade_slope_12m": res["slope_sum"] / res["slope_weight"]}, index=res.index)
 
 
-def _fan_bursts(con, T: str, days: int) -> pd.DataFrame:
+def _fan_bursts(eng, T: str, days: int) -> pd.DataFrame:
     """Distinct trade payers (payees) in the busiest window of ``days`` days of the last 12
     months (windows counted back from T). A ratio to the firm's average window was tried
     and dropped: an account used once, for one burst, has a ratio of 1."""
-    return con.sql(f"""
+    return eng.df(f"""
         WITH w AS (SELECT firm_id, dir, (date_diff('day', booked_on, DATE '{T}') - 1) // {int(days)} AS win,
                           count(DISTINCT cpty) AS n
                    FROM legs WHERE k < 12 AND purpose = 'trade' GROUP BY firm_id, dir, win)
         SELECT firm_id, coalesce(max(n) FILTER (WHERE dir = 'in'), 0)::DOUBLE AS fan_in_burst_12m,
                coalesce(max(n) FILTER (WHERE dir = 'out'), 0)::DOUBLE AS fan_out_burst_12m
         FROM w GROUP BY firm_id
-    """).df().set_index("firm_id")
+    """).set_index("firm_id")
 
 
-def _payer_concentration(con) -> pd.DataFrame:
+def _payer_concentration(eng) -> pd.DataFrame:
     """HHI and top share of trade receipts by payer, and the share of recent receipts from
     new payers. The HHI adds the squared shares in sorted order: a plain ``sum`` of
     doubles would depend on how threads split a firm's payers (see scf_engine.duck)."""
-    return con.sql("""
+    return eng.df("""
         WITH s AS (SELECT firm_id, cpty, sum(amount) AS amt FROM legs
                    WHERE dir = 'in' AND purpose = 'trade' AND k < 12 GROUP BY firm_id, cpty),
         sh AS (SELECT firm_id, amt / sum(amt) OVER (PARTITION BY firm_id) AS share FROM s),
@@ -232,19 +240,19 @@ def _payer_concentration(con) -> pd.DataFrame:
         SELECT firm_id, list_sum(list_sort(list(share * share))) AS payer_hhi_12m, max(share) AS top_payer_share_12m,
                any_value(c.payer_churn_3m) AS payer_churn_3m
         FROM sh LEFT JOIN churn c USING (firm_id) GROUP BY firm_id
-    """).df().set_index("firm_id").assign(payer_churn_3m=lambda d: d["payer_churn_3m"].fillna(0.0))
+    """).set_index("firm_id").assign(payer_churn_3m=lambda d: d["payer_churn_3m"].fillna(0.0))
 
 
-def _derived(con, out: pd.DataFrame, cat: Catalogue) -> pd.DataFrame:
+def _derived(eng, out: pd.DataFrame, cat: Catalogue) -> pd.DataFrame:
     specs = cat.of_kind("derived")
     if not specs:
         return out
-    con.register("_feat", out.reset_index())
+    eng.register("_feat", out.reset_index())
     query = "SELECT * FROM _feat"
     for s in specs:  # one layer per feature: later ones may use earlier ones
         query = f"SELECT *, ({s.expr}) AS {s.name} FROM ({query})"
-    res = con.sql(query).df().set_index("firm_id")
-    con.unregister("_feat")
+    res = eng.df(query).set_index("firm_id").reindex(out.index)
+    eng.unregister("_feat")
     return res
 
 

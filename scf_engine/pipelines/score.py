@@ -31,6 +31,7 @@ from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.publish import Publication
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.train import SCALE_ARTIFACT
+from scf_engine.sqlengine import feature_engine
 from scf_engine.tables import csv_bytes
 
 DEFAULT_AUDIT_LOG = access.DEFAULT_LOG
@@ -110,9 +111,10 @@ def saved_scale(store: tracking.Store, versions: dict, current) -> ScoreScale:
 
 
 def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None, alias="champion", progress=None,
-                       report_path: Path | None = None) -> Loaded:
+                       report_path: Path | None = None, engine=None) -> Loaded:
     """Everything a decision needs; ``report_path``: where the quarantine report goes when
-    the dataset turns out unusable (exit 2 still shows what was read and why)."""
+    the dataset turns out unusable (exit 2 still shows what was read and why); ``engine``:
+    where the flow features' SQL runs (default the embedded DuckDB)."""
     say = progress or (lambda *a, **k: None)
     pols = policies.load_all()
     if consents is None and pols["limit_policy"].get("require_consent", False):
@@ -129,18 +131,21 @@ def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None
     models, versions = load_models(store, alias)  # ModelNotFound names the missing one
     scale = saved_scale(store, versions, pols["score_scale"])
     say(f"snapshot at {T.date()}")
-    data = assemble(ds, [T], with_labels=False)[T]
+    data = assemble(ds, [T], with_labels=False, engine=engine)[T]
     add_propagation({T: data}, models["propagation"])
     return Loaded(ds, data, models, versions, pols, scale, consents_frame, store)
 
 
 def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions = BatchOptions(),
-                  context: DecisionContext | None = None, precomputed: Precomputed | None = None) -> Decisions:
+                  context: DecisionContext | None = None, precomputed: Precomputed | None = None,
+                  outputs=None) -> Decisions:
     """The decision core on what :func:`load_for_decisions` loaded; ``context`` and
     ``precomputed``: the snapshot's :class:`DecisionContext` and per-firm table when the
-    caller keeps them (``scf serve``)."""
+    caller keeps them (``scf serve``); ``outputs``: the models' PDs and contributions
+    computed on Spark."""
     return decide(loaded.data, loaded.models, loaded.pols, requests, dataset=loaded.dataset, consents=loaded.consents,
-                  options=options, scale=loaded.scale, context=context, precomputed=precomputed)
+                  options=options, scale=loaded.scale, context=context, precomputed=precomputed,
+                  outputs=outputs)
 
 
 def precompute_loaded(loaded: Loaded, context: DecisionContext, firm_ids=None) -> Precomputed:
@@ -163,24 +168,33 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
           consents: Path | str | None = None, group_limit: float | None = None, group_by: str = "batch",
           chain_core: str | None = None, memos: bool = True, memo_formats=("html", "pdf", "md"),
           audit_log: Path | str | None = None, actor: str | None = None, alias: str = "champion",
-          whitelist: Path | str | None = None, progress=None) -> ScoreResult:
+          whitelist: Path | str | None = None, engine: str = "duckdb", spark_master: str | None = None,
+          progress=None) -> ScoreResult:
     """Batch credit (批量授信) with the champion models: limits, memos, MLflow run, audit entry.
     ``whitelist``: the programme's list (名单制); firms off it are declined or reviewed as
-    the limit policy says."""
+    the limit policy says. ``engine="spark"``: flow features, the models and their SHAP
+    reasons on Spark (``spark_master``), the decisions and records as always."""
+
     say = progress or (lambda *a, **k: None)
     options = BatchOptions(group_limit=group_limit, group_by=group_by, chain_core=chain_core,
                            whitelist=read_whitelist(whitelist) if whitelist else None)
     out, audit_log = Path(out), access.log_path(audit_log)
     check_writable(out, audit_log)
     requests = read_batch(Path(batch))
+    eng = feature_engine(engine, spark_master)
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                                progress=say, report_path=out.parent / "quarantine.csv")
+                                progress=say, report_path=out.parent / "quarantine.csv", engine=eng)
     inputs = {**loaded.dataset.fingerprints, "batch": file_sha256(Path(batch)),
               **({"consents": file_sha256(Path(consents))} if consents else {}),
               **({"whitelist": file_sha256(Path(whitelist))} if whitelist else {})}
     batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{inputs['batch'][:10]}"
+    outputs = None
+    if eng is not None:
+        from scf_engine.pipelines.score_spark import spark_model_outputs
+        say("models and SHAP contributions on Spark")
+        outputs = spark_model_outputs(eng.spark, loaded.models, loaded.data.table, requests["firm_id"])
     say("decisions")
-    decisions = decide_loaded(loaded, requests, options)
+    decisions = decide_loaded(loaded, requests, options, outputs=outputs)
     return record_batch(loaded, decisions, out, batch_id=batch_id, inputs=inputs, options=options,
                         paths={"dataset": Path(data_dir), "batch": Path(batch)}, memos=memos, memo_formats=memo_formats,
                         audit_log=audit_log, actor=actor, progress=say)

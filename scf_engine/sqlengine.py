@@ -1,0 +1,88 @@
+"""Where the catalogue's SQL runs: the embedded DuckDB, or Spark (:mod:`scf_engine.spark`).
+
+The flow features are written once, as DuckDB SQL (``models/features.yaml`` and
+:mod:`scf_engine.features.flows`). An engine is the small surface those statements need:
+
+* ``register(name, frame, money=..., row_number=None)``: a pandas frame as a view, money
+  columns as exact ``DECIMAL(18,2)`` (see :mod:`scf_engine.duck`), and optionally a
+  1-based row number in delivery order (``_i``: the flow's identity for the authenticity
+  search, the same on every engine);
+* ``create(name, sql)``: materialise a query as a table later queries read;
+* ``df(sql)``: a query's result as pandas (money back as float64);
+* ``drop(*names)``, ``deterministic()`` (the one-thread block for aggregates of doubles),
+  ``close()``.
+
+:class:`DuckDBEngine` runs the text as it is. :class:`scf_engine.spark.SparkEngine`
+transpiles the same text to Spark SQL with sqlglot, so there is no second copy of a
+definition to keep in step; ``tests/test_spark.py`` checks every catalogue feature agrees.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import duckdb
+import pandas as pd
+
+from scf_engine.duck import connect, one_thread, register_money
+from scf_engine.errors import RequestError
+
+ENGINES = ("duckdb", "spark")
+
+
+class DuckDBEngine:
+    """The embedded engine: one DuckDB connection (the caller's, or a new one it closes)."""
+
+    dialect = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection | None = None):
+        self.own = con is None
+        self.con = con or connect()
+
+    def register(self, name: str, frame: pd.DataFrame, *, money=(), row_number: str | None = None) -> None:
+        if money or row_number:
+            register_money(self.con, name, frame, money=money, row_number=row_number)
+        else:
+            self.con.register(name, frame)
+
+    def create(self, name: str, sql: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+
+    def df(self, sql: str) -> pd.DataFrame:
+        return self.con.sql(sql).df()
+
+    def drop(self, *names: str) -> None:
+        for n in names:
+            self.con.execute(f"DROP TABLE IF EXISTS {n}")
+
+    def unregister(self, name: str) -> None:
+        self.con.unregister(name)
+
+    @contextmanager
+    def deterministic(self):
+        with one_thread(self.con):
+            yield self
+
+    def close(self) -> None:
+        if self.own:
+            self.con.close()
+
+
+def feature_engine(engine: str, spark_master: str | None = None):
+    """The engine the catalogue's SQL runs on: ``None`` for the embedded DuckDB (the
+    feature code opens its own connection), a :class:`~scf_engine.spark.SparkEngine` on
+    a session at ``spark_master`` (default ``$SCF_SPARK_MASTER``, else ``local[*]``)."""
+    if engine not in ENGINES:
+        raise RequestError(f"--engine {engine!r}: must be one of {', '.join(ENGINES)}")
+    if engine == "duckdb":
+        if spark_master:
+            raise RequestError("--spark-master is for --engine spark")
+        return None
+    try:
+        from scf_engine.spark import SparkEngine, session
+    except ImportError as exc:
+        raise RequestError(f"--engine spark needs pyspark and sqlglot installed ({exc}); pip install 'scf-engine[spark]'") from None
+    return SparkEngine(session(spark_master))
+
+
+__all__ = ["DuckDBEngine", "ENGINES", "feature_engine"]

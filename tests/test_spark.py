@@ -1,0 +1,115 @@
+"""The catalogue on Spark: the same features, the same limits, from one definition.
+
+One local Spark session for the module (``local[2]``, two shuffle partitions, no UI): a
+session costs tens of seconds to start, a query on a few hundred firms well under one.
+The features' DuckDB SQL reaches Spark only through sqlglot (scf_engine.spark.to_spark),
+so these tests are what keeps the two engines in step.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from scf_engine.catalogue import load_catalogue
+from scf_engine.cli import app
+from scf_engine.spark import session, to_spark
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# a few hundred firms: one shuffle partition, no whole-stage code generation and no adaptive
+# re-planning (each costs more than it saves at this size; results are the same)
+TEST_CONF = {"spark.sql.shuffle.partitions": "1", "spark.default.parallelism": "2", "spark.sql.codegen.wholeStage": "false",
+             "spark.sql.adaptive.enabled": "false"}
+
+
+@pytest.fixture(scope="module")
+def spark():
+    s = session("local[2]", conf=TEST_CONF)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def world_dir(small_world_dir):
+    return small_world_dir
+
+
+def assert_same_features(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal to a relative 1e-9, NaN exactly where NaN, column by column."""
+    assert list(a.columns) == list(b.columns) and list(a.index) == list(b.index)
+    for c in a.columns:
+        x, y = a[c].to_numpy(np.float64), b[c].to_numpy(np.float64)
+        assert (np.isnan(x) == np.isnan(y)).all(), f"{c}: empty on one engine only"
+        m = ~np.isnan(x)
+        np.testing.assert_allclose(y[m], x[m], rtol=1e-9, atol=0, err_msg=c)
+
+
+def test_every_catalogue_flow_feature_is_the_same_on_spark(world_dir, spark, tmp_path):
+    """scf features on both engines: one row per firm, a column per catalogue flow feature,
+    equal values; each run leaves an audit entry naming its engine."""
+    log = tmp_path / "audit.jsonl"
+    for engine in ("duckdb", "spark"):
+        r = invoke("features", world_dir, "--engine", engine, "--out", tmp_path / f"{engine}.parquet", "--audit-log", log)
+        assert r.exit_code == 0, r.output
+    duck = pd.read_parquet(tmp_path / "duckdb.parquet").set_index("firm_id")
+    on_spark = pd.read_parquet(tmp_path / "spark.parquet").set_index("firm_id")
+    cat = load_catalogue()
+    flow_kinds = [s.name for s in cat.specs if s.kind != "code" or s.function not in ("graph", "registry", "propagation")]
+    assert list(duck.columns) == flow_kinds  # every flow feature of the catalogue, in its order
+    firms = pd.read_csv(world_dir / "firms.csv", dtype=str)["firm_id"]
+    assert sorted(duck.index) == sorted(firms)
+    assert duck.notna().sum().min() > 0 and (duck.notna().sum() > 0).all()  # nothing vacuous: every column has values
+    assert_same_features(duck, on_spark)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["details"]["engine"] for e in entries] == ["duckdb", "spark"]
+    assert all(e["action"] == "features" and e["details"]["firms_count"] == len(firms) for e in entries)
+
+
+def test_the_dialect_rules_keep_duckdb_meaning():
+    """Division is DuckDB's (a double even between decimals), ENUM casts are strings, an
+    order-fixed list sum is Spark's aggregate; a stored table keeps no ORDER BY."""
+    sql = to_spark("SELECT sum(a) / nullif(sum(b), 0) AS r, TRY_CAST(p AS ENUM('x', 'y')) AS e, "
+                   "list_sum(list_sort(list(v))) AS s FROM t")
+    assert "CAST(SUM(a) AS DOUBLE) / CAST(NULLIF(SUM(b), 0) AS DOUBLE)" in sql
+    assert "CASE WHEN p IN ('x', 'y') THEN p END" in sql and "ENUM" not in sql
+    assert "AGGREGATE(" in sql and "LIST_SUM" not in sql
+    assert "ORDER BY" not in to_spark("SELECT * FROM p ORDER BY firm_id, k", stored=True)
+
+
+def test_unknown_engine_is_one_line(world_dir, tmp_path):
+    r = invoke("features", world_dir, "--engine", "hive", "--out", tmp_path / "f.parquet")
+    assert r.exit_code == 2 and "--engine 'hive'" in r.output and "Traceback" not in r.output
+
+
+def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_path):
+    """scf score --engine spark (features on Spark, LightGBM and SHAP per partition with
+    mapInPandas, then the decision core) writes the limits.csv of scf score, byte for byte,
+    and records its batch as every batch is (memos, MLflow run, audit entry)."""
+    uri, log = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "audit.jsonl"
+    for args in (("train", world_dir, "--out", tmp_path / "train"), ("compare", "--promote", "all", "--out", tmp_path / "cmp")):
+        r = invoke(*args, "--tracking-uri", uri, "--audit-log", log)
+        assert r.exit_code == 0, r.output
+    common = ("--batch", world_dir / "batch.csv", "--consents", world_dir / "consents.csv", "--tracking-uri", uri,
+              "--audit-log", log, "--memo-formats", "md")
+    r = invoke("score", world_dir, *common, "--out", tmp_path / "duck" / "limits.csv")
+    assert r.exit_code == 0, r.output
+    r = invoke("score", world_dir, *common, "--out", tmp_path / "spark" / "limits.csv", "--engine", "spark")
+    assert r.exit_code == 0, r.output
+    duck, on_spark = (tmp_path / "duck" / "limits.csv").read_bytes(), (tmp_path / "spark" / "limits.csv").read_bytes()
+    limits = pd.read_csv(tmp_path / "duck" / "limits.csv", dtype={"firm_id": str})
+    assert limits["pd"].notna().sum() >= 10 and limits["reasons"].str.len().gt(0).sum() >= 10  # real decisions
+    assert on_spark == duck
+    memos = sorted(p.name for p in (tmp_path / "spark" / "memos").iterdir())
+    assert memos and memos == sorted(p.name for p in (tmp_path / "duck" / "memos").iterdir())
+    scored = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["action"] == "score"]
+    assert len(scored) == 2 and scored[0]["details"]["output"]["limits.csv"] == scored[1]["details"]["output"]["limits.csv"]
