@@ -153,6 +153,8 @@ def _check_limit_policy(data: dict, path: Path) -> None:
         if key in data:
             _require(float(data[key]) >= 0, path, f"'{key}' must be >= 0")
     _require(data.get("off_whitelist", "decline") in ("decline", "review"), path, "'off_whitelist' must be decline or review")
+    w = data.get("earmark_window_days", 0)
+    _require(isinstance(w, int) and w >= 0, path, "'earmark_window_days' must be an integer >= 0")
 
 
 FINAL_PD_MODELS = ("hybrid", "decoupled", "propagation")
@@ -306,7 +308,8 @@ SCHEMAS = {
     "limit_policy": (_check_limit_policy, {"version", "flow_share_by_grade", "advance_rate", "buyer_rating_floor",
                                            "pd_decline_above", "lgd", "max_expected_loss_cny", "max_limit_cny", "round_to_cny",
                                            "core_line_share_of_core_payments", "round_trip_review_above", "require_consent",
-                                           "expected_loss_budget_share", "envelope_weight", "off_whitelist"}),
+                                           "expected_loss_budget_share", "envelope_weight", "off_whitelist",
+                                           "earmark_window_days"}),
     "final_pd": (_check_final_pd, {"version", "method", "fallback", "weights"}),
     "authenticity": (_check_authenticity, {"version", "hop_decay", "hop_growth", "alerts"} | set(AUTHENTICITY_SECTIONS)),
     "ingest": (_check_ingest, {"version", "future_dates", "max_field_chars"}),

@@ -21,8 +21,9 @@ import pandas as pd
 
 from scf_engine.contract import LIMITS_COLUMNS
 from scf_engine.credit.consent import consent_lookup, consent_ok, consent_table
+from scf_engine.credit.encumbrance import eligible_after_exclusions, earmarked, left_out, receivable_status
 from scf_engine.credit.envelope import allocate_envelope
-from scf_engine.credit.limits import apply_limits, core_lines, eligible_receivables
+from scf_engine.credit.limits import apply_limits, buyer_eligible, core_lines, eligible_receivables
 from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
 from scf_engine.errors import RequestError
 from scf_engine.explain.model_reasons import propagation_reasons, shap_reasons
@@ -66,6 +67,8 @@ class Decisions:
     chain_core: str | None
     summary: dict = field(default_factory=dict)
     jiangyin: pd.DataFrame | None = None  # the guide's 13 indicator grades and its grade, per row with flows
+    left_out: pd.DataFrame | None = None  # receivables of the requested firms left out, and why (credit.encumbrance)
+    earmarked: list = field(default_factory=list)  # [receivable_id, firm_id] behind this batch's limits
 
     @property
     def firm_ids(self) -> pd.Series:
@@ -86,28 +89,37 @@ class DecisionContext:
 
     firms: pd.DataFrame  # dataset.firms indexed by firm_id
     default_on: pd.Series  # default date by firm_id (NaT: none)
-    eligible: pd.Series  # eligible receivables by firm_id (credit.limits)
+    eligible: pd.Series  # eligible receivables by firm_id (credit.limits), those left out taken off
     lines: pd.Series  # each core's 1+N line by core firm_id (credit.limits)
     medians: dict  # model kind -> industry medians of its features (explain.reasons)
     propagation_design: pd.DataFrame  # the propagation model's design over the chain
     dq_counts: pd.Series  # quarantine rows naming each firm, by firm_id
     consent: pd.Series | None  # best authorisation rank by firm_id at the as-of (credit.consent)
+    receivables: pd.DataFrame | None = None  # candidate receivables and why each is left out (credit.encumbrance)
+    excluded: pd.Series | None = None  # how many of each firm's candidate receivables are left out, by firm_id
 
     @classmethod
-    def build(cls, data, models: dict, pols: dict, dataset, consents: pd.DataFrame | None = None) -> "DecisionContext":
+    def build(cls, data, models: dict, pols: dict, dataset, consents: pd.DataFrame | None = None,
+              earmarks: pd.DataFrame | None = None) -> "DecisionContext":
         """The context of snapshot ``data`` with ``models``, ``pols``, ``dataset`` and
-        ``consents`` (the frame :func:`decide` is given with it)."""
+        ``consents`` (the frame :func:`decide` is given with it); ``earmarks``: the
+        receivables earlier batches on this snapshot lent against (credit.encumbrance)."""
         table, chain = data.table, data.chain
         reference = table.assign(industry=chain.nodes["industry"].reindex(table.index))
         medians = {k: industry_medians(reference, models[k].features_) for k in ("hybrid", "decoupled") if k in models}
         report = getattr(dataset, "report", None)
         dq = report.touching_counts() if report is not None else pd.Series(dtype="int64")
         d = dataset.defaults.set_index("firm_id")["default_on"].astype("datetime64[s]")
-        return cls(dataset.firms.set_index("firm_id"), d,
-                   eligible_receivables(chain, pols["limit_policy"], pols["master_scale"]),
+        snap = data.snapshot
+        status = receivable_status(snap.receivables, snap.financings,
+                                   buyer_eligible(chain.nodes, pols["limit_policy"], pols["master_scale"]),
+                                   data.as_of, earmarks)
+        eligible, excluded = eligible_after_exclusions(
+            eligible_receivables(chain, pols["limit_policy"], pols["master_scale"]), status)
+        return cls(dataset.firms.set_index("firm_id"), d, eligible,
                    core_lines(chain, pols["limit_policy"]), medians,
                    models["propagation"].design(chain)[0] if "propagation" in models else None, dq,
-                   consent_table(consents, data.as_of))
+                   consent_table(consents, data.as_of), status, excluded)
 
 
 # ----------------------------------------------------------------------------- eligibility
@@ -160,7 +172,7 @@ def single_core(nodes: pd.DataFrame) -> str | None:
 
 def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, consents: pd.DataFrame | None = None,
            options: BatchOptions = BatchOptions(), scale: ScoreScale | None = None,
-           context: DecisionContext | None = None) -> Decisions:
+           context: DecisionContext | None = None, earmarks: pd.DataFrame | None = None) -> Decisions:
     """Decisions for ``requests`` (``firm_id``, optional ``requested_amount`` and
     ``request_problem``, as :func:`scf_engine.ingest.requests.read_batch` returns) on the
     assembled snapshot ``data`` (an :class:`~scf_engine.assemble.SnapshotData` with the
@@ -168,9 +180,11 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     the loaded policies ``pols`` and the consents frame. ``dataset`` tells known from
     unknown firms, founding and default dates and data-quality issues; ``scale`` is the
     score scale saved with the models (default: the policy's); ``context``: the
-    snapshot's :class:`DecisionContext` (built here when not given)."""
+    snapshot's :class:`DecisionContext` (built here when not given); ``earmarks``: the
+    receivables earlier batches on this snapshot lent against (used when the context is
+    built here)."""
     T = data.as_of
-    ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
+    ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents, earmarks)
     requests = requests.reset_index(drop=True)
     consent = consent_lookup(requests["firm_id"], ctx.consent).set_axis(requests.index)
     require = bool(pols["limit_policy"].get("require_consent", False))
@@ -191,11 +205,13 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
         lim_in["off_whitelist"] = off_list.to_numpy()
     lim, group = _limits(lim_in, nodes, ok, pols, core, ctx.lines, options)
     reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, ok, fin["pd_source"], requests["firm_id"])
-    result = _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group)
+    result = _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group, ctx)
     jy_cols, jy = jiangyin_columns(rows, pols)
     result = result.join(jy_cols)
+    status = ctx.receivables
     return Decisions(T, result, ok, reasons, contribs, lim[["limit_basis", "decision_reasons", "binding_caps"]], core,
-                     summary(result, pols), jy)
+                     summary(result, pols), jy, left_out(status, requests["firm_id"][ok]) if status is not None else None,
+                     earmarked(status, result[ok]) if status is not None else [])
 
 
 def _predict(models: dict, pols: dict, rows: pd.DataFrame, ok: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -270,14 +286,19 @@ def _reasons(models, ctx: DecisionContext, chain, rows, nodes, ok, source, ids: 
     return reasons, contribs
 
 
-def _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group) -> pd.DataFrame:
+def _result(requests, T, fin, sg, preds, lim, ok, why, reasons, consent, group, ctx) -> pd.DataFrame:
     """The limits.csv frame: the contract's columns first, then the working."""
     text = [format_reasons(r) if o and r else ("" if o else w) for r, o, w in zip(reasons, ok, why)]
+    ids = requests["firm_id"]
+    excluded = ctx.excluded if ctx.excluded is not None else pd.Series(dtype="int64")
     result = pd.DataFrame({
         "firm_id": requests["firm_id"], "as_of": T.strftime("%Y-%m-%d"),
         "pd": fin["pd"].where(ok).round(6), "score": sg["score"].where(ok), "grade": sg["grade"].where(ok),
         "limit_cny": lim["limit_cny"].fillna(0.0), "decision": lim["decision"], "reasons": text,
         "pd_propagation": preds["pd_propagation"].round(6), "pd_decoupled": preds["pd_decoupled"].round(6),
+        # v1.1: what backs the receivable part, and how many receivables were left out
+        "eligible_receivables_cny": ctx.eligible.reindex(ids).fillna(0.0).set_axis(requests.index).where(ok),
+        "excluded_receivables": ids.map(excluded).fillna(0).astype(int).where(ok).astype("Int64"),
         "pd_hybrid": preds["pd_hybrid"].round(6), "pd_source": fin["pd_source"].where(ok, ""),
         "requested_amount": requests["requested_amount"] if "requested_amount" in requests else np.nan,
         "uncapped_limit": lim["uncapped_limit"].where(ok),

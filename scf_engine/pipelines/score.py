@@ -25,6 +25,8 @@ import pandas as pd
 from scf_engine import access, audit, faults, owner, policies, tracking
 from scf_engine.assemble import SnapshotData, add_propagation, assemble
 from scf_engine.credit.decide import BatchOptions, DecisionContext, Decisions, decide
+from scf_engine.credit.encumbrance import earmarks_in_force
+from scf_engine.errors import AuditError
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import OutputError, PolicyError, RequestError
@@ -138,11 +140,26 @@ def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None
 
 
 def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions = BatchOptions(),
-                  context: DecisionContext | None = None) -> Decisions:
+                  context: DecisionContext | None = None, earmarks: pd.DataFrame | None = None) -> Decisions:
     """The decision core on what :func:`load_for_decisions` loaded; ``context``: the
-    snapshot's :class:`DecisionContext` when the caller keeps one (``scf serve``)."""
+    snapshot's :class:`DecisionContext` when the caller keeps one (``scf serve``);
+    ``earmarks``: receivables other batches on this snapshot lent against."""
     return decide(loaded.data, loaded.models, loaded.pols, requests, dataset=loaded.dataset, consents=loaded.consents,
-                  options=options, scale=loaded.scale, context=context)
+                  options=options, scale=loaded.scale, context=context, earmarks=earmarks)
+
+
+def read_earmarks(audit_log: Path, as_of: pd.Timestamp, pols: dict, batch_id: str | None) -> pd.DataFrame:
+    """The receivables behind the limits of other batches still binding at ``as_of``,
+    from the audit log's ``scf score`` entries (see :mod:`scf_engine.credit.encumbrance`
+    for why the log is the state). No log yet: none."""
+    try:
+        entries = access.entries(audit_log)
+    except AuditError:
+        if Path(audit_log).exists():
+            raise
+        entries = []
+    window = int(pols["limit_policy"].get("earmark_window_days", 0) or 0)
+    return earmarks_in_force(entries, as_of, window, batch_id)
 
 
 def decision_context(loaded: Loaded) -> DecisionContext:
@@ -174,7 +191,10 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
               **({"whitelist": file_sha256(Path(whitelist))} if whitelist else {})}
     batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{inputs['batch'][:10]}"
     say("decisions")
-    decisions = decide_loaded(loaded, requests, options)
+    earmarks = read_earmarks(audit_log, loaded.data.as_of, loaded.pols, batch_id)
+    if len(earmarks):
+        say(f"{len(earmarks)} receivable(s) behind other batches' limits on this snapshot are left out")
+    decisions = decide_loaded(loaded, requests, options, earmarks=earmarks)
     return record_batch(loaded, decisions, out, batch_id=batch_id, inputs=inputs, options=options,
                         paths={"dataset": Path(data_dir), "batch": Path(batch)}, memos=memos, memo_formats=memo_formats,
                         audit_log=audit_log, actor=actor, progress=say)
@@ -230,6 +250,7 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
                 name_firms=True, batch_id=batch_id, mlflow_run_id=run.id, as_of=str(decisions.as_of.date()),
                 model_versions={k: v["version"] for k, v in loaded.versions.items()},
                 policy_hashes=policies.fingerprint(loaded.pols), output=staged["hashes"],
+                **({"earmarked_receivables": decisions.earmarked} if decisions.earmarked else {}),
                 **({"leftover_staging": leftovers} if leftovers else {}))
             checkpoint("appended")
             try:
