@@ -26,6 +26,7 @@ from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
 from scf_engine.duck import connect, one_thread, register_money
+from scf_engine.features.closed_loop import closed_loop_features
 from scf_engine.features.authenticity import ZERO_WHEN_NONE, authenticity_features, load_policy
 from scf_engine.ingest.rules import sql_list
 
@@ -148,6 +149,8 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
         for c in ZERO_WHEN_NONE:
             out.loc[has, c] = out.loc[has, c].fillna(0)
 
+    if "closed_loop" in code:  # financings, receivables and accounts: pandas over the few financings
+        out = out.join(closed_loop_features(snapshot), how="left")
     out = _derived(con, out, cat)
     out = _ranks(out, snapshot.firms, cat)
     if own:

@@ -79,6 +79,13 @@ class WorldConfig:
     deteriorating_share: float = 0.0
     downgraded_cores: int = 0
     scenario_month: int = -1
+    # Closed-loop scenario (contract v1.1, simulate/closed_loop.py; off by default, its own
+    # random stream): financings.csv, accounts on flows, pledge/transfer records, with
+    # planted double pledges, diversions, misused drawdowns and borrowing to repay.
+    closed_loop: bool = False
+    financed_share: float = 0.3  # of the receivables confirmed by cores
+    double_pledge_share: float = 0.05  # of confirmed receivables pledged elsewhere (and 0.4x that transferred)
+    misuse_share: float = 0.05  # of financings, for each planted kind (diversion, core, circle, borrow)
 
 
 @dataclass
