@@ -92,9 +92,9 @@ def _use_of_funds(fin: pd.DataFrame, recv: pd.DataFrame, flows: pd.DataFrame, co
     circle = m.index.isin(c["index"])
     bad = m[to_core | circle].assign(kind=np.where(to_core, "the core", "a circle")[to_core | circle])
     g = bad.groupby("financing_id")
+    first = g[["kind", "payee_id"]].first()
     return pd.DataFrame({"misused_amount": g["amount_out"].sum(),
-                         "misuse_to": g.apply(lambda x: f"{x['kind'].iloc[0]} ({x['payee_id'].iloc[0]})",
-                                              include_groups=False)}).rename_axis("financing_id").reset_index()
+                         "misuse_to": first["kind"] + " (" + first["payee_id"] + ")"}).rename_axis("financing_id").reset_index()
 
 
 def financing_checks(snapshot, policy=None) -> pd.DataFrame:
