@@ -158,3 +158,31 @@ def _columns(rule: str) -> set:
     import re
 
     return set(re.findall(r"\b([a-z][a-z0-9_]*)\b", rule)) - {"and", "or", "not", "coalesce", "null", "is", "true", "false"}
+
+
+def test_the_simulator_plants_closed_loop_cases_that_load_clean_and_are_found(tmp_path):
+    """WorldConfig(closed_loop=True): every new file and column follows the contract (not
+    one row quarantined), the truth names each planted kind, and the checks find them; the
+    default world writes no financings and keeps world.json's keys as before."""
+    import json
+
+    from scf_engine.ingest import load_dataset
+    from scf_engine.simulate import WorldConfig, simulate, write_dataset
+
+    data = write_dataset(simulate(WorldConfig(n_firms=300, seed=9, n_months=30, closed_loop=True)), tmp_path / "cl")
+    ds = load_dataset(data)
+    assert ds.report.n_quarantined == 0 and ds.has_financings and len(ds.financings) > 100
+    assert {"pledged_to", "transferred_on"} <= set(ds.receivables.columns) and "payee_account" in ds.flows
+    truth = pd.read_csv(data / "closed_loop_truth.csv", dtype=str, keep_default_na=False)
+    assert set(truth["kind"]) == {"double_pledge", "transferred", "diversion", "misuse_core", "misuse_circle",
+                                  "borrow_to_repay"}
+    c = financing_checks(ds.as_of(ds.default_as_of))
+    for kind, col in (("diversion", "diverted"), ("misuse", "misused"), ("borrow_to_repay", "borrow_to_repay")):
+        pos = set(truth.loc[truth["kind"].str.startswith(kind), "financing_id"])
+        flagged = set(c.loc[c[col] == 1, "financing_id"])
+        assert len(pos & flagged) >= 0.9 * len(pos) and len(pos & flagged) >= 0.9 * len(flagged), kind
+    plain = write_dataset(simulate(WorldConfig(n_firms=300, seed=9, n_months=30)), tmp_path / "plain")
+    assert not (plain / "financings.csv").exists() and not (plain / "closed_loop_truth.csv").exists()
+    assert "closed_loop" not in json.loads((plain / "world.json").read_text())["config"]
+    assert pd.read_csv(plain / "flows.csv", nrows=1).columns.tolist() == ["txn_id", "booked_on", "payer_id", "payee_id",
+                                                                           "amount", "purpose"]
