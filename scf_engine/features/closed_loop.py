@@ -73,14 +73,17 @@ def _use_of_funds(fin: pd.DataFrame, recv: pd.DataFrame, flows: pd.DataFrame, co
     within the window after the drawdown, and the first such payee."""
     u = p["use_of_funds"]
     f = fin.merge(recv[["receivable_id", "buyer_id"]], on="receivable_id", how="left")
-    out_flows = flows.loc[flows["purpose"].isin(["trade", "other"]), ["payer_id", "payee_id", "booked_on", "amount"]]
-    m = f[["financing_id", "firm_id", "drawn_on", "amount", "buyer_id"]].merge(
-        out_flows, left_on="firm_id", right_on="payer_id", suffixes=("", "_out"))
-    m = m[(m["booked_on"] >= m["drawn_on"]) & (m["booked_on"] <= m["drawn_on"] + _days(u["window_days"]))
-          & (m["amount_out"] >= float(u["min_outflow_share"]) * m["amount"])]
-    # an outflow spends the latest drawdown before it, not every financing still in its window
-    m = m.sort_values(["drawn_on", "financing_id"], kind="stable").drop_duplicates(
-        ["firm_id", "payee_id", "booked_on", "amount_out"], keep="last")
+    f = f[["financing_id", "firm_id", "drawn_on", "amount", "buyer_id"]].sort_values(["drawn_on", "financing_id"])
+    f = f.astype({"firm_id": object, "drawn_on": "datetime64[s]"})
+    out_flows = flows.loc[flows["purpose"].isin(["trade", "other"]) & flows["payer_id"].isin(set(f["firm_id"])),
+                          ["payer_id", "payee_id", "booked_on", "amount"]].rename(columns={"amount": "amount_out"})
+    out_flows = out_flows.astype({"payer_id": object, "booked_on": "datetime64[s]"})
+    # an outflow spends the latest drawdown before it (not every financing still in its
+    # window): an as-of join per firm, not a cross product of financings and outflows
+    m = pd.merge_asof(out_flows.sort_values("booked_on"), f, left_on="booked_on", right_on="drawn_on",
+                      left_by="payer_id", right_by="firm_id", direction="backward")
+    m = m[m["financing_id"].notna() & (m["booked_on"] <= m["drawn_on"] + _days(u["window_days"]))
+          & (m["amount_out"] >= float(u["min_outflow_share"]) * m["amount"])].reset_index(drop=True)
     if m.empty:
         return pd.DataFrame(columns=["financing_id", "misused_amount", "misuse_to"])
     to_core = np.where(m["buyer_id"].notna(), m["payee_id"] == m["buyer_id"], m["payee_id"].isin(cores))
@@ -132,26 +135,32 @@ def financing_checks(snapshot, policy=None) -> pd.DataFrame:
 
 
 def _evidence(out, fin, pay, use, flows, p) -> list[str]:
-    """The words behind each flag: the account paid, where the money went, the new loan."""
-    draws = flows.loc[flows["purpose"] == "loan_drawdown", ["payee_id", "booked_on", "amount", "payer_id"]]
+    """The words behind each flag: the account paid, where the money went, the new loan
+    (only the flagged financings are worded; a plain loop over them, not over all)."""
+    flagged = set(out.loc[out["borrow_to_repay"] == 1, "firm_id"])
+    draws = flows.loc[(flows["purpose"] == "loan_drawdown") & flows["payee_id"].isin(flagged),
+                      ["payee_id", "booked_on", "amount", "payer_id"]]
+    by_firm = {k: g for k, g in draws.groupby("payee_id")}
     window = _days(p["borrow_to_repay"]["window_days"])
-    words = []
-    for i, r in out.iterrows():
-        w = []
-        if r["diverted"] == 1:
+    days = p["use_of_funds"]["window_days"]
+    div, mis, bor = (out["diverted"] == 1).to_numpy(), out["misused"].to_numpy(), (out["borrow_to_repay"] == 1).to_numpy()
+    words = [""] * len(out)
+    for i in np.flatnonzero(div | mis | bor):
+        r, w = out.iloc[i], []
+        if div[i]:
             w.append(f"core paid receivable {r['receivable_id']} into {pay['other_account'].iloc[i]}, "
                      f"not collection account {fin['collection_account'].iloc[i]}")
-        if r["misused"]:
+        if mis[i]:
             w.append(f"{r['misuse_share']:.0%} of CNY {r['amount']:,.0f} drawn {r['drawn_on'].date()} went to "
-                     f"{use['misuse_to'].iloc[i]} within {p['use_of_funds']['window_days']} days")
-        if r["borrow_to_repay"] == 1:
+                     f"{use['misuse_to'].iloc[i]} within {days} days")
+        if bor[i]:
             day = fin["repaid_on"].iloc[i]
-            d = draws[(draws["payee_id"] == r["firm_id"]) & (draws["booked_on"] <= day) & (draws["booked_on"] > r["drawn_on"])
-                      & (draws["booked_on"] >= day - window)]
+            d = by_firm.get(r["firm_id"], draws.iloc[:0])
+            d = d[(d["booked_on"] <= day) & (d["booked_on"] > r["drawn_on"]) & (d["booked_on"] >= day - window)]
             loan = f"; new loan CNY {d['amount'].iloc[-1]:,.0f} from {d['payer_id'].iloc[-1]} on {d['booked_on'].iloc[-1].date()}" if len(d) else ""
             w.append(f"financing {r['financing_id']} repaid {day.date()} before the core's payment reached "
-                     f"the collection account{loan}")
-        words.append("; ".join(w))
+                     f"the borrower{loan}")
+        words[i] = "; ".join(w)
     return words
 
 
