@@ -39,15 +39,34 @@ def _account(ids: pd.Series) -> pd.Series:
 
 def closed_loop_records(cfg, firms: pd.DataFrame, receivables: pd.DataFrame, flows: pd.DataFrame) -> dict:
     """The scenario's tables (see the module docstring); ``flows`` as written, with
-    ``booked_on`` as datetime. Returns receivables, flows, financings and truth."""
+    ``booked_on`` as datetime. Returns receivables, flows, financings and truth. One
+    random stream, drawn stage by stage in a fixed order."""
     rng = np.random.default_rng([cfg.seed, 8])
-    r = receivables.copy()
-    cores = set(firms.loc[firms["is_core"], "firm_id"])
-    day = pd.to_timedelta
     end = flows["booked_on"].max()
-    truth = []
+    r, pledged, transferred = _registry_records(receivables, rng, cfg, end)
+    f = _financings(r, set(firms.loc[firms["is_core"], "firm_id"]), rng, cfg, end)
+    rows, planted = _money(f, rng)
+    line = _flow_lines(firms, rng, end, rows)
+    rep = f["repaid_on"].notna()
+    fin = pd.DataFrame({"financing_id": f["financing_id"], "firm_id": f["supplier_id"], "receivable_id": f["receivable_id"],
+                        "drawn_on": f["drawn_on"], "amount": f["fin_amount"], "maturity_on": f["maturity_on"],
+                        "collection_account": f["collection_account"], "repaid_on": f["repaid_on"],
+                        "repaid_amount": f["fin_amount"].where(rep)})
+    fin = pd.concat([fin, line], ignore_index=True)
+    extra = pd.concat(rows, ignore_index=True)
+    extra = extra[extra["booked_on"] <= end]
+    extra.insert(0, "txn_id", [f"TC{i + 1:09d}" for i in range(len(extra))])
+    flows = flows.assign(payer_account=_account(flows["payer_id"]), payee_account=_account(flows["payee_id"]))
+    flows = pd.concat([flows, extra[flows.columns]], ignore_index=True)
+    return {"receivables": r, "flows": flows, "financings": fin,
+            "truth": _truth(r, pledged, transferred, f, planted)}
 
-    # double pledges and transfers (registry records), on confirmed receivables
+
+def _registry_records(receivables: pd.DataFrame, rng, cfg, end) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Double pledges and transfers on confirmed receivables (a record after the data's
+    end is left out: it would be quarantined as in the future)."""
+    r = receivables.copy()
+    day = pd.to_timedelta
     conf = r.index[r["confirmed_on"].notna()]
     u = rng.random(len(r))
     pledged = np.zeros(len(r), bool)
@@ -59,12 +78,17 @@ def closed_loop_records(cfg, firms: pd.DataFrame, receivables: pd.DataFrame, flo
     r["pledged_on"] = pd.Series(r["issued_on"] + lag).where(pledged)
     r["transferred_to"] = np.where(transferred, "FACTOR-" + pd.Series(rng.integers(1, 5, len(r))).astype(str), None)
     r["transferred_on"] = pd.Series(r["issued_on"] + lag).where(transferred)
-    for col in ("pledged_on", "transferred_on"):  # a record after the data's end would be quarantined
+    for col in ("pledged_on", "transferred_on"):
         late = r[col] > end
         r.loc[late, col] = pd.NaT
         r.loc[late, col.replace("_on", "_to")] = None
+    return r, pledged, transferred
 
-    # the bank's financings: receivables confirmed by a core, not encumbered elsewhere
+
+def _financings(r: pd.DataFrame, cores: set, rng, cfg, end) -> pd.DataFrame:
+    """The bank's drawdowns on receivables confirmed by a core and free elsewhere, and
+    which of them are planted as diverted, misused (core / circle) or borrowed to repay."""
+    day = pd.to_timedelta
     ok = (r["confirmed_on"].notna() & r["buyer_id"].isin(cores) & r["pledged_on"].isna() & r["transferred_on"].isna()
           & ((r["due_on"] - r["confirmed_on"]).dt.days >= 20) & (r["confirmed_on"] + day(12, unit="D") < end))
     pick = r.index[ok & (rng.random(len(r)) < cfg.financed_share)]
@@ -88,6 +112,15 @@ def closed_loop_records(cfg, firms: pd.DataFrame, receivables: pd.DataFrame, flo
     early = f["paid_on"] - day(rng.integers(6, 16, n), unit="D")  # clearly before the core paid
     f.loc[f["borrow"], "repaid_on"] = np.maximum(early, f["drawn_on"] + day(2, unit="D"))[f["borrow"]]
     f.loc[f["repaid_on"] > end, "repaid_on"] = pd.NaT
+    return f
+
+
+def _money(f: pd.DataFrame, rng) -> tuple[list[pd.DataFrame], dict]:
+    """The flows of each financing: drawdown, spending (clean, back to the core, round a
+    related party), the core's payment (collection account or diverted), repayment, and
+    the other lender's loan before a borrowed repayment."""
+    day = pd.to_timedelta
+    n = len(f)
     ordinary = _account(f["supplier_id"])
     rows = []
 
@@ -113,7 +146,7 @@ def closed_loop_records(cfg, firms: pd.DataFrame, receivables: pd.DataFrame, flo
     add(bad_on[circ], sup[circ], related[circ], out_amt[circ], "trade", ordinary[circ], "")
     add((bad_on + day(rng.integers(1, 8, n), unit="D"))[circ], related[circ], sup[circ],
         (out_amt * (1 - rng.uniform(0, 0.02, n)))[circ], "other", "", ordinary[circ])
-    # the core's payment of the receivable: into the collection account, or diverted
+    paid = f["paid_on"].notna()
     pay_to = np.where(f["diverted"], ordinary, f["collection_account"])
     add(f["paid_on"][paid], f["buyer_id"][paid], sup[paid], f["paid_amount"][paid], "trade",
         _account(f["buyer_id"])[paid], pd.Series(pay_to)[paid])
@@ -123,8 +156,12 @@ def closed_loop_records(cfg, firms: pd.DataFrame, receivables: pd.DataFrame, flo
     b = f["borrow"] & rep
     add((f["repaid_on"] - day(rng.integers(1, 6, n), unit="D"))[b], lender[b], sup[b], (amt * 1.01)[b],
         "loan_drawdown", "", ordinary[b])
+    return rows, {"diversion": f["diverted"], "misuse_core": to_core, "misuse_circle": circ, "borrow_to_repay": b}
 
-    # flow-based lines: drawdowns with no receivable, clean
+
+def _flow_lines(firms: pd.DataFrame, rng, end, rows: list) -> pd.DataFrame:
+    """Flow-based credit lines (no receivable), drawn and clean; their drawdowns join ``rows``."""
+    day = pd.to_timedelta
     lines = firms.loc[~firms["is_core"], "firm_id"].sample(frac=0.02, random_state=int(rng.integers(1 << 31)))
     ln = len(lines)
     line_on = end - day(rng.integers(60, 600, ln), unit="D")
@@ -134,30 +171,24 @@ def closed_loop_records(cfg, firms: pd.DataFrame, receivables: pd.DataFrame, flo
                          "maturity_on": line_on + day(365, unit="D"), "collection_account": "",
                          "repaid_on": pd.NaT, "repaid_amount": np.nan})
     line["collection_account"] = _account(line["firm_id"])
-    add(line["drawn_on"], BANK, line["firm_id"], line["amount"], "loan_drawdown", "", line["collection_account"])
+    rows.append(pd.DataFrame({"booked_on": line["drawn_on"], "payer_id": BANK, "payee_id": line["firm_id"],
+                              "amount": np.round(line["amount"], 2), "purpose": "loan_drawdown", "payer_account": "",
+                              "payee_account": line["collection_account"]}))
+    return line
 
-    fin = pd.DataFrame({"financing_id": f["financing_id"], "firm_id": sup, "receivable_id": f["receivable_id"],
-                        "drawn_on": f["drawn_on"], "amount": amt, "maturity_on": f["maturity_on"],
-                        "collection_account": f["collection_account"], "repaid_on": f["repaid_on"],
-                        "repaid_amount": amt.where(rep)})
-    fin = pd.concat([fin, line], ignore_index=True)
-    extra = pd.concat(rows, ignore_index=True)
-    extra = extra[extra["booked_on"] <= end]
-    extra.insert(0, "txn_id", [f"TC{i + 1:09d}" for i in range(len(extra))])
-    flows = flows.assign(payer_account=_account(flows["payer_id"]), payee_account=_account(flows["payee_id"]))
-    flows = pd.concat([flows, extra[flows.columns]], ignore_index=True)
 
+def _truth(r, pledged, transferred, f, planted: dict) -> pd.DataFrame:
+    """One row per planted case."""
+    truth = []
     for kind_name, mask, on in (("double_pledge", pledged & r["pledged_on"].notna(), r["pledged_on"]),
                                 ("transferred", transferred & r["transferred_on"].notna(), r["transferred_on"])):
         truth.append(pd.DataFrame({"kind": kind_name, "receivable_id": r.loc[mask, "receivable_id"], "financing_id": "",
                                    "firm_id": r.loc[mask, "supplier_id"], "on": on[mask]}))
-    for kind_name, mask in (("diversion", f["diverted"]), ("misuse_core", to_core), ("misuse_circle", circ),
-                            ("borrow_to_repay", b)):
+    for kind_name, mask in planted.items():
         truth.append(pd.DataFrame({"kind": kind_name, "receivable_id": f.loc[mask, "receivable_id"],
-                                   "financing_id": f.loc[mask, "financing_id"], "firm_id": sup[mask],
+                                   "financing_id": f.loc[mask, "financing_id"], "firm_id": f.loc[mask, "supplier_id"],
                                    "on": f.loc[mask, "drawn_on"]}))
-    truth = pd.concat(truth, ignore_index=True)[TRUTH_COLUMNS]
-    return {"receivables": r, "flows": flows, "financings": fin, "truth": truth}
+    return pd.concat(truth, ignore_index=True)[TRUTH_COLUMNS]
 
 
 __all__ = ["closed_loop_records", "BANK", "TRUTH_COLUMNS"]
