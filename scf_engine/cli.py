@@ -57,6 +57,7 @@ def simulate(
     fmt: str = typer.Option("csv", "--format", help="csv, parquet, or compact (flows and receivables as Parquet)."),
     faults: bool = typer.Option(False, "--faults", help="Also write OUT/with-faults/: a copy with contract violations of every kind and faults.csv."),
     story: str = typer.Option("default", "--story", help="The generative story: default, cyclical or shock (scf_engine/simulate/stories.py)."),
+    closed_loop: bool = typer.Option(False, "--closed-loop", help="Contract v1.1 closed-loop scenario: financings.csv, accounts, pledges, with planted double pledges, diversions, misuse and borrowing to repay (closed_loop_truth.csv)."),
 ):
     """Write a synthetic dataset that follows the data contract, plus truth.csv."""
     from scf_engine.simulate import STORIES, WorldConfig, simulate as run_simulation, write_dataset
@@ -67,7 +68,8 @@ def simulate(
     if fmt not in ("csv", "parquet", "compact"):
         raise typer.BadParameter("--format must be csv, parquet or compact")
     with steps("simulate") as say:
-        world = run_simulation(WorldConfig(n_firms=firms, seed=seed, n_months=months, story=story), progress=say)
+        world = run_simulation(WorldConfig(n_firms=firms, seed=seed, n_months=months, story=story,
+                                           closed_loop=closed_loop), progress=say)
         write_dataset(world, out, fmt=fmt)
         if faults:
             from scf_engine.simulate.faults import write_faulty_copy

@@ -1,4 +1,4 @@
-"""The data contract (v1) in code: the one place its file names, columns, vocabularies
+"""The data contract (v1.1) in code: the one place its file names, columns, vocabularies
 and exit codes live.
 
 ``../shared/data-contract.md`` is the text a bank reads; this module is what the engine
@@ -44,6 +44,9 @@ class Column:
     required: bool = True  # the column must be present in the file
     nullable: bool = False  # an empty value is allowed
     vocabulary: tuple[str, ...] = ()
+    # v1.1 optional columns: kept in the loaded frame only when the file has them, so a v1
+    # dataset loads into exactly the frames it always did (and scores exactly as before)
+    only_when_present: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class FileSpec:
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+    @property
+    def base_column_names(self) -> tuple[str, ...]:
+        """The columns a file has without its v1.1 additions (what a v1 writer writes)."""
+        return tuple(c.name for c in self.columns if not c.only_when_present)
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -107,6 +115,11 @@ RECEIVABLES = FileSpec(
         Column("confirmed_on", "date", nullable=True),
         Column("paid_on", "date", nullable=True),
         Column("paid_amount", "amount", nullable=True),
+        # v1.1: the registry's pledge (质押) and transfer (转让) records
+        Column("pledged_to", "text", required=False, nullable=True, only_when_present=True),
+        Column("pledged_on", "date", required=False, nullable=True, only_when_present=True),
+        Column("transferred_to", "text", required=False, nullable=True, only_when_present=True),
+        Column("transferred_on", "date", required=False, nullable=True, only_when_present=True),
     ),
     key="receivable_id",
 )
@@ -120,6 +133,9 @@ FLOWS = FileSpec(
         Column("payee_id", "party"),
         Column("amount", "amount"),
         Column("purpose", "vocab", vocabulary=PURPOSES),
+        # v1.1: the accounts the money left and reached (closed-loop checks)
+        Column("payer_account", "text", required=False, nullable=True, only_when_present=True),
+        Column("payee_account", "text", required=False, nullable=True, only_when_present=True),
     ),
     key="txn_id",
 )
@@ -155,7 +171,27 @@ INDICATORS = FileSpec(
     required=False,
 )
 
-FILES: tuple[FileSpec, ...] = (FIRMS, RECEIVABLES, FLOWS, DEFAULTS, INDICATORS)
+# v1.1: the financings the bank granted (a drawdown on a receivable, or on a flow-based
+# line when ``receivable_id`` is empty), for "no double financing" and the closed loop of
+# funds (资金闭环管理): the receivable's payment must reach ``collection_account``.
+FINANCINGS = FileSpec(
+    "financings",
+    (
+        Column("financing_id", "id"),
+        Column("firm_id", "firm_ref"),
+        Column("receivable_id", "receivable_ref", nullable=True),
+        Column("drawn_on", "date"),
+        Column("amount", "amount"),
+        Column("maturity_on", "date"),
+        Column("collection_account", "id"),
+        Column("repaid_on", "date", nullable=True),
+        Column("repaid_amount", "amount", nullable=True),
+    ),
+    key="financing_id",
+    required=False,
+)
+
+FILES: tuple[FileSpec, ...] = (FIRMS, RECEIVABLES, FLOWS, DEFAULTS, INDICATORS, FINANCINGS)
 FILE_EXTENSIONS = (".csv", ".parquet")
 
 
@@ -171,7 +207,7 @@ def locate(folder: Path, spec: FileSpec) -> Path | None:
 BATCH_COLUMNS = ("firm_id", "requested_amount")
 LIMITS_COLUMNS = (
     "firm_id", "as_of", "pd", "score", "grade", "limit_cny", "decision", "reasons",
-    "pd_propagation", "pd_decoupled",
+    "pd_propagation", "pd_decoupled", "eligible_receivables_cny", "excluded_receivables",
 )
 GRADES = ("premium", "grade_1", "alternate")
 DECISIONS = ("approve", "review", "decline")

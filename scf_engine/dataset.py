@@ -32,6 +32,22 @@ def empty_indicators() -> pd.DataFrame:
                          "indicator": pd.Series([], dtype=object), "grade": pd.Series([], dtype=object)})
 
 
+FINANCING_COLUMNS = ("financing_id", "firm_id", "receivable_id", "drawn_on", "amount", "maturity_on",
+                     "collection_account", "repaid_on", "repaid_amount")
+
+
+def empty_financings() -> pd.DataFrame:
+    """A financings table with no rows (a dataset without ``financings.csv``)."""
+    dates = ("drawn_on", "maturity_on", "repaid_on")
+    return pd.DataFrame({c: pd.Series([], dtype="datetime64[s]" if c in dates else
+                                      "float64" if c in ("amount", "repaid_amount") else object)
+                         for c in FINANCING_COLUMNS})
+
+
+# v1.1 registry records (pledge, transfer): each known only from its date on
+REGISTRY_RECORDS = (("pledged_to", "pledged_on"), ("transferred_to", "transferred_on"))
+
+
 @dataclass
 class Snapshot:
     """What is known at as-of date ``as_of`` (records strictly before it)."""
@@ -42,6 +58,9 @@ class Snapshot:
     flows: pd.DataFrame  # booked before as_of
     # the latest grade of each (firm, indicator) graded before as_of (v1.1, optional)
     indicators: pd.DataFrame = field(default_factory=empty_indicators)
+    # financings drawn before as_of, a repayment on or after it masked (v1.1, optional)
+    financings: pd.DataFrame = field(default_factory=empty_financings)
+    has_financings: bool = False  # the dataset has a financings file (its absence says nothing)
 
     @property
     def scorable(self) -> pd.Index:
@@ -62,12 +81,15 @@ class Dataset:
     has_defaults: bool = True
     _fingerprints: dict[str, str] | None = None
     indicators: pd.DataFrame = field(default_factory=empty_indicators)  # v1.1, optional
+    financings: pd.DataFrame = field(default_factory=empty_financings)  # v1.1, optional
+    has_financings: bool = False
 
     def __post_init__(self):
         """Dates are datetime64[s] everywhere, whoever built the frames."""
         for frame, cols in ((self.firms, ("founded_on",)), (self.flows, ("booked_on",)), (self.defaults, ("default_on",)),
-                            (self.indicators, ("as_of",)),
-                            (self.receivables, ("issued_on", "due_on", "confirmed_on", "paid_on"))):
+                            (self.indicators, ("as_of",)), (self.financings, ("drawn_on", "maturity_on", "repaid_on")),
+                            (self.receivables, ("issued_on", "due_on", "confirmed_on", "paid_on", "pledged_on",
+                                                "transferred_on"))):
             for c in cols:
                 if c in frame and frame[c].dtype != "datetime64[s]":
                     frame[c] = frame[c].astype("datetime64[s]")
@@ -111,12 +133,22 @@ class Dataset:
         late_paid = r["paid_on"] >= T
         r.loc[late_paid, "paid_on"] = pd.NaT
         r.loc[late_paid, "paid_amount"] = np.nan
+        for who, when in REGISTRY_RECORDS:  # a pledge registered on or after T is not known at T
+            if when in r:
+                late = r[when] >= T
+                r.loc[late, when] = pd.NaT
+                r.loc[late, who] = np.nan
+
+        fin = self.financings[self.financings["drawn_on"] < T].copy()
+        late_repaid = fin["repaid_on"] >= T
+        fin.loc[late_repaid, "repaid_on"] = pd.NaT
+        fin.loc[late_repaid, "repaid_amount"] = np.nan
 
         flows = self.flows[self.flows["booked_on"] < T]
         ind = self.indicators[self.indicators["as_of"] < T]
         latest = ind.sort_values(["firm_id", "indicator", "as_of"], kind="stable").drop_duplicates(["firm_id", "indicator"], keep="last")
         return Snapshot(T, firms.reset_index(drop=True), r.reset_index(drop=True), flows.reset_index(drop=True),
-                        latest.reset_index(drop=True))
+                        latest.reset_index(drop=True), fin.reset_index(drop=True), self.has_financings)
 
     def labels(self, as_of) -> pd.DataFrame:
         """``firm_id, label`` for the firms scorable at ``as_of``: 1 when

@@ -168,6 +168,8 @@ def _check_limit_policy(data: dict, path: Path) -> None:
         if key in data:
             _require(float(data[key]) >= 0, path, f"'{key}' must be >= 0")
     _require(data.get("off_whitelist", "decline") in ("decline", "review"), path, "'off_whitelist' must be decline or review")
+    w = data.get("earmark_window_days", 0)
+    _require(isinstance(w, int) and w >= 0, path, "'earmark_window_days' must be an integer >= 0")
 
 
 FINAL_PD_MODELS = ("hybrid", "decoupled", "propagation")
@@ -315,6 +317,26 @@ def _check_serve(data: dict, path: Path) -> None:
              "'audit_skip_paths' must be a list of paths starting with /")
 
 
+CLOSED_LOOP_SECTIONS = {"payment": {"match_days", "amount_tolerance"},
+                        "use_of_funds": {"window_days", "min_outflow_share", "circle_days", "circle_tolerance",
+                                         "misuse_share"},
+                        "borrow_to_repay": {"grace_days", "window_days"}}
+
+
+def _check_closed_loop(data: dict, path: Path) -> None:
+    for section, keys in CLOSED_LOOP_SECTIONS.items():
+        _require(isinstance(data.get(section), dict), path, f"'{section}' must be a mapping")
+        _only(data[section], keys, path, f"{section}: ")
+        _require(set(data[section]) == keys, path, f"'{section}' needs {', '.join(sorted(keys))}")
+        for key in keys:
+            v = data[section][key]
+            _require(isinstance(v, (int, float)) and v >= 0, path, f"'{section}.{key}' must be a number >= 0")
+            if key.endswith(("_share", "_tolerance")):
+                _require(v <= 1, path, f"'{section}.{key}' must lie in [0, 1]")
+    _require(isinstance(data.get("lookback_months"), int) and data["lookback_months"] >= 1, path,
+             "'lookback_months' must be an integer >= 1")
+
+
 # name -> (checker, every key the engine reads; any other key is refused)
 def _check_ingest(d: Mapping[str, Any], path: Path) -> None:
     fd = d.get("future_dates")
@@ -347,8 +369,10 @@ SCHEMAS = {
     "limit_policy": (_check_limit_policy, {"version", "flow_share_by_grade", "advance_rate", "buyer_rating_floor",
                                            "pd_decline_above", "lgd", "max_expected_loss_cny", "max_limit_cny", "round_to_cny",
                                            "core_line_share_of_core_payments", "round_trip_review_above", "require_consent",
-                                           "expected_loss_budget_share", "envelope_weight", "off_whitelist"}),
+                                           "expected_loss_budget_share", "envelope_weight", "off_whitelist",
+                                           "earmark_window_days"}),
     "final_pd": (_check_final_pd, {"version", "method", "fallback", "weights"}),
+    "closed_loop": (_check_closed_loop, {"version", "lookback_months"} | set(CLOSED_LOOP_SECTIONS)),
     "authenticity": (_check_authenticity, {"version", "hop_decay", "hop_growth", "alerts"} | set(AUTHENTICITY_SECTIONS)),
     "ingest": (_check_ingest, {"version", "future_dates", "max_field_chars"}),
     "data_use": (_check_data_use, {"version", "training"}),

@@ -601,3 +601,74 @@ def test_refused_consent_sends_firm_to_review_with_the_reason(tmp_path):
     assert out["decision"].to_dict() == {"A": "review", "B": "review", "C": "approve"}
     assert "expired" in out.loc["A", "decision_reasons"][0]
     assert "no data-use authorisation is on file" in out.loc["B", "decision_reasons"][0]
+
+
+# --- no double financing (issue 15): which receivables may back a limit ----------------------------
+
+
+def _receivables(**extra):
+    """Five open, not-yet-due receivables of firm S on core C (and one on a weak buyer)."""
+    T = pd.Timestamp("2024-06-01")
+    day = pd.Timestamp
+    r = pd.DataFrame({
+        "receivable_id": ["R1", "R2", "R3", "R4", "R5", "R6", "R7"],
+        "supplier_id": ["S"] * 7, "buyer_id": ["C"] * 6 + ["W"],
+        "amount": [100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0],
+        "issued_on": [day("2024-03-01")] * 7, "due_on": [day("2024-09-01")] * 7,
+        "confirmed_on": [day("2024-03-02")] * 5 + [pd.NaT, day("2024-03-02")],
+        "paid_on": pd.Series([pd.NaT] * 7, dtype="datetime64[s]"), "paid_amount": np.nan,
+    })
+    for k, v in extra.items():
+        r[k] = v
+    return r, T
+
+
+def test_clean_receivables_all_back_the_limit_and_the_amount_is_kept_exactly():
+    from scf_engine.credit.encumbrance import eligible_after_exclusions, receivable_status
+    from scf_engine.dataset import empty_financings
+
+    r, T = _receivables()
+    status = receivable_status(r, empty_financings(), pd.Series({"C": True, "W": False}), T)
+    assert status["receivable_id"].tolist() == ["R1", "R2", "R3", "R4", "R5", "R6"]  # W is not an accepted core
+    assert status.set_index("receivable_id").loc["R6", "reason"].startswith("not confirmed")
+    chain_value = pd.Series({"S": 0.1 + 0.2 + 1500.0}, name="eligible_receivables")  # any float: kept bit for bit
+    eligible, excluded = eligible_after_exclusions(chain_value, status[status["confirmed"]])
+    assert eligible["S"] == chain_value["S"] and excluded["S"] == 0
+
+
+def test_pledged_transferred_financed_and_earmarked_receivables_are_left_out_with_their_reason():
+    from scf_engine.credit.encumbrance import earmarks_in_force, eligible_after_exclusions, receivable_status
+    from scf_engine.dataset import empty_financings
+
+    day = pd.Timestamp
+    r, T = _receivables(
+        pledged_to=[np.nan, "BANK-B", "BANK-C", np.nan, np.nan, np.nan, np.nan],
+        pledged_on=[pd.NaT, day("2024-04-01"), day("2024-06-01"), pd.NaT, pd.NaT, pd.NaT, pd.NaT],  # R3: on the as-of
+        transferred_to=[np.nan, np.nan, np.nan, "FACTOR-1", np.nan, np.nan, np.nan],
+        transferred_on=[pd.NaT, pd.NaT, pd.NaT, day("2024-05-01"), pd.NaT, pd.NaT, pd.NaT])
+    fin = empty_financings()
+    fin = pd.concat([fin, pd.DataFrame({
+        "financing_id": ["F1", "F2"], "firm_id": ["S", "S"], "receivable_id": ["R5", "R1"],
+        "drawn_on": [day("2024-05-10"), day("2024-04-10")], "amount": [400.0, 80.0],
+        "maturity_on": [day("2024-09-05")] * 2, "collection_account": ["COL-1"] * 2,
+        "repaid_on": [pd.NaT, day("2024-05-20")], "repaid_amount": [np.nan, 80.0]})], ignore_index=True)
+    entries = [{"action": "score", "details": {"batch_id": "B-other", "as_of": "2024-06-01",
+                                               "earmarked_receivables": [["R3", "S"], ["R1", "OTHER-FIRM"]]}},
+               {"action": "score", "details": {"batch_id": "B-mine", "as_of": "2024-06-01",
+                                               "earmarked_receivables": [["R1", "S"]]}},
+               {"action": "score", "details": {"batch_id": "B-old", "as_of": "2024-05-01",
+                                               "earmarked_receivables": [["R1", "S"]]}}]
+    earmarks = earmarks_in_force(entries, T, 0, batch_id="B-mine")
+    assert earmarks["batch_id"].unique().tolist() == ["B-other"]  # my own re-run and an older snapshot do not bind
+    status = receivable_status(r, fin, pd.Series({"C": True, "W": False}), T, earmarks).set_index("receivable_id")
+    why = status["reason"]
+    assert why["R1"] == ""  # F1 was repaid: free again; the earmark naming another firm's R1 does not bind
+    assert why["R2"].startswith("pledged to BANK-B on 2024-04-01")
+    assert why["R3"].startswith("earmarked by batch B-other")  # the pledge dated on the as-of is not known yet
+    assert why["R4"].startswith("transferred to FACTOR-1")
+    assert why["R5"].startswith("already financed: financing F1 drawn 2024-05-10")
+    assert why["R6"].startswith("not confirmed")
+    eligible, excluded = eligible_after_exclusions(pd.Series({"S": 1500.0}), status.reset_index())
+    assert eligible["S"] == 100.0 and excluded["S"] == 5
+    # a wider window lets the earlier snapshot's batch bind too
+    assert set(earmarks_in_force(entries, T, 31, batch_id="B-mine")["batch_id"]) == {"B-other", "B-old"}

@@ -270,7 +270,8 @@ def test_flows_dated_on_or_after_T_change_no_feature_at_T(later):
 def test_every_catalogue_feature_is_computed_somewhere_and_nothing_else():
     cat = load_catalogue()
     F = flow_features(dataset(flows_for_a()).as_of(T))
-    flow_kinds = {s.name for s in cat.specs if s.kind != "code" or s.function in ("payer_concentration", "authenticity", "fan_bursts", "counterparty_health")}
+    flow_kinds = {s.name for s in cat.specs if s.kind != "code" or s.function in ("payer_concentration", "authenticity", "fan_bursts",
+                                                                                "counterparty_health", "closed_loop")}
     assert set(F.columns) == flow_kinds
     from scf_engine.assemble import chain_feature_names
     others = {s.name for s in cat.specs if s.kind == "code" and s.function in ("graph", "registry")}

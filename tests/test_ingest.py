@@ -435,3 +435,89 @@ def test_duckdb_connections_carry_their_settings_or_say_why_not(monkeypatch):
     assert con.sql("SELECT 1").fetchall() == [(1,)]
     con.close()
     assert isinstance(con, duckdb.DuckDBPyConnection)
+
+
+# --- contract v1.1: financings, pledge/transfer records, accounts (issue 15) ------------------------
+
+
+def with_pledges(folder: Path, pledged_to=("", ""), pledged_on=("", ""), transferred_to=("", ""),
+                 transferred_on=("", "")) -> Path:
+    r = pd.read_csv(folder / "receivables.csv", dtype=str, keep_default_na=False)
+    r["pledged_to"], r["pledged_on"] = list(pledged_to), list(pledged_on)
+    r["transferred_to"], r["transferred_on"] = list(transferred_to), list(transferred_on)
+    r.to_csv(folder / "receivables.csv", index=False)
+    return folder
+
+
+def financing(**changes) -> dict:
+    row = dict(financing_id="FN1", firm_id=F1, receivable_id="R1", drawn_on="2024-01-10", amount="80000",
+               maturity_on="2024-03-10", collection_account="COL-0001", repaid_on="2024-03-02", repaid_amount="80000")
+    row.update(changes)
+    return row
+
+
+def test_a_v1_dataset_loads_into_exactly_the_v1_frames(tmp_path):
+    """No new file, no new column: the frames are those of contract v1 (the optional
+    v1.1 columns are not even added empty), so a v1 dataset scores exactly as before."""
+    ds = load_dataset(tiny(tmp_path))
+    assert list(ds.receivables.columns) == ["receivable_id", "supplier_id", "buyer_id", "amount", "issued_on", "due_on",
+                                            "confirmed_on", "paid_on", "paid_amount"]
+    assert list(ds.flows.columns) == ["txn_id", "booked_on", "payer_id", "payee_id", "amount", "purpose"]
+    assert not ds.has_financings and ds.financings.empty
+
+
+def test_financings_pledges_and_accounts_load_typed(tmp_path):
+    folder = with_pledges(tiny(tmp_path), pledged_to=("BANK-B", ""), pledged_on=("2024-01-09", ""))
+    flows = pd.read_csv(folder / "flows.csv", dtype=str, keep_default_na=False)
+    flows["payer_account"], flows["payee_account"] = "", ["COL-0001", "", ""]
+    flows.to_csv(folder / "flows.csv", index=False)
+    write_csv(folder, "financings", [financing(), financing(financing_id="FN2", receivable_id="", repaid_on="",
+                                                           repaid_amount="")])
+    ds = load_dataset(folder)
+    assert ds.report.n_quarantined == 0, ds.report.rows
+    assert ds.has_financings and ds.financings["financing_id"].tolist() == ["FN1", "FN2"]
+    assert ds.financings["drawn_on"].dtype == "datetime64[s]" and ds.financings["amount"].tolist() == [80000.0, 80000.0]
+    assert ds.receivables.loc[0, "pledged_on"] == pd.Timestamp("2024-01-09")
+    assert ds.flows["payee_account"].tolist()[0] == "COL-0001"
+    snap = ds.as_of("2024-03-01")  # the repayment on 2024-03-02 is not known yet
+    assert snap.financings["repaid_on"].isna().all()
+    assert pd.isna(ds.as_of("2024-01-09").receivables.loc[0, "pledged_to"])  # pledged on the as-of: not known
+
+
+@pytest.mark.parametrize("row, column, reason", [
+    (financing(receivable_id="R404"), "receivable_id", "is not an accepted receivable"),
+    (financing(receivable_id="R2"), "receivable_id", "is a receivable of another supplier"),
+    (financing(firm_id=make_uscc("320281", 55555555)), "firm_id", "is not an accepted firm"),
+    (financing(repaid_on="2024-01-01"), "repaid_on", "repaid before drawn"),
+    (financing(maturity_on="2024-01-01"), "maturity_on", "maturity_on is before drawn_on"),
+    (financing(amount="-5"), "amount", "amount must be > 0"),
+    (financing(repaid_amount="-1"), "repaid_amount", "repaid_amount is negative"),
+    (financing(repaid_amount=""), "repaid_amount", "repaid_on is set but repaid_amount is empty"),
+    (financing(collection_account=""), "collection_account", "collection_account is empty"),
+    (financing(drawn_on="2099-01-01", maturity_on="2099-02-01", repaid_on="", repaid_amount=""), "drawn_on",
+     "in the future"),
+])
+def test_each_financing_rule_quarantines_its_row(tmp_path, row, column, reason):
+    folder = tiny(tmp_path)
+    write_csv(folder, "financings", [financing(financing_id="FN0"), row | {"financing_id": "FN9"}])
+    ds = load_dataset(folder)
+    q = ds.report.rows
+    assert q["file"].eq("financings.csv").all() and q["line"].eq(3).all(), q
+    assert ((q["column"] == column) & q["reason"].str.contains(reason, regex=False)).any(), q[["column", "reason"]]
+    s = ds.report.summary().set_index("file").loc["financings.csv"]
+    assert (s["read"], s["accepted"], s["quarantined"]) == (2, 1, 1)
+    assert ds.financings["financing_id"].tolist() == ["FN0"]
+
+
+@pytest.mark.parametrize("changes, column, reason", [
+    (dict(pledged_to=("BANK-B", ""), pledged_on=("2024-01-01", "")), "pledged_on", "a pledge before issue"),
+    (dict(transferred_to=("", "F-X"), transferred_on=("", "2024-01-31")), "transferred_on", "a transfer before issue"),
+    (dict(pledged_to=("BANK-B", ""), pledged_on=("", "")), "pledged_on", "pledged_to is set but pledged_on is empty"),
+    (dict(pledged_to=("", ""), pledged_on=("2024-02-01", "")), "pledged_to", "pledged_on is set but pledged_to is empty"),
+])
+def test_each_registry_record_rule_quarantines_its_receivable(tmp_path, changes, column, reason):
+    ds = load_dataset(with_pledges(tiny(tmp_path), **changes))
+    q = ds.report.rows
+    assert ((q["column"] == column) & q["reason"].str.contains(reason, regex=False)).any(), q[["column", "reason"]]
+    s = ds.report.summary().set_index("file").loc["receivables.csv"]
+    assert s["read"] == s["accepted"] + s["quarantined"] and s["quarantined"] == 1

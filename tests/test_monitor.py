@@ -221,7 +221,11 @@ def _firm(**over) -> dict:
            "b_top_payer_share_12m": 0.3, "pd": 0.03, "pd_at_batch": 0.03, "pd_change": 0.0,
            "consent_days_left": 300.0, "consent_expires_on": "2025-12-31", "in_default": False, "default_on": "",
            "obligations_missed_12m": 0, "obligations_missed_3m": 0, "obligations_open": 0,
-           "grade": "grade_1", "grade_at_batch": "grade_1"}
+           "grade": "grade_1", "grade_at_batch": "grade_1",
+           # contract v1.1 closed-loop features: empty, as for a dataset without financings.csv
+           **{f"{p}{c}": np.nan for p in ("", "b_") for c in ("fin_live_n", "fin_overdue_n", "fin_diverted_12m",
+                                                              "fin_misused_12m", "fin_misuse_share_12m",
+                                                              "fin_borrow_to_repay_12m")}, "fin_evidence": ""}
     row.update(over)
     return row
 
@@ -239,7 +243,7 @@ def test_a_cured_delay_weighs_less_than_an_open_one_in_the_rules():
         "fresh": _firm(payroll_missed_12m=3, payroll_cured_12m=1, obligations_missed_12m=3, obligations_missed_3m=2,
                        grade="alternate"),
     }).T.infer_objects()
-    text = {"distressed_core", "consent_expires_on", "default_on", "grade", "grade_at_batch"}
+    text = {"distressed_core", "consent_expires_on", "default_on", "grade", "grade_at_batch", "fin_evidence"}
     for c in set(frame.columns) - text:
         frame[c] = pd.to_numeric(frame[c]) if c != "in_default" else frame[c].astype(bool)
     alerts = fire(frame, pol, pd.Timestamp("2024-07-01"))

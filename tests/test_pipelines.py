@@ -780,3 +780,72 @@ def test_precomputed_per_firm_table_and_request_step_give_the_full_cores_answers
         seen["unknown"] += int(lim["reasons"].str.contains("unknown firm").sum())
         seen["authorisation"] += int(lim["reasons"].str.contains("authorisation").sum())
     assert all(v > 0 for v in seen.values()), seen  # every kind of answer was compared
+
+
+# --- no double financing across batches (issue 15) ----------------------------------------------
+
+
+def test_pledged_financed_and_earlier_batches_receivables_never_back_a_limit(trained, tmp_path):
+    """On a copy of the world with a pledge and a live financing added, a batch leaves
+    both out (eligible amount down by exactly them, the memo says why); a second batch
+    on the same snapshot the same day leaves out every receivable behind the first one's
+    limits; re-running the first batch itself is not blocked by its own entry."""
+    home, uri = trained["home"], trained["uri"]
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"], data)
+    before = pd.read_csv(home / "score" / "limits.csv", dtype={"firm_id": str})
+    backed = before[(before["eligible_receivables_cny"] > 0) & (before["limit_cny"] > 0)]["firm_id"].tolist()
+    assert len(backed) >= 3
+    recv = pd.read_csv(data / "receivables.csv", dtype=str, keep_default_na=False)
+    as_of = before["as_of"].iloc[0]
+    firms = pd.read_csv(data / "firms.csv", dtype=str)
+    good_cores = firms.loc[firms["core_rating"].isin(["AAA", "AA+", "AA", "AA-", "A+", "A"]), "firm_id"]
+    cand = recv[(recv["paid_on"] == "") & (recv["confirmed_on"] != "") & (recv["due_on"] >= as_of)
+                & recv["buyer_id"].isin(good_cores)]
+    a, b = backed[0], backed[1]
+    pledged = cand[cand["supplier_id"] == a].iloc[0]
+    financed = cand[cand["supplier_id"] == b].iloc[0]
+    recv["pledged_to"] = np.where(recv["receivable_id"] == pledged["receivable_id"], "BANK-OTHER", "")
+    recv["pledged_on"] = np.where(recv["receivable_id"] == pledged["receivable_id"], pledged["confirmed_on"], "")
+    recv.to_csv(data / "receivables.csv", index=False)
+    pd.DataFrame([dict(financing_id="FN1", firm_id=b, receivable_id=financed["receivable_id"],
+                       drawn_on=financed["confirmed_on"], amount=1000, maturity_on=financed["due_on"],
+                       collection_account="COL1", repaid_on="", repaid_amount="")]).to_csv(data / "financings.csv", index=False)
+    log = tmp_path / "audit.jsonl"
+    batch = data / "batch.csv"
+
+    def score(batch_file, out):
+        r = invoke("score", data, "--batch", batch_file, "--consents", data / "consents.csv", "--out", out,
+                   "--tracking-uri", uri, "--memo-formats", "md", "--audit-log", log)
+        assert r.exit_code == 0, r.output
+        return pd.read_csv(out, dtype={"firm_id": str}).set_index("firm_id")
+
+    first = score(batch, tmp_path / "one" / "limits.csv")
+    old = before.set_index("firm_id")
+    assert first.loc[a, "eligible_receivables_cny"] == pytest.approx(old.loc[a, "eligible_receivables_cny"] - float(pledged["amount"]))
+    assert first.loc[b, "eligible_receivables_cny"] == pytest.approx(old.loc[b, "eligible_receivables_cny"] - float(financed["amount"]))
+    assert first.loc[a, "excluded_receivables"] == old.loc[a, "excluded_receivables"] + 1
+    memo = next((tmp_path / "one" / "memos").glob(f"memo_{a}_*.md")).read_text()
+    assert pledged["receivable_id"] in memo and "pledged to BANK-OTHER" in memo
+    memo = next((tmp_path / "one" / "memos").glob(f"memo_{b}_*.md")).read_text()
+    assert "already financed: financing FN1" in memo
+    others = [f for f in first.index if f not in (a, b)]
+    assert (first.loc[others, "eligible_receivables_cny"].fillna(0) == old.loc[others, "eligible_receivables_cny"].fillna(0)).all()
+    entry = json.loads(log.read_text().splitlines()[-1])
+    earmarked = {r for r, _ in entry["details"]["earmarked_receivables"]}
+    assert pledged["receivable_id"] not in earmarked and financed["receivable_id"] not in earmarked
+
+    # a second batch the same day, on the same snapshot: what backs the first one's limits is taken
+    taken = first[(first["eligible_receivables_cny"] > 0) & (first["limit_cny"] > 0)].index[:3].tolist()
+    assert len(taken) == 3
+    pd.DataFrame({"firm_id": taken}).to_csv(tmp_path / "batch2.csv", index=False)
+    second = score(tmp_path / "batch2.csv", tmp_path / "two" / "limits.csv")
+    for f in taken:
+        assert second.loc[f, "eligible_receivables_cny"] == 0 and second.loc[f, "receivable_part"] == 0
+        assert second.loc[f, "excluded_receivables"] > first.loc[f, "excluded_receivables"]
+    memo = next((tmp_path / "two" / "memos").glob(f"memo_{taken[2]}_*.md")).read_text()
+    assert "earmarked by batch" in memo
+    # the first request again replaces its own limits: not blocked by its own entry, and the
+    # second batch lent on none of these receivables, so the same amounts come back
+    again = score(batch, tmp_path / "three" / "limits.csv")
+    pd.testing.assert_series_equal(again["eligible_receivables_cny"], first["eligible_receivables_cny"])

@@ -22,8 +22,9 @@ import pandas as pd
 
 from scf_engine.contract import LIMITS_COLUMNS
 from scf_engine.credit.consent import consent_lookup, consent_table
+from scf_engine.credit.encumbrance import eligible_after_exclusions, earmarked, left_out, receivable_status
 from scf_engine.credit.envelope import allocate_envelope
-from scf_engine.credit.limits import core_lines, eligible_receivables, limit_arrays
+from scf_engine.credit.limits import buyer_eligible, core_lines, eligible_receivables, limit_arrays
 from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
 from scf_engine.errors import RequestError
 from scf_engine.explain.model_reasons import propagation_reasons, shap_reasons
@@ -80,6 +81,8 @@ class Decisions:
     chain_core: str | None
     summary: dict = field(default_factory=dict)
     jiangyin: pd.DataFrame | None = None  # the guide's 13 indicator grades and its grade, per row with flows
+    left_out: pd.DataFrame | None = None  # receivables of the requested firms left out, and why (credit.encumbrance)
+    earmarked: list = field(default_factory=list)  # [receivable_id, firm_id] behind this batch's limits
 
     @property
     def firm_ids(self) -> pd.Series:
@@ -100,28 +103,37 @@ class DecisionContext:
 
     firms: pd.DataFrame  # dataset.firms indexed by firm_id
     default_on: pd.Series  # default date by firm_id (NaT: none)
-    eligible: pd.Series  # eligible receivables by firm_id (credit.limits)
+    eligible: pd.Series  # eligible receivables by firm_id (credit.limits), those left out taken off
     lines: pd.Series  # each core's 1+N line by core firm_id (credit.limits)
     medians: dict  # model kind -> industry medians of its features (explain.reasons)
     propagation_design: pd.DataFrame  # the propagation model's design over the chain
     dq_counts: pd.Series  # quarantine rows naming each firm, by firm_id
     consent: pd.Series | None  # best authorisation rank by firm_id at the as-of (credit.consent)
+    receivables: pd.DataFrame | None = None  # candidate receivables and why each is left out (credit.encumbrance)
+    excluded: pd.Series | None = None  # how many of each firm's candidate receivables are left out, by firm_id
 
     @classmethod
-    def build(cls, data, models: dict, pols: dict, dataset, consents: pd.DataFrame | None = None) -> "DecisionContext":
+    def build(cls, data, models: dict, pols: dict, dataset, consents: pd.DataFrame | None = None,
+              earmarks: pd.DataFrame | None = None) -> "DecisionContext":
         """The context of snapshot ``data`` with ``models``, ``pols``, ``dataset`` and
-        ``consents`` (the frame :func:`decide` is given with it)."""
+        ``consents`` (the frame :func:`decide` is given with it); ``earmarks``: the
+        receivables earlier batches on this snapshot lent against (credit.encumbrance)."""
         table, chain = data.table, data.chain
         reference = table.assign(industry=chain.nodes["industry"].reindex(table.index))
         medians = {k: industry_medians(reference, models[k].features_) for k in ("hybrid", "decoupled") if k in models}
         report = getattr(dataset, "report", None)
         dq = report.touching_counts() if report is not None else pd.Series(dtype="int64")
         d = dataset.defaults.set_index("firm_id")["default_on"].astype("datetime64[s]")
-        return cls(dataset.firms.set_index("firm_id"), d,
-                   eligible_receivables(chain, pols["limit_policy"], pols["master_scale"]),
+        snap = data.snapshot
+        status = receivable_status(snap.receivables, snap.financings,
+                                   buyer_eligible(chain.nodes, pols["limit_policy"], pols["master_scale"]),
+                                   data.as_of, earmarks)
+        eligible, excluded = eligible_after_exclusions(
+            eligible_receivables(chain, pols["limit_policy"], pols["master_scale"]), status)
+        return cls(dataset.firms.set_index("firm_id"), d, eligible,
                    core_lines(chain, pols["limit_policy"]), medians,
                    models["propagation"].design(chain)[0] if "propagation" in models else None, dq,
-                   consent_table(consents, data.as_of))
+                   consent_table(consents, data.as_of), status, excluded)
 
 
 # ----------------------------------------------------------------------------- eligibility
@@ -214,6 +226,7 @@ class Precomputed:
     contributions: dict  # model kind -> SHAP contributions by firm_id of the firms whose final PD it gave
     jiangyin: pd.DataFrame  # the 13 indicator grades and the guide's grade, by firm_id (firms with flows)
     lines: dict  # each core's 1+N line by core firm_id (DecisionContext.lines as a dict)
+    receivables: pd.DataFrame | None = None  # candidate receivables and why each is left out (credit.encumbrance)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -265,6 +278,8 @@ def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: p
             "text": np.array([format_reasons(r) if o and r else "" for r, o in zip(reasons, ok)], dtype=object),
             "trade_in_12m": nodes["trade_in_12m"].fillna(0.0).to_numpy(dtype=float),
             "eligible_receivables": ctx.eligible.reindex(req["firm_id"]).fillna(0.0).to_numpy(dtype=float),
+            "excluded_receivables": req["firm_id"].map(ctx.excluded if ctx.excluded is not None else {}).fillna(0)
+            .to_numpy(dtype=float),
             "dq_issues": req["firm_id"].map(ctx.dq_counts).fillna(0).astype(int).to_numpy(),
             "consent": consent.to_numpy(dtype=object),
             "cores": nodes["cores"].to_numpy(dtype=object), "batch_group": nodes["batch_group"].to_numpy(dtype=object),
@@ -279,7 +294,7 @@ def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: p
     by_id = pd.Index(ids, dtype=object)
     return Precomputed(T, {f: i for i, f in enumerate(ids)}, cols, reasons.to_numpy(dtype=object),
                        {k: c.set_axis(by_id[c.index]) for k, c in contribs.items()}, jy.set_axis(by_id[jy.index]),
-                       dict(zip(ctx.lines.index.astype(str), ctx.lines.astype(float))))
+                       dict(zip(ctx.lines.index.astype(str), ctx.lines.astype(float))), ctx.receivables)
 
 
 AUTHENTICITY = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle")
@@ -291,7 +306,7 @@ AUTHENTICITY = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle")
 def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, consents: pd.DataFrame | None = None,
            options: BatchOptions = BatchOptions(), scale: ScoreScale | None = None,
            context: DecisionContext | None = None, precomputed: Precomputed | None = None,
-           outputs: ModelOutputs | None = None) -> Decisions:
+           outputs: ModelOutputs | None = None, earmarks: pd.DataFrame | None = None) -> Decisions:
     """Decisions for ``requests`` (``firm_id``, optional ``requested_amount`` and
     ``request_problem``, as :func:`scf_engine.ingest.requests.read_batch` returns) on the
     assembled snapshot ``data`` (an :class:`~scf_engine.assemble.SnapshotData` with the
@@ -305,8 +320,9 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     (the request). ``precomputed``: a table the caller keeps for the snapshot (a
     service's, over every firm); firms it lacks (unknown ids) are computed here.
     ``outputs``: the models' PDs and contributions when computed elsewhere
-    (:class:`ModelOutputs`, scoring on Spark)."""
-    ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
+    (:class:`ModelOutputs`, scoring on Spark); ``earmarks``: the receivables earlier
+    batches on this snapshot lent against (used when the context is built here)."""
+    ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents, earmarks)
     ids = requests["firm_id"].astype(str).tolist()
     extra = None
     if precomputed is None or precomputed.missing(ids):
@@ -341,8 +357,10 @@ def finalize(tables, requests: pd.DataFrame, pols: dict, options: BatchOptions =
           else pd.DataFrame(index=index[known]))
     detail = pd.DataFrame({"limit_basis": w.basis, "decision_reasons": w.decision_reasons, "binding_caps": w.binding},
                           index=index)
+    status = next((t.receivables for t in tables if t.receivables is not None), None)
     return Decisions(tables[0].as_of, result, pd.Series(ok, index=index), reasons, contribs, detail, w.core,
-                     summary(result, pols), jy)
+                     summary(result, pols), jy, left_out(status, w.ids[ok]) if status is not None else None,
+                     earmarked(status, result[ok]) if status is not None else [])
 
 
 def _rows_by_id(frames: list, ids: np.ndarray) -> pd.DataFrame:
@@ -414,7 +432,11 @@ def decide_rows(tables: list, ids: list, amounts: np.ndarray | None, problems: n
     cols = {"firm_id": idarr, "as_of": np.full(n, tables[0].as_of.strftime("%Y-%m-%d"), dtype=object),
             "pd": np.round(pd_, 6), "score": np.where(ok, p["score"], np.nan), "grade": grade, "limit_cny": limit_cny,
             "decision": decision, "reasons": np.where(ok, p["text"], why),
-            **{c: np.round(np.where(blocked, np.nan, p[c]), 6) for c in PD_COLUMNS},
+            **{c: np.round(np.where(blocked, np.nan, p[c]), 6) for c in ("pd_propagation", "pd_decoupled")},
+            # v1.1: what backs the receivable part, and how many receivables were left out
+            "eligible_receivables_cny": np.where(ok, p["eligible_receivables"], np.nan),
+            "excluded_receivables": np.where(ok, p["excluded_receivables"], np.nan),
+            "pd_hybrid": np.round(np.where(blocked, np.nan, p["pd_hybrid"]), 6),
             "pd_source": np.where(ok, p["pd_source"], "").astype(object), "requested_amount": req, **part,
             "binding_caps": np.array([";".join(b) for b in binding], dtype=object),
             "decision_reasons": np.array(["; ".join(r) if o else w for r, o, w in zip(reasons_, ok, why)], dtype=object),
@@ -464,13 +486,13 @@ def limits_frame(cols: dict) -> pd.DataFrame:
     nullable integers)."""
     result = pd.DataFrame(cols)
     result["pd_source"] = result["pd_source"].astype(object)  # as the batch has always written it
-    for c in ("jiangyin_a", "jiangyin_c"):
+    for c in INT_COLUMNS:
         result[c] = result[c].astype("Int64")
     assert list(result.columns[: len(LIMITS_COLUMNS)]) == list(LIMITS_COLUMNS)
     return result
 
 
-INT_COLUMNS = ("jiangyin_a", "jiangyin_c")  # counts: nullable integers in the frame, ints in JSON
+INT_COLUMNS = ("excluded_receivables", "jiangyin_a", "jiangyin_c")  # counts: nullable integers in the frame, ints in JSON
 
 
 def records(cols: dict) -> list[dict]:

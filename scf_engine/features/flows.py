@@ -28,6 +28,7 @@ from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
 from scf_engine.sqlengine import DuckDBEngine
+from scf_engine.features.closed_loop import closed_loop_features
 from scf_engine.features.authenticity import ZERO_WHEN_NONE, authenticity_features, load_policy
 from scf_engine.ingest.rules import sql_list
 
@@ -135,6 +136,8 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     ).set_index("firm_id").reindex(firms["firm_id"])  # the snapshot's order, whatever order an engine returns
     out = fr.join(out, how="left")  # every firm of the snapshot, flows or not
     out = _code_features(eng, out, cat, T)
+    if "closed_loop" in {s.function for s in cat.of_kind("code")}:  # financings, receivables, accounts: pandas
+        out = out.join(closed_loop_features(snapshot), how="left")
     out = _derived(eng, out, cat)
     out = _ranks(out, snapshot.firms, cat)
     if engine is None:

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scf_engine import policies
-from scf_engine.contract import DEFAULTS, FILES, FIRMS, FLOWS, INDICATORS, RECEIVABLES, FileSpec, locate
+from scf_engine.contract import DEFAULTS, FILES, FINANCINGS, FIRMS, FLOWS, INDICATORS, RECEIVABLES, FileSpec, locate
 from scf_engine.errors import DatasetError
-from scf_engine.dataset import Dataset, empty_indicators
+from scf_engine.dataset import Dataset, empty_financings, empty_indicators
 from scf_engine.duck import connect
 from scf_engine.ingest.quarantine import QuarantineReport
 from scf_engine.hashing import file_sha256
@@ -98,12 +98,13 @@ def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
                 f"CAST({_sql_date(data_end(con, files))} AS DATE) AS horizon FROM ({' UNION ALL '.join(date_exprs)})")
 
     tables: dict[str, pd.DataFrame] = {}
-    for spec in (FIRMS, RECEIVABLES, FLOWS, DEFAULTS, INDICATORS):
+    for spec in (FIRMS, RECEIVABLES, FLOWS, DEFAULTS, INDICATORS, FINANCINGS):
         if spec.name not in files:
             continue
         if progress:
             progress(f"checking {files[spec.name].path.name}")
-        tables[spec.name] = _check_file(con, files[spec.name], report, accepted_ids)
+        owners = tables["receivables"].set_index("receivable_id")["supplier_id"] if spec is FINANCINGS else None
+        tables[spec.name] = _check_file(con, files[spec.name], report, accepted_ids, owners)
         if spec is FIRMS:
             accepted_ids = pa.array(tables["firms"]["firm_id"].to_numpy(), pa.string())
     con.close()
@@ -125,8 +126,11 @@ def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
     if defaults is None:
         defaults = pd.DataFrame({"firm_id": pd.Series([], dtype="str"), "default_on": pd.Series([], dtype="datetime64[s]")})
     indicators = tables.get("indicators")
+    financings = tables.get("financings")
     return Dataset(
         indicators=indicators if indicators is not None else empty_indicators(),
+        financings=financings if financings is not None else empty_financings(),
+        has_financings="financings" in files,
         firms=firms,
         receivables=tables["receivables"],
         flows=tables["flows"],
@@ -198,13 +202,18 @@ def load_or_report(folder: Path | str, report_path: Path | None, *, progress=Non
         raise DatasetError(f"{exc} (quarantine report of what was read: {path})") from None
 
 
-def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Array | None) -> pd.DataFrame:
+def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Array | None,
+                owners: pd.Series | None = None) -> pd.DataFrame:
+    """``owners``: the supplier of each accepted receivable (by receivable_id), for a file
+    that names receivables (financings)."""
     spec: FileSpec = lf.spec
     raw = f"raw_{spec.name}"
     extra = [c for c in lf.table.column_names if c not in spec.column_names and c != "_row"]
     checking = lf.table
     for name, member in _firm_membership(lf.table, spec, firm_ids).items():
         checking = checking.append_column(H("f", name).strip('"'), member)
+    for name, (member, owned) in _receivable_membership(lf.table, spec, owners).items():
+        checking = checking.append_column(H("f", name).strip('"'), member).append_column(H("o", name).strip('"'), owned)
     con.register("_checking", checking)
     parsed = parse_sql(spec, table="_checking", typed=lf.typed)
     if lf.typed:  # values already typed: DuckDB only judges them
@@ -251,7 +260,25 @@ def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Arra
             columns=["line", "column", "value", "reason", "parties"],
         )], ignore_index=True)
     report.add_file(lf.path.name, lf.n_read, checked.num_rows, violations)
-    return _to_frame(checked.drop_columns(["_row"]), spec)
+    dropped = ["_row"] + [c.name for c in spec.columns if c.only_when_present and c.name in lf.absent]
+    return _to_frame(checked.drop_columns(dropped), spec)
+
+
+def _receivable_membership(table: pa.Table, spec: FileSpec, owners: pd.Series | None) -> dict[str, tuple]:
+    """Whether each receivable reference names an accepted receivable, and one of the
+    borrower's own (the row's ``firm_id`` is its supplier): a financing on another
+    firm's receivable is a bad record. Financings are few, so pandas does."""
+    columns = [c.name for c in spec.columns if c.kind == "receivable_ref"]
+    if not columns:
+        return {}
+    owners = owners if owners is not None else pd.Series(dtype=object)
+    out = {}
+    for name in columns:
+        ids = pd.Series(table[name].to_pylist(), dtype=object)
+        owner = ids.map(owners)
+        firm = pd.Series(table["firm_id"].to_pylist(), dtype=object) if "firm_id" in table.column_names else owner
+        out[name] = (pa.array(owner.notna().to_numpy()), pa.array((owner == firm).to_numpy()))
+    return out
 
 
 def _firm_membership(table: pa.Table, spec: FileSpec, firm_ids: pa.Array | None) -> dict[str, pa.ChunkedArray]:

@@ -367,7 +367,7 @@ def _write(out_dir: Path, produced: FileSpec, table: pd.DataFrame, firms: pd.Dat
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = {"firms": firms, produced.name: table}
     for spec in PRODUCIBLE.values():  # the contract requires both; the other one is empty
-        frames.setdefault(spec.name, pd.DataFrame(columns=list(spec.column_names)))
+        frames.setdefault(spec.name, pd.DataFrame(columns=list(spec.base_column_names)))
     paths = {}
     for name, frame in frames.items():
         twins = [out_dir / f"{name}{ext}" for ext in FILE_EXTENSIONS if ext != ".csv"]

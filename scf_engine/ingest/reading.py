@@ -75,6 +75,7 @@ class LoadedFile:
     encoding: str  # "utf-8", "gb18030" or "parquet"
     line_map: LineMap
     malformed: list[tuple[int, str, str]] = field(default_factory=list)  # (line, text, reason)
+    absent: tuple[str, ...] = ()  # optional contract columns the file did not have (added empty)
 
     @property
     def n_read(self) -> int:
@@ -132,6 +133,11 @@ def _may_need_trim(col: pa.ChunkedArray) -> bool:
         if _EDGE_BYTE[d.take(o[:-1], mode="clip")].any() or _EDGE_BYTE[d.take(o[1:] - 1, mode="clip")].any():
             return True
     return False
+
+
+def _absent(table: pa.Table, spec: FileSpec) -> tuple[str, ...]:
+    """The contract columns ``table`` lacks (only optional ones get this far)."""
+    return tuple(c.name for c in spec.columns if c.name not in table.column_names)
 
 
 def _finish(table: pa.Table, spec: FileSpec, typed: bool) -> pa.Table:
@@ -399,7 +405,8 @@ def _read_csv_plain(path: Path, spec: FileSpec, names: list[str]) -> LoadedFile:
         table = _typed_dates(table, spec)
     line_map = LineMap(path, encoding, table.num_rows)
     malformed = _malformed_rows(path, encoding, bad_rows) if bad_rows else []
-    return LoadedFile(spec, path, _finish(table, spec, typed), typed, encoding, line_map, malformed)
+    return LoadedFile(spec, path, _finish(table, spec, typed), typed, encoding, line_map, malformed,
+                      _absent(table, spec))
 
 
 def _mostly_utf8(path: Path) -> bool:
@@ -529,7 +536,8 @@ def _read_parquet(path: Path, spec: FileSpec) -> LoadedFile:
     if not typed:  # exact path: render every value as the text a CSV export would hold
         typed_cols = {name: _as_text(col) for name, col in zip(names, table.columns)}
     out = pa.table(typed_cols)
-    return LoadedFile(spec, path, _finish(out, spec, typed), typed, "parquet", LineMap(path, "parquet", out.num_rows))
+    return LoadedFile(spec, path, _finish(out, spec, typed), typed, "parquet", LineMap(path, "parquet", out.num_rows),
+                      absent=_absent(out, spec))
 
 
 def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:

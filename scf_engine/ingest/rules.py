@@ -119,6 +119,10 @@ def column_rules(col: Column) -> list[tuple[str, str, str]]:
                       f"{n} is not a 6-digit administrative division code"))
     elif col.kind == "firm_ref":
         rules.append((n, f"NOT {e} AND NOT {H('f', n)}", f"{n} is not an accepted firm in firms"))
+    elif col.kind == "receivable_ref":
+        rules.append((n, f"NOT {e} AND NOT {H('f', n)}", f"{n} is not an accepted receivable in receivables"))
+        rules.append((n, f"NOT {e} AND {H('f', n)} AND NOT {H('o', n)}",
+                      f"{n} is a receivable of another supplier than firm_id"))
     elif col.kind == "party":
         rules.append((n, f"NOT {e} AND NOT {H('f', n)} AND NOT (starts_with({c}, '{EXTERNAL_PREFIX}') "
                          f"AND length({c}) > {len(EXTERNAL_PREFIX)})",
@@ -128,6 +132,9 @@ def column_rules(col: Column) -> list[tuple[str, str, str]]:
 
 FUTURE_DATES = {"flows": ("booked_on",), "receivables": ("issued_on", "confirmed_on", "paid_on"),
                 "defaults": ("default_on",)}
+# v1.1 event dates checked against the same horizon, but not used to find it (a v1
+# dataset's data end must not move): pledges, transfers, drawdowns and repayments.
+FUTURE_ONLY_DATES = {"receivables": ("pledged_on", "transferred_on"), "financings": ("drawn_on", "repaid_on")}
 
 
 def future_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
@@ -135,7 +142,7 @@ def future_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
     ``ingest.yaml`` policy) is in the future: quarantined, so it cannot move the as-of."""
     return [(n, f"{H('d', n)} > (SELECT horizon FROM _last_date)",
              f"{n} is in the future (after the data's end or today; ingest.yaml future_dates)")
-            for n in FUTURE_DATES.get(spec.name, ())]
+            for n in FUTURE_DATES.get(spec.name, ()) + FUTURE_ONLY_DATES.get(spec.name, ())]
 
 
 def row_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
@@ -163,6 +170,16 @@ def _row_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
             ("paid_amount", f"{a('paid_amount')} < 0", "paid_amount is negative"),
             ("paid_amount", f"NOT {e('paid_on')} AND {e('paid_amount')}", "paid_on is set but paid_amount is empty"),
             ("paid_on", f"{e('paid_on')} AND NOT {e('paid_amount')}", "paid_amount is set but paid_on is empty"),
+            *_pair_rules("pledged", "a pledge"), *_pair_rules("transferred", "a transfer"),
+        ]
+    if spec.name == "financings":
+        return [
+            ("amount", f"{a('amount')} <= 0", "amount must be > 0"),
+            ("maturity_on", f"{d('maturity_on')} < {d('drawn_on')}", "maturity_on is before drawn_on"),
+            ("repaid_on", f"{d('repaid_on')} < {d('drawn_on')}", "repaid_on is before drawn_on (repaid before drawn)"),
+            ("repaid_amount", f"{a('repaid_amount')} < 0", "repaid_amount is negative"),
+            ("repaid_amount", f"NOT {e('repaid_on')} AND {e('repaid_amount')}", "repaid_on is set but repaid_amount is empty"),
+            ("repaid_on", f"{e('repaid_on')} AND NOT {e('repaid_amount')}", "repaid_amount is set but repaid_on is empty"),
         ]
     if spec.name == "indicators":
         graded = sql_list(GRADED_INDICATORS)
@@ -182,6 +199,19 @@ def _row_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
             ("amount", f"{a('amount')} <= 0", "amount must be > 0"),
         ]
     return []
+
+
+def _pair_rules(prefix: str, what: str) -> list[tuple[str, str, str]]:
+    """A registry record (``{prefix}_to``, ``{prefix}_on``) comes whole and not before the
+    receivable was issued: a pledge dated before its receivable existed is a bad record,
+    not a pledge the engine can trust either way."""
+    d, e = (lambda n: H("d", n)), (lambda n: H("e", n))
+    to, on = f"{prefix}_to", f"{prefix}_on"
+    return [
+        (on, f"{d(on)} < {d('issued_on')}", f"{on} is before issued_on ({what} before issue)"),
+        (on, f"NOT {e(to)} AND {e(on)}", f"{to} is set but {on} is empty"),
+        (to, f"{e(to)} AND NOT {e(on)}", f"{on} is set but {to} is empty"),
+    ]
 
 
 def all_rules(spec: FileSpec) -> list[tuple[str, str, str]]:

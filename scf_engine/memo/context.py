@@ -86,6 +86,14 @@ def jiangyin_record(decisions, i) -> dict | None:
             "indicators": [{"name": k, "grade": row[k]} for k in INDICATORS]}
 
 
+def left_out_record(decisions, fid) -> list[dict]:
+    """The firm's receivables left out of its limit, and why (credit.encumbrance)."""
+    lo = getattr(decisions, "left_out", None)
+    if lo is None or lo.empty:
+        return []
+    return lo.loc[lo["firm_id"] == fid, ["receivable_id", "buyer_id", "amount", "reason"]].to_dict("records")
+
+
 def memo_context(i, decisions, data, models, shared: _BatchShared, provenance: Provenance, quarantine=None) -> dict:
     """The memo context (see :mod:`scf_engine.memo.render`) of request row ``i``."""
     row, chain = decisions.limits.loc[i], data.chain
@@ -113,6 +121,7 @@ def memo_context(i, decisions, data, models, shared: _BatchShared, provenance: P
         "data_quality": dq[["file", "line", "column", "reason"]].to_dict("records") if len(dq) else [],
         "authenticity": shared.authenticity(fid),
         "jiangyin": jiangyin_record(decisions, i),
+        "left_out": left_out_record(decisions, fid),
         "mlflow": {"run_id": provenance.run_id, "experiment": provenance.experiment, "tracking_uri": provenance.tracking_uri},
         "generated_at": datetime.now(timezone.utc),
     }

@@ -32,6 +32,9 @@ Context (``ctx``), exactly these keys (others are refused; * = required):
   label_zh, label_en, feature, value}], rings: [{days, hops: [{payer, payee, date, amount}]}]}``
   - trade authenticity (贸易背景真实性): the family's values, the policy's alerts, and the
   rings by which the firm's own payments came back
+* ``left_out``: ``[{receivable_id, buyer_id, amount, reason}]`` - the firm's receivables
+  that could have backed the limit but were left out (pledged, transferred, already
+  financed, earmarked by another batch, not confirmed: credit.encumbrance), buyers masked
 * ``mlflow``: ``{run_id, experiment, tracking_uri}``
 * ``generated_at``: when the memo was made (default: now)
 
@@ -56,7 +59,7 @@ FORMATS = ("html", "pdf", "md")
 REQUIRED_KEYS = ("firm", "as_of", "models", "final", "reasons")
 PICTURES = ("neighbourhood", "waterfall")
 OPTIONAL_KEYS = ("jiangyin", "chain_position", "neighbourhood_svg", "neighbourhood_png", "waterfall_svg", "waterfall_png",
-                 "propagation_paths", "data_quality", "authenticity", "mlflow", "generated_at")
+                 "propagation_paths", "data_quality", "authenticity", "mlflow", "generated_at", "left_out")
 CONTEXT_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
 FIRM_KEYS = ("firm_id", "name", "industry", "region", "founded_on", "batch_group")
 MAX_PATHS_SHOWN = 8
@@ -387,6 +390,9 @@ def view(ctx: dict) -> dict:
         "generated_at": fmt_datetime(generated),
         "pictures": {name: _picture(ctx, name) for name in PICTURES},  # bytes: SVG or PNG (_is_svg tells)
         "jiangyin": _jiangyin_view(ctx.get("jiangyin")),
+        "left_out": [{"receivable_id": scrub(str(r.get("receivable_id")), keep), "buyer": scrub(str(r.get("buyer_id")), keep),
+                      "amount": fmt_cny(r.get("amount")), "reason": scrub(str(r.get("reason")), keep)}
+                     for r in (ctx.get("left_out") or [])],
     }
 
 

@@ -27,6 +27,7 @@ from scf_engine.assemble import add_propagation, assemble
 from scf_engine.credit.consent import consent_status
 from scf_engine.credit.decide import decide
 from scf_engine.errors import RequestError, TrackingError
+from scf_engine.features.closed_loop import firm_evidence
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_consents, requests_frame
@@ -239,6 +240,7 @@ def monitor_frame(ds, lent, dec, now, batch, cons, T, policy) -> pd.DataFrame:
     frame = frame.join(distress.reindex(ids).fillna({"core_distress": 0.0, "distressed_core": ""}))
     d_on = ds.default_dates(ids).set_axis(ids)
     frame["in_default"] = (d_on < T).to_numpy()
+    frame["fin_evidence"] = firm_evidence(now.snapshot).reindex(ids).fillna("").to_numpy()
     frame["default_on"] = d_on.dt.strftime("%Y-%m-%d").fillna("").to_numpy()
     return frame
 

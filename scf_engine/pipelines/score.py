@@ -21,9 +21,10 @@ import pandas as pd
 from scf_engine import access, faults, policies, publish, tracking
 from scf_engine.assemble import SnapshotData, add_propagation, assemble
 from scf_engine.credit.decide import BatchOptions, DecisionContext, Decisions, Precomputed, decide, precompute
+from scf_engine.credit.encumbrance import earmarks_in_force
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset, as_timestamp
-from scf_engine.errors import PolicyError, RequestError
+from scf_engine.errors import AuditError, PolicyError, RequestError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_batch, read_consents, read_whitelist, requests_frame
@@ -138,14 +139,14 @@ def load_for_decisions(data_dir, *, as_of=None, consents=None, tracking_uri=None
 
 def decide_loaded(loaded: Loaded, requests: pd.DataFrame, options: BatchOptions = BatchOptions(),
                   context: DecisionContext | None = None, precomputed: Precomputed | None = None,
-                  outputs=None) -> Decisions:
+                  outputs=None, earmarks: pd.DataFrame | None = None) -> Decisions:
     """The decision core on what :func:`load_for_decisions` loaded; ``context`` and
     ``precomputed``: the snapshot's :class:`DecisionContext` and per-firm table when the
     caller keeps them (``scf serve``); ``outputs``: the models' PDs and contributions
-    computed on Spark."""
+    computed on Spark; ``earmarks``: receivables other batches on this snapshot lent against."""
     return decide(loaded.data, loaded.models, loaded.pols, requests, dataset=loaded.dataset, consents=loaded.consents,
                   options=options, scale=loaded.scale, context=context, precomputed=precomputed,
-                  outputs=outputs)
+                  outputs=outputs, earmarks=earmarks)
 
 
 def precompute_loaded(loaded: Loaded, context: DecisionContext, firm_ids=None) -> Precomputed:
@@ -154,6 +155,20 @@ def precompute_loaded(loaded: Loaded, context: DecisionContext, firm_ids=None) -
     ids = loaded.dataset.firms["firm_id"] if firm_ids is None else firm_ids
     return precompute(loaded.data, loaded.models, loaded.pols, ids, dataset=loaded.dataset, consents=loaded.consents,
                       scale=loaded.scale, context=context)
+
+
+def read_earmarks(audit_log: Path, as_of: pd.Timestamp, pols: dict, batch_id: str | None) -> pd.DataFrame:
+    """The receivables behind the limits of other batches still binding at ``as_of``,
+    from the audit log's ``scf score`` entries (see :mod:`scf_engine.credit.encumbrance`
+    for why the log is the state). No log yet: none."""
+    try:
+        entries = access.entries(audit_log)
+    except AuditError:
+        if Path(audit_log).exists():
+            raise
+        entries = []
+    window = int(pols["limit_policy"].get("earmark_window_days", 0) or 0)
+    return earmarks_in_force(entries, as_of, window, batch_id)
 
 
 def decision_context(loaded: Loaded) -> DecisionContext:
@@ -194,7 +209,10 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
         say("models and SHAP contributions on Spark")
         outputs = spark_model_outputs(eng.spark, loaded.models, loaded.data.table, requests["firm_id"])
     say("decisions")
-    decisions = decide_loaded(loaded, requests, options, outputs=outputs)
+    earmarks = read_earmarks(audit_log, loaded.data.as_of, loaded.pols, batch_id)
+    if len(earmarks):
+        say(f"{len(earmarks)} receivable(s) behind other batches' limits on this snapshot are left out")
+    decisions = decide_loaded(loaded, requests, options, outputs=outputs, earmarks=earmarks)
     return record_batch(loaded, decisions, out, batch_id=batch_id, inputs=inputs, options=options,
                         paths={"dataset": Path(data_dir), "batch": Path(batch)}, memos=memos, memo_formats=memo_formats,
                         audit_log=audit_log, actor=actor, progress=say)
@@ -249,6 +267,7 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
                 name_firms=True, batch_id=batch_id, mlflow_run_id=run.id, as_of=str(decisions.as_of.date()),
                 model_versions={k: v["version"] for k, v in loaded.versions.items()},
                 policy_hashes=policies.fingerprint(loaded.pols), output=hashes,
+                **({"earmarked_receivables": decisions.earmarked} if decisions.earmarked else {}),
                 **({"leftover_outputs": pub.leftovers} if pub.leftovers else {}))
 
         def log_entry(entry: dict, path: Path) -> None:

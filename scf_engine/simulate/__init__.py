@@ -58,6 +58,7 @@ def simulate(config: WorldConfig | None = None, *, progress=None, **kwargs) -> W
 FLOW_CHUNK = 4_000_000
 SCENARIO_KEYS = ("deteriorating_share", "downgraded_cores", "scenario_month")  # left out of world.json when off
 STORY_KEY = "story"  # left out of world.json for the default story (existing worlds' files unchanged)
+CLOSED_LOOP_KEYS = ("closed_loop", "financed_share", "double_pledge_share", "misuse_share")  # likewise
 
 
 def static_tables(world: World) -> dict[str, pa.Table]:
@@ -94,7 +95,7 @@ def static_tables(world: World) -> dict[str, pa.Table]:
         "default_on": pa.array(dd[has], pa.date32()),
     })
     for spec, table in ((FIRMS, firms), (RECEIVABLES, receivables), (DEFAULTS, defaults)):
-        assert table.column_names == list(spec.column_names), spec.name
+        assert table.column_names == list(spec.base_column_names), spec.name
     return {"firms": firms, "receivables": receivables, "defaults": defaults}
 
 
@@ -120,7 +121,7 @@ def flow_batches(world: World, chunk: int = FLOW_CHUNK):
             "amount": pa.array(fa["amount"][sl], pa.float64()),
             "purpose": purposes.take(pa.array(fa["purpose"][sl].astype(np.int32))),
         })
-        assert batch.schema.names == list(FLOWS.column_names)
+        assert batch.schema.names == list(FLOWS.base_column_names)
         yield batch
 
 
@@ -239,6 +240,32 @@ def batch_frame(world: World) -> pd.DataFrame:
     return out.sort_values("firm_id").reset_index(drop=True)
 
 
+def _closed_loop(world: World, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """The closed-loop scenario's receivables, flows and financings as Arrow tables (dates
+    as date32), and its truth frame (see :mod:`.closed_loop`)."""
+    from scf_engine.simulate.closed_loop import closed_loop_records
+
+    def frame(table):
+        df = table.to_pandas()
+        for c, t in zip(table.column_names, table.schema.types):
+            if pa.types.is_date32(t):
+                df[c] = pd.to_datetime(df[c])
+        return df
+
+    flows = frame(pa.Table.from_batches(list(flow_batches(world))))
+    rec = closed_loop_records(world.config, frame(tables["firms"]), frame(tables["receivables"]), flows)
+
+    def table(df):
+        out = pa.Table.from_pandas(df, preserve_index=False)
+        for i, (c, t) in enumerate(zip(out.column_names, out.schema.types)):
+            if pa.types.is_timestamp(t):
+                out = out.set_column(i, c, out[c].cast(pa.date32()))
+        return out
+
+    return {"receivables": table(rec["receivables"]), "flows": table(rec["flows"]), "financings": table(rec["financings"]),
+            "truth": rec["truth"].assign(on=rec["truth"]["on"].dt.strftime("%Y-%m-%d"))}
+
+
 def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
     """Write the world as a contract dataset folder, plus truth and simulator metadata.
 
@@ -250,14 +277,22 @@ def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
     tables = static_tables(world)
     rows = {name: t.num_rows for name, t in tables.items()}
     rows["flows"] = len(world.records["flows_arrays"]["amount"])
-    for name in ("firms", "receivables", "flows", "defaults"):
+    loop = _closed_loop(world, tables) if world.config.closed_loop else None
+    if loop is not None:
+        rows["flows"] = loop["flows"].num_rows
+        rows["financings"] = loop["financings"].num_rows
+    for name in ("firms", "receivables", "flows", "defaults") + (("financings",) if loop else ()):
         ext = ".parquet" if fmt == "parquet" or (fmt == "compact" and name in ("flows", "receivables")) else ".csv"
         for old in (out / f"{name}.csv", out / f"{name}.parquet"):
             old.unlink(missing_ok=True)
-        if name == "flows":
+        if loop is not None and name in loop:
+            write_table(loop[name], out / f"{name}{ext}")
+        elif name == "flows":
             write_batches(flow_batches(world), out / f"flows{ext}")
         else:
             write_table(tables[name], out / f"{name}{ext}")
+    if loop is not None:
+        loop["truth"].to_csv(out / "closed_loop_truth.csv", index=False)
     truth = world.records["truth"]
     truth.assign(as_of=truth["as_of"].dt.strftime("%Y-%m-%d"), true_pd=truth["true_pd"].round(6))[
         ["firm_id", "as_of", "true_pd"]
@@ -276,7 +311,8 @@ def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
     meta = {
         "generator": "scf_engine.simulate",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in world.config.__dict__.items()
-                   if (scenario or k not in SCENARIO_KEYS) and (k != STORY_KEY or v != "default")},
+                   if (scenario or k not in SCENARIO_KEYS) and (k != STORY_KEY or v != "default")
+                   and (world.config.closed_loop or k not in CLOSED_LOOP_KEYS)},
         "distressed_cores": f.loc[f["distressed_core"], "firm_id"].tolist(),
         "rings": [ids[g.sort_values("order")["firm"].to_numpy()].tolist() for _, g in world.rings.groupby("ring")],
         "rows": rows,

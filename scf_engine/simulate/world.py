@@ -83,6 +83,13 @@ class WorldConfig:
     # The generative mechanism (scf_engine.simulate.stories): "default", "cyclical" or
     # "shock". Other stories draw from their own random stream: default worlds are unchanged.
     story: str = "default"
+    # Closed-loop scenario (contract v1.1, simulate/closed_loop.py; off by default, its own
+    # random stream): financings.csv, accounts on flows, pledge/transfer records, with
+    # planted double pledges, diversions, misused drawdowns and borrowing to repay.
+    closed_loop: bool = False
+    financed_share: float = 0.3  # of the receivables confirmed by cores
+    double_pledge_share: float = 0.05  # of confirmed receivables pledged elsewhere (and 0.4x that transferred)
+    misuse_share: float = 0.05  # of financings, for each planted kind (diversion, core, circle, borrow)
 
 
 @dataclass
