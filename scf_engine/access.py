@@ -57,13 +57,14 @@ def firms_digest(firm_ids: Iterable[str]) -> dict:
 
 
 def record(log: str | Path | None, actor: str | None, command: str, purpose: str, firm_ids: Iterable[str], *,
-           inputs: dict | None = None, name_firms: bool = False, **details) -> dict:
-    """Append the access entry of ``command`` and return it."""
+           inputs: dict | None = None, name_firms: bool = False, precondition=None, **details) -> dict:
+    """Append the access entry of ``command`` and return it (``precondition``: see
+    :func:`scf_engine.audit.append`)."""
     ids = [str(f) for f in firm_ids]
     body = {"command": command, "purpose": purpose, **firms_digest(ids), "inputs": dict(inputs or {}), **details}
     if name_firms:
         body["firms"] = ids
-    return audit.append(log_path(log), actor_name(actor), command, body)
+    return audit.append(log_path(log), actor_name(actor), command, body, precondition=precondition)
 
 
 def entries(log: str | Path | None = None) -> list[dict]:

@@ -45,7 +45,7 @@ import json
 import os
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 try:  # POSIX advisory lock; elsewhere appends are not guarded against concurrency
     import fcntl
@@ -147,13 +147,17 @@ def _last_line(fh) -> bytes | None:
     return buf
 
 
-def append(path: str | Path, actor: str | None, action: str, details: Mapping[str, Any] | None = None) -> dict:
+def append(path: str | Path, actor: str | None, action: str, details: Mapping[str, Any] | None = None,
+           precondition: Callable[[], None] | None = None) -> dict:
     """Append one entry and return it (as written, ``hash`` included).
 
     ``actor``: who did it; None records the OS user. ``action``: a short verb
     (``score``, ``train``, ``export``...). ``details``: any JSON-able mapping.
     Creates the file (and its folder) on first use. With ``$SCF_AUDIT_KEY`` set the entry
     is keyed (see the module notes). A write that fails is cut back; the log is as before.
+    ``precondition``: called while the lock is held, before anything is written; what it
+    raises aborts the append (a check against entries other writers appended meanwhile,
+    e.g. two batches earmarking one receivable: see ``pipelines.score``).
     """
     if not action or not isinstance(action, str):
         raise ValueError("audit action must be a non-empty string")
@@ -173,6 +177,8 @@ def append(path: str | Path, actor: str | None, action: str, details: Mapping[st
         if fcntl is not None:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
+            if precondition is not None:
+                precondition()
             seq, prev = _chain_end(fh, key)
             entry = {
                 "seq": seq,

@@ -234,3 +234,22 @@ def test_two_processes_appending_at_the_same_moment_keep_the_chain(tmp_path):
     assert ok, problems
     lines = log.read_text().splitlines()
     assert len(lines) == 120 and [json.loads(x)["seq"] for x in lines] == list(range(1, 121))
+
+
+def test_a_failing_precondition_aborts_the_append_under_the_lock(tmp_path):
+    """append's precondition runs with the lock held and before any byte is written: what
+    it raises leaves the log exactly as it was, and the next append chains on as usual."""
+    log = tmp_path / "audit.jsonl"
+    audit.append(log, "a", "score", {"n": 1})
+    before = log.read_bytes()
+    seen = []
+
+    def refuse():
+        seen.append(log.read_bytes())  # the precondition may read the log itself
+        raise RuntimeError("taken meanwhile")
+
+    with pytest.raises(RuntimeError, match="taken meanwhile"):
+        audit.append(log, "b", "score", {"n": 2}, precondition=refuse)
+    assert log.read_bytes() == before and seen == [before]
+    entry = audit.append(log, "b", "score", {"n": 2}, precondition=lambda: None)
+    assert entry["seq"] == 2 and audit.verify(log) == (True, [])

@@ -672,3 +672,28 @@ def test_pledged_transferred_financed_and_earmarked_receivables_are_left_out_wit
     assert eligible["S"] == 100.0 and excluded["S"] == 5
     # a wider window lets the earlier snapshot's batch bind too
     assert set(earmarks_in_force(entries, T, 31, batch_id="B-mine")["batch_id"]) == {"B-other", "B-old"}
+
+
+def test_two_batches_decided_at_once_cannot_both_lend_on_one_receivable(tmp_path):
+    """Each batch reads the earmarks before either writes; the second to append finds, under
+    the log's lock, that a receivable behind its limits was earmarked meanwhile, and is
+    refused with one line before its entry is written. Its own re-run, another firm's
+    receivable of the same id and a batch on an older snapshot do not clash."""
+    from scf_engine import access, policies
+    from scf_engine.errors import RequestError
+    from scf_engine.pipelines.score import check_still_free
+
+    log, T, pols = tmp_path / "audit.jsonl", pd.Timestamp("2024-06-01"), policies.load_all()
+    mine = [["R1", "S"], ["R2", "S"]]
+    check_still_free(log, T, pols, "B-mine", mine)  # no log yet: nothing is taken
+    access.record(log, "x", "score", "batch", ["S"], batch_id="B-old", as_of="2024-05-01", earmarked_receivables=[["R1", "S"]])
+    access.record(log, "x", "score", "batch", ["S"], batch_id="B-mine", as_of="2024-06-01", earmarked_receivables=mine)
+    access.record(log, "x", "score", "batch", ["Q"], batch_id="B-q", as_of="2024-06-01", earmarked_receivables=[["R2", "Q"]])
+    check_still_free(log, T, pols, "B-mine", mine)
+    access.record(log, "y", "score", "batch", ["S"], batch_id="B-fast", as_of="2024-06-01",
+                  earmarked_receivables=[["R2", "S"]])
+    size = log.stat().st_size
+    with pytest.raises(RequestError, match=r"1 receivable\(s\) .*first R2\) were earmarked by batch B-fast"):
+        access.record(log, "x", "score", "batch", ["S"], batch_id="B-mine", as_of="2024-06-01", earmarked_receivables=mine,
+                      precondition=lambda: check_still_free(log, T, pols, "B-mine", mine))
+    assert log.stat().st_size == size  # nothing written for the refused batch

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from scf_engine import access, faults, policies, publish, tracking
@@ -157,6 +158,24 @@ def precompute_loaded(loaded: Loaded, context: DecisionContext, firm_ids=None) -
                       scale=loaded.scale, context=context)
 
 
+def check_still_free(audit_log: Path, as_of: pd.Timestamp, pols: dict, batch_id: str, earmarked: list) -> None:
+    """Called under the audit log's lock just before the batch's entry is appended: none of
+    the receivables behind this batch's limits (``earmarked``, ``[receivable_id, firm_id]``)
+    may have been earmarked meanwhile by another batch decided at the same time (each read
+    the log before either wrote). Optimistic, not a lock held through a whole scoring run:
+    the loser is refused with one line and publishes nothing, and is simply scored again."""
+    if not earmarked:
+        return
+    taken = read_earmarks(audit_log, as_of, pols, batch_id)
+    mine = {(str(r), str(f)) for r, f in earmarked}
+    hit = taken.loc[np.array([(r, f) in mine for r, f in zip(taken["receivable_id"], taken["firm_id"])], dtype=bool)]
+    clash = sorted(set(hit["receivable_id"]))
+    if clash:
+        by = sorted(set(hit["batch_id"]))
+        raise RequestError(f"{len(clash)} receivable(s) behind this batch's limits (first {clash[0]}) were earmarked by "
+                           f"batch {', '.join(by)} while this batch was decided: nothing published; score this batch again")
+
+
 def read_earmarks(audit_log: Path, as_of: pd.Timestamp, pols: dict, batch_id: str | None) -> pd.DataFrame:
     """The receivables behind the limits of other batches still binding at ``as_of``,
     from the audit log's ``scf score`` entries (see :mod:`scf_engine.credit.encumbrance`
@@ -264,6 +283,7 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
         def append(hashes: dict) -> dict:
             return access.record(
                 audit_log, actor, "score", "batch credit decision (批量授信)", result["firm_id"].tolist(), inputs=inputs,
+                precondition=lambda: check_still_free(audit_log, decisions.as_of, loaded.pols, batch_id, decisions.earmarked),
                 name_firms=True, batch_id=batch_id, mlflow_run_id=run.id, as_of=str(decisions.as_of.date()),
                 model_versions={k: v["version"] for k, v in loaded.versions.items()},
                 policy_hashes=policies.fingerprint(loaded.pols), output=hashes,
