@@ -364,9 +364,16 @@ def test_a_cured_delay_weighs_less_than_an_open_one_in_the_model(lent):
     table = assemble(ds, [T], with_labels=False)[T].table
     rows = table[table["history_months"] >= 12].head(80)
     common = {"payroll_missed_12m": 3, "obligations_missed_12m": rows["obligations_missed_12m"] + 3}
+    # open: the missed months are the latest three (no payroll in them, none clean since);
+    # cured: they were paid back since, in full (the 12-month total as before, a clean
+    # streak of 3 months)
+    months = np.minimum(12, rows["history_months"])
+    open_12m = rows["payroll_12m"] * (months - 3).clip(lower=0) / months
     open_ = rows.assign(**common, payroll_open_gap=3, payroll_cured_12m=0, obligations_open=1,
-                        obligations_missed_3m=rows["obligations_missed_3m"] + 3)
-    cured = rows.assign(**common, payroll_open_gap=0, payroll_cured_12m=1, obligations_open=0)
+                        obligations_missed_3m=rows["obligations_missed_3m"] + 3, obligations_clean_months=0,
+                        payroll_3m=0.0, payroll_12m=open_12m, payroll_trend_3v12=np.log(1 / (open_12m / months + 1)))
+    cured = rows.assign(**common, payroll_open_gap=0, payroll_cured_12m=1, obligations_open=0,
+                        obligations_clean_months=3)
     p_open = predict_all({"decoupled": model}, open_)["pd_decoupled"]
     p_cured = predict_all({"decoupled": model}, cured)["pd_decoupled"]
     assert (p_open >= p_cured - 1e-9).mean() >= 0.9

@@ -845,6 +845,11 @@ def test_pledged_financed_and_earlier_batches_receivables_never_back_a_limit(tra
         assert second.loc[f, "excluded_receivables"] > first.loc[f, "excluded_receivables"]
     memo = next((tmp_path / "two" / "memos").glob(f"memo_{taken[2]}_*.md")).read_text()
     assert "earmarked by batch" in memo
+    # one firm explained (as the service decides it) leaves them out too
+    r = invoke("explain", data, "--firm", taken[0], "--consents", data / "consents.csv", "--out", tmp_path / "ex",
+               "--tracking-uri", uri, "--audit-log", log)
+    assert r.exit_code == 0, r.output
+    assert "earmarked by batch" in next((tmp_path / "ex" / "memos").glob(f"memo_{taken[0]}_*.md")).read_text()
     # the first request again replaces its own limits: not blocked by its own entry, and the
     # second batch lent on none of these receivables, so the same amounts come back
     again = score(batch, tmp_path / "three" / "limits.csv")

@@ -190,9 +190,10 @@ def read_earmarks(audit_log: Path, as_of: pd.Timestamp, pols: dict, batch_id: st
     return earmarks_in_force(entries, as_of, window, batch_id)
 
 
-def decision_context(loaded: Loaded) -> DecisionContext:
-    """What every decision on ``loaded`` shares, computed once (see :class:`DecisionContext`)."""
-    return DecisionContext.build(loaded.data, loaded.models, loaded.pols, loaded.dataset, loaded.consents)
+def decision_context(loaded: Loaded, earmarks: pd.DataFrame | None = None) -> DecisionContext:
+    """What every decision on ``loaded`` shares, computed once (see :class:`DecisionContext`);
+    ``earmarks``: receivables behind batches' limits at this snapshot (:func:`read_earmarks`)."""
+    return DecisionContext.build(loaded.data, loaded.models, loaded.pols, loaded.dataset, loaded.consents, earmarks)
 
 
 # ----------------------------------------------------------------------------------- score
@@ -366,7 +367,9 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
     check_writable(Path(out) / "memos" / "memo", audit_log)
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                                 progress=progress, report_path=Path(out) / "quarantine.csv")
-    decisions = decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [str(firm_id)]})))
+    # as a batch of one would be decided: receivables behind batches' limits do not back it
+    earmarks = read_earmarks(audit_log, loaded.data.as_of, loaded.pols, None)
+    decisions = decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [str(firm_id)]})), earmarks=earmarks)
     memo_paths = {}
     if decisions.scored.iloc[0]:
         prov = Provenance(loaded.versions, None, None, loaded.store.uri)

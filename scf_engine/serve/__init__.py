@@ -29,7 +29,7 @@ def build(data_dir, keys_path, *, as_of=None, consents=None, tracking_uri=None, 
         pol = policies.Policy(pol.name, pol.path, {**pol.data, "answer_cache_entries": int(cache_entries)}, pol.sha256)
     keys = read_keys(keys_path, pol["roles"])
     service = Service(data_dir, serve_policy=pol, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                      progress=progress)
+                      progress=progress, audit_log=access.log_path(audit_log))
     # the same log and actor every other command records in ($SCF_AUDIT_LOG, $SCF_ACTOR)
     writer = AuditWriter(access.log_path(audit_log), access.actor_name(actor))
     return create_app(service, keys, writer), service, writer

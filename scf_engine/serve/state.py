@@ -41,7 +41,8 @@ from scf_engine.ingest.requests import requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts
 from scf_engine.memo.render import render_html
 from scf_engine.credit.decide import DecisionContext, Precomputed, decide_rows, records
-from scf_engine.pipelines.score import Loaded, decide_loaded, decision_context, load_for_decisions, precompute_loaded
+from scf_engine.pipelines.score import (Loaded, decide_loaded, decision_context, load_for_decisions, precompute_loaded,
+                                       read_earmarks)
 
 
 class LRU:
@@ -139,9 +140,10 @@ class Service:
     on request."""
 
     def __init__(self, data_dir, *, serve_policy, as_of=None, consents=None, tracking_uri=None, alias="champion",
-                 progress=None):
+                 progress=None, audit_log=None):
         self.args = dict(data_dir=data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias)
         self.policy = serve_policy
+        self.audit_log = audit_log  # the batches' earmarks are read from it at each (re)load
         self.alias = alias
         self.progress = progress
         self._reload_lock = threading.Lock()
@@ -153,7 +155,9 @@ class Service:
     def _load(self) -> State:
         loaded = load_for_decisions(**self.args, progress=self.progress)
         p = self.policy
-        context = decision_context(loaded)
+        # receivables behind batches' limits at this snapshot back no answer here either
+        earmarks = read_earmarks(self.audit_log, loaded.data.as_of, loaded.pols, None) if self.audit_log else None
+        context = decision_context(loaded, earmarks)
         if self.progress:
             self.progress(f"precomputing the decisions' request-independent part for {len(loaded.dataset.firms):,} firms")
         state = State(loaded, context, precompute_loaded(loaded, context), time.time(), LRU(p["answer_cache_entries"]),
