@@ -181,13 +181,9 @@ def consent_reasons(consent: pd.Series) -> pd.Series:
     return out
 
 
-def single_core(nodes: pd.DataFrame) -> str | None:
-    """The one core every scorable firm of the batch is tied to, if there is exactly one
-    (a 1+N chain batch); else None."""
-    return _single_core(nodes["cores"].tolist())
-
-
 def _single_core(cores: list) -> str | None:
+    """The one core every scorable firm of the batch is tied to (``cores``: each firm's
+    list of cores), if there is exactly one (a 1+N chain batch); else None."""
     cores = [c for c in cores if not _missing(c)]
     if not cores:
         return None
@@ -596,4 +592,4 @@ def summary(result: pd.DataFrame, pols: dict) -> dict:
 
 
 __all__ = ["BatchOptions", "DecisionContext", "Decisions", "ModelOutputs", "Precomputed", "decide", "decide_rows", "eligibility", "finalize",
-           "limits_frame", "precompute", "records", "single_core", "summary"]
+           "limits_frame", "precompute", "records", "summary"]

@@ -303,11 +303,6 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
 AUDIT_ENTRY = publish.ENTRY
 
 
-def settle_leftovers(out: Path, say) -> list[dict]:
-    """What a killed ``scf score`` left beside ``out`` (see :func:`scf_engine.publish.settle`)."""
-    return publish.settle(out.parent, KIND, say)
-
-
 def verify_output(folder: Path | str, log: Path | str) -> list[str]:
     """What is wrong with an output folder against the audit log (see :func:`scf_engine.publish.verify`)."""
     return publish.verify(folder, log)
@@ -384,5 +379,5 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
 
 
 __all__ = ["ScoreResult", "ExplainResult", "Loaded", "score", "explain", "load_for_decisions", "decide_loaded", "precompute_loaded",
-           "record_batch", "verify_output", "settle_leftovers", "saved_scale", "parse_as_of", "check_as_of", "check_writable", "checkpoint", "STAGES",
+           "record_batch", "verify_output", "saved_scale", "parse_as_of", "check_as_of", "check_writable", "checkpoint", "STAGES",
            "DEFAULT_AUDIT_LOG"]
