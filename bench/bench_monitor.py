@@ -61,6 +61,16 @@ def prepare(seed: int):
         versions = {k: store.model_version(k, "challenger") for k in tracking.MODEL_KINDS}
         pipelines.promote(store, versions, tracking.MODEL_KINDS)
     batch_T = pd.Timestamp(cfg.start) + pd.DateOffset(months=BATCH_MONTH)
+    return home, data, uri, score_every_firm(home, data, uri, batch_T), batch_T
+
+
+def score_every_firm(home: Path, data: Path, uri: str, batch_T):
+    """The batch the portfolio comes from: every non-core firm of ``data`` scored at
+    ``batch_T`` with everyone consenting (once; kept under ``home``)."""
+    import pandas as pd
+
+    from scf_engine import pipelines
+
     limits = home / "score" / "limits.csv"
     if not limits.exists():
         firms = pd.read_parquet(data / "firms.parquet")
@@ -69,7 +79,7 @@ def prepare(seed: int):
         pd.DataFrame({"firm_id": ids, "granted_on": "2020-01-01", "expires_on": ""}).to_csv(home / "consents.csv", index=False)
         pipelines.score(data, home / "batch.csv", limits, as_of=str(batch_T.date()), tracking_uri=uri,
                         consents=home / "consents.csv", memos=False, audit_log=home / "audit.jsonl")
-    return home, data, uri, limits, batch_T
+    return limits
 
 
 def baseline_code(rev: str) -> Path:
@@ -90,9 +100,6 @@ def prepare_cost(n_firms: int):
     champion models (the quality worlds' size: that world itself)."""
     if n_firms == N_FIRMS:
         return prepare(5)
-    import pandas as pd
-
-    from scf_engine import pipelines
     from scf_engine.simulate import WorldConfig, simulate, write_dataset
 
     _, _, uri, _, batch_T = prepare(5)
@@ -100,15 +107,7 @@ def prepare_cost(n_firms: int):
     data = home / "data"
     if not (data / "firms.parquet").exists():
         write_dataset(simulate(WorldConfig(n_firms=n_firms, seed=5)), data, fmt="parquet")
-    limits = home / "score" / "limits.csv"
-    if not limits.exists():
-        firms = pd.read_parquet(data / "firms.parquet")
-        ids = firms.loc[~firms["is_core"], "firm_id"].sort_values()
-        pd.DataFrame({"firm_id": ids, "requested_amount": ""}).to_csv(home / "batch.csv", index=False)
-        pd.DataFrame({"firm_id": ids, "granted_on": "2020-01-01", "expires_on": ""}).to_csv(home / "consents.csv", index=False)
-        pipelines.score(data, home / "batch.csv", limits, as_of=str(batch_T.date()), tracking_uri=uri,
-                        consents=home / "consents.csv", memos=False, audit_log=home / "audit.jsonl")
-    return home, data, uri, limits, batch_T
+    return home, data, uri, score_every_firm(home, data, uri, batch_T), batch_T
 
 
 def run(seed: int, n_dates: int, code: str | None = None, n_firms: int | None = None):
