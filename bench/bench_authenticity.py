@@ -30,22 +30,7 @@ from bench.harness import show
 
 EXTERNAL = Path(os.environ.get("SCF_EXTERNAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "external-data")
 SAMPLE = EXTERNAL / "amlsim" / "ibm_20K_cycle200"
-MAPPING = """
-produces: flows
-columns:
-  txn_id: {row_number: 1}
-  booked_on: {column: time, days_after: "2017-01-01"}
-  payer_id: {column: sourceNodeId, firm: true}
-  payee_id: {column: targetNodeId, firm: true}
-  amount: {column: value, round: 2}
-  purpose: {const: trade}
-firms:
-  namespace: ibm-amlsim
-  region: "320281"
-  industry: F51
-  registered_capital: 0
-  founded_days_before_first_seen: 365
-"""
+MAPPING = Path(__file__).resolve().parents[1] / "data" / "mappings" / "ibm_amlsim_20k.yaml"
 # (feature, how it ranks: +1 higher is riskier, -1 lower is riskier; empty ranks last)
 FEATURES = [("cycle_share_12m", 1), ("cycle_rings_12m", 1), ("cycle_chain_hops_12m", 1),
             ("cycle_structural_parties_12m", -1), ("cycle_score_12m", 1)]
@@ -61,9 +46,8 @@ def features_of_sample() -> tuple[pd.DataFrame, pd.Series, float]:
         tmp = Path(tmp)
         tx = pd.read_csv(SAMPLE / "transactions.csv", dtype=str)
         tx[tx["sourceNodeId"] != tx["targetNodeId"]].to_csv(tmp / "tx.csv", index=False)  # 14 self-transfers
-        (tmp / "map.yaml").write_text(MAPPING, encoding="utf-8")
         t = time.perf_counter()
-        import_export(tmp / "tx.csv", tmp / "map.yaml", tmp / "data")
+        import_export(tmp / "tx.csv", MAPPING, tmp / "data")
         ds = load_dataset(tmp / "data")
         feats = flow_features(ds.as_of(ds.default_as_of))
         seconds = time.perf_counter() - t

@@ -39,22 +39,8 @@ AML_TINY = EXTERNAL / "amlsim" / "ibm_sample_outputs_tiny"
 
 CREDITOR = "IBM AR sample creditor"  # the mapping's constant supplier key (and firm name)
 
-AMLSIM_MAPPING = """
-produces: flows
-columns:
-  txn_id: {{row_number: 1}}
-  booked_on: {{column: {day}, days_after: "2017-01-01"}}
-  payer_id: {{column: {payer}, firm: true}}
-  payee_id: {{column: {payee}, firm: true}}
-  amount: {{column: {amount}, round: 2}}
-  purpose: {{const: trade}}
-firms:
-  namespace: ibm-amlsim
-  region: "320281"
-  industry: F51
-  registered_capital: 0
-  founded_days_before_first_seen: 365
-"""
+AML_20K_MAPPING = REPO / "data" / "mappings" / "ibm_amlsim_20k.yaml"
+AML_TINY_MAPPING = REPO / "data" / "mappings" / "ibm_amlsim_tiny.yaml"
 
 
 def keyed(ds, frame: pd.DataFrame) -> pd.DataFrame:
@@ -156,9 +142,7 @@ def test_payment_delay_features_agree_with_days_late(ar, as_of):
 
 # --- IBM AMLSim: planted cycles ---------------------------------------------------------
 
-def import_amlsim(tx_csv: Path, out: Path, **columns) -> tuple:
-    mapping = out.parent / f"{out.name}.yaml"
-    mapping.write_text(AMLSIM_MAPPING.format(**columns), encoding="utf-8")
+def import_amlsim(tx_csv: Path, out: Path, mapping: Path) -> tuple:
     import_export(tx_csv, mapping, out)
     ds = load_dataset(out)
     return ds, keyed(ds, flow_features(ds.as_of(ds.default_as_of)))
@@ -173,8 +157,7 @@ def aml20k(tmp_path_factory):
     self_transfer = tx["sourceNodeId"] == tx["targetNodeId"]
     assert self_transfer.sum() == 14
     tx[~self_transfer].to_csv(tmp / "transactions.csv", index=False)
-    ds, feats = import_amlsim(tmp / "transactions.csv", tmp / "data", day="time", payer="sourceNodeId",
-                              payee="targetNodeId", amount="value")
+    ds, feats = import_amlsim(tmp / "transactions.csv", tmp / "data", AML_20K_MAPPING)
     nodes = pd.read_csv(AML_20K / "nodes.csv", dtype={"nodeid": str}).set_index("nodeid")
     # accounts with no transfer at all are firms with no cycle money
     return ds, feats.reindex(nodes.index), nodes["isFraud"]
@@ -274,8 +257,7 @@ def test_rings_with_decay_and_delays_are_found_among_amlsim_accounts_and_fan_ins
     tx = tx[tx["sourceNodeId"] != tx["targetNodeId"]]
     mixed, rings, fans = plant(tx, np.random.default_rng(5), n_rings=40, n_fans=40)
     mixed.to_csv(tmp_path / "mixed.csv", index=False)
-    _, feats = import_amlsim(tmp_path / "mixed.csv", tmp_path / "data", day="time", payer="sourceNodeId",
-                             payee="targetNodeId", amount="value")
+    _, feats = import_amlsim(tmp_path / "mixed.csv", tmp_path / "data", AML_20K_MAPPING)
     feats = feats[~feats.index.str.contains("-") | feats.index.str.startswith("R")]  # fan-in payers are not scored
     is_ring = feats.index.isin(rings)
     share = feats["cycle_share_12m"].fillna(0)
@@ -305,8 +287,7 @@ def test_amlsim_tiny_cycle_alerts(tmp_path):
     Also shows the importer's bad-row policy: the 3 self-transfers are kept and the loader
     quarantines them on their own line of tx.csv.
     """
-    columns = dict(day="start", payer="ACCOUNT_ID", payee="COUNTER_PARTY_ACCOUNT_NUM", amount="TXN_AMOUNT_ORIG")
-    ds, feats = import_amlsim(AML_TINY / "tx.csv", tmp_path / "raw", **columns)
+    ds, feats = import_amlsim(AML_TINY / "tx.csv", tmp_path / "raw", AML_TINY_MAPPING)
     raw = pd.read_csv(AML_TINY / "tx.csv", dtype=str)
     self_lines = raw.index[raw["ACCOUNT_ID"] == raw["COUNTER_PARTY_ACCOUNT_NUM"]] + 2  # header is line 1
     rows = ds.report.rows
@@ -320,6 +301,6 @@ def test_amlsim_tiny_cycle_alerts(tmp_path):
                                                 TXN_SOURCE_TYPE_CODE="WIRE", tx_count="1", TXN_AMOUNT_ORIG="11.17",
                                                 start="51", end="51")])])
     closed.to_csv(tmp_path / "tx_closed.csv", index=False)
-    _, feats = import_amlsim(tmp_path / "tx_closed.csv", tmp_path / "closed", **columns)
+    _, feats = import_amlsim(tmp_path / "tx_closed.csv", tmp_path / "closed", AML_TINY_MAPPING)
     flagged = feats.index[feats["cycle_share_12m"].fillna(0) > 0]
     assert sorted(flagged) == ["24", "25", "26"]
