@@ -167,9 +167,7 @@ def _row_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
             ("due_on", f"{d('due_on')} < {d('issued_on')}", "due_on is before issued_on"),
             ("confirmed_on", f"{d('confirmed_on')} < {d('issued_on')}", "confirmed_on is before issued_on"),
             ("paid_on", f"{d('paid_on')} < {d('issued_on')}", "paid_on is before issued_on"),
-            ("paid_amount", f"{a('paid_amount')} < 0", "paid_amount is negative"),
-            ("paid_amount", f"NOT {e('paid_on')} AND {e('paid_amount')}", "paid_on is set but paid_amount is empty"),
-            ("paid_on", f"{e('paid_on')} AND NOT {e('paid_amount')}", "paid_amount is set but paid_on is empty"),
+            *_settlement_rules("paid"),
             *_pair_rules("pledged", "a pledge"), *_pair_rules("transferred", "a transfer"),
         ]
     if spec.name == "financings":
@@ -177,9 +175,7 @@ def _row_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
             ("amount", f"{a('amount')} <= 0", "amount must be > 0"),
             ("maturity_on", f"{d('maturity_on')} < {d('drawn_on')}", "maturity_on is before drawn_on"),
             ("repaid_on", f"{d('repaid_on')} < {d('drawn_on')}", "repaid_on is before drawn_on (repaid before drawn)"),
-            ("repaid_amount", f"{a('repaid_amount')} < 0", "repaid_amount is negative"),
-            ("repaid_amount", f"NOT {e('repaid_on')} AND {e('repaid_amount')}", "repaid_on is set but repaid_amount is empty"),
-            ("repaid_on", f"{e('repaid_on')} AND NOT {e('repaid_amount')}", "repaid_amount is set but repaid_on is empty"),
+            *_settlement_rules("repaid"),
         ]
     if spec.name == "indicators":
         graded = sql_list(GRADED_INDICATORS)
@@ -199,6 +195,19 @@ def _row_rules(spec: FileSpec) -> list[tuple[str, str, str]]:
             ("amount", f"{a('amount')} <= 0", "amount must be > 0"),
         ]
     return []
+
+
+def _settlement_rules(prefix: str) -> list[tuple[str, str, str]]:
+    """A settlement (``{prefix}_on``, ``{prefix}_amount``: a receivable paid, a financing
+    repaid) comes whole and never negative: a date without an amount, or an amount without
+    a date, is half a record the engine cannot read either way."""
+    a, e = (lambda n: H("a", n)), (lambda n: H("e", n))
+    on, amount = f"{prefix}_on", f"{prefix}_amount"
+    return [
+        (amount, f"{a(amount)} < 0", f"{amount} is negative"),
+        (amount, f"NOT {e(on)} AND {e(amount)}", f"{on} is set but {amount} is empty"),
+        (on, f"{e(on)} AND NOT {e(amount)}", f"{amount} is set but {on} is empty"),
+    ]
 
 
 def _pair_rules(prefix: str, what: str) -> list[tuple[str, str, str]]:
