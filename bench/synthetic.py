@@ -393,16 +393,19 @@ def _months_from(first_month: np.ndarray) -> np.ndarray:
     return np.repeat(first_month, lengths) + pos
 
 
-def load_snapshot(folder: Path | str, firm_ids_subset=None):
+def load_snapshot(folder: Path | str, firm_ids_subset=None, *, flows: bool = True):
     """The world as a :class:`~scf_engine.dataset.Snapshot` at ``AS_OF`` (all records are
     before it). With ``firm_ids_subset``: only those firms, the flows touching them and
-    the receivables between them."""
+    the receivables between them. ``flows=False``: an empty flows frame of the same
+    columns and types (the caller's engine reads the flows from Parquet itself)."""
     from scf_engine.dataset import Snapshot
 
     folder = Path(folder)
     firms = pd.read_parquet(folder / "firms.parquet")
     recv = pd.read_parquet(folder / "receivables.parquet")
-    if firm_ids_subset is None:
+    if not flows:
+        flows = pq.read_schema(folder / "flows.parquet").empty_table().to_pandas()
+    elif firm_ids_subset is None:
         flows = pd.read_parquet(folder / "flows.parquet")
     else:
         keep = pa.array(list(firm_ids_subset), pa.string())

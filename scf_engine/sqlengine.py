@@ -24,23 +24,35 @@ from contextlib import contextmanager
 import duckdb
 import pandas as pd
 
-from scf_engine.duck import connect, one_thread, register_money
+from scf_engine.duck import MONEY, connect, one_thread, register_money
 from scf_engine.errors import RequestError
 
 ENGINES = ("duckdb", "spark")
 
 
 class DuckDBEngine:
-    """The embedded engine: one DuckDB connection (the caller's, or a new one it closes)."""
+    """The embedded engine: one DuckDB connection (the caller's, or a new one it closes).
+
+    ``tables``: name -> Parquet path (a file, a folder or a glob) read instead of the
+    frame the caller registers under that name, as :class:`scf_engine.spark.SparkEngine`
+    reads a lake's table: DuckDB streams it and spills to disk, so flows too large for
+    pandas in memory still reach the features. For ``flows`` the file must carry the
+    ``_i`` row number of delivery order (the flow's identity for the ring search)."""
 
     dialect = "duckdb"
 
-    def __init__(self, con: duckdb.DuckDBPyConnection | None = None):
+    def __init__(self, con: duckdb.DuckDBPyConnection | None = None, *, tables: dict | None = None):
         self.own = con is None
         self.con = con or connect()
+        self.tables = dict(tables or {})
 
     def register(self, name: str, frame: pd.DataFrame, *, money=(), row_number: str | None = None) -> None:
-        if money or row_number:
+        if name in self.tables:
+            path = str(self.tables[name]).replace("'", "''")
+            cast = ", ".join(f"CAST({c} AS {MONEY}) AS {c}" for c in money)
+            self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT *{f' REPLACE ({cast})' if cast else ''} "
+                             f"FROM read_parquet('{path}')")
+        elif money or row_number:
             register_money(self.con, name, frame, money=money, row_number=row_number)
         else:
             self.con.register(name, frame)
