@@ -97,4 +97,16 @@ def feature_engine(engine: str, spark_master: str | None = None):
     return SparkEngine(session(spark_master))
 
 
-__all__ = ["DuckDBEngine", "ENGINES", "feature_engine"]
+def engine_label(eng) -> str:
+    """What ran the features, for a batch's MLflow run and audit entry: ``duckdb``, or
+    ``spark`` and the session's master (``local[*]``, ``spark://...``, ``yarn``)."""
+    if eng is None or getattr(eng, "dialect", "duckdb") == "duckdb":
+        return "duckdb"
+    try:
+        master = eng.spark.conf.get("spark.master")
+    except Exception:  # a Spark Connect session may not expose it
+        master = None
+    return f"spark {master}" if master else "spark"
+
+
+__all__ = ["DuckDBEngine", "ENGINES", "engine_label", "feature_engine"]

@@ -99,7 +99,8 @@ def test_unknown_engine_is_one_line(world_dir, tmp_path):
 def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_path):
     """scf score --engine spark (features on Spark, LightGBM and SHAP per partition with
     mapInPandas, then the decision core) writes the limits.csv of scf score, byte for byte,
-    and records its batch as every batch is (memos, MLflow run, audit entry)."""
+    and records its batch as every batch is (memos, MLflow run, audit entry), with the
+    engine named on both records."""
     uri, log = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "audit.jsonl"
     for args in (("train", world_dir, "--out", tmp_path / "train"), ("compare", "--promote", "all", "--out", tmp_path / "cmp")):
         r = invoke(*args, "--tracking-uri", uri, "--audit-log", log)
@@ -118,3 +119,8 @@ def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_pat
     assert memos and memos == sorted(p.name for p in (tmp_path / "duck" / "memos").iterdir())
     scored = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["action"] == "score"]
     assert len(scored) == 2 and scored[0]["details"]["output"]["limits.csv"] == scored[1]["details"]["output"]["limits.csv"]
+    # which engine computed the features is on the entry and on the batch's MLflow run
+    assert [e["details"]["engine"] for e in scored] == ["duckdb", "spark local[*]"]
+    import mlflow
+    runs = mlflow.MlflowClient(uri).get_run(scored[1]["details"]["mlflow_run_id"])
+    assert runs.data.params["feature_engine"] == "spark local[*]"

@@ -108,9 +108,12 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
                  row_number="_i")
     eng.create("legs", _legs_sql(T))
     eng.create("p", _panel_sql())
-    # {o}_typical: the firm's median monthly payment; {o}_prev: the month before (k + 1)
+    # {o}_typical: the firm's median monthly payment, as a DOUBLE: DuckDB's median of an
+    # even count of DECIMAL(18,2) cuts the mean of the middle two to cents (100.01 and 100.02
+    # give 100.01) where Spark's gives 100.015, and a payment at 1.6x that boundary counted
+    # as cured on one engine only (one firm in 100k at 20M flows); {o}_prev: the month before (k + 1)
     cured = ("payroll", "tax", "social_insurance")
-    typical = ", ".join(f"median({o}) FILTER (WHERE {o} > 0) AS {o}_typical" for o in cured)
+    typical = ", ".join(f"median({o}::DOUBLE) FILTER (WHERE {o} > 0) AS {o}_typical" for o in cured)
     prev = ", ".join(f"lead({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_prev" for o in cured)
     # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
     # in the same order every run

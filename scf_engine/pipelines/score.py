@@ -33,7 +33,7 @@ from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.publish import Publication
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.train import SCALE_ARTIFACT
-from scf_engine.sqlengine import feature_engine
+from scf_engine.sqlengine import engine_label, feature_engine
 from scf_engine.tables import csv_bytes
 
 DEFAULT_AUDIT_LOG = access.DEFAULT_LOG
@@ -235,7 +235,7 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
     decisions = decide_loaded(loaded, requests, options, outputs=outputs, earmarks=earmarks)
     return record_batch(loaded, decisions, out, batch_id=batch_id, inputs=inputs, options=options,
                         paths={"dataset": Path(data_dir), "batch": Path(batch)}, memos=memos, memo_formats=memo_formats,
-                        audit_log=audit_log, actor=actor, progress=say)
+                        audit_log=audit_log, actor=actor, progress=say, engine=engine_label(eng))
 
 
 CHECKPOINT_ENV = faults.KILL_ENV
@@ -262,7 +262,7 @@ def check_writable(out: Path, audit_log: Path) -> None:
 
 
 def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, inputs, options, paths, memos, memo_formats,
-                 audit_log: Path, actor, progress) -> ScoreResult:
+                 audit_log: Path, actor, progress, engine: str = "duckdb") -> ScoreResult:
     """``limits.csv``, memos, the batch's MLflow run and its audit entry, all or nothing.
 
     The batch is staged in a folder of its own and published by one atomic flip
@@ -271,21 +271,22 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
     links that switch from the previous batch to this one at once. A failure before the
     flip leaves the previous output and the log as they were (and the MLflow run
     FAILED); a kill leaves the previous audited output or the new one with its entry;
-    what a killed run left is removed by the next and noted on its entry."""
+    what a killed run left is removed by the next and noted on its entry. ``engine``: what
+    computed the features (:func:`scf_engine.sqlengine.engine_label`), on the run and the entry."""
     result = decisions.limits
     pub = Publication(out.parent, KIND, names=(out.name, "memos"), keep=loaded.pols["output"]["keep_published"],
                       progress=progress)
     with pub, publish.write_errors(out.parent), loaded.store.run(
             "score", f"batch {batch_id}", tags={"scf_role": "score", "batch_id": batch_id}) as run:
         staged = _stage(loaded, decisions, pub, out.name, run, memos, memo_formats, progress)
-        _log_batch(run, loaded, decisions, staged, batch_id, options, paths)
+        _log_batch(run, loaded, decisions, staged, batch_id, options, paths, engine)
         checkpoint("logged")
 
         def append(hashes: dict) -> dict:
             return access.record(
                 audit_log, actor, "score", "batch credit decision (批量授信)", result["firm_id"].tolist(), inputs=inputs,
                 precondition=lambda: check_still_free(audit_log, decisions.as_of, loaded.pols, batch_id, decisions.earmarked),
-                name_firms=True, batch_id=batch_id, mlflow_run_id=run.id, as_of=str(decisions.as_of.date()),
+                name_firms=True, batch_id=batch_id, mlflow_run_id=run.id, as_of=str(decisions.as_of.date()), engine=engine,
                 model_versions={k: v["version"] for k, v in loaded.versions.items()},
                 policy_hashes=policies.fingerprint(loaded.pols), output=hashes,
                 **({"earmarked_receivables": decisions.earmarked} if decisions.earmarked else {}),
@@ -323,14 +324,14 @@ def _stage(loaded: Loaded, decisions: Decisions, pub: Publication, name: str, ru
     return {"path": path, "memo_dir": memo_dir}
 
 
-def _log_batch(run, loaded: Loaded, decisions: Decisions, staged: dict, batch_id, options, paths) -> None:
+def _log_batch(run, loaded: Loaded, decisions: Decisions, staged: dict, batch_id, options, paths, engine) -> None:
     result, versions = decisions.limits, loaded.versions
     run.log_params({
         "batch_id": batch_id, "as_of": str(decisions.as_of.date()), "dataset_path": str(paths["dataset"].resolve()),
         "batch_file": str(paths["batch"].resolve()), "n_requested": len(result),
         "model_versions": {k: v["version"] for k, v in versions.items()},
         "policy_hashes": policies.fingerprint(loaded.pols), "group_limit": options.group_limit,
-        "group_by": options.group_by, "chain_core": decisions.chain_core or "",
+        "group_by": options.group_by, "chain_core": decisions.chain_core or "", "feature_engine": engine,
     })
     run.log_metrics(decisions.summary)
     run.log_artifact(staged["path"], "limits")
