@@ -367,7 +367,11 @@ def world(n_firms: int = 100_000, n_cores: int = 400, n_receivables: int = 2_000
     order = np.argsort(day, kind="stable")
     day = day[order]
     names = parties.names(ids)
-    table = {"txn_id": sequential_ids("T", len(day), 10), "booked_on": _days(day)}
+    # in chunks: one Arrow string array of 100M ids is past the 2 GB a utf8 array holds
+    step = 10_000_000
+    table = {"txn_id": pa.chunked_array([sequential_ids("T", min(step, len(day) - s), 10, first=s + 1)
+                                         for s in range(0, len(day), step)]),
+             "booked_on": _days(day)}
     del day
     for c in ("payer", "payee"):
         table[f"{c}_id"] = names.take(pa.array(np.concatenate(cols.pop(c))[order]))
