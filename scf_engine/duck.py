@@ -15,18 +15,25 @@ no longer matters; results come back to pandas as float64. The few aggregates of
 that remain (a slope, a standard deviation over a firm's months) run on one thread
 (:func:`one_thread`): they read the small firm-month panel, not the flows.
 
+``$SCF_DUCKDB_MEMORY_LIMIT`` (e.g. ``8GB``) caps what DuckDB holds before it spills to
+disk; its default, 80% of the machine's memory, leaves nothing for the pandas work after
+the SQL when the flows are large (100M flows read from Parquet took the whole 24 GB of the
+benchmark machine: bench/bench_spark.py).
+
 The progress bar is a session setting (DuckDB 2 refuses it in the connection's config);
 inside a Jupyter kernel without ipywidgets setting it may fail, and then it stays on.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from contextlib import contextmanager
 
 import duckdb
 
 CONFIG = {"preserve_insertion_order": True, "allocator_background_threads": True}
+MEMORY_ENV = "SCF_DUCKDB_MEMORY_LIMIT"
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -34,10 +41,11 @@ def connect() -> duckdb.DuckDBPyConnection:
     still gives a connection, with a warning naming the refusal: the settings change
     speed and memory, not results, and a silent fallback once hid that DuckDB 2 refused
     a key (the progress bar), so every connection ran without any of them."""
+    config = {**CONFIG, **({"memory_limit": os.environ[MEMORY_ENV]} if os.environ.get(MEMORY_ENV) else {})}
     try:
-        con = duckdb.connect(config=CONFIG)
+        con = duckdb.connect(config=config)
     except duckdb.Error as exc:
-        warnings.warn(f"DuckDB refused the connection settings {sorted(CONFIG)} ({str(exc).splitlines()[0]}); "
+        warnings.warn(f"DuckDB refused the connection settings {sorted(config)} ({str(exc).splitlines()[0]}); "
                       "running with its defaults: slower and larger, same results", RuntimeWarning, stacklevel=2)
         con = duckdb.connect()
     try:

@@ -437,6 +437,17 @@ def test_duckdb_connections_carry_their_settings_or_say_why_not(monkeypatch):
     assert isinstance(con, duckdb.DuckDBPyConnection)
 
 
+def test_a_memory_cap_for_duckdb_comes_from_the_environment(monkeypatch):
+    """$SCF_DUCKDB_MEMORY_LIMIT caps DuckDB (it spills beyond); unset, DuckDB's default."""
+    from scf_engine import duck
+
+    monkeypatch.delenv(duck.MEMORY_ENV, raising=False)
+    default = duck.connect().sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    monkeypatch.setenv(duck.MEMORY_ENV, "1GB")
+    capped = duck.connect().sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert capped != default and capped.endswith("MiB") and 900 <= float(capped.split()[0]) <= 1000
+
+
 # --- contract v1.1: financings, pledge/transfer records, accounts (issue 15) ------------------------
 
 
