@@ -171,6 +171,47 @@ def test_amlsim_transfers_get_in_as_flows(aml20k):
     assert len(is_fraud) == 20_000 and is_fraud.sum() == 945
 
 
+def test_every_planted_hop_in_the_sample_reaches_the_ring_search(aml20k):
+    """Where the planted cycles go on the way in. AMLSim sends a cycle's hops at its one
+    amount, drawn between the typology's min and max (10-20 here); ordinary transfers carry
+    the sender's balance (100-600), so every transfer under 100 is a planted hop, each
+    repeated 1-5 times on its day. All 1,899 such rows (479 hops of 145 rings, one amount
+    each) are imported, none quarantined, and all lie in the 12 months of trade flows the
+    ring search reads at the default as-of date (the day after the last transfer; the
+    sample spans 149 days). What the sample lacks it never had: rings are scheduled up to
+    and past its last step (a ring's first hop comes on day 81 on average), so 55 of the
+    200 rings have no hop in it, only 15 close, and 326 of the 945 cycle accounts have no
+    planted hop at all; 148 of those lie on no cycle of cycle accounts of any length
+    either (their ring edges carried no transfer), so nothing of their ring is in the data.
+    """
+    import networkx as nx
+
+    ds, _, is_fraud = aml20k
+    raw = pd.read_csv(AML_20K / "transactions.csv", dtype={"sourceNodeId": str, "targetNodeId": str})
+    planted = raw[raw["value"] < 100]
+    cycle = set(is_fraud.index[is_fraud == 1])
+    assert planted["value"].between(10, 20).all() and len(planted) == 1_899
+    assert planted["sourceNodeId"].isin(cycle).all() and planted["targetNodeId"].isin(cycle).all()
+    T = ds.default_as_of
+    read = ds.as_of(T).flows
+    name = ds.firms.set_index("firm_id")["name"]
+    read = read[(read["purpose"] == "trade") & (read["booked_on"] >= T - pd.DateOffset(months=12))]
+    got = pd.DataFrame({"s": read["payer_id"].map(name), "t": read["payee_id"].map(name), "v": read["amount"],
+                        "d": (read["booked_on"] - pd.Timestamp("2017-01-01")).dt.days})
+    got = got[got["v"] < 100].value_counts().sort_index()
+    want = planted.rename(columns={"sourceNodeId": "s", "targetNodeId": "t", "value": "v", "time": "d"})
+    want = want[["s", "t", "v", "d"]].value_counts().sort_index()
+    assert got.to_dict() == want.to_dict() and len(want) == 479  # every hop, every copy
+    rings = planted.drop_duplicates(["sourceNodeId", "targetNodeId", "time"]).groupby("value")
+    closed = sum(set(g["sourceNodeId"]) == set(g["targetNodeId"]) for _, g in rings)
+    assert len(rings) == 145 and closed == 15
+    traced = set(planted["sourceNodeId"]) | set(planted["targetNodeId"])
+    between = raw[raw["sourceNodeId"].astype(str).isin(cycle) & raw["targetNodeId"].astype(str).isin(cycle)]
+    g = nx.DiGraph(list(zip(between["sourceNodeId"], between["targetNodeId"])))
+    on_cycle = {v for c in nx.strongly_connected_components(g) if len(c) > 1 for v in c}
+    assert len(cycle - traced) == 326 and len(cycle - traced - on_cycle) == 148
+
+
 def test_amlsim_cycles_are_not_time_ordered_so_no_ring_is_called(aml20k):
     """A planted cycle shows as one small amount (10-20) handed from account to account, but
     AMLSim books the hops at unrelated days: the 16.43 ring goes 3916 -> 18533 (day 22),
