@@ -225,8 +225,8 @@ def _check_authenticity(data: dict, path: Path) -> None:
     _require(2 <= int(st["max_parties"]) <= 8, path, "structural_rings.max_parties must lie in [2, 8] (the search "
              "meets in the middle: balls of max_parties / 2 hops)")
     _require(float(st["chain_tolerance"]) < 1, path, "structural_rings.chain_tolerance must lie in [0, 1)")
-    _require(float(st["walk_floor"]) < 1 and float(st["walk_half"]) > 0, path,
-             "structural_rings: walk_floor must lie in [0, 1) and walk_half above 0")
+    _require(float(st["walk_floor"]) < 1, path, "structural_rings.walk_floor must lie in [0, 1)")
+    _require(float(st["walk_half"]) > 0, path, "structural_rings.walk_half must be above 0")
     _require(sum(float(v) for v in data["ring_score"].values()) > 0, path, "ring_score needs a weight above 0")
     _require(isinstance(data.get("alerts"), list), path, "'alerts' must be a list")
     _check_named_rules(data["alerts"], ALERT_KEYS, path, "alert")

@@ -328,7 +328,8 @@ def test_every_catalogue_feature_is_computed_somewhere_and_nothing_else():
 def test_the_structural_ring_policy_is_checked():
     """The order-free ring settings are read from models/authenticity.yaml and checked: a
     ring search that would not meet in the middle cheaply, a tolerance of 100% or a score
-    with no weight is refused with the key named."""
+    with no weight, a walk return that counts nothing as half the evidence or drops every
+    path is refused with the key named."""
     import copy
 
     from scf_engine import policies
@@ -337,6 +338,8 @@ def test_the_structural_ring_policy_is_checked():
     good = policies.as_data(load_policy())
     for section, key, value, words in (("structural_rings", "max_parties", 9, "max_parties"),
                                        ("structural_rings", "chain_tolerance", 1.0, "chain_tolerance"),
+                                       ("structural_rings", "walk_half", 0, "walk_half"),
+                                       ("structural_rings", "walk_floor", 1.0, "walk_floor"),
                                        ("ring_score", None, 0, "weight")):
         bad = copy.deepcopy(good)
         if key:
