@@ -33,7 +33,7 @@ SAMPLE = EXTERNAL / "amlsim" / "ibm_20K_cycle200"
 MAPPING = Path(__file__).resolve().parents[1] / "data" / "mappings" / "ibm_amlsim_20k.yaml"
 # (feature, how it ranks: +1 higher is riskier, -1 lower is riskier; empty ranks last)
 FEATURES = [("cycle_share_12m", 1), ("cycle_rings_12m", 1), ("cycle_chain_hops_12m", 1),
-            ("cycle_structural_parties_12m", -1), ("cycle_score_12m", 1)]
+            ("cycle_structural_parties_12m", -1), ("cycle_walk_return_12m", 1), ("cycle_score_12m", 1)]
 BASELINE = "cycle_share_12m"
 
 

@@ -93,7 +93,7 @@ def run_ours(folder: str, tag: str):
                 spent["order_free_cpu_s"] += time.process_time() - c0
         return call
 
-    for name in ("structural_cycles", "chain_edges"):  # absent before issue 16: the same bench runs on older code
+    for name in ("structural_cycles", "chain_edges", "walk_returns"):  # absent before issue 16: the same bench runs on older code
         if hasattr(authenticity, name):
             setattr(authenticity, name, timed(getattr(authenticity, name)))
     t, cpu = time.perf_counter(), time.process_time()
@@ -210,7 +210,7 @@ def main():
                          median_of=("order_free_s", "order_free_cpu_s", "cpu_s"))
     row("ours: flow_features, all firms", n_firms, n_rows, ours["seconds"], ours, None, REPEATS,
         f"target < 60 s and < 8,000 MB; CPU {ours['cpu_s']:.1f}s (all threads: steadier than wall time on a loaded "
-        f"machine); of which order-free ring evidence (structural rings, amount chains) {ours['order_free_s']:.1f}s, "
+        f"machine); of which order-free ring evidence (structural rings, amount chains, walk return) {ours['order_free_s']:.1f}s, "
         f"CPU {ours['order_free_cpu_s']:.1f}s")  # shown now: the naive loops below run for many minutes
     idx = measure_inner("bench.bench_features:run_naive", folder, "indexed", folder, "full", repeats=1, median_of=NAIVE_PARTS)
     mask = measure_inner("bench.bench_features:run_naive", folder, "mask", folder, "full_mask", repeats=1, median_of=NAIVE_PARTS)

@@ -192,7 +192,7 @@ def _check_final_pd(data: dict, path: Path) -> None:
 SEVERITIES = ("low", "medium", "high")
 AUTHENTICITY_SECTIONS = {"rings": {"window_days", "min_parties", "max_parties"}, "round_trip": {"days", "tolerance"},
                          "pass_through": {"days"}, "scatter_gather": {"days", "min_fan"}, "bursts": {"days"},
-                         "structural_rings": {"max_parties", "chain_days", "chain_tolerance"},
+                         "structural_rings": {"max_parties", "chain_days", "chain_tolerance", "walk_floor", "walk_half"},
                          "ring_score": {"temporal", "chain", "structural"}}
 ALERT_KEYS = {"name", "label_zh", "label_en", "severity", "feature", "rule"}
 
@@ -225,6 +225,8 @@ def _check_authenticity(data: dict, path: Path) -> None:
     _require(2 <= int(st["max_parties"]) <= 8, path, "structural_rings.max_parties must lie in [2, 8] (the search "
              "meets in the middle: balls of max_parties / 2 hops)")
     _require(float(st["chain_tolerance"]) < 1, path, "structural_rings.chain_tolerance must lie in [0, 1)")
+    _require(float(st["walk_floor"]) < 1, path, "structural_rings.walk_floor must lie in [0, 1)")
+    _require(float(st["walk_half"]) > 0, path, "structural_rings.walk_half must be above 0")
     _require(sum(float(v) for v in data["ring_score"].values()) > 0, path, "ring_score needs a weight above 0")
     _require(isinstance(data.get("alerts"), list), path, "'alerts' must be a list")
     _check_named_rules(data["alerts"], ALERT_KEYS, path, "alert")

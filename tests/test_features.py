@@ -13,7 +13,7 @@ from scf_engine.dataset import Dataset
 from scf_engine.features import flow_features
 from scf_engine.features.authenticity import (
     RingSummary, TransferIndex, authenticity_features, chain_edges, pass_through_edges, ring_paths, round_trip_edges,
-    scatter_gather, structural_cycles,
+    scatter_gather, structural_cycles, walk_returns,
 )
 from scf_engine.contract import make_uscc
 
@@ -194,6 +194,48 @@ def test_structural_rings_match_a_brute_force_reference(edges, max_parties):
     np.testing.assert_array_equal(got, brute_shortest_cycle(payer, payee, 8, max_parties))
 
 
+def brute_walk_returns(payer, payee, n, max_parties):
+    """Per party: the chance that a walk from it, each step to one of the current party's
+    distinct payees picked evenly, first comes back to it within max_parties steps - by
+    enumerating every such walk (the definition, written out)."""
+    out = {v: sorted({b for a, b in zip(payer, payee) if a == v and b != v}) for v in range(n)}
+    back = np.zeros(n)
+
+    def walk(start, at, chance, steps):
+        for w in out[at]:
+            p = chance / len(out[at])
+            if w == start:
+                back[start] += p
+            elif steps + 1 < max_parties:
+                walk(start, w, p, steps + 1)
+
+    for v in range(n):
+        walk(v, v, 1.0, 0)
+    return back
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), min_size=1, max_size=25), st.integers(2, 6))
+def test_walk_returns_match_a_brute_force_reference(edges, max_parties):
+    payer, payee = (np.array(c) for c in zip(*edges))
+    got = walk_returns(payer, payee, 8, max_parties=max_parties, chunk=3)  # small chunks: the chunking is exercised
+    np.testing.assert_allclose(got, brute_walk_returns(payer, payee, 8, max_parties), atol=1e-12)
+
+
+def test_a_ring_through_a_hub_brings_back_less_than_a_ring_of_thin_relationships():
+    """Two rings of three: A -> B -> C -> A where each pays only the next, and H -> X -> Y
+    -> H where X also pays 9 other parties. Both are the shortest ring (3); the walk tells
+    them apart: all of A's money comes back, a tenth of H's."""
+    payer = ["A", "B", "C", "H", "X", "Y"] + ["X"] * 9
+    payee = ["B", "C", "A", "X", "Y", "H"] + [f"S{i}" for i in range(9)]
+    codes, parties = pd.factorize(pd.Series(payer + payee))
+    n = len(payer)
+    back = dict(zip(parties, walk_returns(codes[:n], codes[n:], len(parties), max_parties=6)))
+    short = dict(zip(parties, structural_cycles(codes[:n], codes[n:], len(parties), max_parties=6)))
+    assert short["A"] == short["H"] == 3
+    assert back["A"] == pytest.approx(1.0) and back["H"] == pytest.approx(0.1) and back["S0"] == 0
+
+
 @settings(max_examples=100, deadline=None)
 @given(graphs, st.sampled_from([0.0, 0.02, 0.05]), st.integers(0, 10))
 def test_amount_chains_match_a_brute_force_reference(rows, tolerance, days):
@@ -286,7 +328,8 @@ def test_every_catalogue_feature_is_computed_somewhere_and_nothing_else():
 def test_the_structural_ring_policy_is_checked():
     """The order-free ring settings are read from models/authenticity.yaml and checked: a
     ring search that would not meet in the middle cheaply, a tolerance of 100% or a score
-    with no weight is refused with the key named."""
+    with no weight, a walk return that counts nothing as half the evidence or drops every
+    path is refused with the key named."""
     import copy
 
     from scf_engine import policies
@@ -295,6 +338,8 @@ def test_the_structural_ring_policy_is_checked():
     good = policies.as_data(load_policy())
     for section, key, value, words in (("structural_rings", "max_parties", 9, "max_parties"),
                                        ("structural_rings", "chain_tolerance", 1.0, "chain_tolerance"),
+                                       ("structural_rings", "walk_half", 0, "walk_half"),
+                                       ("structural_rings", "walk_floor", 1.0, "walk_floor"),
                                        ("ring_score", None, 0, "weight")):
         bad = copy.deepcopy(good)
         if key:
