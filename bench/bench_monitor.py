@@ -4,15 +4,20 @@
    ``BENCH_MONITOR_FIRMS`` firms each (default 2,000; the issue asks about the default
    world size): train and promote once per world (cached under out/bench/monitor/), score
    every non-core firm at a batch date two years into the data, then ``scf monitor``'s
-   pipeline monthly for 12 months after it. Reported: at 6 months after the batch, the
-   default rate within the next 6 months of firms at ``red`` against the portfolio's
-   (target >= 4x); the share of the portfolio's defaulters that were amber or red at
-   least 3 months before their default (target >= 60%) and the median lead time, that
-   share again among the defaulters it is possible for (default at least 3 months after
-   the first as-of), the share of firms ever red, ever amber or red, and amber or red at
-   6 months (a rule that flags everyone meets the lead target: read them together). The
-   12-date pass is rerun each time (``BENCH_MONITOR_REUSE=1`` reads the last one). Caveat: the models are trained on all snapshots whose labels
-   are observed, some of which overlap the monitoring window (optimistic).
+   pipeline monthly for 12 months after it. Reported (:func:`quality_figures`): at 6
+   months after the batch, the default rate within the next 6 months of firms at ``red``
+   against the portfolio's, over the same firms (target >= 4x), and the same lift pooled
+   over every as-of (steadier: the 6-month figure rests on a handful of defaults); the
+   share of defaulters amber or red at least 3 calendar months before their default
+   (target >= 60%) and the median lead time, over every defaulter of the pass, over those
+   a 3-month lead was possible for (default at least 3 months after the first as-of) and
+   over those of the window the lift is measured on (default in the 6 months from 6
+   months after the batch); the share of firms ever red, ever amber or red, amber or red
+   at 6 months and on an average month (a rule that flags everyone meets the lead
+   target: read them together). The 12-date pass is rerun each time
+   (``BENCH_MONITOR_REUSE=1`` reads the last one). Caveat: the models are trained on all
+   snapshots whose labels are observed, some of which overlap the monitoring window
+   (optimistic).
 2. **Cost**: the monitoring pass over the portfolio for 1 as-of date and for 12, by this
    code and by the baseline code (``BENCH_MONITOR_BASELINE``, a git revision, default the
    commit before the cost work: its ``scf_engine`` is taken with ``git archive`` and put
