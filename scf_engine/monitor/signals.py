@@ -172,7 +172,8 @@ def escalate(frame: pd.DataFrame, fired: pd.DataFrame, policy, as_of: pd.Timesta
               if floor is not None else pd.Series("", index=hit.index[hit]))
         which = mine[hit].apply(lambda r: " + ".join(r.index[r.to_numpy()]), axis=1)
         parts.append(pd.DataFrame({"firm_id": hit.index[hit], "as_of": day, "signal": e["name"],
-                                   "level": p["levels"][e["severity"]], "evidence": (which + at + f" at {day}").to_numpy(),
+                                   "level": p["levels"][e["severity"]],
+                                   "evidence": (which + at + f" at {day}").to_numpy(),
                                    "label_zh": e["label_zh"], "label_en": e["label_en"]}))
     return pd.concat(parts, ignore_index=True)[ALERTS_COLUMNS] if parts else pd.DataFrame(columns=ALERTS_COLUMNS)
 
