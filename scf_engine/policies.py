@@ -235,6 +235,26 @@ def _check_authenticity(data: dict, path: Path) -> None:
 MONITOR_LEVELS = ("red", "amber", "green")
 PD_LEVEL_KEYS = ("amber_rating", "red_rating", "red_persistent_rating", "persist_months")
 SIGNAL_KEYS = {"name", "label_zh", "label_en", "severity", "rule", "evidence"}
+ESCALATION_KEYS = {"name", "label_zh", "label_en", "severity", "signals", "min_signals", "pd_rating"}
+
+
+def _check_escalations(items, signals: list, path: Path) -> None:
+    """monitoring.yaml's escalations: each combines named signals of the same file (at
+    least ``min_signals`` of them, at most as many as it names), optionally at a PD at or
+    worse than a rating (checked against the master scale when levels are judged); a name
+    that is no signal's, or that a signal already has, is refused."""
+    _require(isinstance(items, list), path, "'escalations' must be a list")
+    _check_named_rules(items, ESCALATION_KEYS, path, "escalation")
+    known = {s.get("name") for s in signals if isinstance(s, dict)}
+    for e in items:
+        where = f"escalation {e['name']!r}: "
+        _require(e["name"] not in known, path, f"{where}a signal has that name already")
+        _require(isinstance(e["signals"], list) and e["signals"] and set(e["signals"]) <= known, path,
+                 f"{where}signals must be a list of signal names of this file")
+        _require(isinstance(e["min_signals"], int) and 1 <= e["min_signals"] <= len(e["signals"]), path,
+                 f"{where}min_signals must be an integer from 1 to the number of signals it names")
+        _require(e["pd_rating"] is None or isinstance(e["pd_rating"], str), path,
+                 f"{where}pd_rating names a rating of master_scale.yaml, or is empty")
 
 
 def _check_monitoring(data: dict, path: Path) -> None:
@@ -277,6 +297,7 @@ def _check_monitoring(data: dict, path: Path) -> None:
              "drift: bins an integer >= 2, epsilon in (0, 0.01)")
     _require(isinstance(data.get("signals"), list) and data["signals"], path, "'signals' must be a non-empty list")
     _check_named_rules(data["signals"], SIGNAL_KEYS, path, "signal")
+    _check_escalations(data.get("escalations"), data["signals"], path)
 
 
 def _check_jiangyin(data: dict, path: Path) -> None:
@@ -382,7 +403,7 @@ SCHEMAS = {
     "jiangyin": (_check_jiangyin, {"version", "grades", "rank_bands", "years_in_business_a_above", "loan_record",
                                    "bonus_step_up_points"}),
     "monitoring": (_check_monitoring, {"version", "levels", "authenticity_max_level", "pd_levels", "pd_step", "consent_warn_days",
-                                       "core_distress", "actions", "credit_repair", "drift", "signals"}),
+                                       "core_distress", "actions", "credit_repair", "drift", "signals", "escalations"}),
     "serve": (_check_serve, {"version", "roles", "max_body_bytes", "max_firms_per_request", "answer_cache_entries",
                              "memo_cache_entries", "reload_poll_seconds", "audit_skip_paths"}),
 }

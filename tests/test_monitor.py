@@ -307,6 +307,53 @@ def test_pd_levels_read_the_master_scale_and_red_needs_ccc_two_months_running():
         firm_levels(frame, none, bad, ratings)
 
 
+def _frame(**firms) -> pd.DataFrame:
+    """Rows as the rules read them, typed as the pass types them."""
+    frame = pd.DataFrame({k: _firm(**v) for k, v in firms.items()}).T.infer_objects()
+    for c in set(frame.columns) - {"distressed_core", "consent_expires_on", "default_on", "grade", "grade_at_batch",
+                                   "fin_evidence"}:
+        frame[c] = pd.to_numeric(frame[c]) if c != "in_default" else frame[c].astype(bool)
+    return frame.assign(core_reasons="", limit_at_batch=1e6, core_limit=1e6, score=600.0)
+
+
+def test_statutory_misses_escalate_to_red_only_with_a_high_pd_or_together():
+    """The escalations of monitoring.yaml: one statutory payment missed is amber; the same
+    miss at a PD of B- or worse, or two misses at once, is red, as an alert of its own
+    that names what combined; a high PD with no miss, a signal outside the list, or a
+    miss at a low PD stays as it was."""
+    from scf_engine.monitor.judge import portfolio_rows
+
+    pol = policies.load("monitoring")
+    tax = {"tax_open_gap": 2, "obligations_open": 1, "obligations_missed_3m": 2}
+    frame = _frame(
+        healthy={},
+        tax_low_pd={**tax, "pd": 0.03},
+        tax_high_pd={**tax, "pd": 0.10, "pd_at_batch": 0.09, "pd_change": 0.01},
+        tax_and_payroll={**tax, "payroll_open_gap": 3, "pd": 0.03},
+        high_pd_only={"pd": 0.10, "pd_at_batch": 0.09, "pd_change": 0.01},
+        trade_falling={"trade_in_yoy_3m": -0.6, "trade_in_3m": 1.2e6, "pd": 0.02},
+    )
+    T = pd.Timestamp("2024-07-01")
+    alerts = fire(frame, pol, T)
+    by = alerts.groupby("firm_id")["signal"].agg(set)
+    assert by["tax_low_pd"] == {"tax_missed"}
+    assert by["tax_high_pd"] == {"tax_missed", "statutory_missed_at_high_pd"}
+    assert by["tax_and_payroll"] == {"tax_missed", "payroll_missed", "statutory_missed_together"}
+    assert by["trade_falling"] == {"trade_inflow_falling"} and "high_pd_only" not in by and "healthy" not in by
+    esc = alerts[alerts["signal"].str.startswith("statutory_")].set_index("firm_id")
+    assert (esc["level"] == "red").all()
+    assert "tax_missed" in esc.loc["tax_high_pd", "evidence"] and "10.00%" in esc.loc["tax_high_pd", "evidence"]
+    assert esc.loc["tax_and_payroll", "evidence"].startswith("payroll_missed + tax_missed")
+    level = portfolio_rows(frame, alerts, T, 6.0, pol).set_index("firm_id")["level"]
+    assert level.to_dict() == {"healthy": "green", "tax_low_pd": "amber", "tax_high_pd": "red",
+                               "tax_and_payroll": "red", "high_pd_only": "amber", "trade_falling": "amber"}
+    # an escalation may only combine signals of the same file
+    data = policies.as_data(pol)
+    bad = {**data, "escalations": [{**data["escalations"][0], "signals": ["tax_missed", "no_such_signal"]}]}
+    with pytest.raises(PolicyError, match="signal names of this file"):
+        policies.validate("monitoring", bad)
+
+
 def test_new_authenticity_alerts_ask_for_review_not_a_freeze():
     """authenticity.yaml's high severity means 'send to review' at the batch: after lending
     a newly firing ring gives at most the policy's authenticity_max_level (amber)."""
@@ -492,6 +539,30 @@ def test_alerts_fire_on_the_firms_that_go_bad_and_stay_quiet_on_the_rest(lent, m
     # before the deterioration could show (3 months in), the two groups look alike
     first = port[port["as_of"] == AS_OF[0]].assign(bad=lambda d: d["firm_id"].map(truth["deteriorates"]).astype(bool))
     assert first.loc[first["bad"], "level"].isin(["amber", "red"]).mean() < bad_share
+
+
+def test_escalations_on_the_scenario_world_fire_where_the_rule_holds_and_nowhere_else(lent, monitored):
+    """On the small world of the after-lending scenario: each statutory escalation fired
+    exactly at the (firm, as-of) pairs where its rule holds over the other alerts of
+    that pass (enough signals of its list, the PD at or worse than its rating), its firm
+    is red there, and a firm with one statutory miss at a lower PD was not escalated."""
+    port = pd.read_csv(monitored / "portfolio.csv", dtype={"firm_id": str}).set_index(["firm_id", "as_of"])
+    alerts = pd.read_csv(monitored / "alerts.csv", dtype={"firm_id": str})
+    pol = policies.as_data(policies.load("monitoring"))
+    ratings = policies.as_data(policies.load("master_scale"))["ratings"]
+    fired = alerts.groupby(["firm_id", "as_of"])["signal"].agg(set)
+    quiet = 0
+    for e in pol["escalations"]:
+        n = fired.map(lambda s: len(s & set(e["signals"])))
+        # no rating: any PD, even none (a firm the core could not score)
+        high = port["pd"].reindex(n.index) >= ratings[e["pd_rating"]] if e["pd_rating"] else n >= 0
+        should = set(n.index[(n >= e["min_signals"]) & high])
+        did = set(zip(*alerts.loc[alerts["signal"] == e["name"], ["firm_id", "as_of"]].T.to_numpy()))
+        assert did == should, e["name"]
+        assert (port.loc[sorted(did), "level"] == "red").all()
+        quiet += int(((n >= e["min_signals"]) & ~high).sum())
+    assert alerts["signal"].str.startswith("statutory_missed").sum() > 0  # the world has firms that go bad
+    assert quiet > 0  # ...and firms with a miss at a PD below the escalation's rating, left amber
 
 
 def test_the_scenario_leaves_existing_worlds_as_they_were(tmp_path):

@@ -15,22 +15,13 @@ import pandas as pd
 
 from scf_engine import policies
 from scf_engine.credit.scale import grades_for_scores
-from scf_engine.errors import PolicyError
-from scf_engine.monitor.signals import fill, holds
+from scf_engine.monitor.signals import fill, holds, rating_pd
 from scf_engine.policies import as_data
 
 PORTFOLIO_COLUMNS = ["firm_id", "as_of", "pd", "score", "grade", "pd_at_batch", "grade_at_batch", "limit_at_batch",
                      "limit_now", "action", "level", "reasons"]
 LEVEL_RANK = {"green": 0, "amber": 1, "red": 2}
 GRADE_RANK = {"premium": 0, "grade_1": 1, "alternate": 2}  # higher is worse
-
-
-def rating_pd(ratings: dict, name: str) -> float:
-    """The master scale's PD of rating ``name`` (a one-line policy error for an unknown one)."""
-    if name not in ratings:
-        raise PolicyError(f"monitoring.yaml: pd_levels names rating {name!r}, not on the master scale "
-                          f"({', '.join(ratings)})")
-    return float(ratings[name])
 
 
 def persistent(frame: pd.DataFrame, history: pd.DataFrame | None, floor: float, months: int) -> pd.Series:
@@ -52,9 +43,9 @@ def persistent(frame: pd.DataFrame, history: pd.DataFrame | None, floor: float, 
 
 def firm_levels(frame: pd.DataFrame, alerts: pd.DataFrame, policy, ratings: dict | None = None,
                 history: pd.DataFrame | None = None) -> pd.Series:
-    """Per firm: the worst of its alerts' levels and of the PD levels on the master scale
-    (``ratings``: master_scale.yaml's; ``history``: this pass's earlier rows, for the
-    persistent red)."""
+    """Per firm: the worst of its alerts' levels (escalations of monitoring.yaml included)
+    and of the PD levels on the master scale (``ratings``: master_scale.yaml's;
+    ``history``: this pass's earlier rows, for the persistent red)."""
     p = as_data(policy)["pd_levels"]
     ratings = ratings if ratings is not None else as_data(policies.load("master_scale"))["ratings"]
     rank = pd.Series(0, index=frame.index)

@@ -4,7 +4,9 @@ Each signal is defined once in the policy (name, Chinese and English label, seve
 DuckDB SQL rule, an evidence template); this module only evaluates them, so a risk
 committee reads and changes what fires without reading code. The authenticity alerts of
 ``models/authenticity.yaml`` are reused as they stand: one that fires now and was quiet at
-the batch is a new round trip or circular money.
+the batch is a new round trip or circular money. The policy's escalations combine the
+signals that fired (and the PD) into alerts of their own: a statutory payment missed is
+amber, the same miss at a high PD, or two at once, is red.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from scf_engine import policies
 from scf_engine.duck import connect
 from scf_engine.errors import PolicyError
 from scf_engine.features.alerts import raise_alerts
@@ -104,9 +107,25 @@ def holds_all(frame: pd.DataFrame, rules: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame({name: np.asarray(hit[f"s{i}"], dtype=bool) for i, name in enumerate(rules)}, index=frame.index)
 
 
-def fire(frame: pd.DataFrame, policy, as_of: pd.Timestamp) -> pd.DataFrame:
+def rating_pd(ratings: dict, name: str) -> float:
+    """The master scale's PD of rating ``name`` (a one-line policy error for an unknown one)."""
+    if name not in ratings:
+        raise PolicyError(f"monitoring.yaml: names rating {name!r}, not on the master scale "
+                          f"({', '.join(ratings)})")
+    return float(ratings[name])
+
+
+def fire(frame: pd.DataFrame, policy, as_of: pd.Timestamp, ratings: dict | None = None) -> pd.DataFrame:
     """alerts.csv rows for one as-of: every policy signal whose rule holds, with its
-    evidence, in the policy's order, by firm within each."""
+    evidence, in the policy's order, by firm within each; then the escalations that the
+    signals which fired combine into (:func:`escalate`; ``ratings``: master_scale.yaml's)."""
+    rows = _signal_rows(frame, policy, as_of)
+    up = escalate(frame, rows, policy, as_of, ratings)
+    return pd.concat([rows, up], ignore_index=True) if len(up) else rows
+
+
+def _signal_rows(frame: pd.DataFrame, policy, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The policy signals' rows (see :func:`fire`)."""
     p = as_data(policy)
     day = str(as_of.date())
     hits = holds_all(frame, {f"signal {s['name']}": fill(s["rule"], p) for s in p["signals"]})
@@ -121,6 +140,42 @@ def fire(frame: pd.DataFrame, policy, as_of: pd.Timestamp) -> pd.DataFrame:
                          "evidence": evidence(s["evidence"], {**rec, "as_of": day}), "label_zh": s["label_zh"],
                          "label_en": s["label_en"]})
     return pd.DataFrame(rows, columns=ALERTS_COLUMNS)
+
+
+def escalate(frame: pd.DataFrame, fired: pd.DataFrame, policy, as_of: pd.Timestamp,
+             ratings: dict | None = None) -> pd.DataFrame:
+    """Rows for the policy's ``escalations``: a firm for which at least ``min_signals`` of
+    an escalation's ``signals`` fired at this as-of (``fired``: the signals' rows), with
+    its PD at or worse than ``pd_rating`` when one is given, gets the escalation as an
+    alert of its own, at the escalation's severity. Alone, a missed tax month or an
+    8% PD each call for a closer look; together they have been followed by a default
+    far more often than either (see monitoring.yaml), so the combination, not either
+    signal, freezes. The evidence names the signals that combined and the PD."""
+    p = as_data(policy)
+    rules = p.get("escalations") or []
+    if not rules or fired.empty:
+        return pd.DataFrame(columns=ALERTS_COLUMNS)
+    ratings = ratings if ratings is not None else as_data(policies.load("master_scale"))["ratings"]
+    on = pd.crosstab(fired["firm_id"], fired["signal"]).gt(0)  # firm x signal: fired at this as-of
+    # a frame without a PD (a rule check on its own) escalates only what needs no PD
+    pd_now = (frame["pd"] if "pd" in frame else pd.Series(np.nan, index=frame.index)).astype(float).reindex(on.index)
+    parts, day = [], str(as_of.date())
+    for e in rules:
+        mine = on.reindex(columns=e["signals"], fill_value=False)
+        hit = mine.sum(axis=1) >= e["min_signals"]
+        floor = rating_pd(ratings, e["pd_rating"]) if e["pd_rating"] else None
+        if floor is not None:
+            hit &= pd_now >= floor
+        if not hit.any():
+            continue
+        at = (pd_now[hit].map(lambda v: f" at PD {v:.2%} ({e['pd_rating']} {floor:.2%} or worse)")
+              if floor is not None else pd.Series("", index=hit.index[hit]))
+        which = mine[hit].apply(lambda r: " + ".join(r.index[r.to_numpy()]), axis=1)
+        parts.append(pd.DataFrame({"firm_id": hit.index[hit], "as_of": day, "signal": e["name"],
+                                   "level": p["levels"][e["severity"]],
+                                   "evidence": (which + at + f" at {day}").to_numpy(),
+                                   "label_zh": e["label_zh"], "label_en": e["label_en"]}))
+    return pd.concat(parts, ignore_index=True)[ALERTS_COLUMNS] if parts else pd.DataFrame(columns=ALERTS_COLUMNS)
 
 
 def capped(levels: pd.Series, top: str) -> pd.Series:
@@ -160,4 +215,4 @@ def _num(v) -> str:
     return "n/a" if math.isnan(v) else f"{v:.3g}"
 
 
-__all__ = ["ALERTS_COLUMNS", "fire", "holds", "holds_all", "authenticity_seen", "fill", "core_distress", "new_authenticity", "evidence"]
+__all__ = ["ALERTS_COLUMNS", "fire", "escalate", "rating_pd", "holds", "holds_all", "authenticity_seen", "fill", "core_distress", "new_authenticity", "evidence"]
