@@ -81,10 +81,41 @@ def test_feature_values_on_a_hand_built_flow_table():
 
 
 def test_young_and_flowless_firms():
-    F = flow_features(dataset(flows_for_a() + [(month(1, 3), "EXT-C9", D, 10.0, "trade")]).as_of(T))
+    young = [(month(1, 3), "EXT-C9", D, 10.0, "trade"), (month(0, 3), "EXT-C9", D, 10.0, "trade")]
+    F = flow_features(dataset(flows_for_a() + young).as_of(T))
     assert F.loc[D, "history_months"] == 2 and F.loc[D, "payroll_missed_12m"] == 2
     assert F.loc[D, "firm_age_years"] == pytest.approx((T - pd.Timestamp("2024-09-15")).days / 365.25)
     assert np.isnan(F.loc[B, "history_months"]) and np.isnan(F.loc[B, "trade_in_12m"])
+
+
+def flows_for_c():
+    """C's account reaches the platform only 15 months before T (months 15-20 show just A's
+    payments to it, from A's account) and is missing in months 4 and 0 (A's payments still
+    show); in every reported month C pays all its obligations and is paid the same."""
+    rows = [(month(k, 4), A, C, 30_000.0, "trade") for k in range(21)]
+    for k in set(range(15)) - {0, 4}:
+        rows += [(month(k, 5), "EXT-C5", C, 70_000.0, "trade"), (month(k, 10), C, "EXT-PAY", 10_000.0, "payroll"),
+                 (month(k, 15), C, "EXT-TAX", 2_000.0, "tax"), (month(k, 18), C, "EXT-SI", 3_000.0, "social_insurance"),
+                 (month(k, 22), C, "EXT-GRID", 1_000.0, "utilities")]
+    return rows
+
+
+def test_months_before_joining_or_missing_from_the_platform_are_unknown_not_missed():
+    F = flow_features(dataset(flows_for_a() + flows_for_c() + [(month(k, 4), A, B, 5_000.0, "trade") for k in range(6)]).as_of(T))
+    c = F.loc[C]
+    assert c["history_months"] == 15  # from its first reported month, not A's first payment to it
+    for f in ("payroll_missed_12m", "tax_missed_12m", "social_insurance_missed_12m", "utilities_missed_12m",
+              "obligations_missed_3m", "obligations_missed_12m", "payroll_open_gap", "tax_open_gap", "obligations_open"):
+        assert c[f] == 0, f
+    assert c["trade_in_12m"] == 10 * 100_000  # reported months only
+    assert c["trade_in_slope_12m"] == pytest.approx(0.0, abs=1e-12)
+    assert c["trade_in_volatility_12m"] == pytest.approx(0.0, abs=1e-12)
+    assert c["trade_in_trend_3v12"] == pytest.approx(0.0, abs=1e-12)
+    # year on year over matched months (1 and 2 against 13 and 14): no 24 months needed
+    assert c["trade_in_yoy_12m"] == pytest.approx(0.0, abs=1e-12) and c["tax_yoy_3m"] == pytest.approx(0.0, abs=1e-12)
+    assert F.loc[A, "trade_in_yoy_12m"] == pytest.approx(0.0, abs=1e-12)
+    # B's own account never reached the platform: no flow history, only A's payments to it
+    assert np.isnan(F.loc[B, "history_months"]) and np.isnan(F.loc[B, "payroll_missed_12m"])
 
 
 def index_of(payer, payee, day, amount, decay=0.05, growth=0.0):
@@ -355,12 +386,13 @@ def test_the_structural_ring_policy_is_checked():
 
 
 def test_counterparty_health_reads_the_paying_firms_own_flows():
-    """A is paid equally by B, which pays no payroll, tax, social insurance or utilities,
-    and by C, which pays them all every month: half of A's receipts come from a payer in
+    """A is paid equally by B, whose own account is on the platform (an external customer
+    pays it) and which pays no payroll, tax, social insurance or utilities, and by C, which pays them all every month: half of A's receipts come from a payer in
     arrears. External customers are nobody to read and count for nothing."""
     rows = flows_for_a()
     for k in range(12):
         rows.append((month(k, 7), B, A, 80_000.0, "trade"))
+        rows.append((month(k, 3), "EXT-C7", B, 90_000.0, "trade"))  # B's own account is on the platform
         rows.append((month(k, 7), C, A, 80_000.0, "trade"))
         for purpose, payee in (("payroll", "EXT-PAY"), ("tax", "EXT-TAX"), ("social_insurance", "EXT-SI"),
                                ("utilities", "EXT-GRID")):

@@ -141,4 +141,6 @@ def test_planted_rings_are_found_with_high_recall_and_few_false_positives(medium
         honest.append(called[~F["fabricated"]])
     found, honest = pd.concat(found), pd.concat(honest)
     assert len(found) >= 50 and found.mean() >= 0.9
-    assert len(honest) >= 3000 and honest.mean() <= 0.01
+    # honest firm-dates with their own account on the platform (those not yet on it have no
+    # flow history since issue 18's reported-month fix: about 2,900 here)
+    assert len(honest) >= 2500 and honest.mean() <= 0.01

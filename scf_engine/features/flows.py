@@ -11,8 +11,14 @@ statements go through an engine, :class:`scf_engine.sqlengine.DuckDBEngine` as w
 1. *legs*: each flow of the last 24 months becomes one leg per firm it touches
    (``dir`` in/out, ``cpty`` the other party) with ``k``, the number of whole months
    before T (k = 0 is the month just before T; months are counted by day of month).
-2. *panel* ``p``: one row per firm and month k from its first active month to k = 0
-   (months with no flows are present, with zeros), with sums by purpose and direction.
+2. *panel* ``p``: one row per firm and month k from its first *reported* month to k = 0,
+   with sums by purpose and direction. A month is reported when the firm's own account
+   reached the platform: it has a flow with an external (``EXT-``) party, which only the
+   firm's own account can show. Before a firm joins the platform, or in a month its
+   account was not reported, the platform still sees its flows with firms that do share
+   (a core paying it), but not its payroll, tax or customers: such a month is unknown
+   (its sums NULL), never a month of missed payments and zero trade. Obligation features
+   count misses over reported months only; open gaps count reported months.
 3. the catalogue's ``panel``, ``cpty`` and ``firm`` expressions aggregate per firm;
    ``derived`` expressions combine them; ``rank`` features are percentiles within the
    firm's industry; two ``code`` groups (counterparty concentration, authenticity)
@@ -34,6 +40,8 @@ from scf_engine.ingest.rules import sql_list
 
 LOOKBACK_MONTHS = 24
 OBLIGATIONS = ("payroll", "tax", "social_insurance", "housing_fund", "utilities")
+YOY_COLUMNS = ("in_trade", "tax", "utilities")
+OPEN_GAPS = ("payroll", "tax", "social_insurance", "housing_fund", "loan_interest")
 MIN_INDUSTRY_GROUP = 10  # smaller industry divisions are ranked within their section
 
 
@@ -71,12 +79,13 @@ WITH monthly AS (
         {obligations},
         count(*) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND amount >= 10000 AND amount % 10000 = 0) AS n_round_in,
         sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND month(booked_on) IN (3, 6, 9, 12)
-                            AND day(booked_on) >= day(last_day(booked_on)) - 2) AS in_period_end
+                            AND day(booked_on) >= day(last_day(booked_on)) - 2) AS in_period_end,
+        count(*) FILTER (WHERE cpty LIKE 'EXT-%') > 0 AS reported
     FROM legs GROUP BY firm_id, k
 ),
-span AS (SELECT firm_id, max(k) AS first_k FROM monthly GROUP BY firm_id),
+span AS (SELECT firm_id, max(k) AS first_k FROM monthly WHERE reported GROUP BY firm_id),
 dense AS (SELECT firm_id, unnest(range(0, first_k + 1)) AS k FROM span)
-SELECT d.firm_id, d.k, {coalesced}
+SELECT d.firm_id, d.k, coalesce(m.reported, false) AS reported, {coalesced}
 FROM dense d LEFT JOIN monthly m USING (firm_id, k)
 """
 
@@ -88,7 +97,8 @@ def _panel_sql() -> str:
     obligations = ",\n        ".join(
         f"sum(amount) FILTER (WHERE dir = 'out' AND purpose = '{p}') AS {p}" for p in OBLIGATIONS
     )
-    coalesced = ", ".join(f"coalesce(m.{c}, 0) AS {c}" for c in PANEL_COLUMNS)
+    # a month the firm's own account did not report is unknown (NULL), not a month of zeros
+    coalesced = ", ".join(f"CASE WHEN m.reported THEN coalesce(m.{c}, 0) END AS {c}" for c in PANEL_COLUMNS)
     return PANEL_SQL.format(obligations=obligations, coalesced=coalesced)
 
 
@@ -115,9 +125,14 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     cured = ("payroll", "tax", "social_insurance")
     typical = ", ".join(f"median({o}::DOUBLE) FILTER (WHERE {o} > 0) AS {o}_typical" for o in cured)
     prev = ", ".join(f"lead({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_prev" for o in cured)
+    # {c}_ly: the same calendar month a year earlier (NULL where not on record), for
+    # year-on-year ratios over matched months; {o}_last_k: the latest month with a payment
+    # (open gaps count the reported months since)
+    ly = ", ".join(f"lead({c}, 12) OVER (PARTITION BY firm_id ORDER BY k) AS {c}_ly" for c in YOY_COLUMNS)
+    last = ", ".join(f"min(CASE WHEN {o} > 0 THEN k END) OVER (PARTITION BY firm_id) AS {o}_last_k" for o in OPEN_GAPS)
     # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
     # in the same order every run
-    eng.create("p2", f"SELECT p.*, {prev}, {', '.join(f't.{o}_typical' for o in cured)} FROM p JOIN "
+    eng.create("p2", f"SELECT p.*, {prev}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM p JOIN "
                      f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k")
 
     panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))

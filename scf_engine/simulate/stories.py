@@ -22,7 +22,17 @@ stories that differ in *mechanism*, selected by ``WorldConfig.story``:
 Every story-specific draw comes from its own random stream (``(seed, 10)``), so the
 default story's worlds stay byte for byte what they were. The truth PD follows the
 story's dynamics (the Monte Carlo runs the same ``step``), so the Bayes-optimal Gini is
-the story's own. The knobs are simulator constants (what the world is), not credit
+the story's own.
+
+The ``shock`` story's truth knows no future shock: like every story's, it is P(default in
+the 12 months from T | the latent state at the end of the month before T), the month the
+features' last flows are booked in, with every later industry and firm shock drawn by
+Monte Carlo (:func:`.dynamics.true_pd`). What makes the story hard is where its
+information lies: a firm's standing (``mu``) ranks its defaults at a Gini of 0.36-0.44
+against 0.55-0.60 in the default story, while its health in the month before T ranks
+them at 0.63-0.66 (Bayes 0.67-0.71; 2,000 firms, seed 2026, four as-of dates), so a
+model must read the latest months' deviation from the firm's own flows, through the
+gaps and late joining this story adds. The knobs are simulator constants (what the world is), not credit
 policy, so they live here and not in ``models/``.
 """
 
