@@ -165,6 +165,18 @@ def test_rings_round_trips_and_onward_hops_match_a_brute_force_reference(rows, d
     assert set(np.flatnonzero(round_trip_edges(idx, days=7, tolerance=0.02))) == trips
 
 
+def test_the_sorted_needle_search_answers_as_searchsorted_does():
+    """The ring search looks its needles up in sorted order past a size (_search): same
+    positions as np.searchsorted, ties and keys outside the range included, either side."""
+    from scf_engine.features.authenticity import _search
+
+    rng = np.random.default_rng(4)
+    keys = np.sort(rng.integers(0, 5_000, 20_000))  # many repeated keys
+    needles = np.concatenate([rng.integers(-10, 5_010, 30_000), keys[:50]])
+    for side in ("left", "right"):
+        np.testing.assert_array_equal(_search(keys, needles, side), np.searchsorted(keys, needles, side))
+
+
 def brute_shortest_cycle(payer, payee, n, max_parties):
     """Per party: the fewest parties on a simple directed cycle through it, by enumerating
     every simple path (the definition, written out); inf when none of at most max_parties."""
