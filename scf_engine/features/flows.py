@@ -74,7 +74,8 @@ class FlowPass:
     months before the earliest date or later, and before the latest date, for every firm
     of the dataset; :meth:`legs_sql` gives an as-of's legs from them: its flows before T
     (nothing dated T or later), its firms only (those founded before T), ``k`` as
-    :func:`_legs_sql` counts it. The same rows, and ``_i`` numbers the flows in the same
+    :func:`_legs_sql` counts it; :meth:`panel_sql` its monthly panel from month sums made
+    once per day of month. The same rows, and ``_i`` numbers the flows in the same
     order (the dataset's), so every feature is the same as :func:`flow_features` without
     it gives (``tests/test_monitor.py`` compares the two passes value for value).
     DuckDB only: the cluster engine builds its legs per as-of."""
@@ -94,6 +95,12 @@ class FlowPass:
         self.eng.con.execute("DROP VIEW IF EXISTS _pass_flows")  # the table holds what the pass needs
         self.eng.unregister("__pass_flows_frame")
         self.eng.unregister("_pass_firms")
+        # the month sums once per day of month: a flow's month before T is (T's month) minus
+        # its bucket, the same bucket for every date on that day of the month
+        for d in sorted({t.day for t in dates}):
+            bucket = f"year(booked_on) * 12 + month(booked_on) + CASE WHEN day(booked_on) >= {d} THEN 1 ELSE 0 END"
+            self.eng.create(f"{self.TABLE}_monthly_{d}",
+                            _monthly_sql(f"(SELECT *, {bucket} AS bucket FROM {self.TABLE})", "bucket"))
 
     def legs_sql(self, T: str) -> str:
         if pd.Timestamp(T) not in self.dates:
@@ -101,13 +108,25 @@ class FlowPass:
         own = f"(SELECT * FROM {self.TABLE} WHERE booked_on < DATE '{T}' AND firm_id IN (SELECT firm_id FROM firms))"
         return _window_sql(T, own)
 
+    def panel_sql(self, T: str) -> str:
+        """The panel ``p`` at T from the month sums of T's day of month: the months
+        0 <= k < LOOKBACK_MONTHS before T (bucket <= T's month: booked before T), T's
+        firms only; then densified as :func:`_panel_sql` does."""
+        t = pd.Timestamp(T)
+        if t not in self.dates:
+            raise ValueError(f"as-of {T} is not a date of this pass")
+        cols = ", ".join(PANEL_COLUMNS)
+        now = f"(year(DATE '{T}') * 12 + month(DATE '{T}'))"
+        return _panel_sql(f"SELECT firm_id, {now} - bucket AS k, {cols} FROM {self.TABLE}_monthly_{t.day} "
+                          f"WHERE bucket <= {now} AND bucket > {now} - {LOOKBACK_MONTHS} "
+                          "AND firm_id IN (SELECT firm_id FROM firms)")
+
     def close(self) -> None:
-        self.eng.drop(self.TABLE)
+        self.eng.drop(self.TABLE, *(f"{self.TABLE}_monthly_{d}" for d in sorted({t.day for t in self.dates})))
 
 
-PANEL_SQL = """
-WITH monthly AS (
-    SELECT firm_id, k,
+MONTHLY_SQL = """
+    SELECT firm_id, {key},
         sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade') AS in_trade,
         count(*) FILTER (WHERE dir = 'in' AND purpose = 'trade') AS n_in_trade,
         sum(amount) FILTER (WHERE dir = 'out' AND purpose = 'trade') AS out_trade,
@@ -121,8 +140,11 @@ WITH monthly AS (
         count(*) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND amount >= 10000 AND amount % 10000 = 0) AS n_round_in,
         sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND month(booked_on) IN (3, 6, 9, 12)
                             AND day(booked_on) >= day(last_day(booked_on)) - 2) AS in_period_end
-    FROM legs GROUP BY firm_id, k
-),
+    FROM {legs} GROUP BY firm_id, {key}
+"""
+
+PANEL_SQL = """
+WITH monthly AS ({monthly}),
 span AS (SELECT firm_id, max(k) AS first_k FROM monthly GROUP BY firm_id),
 dense AS (SELECT firm_id, unnest(range(0, first_k + 1)) AS k FROM span)
 SELECT d.firm_id, d.k, {coalesced}
@@ -133,12 +155,19 @@ PANEL_COLUMNS = ("in_trade", "n_in_trade", "out_trade", "in_total", "out_total",
                  "out_loan_rep", "loan_interest") + OBLIGATIONS + ("n_round_in", "in_period_end")
 
 
-def _panel_sql() -> str:
+def _monthly_sql(legs: str = "legs", key: str = "k") -> str:
+    """The per-(firm, month) sums of ``legs`` grouped by ``key``."""
     obligations = ",\n        ".join(
         f"sum(amount) FILTER (WHERE dir = 'out' AND purpose = '{p}') AS {p}" for p in OBLIGATIONS
     )
+    return MONTHLY_SQL.format(obligations=obligations, legs=legs, key=key)
+
+
+def _panel_sql(monthly: str | None = None) -> str:
+    """The dense panel ``p`` from ``monthly`` (a query of firm_id, k and the sums; default
+    the sums of this date's legs)."""
     coalesced = ", ".join(f"coalesce(m.{c}, 0) AS {c}" for c in PANEL_COLUMNS)
-    return PANEL_SQL.format(obligations=obligations, coalesced=coalesced)
+    return PANEL_SQL.format(monthly=monthly or _monthly_sql(), coalesced=coalesced)
 
 
 def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None, engine=None,
@@ -164,7 +193,7 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
         eng.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]],
                      money=("amount",), row_number="_i")
         eng.create("legs", _legs_sql(T))
-    eng.create("p", _panel_sql())
+    eng.create("p", flow_pass.panel_sql(T) if flow_pass is not None else _panel_sql())
     # {o}_typical: the firm's median monthly payment; {o}_prev: the month before (k + 1)
     cured = ("payroll", "tax", "social_insurance")
     typical = ", ".join(f"median({o}) FILTER (WHERE {o} > 0) AS {o}_typical" for o in cured)
