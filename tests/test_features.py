@@ -337,3 +337,19 @@ def test_counterparty_health_reads_the_paying_firms_own_flows():
     assert np.isnan(F.loc[B, "payer_arrears_share_12m"])  # nobody on the platform pays B
     without = flow_features(dataset(flows_for_a()).as_of(T))
     assert np.isnan(without.loc[A, "payer_arrears_share_12m"])
+
+
+def test_the_flows_before_a_date_are_the_same_sorted_or_not():
+    """Dataset.as_of takes the flows before T as a leading slice when they are in date
+    order, by a filter otherwise: the same rows in the same order, a flow dated T left out."""
+    rows = flows_for_a()
+    ordered = dataset(sorted(rows, key=lambda r: r[0]))
+    shuffled = dataset([rows[i] for i in np.random.default_rng(1).permutation(len(rows))])
+    assert ordered.flows["booked_on"].is_monotonic_increasing and not shuffled.flows["booked_on"].is_monotonic_increasing
+    for ds in (ordered, shuffled):
+        for when in (T, T - pd.DateOffset(months=7), pd.Timestamp(rows[5][0]), pd.Timestamp("1990-01-01")):
+            want = ds.flows[ds.flows["booked_on"] < when].reset_index(drop=True)
+            got = ds.as_of(when).flows
+            pd.testing.assert_frame_equal(got, want, check_exact=True)
+            assert (got["booked_on"] < when).all()
+    assert len(ordered.as_of(pd.Timestamp(rows[5][0])).flows) < len(rows)

@@ -240,6 +240,11 @@ def reason_codes(contrib: pd.DataFrame, X: pd.DataFrame, model_features, *, refe
     med_cols = {f: medians[f].to_numpy() for f in feats if f in medians.columns} if medians is not None else {}
     labels = {f: (cat[f].label_en, cat[f].label_zh) if f in cat else (f, f) for f in feats}
     members = [np.flatnonzero(fam_idx == j) for j in range(k)]
+    # per (row, family): the family's feature that contributes most in the family's
+    # direction, for every row at once (one small numpy call per reason was most of the
+    # loop below; the same first maximum per row)
+    picks = np.stack([cols[np.argmax(np.where(np.sign(C[:, cols]) == np.sign(S[:, [j]]), np.abs(C[:, cols]), -1.0),
+                                     axis=1)] for j, cols in enumerate(members)], axis=1) if k else np.zeros((n, 0), int)
     out = []
     for i in range(n):
         reasons = []
@@ -247,10 +252,7 @@ def reason_codes(contrib: pd.DataFrame, X: pd.DataFrame, model_features, *, refe
             total = S[i, j]
             if total == 0 or not np.isfinite(total):
                 continue
-            cols = members[j]
-            c = C[i, cols]
-            same = np.sign(c) == np.sign(total)
-            pick = cols[np.argmax(np.where(same, np.abs(c), -1.0))]
+            pick = picks[i, j]
             f = feats[pick]
             med, ind = None, None
             if medians is not None:

@@ -78,7 +78,8 @@ class FlowPass:
     once per day of month. The same rows, and ``_i`` numbers the flows in the same
     order (the dataset's), so every feature is the same as :func:`flow_features` without
     it gives (``tests/test_monitor.py`` compares the two passes value for value).
-    DuckDB only: the cluster engine builds its legs per as-of."""
+    DuckDB only: the cluster engine builds its legs per as-of. Its tables live as long as
+    the connection (the pass closes it)."""
 
     TABLE = "_pass_legs"
 
@@ -103,6 +104,8 @@ class FlowPass:
                             _monthly_sql(f"(SELECT *, {bucket} AS bucket FROM {self.TABLE})", "bucket"))
 
     def legs_sql(self, T: str) -> str:
+        """The legs at T: the pass's legs booked before T of T's firms (the view ``firms``
+        flow_features registers), with k."""
         if pd.Timestamp(T) not in self.dates:
             raise ValueError(f"as-of {T} is not a date of this pass")
         own = f"(SELECT * FROM {self.TABLE} WHERE booked_on < DATE '{T}' AND firm_id IN (SELECT firm_id FROM firms))"
@@ -120,9 +123,6 @@ class FlowPass:
         return _panel_sql(f"SELECT firm_id, {now} - bucket AS k, {cols} FROM {self.TABLE}_monthly_{t.day} "
                           f"WHERE bucket <= {now} AND bucket > {now} - {LOOKBACK_MONTHS} "
                           "AND firm_id IN (SELECT firm_id FROM firms)")
-
-    def close(self) -> None:
-        self.eng.drop(self.TABLE, *(f"{self.TABLE}_monthly_{d}" for d in sorted({t.day for t in self.dates})))
 
 
 MONTHLY_SQL = """

@@ -196,6 +196,7 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
     """:func:`compute`'s loop: the batch's snapshot, then one as-of after another."""
     say(f"snapshot at the batch ({batch_T.date()})")
     batch = snapshot_at(ds, batch_T, models, con=con, flow_pass=flow_pass)
+    batch.snapshot = None  # the pass reads the batch's table and chain; its copy of the flows can go
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
     ids = pd.Index(lent["firm_id"], name="firm_id")
     seen = authenticity_seen(batch.table.reindex(ids).dropna(how="all"))  # the batch's alerts, once per pass
