@@ -57,10 +57,11 @@ def indicator_columns(snapshot: Snapshot) -> pd.DataFrame:
     return out
 
 
-def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None, engine=None) -> pd.DataFrame:
+def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None, engine=None, flow_pass=None) -> pd.DataFrame:
     """The snapshot's rows: flow features (on ``engine`` when given, see
-    :mod:`scf_engine.sqlengine`), chain features, context and external indicators."""
-    flows = flow_features(snapshot, con=con, engine=engine)
+    :mod:`scf_engine.sqlengine`; from ``flow_pass``'s legs when given), chain features,
+    context and external indicators."""
+    flows = flow_features(snapshot, con=con, engine=engine, flow_pass=flow_pass)
     nodes = chain.nodes
     chain_cols = [c for c in chain_feature_names() if c in nodes.columns]
     table = flows.join(nodes[chain_cols + list(CONTEXT_COLUMNS)], how="left").join(indicator_columns(snapshot), how="left")
@@ -69,16 +70,19 @@ def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None, engine=None) -
 
 
 def assemble(dataset: Dataset, dates, *, with_labels: bool = True, truth: pd.DataFrame | None = None,
-             progress=None, engine=None) -> dict[pd.Timestamp, SnapshotData]:
+             progress=None, engine=None, con=None, flow_pass=None) -> dict[pd.Timestamp, SnapshotData]:
     """Snapshot data at each date; ``engine``: where the flow features' SQL runs (default
-    the embedded DuckDB; the chain is built on DuckDB either way)."""
+    the embedded DuckDB; the chain is built on DuckDB either way). ``con``: the DuckDB
+    connection to use (left open; default a new one, closed at the end); ``flow_pass``:
+    legs built once on ``con`` for these dates (:class:`scf_engine.features.flows.FlowPass`)."""
     out = {}
-    con = connect()
+    own = con is None
+    con = con if con is not None else connect()
     for i, T in enumerate(dates):
         T = pd.Timestamp(T)
         snap = dataset.as_of(T)
         chain = build_chain(snap, con=con)
-        table = snapshot_table(snap, chain, con=con, engine=engine)
+        table = snapshot_table(snap, chain, con=con, engine=engine, flow_pass=flow_pass)
         if with_labels:
             lab = dataset.labels(T).set_index("firm_id")["label"]
             table["label"] = lab.reindex(table.index).astype(float)
@@ -89,7 +93,8 @@ def assemble(dataset: Dataset, dates, *, with_labels: bool = True, truth: pd.Dat
         out[T] = SnapshotData(T, snap, chain, table)
         if progress:
             progress(i + 1, len(dates))
-    con.close()
+    if own:
+        con.close()
     return out
 
 

@@ -196,6 +196,18 @@ def test_rings_round_trips_and_onward_hops_match_a_brute_force_reference(rows, d
     assert set(np.flatnonzero(round_trip_edges(idx, days=7, tolerance=0.02))) == trips
 
 
+def test_the_sorted_needle_search_answers_as_searchsorted_does():
+    """The ring search looks its needles up in sorted order past a size (_search): same
+    positions as np.searchsorted, ties and keys outside the range included, either side."""
+    from scf_engine.features.authenticity import _search
+
+    rng = np.random.default_rng(4)
+    keys = np.sort(rng.integers(0, 5_000, 20_000))  # many repeated keys
+    needles = np.concatenate([rng.integers(-10, 5_010, 30_000), keys[:50]])
+    for side in ("left", "right"):
+        np.testing.assert_array_equal(_search(keys, needles, side), np.searchsorted(keys, needles, side))
+
+
 def brute_shortest_cycle(payer, payee, n, max_parties):
     """Per party: the fewest parties on a simple directed cycle through it, by enumerating
     every simple path (the definition, written out); inf when none of at most max_parties."""
@@ -425,3 +437,19 @@ def test_flows_read_from_a_parquet_lake_table_give_the_same_features(small_world
     got = flow_features(snap, engine=DuckDBEngine(tables={"flows": tmp_path / "flows.parquet"}))
     assert expected.notna().sum().sum() > 1000
     pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12)
+
+
+def test_the_flows_before_a_date_are_the_same_sorted_or_not():
+    """Dataset.as_of takes the flows before T as a leading slice when they are in date
+    order, by a filter otherwise: the same rows in the same order, a flow dated T left out."""
+    rows = flows_for_a()
+    ordered = dataset(sorted(rows, key=lambda r: r[0]))
+    shuffled = dataset([rows[i] for i in np.random.default_rng(1).permutation(len(rows))])
+    assert ordered.flows["booked_on"].is_monotonic_increasing and not shuffled.flows["booked_on"].is_monotonic_increasing
+    for ds in (ordered, shuffled):
+        for when in (T, T - pd.DateOffset(months=7), pd.Timestamp(rows[5][0]), pd.Timestamp("1990-01-01")):
+            want = ds.flows[ds.flows["booked_on"] < when].reset_index(drop=True)
+            got = ds.as_of(when).flows
+            pd.testing.assert_frame_equal(got, want, check_exact=True)
+            assert (got["booked_on"] < when).all()
+    assert len(ordered.as_of(pd.Timestamp(rows[5][0])).flows) < len(rows)

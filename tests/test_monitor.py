@@ -578,3 +578,29 @@ def test_the_scenario_leaves_existing_worlds_as_they_were(tmp_path):
     c = write_dataset(simulate(WorldConfig(n_firms=120, seed=4, n_months=24, deteriorating_share=0.2)), tmp_path / "c")
     assert filecmp.cmp(a / "firms.csv", c / "firms.csv", shallow=False)  # who exists is the same
     assert not filecmp.cmp(a / "flows.csv", c / "flows.csv", shallow=False)  # what happens to them is not
+
+
+def test_the_shared_pass_answers_as_one_snapshot_per_date_does(lent, tmp_path):
+    """compute builds the flows' legs once for the batch date and every as-of (FlowPass);
+    the portfolio, the alerts and the drift rows are the same, value for value, as when
+    each date is built on its own from its snapshot's flows, as scf score builds one. Two
+    as-of dates on different days of the month (the month index of a flow depends on it)."""
+    from scf_engine.ingest.load import load_or_report
+    from scf_engine.ingest.requests import read_consents
+    from scf_engine.pipelines.compare import load_models
+    from scf_engine.pipelines.monitor import compute, drift_reference, read_portfolio, split_known
+    from scf_engine.pipelines.score import saved_scale
+
+    pols = policies.load_all()
+    store = tracking.Store(lent["uri"])
+    ds = load_or_report(lent["data"], tmp_path / "q.csv")
+    book, _ = split_known(read_portfolio(lent["limits"]), ds)
+    models, versions = load_models(store, "champion")
+    scale, ref = saved_scale(store, versions, pols["score_scale"]), drift_reference(store, versions)
+    cons = read_consents(lent["data"] / "consents.csv")
+    dates = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-06-17")]
+    args = (ds, book, dates, book["batch_as_of"].max(), models, pols, cons, scale, lambda *a, **k: None, ref)
+    fast, slow = compute(*args), compute(*args, shared=False)
+    assert len(fast[0]) == len(book) * 2 and len(fast[1]) > 0
+    for got, want in zip(fast, slow):
+        pd.testing.assert_frame_equal(got, want, check_exact=True)

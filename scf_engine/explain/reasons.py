@@ -234,8 +234,17 @@ def reason_codes(contrib: pd.DataFrame, X: pd.DataFrame, model_features, *, refe
         industries = X["industry"].to_numpy()
 
     order = np.argsort(-np.abs(S), axis=1, kind="stable")[:, :top]
+    # the medians by plain lookups: ``medians.at`` per reason was most of this function's
+    # time on a portfolio of thousands (scf monitor calls it at every as-of)
+    med_rows = {ind: i for i, ind in enumerate(medians.index)} if medians is not None else {}
+    med_cols = {f: medians[f].to_numpy() for f in feats if f in medians.columns} if medians is not None else {}
     labels = {f: (cat[f].label_en, cat[f].label_zh) if f in cat else (f, f) for f in feats}
     members = [np.flatnonzero(fam_idx == j) for j in range(k)]
+    # per (row, family): the family's feature that contributes most in the family's
+    # direction, for every row at once (one small numpy call per reason was most of the
+    # loop below; the same first maximum per row)
+    picks = np.stack([cols[np.argmax(np.where(np.sign(C[:, cols]) == np.sign(S[:, [j]]), np.abs(C[:, cols]), -1.0),
+                                     axis=1)] for j, cols in enumerate(members)], axis=1) if k else np.zeros((n, 0), int)
     out = []
     for i in range(n):
         reasons = []
@@ -243,16 +252,13 @@ def reason_codes(contrib: pd.DataFrame, X: pd.DataFrame, model_features, *, refe
             total = S[i, j]
             if total == 0 or not np.isfinite(total):
                 continue
-            cols = members[j]
-            c = C[i, cols]
-            same = np.sign(c) == np.sign(total)
-            pick = cols[np.argmax(np.where(same, np.abs(c), -1.0))]
+            pick = picks[i, j]
             f = feats[pick]
             med, ind = None, None
             if medians is not None:
                 ind = industries[i]
-                if f in medians.columns and ind in medians.index:
-                    med = _none_if_nan(medians.at[ind, f])
+                if f in med_cols and ind in med_rows:
+                    med = _none_if_nan(med_cols[f][med_rows[ind]])
             reasons.append(Reason(
                 family=families[j], feature=f, label_en=labels[f][0], label_zh=labels[f][1],
                 direction=DIRECTION_WORDS["en"]["up" if total > 0 else "down"], contribution=float(total),

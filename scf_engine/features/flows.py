@@ -45,28 +45,96 @@ OPEN_GAPS = ("payroll", "tax", "social_insurance", "housing_fund", "loan_interes
 MIN_INDUSTRY_GROUP = 10  # smaller industry divisions are ranked within their section
 
 
-def _legs_sql(T: str) -> str:
-    return f"""
+LEGS_UNION_SQL = f"""
     WITH f AS (SELECT _i, booked_on, payer_id, payee_id, amount,
-                      TRY_CAST(purpose AS ENUM{sql_list(PURPOSES)}) AS purpose FROM flows),
+                      TRY_CAST(purpose AS ENUM{sql_list(PURPOSES)}) AS purpose FROM {{flows}}),
     legs AS (
         SELECT _i, payee_id AS firm_id, payer_id AS cpty, 'in'::ENUM('in', 'out') AS dir, booked_on, amount, purpose
-        FROM f WHERE payee_id IN (SELECT firm_id FROM firms)
+        FROM f WHERE payee_id IN (SELECT firm_id FROM {{firms}})
         UNION ALL
         SELECT _i, payer_id AS firm_id, payee_id AS cpty, 'out'::ENUM('in', 'out') AS dir, booked_on, amount, purpose
-        FROM f WHERE payer_id IN (SELECT firm_id FROM firms)
-    )
+        FROM f WHERE payer_id IN (SELECT firm_id FROM {{firms}})
+    )"""
+
+
+def _window_sql(T: str, legs: str = "legs") -> str:
+    """The legs of the last ``LOOKBACK_MONTHS`` months before T with ``k``, the whole
+    months before T (``legs``: a table or CTE of legs with booked_on)."""
+    return f"""
     SELECT * FROM (
         SELECT *, (year(DATE '{T}') * 12 + month(DATE '{T}')) - (year(booked_on) * 12 + month(booked_on))
                   - CASE WHEN day(booked_on) >= day(DATE '{T}') THEN 1 ELSE 0 END AS k
-        FROM legs
+        FROM {legs}
     ) WHERE k >= 0 AND k < {LOOKBACK_MONTHS}
     """
 
 
-PANEL_SQL = """
-WITH monthly AS (
-    SELECT firm_id, k,
+def _legs_sql(T: str) -> str:
+    return LEGS_UNION_SQL.format(flows="flows", firms="firms") + _window_sql(T)
+
+
+class FlowPass:
+    """The legs of every flow a pass over several as-of dates can read, built once
+    (``scf monitor``: a batch date and twelve monthly as-of dates re-built the same legs
+    thirteen times, each from all the flows before its date).
+
+    Built over the dataset's flows booked in the calendar month ``LOOKBACK_MONTHS + 1``
+    months before the earliest date or later, and before the latest date, for every firm
+    of the dataset; :meth:`legs_sql` gives an as-of's legs from them: its flows before T
+    (nothing dated T or later), its firms only (those founded before T), ``k`` as
+    :func:`_legs_sql` counts it; :meth:`panel_sql` its monthly panel from month sums made
+    once per day of month. The same rows, and ``_i`` numbers the flows in the same
+    order (the dataset's), so every feature is the same as :func:`flow_features` without
+    it gives (``tests/test_monitor.py`` compares the two passes value for value).
+    DuckDB only: the cluster engine builds its legs per as-of. Its tables live as long as
+    the connection (the pass closes it)."""
+
+    TABLE = "_pass_legs"
+
+    def __init__(self, con, flows: pd.DataFrame, firm_ids, dates):
+        dates = [pd.Timestamp(t) for t in dates]
+        first = min(dates) - pd.DateOffset(months=LOOKBACK_MONTHS + 1)
+        lo = pd.Timestamp(year=first.year, month=first.month, day=1)
+        within = flows[(flows["booked_on"] >= lo) & (flows["booked_on"] < max(dates))]
+        self.dates, self.eng = dates, DuckDBEngine(con)
+        self.eng.register("_pass_flows", within[["booked_on", "payer_id", "payee_id", "amount", "purpose"]],
+                          money=("amount",), row_number="_i")
+        self.eng.register("_pass_firms", pd.DataFrame({"firm_id": pd.Series(firm_ids, dtype=object).to_numpy()}))
+        self.eng.create(self.TABLE, LEGS_UNION_SQL.format(flows="_pass_flows", firms="_pass_firms") + " SELECT * FROM legs")
+        self.eng.con.execute("DROP VIEW IF EXISTS _pass_flows")  # the table holds what the pass needs
+        self.eng.unregister("__pass_flows_frame")
+        self.eng.unregister("_pass_firms")
+        # the month sums once per day of month: a flow's month before T is (T's month) minus
+        # its bucket, the same bucket for every date on that day of the month
+        for d in sorted({t.day for t in dates}):
+            bucket = f"year(booked_on) * 12 + month(booked_on) + CASE WHEN day(booked_on) >= {d} THEN 1 ELSE 0 END"
+            self.eng.create(f"{self.TABLE}_monthly_{d}",
+                            _monthly_sql(f"(SELECT *, {bucket} AS bucket FROM {self.TABLE})", "bucket"))
+
+    def legs_sql(self, T: str) -> str:
+        """The legs at T: the pass's legs booked before T of T's firms (the view ``firms``
+        flow_features registers), with k."""
+        if pd.Timestamp(T) not in self.dates:
+            raise ValueError(f"as-of {T} is not a date of this pass")
+        own = f"(SELECT * FROM {self.TABLE} WHERE booked_on < DATE '{T}' AND firm_id IN (SELECT firm_id FROM firms))"
+        return _window_sql(T, own)
+
+    def panel_sql(self, T: str) -> str:
+        """The panel ``p`` at T from the month sums of T's day of month: the months
+        0 <= k < LOOKBACK_MONTHS before T (bucket <= T's month: booked before T), T's
+        firms only; then densified as :func:`_panel_sql` does."""
+        t = pd.Timestamp(T)
+        if t not in self.dates:
+            raise ValueError(f"as-of {T} is not a date of this pass")
+        cols = ", ".join(PANEL_COLUMNS + ("reported",))
+        now = f"(year(DATE '{T}') * 12 + month(DATE '{T}'))"
+        return _panel_sql(f"SELECT firm_id, {now} - bucket AS k, {cols} FROM {self.TABLE}_monthly_{t.day} "
+                          f"WHERE bucket <= {now} AND bucket > {now} - {LOOKBACK_MONTHS} "
+                          "AND firm_id IN (SELECT firm_id FROM firms)")
+
+
+MONTHLY_SQL = """
+    SELECT firm_id, {key},
         sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade') AS in_trade,
         count(*) FILTER (WHERE dir = 'in' AND purpose = 'trade') AS n_in_trade,
         sum(amount) FILTER (WHERE dir = 'out' AND purpose = 'trade') AS out_trade,
@@ -81,8 +149,11 @@ WITH monthly AS (
         sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND month(booked_on) IN (3, 6, 9, 12)
                             AND day(booked_on) >= day(last_day(booked_on)) - 2) AS in_period_end,
         count(*) FILTER (WHERE cpty LIKE 'EXT-%') > 0 AS reported
-    FROM legs GROUP BY firm_id, k
-),
+    FROM {legs} GROUP BY firm_id, {key}
+"""
+
+PANEL_SQL = """
+WITH monthly AS ({monthly}),
 span AS (SELECT firm_id, max(k) AS first_k FROM monthly WHERE reported GROUP BY firm_id),
 dense AS (SELECT firm_id, unnest(range(0, first_k + 1)) AS k FROM span)
 SELECT d.firm_id, d.k, coalesce(m.reported, false) AS reported, {coalesced}
@@ -93,31 +164,46 @@ PANEL_COLUMNS = ("in_trade", "n_in_trade", "out_trade", "in_total", "out_total",
                  "out_loan_rep", "loan_interest") + OBLIGATIONS + ("n_round_in", "in_period_end")
 
 
-def _panel_sql() -> str:
+def _monthly_sql(legs: str = "legs", key: str = "k") -> str:
+    """The per-(firm, month) sums of ``legs`` grouped by ``key``."""
     obligations = ",\n        ".join(
         f"sum(amount) FILTER (WHERE dir = 'out' AND purpose = '{p}') AS {p}" for p in OBLIGATIONS
     )
+    return MONTHLY_SQL.format(obligations=obligations, legs=legs, key=key)
+
+
+def _panel_sql(monthly: str | None = None) -> str:
+    """The dense panel ``p`` from ``monthly`` (a query of firm_id, k, ``reported`` and the
+    sums; default the sums of this date's legs)."""
     # a month the firm's own account did not report is unknown (NULL), not a month of zeros
     coalesced = ", ".join(f"CASE WHEN m.reported THEN coalesce(m.{c}, 0) END AS {c}" for c in PANEL_COLUMNS)
-    return PANEL_SQL.format(obligations=obligations, coalesced=coalesced)
+    return PANEL_SQL.format(monthly=monthly or _monthly_sql(), coalesced=coalesced)
 
 
-def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None, engine=None) -> pd.DataFrame:
+def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None, engine=None,
+                  flow_pass: FlowPass | None = None) -> pd.DataFrame:
     """Every flow feature of the catalogue for every firm in the snapshot (index firm_id).
 
     A firm with no flow in the last 24 months has all panel features empty. ``engine``:
     where the SQL runs (default: DuckDB on ``con``, or on a new connection); the same
     statements on :class:`scf_engine.spark.SparkEngine` give the same features.
+    ``flow_pass``: the legs of a pass over several dates, built on ``con``
+    (:class:`FlowPass`), read instead of building this date's from the snapshot's flows.
     """
     cat = catalogue or load_catalogue()
     T = snapshot.as_of.strftime("%Y-%m-%d")
     eng = engine or DuckDBEngine(con)
     firms = snapshot.firms[["firm_id", "industry", "founded_on"]]
     eng.register("firms", firms)
-    eng.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]], money=("amount",),
-                 row_number="_i")
-    eng.create("legs", _legs_sql(T))
-    eng.create("p", _panel_sql())
+    if flow_pass is not None:
+        if engine is not None or con is None or flow_pass.eng.con is not con:
+            raise ValueError("flow_pass: its legs live on the DuckDB connection it was built on; pass that as con")
+        eng.create("legs", flow_pass.legs_sql(T))
+    else:
+        eng.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]],
+                     money=("amount",), row_number="_i")
+        eng.create("legs", _legs_sql(T))
+    eng.create("p", flow_pass.panel_sql(T) if flow_pass is not None else _panel_sql())
     # {o}_typical: the firm's median monthly payment, as a DOUBLE: DuckDB's median of an
     # even count of DECIMAL(18,2) cuts the mean of the middle two to cents (100.01 and 100.02
     # give 100.01) where Spark's gives 100.015, and a payment at 1.6x that boundary counted
@@ -297,4 +383,4 @@ def _ranks(out: pd.DataFrame, firms: pd.DataFrame, cat: Catalogue) -> pd.DataFra
     return out
 
 
-__all__ = ["flow_features", "load_catalogue", "Catalogue", "industry_group"]
+__all__ = ["flow_features", "FlowPass", "load_catalogue", "Catalogue", "industry_group"]

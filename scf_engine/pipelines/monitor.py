@@ -26,8 +26,10 @@ from scf_engine.faults import checkpoint
 from scf_engine.assemble import add_propagation, assemble
 from scf_engine.credit.consent import consent_status
 from scf_engine.credit.decide import decide
+from scf_engine.duck import connect
 from scf_engine.errors import RequestError, TrackingError
 from scf_engine.features.closed_loop import firm_evidence
+from scf_engine.features.flows import FlowPass
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.requests import read_consents, requests_frame
@@ -163,7 +165,7 @@ def drift_reference(store, versions) -> dict | None:
         return json.loads(Path(path).read_text())
 
 
-def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) -> tuple:
+def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, *, shared: bool = True) -> tuple:
     """portfolio.csv, alerts.csv and drift rows over every as-of (pure apart from the
     progress).
 
@@ -175,9 +177,26 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) 
     portfolio alone would give other answers. What is done once per pass, not per as-of:
     the batch snapshot, the batch's authenticity alerts; per as-of the signals are one
     query (:func:`scf_engine.monitor.signals.holds_all`), and only the batch's snapshot and
-    the current one are held (:func:`snapshot_at`)."""
+    the current one are held (:func:`snapshot_at`).
+
+    ``shared`` (the default): the flows' legs are built once for the batch date and every
+    as-of (:class:`scf_engine.features.flows.FlowPass`) on one DuckDB connection, and each
+    date's features read theirs from them; ``shared=False`` builds each date on its own as
+    ``scf score`` does (the same answers: ``tests/test_monitor.py`` compares the two)."""
+    con = connect() if shared else None
+    try:
+        flow_pass = FlowPass(con, ds.flows, ds.firms["firm_id"], [batch_T, *dates]) if shared else None
+        return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass)
+    finally:
+        if con is not None:
+            con.close()
+
+
+def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass) -> tuple:
+    """:func:`compute`'s loop: the batch's snapshot, then one as-of after another."""
     say(f"snapshot at the batch ({batch_T.date()})")
-    batch = snapshot_at(ds, batch_T, models)
+    batch = snapshot_at(ds, batch_T, models, con=con, flow_pass=flow_pass)
+    batch.snapshot = None  # the pass reads the batch's table and chain; its copy of the flows can go
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
     ids = pd.Index(lent["firm_id"], name="firm_id")
     seen = authenticity_seen(batch.table.reindex(ids).dropna(how="all"))  # the batch's alerts, once per pass
@@ -185,7 +204,7 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) 
     parts, alerts, drift = [], [], []
     for i, T in enumerate(dates, 1):
         say(f"as-of {T.date()} ({i}/{len(dates)}): snapshot, decision core, signals")
-        now = snapshot_at(ds, T, models)  # one as-of alive at a time, beside the batch's
+        now = snapshot_at(ds, T, models, con=con, flow_pass=flow_pass)  # one as-of alive at a time, beside the batch's
         dec = decide(now, models, pols, requests, dataset=ds, consents=cons, scale=scale)
         raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"])
         if ref is not None:  # the model's own score, before any credit repair
@@ -206,12 +225,13 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None) 
     return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS], drift
 
 
-def snapshot_at(ds, T, models):
+def snapshot_at(ds, T, models, *, con=None, flow_pass=None):
     """The assembled snapshot at ``T`` with the propagation model's outputs. The pass
     builds one as-of at a time and lets it go: each snapshot holds its own copy of the
     flows before its date, and holding all of them (13 for a year of monthly dates) made
-    the pass's memory grow with the number of dates."""
-    data = assemble(ds, [T], with_labels=False)
+    the pass's memory grow with the number of dates. ``con``, ``flow_pass``: the pass's
+    DuckDB connection and the legs built on it once (:func:`compute`)."""
+    data = assemble(ds, [T], with_labels=False, con=con, flow_pass=flow_pass)
     add_propagation(data, models["propagation"])
     return data[T]
 
