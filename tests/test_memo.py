@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scf_engine.memo.render import MAX_PATHS_SHOWN
 from scf_engine.memo import chain_position, firm_record, mask_id, neighbourhood_png, render_memo, scrub
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -174,9 +175,13 @@ def test_counterparty_ids_are_masked(memo_case):
         assert fid in text
     md = texts["md"]
     assert mask_id(others[0]) in md and mask_id("6222020200112233445") in md
-    # the paths section names its counterparties masked
-    hop_ids = {h["to"] for hops in memo_case["ctx"]["propagation_paths"]["hops"].dropna() for h in hops}
-    assert hop_ids and all(mask_id(h) in md for h in list(hop_ids)[:3])
+    # the paths section names its counterparties masked: every hop of the paths it shows
+    # (the first MAX_PATHS_SHOWN; a set's first three of all paths' hops, as this once
+    # read, named a hop of an unshown path whenever hash order put one first)
+    paths = memo_case["ctx"]["propagation_paths"]
+    shown = paths[paths.get("kind", pd.Series("path", index=paths.index)).fillna("path") == "path"].head(MAX_PATHS_SHOWN)
+    hop_ids = sorted({h["to"] for hops in shown["hops"].dropna() for h in hops} - {fid})
+    assert hop_ids and all(mask_id(h) in md for h in hop_ids)
     # the authenticity section: the alert, and the ring with every party but the firm masked
     assert "贸易背景真实性 / Trade authenticity" in md and "资金空转：资金经两家以上企业回流" in md
     assert f"本企业 this firm ({fid}) → {mask_id(others[2])} → {mask_id('EXT-C-000777')} → 本企业 this firm ({fid})" in md
