@@ -65,10 +65,18 @@ def register_money(con: duckdb.DuckDBPyConnection, name: str, frame, money=("amo
     of that name numbering the rows 1.. in the frame's order (insertion order is kept)."""
     raw = f"_{name}_frame"
     con.register(raw, frame)
-    cols = [c for c in money if c in frame.columns]
+    money_view(con, name, raw, frame.columns, money=money, row_number=row_number)
+
+
+def money_view(con: duckdb.DuckDBPyConnection, name: str, source: str, columns, money=("amount", "paid_amount"),
+               row_number: str | None = None) -> None:
+    """The view ``name`` over the relation ``source`` (a registered frame, or
+    ``read_parquet(...)``), whose ``columns`` are given, with the money columns among
+    them as exact decimals and optionally the 1-based ``row_number`` column."""
+    cols = [c for c in money if c in columns]
     replace = f" REPLACE ({', '.join(f'CAST({c} AS {MONEY}) AS {c}' for c in cols)})" if cols else ""
     numbered = f"row_number() OVER () AS {row_number}, " if row_number else ""
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {numbered}*{replace} FROM {raw}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {numbered}*{replace} FROM {source}")
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import duckdb
 import pandas as pd
 
-from scf_engine.duck import MONEY, connect, one_thread, register_money
+from scf_engine.duck import connect, money_view, one_thread, register_money
 from scf_engine.errors import RequestError
 
 ENGINES = ("duckdb", "spark")
@@ -48,10 +48,8 @@ class DuckDBEngine:
 
     def register(self, name: str, frame: pd.DataFrame, *, money=(), row_number: str | None = None) -> None:
         if name in self.tables:
-            path = str(self.tables[name]).replace("'", "''")
-            cast = ", ".join(f"CAST({c} AS {MONEY}) AS {c}" for c in money)
-            self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT *{f' REPLACE ({cast})' if cast else ''} "
-                             f"FROM read_parquet('{path}')")
+            source = "read_parquet('{}')".format(str(self.tables[name]).replace("'", "''"))
+            money_view(self.con, name, source, self.con.sql(f"SELECT * FROM {source} LIMIT 0").columns, money=money)
         elif money or row_number:
             register_money(self.con, name, frame, money=money, row_number=row_number)
         else:
