@@ -128,12 +128,13 @@ def run_embedded_lake(folder: str):
     snap = synthetic.load_snapshot(folder, flows=False)
     rss_in = rss_mb()
     t = time.perf_counter()
-    engine = DuckDBEngine(tables={"flows": staged_flows(folder)})
+    flows = staged_flows(folder)
+    engine = DuckDBEngine(tables={"flows": flows})
     feats = flow_features(snap, engine=engine)
     engine.close()
     dt = time.perf_counter() - t
     OUT.mkdir(parents=True, exist_ok=True)
-    feats.to_parquet(OUT / f"lake_{pq.ParquetFile(staged_flows(folder)).metadata.num_rows}.parquet")
+    feats.to_parquet(OUT / f"lake_{pq.ParquetFile(flows).metadata.num_rows}.parquet")
     return {"t": dt, "hwm_mb": peak_mb(), "input_mb": rss_in, "firms": len(snap.firms)}
 
 
@@ -169,17 +170,21 @@ legs AS (SELECT payee_id AS firm_id, payer_id AS cpty, true AS inflow, amount, p
          WHERE k BETWEEN 0 AND 23 AND payee_id IN (SELECT firm_id FROM read_parquet('{firms}'))
          UNION ALL
          SELECT payer_id, payee_id, false, amount, purpose, k FROM f
-         WHERE k BETWEEN 0 AND 23 AND payer_id IN (SELECT firm_id FROM read_parquet('{firms}')))
-SELECT firm_id, max(k) + 1 AS history_months,
-    coalesce(sum(amount) FILTER (WHERE inflow AND purpose = 'trade' AND k < 1), 0) AS trade_in_1m,
-    coalesce(sum(amount) FILTER (WHERE inflow AND purpose = 'trade' AND k < 3), 0) AS trade_in_3m,
-    coalesce(sum(amount) FILTER (WHERE inflow AND purpose = 'trade' AND k < 12), 0) AS trade_in_12m,
-    coalesce(sum(amount) FILTER (WHERE NOT inflow AND purpose = 'trade' AND k < 12), 0) AS trade_out_12m,
-    count(DISTINCT k) FILTER (WHERE inflow AND purpose = 'trade' AND k < 12) AS active_months_12m,
+         WHERE k BETWEEN 0 AND 23 AND payer_id IN (SELECT firm_id FROM read_parquet('{firms}'))),
+-- the catalogue's month panel holds reported months only: those with a flow to or from an
+-- external (EXT-) party, which only the firm's own account shows (scf_engine.features.flows)
+rep AS (SELECT DISTINCT firm_id, k FROM legs WHERE cpty LIKE 'EXT-%'),
+l AS (SELECT legs.*, rep.k IS NOT NULL AS rep FROM legs LEFT JOIN rep USING (firm_id, k))
+SELECT firm_id, max(k) FILTER (WHERE rep) + 1 AS history_months,
+    CASE WHEN bool_or(rep) THEN coalesce(sum(amount) FILTER (WHERE rep AND inflow AND purpose = 'trade' AND k < 1), 0) END AS trade_in_1m,
+    CASE WHEN bool_or(rep) THEN coalesce(sum(amount) FILTER (WHERE rep AND inflow AND purpose = 'trade' AND k < 3), 0) END AS trade_in_3m,
+    CASE WHEN bool_or(rep) THEN coalesce(sum(amount) FILTER (WHERE rep AND inflow AND purpose = 'trade' AND k < 12), 0) END AS trade_in_12m,
+    CASE WHEN bool_or(rep) THEN coalesce(sum(amount) FILTER (WHERE rep AND NOT inflow AND purpose = 'trade' AND k < 12), 0) END AS trade_out_12m,
+    CASE WHEN bool_or(rep) THEN count(DISTINCT k) FILTER (WHERE rep AND inflow AND purpose = 'trade' AND k < 12) END AS active_months_12m,
     count(DISTINCT cpty) FILTER (WHERE inflow AND purpose = 'trade' AND k < 12) AS payers_12m,
     count(DISTINCT cpty) FILTER (WHERE NOT inflow AND purpose = 'trade' AND k < 12) AS payees_12m,
-    count(*) FILTER (WHERE inflow AND purpose = 'loan_drawdown' AND k < 12) AS drawdowns_12m
-FROM legs GROUP BY firm_id
+    CASE WHEN bool_or(rep) THEN count(*) FILTER (WHERE rep AND inflow AND purpose = 'loan_drawdown' AND k < 12) END AS drawdowns_12m
+FROM l GROUP BY firm_id
 """
 
 
