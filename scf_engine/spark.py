@@ -26,17 +26,23 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+import uuid
 from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
 from scf_engine.duck import MONEY
 
 MASTER_ENV = "SCF_SPARK_MASTER"
+# where results come back through Parquet (a folder, or a URI pyarrow can read: hdfs://,
+# s3://, file://); see SparkEngine.df
+HANDOFF_ENV = "SCF_SPARK_HANDOFF"
 # small-machine defaults: a handful of shuffle partitions (the default 200 makes a tiny
 # world spend its time scheduling empty tasks), no web UI, DuckDB's NULL-on-zero division
 DEFAULTS = {
@@ -90,6 +96,24 @@ def _double(node: exp.Expression) -> exp.Expression:
     return exp.Cast(this=node, to=exp.DataType.build("DOUBLE"))
 
 
+def _distinct_count(node: exp.Expression) -> exp.Expression | None:
+    """``count(DISTINCT x) [FILTER (WHERE c)]`` as ``size(collect_set(CASE WHEN c THEN x END))``:
+    the same count (both skip NULLs), but Spark plans several distinct counts in one
+    query by repeating every input row once per count (an Expand), where a set per group
+    is one pass. Only the one-argument form outside a window is rewritten."""
+    inner, cond = node, None
+    if isinstance(node, exp.Filter):
+        inner, cond = node.this, node.expression.this
+    if not (isinstance(inner, exp.Count) and isinstance(inner.this, exp.Distinct)):
+        return None
+    if len(inner.this.expressions) != 1 or isinstance(node.parent, exp.Window):
+        return None
+    value = inner.this.expressions[0].copy()
+    if cond is not None:
+        value = exp.Case(ifs=[exp.If(this=cond.copy(), true=value)])
+    return exp.func("size", exp.func("collect_set", value))
+
+
 def _rewrite(node: exp.Expression) -> exp.Expression:
     """One node of the DuckDB tree in Spark's terms (see the module docstring)."""
     if isinstance(node, (exp.Cast, exp.TryCast)) and node.to.this == exp.DataType.Type.ENUM:
@@ -102,6 +126,9 @@ def _rewrite(node: exp.Expression) -> exp.Expression:
         out = exp.Div(this=_double(node.this), expression=_double(node.expression))
         out._scf_done = True
         return out
+    distinct = _distinct_count(node)
+    if distinct is not None:
+        return distinct
     if isinstance(node, exp.Anonymous) and node.name.lower() == "list_sum":
         arr = node.expressions[0].sql(dialect="spark")
         return sqlglot.parse_one(f"AGGREGATE({arr}, CAST(0 AS DOUBLE), (acc, v) -> acc + v)", read="spark")
@@ -119,19 +146,60 @@ def to_spark(sql: str, *, stored: bool = False) -> str:
     return tree.sql(dialect="spark")
 
 
+def _local(spark) -> bool:
+    try:
+        return str(spark.conf.get("spark.master")).startswith("local")
+    except Exception:  # a Spark Connect session may not expose its master: not local
+        return False
+
+
+def _through_parquet(df, handoff: str) -> pd.DataFrame:
+    """Write ``df`` under ``handoff`` from the executors, read it back here, remove it."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    if "://" in handoff:
+        fs, root = pafs.FileSystem.from_uri(handoff)
+    else:
+        fs, root = pafs.LocalFileSystem(), os.path.abspath(handoff)
+    folder = f"{root.rstrip('/')}/scf-spark-{uuid.uuid4().hex}"
+    target = folder if "://" not in handoff else f"{handoff.rstrip('/')}/{folder.rsplit('/', 1)[1]}"
+    try:
+        df.write.parquet(target)
+        parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(folder))
+                       if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+        frames = [pq.read_table(p, filesystem=fs) for p in parts]
+        table = pa.concat_tables(frames) if frames else None
+        if table is None:  # Spark wrote no part file: an empty result with the query's columns
+            return pd.DataFrame({f.name: pd.Series(dtype=object) for f in df.schema.fields})
+        return table.to_pandas()
+    finally:
+        fs.delete_dir_contents(folder, missing_dir_ok=True)
+        try:
+            fs.delete_dir(folder)
+        except OSError:
+            pass
+
+
 class SparkEngine:
     """The catalogue's statements on a Spark session (see :mod:`scf_engine.sqlengine`).
 
     ``tables``: name -> Parquet path read instead of the frame the caller registers under
     that name (a lake's partitioned table; for ``flows`` it must carry the ``_i`` row
-    number of delivery order). Pandas frames travel to Spark through Arrow."""
+    number of delivery order). Pandas frames travel to Spark through Arrow.
+
+    ``handoff``: a folder (or a URI pyarrow reads: ``hdfs://``, ``s3://``) that the
+    executors write each result to and this process reads back (:meth:`df`); default
+    ``$SCF_SPARK_HANDOFF``, else the temp folder on a ``local`` master, else none (results
+    come back through Spark's Arrow collect)."""
 
     dialect = "spark"
 
-    def __init__(self, spark, *, tables: dict | None = None):
+    def __init__(self, spark, *, tables: dict | None = None, handoff: str | None = None):
         self.spark = spark
         self.tables = dict(tables or {})
         self.cached: dict = {}
+        self.handoff = handoff or os.environ.get(HANDOFF_ENV) or (tempfile.gettempdir() if _local(spark) else None)
 
     def register(self, name: str, frame: pd.DataFrame, *, money=(), row_number: str | None = None) -> None:
         from pyspark.sql import functions as F
@@ -158,13 +226,24 @@ class SparkEngine:
         self.cached[name] = df
 
     def df(self, sql: str) -> pd.DataFrame:
+        """The query's rows as a pandas frame, in the query's order.
+
+        Written by the executors to Parquet under :attr:`handoff` and read back with
+        pyarrow, rather than collected: Spark's ``toPandas`` gathers every Arrow batch in the
+        driver JVM's heap before Python sees one, and at 100 million flow rows the
+        12-month trade legs the ring search reads did not fit a 9 GB heap
+        (``collectAsArrowToPython``; bench/bench_spark.py). Part files are numbered in the
+        sorted order of the partitions and pyarrow reads a folder's files in path order, so
+        an ORDER BY holds."""
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
         df = self.spark.sql(to_spark(sql))
         df = df.select([F.col(f.name).cast("double") if isinstance(f.dataType, T.DecimalType) else F.col(f.name)
                         for f in df.schema.fields])
-        return df.toPandas()
+        if self.handoff is None:
+            return df.toPandas()
+        return _through_parquet(df, self.handoff)
 
     def drop(self, *names: str) -> None:
         for n in names:
@@ -185,4 +264,4 @@ class SparkEngine:
             self.drop(n)
 
 
-__all__ = ["session", "to_spark", "SparkEngine", "DEFAULTS", "MASTER_ENV"]
+__all__ = ["session", "to_spark", "SparkEngine", "DEFAULTS", "MASTER_ENV", "HANDOFF_ENV"]
