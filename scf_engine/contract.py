@@ -196,8 +196,13 @@ FILE_EXTENSIONS = (".csv", ".parquet")
 
 
 def locate(folder: Path, spec: FileSpec) -> Path | None:
-    """The path of ``spec``'s file in ``folder`` (CSV or Parquet), or None if absent."""
-    found = [folder / f"{spec.name}{ext}" for ext in FILE_EXTENSIONS if (folder / f"{spec.name}{ext}").is_file()]
+    """The path of ``spec``'s file in ``folder`` (CSV or Parquet), or None if absent.
+
+    ``NAME.parquet`` may be a folder of part files, as Spark's ``df.write.parquet`` and
+    Hive write a table (hive partitions allowed): banks keep flows in such lakes, and a
+    table that size is never exported to one file. A CSV is always one file."""
+    found = [p for ext in FILE_EXTENSIONS
+             if (p := folder / f"{spec.name}{ext}").is_file() or (ext == ".parquet" and p.is_dir())]
     if len(found) > 1:
         raise DatasetError(f"{folder}: both {found[0].name} and {found[1].name} are present; keep one")
     return found[0] if found else None

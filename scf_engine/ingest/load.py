@@ -238,10 +238,10 @@ def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Arra
     if spec.key:
         dups = _duplicate_rows(con, lf.table, spec.key)
         if len(dups):
-            first_lines = lf.line_map.lines(dups["first_row"].to_numpy())
+            firsts = lf.line_map.where(dups["first_row"].to_numpy())  # "line 7", or "row 7 of PART" in a folder
             found.append(pd.DataFrame({
                 "row": dups["row"].to_numpy(), "column": spec.key,
-                "reason": [f"duplicate {spec.key} (first on line {ln})" for ln in first_lines],
+                "reason": [f"duplicate {spec.key} (first on {w})" for w in firsts],
             }))
     violations = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=["row", "column", "reason"])
 
@@ -253,11 +253,11 @@ def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Arra
         checked = checked.filter(pa.array(keep))
         violations = _with_values(con, raw, lf, violations, bad_rows)
     else:
-        violations = pd.DataFrame(columns=["line", "column", "value", "reason", "parties"])
-    if lf.malformed:
+        violations = pd.DataFrame(columns=["file", "line", "column", "value", "reason", "parties"])
+    if lf.malformed:  # CSV rows Arrow could not split: always in the one file
         violations = pd.concat([violations, pd.DataFrame(
-            [(ln, "*", text, reason, "") for ln, text, reason in lf.malformed],
-            columns=["line", "column", "value", "reason", "parties"],
+            [(lf.path.name, ln, "*", text, reason, "") for ln, text, reason in lf.malformed],
+            columns=["file", "line", "column", "value", "reason", "parties"],
         )], ignore_index=True)
     report.add_file(lf.path.name, lf.n_read, checked.num_rows, violations)
     dropped = ["_row"] + [c.name for c in spec.columns if c.only_when_present and c.name in lf.absent]
@@ -330,7 +330,8 @@ def _duplicate_rows(con, table: pa.Table, key: str) -> pd.DataFrame:
 
 
 def _with_values(con, raw: str, lf: LoadedFile, violations: pd.DataFrame, bad_rows: np.ndarray) -> pd.DataFrame:
-    """Add the line, the offending value as it was written, and the firms the row names."""
+    """Add the file and line (in a Parquet folder: the part file and the row within it),
+    the offending value as it was written, and the firms the row names."""
     con.register("_bad", pa.table({"_row": pa.array(bad_rows)}))
     cols = lf.spec.column_names
     parties = [c for c in PARTY_COLUMNS if c in cols]
@@ -343,9 +344,10 @@ def _with_values(con, raw: str, lf: LoadedFile, violations: pd.DataFrame, bad_ro
     # one lookup per (row, column); a row breaking several rules appears several times
     value = [text.at[r, c] if c in text.columns else "" for r, c in zip(rows, violations["column"])]
     party = text[parties].fillna("").astype(str).apply(lambda r: ";".join(v.strip() for v in r if v.strip()), axis=1)
-    violations = violations.assign(value=value, parties=party.reindex(rows).to_numpy(), line=lf.line_map.lines(rows))
+    violations = violations.assign(value=value, parties=party.reindex(rows).to_numpy(), line=lf.line_map.lines(rows),
+                                   file=lf.line_map.files(rows))
     violations["value"] = violations["value"].fillna("").astype(str)
-    return violations[["line", "column", "value", "reason", "parties"]]
+    return violations[["file", "line", "column", "value", "reason", "parties"]]
 
 
 def _to_frame(table: pa.Table, spec: FileSpec) -> pd.DataFrame:

@@ -31,14 +31,18 @@ class QuarantineReport:
     rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
 
     def add_file(self, file: str, read: int, accepted: int, violations: pd.DataFrame) -> None:
-        quarantined = int(violations["line"].nunique()) if len(violations) else 0
+        """``violations``: one row per broken rule, with ``line`` and, where the rows come
+        from several part files (a Parquet folder), ``file`` naming each row's part; a row
+        is then (file, line), since each part numbers its rows from 1."""
+        where = ["file", "line"] if "file" in violations else ["line"]
+        quarantined = len(violations[where].drop_duplicates()) if len(violations) else 0
         if read != accepted + quarantined:
             raise AssertionError(
                 f"{file}: read {read} != accepted {accepted} + quarantined {quarantined}"
             )
         self.counts.append(FileCounts(file, read, accepted, quarantined))
         if len(violations):
-            v = violations.assign(file=file)
+            v = violations if "file" in violations else violations.assign(file=file)
             if "parties" not in v:
                 v["parties"] = ""
             v = v[QUARANTINE_COLUMNS]

@@ -12,7 +12,10 @@ Two ways in, one result:
 
 Rows keep their record index ``_row``; :class:`LineMap` turns it into the line number in
 the file (header = line 1) only for rows that are reported, so a clean file never pays
-for it. Parquet rows are numbered 1.. in file order.
+for it. Parquet rows are numbered 1.. in file order. A Parquet folder (``flows.parquet/``
+of part files, as Spark and Hive write a table) is read with pyarrow.dataset, its parts in
+sorted path order (:func:`scf_engine.hashing.part_files`), and a reported row is named by
+its part file and its row (1..) within that part.
 
 Encoding: the contract admits UTF-8 (with or without BOM) and GB18030. The CSV reader
 checks UTF-8 as it reads; a file that is not valid UTF-8 is read as GB18030, and a file
@@ -35,11 +38,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scf_engine import policies
 from scf_engine.contract import FALSE_SPELLINGS, TRUE_SPELLINGS, FileSpec
 from scf_engine.errors import DatasetError
+from scf_engine.hashing import part_files
 
 CHUNK = 1 << 24  # 16 MiB
 csv.field_size_limit(sys.maxsize)  # a too-long field is the ingest policy's call (max_field_chars), not the csv module's
@@ -47,20 +53,48 @@ csv.field_size_limit(sys.maxsize)  # a too-long field is the ingest policy's cal
 
 @dataclass
 class LineMap:
-    """Record index -> line number, computed only when a row must be reported."""
+    """Record index -> line number, computed only when a row must be reported.
+
+    For a Parquet folder, ``parts`` holds each part file (its path from the dataset
+    folder, e.g. ``flows.parquet/booked_month=2024-01/part-00000.parquet``) with its row
+    count, in read order; a record's "line" is then its row (1..) within its part, and
+    :meth:`files` names the part, so a bank can find the row in the file it wrote."""
 
     path: Path
     encoding: str
     n_records: int
     _exact: np.ndarray | None = None
+    parts: tuple[tuple[str, int], ...] = ()
+
+    def _part_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index of each row's part, and the record index of that part's first row."""
+        ends = np.cumsum([n for _, n in self.parts], dtype=np.int64)
+        k = np.searchsorted(ends, rows, side="right")  # a part with no rows is never chosen
+        return k, (ends - [n for _, n in self.parts])[k]
 
     def lines(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
+        if self.parts:
+            return rows - self._part_of(rows)[1] + 1
         if self.encoding == "parquet":
             return rows + 1
         if self._exact is None:
             self._exact = _record_lines(self.path, self.encoding, self.n_records)
         return self._exact[rows]
+
+    def files(self, rows: np.ndarray) -> np.ndarray:
+        """The file each record is in: the file's name, or for a folder the part file."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self.parts:
+            return np.full(len(rows), self.path.name, dtype=object)
+        return np.array([name for name, _ in self.parts], dtype=object)[self._part_of(rows)[0]]
+
+    def where(self, rows: np.ndarray) -> list[str]:
+        """Where each record is, for a reason's text: ``line 7``, or ``row 7 of PART``."""
+        lines = self.lines(rows)
+        if not self.parts:
+            return [f"line {ln}" for ln in lines]
+        return [f"row {ln} of {f}" for ln, f in zip(lines, self.files(rows))]
 
 
 @dataclass
@@ -83,8 +117,9 @@ class LoadedFile:
 
 
 def read_file(path: Path, spec: FileSpec) -> LoadedFile:
-    """Read ``path``; structural problems (empty, undecodable, missing column) raise DatasetError."""
-    if path.stat().st_size == 0:
+    """Read ``path`` (a file, or a folder of Parquet parts); structural problems (empty,
+    undecodable, missing column) raise DatasetError."""
+    if path.is_file() and path.stat().st_size == 0:
         raise DatasetError(f"{path.name}: unreadable: the file is empty (no header)")
     if path.suffix == ".parquet":
         return _read_parquet(path, spec)
@@ -499,10 +534,13 @@ def _malformed_rows(path: Path, encoding: str, bad_texts: list[str]) -> list[tup
 # --- Parquet ---------------------------------------------------------------------------
 
 def _read_parquet(path: Path, spec: FileSpec) -> LoadedFile:
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise DatasetError(f"{path.name}: unreadable Parquet: {str(exc).splitlines()[0]}") from None
+    if path.is_dir():
+        table, parts = _read_parquet_folder(path)
+    else:
+        try:
+            table, parts = pq.read_table(path), ()
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise DatasetError(f"{path.name}: unreadable Parquet: {str(exc).splitlines()[0]}") from None
     names = [n.strip() for n in table.column_names]
     table = table.rename_columns(names)
     _check_columns(path, spec, names)
@@ -536,8 +574,57 @@ def _read_parquet(path: Path, spec: FileSpec) -> LoadedFile:
     if not typed:  # exact path: render every value as the text a CSV export would hold
         typed_cols = {name: _as_text(col) for name, col in zip(names, table.columns)}
     out = pa.table(typed_cols)
-    return LoadedFile(spec, path, _finish(out, spec, typed), typed, "parquet", LineMap(path, "parquet", out.num_rows),
-                      absent=_absent(out, spec))
+    return LoadedFile(spec, path, _finish(out, spec, typed), typed, "parquet",
+                      LineMap(path, "parquet", out.num_rows, parts=parts), absent=_absent(out, spec))
+
+
+def _read_parquet_folder(path: Path) -> tuple[pa.Table, tuple[tuple[str, int], ...]]:
+    """A folder of Parquet part files as one table, with (part, rows) in read order.
+
+    pyarrow.dataset reads it; the parts are given in :func:`part_files` order (sorted
+    paths, Spark's ``_SUCCESS``/``.crc``/``_committed_*`` left out), so row numbers are
+    stable and the fingerprint hashes exactly the files read. Hive partition values come
+    back as text (never inferred as numbers: an account ``00123`` keeps its zeros), so a
+    partition column is an extra text column, or a contract column parsed like any other.
+    Every part's schema is inspected and unified: a column only later parts carry is kept,
+    and parts that disagree on a column's type make the folder unreadable."""
+    rels, base = part_files(path), path.resolve()  # absolute paths: what LocalFileSystem takes
+    if not rels:
+        raise DatasetError(f"{path.name}: unreadable: the folder holds no Parquet part file")
+    partitioning = pads.partitioning(pa.schema([(k, pa.string()) for k in _partition_keys(path, rels)]), flavor="hive")
+    try:
+        factory = pads.FileSystemDatasetFactory(
+            pafs.LocalFileSystem(), [str(base / r) for r in rels], pads.ParquetFileFormat(),
+            pads.FileSystemFactoryOptions(partition_base_dir=str(base), partitioning=partitioning))
+        dataset = factory.finish(factory.inspect(fragments=None))
+        fragments = list(dataset.get_fragments())
+        counts = [f.metadata.num_rows for f in fragments]
+        table = dataset.to_table()  # fragments in order, each part's rows in order
+    except Exception as exc:  # a part that is not Parquet, or parts whose schemas clash
+        raise DatasetError(f"{path.name}: unreadable Parquet: {_first_bad_part(path, rels) or str(exc).splitlines()[0]}") from None
+    if [f.path for f in fragments] != [str(base / r) for r in rels] or sum(counts) != table.num_rows:
+        raise AssertionError(f"{path}: pyarrow did not read the parts in the order given")  # row numbers would lie
+    return table, tuple((f"{path.name}/{rel}", n) for rel, n in zip(rels, counts))
+
+
+def _partition_keys(path: Path, rels: list[str]) -> list[str]:
+    """The hive partition keys (``key=value`` folder names), the same for every part, as
+    Spark and Hive write them; parts at different partition levels are a broken table."""
+    keys = {tuple(d.split("=", 1)[0] for d in rel.split("/")[:-1] if "=" in d) for rel in rels}
+    if len(keys) > 1:
+        shown = " vs ".join("/".join(k) or "(none)" for k in sorted(keys))
+        raise DatasetError(f"{path.name}: unreadable: part files under different partition folders ({shown})")
+    return list(keys.pop())
+
+
+def _first_bad_part(path: Path, rels: list[str]) -> str | None:
+    """``PART: why`` for the first part whose Parquet footer cannot be read, if any."""
+    for rel in rels:
+        try:
+            pq.read_metadata(path / rel)
+        except Exception as exc:
+            return f"{path.name}/{rel}: {str(exc).splitlines()[0]}"
+    return None
 
 
 def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:

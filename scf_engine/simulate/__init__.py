@@ -23,6 +23,7 @@ Deterministic for a seed: every random stream is seeded from ``(seed, stage)``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,8 @@ def write_dataset(world: World, out: Path | str, *, fmt: str = "csv") -> Path:
     for name in ("firms", "receivables", "flows", "defaults") + (("financings",) if loop else ()):
         ext = ".parquet" if fmt == "parquet" or (fmt == "compact" and name in ("flows", "receivables")) else ".csv"
         for old in (out / f"{name}.csv", out / f"{name}.parquet"):
+            if old.is_dir():  # an earlier NAME.parquet folder of part files (a lake's table): replaced too
+                shutil.rmtree(old)
             old.unlink(missing_ok=True)
         if loop is not None and name in loop:
             write_table(loop[name], out / f"{name}{ext}")
