@@ -147,9 +147,14 @@ def to_spark(sql: str, *, stored: bool = False) -> str:
 
 
 def _local(spark) -> bool:
+    """A classic session on a ``local`` master: its executors write where this process
+    reads. A Spark Connect session is never taken for local, even if its server's master
+    is (the server may be another machine: its temp folder is not ours)."""
+    if type(spark).__module__.startswith("pyspark.sql.connect"):
+        return False
     try:
         return str(spark.conf.get("spark.master")).startswith("local")
-    except Exception:  # a Spark Connect session may not expose its master: not local
+    except Exception:
         return False
 
 
@@ -191,12 +196,14 @@ class SparkEngine:
     ``handoff``: a folder (or a URI pyarrow reads: ``hdfs://``, ``s3://``) that the
     executors write each result to and this process reads back (:meth:`df`); default
     ``$SCF_SPARK_HANDOFF``, else the temp folder on a ``local`` master, else none (results
-    come back through Spark's Arrow collect)."""
+    come back through Spark's Arrow collect). ``master``: the master or Spark Connect URL
+    the session was opened on, for the records (:func:`scf_engine.sqlengine.engine_label`)."""
 
     dialect = "spark"
 
-    def __init__(self, spark, *, tables: dict | None = None, handoff: str | None = None):
+    def __init__(self, spark, *, tables: dict | None = None, handoff: str | None = None, master: str | None = None):
         self.spark = spark
+        self.master = master  # what the session was asked for (a Spark Connect session cannot say)
         self.tables = dict(tables or {})
         self.cached: dict = {}
         self.handoff = handoff or os.environ.get(HANDOFF_ENV) or (tempfile.gettempdir() if _local(spark) else None)
@@ -241,16 +248,22 @@ class SparkEngine:
         df = self.spark.sql(to_spark(sql))
         df = df.select([F.col(f.name).cast("double") if isinstance(f.dataType, T.DecimalType) else F.col(f.name)
                         for f in df.schema.fields])
-        if self.handoff is None:
-            return df.toPandas()
-        return _through_parquet(df, self.handoff)
+        out = df.toPandas() if self.handoff is None else _through_parquet(df, self.handoff)
+        # Spark Connect puts its query metrics in attrs, which pandas then writes into a
+        # Parquet file's metadata as JSON (and cannot: `scf features --out` failed)
+        out.attrs.clear()
+        return out
 
     def drop(self, *names: str) -> None:
+        """Unpersist every named table first, then drop the views: on Spark Connect a
+        DataFrame is a plan the server re-analyses, so unpersisting ``_parties`` after the
+        view ``_trade`` it reads was dropped failed (TABLE_OR_VIEW_NOT_FOUND)."""
         for n in names:
-            self.spark.catalog.dropTempView(n)
             cached = self.cached.pop(n, None)
             if cached is not None:
                 cached.unpersist()
+        for n in names:
+            self.spark.catalog.dropTempView(n)
 
     def unregister(self, name: str) -> None:
         self.spark.catalog.dropTempView(name)

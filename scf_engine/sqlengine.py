@@ -19,6 +19,7 @@ definition to keep in step; ``tests/test_spark.py`` checks every catalogue featu
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import duckdb
@@ -89,10 +90,10 @@ def feature_engine(engine: str, spark_master: str | None = None):
             raise RequestError("--spark-master is for --engine spark")
         return None
     try:
-        from scf_engine.spark import SparkEngine, session
+        from scf_engine.spark import MASTER_ENV, SparkEngine, session
     except ImportError as exc:
         raise RequestError(f"--engine spark needs pyspark and sqlglot installed ({exc}); pip install 'scf-engine[spark]'") from None
-    return SparkEngine(session(spark_master))
+    return SparkEngine(session(spark_master), master=spark_master or os.environ.get(MASTER_ENV))
 
 
 def engine_label(eng) -> str:
@@ -100,10 +101,14 @@ def engine_label(eng) -> str:
     ``spark`` and the session's master (``local[*]``, ``spark://...``, ``yarn``)."""
     if eng is None or getattr(eng, "dialect", "duckdb") == "duckdb":
         return "duckdb"
-    try:
-        master = eng.spark.conf.get("spark.master")
-    except Exception:  # a Spark Connect session may not expose it
-        master = None
+    master = getattr(eng, "master", None)
+    if not master:
+        try:
+            master = eng.spark.conf.get("spark.master")
+        except Exception:  # a Spark Connect session may not expose it
+            master = None
+    if master and master.startswith("sc://"):
+        master = master.split("/;", 1)[0]  # a Connect URL's parameters may carry a token: not for the records
     return f"spark {master}" if master else "spark"
 
 

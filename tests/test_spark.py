@@ -9,6 +9,12 @@ so these tests are what keeps the two engines in step.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,6 +43,42 @@ def spark():
     s = session("local[2]", conf=TEST_CONF)
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def connect_url(tmp_path_factory):
+    """A Spark Connect server on loopback (pyspark ships its jar and spark-submit), its
+    Python workers on this interpreter; the URL a bank would pass as --spark-master."""
+    import pyspark
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = Path(pyspark.__file__).parent
+    log = tmp_path_factory.mktemp("connect") / "server.log"
+    env = {**os.environ, "SPARK_HOME": str(home), "PYSPARK_PYTHON": sys.executable}
+    cmd = [str(home / "bin" / "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+           "--master", "local[1]", "--driver-memory", "2g", "--conf", f"spark.connect.grpc.binding.port={port}",
+           "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=1", "spark-internal"]
+    with open(log, "wb") as out:
+        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, f"Spark Connect server exited: {log.read_text()[-2000:]}"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"Spark Connect server not listening after 180 s: {log.read_text()[-2000:]}")
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +118,7 @@ def test_every_catalogue_flow_feature_is_the_same_on_spark(world_dir, spark, tmp
     assert (duck.drop(columns=sorted(closed_loop)).notna().sum() > 0).all()
     assert_same_features(duck, on_spark)
     entries = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [e["details"]["engine"] for e in entries] == ["duckdb", "spark"]
+    assert [e["details"]["engine"] for e in entries] == ["duckdb", f"spark {spark.conf.get('spark.master')}"]
     assert all(e["action"] == "features" and e["details"]["firms_count"] == len(firms) for e in entries)
 
 
@@ -121,6 +163,24 @@ def test_results_come_back_through_parquet_in_the_query_order(spark, tmp_path):
     assert list(empty.columns) == ["id", "twice"] and len(empty) == 0
     eng.unregister("_nums")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_features_through_a_spark_connect_url(world_dir, connect_url, tmp_path):
+    """--spark-master sc://... (a Spark Connect server, as a bank's cluster offers it):
+    the same features as the embedded engine; results come back through Connect (no
+    hand-off folder is assumed: the server's disk is not ours); the audit entry names
+    the URL. Run as its own process: a classic session lives in this one."""
+    log = tmp_path / "audit.jsonl"
+    base = [sys.executable, "-m", "scf_engine.cli", "features", str(world_dir), "--audit-log", str(log)]
+    for args in (["--engine", "duckdb", "--out", str(tmp_path / "duck.parquet")],
+                 ["--engine", "spark", "--spark-master", connect_url, "--out", str(tmp_path / "connect.parquet")]):
+        r = subprocess.run(base + args, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    duck = pd.read_parquet(tmp_path / "duck.parquet").set_index("firm_id")
+    connect = pd.read_parquet(tmp_path / "connect.parquet").set_index("firm_id")
+    assert_same_features(duck, connect)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["details"]["engine"] for e in entries] == ["duckdb", f"spark {connect_url}"]
 
 
 def test_unknown_engine_is_one_line(world_dir, tmp_path):

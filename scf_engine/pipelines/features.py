@@ -24,7 +24,7 @@ from scf_engine.errors import OutputError
 from scf_engine.features import flow_features
 from scf_engine.ingest.load import load_or_report
 from scf_engine.pipelines.score import check_as_of, check_writable, parse_as_of
-from scf_engine.sqlengine import feature_engine
+from scf_engine.sqlengine import engine_label, feature_engine
 
 @dataclass
 class FeaturesResult:
@@ -52,7 +52,7 @@ def features(data_dir: Path | str, out: Path | str, *, as_of=None, engine: str =
     seconds = time.perf_counter() - started
     digest = _write_parquet(table, out)
     entry = access.record(audit_log, actor, "features", "flow features of a dataset (feature catalogue)",
-                          ds.firms["firm_id"], inputs=ds.fingerprints, as_of=str(T.date()), engine=engine,
+                          ds.firms["firm_id"], inputs=ds.fingerprints, as_of=str(T.date()), engine=engine_label(eng),
                           output={out.name: digest})
     return FeaturesResult(table, out, engine, T, seconds, entry)
 
