@@ -188,11 +188,11 @@ def test_unknown_engine_is_one_line(world_dir, tmp_path):
     assert r.exit_code == 2 and "--engine 'hive'" in r.output and "Traceback" not in r.output
 
 
-def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_path):
+def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_path, request):
     """scf score --engine spark (features on Spark, LightGBM and SHAP per partition with
     mapInPandas, then the decision core) writes the limits.csv of scf score, byte for byte,
     and records its batch as every batch is (memos, MLflow run, audit entry), with the
-    engine named on both records."""
+    engine named on both records; so does a batch scored through a Spark Connect URL."""
     uri, log = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "audit.jsonl"
     for args in (("train", world_dir, "--out", tmp_path / "train"), ("compare", "--promote", "all", "--out", tmp_path / "cmp")):
         r = invoke(*args, "--tracking-uri", uri, "--audit-log", log)
@@ -217,3 +217,11 @@ def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_pat
     import mlflow
     runs = mlflow.MlflowClient(uri).get_run(scored[1]["details"]["mlflow_run_id"])
     assert runs.data.params["feature_engine"] == f"spark {master}"
+    # and through a Spark Connect URL, as a cluster offers it: the models and their SHAP
+    # reasons run in the server's Python workers (mapInPandas); its own process (see above)
+    connect_url = request.getfixturevalue("connect_url")
+    r = subprocess.run([sys.executable, "-m", "scf_engine.cli", "score", str(world_dir), *map(str, common),
+                        "--out", str(tmp_path / "connect" / "limits.csv"), "--engine", "spark", "--spark-master", connect_url],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "connect" / "limits.csv").read_bytes() == duck
