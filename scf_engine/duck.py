@@ -63,9 +63,22 @@ def register_money(con: duckdb.DuckDBPyConnection, name: str, frame, money=("amo
     """Register ``frame`` as the view ``name`` with its money columns as exact decimals
     (see the module docstring); other columns as they are. ``row_number``: also a column
     of that name numbering the rows 1.. in the frame's order (insertion order is kept)."""
-    raw = f"_{name}_frame"
+    raw = _raw_frame(name)
     con.register(raw, frame)
     money_view(con, name, raw, frame.columns, money=money, row_number=row_number)
+
+
+def _raw_frame(name: str) -> str:
+    """The name :func:`register_money` registers the frame itself under."""
+    return f"_{name}_frame"
+
+
+def unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Take back what was registered as ``name``: a plain registered frame, or the view of
+    :func:`register_money` with the frame behind it (either name may be absent)."""
+    con.unregister(name)
+    con.execute(f"DROP VIEW IF EXISTS {name}")
+    con.unregister(_raw_frame(name))
 
 
 def money_view(con: duckdb.DuckDBPyConnection, name: str, source: str, columns, money=("amount", "paid_amount"),

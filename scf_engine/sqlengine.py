@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import duckdb
 import pandas as pd
 
-from scf_engine.duck import connect, money_view, one_thread, register_money
+from scf_engine.duck import connect, money_view, one_thread, register_money, unregister
 from scf_engine.errors import RequestError
 
 ENGINES = ("duckdb", "spark")
@@ -67,7 +67,7 @@ class DuckDBEngine:
             self.con.execute(f"DROP TABLE IF EXISTS {n}")
 
     def unregister(self, name: str) -> None:
-        self.con.unregister(name)
+        unregister(self.con, name)
 
     @contextmanager
     def deterministic(self):

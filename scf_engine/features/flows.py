@@ -101,8 +101,7 @@ class FlowPass:
                           money=("amount",), row_number="_i")
         self.eng.register("_pass_firms", pd.DataFrame({"firm_id": pd.Series(firm_ids, dtype=object).to_numpy()}))
         self.eng.create(self.TABLE, LEGS_UNION_SQL.format(flows="_pass_flows", firms="_pass_firms") + " SELECT * FROM legs")
-        self.eng.con.execute("DROP VIEW IF EXISTS _pass_flows")  # the table holds what the pass needs
-        self.eng.unregister("__pass_flows_frame")
+        self.eng.unregister("_pass_flows")  # the table holds what the pass needs
         self.eng.unregister("_pass_firms")
         # the month sums once per day of month: a flow's month before T is (T's month) minus
         # its bucket, the same bucket for every date on that day of the month
@@ -111,11 +110,17 @@ class FlowPass:
             self.eng.create(f"{self.TABLE}_monthly_{d}",
                             _monthly_sql(f"(SELECT *, {bucket} AS bucket FROM {self.TABLE})", "bucket"))
 
+    def _date(self, T: str) -> pd.Timestamp:
+        """T as a date of this pass (the pass built nothing for any other)."""
+        t = pd.Timestamp(T)
+        if t not in self.dates:
+            raise ValueError(f"as-of {T} is not a date of this pass")
+        return t
+
     def legs_sql(self, T: str) -> str:
         """The legs at T: the pass's legs booked before T of T's firms (the view ``firms``
         flow_features registers), with k."""
-        if pd.Timestamp(T) not in self.dates:
-            raise ValueError(f"as-of {T} is not a date of this pass")
+        self._date(T)
         own = f"(SELECT * FROM {self.TABLE} WHERE booked_on < DATE '{T}' AND firm_id IN (SELECT firm_id FROM firms))"
         return _window_sql(T, own)
 
@@ -123,9 +128,7 @@ class FlowPass:
         """The panel ``p`` at T from the month sums of T's day of month: the months
         0 <= k < LOOKBACK_MONTHS before T (bucket <= T's month: booked before T), T's
         firms only; then densified as :func:`_panel_sql` does."""
-        t = pd.Timestamp(T)
-        if t not in self.dates:
-            raise ValueError(f"as-of {T} is not a date of this pass")
+        t = self._date(T)
         cols = ", ".join(PANEL_COLUMNS + ("reported",))
         now = f"(year(DATE '{T}') * 12 + month(DATE '{T}'))"
         return _panel_sql(f"SELECT firm_id, {now} - bucket AS k, {cols} FROM {self.TABLE}_monthly_{t.day} "
