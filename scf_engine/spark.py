@@ -194,19 +194,21 @@ class SparkEngine:
     number of delivery order). Pandas frames travel to Spark through Arrow.
 
     ``handoff``: a folder (or a URI pyarrow reads: ``hdfs://``, ``s3://``) that the
-    executors write each result to and this process reads back (:meth:`df`); default
-    ``$SCF_SPARK_HANDOFF``, else the temp folder on a ``local`` master, else none (results
-    come back through Spark's Arrow collect). ``master``: the master or Spark Connect URL
+    executors write each result to and this process reads back (:meth:`df`); ``None``:
+    none, results come back through Spark's Arrow collect; ``"auto"`` (default):
+    ``$SCF_SPARK_HANDOFF``, else the temp folder on a ``local`` master, else none. ``master``: the master or Spark Connect URL
     the session was opened on, for the records (:func:`scf_engine.sqlengine.engine_label`)."""
 
     dialect = "spark"
 
-    def __init__(self, spark, *, tables: dict | None = None, handoff: str | None = None, master: str | None = None):
+    def __init__(self, spark, *, tables: dict | None = None, handoff: str | None = "auto", master: str | None = None):
         self.spark = spark
         self.master = master  # what the session was asked for (a Spark Connect session cannot say)
         self.tables = dict(tables or {})
         self.cached: dict = {}
-        self.handoff = handoff or os.environ.get(HANDOFF_ENV) or (tempfile.gettempdir() if _local(spark) else None)
+        if handoff == "auto":
+            handoff = os.environ.get(HANDOFF_ENV) or (tempfile.gettempdir() if _local(spark) else None)
+        self.handoff = handoff
 
     def register(self, name: str, frame: pd.DataFrame, *, money=(), row_number: str | None = None) -> None:
         from pyspark.sql import functions as F

@@ -151,9 +151,7 @@ def test_results_come_back_through_parquet_in_the_query_order(spark, tmp_path):
     spark.conf.set("spark.sql.shuffle.partitions", "4")  # the sort's output in several part files
     try:
         got = eng.df(sql)
-        expected = SparkEngine(spark, handoff=None)
-        expected.handoff = None  # the Arrow collect, for comparison
-        want = expected.df(sql)
+        want = SparkEngine(spark, handoff=None).df(sql)  # the Arrow collect, for comparison
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", TEST_CONF["spark.sql.shuffle.partitions"])
     pd.testing.assert_frame_equal(got, want)
