@@ -208,6 +208,11 @@ def test_the_sorted_needle_search_answers_as_searchsorted_does():
         np.testing.assert_array_equal(_search(keys, needles, side), np.searchsorted(keys, needles, side))
 
 
+# small payment graphs on 8 parties (self-payments and repeats included) for the
+# brute-force references below: (payer, payee) pairs
+PAYMENT_GRAPHS = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), min_size=1, max_size=25)
+
+
 def brute_shortest_cycle(payer, payee, n, max_parties):
     """Per party: the fewest parties on a simple directed cycle through it, by enumerating
     every simple path (the definition, written out); inf when none of at most max_parties."""
@@ -230,7 +235,7 @@ def brute_shortest_cycle(payer, payee, n, max_parties):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), min_size=1, max_size=25), st.integers(2, 6))
+@given(PAYMENT_GRAPHS, st.integers(2, 6))
 def test_structural_rings_match_a_brute_force_reference(edges, max_parties):
     payer, payee = (np.array(c) for c in zip(*edges))
     got = structural_cycles(payer, payee, 8, max_parties=max_parties, chunk=3)  # small chunks: the chunking is exercised
@@ -258,7 +263,7 @@ def brute_walk_returns(payer, payee, n, max_parties):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), min_size=1, max_size=25), st.integers(2, 6))
+@given(PAYMENT_GRAPHS, st.integers(2, 6))
 def test_walk_returns_match_a_brute_force_reference(edges, max_parties):
     payer, payee = (np.array(c) for c in zip(*edges))
     got = walk_returns(payer, payee, 8, max_parties=max_parties, chunk=3)  # small chunks: the chunking is exercised
