@@ -272,6 +272,10 @@ def _check_monitoring(data: dict, path: Path) -> None:
              "pd_levels: amber_rating, red_rating and red_persistent_rating name ratings of master_scale.yaml")
     _require(isinstance(pl["persist_months"], int) and pl["persist_months"] >= 1, path,
              "pd_levels.persist_months must be an integer >= 1")
+    wl = data.get("watch_list")
+    _require(isinstance(wl, dict) and set(wl) == {"share", "min_firms"} and 0 <= float(wl["share"]) < 1
+             and isinstance(wl["min_firms"], int) and wl["min_firms"] >= 1, path,
+             "'watch_list' must give share in [0, 1) and min_firms, an integer >= 1")
     _require(isinstance(data.get("consent_warn_days"), int) and data["consent_warn_days"] >= 0, path,
              "'consent_warn_days' must be an integer >= 0")
     cd = data.get("core_distress")
@@ -402,8 +406,8 @@ SCHEMAS = {
     "output": (_check_output, {"version", "keep_published"}),
     "jiangyin": (_check_jiangyin, {"version", "grades", "rank_bands", "years_in_business_a_above", "loan_record",
                                    "bonus_step_up_points"}),
-    "monitoring": (_check_monitoring, {"version", "levels", "authenticity_max_level", "pd_levels", "pd_step", "consent_warn_days",
-                                       "core_distress", "actions", "credit_repair", "drift", "signals", "escalations"}),
+    "monitoring": (_check_monitoring, {"version", "levels", "authenticity_max_level", "pd_levels", "watch_list", "pd_step",
+                                       "consent_warn_days", "core_distress", "actions", "credit_repair", "drift", "signals", "escalations"}),
     "serve": (_check_serve, {"version", "roles", "max_body_bytes", "max_firms_per_request", "answer_cache_entries",
                              "memo_cache_entries", "reload_poll_seconds", "audit_skip_paths"}),
 }

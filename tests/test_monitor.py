@@ -307,6 +307,40 @@ def test_pd_levels_read_the_master_scale_and_red_needs_ccc_two_months_running():
         firm_levels(frame, none, bad, ratings)
 
 
+def test_watch_list_is_the_worst_share_of_the_live_portfolio_whatever_the_calibration():
+    """关注名单: the worst tenth of the live lent firms by PD is amber even when every PD
+    sits under the amber band (a model whose PDs run low), is said in the reasons, leaves
+    out firms already in default, and is off for a portfolio under min_firms."""
+    from scf_engine.monitor.judge import firm_levels, portfolio_rows, watch_list
+
+    pol = policies.load("monitoring")
+    ratings = policies.as_data(policies.load("master_scale"))["ratings"]
+    w = policies.as_data(pol)["watch_list"]
+    n = 200
+    ids = [f"f{i:03d}" for i in range(n)]
+    pd_ = np.linspace(0.001, 0.02, n)  # all under B (5%): no band makes anyone amber
+    frame = pd.DataFrame({"pd": pd_, "in_default": False}, index=ids)
+    frame.loc["f199", "in_default"] = True  # the worst PD has defaulted: not on the list, not counted
+    watched = watch_list(frame, pol)
+    live = n - 1
+    expect = set(ids[-1 - int(np.ceil(w["share"] * live)):-1])
+    assert set(watched[watched].index) == expect and "f199" not in expect
+    none = pd.DataFrame(columns=ALERTS_COLUMNS)
+    lv = firm_levels(frame, none, pol, ratings)
+    assert set(lv[lv == "amber"].index) == expect
+    # a tie at the cut puts every tied firm on the list
+    tied = frame.assign(pd=np.r_[np.full(n - 30, 0.01), np.full(30, 0.015)], in_default=False)
+    assert watch_list(tied, pol).sum() == 30
+    # under min_firms live firms, no list
+    small = frame.iloc[: w["min_firms"] - 1].assign(in_default=False)
+    assert not watch_list(small, pol).any()
+    # the reasons say why a green-band firm is amber
+    rows = portfolio_rows(_frame(**{f: {} for f in ids}).assign(pd=pd_, in_default=False), none,
+                          pd.Timestamp("2024-06-01"), 6.0, pol).set_index("firm_id")
+    assert rows.loc["f199", "level"] == "amber" and rows.loc["f199", "reasons"].startswith("watch list (关注名单): PD 2.00%")
+    assert rows.loc["f000", "level"] == "green" and "watch list" not in rows.loc["f000", "reasons"]
+
+
 def _frame(**firms) -> pd.DataFrame:
     """Rows as the rules read them, typed as the pass types them."""
     frame = pd.DataFrame({k: _firm(**v) for k, v in firms.items()}).T.infer_objects()

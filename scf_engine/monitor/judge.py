@@ -41,16 +41,33 @@ def persistent(frame: pd.DataFrame, history: pd.DataFrame | None, floor: float, 
     return now & ok.reindex(frame.index).fillna(False).astype(bool)
 
 
+def watch_list(frame: pd.DataFrame, policy) -> pd.Series:
+    """关注名单: the firms whose re-scored PD is among the worst ``watch_list.share`` of the
+    live (not yet defaulted) lent firms with a PD at this as-of: a firm is on it when fewer
+    than ``share`` x n live firms have a strictly higher PD (ties share a place, so a tie
+    at the cut puts all of them on). Empty below ``min_firms`` live firms. A rank, not a
+    PD band: it does not move with the model's calibration."""
+    w = as_data(policy)["watch_list"]
+    pd_ = frame["pd"].astype(float)
+    live = pd_.notna() & ~(frame["in_default"].astype(bool) if "in_default" in frame else False)
+    if live.sum() < int(w["min_firms"]) or float(w["share"]) <= 0:
+        return pd.Series(False, index=frame.index)
+    higher = pd_[live].rank(method="min", ascending=False) - 1  # live firms with a strictly higher PD
+    return (higher < float(w["share"]) * live.sum()).reindex(frame.index, fill_value=False)
+
+
 def firm_levels(frame: pd.DataFrame, alerts: pd.DataFrame, policy, ratings: dict | None = None,
-                history: pd.DataFrame | None = None) -> pd.Series:
-    """Per firm: the worst of its alerts' levels (escalations of monitoring.yaml included)
-    and of the PD levels on the master scale (``ratings``: master_scale.yaml's;
-    ``history``: this pass's earlier rows, for the persistent red)."""
+                history: pd.DataFrame | None = None, watched: pd.Series | None = None) -> pd.Series:
+    """Per firm: the worst of its alerts' levels (escalations of monitoring.yaml included),
+    of the PD levels on the master scale (``ratings``: master_scale.yaml's; ``history``:
+    this pass's earlier rows, for the persistent red) and amber for the watch list
+    (``watched``: :func:`watch_list`'s answer, computed here when not given)."""
     p = as_data(policy)["pd_levels"]
     ratings = ratings if ratings is not None else as_data(policies.load("master_scale"))["ratings"]
     rank = pd.Series(0, index=frame.index)
     pd_ = frame["pd"].astype(float)
     rank[pd_ >= rating_pd(ratings, p["amber_rating"])] = 1
+    rank[watched if watched is not None else watch_list(frame, policy)] = 1
     rank[pd_ >= rating_pd(ratings, p["red_rating"])] = 2
     rank[persistent(frame, history, rating_pd(ratings, p["red_persistent_rating"]), int(p["persist_months"]))] = 2
     if len(alerts):
@@ -136,7 +153,11 @@ def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestam
     if "repair_note" not in frame:
         frame = apply_repair(frame, policy, scale)
     note = frame["repair_note"]
-    level = firm_levels(frame, alerts, policy, ratings, history)
+    watched = watch_list(frame, policy)
+    level = firm_levels(frame, alerts, policy, ratings, history, watched)
+    share = float(as_data(policy)["watch_list"]["share"])
+    note = note.where(~watched, [f"watch list (关注名单): PD {p:.2%} among the worst {share:.0%} of the lent portfolio"
+                                 + (f"; {n}" if n else "") for p, n in zip(frame["pd"].astype(float), note)])
     act = actions(frame, level, months_since_batch, policy)
     fired = alerts.groupby("firm_id")["signal"].agg(lambda s: "; ".join(s)) if len(alerts) else pd.Series(dtype=object)
     sig = fired.reindex(frame.index).fillna("")
@@ -152,4 +173,4 @@ def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestam
     return out[PORTFOLIO_COLUMNS]
 
 
-__all__ = ["PORTFOLIO_COLUMNS", "firm_levels", "repaired", "repair", "apply_repair", "actions", "portfolio_rows"]
+__all__ = ["PORTFOLIO_COLUMNS", "watch_list", "firm_levels", "repaired", "repair", "apply_repair", "actions", "portfolio_rows"]
