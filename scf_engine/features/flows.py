@@ -230,10 +230,7 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
 
     cpty_specs = cat.of_kind("cpty")
     if cpty_specs:
-        cpty = eng.df(
-            f"SELECT firm_id, {', '.join(f'({s.expr}) AS {s.name}' for s in cpty_specs)} "
-            f"FROM legs WHERE k < 12 GROUP BY firm_id"
-        ).set_index("firm_id")
+        cpty = eng.df(_cpty_sql(cpty_specs)).set_index("firm_id")
         out = out.join(cpty, how="left")
 
     firm_specs = cat.of_kind("firm")
@@ -251,6 +248,37 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
         eng.close()
     computed = [s.name for s in cat.specs if s.name in out.columns]
     return out[computed].astype("float64")
+
+
+def _cpty_sql(specs) -> str:
+    """The catalogue's ``cpty`` aggregates over the last 12 months' legs, per firm.
+
+    When every expression counts the firm's distinct counterparties under a condition
+    (``count(DISTINCT cpty) [FILTER (WHERE ...)]``: lenders, payers, payees), the legs are
+    first grouped by (firm, counterparty) with one flag per expression (some leg of the
+    pair meets its condition), and each feature counts the flagged pairs: the same
+    integers, from one grouping instead of one DISTINCT aggregate per feature, which made
+    this the costliest statement of an as-of (~1.3 s of ~16 s an as-of at 20,000 firms;
+    ``scf monitor`` pays it 13 times a pass). Any other expression: as written, over the
+    legs."""
+    import sqlglot
+    from sqlglot import exp
+
+    plain = (f"SELECT firm_id, {', '.join(f'({s.expr}) AS {s.name}' for s in specs)} "
+             "FROM legs WHERE k < 12 GROUP BY firm_id")
+    conds = []
+    for s in specs:
+        tree = sqlglot.parse_one(s.expr, read="duckdb")
+        agg, cond = (tree.this, tree.expression.this) if isinstance(tree, exp.Filter) else (tree, None)
+        if not (isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct)
+                and len(agg.this.expressions) == 1 and isinstance(agg.this.expressions[0], exp.Column)
+                and agg.this.expressions[0].name == "cpty" and not agg.this.expressions[0].table):
+            return plain
+        conds.append("true" if cond is None else cond.sql(dialect="duckdb"))
+    flags = ", ".join(f"bool_or({c}) AS _f{j}" for j, c in enumerate(conds))
+    counts = ", ".join(f"count(cpty) FILTER (WHERE _f{j}) AS {s.name}" for j, s in enumerate(specs))
+    return (f"SELECT firm_id, {counts} FROM (SELECT firm_id, cpty, {flags} FROM legs WHERE k < 12 "
+            "GROUP BY firm_id, cpty) GROUP BY firm_id")
 
 
 def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str) -> pd.DataFrame:
