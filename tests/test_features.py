@@ -458,3 +458,38 @@ def test_the_flows_before_a_date_are_the_same_sorted_or_not():
             pd.testing.assert_frame_equal(got, want, check_exact=True)
             assert (got["booked_on"] < when).all()
     assert len(ordered.as_of(pd.Timestamp(rows[5][0])).flows) < len(rows)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 400))
+def test_the_counterparty_counts_from_one_grouping_are_the_distinct_counts(seed, n):
+    """_cpty_sql counts distinct counterparties from one (firm, counterparty) grouping when
+    every expression is ``count(DISTINCT cpty) [FILTER ...]``: the same integers as the
+    expressions as written, NULL counterparties and NULL conditions included; with a
+    ``sum`` or a ``count(*)`` among them (which count duplicates) it runs them as written."""
+    from types import SimpleNamespace
+
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import _cpty_sql
+
+    rng = np.random.default_rng(seed)
+    legs = pd.DataFrame({
+        "firm_id": rng.choice(["F1", "F2", "F3", "F4"], n),
+        "cpty": pd.Series(rng.choice(["C1", "C2", "C3", "EXT-9", None], n), dtype=object),
+        "dir": rng.choice(["in", "out"], n),
+        "purpose": pd.Series(rng.choice(["trade", "loan_drawdown", "tax", None], n), dtype=object),
+        "k": rng.integers(0, 24, n),
+        "amount": rng.integers(1, 5, n).astype(float),
+    })
+    catalogue = load_catalogue().of_kind("cpty")
+    extra = [SimpleNamespace(name="any_12m", expr="count(DISTINCT cpty)"),
+             SimpleNamespace(name="null_cond", expr="count(DISTINCT cpty) FILTER (WHERE purpose = 'tax' OR k < 2)")]
+    dup = [SimpleNamespace(name="n_legs", expr="count(*) FILTER (WHERE dir = 'in')"),
+           SimpleNamespace(name="in_sum", expr="sum(amount) FILTER (WHERE dir = 'in')")]
+    with connect() as con:
+        con.register("legs", legs)
+        for specs in (catalogue, catalogue + extra, catalogue + dup):
+            written = con.sql(f"SELECT firm_id, {', '.join(f'({s.expr}) AS {s.name}' for s in specs)} "
+                              "FROM legs WHERE k < 12 GROUP BY firm_id").df().set_index("firm_id").sort_index()
+            got = con.sql(_cpty_sql(specs)).df().set_index("firm_id").sort_index()
+            pd.testing.assert_frame_equal(got[written.columns], written, check_dtype=False)

@@ -638,3 +638,21 @@ def test_the_shared_pass_answers_as_one_snapshot_per_date_does(lent, tmp_path):
     assert len(fast[0]) == len(book) * 2 and len(fast[1]) > 0
     for got, want in zip(fast, slow):
         pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_an_alerts_evidence_reads_the_same_from_the_columns_its_template_names():
+    """_signal_rows hands each template only the columns it names (nested format fields
+    too): for every signal of monitoring.yaml, and for templates naming a missing column
+    or not parseable, the text is what the whole row gives."""
+    from scf_engine.monitor.signals import _template_columns, evidence
+
+    p = policies.as_data(policies.load("monitoring"))
+    templates = [s["evidence"] for s in p["signals"]] + [
+        "PD {pd:.{digits}f} vs {pd_at_batch:.2%}", "{not_a_column} at {pd:.2%}", "unbalanced {pd", "{pd!r} {grade}"]
+    rng = np.random.default_rng(3)
+    row = {c: float(rng.normal()) for c in ("pd", "pd_at_batch", "pd_change", "score", "limit_at_batch", "junk_a")}
+    row.update({"digits": 3, "grade": "grade_1", "junk_b": "x"})
+    for t in templates + ["{{literal}} {pd:.1%}"]:
+        narrowed = {c: row[c] for c in _template_columns(t, list(row))}
+        assert evidence(t, {**narrowed, "as_of": "2024-05-01"}) == evidence(t, {**row, "as_of": "2024-05-01"}), t
+    assert _template_columns("{pd:.{digits}f} {junk_a.real}", list(row)) == ["pd", "junk_a", "digits"]

@@ -124,6 +124,29 @@ def fire(frame: pd.DataFrame, policy, as_of: pd.Timestamp, ratings: dict | None 
     return pd.concat([rows, up], ignore_index=True) if len(up) else rows
 
 
+def _template_columns(template: str, columns) -> list:
+    """The columns of ``columns`` an evidence template names (all of them when the
+    template cannot be parsed: :func:`evidence` then shows it as written). A row's other
+    columns cannot reach the text, and turning every feature column of each firm hit
+    into a dict was most of :func:`fire`'s time (~0.4 s an as-of at 20,000 firms)."""
+    import string
+
+    def fields(text: str) -> set:
+        out = set()
+        for _, f, spec, _ in string.Formatter().parse(text):
+            if f:
+                out.add(f.split(".")[0].split("[")[0])
+            if spec:  # a nested field, "{pd:.{digits}f}"
+                out |= fields(spec)
+        return out
+
+    try:
+        named = fields(template)
+    except ValueError:
+        return list(columns)
+    return [c for c in columns if c in named]
+
+
 def _signal_rows(frame: pd.DataFrame, policy, as_of: pd.Timestamp) -> pd.DataFrame:
     """The policy signals' rows (see :func:`fire`)."""
     p = as_data(policy)
@@ -135,7 +158,7 @@ def _signal_rows(frame: pd.DataFrame, policy, as_of: pd.Timestamp) -> pd.DataFra
         if not ids:
             continue
         level = p["levels"][s["severity"]]
-        for fid, rec in zip(ids, frame.loc[ids].to_dict("records")):
+        for fid, rec in zip(ids, frame.loc[ids, _template_columns(s["evidence"], frame.columns)].to_dict("records")):
             rows.append({"firm_id": fid, "as_of": day, "signal": s["name"], "level": level,
                          "evidence": evidence(s["evidence"], {**rec, "as_of": day}), "label_zh": s["label_zh"],
                          "label_en": s["label_en"]})
