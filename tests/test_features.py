@@ -493,3 +493,81 @@ def test_the_counterparty_counts_from_one_grouping_are_the_distinct_counts(seed,
                               "FROM legs WHERE k < 12 GROUP BY firm_id").df().set_index("firm_id").sort_index()
             got = con.sql(_cpty_sql(specs)).df().set_index("firm_id").sort_index()
             pd.testing.assert_frame_equal(got[written.columns], written, check_dtype=False)
+
+
+# --- features against the firm's own norm (issue 18) ---------------------------------------------
+
+NORM_FEATURES = ("trade_in_vs_norm_3v9", "wage_payments_vs_norm_3v9", "obligations_missed_vs_norm_3m",
+                 "obligations_uncured_12m", "obligations_uncured_clean_months", "active_share_12m")
+
+
+def flows_for_norm():
+    """A's account reported for 15 months (k = 0..14). Trade receipts 100,000 a month, none in
+    month 4, falling to 50,000 in the latest 3. Payroll 20,000: missed in month 2 and caught
+    up in month 1 (40,000); missed in 5 (not caught up: 20,000 in 4), in 9 and 8 (neither
+    caught up) and in the latest month 0. Social insurance 6,000: missed in 10 and caught up
+    in 9 (12,000), missed in 6 and not caught up. Tax 5,000 and utilities 1,000 every month."""
+    rows = []
+    payroll = {k: 20_000.0 for k in range(15)} | {2: 0.0, 1: 40_000.0, 5: 0.0, 9: 0.0, 8: 0.0, 0: 0.0}
+    si = {k: 6_000.0 for k in range(15)} | {10: 0.0, 9: 12_000.0, 6: 0.0}
+    for k in range(15):
+        trade = 50_000.0 if k < 3 else 0.0 if k == 4 else 100_000.0
+        if trade:
+            rows.append((month(k, 5), "EXT-C1", A, trade, "trade"))
+        if payroll[k]:
+            rows.append((month(k, 10), A, "EXT-PAY", payroll[k], "payroll"))
+        if si[k]:
+            rows.append((month(k, 18), A, "EXT-SI", si[k], "social_insurance"))
+        rows += [(month(k, 15), A, "EXT-TAX", 5_000.0, "tax"), (month(k, 22), A, "EXT-GRID", 1_000.0, "utilities")]
+    return rows
+
+
+def test_features_against_the_firms_own_norm_by_hand():
+    F = flow_features(dataset(flows_for_norm()).as_of(T)).loc[A]
+    prior = np.log1p([100_000.0] * 8 + [0.0])  # months 3-11, month 4 without trade
+    assert F["trade_in_vs_norm_3v9"] == pytest.approx((np.log1p(50_000.0) - prior.mean()) / (prior.std(ddof=1) + 0.1))
+    recent_wages = (6_000 + 46_000 + 6_000) / 3  # months 0-2: payroll 0, 40,000, 0; social insurance 6,000 each
+    prior_wages = (6 * 20_000 + 6 * 6_000 + 12_000) / 9  # months 3-11: payroll missed in 5, 8, 9; SI in 6, 10, 12,000 in 9
+    assert F["wage_payments_vs_norm_3v9"] == pytest.approx(np.log((recent_wages + 1) / (prior_wages + 1)))
+    # missed per month: 2 of 3 recent months miss payroll; months 3-14 miss 3 payrolls and 2 SI
+    assert F["obligations_missed_vs_norm_3m"] == pytest.approx(2 / 3 - 5 / 12)
+    # not caught up: payroll 9, 8 and 5, social insurance 6 (month 2's and 10's were; month 0 cannot be yet)
+    assert F["obligations_uncured_12m"] == 4
+    assert F["obligations_uncured_clean_months"] == 5
+    assert F["active_share_12m"] == pytest.approx(11 / 12)
+    # the habitual late payer: misses payroll and social insurance every fourth month and
+    # always catches up the next (its usual amount stays the median: 7 ordinary months of 11)
+    habit = [r for r in flows_for_norm() if r[4] not in ("payroll", "social_insurance")]
+    for k in range(15):
+        pay = 0.0 if k % 4 == 1 else 40_000.0 if k % 4 == 0 else 20_000.0
+        if pay:
+            habit += [(month(k, 10), A, "EXT-PAY", pay, "payroll"), (month(k, 18), A, "EXT-SI", pay * 0.3, "social_insurance")]
+    H = flow_features(dataset(habit).as_of(T)).loc[A]
+    assert H["obligations_missed_12m"] == 6  # the level reads as arrears (months 1, 5 and 9, both payments)...
+    assert H["obligations_uncured_12m"] == 0 and H["obligations_uncured_clean_months"] == 15  # ...all caught up
+    assert H["obligations_missed_vs_norm_3m"] == pytest.approx(2 / 3 - 6 / 12)  # one miss in 3 months as in 12 before
+
+
+def test_features_against_the_norm_are_empty_without_earlier_months():
+    young = [(month(k, d), *r) for k in range(3) for d, r in ((5, ("EXT-C1", A, 10_000.0, "trade")),
+                                                              (10, (A, "EXT-PAY", 2_000.0, "payroll")))]
+    F = flow_features(dataset(young).as_of(T)).loc[A]
+    for f in ("trade_in_vs_norm_3v9", "wage_payments_vs_norm_3v9", "obligations_missed_vs_norm_3m"):
+        assert np.isnan(F[f]), f
+    assert F["active_share_12m"] == 1.0 and F["obligations_uncured_12m"] == 0
+
+
+def test_records_dated_T_or_later_do_not_move_the_norm_features():
+    """A catch-up payroll, trade and a missed month's payment booked on T itself or later
+    must not count (nor cure the latest month's miss); the same booked the day before T
+    does, so the comparison can fail."""
+    base = flow_features(dataset(flows_for_norm()).as_of(T)).loc[A, list(NORM_FEATURES)]
+    later = [(T, A, "EXT-PAY", 40_000.0, "payroll"), (T, "EXT-C1", A, 900_000.0, "trade"),
+             (T + pd.Timedelta(days=1), A, "EXT-SI", 12_000.0, "social_insurance"),
+             (T + pd.Timedelta(days=40), "EXT-C2", A, 5_000.0, "trade")]
+    after = flow_features(dataset(flows_for_norm() + later).as_of(T)).loc[A, list(NORM_FEATURES)]
+    pd.testing.assert_series_equal(base, after)
+    before = [(T - pd.Timedelta(days=1), A, "EXT-PAY", 40_000.0, "payroll")]
+    moved = flow_features(dataset(flows_for_norm() + before).as_of(T)).loc[A, list(NORM_FEATURES)]
+    assert moved["obligations_missed_vs_norm_3m"] < base["obligations_missed_vs_norm_3m"]
+    assert moved["wage_payments_vs_norm_3v9"] > base["wage_payments_vs_norm_3v9"]

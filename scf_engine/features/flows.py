@@ -238,6 +238,9 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     cured = ("payroll", "tax", "social_insurance")
     typical = ", ".join(f"median({o}::DOUBLE) FILTER (WHERE {o} > 0) AS {o}_typical" for o in cured)
     prev = ", ".join(f"lead({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_prev" for o in cured)
+    # {o}_next: the month after (k - 1; NULL for the latest month or an unreported one), to
+    # tell a missed month caught up the next month from one left open (uncured)
+    nxt = ", ".join(f"lag({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_next" for o in cured)
     # {c}_ly: the same calendar month a year earlier (NULL where not on record), for
     # year-on-year ratios over matched months; {o}_last_k: the latest month with a payment
     # (open gaps count the reported months since)
@@ -245,7 +248,7 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     last = ", ".join(f"min(CASE WHEN {o} > 0 THEN k END) OVER (PARTITION BY firm_id) AS {o}_last_k" for o in OPEN_GAPS)
     # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
     # in the same order every run
-    eng.create("p2", f"SELECT p.*, {prev}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM p JOIN "
+    eng.create("p2", f"SELECT p.*, {prev}, {nxt}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM p JOIN "
                      f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k")
 
     panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
