@@ -119,7 +119,9 @@ def prepare_cost(n_firms: int):
     from scf_engine.simulate import WorldConfig, simulate, write_dataset
 
     _, _, uri, _, batch_T = prepare(SEEDS[0])
-    home = ROOT / f"cost_{n_firms}"
+    # the batch cached here is scored by that world's models: a cache per model world, so
+    # another BENCH_MONITOR_FIRMS / _SEEDS never monitors a batch other models scored
+    home = ROOT / f"cost_{n_firms}_models_{N_FIRMS}_{SEEDS[0]}"
     data = home / "data"
     if not (data / "firms.parquet").exists():
         write_dataset(simulate(WorldConfig(n_firms=n_firms, seed=5)), data, fmt="parquet")
