@@ -92,7 +92,7 @@ def feature_engine(engine: str, spark_master: str | None = None):
     try:
         from scf_engine.spark import MASTER_ENV, SparkEngine, session
     except ImportError as exc:
-        raise RequestError(f"--engine spark needs pyspark and sqlglot installed ({exc}); pip install 'scf-engine[spark]'") from None
+        raise RequestError(f"--engine spark needs pyspark installed ({exc}); pip install 'scf-engine[spark]'") from None
     return SparkEngine(session(spark_master), master=spark_master or os.environ.get(MASTER_ENV))
 
 
