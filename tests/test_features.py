@@ -12,7 +12,7 @@ from scf_engine.catalogue import load_catalogue
 from scf_engine.dataset import Dataset
 from scf_engine.features import flow_features
 from scf_engine.features.authenticity import (
-    RingSummary, TransferIndex, authenticity_features, chain_edges, pass_through_edges, ring_paths, round_trip_edges,
+    RingSummary, ShapeSearch, TransferIndex, authenticity_features, chain_edges, pass_through_edges, ring_paths, round_trip_edges,
     scatter_gather, structural_cycles, walk_returns,
 )
 from scf_engine.contract import make_uscc
@@ -194,6 +194,36 @@ def test_rings_round_trips_and_onward_hops_match_a_brute_force_reference(rows, d
     trips = {k for i in range(n) for j in range(n) for k in (i, j) if payer[j] == payee[i] and payee[j] == payer[i]
              and day[i] <= day[j] <= day[i] + 7 and abs(np.log(amount[j] / amount[i])) <= np.log1p(0.02) + 1e-12}
     assert set(np.flatnonzero(round_trip_edges(idx, days=7, tolerance=0.02))) == trips
+
+
+def legs_of(rows, ids):
+    """Trade legs of transfers ``rows`` (payer, payee, day, amount), every party a firm:
+    an out leg for the payer and an in leg for the payee, named by ``ids``."""
+    legs = [(i, a, b, "out", amt, d) for (a, b, d, amt), i in zip(rows, ids)] + \
+           [(i, b, a, "in", amt, d) for (a, b, d, amt), i in zip(rows, ids)]
+    return pd.DataFrame(legs, columns=["_i", "firm_id", "cpty", "dir", "amount", "day"]).sort_values(["_i", "dir"],
+                                                                                                  ignore_index=True)
+
+
+@settings(max_examples=120, deadline=None)
+@given(graphs, st.integers(0, 20), st.lists(st.booleans(), min_size=30, max_size=30))
+def test_a_pass_wide_shape_search_gives_each_window_what_its_own_search_gives(rows, first_day, dropped):
+    """scf monitor searches the shapes (rings, round trips, onward hops, amount chains)
+    once among every transfer of its pass (ShapeSearch) and each as-of keeps those inside
+    its own window: every authenticity feature must be what the window's own search
+    gives, for any window and any transfers missing from it (transfers named by sparse,
+    unordered ids, as a pass's ``_i`` are)."""
+    ids = [7 * len(rows) - 3 * k for k in range(len(rows))]
+    payer, payee, day, amount = (np.array(c) for c in zip(*rows))
+    search = ShapeSearch(payer, payee, day, amount, ids)
+    keep = [k for k, r in enumerate(rows) if r[2] >= first_day and not dropped[k]]
+    if not keep:
+        return
+    window = legs_of([rows[k] for k in keep], [ids[k] for k in keep])
+    pd.testing.assert_frame_equal(authenticity_features(window, search=search), authenticity_features(window),
+                                  check_exact=True)
+    # a pass's search is a superset: the whole of it gives each window no shape of another
+    assert all(len(p) == 0 for p in search.within(np.array([10**6])).rings)
 
 
 def test_the_sorted_needle_search_answers_as_searchsorted_does():

@@ -176,38 +176,61 @@ class RingSummary:
 
     @classmethod
     def of(cls, index: TransferIndex, rings: list[np.ndarray]) -> "RingSummary":
-        n = index.n
+        return cls.of_days(index.day, rings)
+
+    @classmethod
+    def of_days(cls, day: np.ndarray, rings: list[np.ndarray]) -> "RingSummary":
+        """Per transfer of ``day`` (each transfer's day), from rings of its positions."""
+        n = len(day)
         shortest = np.full(n, np.inf)
         days = np.full(n, np.inf)
         for p in rings:
             np.minimum.at(shortest, p.ravel(), float(p.shape[1]))
-            np.minimum.at(days, p[:, 0], (index.day[p[:, -1]] - index.day[p[:, 0]]).astype(np.float64))
+            np.minimum.at(days, p[:, 0], (day[p[:, -1]] - day[p[:, 0]]).astype(np.float64))
         return cls(on_ring=np.isfinite(shortest), min_parties=shortest, returns=np.isfinite(days),
                    return_days=np.where(np.isfinite(days), days, np.nan))
+
+
+def round_trip_pairs(index: TransferIndex, *, days: int, tolerance: float) -> np.ndarray:
+    """Pairs ``(r, e)`` of transfers (rows of an ``(n, 2)`` array): ``e`` pays ``r``'s payer
+    back from ``r``'s payee at a matching amount (within ``tolerance`` either way) within
+    ``days`` days of ``r``."""
+    back = TransferIndex(index.payer, index.payee, index.day, index.amount, hop_decay=1 - 1 / (1 + tolerance),
+                         hop_growth=tolerance)
+    r, e = back.onward(np.arange(index.n), index.day + days)
+    hit = back.payee[e] == back.payer[r]
+    return np.column_stack([r[hit], e[hit]])
 
 
 def round_trip_edges(index: TransferIndex, *, days: int, tolerance: float) -> np.ndarray:
     """Boolean mask of transfers answered (or answering) by a transfer the other way between
     the same two parties at a matching amount (within ``tolerance`` either way) within
     ``days`` days."""
-    back = TransferIndex(index.payer, index.payee, index.day, index.amount, hop_decay=1 - 1 / (1 + tolerance),
-                         hop_growth=tolerance)
-    r, e = back.onward(np.arange(index.n), index.day + days)
-    hit = back.payee[e] == back.payer[r]
-    mask = np.zeros(index.n, dtype=bool)
-    mask[r[hit]] = True
-    mask[e[hit]] = True
-    return mask
+    return _marked(index.n, round_trip_pairs(index, days=days, tolerance=tolerance), both=True)
+
+
+def onward_pairs(index: TransferIndex, *, days: int) -> np.ndarray:
+    """Pairs ``(r, e)``: ``e`` pays ``r``'s money on from ``r``'s payee to a third party (not
+    back to ``r``'s payer) at a matching amount within ``days`` days of ``r`` - a
+    pass-through hop, and two hops of a scatter-gather."""
+    r, e = index.onward(np.arange(index.n), index.day + days)
+    onward = index.payee[e] != index.payer[r]
+    return np.column_stack([r[onward], e[onward]])
 
 
 def pass_through_edges(index: TransferIndex, *, days: int) -> np.ndarray:
     """Boolean mask of transfers whose money the payee paid on to a third party at a
     matching amount within ``days`` days."""
-    r, e = index.onward(np.arange(index.n), index.day + days)
+    return _marked(index.n, onward_pairs(index, days=days), both=False)
+
+
+def chain_pairs(index: TransferIndex, *, days: int) -> np.ndarray:
+    """Pairs ``(r, e)`` of an *amount chain*: ``e`` pays on to a third party, from ``r``'s
+    payee, between (1 - decay) and (1 + growth) times ``r``'s amount (the index's
+    tolerance), within ``days`` of ``r`` in either order (see :func:`chain_edges`)."""
+    r, e = index.onward(np.arange(index.n), index.day + days, index.day - days)
     onward = index.payee[e] != index.payer[r]
-    mask = np.zeros(index.n, dtype=bool)
-    mask[r[onward]] = True
-    return mask
+    return np.column_stack([r[onward], e[onward]])
 
 
 def chain_edges(index: TransferIndex, *, days: int) -> np.ndarray:
@@ -218,11 +241,15 @@ def chain_edges(index: TransferIndex, *, days: int) -> np.ndarray:
 
     Order is ignored on purpose: a ring booked out of time order (AMLSim books a ring's
     hops on unrelated days) still hands one amount from party to party."""
-    r, e = index.onward(np.arange(index.n), index.day + days, index.day - days)
-    onward = index.payee[e] != index.payer[r]
-    mask = np.zeros(index.n, dtype=bool)
-    mask[r[onward]] = True
-    mask[e[onward]] = True
+    return _marked(index.n, chain_pairs(index, days=days), both=True)
+
+
+def _marked(n: int, pairs: np.ndarray, *, both: bool) -> np.ndarray:
+    """Boolean mask of the ``n`` transfers that start a pair (and end one, ``both``)."""
+    mask = np.zeros(n, dtype=bool)
+    mask[pairs[:, 0]] = True
+    if both:
+        mask[pairs[:, 1]] = True
     return mask
 
 
@@ -253,7 +280,7 @@ class _Balls:
 
 
 def structural_cycles(payer: np.ndarray, payee: np.ndarray, n: int, *, max_parties: int,
-                      chunk: int = 2048) -> np.ndarray:
+                      chunk: int = 2048, relationships: tuple | None = None) -> np.ndarray:
     """Per party code ``0..n-1``: the fewest parties on a directed cycle of *relationships*
     through it (someone it paid paid someone ... who paid it), ``2 <= k <= max_parties``,
     with time order and amounts ignored; ``inf`` when there is none that short.
@@ -263,9 +290,10 @@ def structural_cycles(payer: np.ndarray, payee: np.ndarray, n: int, *, max_parti
     and suppliers who are only paid drop out). The shortest cycle through ``s`` has length
     ``min_x d(s, x) + d(x, s)`` (the shortest closed walk through ``s`` is a simple cycle),
     and the party half way round it lies within ``ceil(k/2)`` hops out and ``floor(k/2)``
-    hops back, so the search meets in the middle: balls of radius 3 for rings of 6."""
+    hops back, so the search meets in the middle: balls of radius 3 for rings of 6.
+    ``relationships``: :func:`_relationships` of the same transfers, when already made."""
     best = np.full(n, np.inf)
-    pairs, comp = _relationships(payer, payee, n)  # one relationship per (payer, payee)
+    pairs, comp = relationships or _relationships(payer, payee, n)  # one relationship per (payer, payee)
     if not len(pairs) or max_parties < 2:
         return best
     big = np.bincount(comp)[comp] >= 2
@@ -317,7 +345,7 @@ def _walk(front: sp.csr_matrix, step: sp.csr_matrix, floor: float) -> sp.csr_mat
 
 
 def walk_returns(payer: np.ndarray, payee: np.ndarray, n: int, *, max_parties: int, floor: float = 0.0,
-                 chunk: int = 2048) -> np.ndarray:
+                 chunk: int = 2048, relationships: tuple | None = None) -> np.ndarray:
     """Per party code ``0..n-1``: the chance that money it pays comes back to it within
     ``max_parties`` hops, if every party passed what it receives on evenly among its
     payees (its distinct trade relationships), time order and amounts ignored.
@@ -334,9 +362,10 @@ def walk_returns(payer: np.ndarray, payee: np.ndarray, n: int, *, max_parties: i
     (``P^i`` rows from ``s``, ``(P^T)^(k-i)`` rows back to it), over the parties of strongly
     connected components only (money paid outside one never comes back; it still counts
     in the payer's spread). First returns: ``f_k = r_k - sum_j f_j r_(k-j)``, so the result
-    is a probability in [0, 1] that counts money coming back once, not every lap."""
+    is a probability in [0, 1] that counts money coming back once, not every lap.
+    ``relationships``: :func:`_relationships` of the same transfers, when already made."""
     back_home = np.zeros(n)
-    pairs, comp = _relationships(payer, payee, n)
+    pairs, comp = relationships or _relationships(payer, payee, n)
     if not len(pairs) or max_parties < 2:
         return back_home
     spread = np.bincount(pairs[:, 0], minlength=n).astype(np.float64)
@@ -368,20 +397,97 @@ def walk_returns(payer: np.ndarray, payee: np.ndarray, n: int, *, max_parties: i
 def scatter_gather(index: TransferIndex, *, days: int) -> pd.DataFrame:
     """Per (source, gatherer) pair: the number of distinct intermediaries through which
     money from the source reached the gatherer in two matching hops within ``days`` days."""
-    r, e = index.onward(np.arange(index.n), index.day + days)
-    src, mid, dst = index.payer[r], index.payee[r], index.payee[e]
-    keep = dst != src
-    pairs = pd.DataFrame({"src": src[keep], "mid": mid[keep], "dst": dst[keep]}).drop_duplicates()
-    return pairs.groupby(["src", "dst"], sort=True).size().rename("fan").reset_index()
+    return _gathered(index.payer, index.payee, onward_pairs(index, days=days))
 
 
-def authenticity_features(legs: pd.DataFrame, policy=None) -> pd.DataFrame:
+def _gathered(payer: np.ndarray, payee: np.ndarray, pairs: np.ndarray) -> pd.DataFrame:
+    """:func:`scatter_gather` from its two-hop pairs (``r`` into the intermediary, ``e`` out)."""
+    r, e = pairs[:, 0], pairs[:, 1]
+    trios = pd.DataFrame({"src": payer[r], "mid": payee[r], "dst": payee[e]}).drop_duplicates()
+    return trios.groupby(["src", "dst"], sort=True).size().rename("fan").reset_index()
+
+
+@dataclass
+class Shapes:
+    """What the onward-hop search finds among transfers (:func:`find_shapes`), each
+    transfer named by its position in the search's index, or by its id after
+    :meth:`named`: the rings (one ``(n, k)`` array per length k), and pairs ``(r, e)`` as
+    ``(n, 2)`` arrays: round trips, onward hops within ``onward_days`` (pass-through and
+    scatter-gather read theirs, the shorter window by the days between the two hops) and
+    amount chains. Each is a fact about its own transfers only, so the shapes among a
+    subset of transfers are those whose transfers all lie in it (:meth:`within`)."""
+
+    rings: list[np.ndarray]
+    round_trip: np.ndarray
+    onward: np.ndarray
+    chain: np.ndarray
+
+    def _map(self, f) -> "Shapes":
+        return Shapes([f(p) for p in self.rings], f(self.round_trip), f(self.onward), f(self.chain))
+
+    def named(self, ids: np.ndarray) -> "Shapes":
+        """The same shapes with each transfer named by ``ids[position]``."""
+        return self._map(lambda a: np.asarray(ids)[a])
+
+    def within(self, ids: np.ndarray) -> "Shapes":
+        """The shapes all of whose transfers are among ``ids`` (ids, as :meth:`named`
+        gave them, non-negative), each transfer renamed to its position in ``ids``."""
+        ids = np.asarray(ids, np.int64)
+        top = max([int(ids.max()) if len(ids) else -1] + [int(a.max()) for a in self._arrays() if a.size])
+        at = np.full(top + 1, -1, np.int64)
+        at[ids] = np.arange(len(ids))
+
+        def keep(a):
+            p = at[a].reshape(a.shape)
+            return p[(p >= 0).all(axis=1)] if p.size else p.reshape(0, a.shape[1])
+
+        return self._map(keep)
+
+    def _arrays(self):
+        return [*self.rings, self.round_trip, self.onward, self.chain]
+
+
+def find_shapes(index: TransferIndex, pol: dict) -> Shapes:
+    """Every ring, round trip, onward hop and amount chain among ``index``'s transfers, by
+    the policy's windows and tolerances (positions in the index)."""
+    rp, st = pol["rings"], pol["structural_rings"]
+    chained = TransferIndex(index.payer, index.payee, index.day, index.amount, hop_decay=st["chain_tolerance"])
+    return Shapes(
+        rings=ring_paths(index, window_days=rp["window_days"], min_parties=rp["min_parties"], max_parties=rp["max_parties"]),
+        round_trip=round_trip_pairs(index, **pol["round_trip"]),
+        onward=onward_pairs(index, days=max(pol["pass_through"]["days"], pol["scatter_gather"]["days"])),
+        chain=chain_pairs(chained, days=st["chain_days"]))
+
+
+class ShapeSearch:
+    """The shapes among every trade transfer a pass over several as-of dates can read,
+    searched once (``scf monitor``: thirteen as-of dates searched the same 12-month windows,
+    each 11/12 the one before it, thirteen times); an as-of keeps those whose transfers all
+    lie in its own window (:meth:`Shapes.within`). Exact: a ring, pair or chain is a fact
+    about its own transfers (days, amounts, parties), so it is found among the pass's
+    transfers exactly when it is among the as-of's, and the ring search never extends a
+    path through a transfer an as-of does not have when it has all of the ring's.
+
+    ``ids`` name the transfers (``_i``, as the as-of's legs name them)."""
+
+    def __init__(self, payer, payee, day, amount, ids, policy=None):
+        pol = policies.as_data(policy or load_policy())
+        index = TransferIndex(payer, payee, day, amount, hop_decay=pol["hop_decay"], hop_growth=pol["hop_growth"])
+        self.shapes = find_shapes(index, pol).named(np.asarray(ids, np.int64))
+
+    def within(self, ids: np.ndarray) -> Shapes:
+        return self.shapes.within(ids)
+
+
+def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch | None = None) -> pd.DataFrame:
     """Per firm: the ring, round-trip, pass-through and scatter-gather features of the
     catalogue's authenticity family (``FEATURES``).
 
     ``legs`` are the firms' trade legs of the last 12 months: ``firm_id, cpty, dir, amount,
     day, _i`` with parties as integer codes (``_i`` identifies the underlying transfer; a
-    transfer between two firms appears as two legs with the same ``_i``).
+    transfer between two firms appears as two legs with the same ``_i``). ``search``: the
+    shapes found once over a superset of these transfers named by ``_i``
+    (:class:`ShapeSearch`, a monitoring pass's); by default they are searched here.
     """
     pol = policies.as_data(policy or load_policy())
     if legs.empty:
@@ -389,20 +495,26 @@ def authenticity_features(legs: pd.DataFrame, policy=None) -> pd.DataFrame:
     transfers = legs.drop_duplicates("_i")
     out_leg = (transfers["dir"] == "out").to_numpy()
     firm, cpty = transfers["firm_id"].to_numpy(np.int64), transfers["cpty"].to_numpy(np.int64)
-    index = TransferIndex(np.where(out_leg, firm, cpty), np.where(out_leg, cpty, firm), transfers["day"].to_numpy(),
-                          transfers["amount"].to_numpy(np.float64), hop_decay=pol["hop_decay"], hop_growth=pol["hop_growth"])
-    rp = pol["rings"]
-    rings = RingSummary.of(index, ring_paths(index, window_days=rp["window_days"], min_parties=rp["min_parties"],
-                                             max_parties=rp["max_parties"]))
-    round_trip = round_trip_edges(index, **pol["round_trip"])
-    passed = pass_through_edges(index, **pol["pass_through"])
-    sg = scatter_gather(index, days=pol["scatter_gather"]["days"])
+    payer, payee = np.where(out_leg, firm, cpty), np.where(out_leg, cpty, firm)
+    day = transfers["day"].to_numpy(np.int64)
+    if search is None:
+        shapes = find_shapes(TransferIndex(payer, payee, day, transfers["amount"].to_numpy(np.float64),
+                                           hop_decay=pol["hop_decay"], hop_growth=pol["hop_growth"]), pol)
+    else:
+        shapes = search.within(transfers["_i"].to_numpy(np.int64))
+    n = len(transfers)
+    rings = RingSummary.of_days(day, shapes.rings)
+    round_trip = _marked(n, shapes.round_trip, both=True)
+    gap = day[shapes.onward[:, 1]] - day[shapes.onward[:, 0]]
+    passed = _marked(n, shapes.onward[gap <= pol["pass_through"]["days"]], both=False)
+    sg = _gathered(payer, payee, shapes.onward[gap <= pol["scatter_gather"]["days"]])
+    chained = _marked(n, shapes.chain, both=True)
     st = pol["structural_rings"]
-    chained = chain_edges(TransferIndex(index.payer, index.payee, index.day, index.amount, hop_decay=st["chain_tolerance"]),
-                          days=st["chain_days"])
-    n_parties = int(max(index.payer.max(), index.payee.max())) + 1 if index.n else 0
-    structural = structural_cycles(index.payer, index.payee, n_parties, max_parties=st["max_parties"])
-    walked = walk_returns(index.payer, index.payee, n_parties, max_parties=st["max_parties"], floor=st["walk_floor"])
+    n_parties = int(max(payer.max(), payee.max())) + 1 if n else 0
+    rel = _relationships(payer, payee, n_parties)  # both searches read the same relationships
+    structural = structural_cycles(payer, payee, n_parties, max_parties=st["max_parties"], relationships=rel)
+    walked = walk_returns(payer, payee, n_parties, max_parties=st["max_parties"], floor=st["walk_floor"],
+                          relationships=rel)
 
     at = pd.Index(transfers["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())  # per leg, by position
     codes, firms = pd.factorize(legs["firm_id"], sort=True)
