@@ -204,8 +204,10 @@ def unexplained_reason(pd_now: float, pd_at_batch: float, grade: str) -> str:
     """The decision core's part of the reasons of a firm :func:`needs_drivers` leaves
     out: what the rules read (its PD now and at the batch, its unmoved grade) and where
     the drivers are (``scf explain`` derives them on demand)."""
-    return (f"PD {pd_now:.2%} against {pd_at_batch:.2%} at the batch, grade {grade} unchanged; green, kept: "
-            "model drivers not re-derived at this as-of (monitoring.yaml explain.scope: changed; scf explain gives them)")
+    return f"PD {pd_now:.2%} against {pd_at_batch:.2%} at the batch, grade {grade} unchanged; green, kept: {UNEXPLAINED}"
 
 
-__all__ = ["PORTFOLIO_COLUMNS", "join_reasons", "needs_drivers", "unexplained_reason", "watch_list", "firm_levels", "repaired", "repair", "apply_repair", "actions", "portfolio_rows"]
+UNEXPLAINED = "model drivers not re-derived at this as-of (monitoring.yaml explain.scope: changed; scf explain gives them)"
+
+
+__all__ = ["PORTFOLIO_COLUMNS", "UNEXPLAINED", "join_reasons", "needs_drivers", "unexplained_reason", "watch_list", "firm_levels", "repaired", "repair", "apply_repair", "actions", "portfolio_rows"]
