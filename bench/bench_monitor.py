@@ -27,7 +27,9 @@
    f12105c, main before the pass shared its legs: its ``scf_engine`` is taken with ``git
    archive`` and put first on the child process's path), on the same world in the same
    run; ratio = the baseline's seconds over this code's at 12 dates; ``same_outputs``: the
-   two passes wrote the same portfolio.csv, alerts.csv and drift.csv, byte for byte. The
+   two passes wrote the same portfolio.csv, alerts.csv and drift.csv, byte for byte (but
+   for the reasons of the green-keep rows left without SHAP drivers under
+   ``explain: {scope: changed}``, see :func:`same_outputs`). The
    worlds for the cost are ``BENCH_MONITOR_COST_FIRMS`` firms (a comma-separated list,
    default: the quality worlds' size, where the cost world is the default world itself;
    other sizes are seed 5), monitored with the champion models of the first quality world
@@ -221,11 +223,30 @@ def quality_figures(port, default_on, batch_T) -> dict:
 
 
 def same_outputs(n_firms: int, n_dates: int, code: str) -> bool:
-    """The baseline's pass and this code's wrote the same files, byte for byte."""
+    """The baseline's pass and this code's wrote the same files, byte for byte; except,
+    once monitoring.yaml's ``explain.scope`` is ``changed``, the reasons of the rows this
+    code left without SHAP drivers (green, kept, grade unmoved: they carry
+    :data:`scf_engine.monitor.judge.UNEXPLAINED`), where the baseline wrote the drivers:
+    then portfolio.csv must match in every other column and every other row's reasons."""
+    import pandas as pd
+
+    from scf_engine.monitor.judge import UNEXPLAINED
+
     home = prepare_cost(n_firms)[0]
     a, b = home / f"mon_{n_dates}_{Path(code).name}", home / f"mon_{n_dates}"
-    return all((a / f).exists() == (b / f).exists() and (not (b / f).exists() or (a / f).read_bytes() == (b / f).read_bytes())
-               for f in OUTPUTS)
+    for f in OUTPUTS:
+        if (a / f).exists() != (b / f).exists() or not (b / f).exists() or (a / f).read_bytes() == (b / f).read_bytes():
+            if (a / f).exists() != (b / f).exists():
+                return False
+            continue
+        if f != "portfolio.csv":
+            return False
+        old, new = (pd.read_csv(p / f, dtype=str, keep_default_na=False) for p in (a, b))
+        lean = new["reasons"].str.contains(UNEXPLAINED, regex=False)
+        if not (old.drop(columns="reasons").equals(new.drop(columns="reasons"))
+                and old.loc[~lean, "reasons"].equals(new.loc[~lean, "reasons"])):
+            return False
+    return True
 
 
 def extrapolate(by_size: dict[int, float], target: int = 100_000) -> float:

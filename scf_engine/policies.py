@@ -257,6 +257,9 @@ def _check_escalations(items, signals: list, path: Path) -> None:
                  f"{where}pd_rating names a rating of master_scale.yaml, or is empty")
 
 
+EXPLAIN_SCOPES = ("all", "changed")  # monitoring.yaml's explain.scope (pipelines.monitor.explain_scope)
+
+
 def _check_monitoring(data: dict, path: Path) -> None:
     lv = data.get("levels")
     _require(isinstance(lv, dict) and set(lv) == set(SEVERITIES) and set(lv.values()) <= set(MONITOR_LEVELS), path,
@@ -302,6 +305,9 @@ def _check_monitoring(data: dict, path: Path) -> None:
     _require(isinstance(data.get("signals"), list) and data["signals"], path, "'signals' must be a non-empty list")
     _check_named_rules(data["signals"], SIGNAL_KEYS, path, "signal")
     _check_escalations(data.get("escalations"), data["signals"], path)
+    ex = data.get("explain", {"scope": "all"})
+    _require(isinstance(ex, dict) and set(ex) == {"scope"} and ex["scope"] in EXPLAIN_SCOPES, path,
+             f"'explain' must give scope: one of {', '.join(EXPLAIN_SCOPES)}")
 
 
 def _check_jiangyin(data: dict, path: Path) -> None:
@@ -407,7 +413,8 @@ SCHEMAS = {
     "jiangyin": (_check_jiangyin, {"version", "grades", "rank_bands", "years_in_business_a_above", "loan_record",
                                    "bonus_step_up_points"}),
     "monitoring": (_check_monitoring, {"version", "levels", "authenticity_max_level", "pd_levels", "watch_list", "pd_step",
-                                       "consent_warn_days", "core_distress", "actions", "credit_repair", "drift", "signals", "escalations"}),
+                                       "consent_warn_days", "core_distress", "actions", "credit_repair", "drift", "signals", "escalations",
+                                       "explain"}),
     "serve": (_check_serve, {"version", "roles", "max_body_bytes", "max_firms_per_request", "answer_cache_entries",
                              "memo_cache_entries", "reload_poll_seconds", "audit_skip_paths"}),
 }

@@ -245,3 +245,30 @@ def test_exports_and_picture(tmp_path):
     fig = plot_chain(chain, n["C1"], highlight=n["A"])
     fig.savefig(tmp_path / "chain.png")
     assert (tmp_path / "chain.png").stat().st_size > 5000
+
+
+def test_the_chain_reads_the_same_from_the_last_13_months_of_flows(medium_world):
+    """build_edges hands DuckDB only the flows from 13 calendar months before T when they
+    are in date order (graph.build.recent_flows): its queries read trade of the last 12
+    months, so the edges and the firms' trade totals are those of every flow, out of
+    order, given whole. As-of dates at a month's end and on a leap day, where
+    ``T - INTERVAL 12 MONTH`` clips the day of month."""
+    from scf_engine.graph.build import build_edges, recent_flows
+
+    _, path = medium_world
+    ds = load_dataset(path)
+    assert ds.flows["booked_on"].is_monotonic_increasing
+    last, ran = ds.snapshot_dates()[-1], 0
+    for T in (last, pd.Timestamp(last.year, last.month, 1) - pd.Timedelta(days=1), pd.Timestamp("2024-02-29")):
+        if not ds.flows["booked_on"].min() + pd.DateOffset(months=13) < T <= ds.default_as_of:
+            continue
+        snap = ds.as_of(T)
+        assert len(recent_flows(snap.flows, T)) < len(snap.flows)  # the slice is taken
+        edges, totals = build_edges(snap)
+        snap.flows = snap.flows.sample(frac=1.0, random_state=0).reset_index(drop=True)  # out of order: passed whole
+        assert len(recent_flows(snap.flows, T)) == len(snap.flows)
+        edges_all, totals_all = build_edges(snap)
+        pd.testing.assert_frame_equal(edges, edges_all, check_exact=True)
+        pd.testing.assert_frame_equal(totals.sort_index(), totals_all.sort_index(), check_exact=True)
+        ran += 1
+    assert ran >= 2

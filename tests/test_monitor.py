@@ -656,3 +656,110 @@ def test_an_alerts_evidence_reads_the_same_from_the_columns_its_template_names()
         narrowed = {c: row[c] for c in _template_columns(t, list(row))}
         assert evidence(t, {**narrowed, "as_of": "2024-05-01"}) == evidence(t, {**row, "as_of": "2024-05-01"}), t
     assert _template_columns("{pd:.{digits}f} {junk_a.real}", list(row)) == ["pd", "junk_a", "digits"]
+
+
+def _pass_inputs(lent, tmp_path, scope: str):
+    from scf_engine.ingest.load import load_or_report
+    from scf_engine.ingest.requests import read_consents
+    from scf_engine.pipelines.compare import load_models
+    from scf_engine.pipelines.monitor import drift_reference, read_portfolio, split_known
+    from scf_engine.pipelines.score import saved_scale
+
+    pols = policies.load_all()
+    pols["monitoring"] = {**policies.as_data(pols["monitoring"]), "explain": {"scope": scope}}
+    policies.validate("monitoring", pols["monitoring"])
+    store = tracking.Store(lent["uri"])
+    ds = load_or_report(lent["data"], tmp_path / f"q_{scope}.csv")
+    book, _ = split_known(read_portfolio(lent["limits"]), ds)
+    models, versions = load_models(store, "champion")
+    scale, ref = saved_scale(store, versions, pols["score_scale"]), drift_reference(store, versions)
+    cons = read_consents(lent["data"] / "consents.csv")
+    return (ds, book, [pd.Timestamp(t) for t in AS_OF], book["batch_as_of"].max(), models, pols, cons, scale,
+            lambda *a, **k: None, ref)
+
+
+def test_explain_scope_changed_keeps_every_answer_and_the_drivers_of_every_changed_row(lent, tmp_path):
+    """monitoring.yaml's explain.scope: ``changed`` derives SHAP reasons only for the rows
+    a reader acts on (amber/red, action not keep, grade moved from the batch's or the
+    previous as-of's, credit repair). PD, score, grade, level, action, limit, alerts and
+    drift are those of ``all`` value for value; a changed row's reasons are ``all``'s
+    word for word; a green-keep row at an unmoved grade says what the rules saw and
+    carries no SHAP driver. ``all`` is the decision core's text for every scored firm:
+    the batch's own reasons for the same firm and as-of (scf score's decide)."""
+    from scf_engine.credit.decide import decide
+    from scf_engine.ingest.requests import requests_frame
+    from scf_engine.monitor.judge import needs_drivers
+    from scf_engine.pipelines.monitor import compute, snapshot_at
+
+    full = compute(*_pass_inputs(lent, tmp_path, "all"))
+    args = _pass_inputs(lent, tmp_path, "changed")
+    lean = compute(*args)
+    for got, want in zip(lean[1:], full[1:]):  # alerts, drift
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    a, c = full[0], lean[0]
+    pd.testing.assert_frame_equal(c.drop(columns="reasons"), a.drop(columns="reasons"), check_exact=True)
+    changed = pd.Series(False, index=a.index)
+    prev = None
+    for day, rows in a.groupby("as_of", sort=True):
+        # the repair note is the only note a green row can carry (the watch list is amber)
+        repaired_ = rows.set_index("firm_id")["reasons"].str.startswith("repaired")
+        need = needs_drivers(rows, repaired_.map({True: "x", False: ""}), prev)
+        changed[rows.index] = need
+        prev = rows
+    green_keep = ~changed
+    assert changed.any() and green_keep.sum() > len(a) / 4, "the scenario world must have both kinds of rows"
+    assert (c.loc[changed, "reasons"] == a.loc[changed, "reasons"]).all()
+    scored = a["pd"].notna()
+    quiet = green_keep & scored
+    assert quiet.any()
+    assert (c.loc[quiet, "reasons"] != a.loc[quiet, "reasons"]).all()
+    assert c.loc[quiet, "reasons"].str.contains("explain.scope: changed").all()
+    assert c.loc[quiet, "reasons"].str.contains(r"PD \d+\.\d\d% against \d+\.\d\d% at the batch").all()
+    assert not c.loc[quiet, "reasons"].str.contains("industry median").any()  # the SHAP reasons quote medians
+    assert a.loc[quiet, "reasons"].str.contains("industry median").any()
+    # a quiet row's signals (a low one, green) are still named
+    sig = a.loc[quiet, "reasons"].str.startswith("signals: ")
+    assert (c.loc[quiet & sig, "reasons"].str.split("; ").str[0] == a.loc[quiet & sig, "reasons"].str.split("; ").str[0]).all()
+    # scope all is the decision core's own text, as scf score writes it, for one as-of
+    ds, book, dates, batch_T, models, pols, cons, scale = args[:8]
+    T = dates[-1]
+    now = snapshot_at(ds, T, models)
+    dec = decide(now, models, pols, requests_frame(pd.DataFrame({"firm_id": book["firm_id"].to_numpy()})),
+                 dataset=ds, consents=cons, scale=scale).limits.set_index("firm_id")
+    last = a[(a["as_of"] == str(T.date())) & scored & ~a["reasons"].str.startswith("repaired")]
+    assert len(last) and all(r.endswith(dec.at[f, "reasons"]) for f, r in zip(last["firm_id"], last["reasons"]))
+
+
+def test_precompute_explains_only_the_firms_asked_and_answers_the_same(lent, tmp_path):
+    """decide(explain=ids): the same limits row for every firm (PD, score, grade, limit,
+    decision), the reasons and SHAP contributions only for ``ids``; scf score and scf serve
+    call it without ``explain`` and explain every scored firm."""
+    from scf_engine.credit.decide import decide
+    from scf_engine.ingest.requests import requests_frame
+    from scf_engine.pipelines.monitor import snapshot_at
+
+    ds, book, dates, batch_T, models, pols, cons, scale = _pass_inputs(lent, tmp_path, "all")[:8]
+    now = snapshot_at(ds, dates[0], models)
+    req = requests_frame(pd.DataFrame({"firm_id": book["firm_id"].to_numpy()}))
+    full = decide(now, models, pols, req, dataset=ds, consents=cons, scale=scale)
+    lgbm = full.limits[full.limits["pd_source"].isin(["hybrid", "decoupled"])]["firm_id"]
+    some = set(lgbm.iloc[::3])
+    part = decide(now, models, pols, req, dataset=ds, consents=cons, scale=scale, explain=some)
+    keep = [c for c in full.limits.columns if c != "reasons"]
+    pd.testing.assert_frame_equal(part.limits[keep], full.limits[keep], check_exact=True)
+    asked = full.limits["firm_id"].isin(some)
+    assert (part.limits.loc[asked, "reasons"] == full.limits.loc[asked, "reasons"]).all()
+    other = full.limits["pd"].notna() & ~asked
+    assert other.any() and (part.limits.loc[other, "reasons"] == "").all()
+    got = set().union(*[set(part.limits.loc[c.index, "firm_id"]) for c in part.contributions.values()])
+    assert got == some
+    for kind, c in part.contributions.items():
+        pd.testing.assert_frame_equal(c, full.contributions[kind].loc[c.index], check_exact=True)
+
+
+@pytest.mark.parametrize("bad", [{"scope": "some"}, {"scope": "changed", "top": 3}, "changed"])
+def test_the_schema_refuses_an_unknown_explain_scope(bad):
+    data = {**policies.as_data(policies.load("monitoring")), "explain": bad}
+    with pytest.raises(PolicyError, match="explain"):
+        policies.validate("monitoring", data)
+    assert policies.as_data(policies.load("monitoring"))["explain"] == {"scope": "changed"}

@@ -245,11 +245,20 @@ class Precomputed:
 
 def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: pd.DataFrame | None = None,
                scale: ScoreScale | None = None, context: DecisionContext | None = None,
-               outputs: ModelOutputs | None = None) -> Precomputed:
+               outputs: ModelOutputs | None = None, explain=None) -> Precomputed:
     """The request-independent part of every decision for ``firm_ids`` (any ids: an
     unknown one gets its "unknown firm" row) on snapshot ``data`` (see :func:`decide`
     for the arguments). Every step is per firm, so a firm's entry is the same whichever
-    other firms are computed with it (the randomised tests check it)."""
+    other firms are computed with it (the randomised tests check it).
+
+    ``explain``: None (the default, what a batch, ``scf explain`` and ``scf serve`` use)
+    derives the model reasons (SHAP for the LightGBM models, the design terms for
+    propagation) of every scored firm; a collection of firm ids derives them for those
+    only, and every other scored firm gets an empty reason list, empty reason text and no
+    SHAP contributions, with its PD, score, grade and limit inputs unchanged. SHAP is the
+    dearest step of a re-score (LightGBM ``pred_contrib``: two thirds of ``decide`` on a
+    monitoring pass), and ``scf monitor`` needs it only for the firms it flags
+    (``monitoring.yaml``'s ``explain``)."""
     T = data.as_of
     ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
     ids = list(dict.fromkeys(str(f) for f in firm_ids))
@@ -264,7 +273,9 @@ def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: p
     ok = (why == "") & (late == "")
     sg = score_frame(fin["pd"].where(ok), scale or ScoreScale.from_policy(pols["score_scale"]))
     nodes = data.chain.nodes.reindex(req["firm_id"]).set_axis(req.index)
-    reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, ok, fin["pd_source"], req["firm_id"], outputs)
+    explained = ok if explain is None else ok & req["firm_id"].isin(set(map(str, explain)))
+    reasons, contribs = _reasons(models, ctx, data.chain, rows, nodes, explained, fin["pd_source"], req["firm_id"],
+                                 outputs)
     jy_cols, jy = jiangyin_columns(rows, pols)
     cols = {"firm_id": np.array(ids, dtype=object), "why": why.to_numpy(dtype=object),
             "why_late": late.to_numpy(dtype=object), "ok": ok.to_numpy(dtype=bool),
@@ -302,7 +313,7 @@ AUTHENTICITY = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle")
 def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, consents: pd.DataFrame | None = None,
            options: BatchOptions = BatchOptions(), scale: ScoreScale | None = None,
            context: DecisionContext | None = None, precomputed: Precomputed | None = None,
-           outputs: ModelOutputs | None = None, earmarks: pd.DataFrame | None = None) -> Decisions:
+           outputs: ModelOutputs | None = None, earmarks: pd.DataFrame | None = None, explain=None) -> Decisions:
     """Decisions for ``requests`` (``firm_id``, optional ``requested_amount`` and
     ``request_problem``, as :func:`scf_engine.ingest.requests.read_batch` returns) on the
     assembled snapshot ``data`` (an :class:`~scf_engine.assemble.SnapshotData` with the
@@ -317,14 +328,16 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     service's, over every firm); firms it lacks (unknown ids) are computed here.
     ``outputs``: the models' PDs and contributions when computed elsewhere
     (:class:`ModelOutputs`, scoring on Spark); ``earmarks``: the receivables earlier
-    batches on this snapshot lent against (used when the context is built here)."""
+    batches on this snapshot lent against (used when the context is built here);
+    ``explain``: the firms whose model reasons are derived (None: every scored firm; see
+    :func:`precompute`)."""
     ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents, earmarks)
     ids = requests["firm_id"].astype(str).tolist()
     extra = None
     if precomputed is None or precomputed.missing(ids):
         todo = ids if precomputed is None else precomputed.missing(ids)
         extra = precompute(data, models, pols, todo, dataset=dataset, consents=consents, scale=scale, context=ctx,
-                           outputs=outputs)
+                           outputs=outputs, explain=explain)
     tables = [t for t in (precomputed, extra) if t is not None]
     return finalize(tables, requests, pols, options)
 
@@ -346,7 +359,9 @@ def finalize(tables, requests: pd.DataFrame, pols: dict, options: BatchOptions =
     contribs = {}
     for kind in ("hybrid", "decoupled"):
         use = ok & (cols["pd_source"] == kind)
-        if use.any():
+        use &= np.isin(w.ids, np.concatenate([t.contributions[kind].index.to_numpy(dtype=object) for t in tables
+                                               if kind in t.contributions] or [np.array([], dtype=object)]))
+        if use.any():  # (a firm left out of precompute's ``explain`` has no contributions)
             contribs[kind] = _rows_by_id([t.contributions.get(kind) for t in tables], w.ids[use]).set_axis(index[use])
     known = w.has_flows
     jy = (_rows_by_id([t.jiangyin for t in tables], w.ids[known]).set_axis(index[known]) if known.any()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 import pandas as pd
 
 from scf_engine.dataset import Snapshot
@@ -106,13 +107,31 @@ class Chain:
         return self._graph
 
 
+def recent_flows(flows: pd.DataFrame, T: pd.Timestamp, months: int = 13) -> pd.DataFrame:
+    """The flows the chain's queries can read at ``T``: both read only trade booked
+    ``DATE T - INTERVAL 12 MONTH`` or later, so, when the flows are in date order (a
+    snapshot's are a leading slice of the dataset's: :meth:`Dataset._flows_before`), the
+    slice from ``months`` (13: a month's margin over the queries' own filter, which still
+    applies) calendar months before T, found by binary search: the same rows reach the
+    aggregates. DuckDB scanned every flow since the data began at every as-of, two
+    thirds of them older than a year by the 24th month (``scf monitor`` builds a chain
+    13 times a pass: build_edges was 4.2 s of a 71 s pass at 10,000 firms). Flows out of
+    date order are passed whole."""
+    booked = flows["booked_on"]
+    if not booked.is_monotonic_increasing:
+        return flows
+    lo = pd.Timestamp(T) - pd.DateOffset(months=months)
+    return flows.iloc[int(np.searchsorted(booked.to_numpy(), np.datetime64(lo, "s"), "left")):]
+
+
 def build_edges(snapshot: Snapshot, con=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(edges, per-firm 12-month trade totals) at the snapshot's as-of date."""
     own = con is None
     con = con or connect()
     T = snapshot.as_of.strftime("%Y-%m-%d")
     register_money(con, "receivables", snapshot.receivables)
-    register_money(con, "flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]])
+    register_money(con, "flows", recent_flows(snapshot.flows, snapshot.as_of)[["booked_on", "payer_id", "payee_id",
+                                                                               "amount", "purpose"]])
     con.register("firms", snapshot.firms[["firm_id"]])
     edges = con.sql(EDGE_SQL.format(T=T)).df()
     totals = con.sql(FIRM_TOTALS_SQL.format(T=T)).df().set_index("firm_id")

@@ -161,8 +161,7 @@ def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestam
     act = actions(frame, level, months_since_batch, policy)
     fired = alerts.groupby("firm_id")["signal"].agg(lambda s: "; ".join(s)) if len(alerts) else pd.Series(dtype=object)
     sig = fired.reindex(frame.index).fillna("")
-    reasons = [("; ".join(x for x in (n, f"signals: {s}" if s else "", r) if x))
-               for n, s, r in zip(note, sig, frame["core_reasons"].fillna(""))]
+    reasons = [join_reasons(n, f"signals: {s}" if s else "", r) for n, s, r in zip(note, sig, frame["core_reasons"].fillna(""))]
     out = pd.DataFrame({
         "firm_id": frame.index, "as_of": str(as_of.date()), "pd": frame["pd"].astype(float).round(6).to_numpy(),
         "score": frame["score"].to_numpy(), "grade": frame["grade"].to_numpy(),
@@ -173,4 +172,42 @@ def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestam
     return out[PORTFOLIO_COLUMNS]
 
 
-__all__ = ["PORTFOLIO_COLUMNS", "watch_list", "firm_levels", "repaired", "repair", "apply_repair", "actions", "portfolio_rows"]
+def join_reasons(*parts: str) -> str:
+    """A portfolio row's reasons: its non-empty parts (the repair or watch-list note, the
+    signals that fired, the decision core's reasons) joined by "; "."""
+    return "; ".join(x for x in parts if x)
+
+
+def needs_drivers(rows: pd.DataFrame, repair_note: pd.Series, previous: pd.DataFrame | None) -> np.ndarray:
+    """Which of one as-of's portfolio ``rows`` a monitoring reader needs the model's
+    drivers (SHAP reasons) for, under ``explain: {scope: changed}`` of monitoring.yaml:
+    a firm is *changed* when its level is amber or red, or its action is not ``keep``
+    (reduce, freeze, raise), or its grade differs from the batch's (``grade_at_batch``)
+    or from the previous as-of of this pass (``previous``: that as-of's rows; at the
+    first as-of the batch stands for it), or credit repair was applied (``repair_note``
+    by firm_id, not empty). Everything else is green, kept, at an unmoved grade: its
+    reasons say what the rules saw without the drivers (:func:`unexplained_reason`).
+    A missing grade (a firm not scored) counts as a grade of its own."""
+    grade = rows["grade"].astype(object).where(rows["grade"].notna(), "")
+    batch = rows["grade_at_batch"].astype(object).where(rows["grade_at_batch"].notna(), "")
+    if previous is None:
+        before = batch
+    else:
+        prev = previous.set_index("firm_id")["grade"]
+        before = prev.where(prev.notna(), "").reindex(rows["firm_id"]).fillna("").set_axis(rows.index)
+    repaired_now = repair_note.reindex(rows["firm_id"]).fillna("").ne("").to_numpy()
+    return ((rows["level"] != "green") | (rows["action"] != "keep") | (grade != batch) | (grade != before)).to_numpy() \
+        | repaired_now
+
+
+def unexplained_reason(pd_now: float, pd_at_batch: float, grade: str) -> str:
+    """The decision core's part of the reasons of a firm :func:`needs_drivers` leaves
+    out: what the rules read (its PD now and at the batch, its unmoved grade) and where
+    the drivers are (``scf explain`` derives them on demand)."""
+    return f"PD {pd_now:.2%} against {pd_at_batch:.2%} at the batch, grade {grade} unchanged; green, kept: {UNEXPLAINED}"
+
+
+UNEXPLAINED = "model drivers not re-derived at this as-of (monitoring.yaml explain.scope: changed; scf explain gives them)"
+
+
+__all__ = ["PORTFOLIO_COLUMNS", "UNEXPLAINED", "join_reasons", "needs_drivers", "unexplained_reason", "watch_list", "firm_levels", "repaired", "repair", "apply_repair", "actions", "portfolio_rows"]
