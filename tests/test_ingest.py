@@ -401,6 +401,36 @@ def test_uscc_violations_report_every_row_of_a_bad_code():
     assert reasons[6]  # the right shape, but not a valid code
 
 
+def test_codes_of_every_gb32100_registering_authority_are_firms(tmp_path):
+    """GB 32100-2015 lets the first two characters (registering authority, entity type)
+    be letters: a rural collective registered by agriculture is ``N2...``, an "other"
+    authority ``Y1...``. python-stdnum's validator wants digits there and quarantined
+    such firms, and with them every flow and receivable naming them (a village batch
+    lost whole); a wrong check character or a letter in the division code still fails."""
+    from stdnum.cn import uscc
+
+    def code(prefix: str, org: str) -> str:
+        partial = prefix + "320281" + org
+        return partial + uscc.calc_check_digit(partial)
+
+    village, other = code("N2", "MA1K2P3Q4"), code("Y1", "000123457")
+    folder = tiny(tmp_path, flows=[
+        dict(txn_id="T1", booked_on="2024-03-01", payer_id=CORE, payee_id=village, amount="100000.00", purpose="trade"),
+        dict(txn_id="T2", booked_on="2024-03-10", payer_id=other, payee_id="EXT-PAY-1", amount="20000", purpose="payroll"),
+    ])
+    firms = pd.read_csv(folder / "firms.csv", dtype=str, keep_default_na=False)
+    firms.loc[1, "firm_id"], firms.loc[2, "firm_id"] = village, other
+    firms.to_csv(folder / "firms.csv", index=False)
+    (folder / "receivables.csv").write_text((folder / "receivables.csv").read_text().replace(F1, village).replace(F2, other))
+    ds = load_dataset(folder)
+    assert ds.report.n_quarantined == 0, ds.report.rows
+    assert {village, other} <= set(ds.firms["firm_id"]) and len(ds.flows) == 2 and len(ds.receivables) == 2
+
+    from scf_engine.ingest.rules import uscc_reason
+    assert "check character" in uscc_reason(village[:-1] + ("0" if village[-1] != "0" else "1"), "firm_id")
+    assert uscc_reason(code("91", "MA1K2P3Q4")[:2] + "3A0281" + village[8:], "firm_id")  # a letter in the division
+
+
 def test_the_engine_allocates_arrow_memory_from_malloc_unless_told_otherwise():
     """Importing the engine swaps pyarrow's default mimalloc pool for the system allocator
     (mimalloc tripled a fresh process's big reads: see scf_engine/__init__.py), but a pool
