@@ -431,6 +431,36 @@ def test_codes_of_every_gb32100_registering_authority_are_firms(tmp_path):
     assert uscc_reason(code("91", "MA1K2P3Q4")[:2] + "3A0281" + village[8:], "firm_id")  # a letter in the division
 
 
+def test_an_extra_column_named_like_one_of_the_engines_is_ignored(tmp_path):
+    """Extra columns are kept and ignored, but one named like a column the engine uses
+    itself broke it: ``_row`` (the record index) stopped the load with a traceback, and
+    ``buyer_id`` in financings or ``firm_id`` in flows collided with the engine's joins
+    (a KeyError in every command that builds features). Such columns are now ignored:
+    the dataset loads to exactly the frames it has without them; other extras stay."""
+    plain = tiny(tmp_path / "plain")
+    fin = [dict(financing_id="F1", firm_id=F1, receivable_id="R1", drawn_on="2024-01-10", amount="80000",
+                maturity_on="2024-03-05", collection_account="ACC-1", repaid_on="", repaid_amount="")]
+    write_csv(plain, "financings", fin)
+    extra = tmp_path / "extra"
+    shutil.copytree(plain, extra)
+    for name, cols in {"firms": ("_row", "__d_founded_on", "_mask"), "flows": ("firm_id", "_row", "buyer_id"),
+                       "receivables": ("firm_id", "booked_on"), "financings": ("buyer_id", "supplier_id", "due_on")}.items():
+        df = pd.read_csv(extra / f"{name}.csv", dtype=str, keep_default_na=False)
+        for c in cols:
+            df[c] = "X"
+        df["branch"] = "JY-01"
+        df.to_csv(extra / f"{name}.csv", index=False)
+    a, b = load_dataset(plain), load_dataset(extra)
+    assert b.report.n_quarantined == 0
+    for name in ("firms", "flows", "receivables", "financings"):
+        got = getattr(b, name)
+        assert got["branch"].tolist() == ["JY-01"] * len(got)
+        pd.testing.assert_frame_equal(got.drop(columns="branch"), getattr(a, name))
+    r = CliRunner().invoke(app, ["features", str(extra), "--out", str(tmp_path / "f.parquet"),
+                            "--audit-log", str(tmp_path / "audit.jsonl")])
+    assert r.exit_code == 0, r.output
+
+
 def test_the_engine_allocates_arrow_memory_from_malloc_unless_told_otherwise():
     """Importing the engine swaps pyarrow's default mimalloc pool for the system allocator
     (mimalloc tripled a fresh process's big reads: see scf_engine/__init__.py), but a pool
