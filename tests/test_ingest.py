@@ -592,3 +592,25 @@ def test_each_registry_record_rule_quarantines_its_receivable(tmp_path, changes,
     assert ((q["column"] == column) & q["reason"].str.contains(reason, regex=False)).any(), q[["column", "reason"]]
     s = ds.report.summary().set_index("file").loc["receivables.csv"]
     assert s["read"] == s["accepted"] + s["quarantined"] and s["quarantined"] == 1
+
+
+@pytest.mark.parametrize("bad_amount", [False, True], ids=["typed", "text"])
+def test_a_zoned_parquet_timestamp_is_dated_on_its_own_clock(tmp_path, bad_amount):
+    """Spark and pandas write ``timestamp[tz=Asia/Shanghai]`` columns; 2024-03-10 00:00
+    in Shanghai is 2024-03-09 16:00 UTC, and the typed path dated it by UTC: every date of
+    the file one day early, so a flow booked on the as-of date entered that snapshot
+    (look-ahead). Its date is the one on its own clock, on the typed path and on the text
+    path a broken value sends the file down."""
+    folder = tiny(tmp_path)
+    flows = pd.read_csv(folder / "flows.csv", dtype=str)
+    booked = pd.to_datetime(flows["booked_on"]).dt.tz_localize("Asia/Shanghai")
+    amounts = pa.array(["abc" if i == 2 else v for i, v in enumerate(flows["amount"])]) if bad_amount \
+        else pa.array(flows["amount"].astype(float))
+    table = pa.table({"txn_id": flows["txn_id"], "booked_on": pa.Array.from_pandas(booked), "payer_id": flows["payer_id"],
+                      "payee_id": flows["payee_id"], "amount": amounts, "purpose": flows["purpose"]})
+    pq.write_table(table, folder / "flows.parquet")
+    (folder / "flows.csv").unlink()
+    ds = load_dataset(folder)
+    assert ds.report.n_quarantined == (1 if bad_amount else 0)
+    want = pd.to_datetime(flows["booked_on"])[: len(ds.flows)]
+    assert ds.flows["booked_on"].dt.strftime("%Y-%m-%d").tolist() == want.dt.strftime("%Y-%m-%d").tolist()

@@ -574,6 +574,10 @@ def _read_parquet(path: Path, spec: FileSpec) -> LoadedFile:
             if kind == "date":
                 if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
                     col = pc.strptime(pc.utf8_slice_codeunits(col, 0, 10), format="%Y-%m-%d", unit="s")
+                elif pa.types.is_timestamp(col.type) and col.type.tz:
+                    # a zoned timestamp's date is the one on its own clock (2024-06-15 00:00
+                    # Asia/Shanghai is 06-14 16:00 UTC): a cast alone would date it by UTC
+                    col = pc.local_timestamp(col)
                 col = pc.cast(pc.cast(col, pa.timestamp("s")) if not pa.types.is_date(col.type) else col, pa.date32())
             elif kind == "amount":
                 col = pc.cast(col, pa.float64())
