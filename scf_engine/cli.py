@@ -228,6 +228,9 @@ def score(
                       group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
                       audit_log=audit_log, actor=actor, whitelist=whitelist, engine=engine, spark_master=spark_master,
                       progress=say)
+    if r.quarantine is not None and r.quarantine.n_quarantined:
+        print_report(r.quarantine)
+        console.print(f"quarantine report: {r.out_path.parent / 'quarantine.csv'}")
     lim = r.limits
     by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
     by["grade"] = by["grade"].astype(object).where(by["grade"].notna(), "-")

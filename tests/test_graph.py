@@ -234,6 +234,23 @@ def test_debtrank_distress_is_bounded_and_spreads_along_exposures():
     assert h[n["A"]] >= h[n["B"]] >= h[n["G"]]
 
 
+def test_debtrank_leaves_out_an_edge_to_a_firm_founded_after_the_snapshot():
+    """The contract only bounds founded_on by the data's last date, so a receivable may
+    be registered before its buyer's founded_on; the snapshot's firms are those founded
+    before T, but its receivables edges still name the buyer. DebtRank indexed that
+    buyer as -1 (scipy: "negative axis 0 index", a traceback from scf monitor when a
+    core's late payments rose); the edge now carries no distress, as chain_roles leaves
+    it out of the tiers."""
+    ds, n = hand_dataset()
+    ds.firms.loc[ds.firms["firm_id"] == n["H"], "founded_on"] = T + pd.Timedelta(days=30)
+    chain = build_chain(ds.as_of(T))
+    assert n["H"] not in chain.nodes.index and (chain.edges["buyer"] == n["H"]).any()
+    h = debtrank(chain, {n["C1"]: 1.0})
+    assert h.between(0, 1).all() and h[n["C1"]] == 1.0 and h[n["A"]] > 0
+    chain.edges = chain.edges[chain.edges["buyer"] != n["H"]]
+    pd.testing.assert_series_equal(h, debtrank(chain, {n["C1"]: 1.0}))
+
+
 def test_exports_and_picture(tmp_path):
     ds, n = hand_dataset()
     chain = build_chain(ds.as_of(T))

@@ -401,6 +401,66 @@ def test_uscc_violations_report_every_row_of_a_bad_code():
     assert reasons[6]  # the right shape, but not a valid code
 
 
+def test_codes_of_every_gb32100_registering_authority_are_firms(tmp_path):
+    """GB 32100-2015 lets the first two characters (registering authority, entity type)
+    be letters: a rural collective registered by agriculture is ``N2...``, an "other"
+    authority ``Y1...``. python-stdnum's validator wants digits there and quarantined
+    such firms, and with them every flow and receivable naming them (a village batch
+    lost whole); a wrong check character or a letter in the division code still fails."""
+    from stdnum.cn import uscc
+
+    def code(prefix: str, org: str) -> str:
+        partial = prefix + "320281" + org
+        return partial + uscc.calc_check_digit(partial)
+
+    village, other = code("N2", "MA1K2P3Q4"), code("Y1", "000123457")
+    folder = tiny(tmp_path, flows=[
+        dict(txn_id="T1", booked_on="2024-03-01", payer_id=CORE, payee_id=village, amount="100000.00", purpose="trade"),
+        dict(txn_id="T2", booked_on="2024-03-10", payer_id=other, payee_id="EXT-PAY-1", amount="20000", purpose="payroll"),
+    ])
+    firms = pd.read_csv(folder / "firms.csv", dtype=str, keep_default_na=False)
+    firms.loc[1, "firm_id"], firms.loc[2, "firm_id"] = village, other
+    firms.to_csv(folder / "firms.csv", index=False)
+    (folder / "receivables.csv").write_text((folder / "receivables.csv").read_text().replace(F1, village).replace(F2, other))
+    ds = load_dataset(folder)
+    assert ds.report.n_quarantined == 0, ds.report.rows
+    assert {village, other} <= set(ds.firms["firm_id"]) and len(ds.flows) == 2 and len(ds.receivables) == 2
+
+    from scf_engine.ingest.rules import uscc_reason
+    assert "check character" in uscc_reason(village[:-1] + ("0" if village[-1] != "0" else "1"), "firm_id")
+    assert uscc_reason(code("91", "MA1K2P3Q4")[:2] + "3A0281" + village[8:], "firm_id")  # a letter in the division
+
+
+def test_an_extra_column_named_like_one_of_the_engines_is_ignored(tmp_path):
+    """Extra columns are kept and ignored, but one named like a column the engine uses
+    itself broke it: ``_row`` (the record index) stopped the load with a traceback, and
+    ``buyer_id`` in financings or ``firm_id`` in flows collided with the engine's joins
+    (a KeyError in every command that builds features). Such columns are now ignored:
+    the dataset loads to exactly the frames it has without them; other extras stay."""
+    plain = tiny(tmp_path / "plain")
+    fin = [dict(financing_id="F1", firm_id=F1, receivable_id="R1", drawn_on="2024-01-10", amount="80000",
+                maturity_on="2024-03-05", collection_account="ACC-1", repaid_on="", repaid_amount="")]
+    write_csv(plain, "financings", fin)
+    extra = tmp_path / "extra"
+    shutil.copytree(plain, extra)
+    for name, cols in {"firms": ("_row", "__d_founded_on", "_mask"), "flows": ("firm_id", "_row", "buyer_id"),
+                       "receivables": ("firm_id", "booked_on"), "financings": ("buyer_id", "supplier_id", "due_on")}.items():
+        df = pd.read_csv(extra / f"{name}.csv", dtype=str, keep_default_na=False)
+        for c in cols:
+            df[c] = "X"
+        df["branch"] = "JY-01"
+        df.to_csv(extra / f"{name}.csv", index=False)
+    a, b = load_dataset(plain), load_dataset(extra)
+    assert b.report.n_quarantined == 0
+    for name in ("firms", "flows", "receivables", "financings"):
+        got = getattr(b, name)
+        assert got["branch"].tolist() == ["JY-01"] * len(got)
+        pd.testing.assert_frame_equal(got.drop(columns="branch"), getattr(a, name))
+    r = CliRunner().invoke(app, ["features", str(extra), "--out", str(tmp_path / "f.parquet"),
+                            "--audit-log", str(tmp_path / "audit.jsonl")])
+    assert r.exit_code == 0, r.output
+
+
 def test_the_engine_allocates_arrow_memory_from_malloc_unless_told_otherwise():
     """Importing the engine swaps pyarrow's default mimalloc pool for the system allocator
     (mimalloc tripled a fresh process's big reads: see scf_engine/__init__.py), but a pool
@@ -532,3 +592,25 @@ def test_each_registry_record_rule_quarantines_its_receivable(tmp_path, changes,
     assert ((q["column"] == column) & q["reason"].str.contains(reason, regex=False)).any(), q[["column", "reason"]]
     s = ds.report.summary().set_index("file").loc["receivables.csv"]
     assert s["read"] == s["accepted"] + s["quarantined"] and s["quarantined"] == 1
+
+
+@pytest.mark.parametrize("bad_amount", [False, True], ids=["typed", "text"])
+def test_a_zoned_parquet_timestamp_is_dated_on_its_own_clock(tmp_path, bad_amount):
+    """Spark and pandas write ``timestamp[tz=Asia/Shanghai]`` columns; 2024-03-10 00:00
+    in Shanghai is 2024-03-09 16:00 UTC, and the typed path dated it by UTC: every date of
+    the file one day early, so a flow booked on the as-of date entered that snapshot
+    (look-ahead). Its date is the one on its own clock, on the typed path and on the text
+    path a broken value sends the file down."""
+    folder = tiny(tmp_path)
+    flows = pd.read_csv(folder / "flows.csv", dtype=str)
+    booked = pd.to_datetime(flows["booked_on"]).dt.tz_localize("Asia/Shanghai")
+    amounts = pa.array(["abc" if i == 2 else v for i, v in enumerate(flows["amount"])]) if bad_amount \
+        else pa.array(flows["amount"].astype(float))
+    table = pa.table({"txn_id": flows["txn_id"], "booked_on": pa.Array.from_pandas(booked), "payer_id": flows["payer_id"],
+                      "payee_id": flows["payee_id"], "amount": amounts, "purpose": flows["purpose"]})
+    pq.write_table(table, folder / "flows.parquet")
+    (folder / "flows.csv").unlink()
+    ds = load_dataset(folder)
+    assert ds.report.n_quarantined == (1 if bad_amount else 0)
+    want = pd.to_datetime(flows["booked_on"])[: len(ds.flows)]
+    assert ds.flows["booked_on"].dt.strftime("%Y-%m-%d").tolist() == want.dt.strftime("%Y-%m-%d").tolist()

@@ -102,3 +102,42 @@ def test_a_moved_class_still_loads_a_saved_state(fitted, tmp_path, monkeypatch):
     monkeypatch.setitem(model_state.KINDS, "decoupled", Renamed)
     back = model_state.load(files["state"], files["booster"])
     assert type(back) is Renamed and np.array_equal(back.predict_pd(X), model.predict_pd(X))
+
+
+def _few_defaults_frame(n_bad: int):
+    """100 firms on 4 quarterly snapshots with the de-coupled model's features; the
+    ``n_bad`` defaulting firms are labelled 1 on the first snapshot only (defaults early
+    in the history, none late), as in a third-party dataset with a handful of defaults."""
+    from scf_engine.catalogue import load_catalogue
+
+    feats = load_catalogue().model_features("decoupled")
+    rng = np.random.default_rng(5)
+    firms = [f"F{i:03d}" for i in range(100)]
+    dates = pd.to_datetime(["2021-01-01", "2021-04-01", "2021-07-01", "2021-10-01"])
+    rows = pd.DataFrame([(f, d) for d in dates for f in firms], columns=["firm_id", "as_of"])
+    X = pd.DataFrame(rng.normal(size=(len(rows), len(feats))), columns=feats)
+    y = ((rows["as_of"] == dates[0]) & rows["firm_id"].isin(firms[:n_bad])).astype(float).to_numpy()
+    return X, y, rows
+
+
+def test_a_handful_of_early_defaults_still_trains_and_calibrates():
+    """With defaults only in early snapshots, the latest training snapshot (the
+    validation fold) and the last fifth of the rows hold none, and Platt scaling on a
+    one-class fold raised sklearn's ValueError through ``scf train`` as a traceback. The
+    fold falls back to a firm-disjoint share of the defaulting and other firms."""
+    X, y, rows = _few_defaults_frame(3)
+    m = DecoupledModel.from_policy(num_boost_round=30, early_stopping_rounds=10)
+    m.fit(X, y, as_of=rows["as_of"], groups=rows["firm_id"])
+    pd_ = m.predict_pd(X)
+    assert np.isfinite(m.platt_a_) and np.isfinite(m.platt_b_)
+    assert ((pd_ > 0) & (pd_ < 1)).all()
+
+
+def test_one_defaulting_firm_is_a_one_line_dataset_error():
+    """One defaulting firm cannot be both learned from and calibrated on: a DatasetError
+    (one line and exit 2 from the command line), not sklearn's traceback."""
+    from scf_engine.errors import DatasetError
+
+    X, y, rows = _few_defaults_frame(1)
+    with pytest.raises(DatasetError, match="too few defaults"):
+        DecoupledModel.from_policy(num_boost_round=30).fit(X, y, as_of=rows["as_of"], groups=rows["firm_id"])

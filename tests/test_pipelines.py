@@ -229,6 +229,37 @@ def test_same_batch_same_models_same_limits(trained, tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_a_batch_on_a_dataset_with_bad_rows_publishes_its_quarantine_beside_the_limits(trained, tmp_path):
+    """The contract: a row that breaks a rule goes to a quarantine file beside the output,
+    and the summary prints read, accepted and quarantined per file. ``scf score`` wrote
+    neither (only validate and train did): the rows a batch was decided without were
+    nowhere beside its limits. quarantine.csv is now published with limits.csv (in the
+    audit entry: ``audit verify --out`` holds), and gone from the folder when a later
+    batch on clean data is published there."""
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    dirty = tmp_path / "dirty"
+    shutil.copytree(data, dirty)
+    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
+    bad = flows.iloc[[0, 1]].copy()
+    bad.iloc[1, bad.columns.get_loc("txn_id")] = "BAD-AMOUNT"
+    bad.iloc[1, bad.columns.get_loc("amount")] = "-5"
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    out = tmp_path / "batch" / "limits.csv"
+    args = ("--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out", out, "--tracking-uri", uri,
+            "--no-memos", "--audit-log", home / "audit.jsonl")
+    r = invoke("score", dirty, *args)
+    assert r.exit_code == 0, r.output
+    assert "quarantined" in r.output and str(out.parent / "quarantine.csv") in r.output.replace("\n", "")
+    q = pd.read_csv(out.parent / "quarantine.csv", dtype=str)
+    assert sorted(zip(q["file"], q["line"].astype(int), q["column"])) == [
+        ("flows.csv", len(flows) + 2, "txn_id"), ("flows.csv", len(flows) + 3, "amount")]
+    assert invoke("audit", "verify", home / "audit.jsonl", "--out", out.parent).exit_code == 0
+    r = invoke("score", data, *args)
+    assert r.exit_code == 0, r.output
+    assert not (out.parent / "quarantine.csv").exists()
+    assert invoke("audit", "verify", home / "audit.jsonl", "--out", out.parent).exit_code == 0
+
+
 def test_bad_requests_each_get_a_row_with_a_reason(trained, tmp_path):
     home, uri, data = trained["home"], trained["uri"], trained["data"]
     firms = pd.read_csv(data / "firms.csv", dtype=str)

@@ -80,6 +80,13 @@ class QuarantineReport:
     def _party_lists(self) -> pd.Series:
         return self.rows["parties"].fillna("").astype(str).str.split(";")
 
+    def sorted_rows(self) -> pd.DataFrame:
+        return self.rows.sort_values(["file", "line"], kind="stable") if len(self.rows) else self.rows
+
     def write(self, path: Path) -> Path:
-        rows = self.rows.sort_values(["file", "line"], kind="stable") if len(self.rows) else self.rows
-        return write_csv(rows, path)  # values as the bank wrote them, neutralised for spreadsheets
+        """The report at ``path``; a link there (``scf score`` publishes its quarantine.csv
+        as a link into its audited output) is replaced, never written through."""
+        path = Path(path)
+        if path.is_symlink():
+            path.unlink()
+        return write_csv(self.sorted_rows(), path)  # values as the bank wrote them, neutralised for spreadsheets

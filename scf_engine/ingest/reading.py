@@ -43,7 +43,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scf_engine import policies
-from scf_engine.contract import FALSE_SPELLINGS, TRUE_SPELLINGS, FileSpec
+from scf_engine.contract import FALSE_SPELLINGS, FILES, TRUE_SPELLINGS, FileSpec
 from scf_engine.errors import DatasetError
 from scf_engine.hashing import part_files
 
@@ -175,9 +175,29 @@ def _absent(table: pa.Table, spec: FileSpec) -> tuple[str, ...]:
     return tuple(c.name for c in spec.columns if c.name not in table.column_names)
 
 
+# Names the engine gives columns of its own: the record index, the rule mask, the parsed
+# helpers (``__d_booked_on``) and every contract column of every file (the frames are
+# joined with one another: a financings export's own ``buyer_id`` would shadow the one
+# joined from receivables).
+RESERVED_NAMES = frozenset({"_row", "_mask"} | {c.name for f in FILES for c in f.columns})
+
+
+def _taken(name: str, spec: FileSpec) -> bool:
+    """Whether an extra column's name is one the engine uses itself (see RESERVED_NAMES)."""
+    return name not in spec.column_names and (name in RESERVED_NAMES or name.startswith("__"))
+
+
 def _finish(table: pa.Table, spec: FileSpec, typed: bool) -> pa.Table:
     """Trim text columns, add absent optional contract columns (as empty) and the record
-    index. Trimming here, vectorised, keeps every later rule free of per-row trims."""
+    index. Trimming here, vectorised, keeps every later rule free of per-row trims.
+
+    An extra column is kept and ignored, as the contract says, unless its name is one the
+    engine uses itself (``_row``, or ``firm_id`` in flows, ``buyer_id`` in financings):
+    such a column is dropped here, ignored, because kept it would collide with the
+    engine's own column of that name (a crash, or worse, a silently wrong join)."""
+    taken = [n for n in table.column_names if _taken(n, spec)]
+    if taken:
+        table = table.drop_columns(taken)
     for i, (name, col) in enumerate(zip(table.column_names, table.columns)):
         if (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) and _may_need_trim(col):
             table = table.set_column(i, name, pc.utf8_trim_whitespace(col))
@@ -554,6 +574,10 @@ def _read_parquet(path: Path, spec: FileSpec) -> LoadedFile:
             if kind == "date":
                 if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
                     col = pc.strptime(pc.utf8_slice_codeunits(col, 0, 10), format="%Y-%m-%d", unit="s")
+                elif pa.types.is_timestamp(col.type) and col.type.tz:
+                    # a zoned timestamp's date is the one on its own clock (2024-06-15 00:00
+                    # Asia/Shanghai is 06-14 16:00 UTC): a cast alone would date it by UTC
+                    col = pc.local_timestamp(col)
                 col = pc.cast(pc.cast(col, pa.timestamp("s")) if not pa.types.is_date(col.type) else col, pa.date32())
             elif kind == "amount":
                 col = pc.cast(col, pa.float64())

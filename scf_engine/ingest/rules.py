@@ -261,6 +261,26 @@ def flagged_sql(spec: FileSpec, *, parsed: str) -> str:
 
 
 USCC_SHAPE = "^[0-9A-Z]{18}$"
+USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"  # GB 32100-2015: no I, O, S, V, Z
+
+
+def _uscc_validate(code: str) -> str:
+    """``code`` if it is a GB 32100-2015 code, else python-stdnum's ValidationError.
+
+    python-stdnum's ``uscc.validate`` wants digits in the first 8 characters, but the
+    standard's first two (registering authority, entity type) are any character of the
+    code's alphabet: a rural collective registered by agriculture (``N2...``), an
+    "other" authority (``Y1...``). Those codes have valid check characters and are firms
+    of the contract (village batch credit), so the structure is checked here: the two
+    codes and the organisation code from the alphabet, the division code as 6 digits;
+    the check character stays stdnum's."""
+    if len(code) != 18:
+        raise uscc.InvalidLength()
+    if not code[2:8].isdigit() or any(c not in USCC_ALPHABET for c in code):
+        raise uscc.InvalidFormat()
+    if code[-1] != uscc.calc_check_digit(code[:17]):
+        raise uscc.InvalidChecksum()
+    return code
 
 
 def uscc_reason(value: str, column: str) -> str | None:
@@ -273,7 +293,7 @@ def uscc_reason(value: str, column: str) -> str | None:
     if not re.fullmatch(USCC_SHAPE, s):
         return f"{column} has characters outside 0-9 and A-Z (unified social credit code)"
     try:
-        uscc.validate(s)
+        _uscc_validate(s)
     except uscc.InvalidChecksum:
         return f"{column} check character is wrong (GB 32100-2015)"
     except uscc.ValidationError:
@@ -285,16 +305,15 @@ def uscc_violations(ids: pa.ChunkedArray, column: str) -> pd.DataFrame:
     """``row, column, reason`` of every value of ``ids`` (trimmed text, one per row) that
     is not a valid unified social credit code; empty values are left to the "is empty"
     rule. The shape (18 characters of 0-9 and A-Z) is checked on the whole column at once,
-    so python-stdnum, one Python call per code, sees only the distinct well-shaped codes:
-    what it checks beyond the shape (organisation code digits, check character) is
-    exactly what it is trusted with."""
+    so the per-code check (:func:`_uscc_validate`: the standard's structure and the
+    check character) sees only the distinct well-shaped codes."""
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     well_shaped = pc.match_substring_regex(ids, USCC_SHAPE)
     suspect = pc.invert(pc.or_(pc.equal(ids, ""), well_shaped))
     rows = np.flatnonzero(suspect.to_numpy(zero_copy_only=False))
     for code in pc.unique(pc.filter(ids, well_shaped)).to_pylist():
         try:
-            uscc.validate(code)
+            _uscc_validate(code)
         except uscc.ValidationError:
             rows = np.append(rows, np.flatnonzero(pc.equal(ids, code).to_numpy(zero_copy_only=False)))
     rows = np.sort(rows)

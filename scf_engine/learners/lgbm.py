@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from scf_engine import policies
 from scf_engine.catalogue import load_catalogue
+from scf_engine.errors import DatasetError
 from scf_engine.numeric import sigmoid
 
 # Below this many rows a prediction runs on one thread. LightGBM splits rows between its
@@ -99,6 +100,9 @@ class LightGBMPD(BaseEstimator):
         if is_val.sum() == 0 or is_train.sum() == 0 or y[is_val].min() == y[is_val].max():
             is_val = np.arange(n) >= int(0.8 * n)
             is_train = ~is_val
+        if y[is_val].min() == y[is_val].max():  # few defaults, none late: Platt needs both classes
+            is_val = self._stratified_validation(y, groups)
+            is_train = ~is_val
         Xf = X[self.features_].astype(float)
         params = self.train_params()
         train = lgb.Dataset(Xf[is_train], y[is_train], free_raw_data=True)
@@ -113,6 +117,24 @@ class LightGBMPD(BaseEstimator):
         self.n_train_, self.n_valid_ = int(is_train.sum()), int(is_val.sum())
         self.train_default_rate_ = float(y.mean())
         return self
+
+    def _stratified_validation(self, y: np.ndarray, groups) -> np.ndarray:
+        """A firm-disjoint validation fold holding ``validation_firm_share`` of the
+        defaulting firms (at least one, never all) and of the others, over every date: the
+        last resort when the latest rows hold no default (a dataset with a handful of
+        defaults, all early), where Platt scaling on a one-class fold cannot be fitted.
+        Fewer than two defaulting firms leave nothing to both train and calibrate on."""
+        units = pd.Series(np.asarray(groups) if groups is not None else np.arange(len(y)))
+        bad = np.sort(units[y == 1].unique())
+        if len(bad) < 2:
+            raise DatasetError(f"too few defaults to train: {len(bad)} firm(s) default within 12 months of a "
+                               "training snapshot; the models need at least 2 (one to learn from, one to calibrate on)")
+        good = np.setdiff1d(np.sort(units.unique()), bad)
+        rng = np.random.default_rng(self.seed)
+        n_bad = min(len(bad) - 1, max(1, round(self.validation_firm_share * len(bad))))
+        n_good = min(len(good), max(1, round(self.validation_firm_share * len(good))))
+        chosen = np.concatenate([rng.choice(bad, n_bad, replace=False), rng.choice(good, n_good, replace=False)])
+        return units.isin(chosen).to_numpy()
 
     def train_params(self) -> dict:
         """LightGBM's parameters for ``features_``: the policy's, with the catalogue's

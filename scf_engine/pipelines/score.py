@@ -47,6 +47,7 @@ class ScoreResult:
     run_id: str
     audit_entry: dict
     summary: dict
+    quarantine: object = None  # the dataset's QuarantineReport: rows set aside, counts per file
 
 
 @dataclass
@@ -274,7 +275,7 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
     what a killed run left is removed by the next and noted on its entry. ``engine``: what
     computed the features (:func:`scf_engine.sqlengine.engine_label`), on the run and the entry."""
     result = decisions.limits
-    pub = Publication(out.parent, KIND, names=(out.name, "memos"), keep=loaded.pols["output"]["keep_published"],
+    pub = Publication(out.parent, KIND, names=(out.name, "memos", QUARANTINE), keep=loaded.pols["output"]["keep_published"],
                       progress=progress)
     with pub, publish.write_errors(out.parent), loaded.store.run(
             "score", f"batch {batch_id}", tags={"scf_role": "score", "batch_id": batch_id}) as run:
@@ -298,10 +299,11 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
 
         entry = pub.publish(audit_log, append, log_entry)
     memo_dir = pub.link("memos") if staged["memo_dir"] is not None else None
-    return ScoreResult(result, out, memo_dir, run.id, entry, decisions.summary)
+    return ScoreResult(result, out, memo_dir, run.id, entry, decisions.summary, loaded.dataset.report)
 
 
 AUDIT_ENTRY = publish.ENTRY
+QUARANTINE = "quarantine.csv"  # beside limits.csv when the dataset had rows set aside (published with it)
 
 
 def verify_output(folder: Path | str, log: Path | str) -> list[str]:
@@ -312,6 +314,9 @@ def verify_output(folder: Path | str, log: Path | str) -> list[str]:
 def _stage(loaded: Loaded, decisions: Decisions, pub: Publication, name: str, run, memos, memo_formats, progress) -> dict:
     """limits.csv and the memos in the staging folder (their hashes kept by ``pub``)."""
     path = pub.write(name, csv_bytes(decisions.limits))
+    report = loaded.dataset.report
+    if report.n_quarantined:  # the contract: rows set aside go to a quarantine file beside the output
+        pub.write(QUARANTINE, csv_bytes(report.sorted_rows()))
     checkpoint("staged_limits")
     memo_dir = None
     if memos and decisions.scored.any():

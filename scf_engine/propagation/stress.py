@@ -46,8 +46,13 @@ def debtrank(chain: Chain, shocked: dict[str, float], *, equity_months: float | 
     equity = np.where(equity > 0, equity, np.inf)
     s = ids.get_indexer(edges["supplier"])
     b = ids.get_indexer(edges["buyer"])
-    up = edges["open_amount"].to_numpy() + edges["recv_amount_12m"].to_numpy() / 4  # supplier s exposed to buyer b
-    down = edges["trade_volume_12m"].to_numpy() / 4  # buyer b exposed to supplier s
+    # an edge to a firm that is not a node (a receivable registered before its buyer's
+    # founded_on: the snapshot's firms are those founded before T) carries no distress,
+    # as chain_roles leaves it out; its -1 position would have indexed the last firm
+    ok = (s >= 0) & (b >= 0)
+    s, b = s[ok], b[ok]
+    up = (edges["open_amount"].to_numpy() + edges["recv_amount_12m"].to_numpy() / 4)[ok]  # supplier s exposed to buyer b
+    down = (edges["trade_volume_12m"].to_numpy() / 4)[ok]  # buyer b exposed to supplier s
     rows = np.concatenate([s, b])
     cols = np.concatenate([b, s])
     expo = np.concatenate([up, down])
