@@ -141,3 +141,36 @@ def test_one_defaulting_firm_is_a_one_line_dataset_error():
     X, y, rows = _few_defaults_frame(1)
     with pytest.raises(DatasetError, match="too few defaults"):
         DecoupledModel.from_policy(num_boost_round=30).fit(X, y, as_of=rows["as_of"], groups=rows["firm_id"])
+
+
+def test_platt_scaling_on_a_small_separable_fold_gives_platts_bayesian_pds():
+    """Five defaults that the raw score separates perfectly from 95 others: a plain
+    logistic fit drives the slope up until the PDs are 0 and 1 (the de-coupled model gave
+    PDs from 1e-20 to 1.0 on a 500-firm world). Platt's prior-corrected targets give the
+    defaults (5 + 1) / (5 + 2) and the others 1 / (95 + 2), and keep the ranking."""
+    from scf_engine.learners.lgbm import platt_scaling
+    from scf_engine.numeric import sigmoid
+
+    raw = np.r_[np.linspace(-3, -1, 95), np.linspace(1, 2, 5)]
+    y = np.r_[np.zeros(95), np.ones(5)]
+    a, b = platt_scaling(raw, y)
+    pd_ = sigmoid(a * raw + b)
+    assert a > 0 and np.all(np.diff(pd_) > 0)
+    assert 0.5 < pd_[95:].min() and pd_[95:].max() < 0.99
+    assert 1e-4 < pd_[:95].min() and pd_[:95].max() < 0.2
+    assert pd_[95:].mean() == pytest.approx(6 / 7, abs=0.1) and pd_[:95].mean() == pytest.approx(1 / 97, abs=0.01)
+
+
+def test_platt_scaling_on_a_large_fold_is_the_plain_logistic_fit():
+    """With thousands of rows the prior moves the map by little: the same slope and
+    intercept as a plain logistic regression of the labels within 1%."""
+    from sklearn.linear_model import LogisticRegression
+
+    from scf_engine.learners.lgbm import platt_scaling
+
+    rng = np.random.default_rng(3)
+    raw = rng.normal(size=20000)
+    y = (rng.random(20000) < 1 / (1 + np.exp(-(1.5 * raw - 3)))).astype(float)
+    a, b = platt_scaling(raw, y)
+    plain = LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y)
+    assert a == pytest.approx(plain.coef_[0, 0], rel=0.01) and b == pytest.approx(plain.intercept_[0], rel=0.01)

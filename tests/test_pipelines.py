@@ -405,7 +405,8 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path, monkeypatch):
     commands as functions, passing every option: a new option left out breaks it, so it
     runs here too. Its batch's limits.csv is a golden file: reworking the engine's wiring
     must not move a single limit (tests/golden/demo_limits.csv was written by the engine
-    before the decision core was pulled out of the scoring pipeline)."""
+    before the decision core was pulled out of the scoring pipeline, and rewritten when
+    Platt scaling took its prior-corrected targets: a change of the models, not the wiring)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("SCF_AUDIT_LOG", raising=False)

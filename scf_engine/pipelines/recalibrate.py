@@ -7,7 +7,8 @@ new bank's default rate and the spread of its scores differ, so its PDs are off 
 level and a slope. Platt scaling is a linear map of LightGBM's raw score, so refitting
 its two numbers on one quarter's outcomes moves every PD to the new bank's scale while
 the ranking, the trees and the SHAP reasons (additive in log-odds) stay exactly as
-validated. One quarter of labels is too few to refit trees, enough for two numbers.
+validated. One quarter of labels is too few to refit trees, enough for two numbers, fitted
+on Platt's prior-corrected targets as training fits them (:func:`learners.lgbm.platt_scaling`).
 
 Load (dataset, the models behind ``alias``; raises before any run exists) -> refit
 (pure) -> record (calibration tables on disk, one MLflow run per model in the
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 
 from scf_engine import access, policies, tracking
 from scf_engine.assemble import add_propagation, assemble, truth_frame
@@ -31,6 +31,7 @@ from scf_engine.dataset import as_timestamp
 from scf_engine.errors import DatasetError, RequestError
 from scf_engine.evaluate import calibration_table
 from scf_engine.ingest.load import load_or_report
+from scf_engine.learners.lgbm import platt_scaling
 from scf_engine.learners.predict import has_flows
 from scf_engine.tables import write_csv
 
@@ -56,12 +57,10 @@ def refit_platt(model, frame: pd.DataFrame):
     """A copy of ``model`` whose Platt map is refitted on ``frame``'s labels (trees and
     features unchanged)."""
     new = type(model).from_state(model.get_state())
-    raw = model.raw_score(frame).reshape(-1, 1)
     y = frame["label"].to_numpy(dtype=float)
     if len(np.unique(y)) < 2:
         raise DatasetError("the recalibration quarter has no default (or only defaults): its outcomes cannot set a calibration")
-    lr = LogisticRegression(C=1e6, max_iter=1000).fit(raw, y)
-    new.platt_a_, new.platt_b_ = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    new.platt_a_, new.platt_b_ = platt_scaling(model.raw_score(frame), y)
     return new
 
 
