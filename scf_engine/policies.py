@@ -177,6 +177,9 @@ FINAL_PD_MODELS = ("hybrid", "decoupled", "propagation")
 
 def _check_final_pd(data: dict, path: Path) -> None:
     _require(data.get("method") in ("champion", "blend"), path, "'method' must be champion or blend")
+    floor = data.get("floor", 0.0)
+    _require(isinstance(floor, (int, float)) and not isinstance(floor, bool) and 0 <= floor < 0.01, path,
+             "'floor' must be a PD in [0, 0.01) (the regulatory minimum, e.g. 0.0003)")
     if data["method"] == "champion":
         fb = data.get("fallback")
         _require(isinstance(fb, list) and bool(fb) and set(fb) <= set(FINAL_PD_MODELS), path,
@@ -404,7 +407,7 @@ SCHEMAS = {
                                            "core_line_share_of_core_payments", "round_trip_review_above", "require_consent",
                                            "expected_loss_budget_share", "envelope_weight", "off_whitelist",
                                            "earmark_window_days"}),
-    "final_pd": (_check_final_pd, {"version", "method", "fallback", "weights"}),
+    "final_pd": (_check_final_pd, {"version", "method", "fallback", "weights", "floor"}),
     "closed_loop": (_check_closed_loop, {"version", "lookback_months"} | set(CLOSED_LOOP_SECTIONS)),
     "authenticity": (_check_authenticity, {"version", "hop_decay", "hop_growth", "alerts"} | set(AUTHENTICITY_SECTIONS)),
     "ingest": (_check_ingest, {"version", "future_dates", "max_field_chars"}),

@@ -697,3 +697,20 @@ def test_two_batches_decided_at_once_cannot_both_lend_on_one_receivable(tmp_path
         access.record(log, "x", "score", "batch", ["S"], batch_id="B-mine", as_of="2024-06-01", earmarked_receivables=mine,
                       precondition=lambda: check_still_free(log, T, pols, "B-mine", mine))
     assert log.stat().st_size == size  # nothing written for the refused batch
+
+
+def test_final_pd_is_floored_at_the_policy_minimum_and_the_models_columns_are_not():
+    """A model that says 1e-9 (a small bank's over-confident fit) gives the floor, 0.03%
+    in the shipped policy, under either method; a firm no model scored stays unscored, and
+    a PD above the floor is untouched."""
+    frame = pd.DataFrame({"pd_hybrid": [1e-9, np.nan, 0.02], "pd_decoupled": [1e-12, np.nan, np.nan],
+                          "pd_propagation": [1e-10, np.nan, np.nan]}, index=list("abc"))
+    shipped = policies.load("final_pd")
+    assert shipped["floor"] == 0.0003
+    for policy in (shipped, {**CHAMPION, "floor": 0.0003}, {**BLEND, "floor": 0.0003}):
+        out = final_pd(frame, policy)
+        assert out.loc["a", "pd"] == 0.0003 and np.isnan(out.loc["b", "pd"]) and out.loc["c", "pd"] == 0.02
+    assert final_pd(frame, CHAMPION).loc["a", "pd"] == 1e-9  # no floor in the policy: none applied
+    assert frame.loc["a", "pd_hybrid"] == 1e-9
+    with pytest.raises(PolicyError, match="floor"):
+        final_pd(frame, {**CHAMPION, "floor": 0.5})

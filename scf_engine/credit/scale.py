@@ -187,10 +187,18 @@ def final_pd(frame: pd.DataFrame, policy: Policy | Mapping[str, Any]) -> pd.Data
     ``frame`` has ``pd_hybrid``, ``pd_decoupled``, ``pd_propagation`` (NaN: the model
     could not score the firm). Returns, on the same index, ``pd`` (NaN when no model
     scored the firm) and ``pd_source``: the champion model used, or the blended models
-    joined by ``+`` in policy order; empty where no model scored the firm.
+    joined by ``+`` in policy order; empty where no model scored the firm. The PD is
+    floored at the policy's ``floor`` (the regulatory minimum of a corporate PD): a model
+    may say 1e-9, but no limit, expected loss or score should rest on it.
     """
     d = as_data(policy)
     validate("final_pd", dict(d))
+    out = _final_pd(frame, d)
+    out["pd"] = out["pd"].clip(lower=float(d.get("floor", 0.0)))  # NaN (no model scored) stays NaN
+    return out
+
+
+def _final_pd(frame: pd.DataFrame, d) -> pd.DataFrame:
     if d["method"] == "champion":
         order = list(d["fallback"])
         pds = _model_pds(frame, order)
