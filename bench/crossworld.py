@@ -123,41 +123,17 @@ def feature_effects(tables: dict[str, pd.DataFrame], features: list[str]) -> pd.
     return eff.sort_values("spread", ascending=False)
 
 
-def max_decile_gap(y, p, bins: int = 10) -> float:
-    """The largest gap, in percentage points, between a PD decile's mean PD and its
-    observed default rate (the issue's "calibration within 1 point per decile")."""
-    from scf_engine.evaluate import calibration_table
-
-    t = calibration_table(y, p, bins=bins)
-    return 100 * float((t["mean_pd"] - t["observed"]).abs().max())
-
-
-def calibration_noise(p, bins: int = 10, draws: int = 400, seed: int = 0, level: float = 0.95) -> float:
-    """What a perfectly calibrated PD shows on these rows: the ``level`` quantile of
-    :func:`max_decile_gap` when each row defaults with exactly its PD. A decile of 250
-    rows at a 5% default rate has a binomial standard error of 1.4 points, so a 1-point
-    gap cannot be told from noise below a few thousand rows a decile; a gap inside this
-    band is as good as calibration can be shown to be on this sample."""
-    p = np.asarray(p, dtype=float)
-    rng = np.random.default_rng(seed)
-    gaps = [max_decile_gap((rng.random(len(p)) < p).astype(float), p, bins) for _ in range(draws)]
-    return float(np.quantile(gaps, level))
-
-
 def recalibration_rows(models: dict, frames: dict[str, pd.DataFrame], pair: dict) -> list[dict]:
     """``scf recalibrate``'s refit (:func:`scf_engine.pipelines.recalibrate.recalibrate_models`)
     of another world's models on this world's first labelled quarter (``frames['quarter']``),
     judged on it and on the next quarter: the largest decile gap before and after, and the
     band a perfectly calibrated PD would stay within on the same rows."""
-    from scf_engine.learners.predict import has_flows
     from scf_engine.pipelines.recalibrate import recalibrate_models
 
-    new, _, summary = recalibrate_models(models, frames)
+    _, _, summary = recalibrate_models(models, frames)
     rows = []
     for r in summary.to_dict("records"):
-        f = frames[r["sample"]]
-        f = f[has_flows(f)] if r["kind"] == "decoupled" else f
-        noise = calibration_noise(new[r["kind"]].predict_pd(f))
+        noise = r["noise_95_pp"]
         rows.append({**pair, "model": r["kind"], "sample": r["sample"], "rows": r["rows"], "defaults": r["defaults"],
                      "gap_before_pp": r["max_gap_before_pp"], "gap_after_pp": r["max_gap_after_pp"], "noise_95_pp": noise,
                      "within_1pp": r["max_gap_after_pp"] <= 1.0, "within_noise": r["max_gap_after_pp"] <= noise})

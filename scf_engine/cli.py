@@ -193,8 +193,10 @@ def recalibrate(
     with steps("recalibrate") as say:
         result = run_recalibrate(data, quarter, tracking_uri=tracking_uri, alias=alias, out_dir=out, audit_log=audit_log,
                                  actor=actor, progress=say)
-    console.print(frame_table(result.summary[["kind", "sample", "rows", "defaults", "max_gap_before_pp", "max_gap_after_pp"]],
-                              "Calibration by decile: largest gap between mean PD and observed rate (percentage points)",
+    console.print(frame_table(result.summary[["kind", "sample", "rows", "defaults", "max_gap_before_pp", "max_gap_after_pp",
+                                              "noise_95_pp"]],
+                              "Calibration by decile: largest gap between mean PD and observed rate (percentage points; "
+                              "noise_95_pp: what a perfectly calibrated PD shows on these rows 95% of the time)",
                               float_format="{:.2f}"))
     versions = ", ".join(f"{k} v{v}" for k, v in result.versions.items())
     console.print(f"registered as challenger: {versions}; tables in {result.out_dir}")

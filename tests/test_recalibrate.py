@@ -74,3 +74,26 @@ def test_a_quarter_without_outcomes_is_one_line(recalibrated, tmp_path):
                             "--tracking-uri", recalibrated["uri"], "--out", str(tmp_path)])
     assert r.exit_code == 2
     assert "12-month outcome window is not inside the data" in r.output
+
+
+def test_the_summary_says_how_large_a_gap_chance_alone_makes(recalibrated):
+    """Beside each largest decile gap, the gap a perfectly calibrated PD shows on the same
+    rows 95% of the time: a few hundred rows a decile make several points of noise, so a
+    gap inside the band is no evidence of miscalibration."""
+    s = pd.read_csv(recalibrated["home"] / "recal" / "summary.csv")
+    assert s["noise_95_pp"].between(0.5, 50).all()
+    assert "noise_95_pp" in recalibrated["output"]
+
+
+def test_calibration_noise_shrinks_with_rows_and_a_miscalibrated_pd_falls_outside_it():
+    from scf_engine.evaluate import calibration_noise, max_decile_gap
+
+    rng = np.random.default_rng(4)
+    small, large = rng.uniform(0.01, 0.09, 2000), rng.uniform(0.01, 0.09, 100_000)
+    band_small, band_large = calibration_noise(small, draws=200), calibration_noise(large, draws=50)
+    # 200 rows a decile at ~5%: a standard error of ~1.5 points, the largest of ten ~3-5
+    assert 2.0 < band_small < 7.0
+    assert band_large < band_small / 4  # 50 times the rows: about a seventh of the band
+    # labels drawn from twice the PD: the largest gap is far outside the band
+    y = (rng.random(len(large)) < 2 * large).astype(float)
+    assert max_decile_gap(y, large) > 3 * band_large

@@ -29,7 +29,7 @@ from scf_engine import access, policies, tracking
 from scf_engine.assemble import add_propagation, assemble, truth_frame
 from scf_engine.dataset import as_timestamp
 from scf_engine.errors import DatasetError, RequestError
-from scf_engine.evaluate import calibration_table
+from scf_engine.evaluate import calibration_noise, calibration_table
 from scf_engine.ingest.load import load_or_report
 from scf_engine.learners.lgbm import platt_scaling
 from scf_engine.learners.predict import has_flows
@@ -42,7 +42,7 @@ KINDS = ("decoupled", "hybrid")  # the calibrated LightGBM models (propagation h
 class RecalibrateResult:
     versions: dict  # kind -> new registered version
     calibration: pd.DataFrame  # kind, sample, bin, n, defaults, mean_pd_before, mean_pd_after, observed
-    summary: pd.DataFrame  # kind, sample, max_gap_before_pp, max_gap_after_pp, platt before/after
+    summary: pd.DataFrame  # kind, sample, max_gap_before_pp, max_gap_after_pp, noise_95_pp, platt before/after
     out_dir: Path
 
 
@@ -80,7 +80,11 @@ def calibration_rows(kind: str, sample: str, frame: pd.DataFrame, before, after,
 def recalibrate_models(models: dict, frames: dict[str, pd.DataFrame], bins: int = 10):
     """Refit each model's calibration on ``frames['quarter']``; calibration by decile
     before and after on every frame given (the quarter, and a later labelled one when
-    the data has it). Pure: returns ``(new models, calibration, summary)``."""
+    the data has it), with the largest decile gap a perfectly calibrated PD would show
+    on the same rows 95% of the time (``noise_95_pp``,
+    :func:`scf_engine.evaluate.calibration_noise`): on one quarter's few hundred rows a
+    decile, a gap of a few points can be chance. Pure: returns ``(new models,
+    calibration, summary)``."""
     new, cal, summary = {}, [], []
     for kind in KINDS:
         model = models[kind]
@@ -92,6 +96,7 @@ def recalibrate_models(models: dict, frames: dict[str, pd.DataFrame], bins: int 
             summary.append({"kind": kind, "sample": sample, "rows": len(f), "defaults": int(f["label"].sum()),
                             "max_gap_before_pp": 100 * float((t["mean_pd_before"] - t["observed"]).abs().max()),
                             "max_gap_after_pp": 100 * float((t["mean_pd_after"] - t["observed"]).abs().max()),
+                            "noise_95_pp": calibration_noise(new[kind].predict_pd(f), bins),
                             "platt_a_before": model.platt_a_, "platt_b_before": model.platt_b_,
                             "platt_a_after": new[kind].platt_a_, "platt_b_after": new[kind].platt_b_})
     return new, pd.concat(cal, ignore_index=True), pd.DataFrame(summary)
@@ -154,7 +159,8 @@ def _record(store, new: dict, loaded: dict, frame: pd.DataFrame, cal, summary, d
             run.log_params({"dataset_path": str(data_dir.resolve()), "quarter": str(T.date()),
                             "from_version": mv.version, "from_run_id": mv.run_id})
             run.log_metrics({k: float(s[k]) for k in ("platt_a_before", "platt_b_before", "platt_a_after", "platt_b_after",
-                                                       "max_gap_before_pp", "max_gap_after_pp")} | {"rows": int(s["rows"])})
+                                                       "max_gap_before_pp", "max_gap_after_pp", "noise_95_pp")}
+                            | {"rows": int(s["rows"])})
             run.log_frame(cal[cal["kind"] == kind], "calibration_by_decile.csv", "evaluation")
             _log_scale(run, pols)
             rows = frame[has_flows(frame)] if kind == "decoupled" else frame
