@@ -763,3 +763,16 @@ def test_the_schema_refuses_an_unknown_explain_scope(bad):
     with pytest.raises(PolicyError, match="explain"):
         policies.validate("monitoring", data)
     assert policies.as_data(policies.load("monitoring"))["explain"] == {"scope": "changed"}
+
+
+def test_evidence_shows_missing_values_as_na_without_touching_words_that_contain_nan():
+    """An evidence template is filled field by field: a missing value reads 'n/a', and the
+    words around it stay as written. "nan" was replaced in the whole text, so every
+    financing signal's evidence read "fin/acing(s) ... (fin/acings.csv)"."""
+    from scf_engine.monitor.signals import evidence
+
+    t = "{fin_overdue_n:.0f} financing(s) past maturity at {as_of} (financings.csv), {share:.0%} of one; {who}"
+    assert evidence(t, {"fin_overdue_n": 2.0, "as_of": "2024-01-01", "share": 0.5, "who": "NANJING nanotech"}) == (
+        "2 financing(s) past maturity at 2024-01-01 (financings.csv), 50% of one; NANJING nanotech")
+    assert evidence(t, {"fin_overdue_n": float("nan"), "as_of": "2024-01-01", "who": None}) == (
+        "n/a financing(s) past maturity at 2024-01-01 (financings.csv), n/a of one; n/a")
