@@ -116,6 +116,24 @@ def test_the_pass_is_an_mlflow_run_and_an_audit_entry(lent, monitored):
     assert r.exit_code == 0 and "never published" not in r.output, r.output
 
 
+def test_audit_show_finds_the_monitoring_pass_that_read_a_lent_firm(lent, monitored):
+    """The contract: ``scf audit show --firm ID`` lists who read a firm's data, when and
+    why. A monitoring pass re-scores each lent firm from its flows and writes it into
+    portfolio.csv, but its entry held only the count and hash of the portfolio's ids (as
+    a whole-dataset read does), so neither --firm nor --firm with --data found it."""
+    from scf_engine import access
+
+    port = pd.read_csv(monitored / "portfolio.csv", dtype={"firm_id": str})
+    firm = port["firm_id"].iloc[0]
+    rows = access.show(lent["log"], firm=firm)
+    seen = rows[rows["action"] == "monitor"]
+    assert len(seen) >= 1 and (seen["match"] == "named").all()
+    assert seen["purpose"].str.contains("monitoring").all()
+    outsider = pd.read_csv(lent["data"] / "firms.csv", dtype=str)["firm_id"]
+    outsider = outsider[~outsider.isin(port["firm_id"])].iloc[0]
+    assert "monitor" not in set(access.show(lent["log"], firm=outsider)["action"])
+
+
 # --- kill -9 while a pass is recorded (the same publish step as scf score: scf_engine.publish) ---------
 
 SCF = [sys.executable, "-c", "from scf_engine.cli import app; app()"]

@@ -399,6 +399,7 @@ def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, p
         def append(hashes: dict) -> dict:
             return access.record(
                 audit_log, actor, "monitor", "after-lending monitoring (贷后监测)", sorted(port["firm_id"].unique()),
+                name_firms=True,  # named, as a batch's: `scf audit show --firm` finds who monitored a firm
                 inputs=inputs, mlflow_run_id=run.id, as_of=[str(t.date()) for t in dates],
                 model_versions={k: v["version"] for k, v in versions.items()},
                 policy_hashes=policies.fingerprint(pols), output=hashes,
