@@ -47,6 +47,14 @@ def print_report(report) -> None:
         console.print(frame_table(report.top_reasons(), "Top quarantine reasons"))
 
 
+def print_quarantine(report, folder: Path) -> None:
+    """After a run that succeeded with rows set aside: the counts per file and where
+    quarantine.csv was published (beside the run's output)."""
+    if report is not None and report.n_quarantined:
+        print_report(report)
+        console.print(f"quarantine report: {Path(folder) / 'quarantine.csv'}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 @handles_errors
 def simulate(
@@ -228,9 +236,7 @@ def score(
                       group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
                       audit_log=audit_log, actor=actor, whitelist=whitelist, engine=engine, spark_master=spark_master,
                       progress=say)
-    if r.quarantine is not None and r.quarantine.n_quarantined:
-        print_report(r.quarantine)
-        console.print(f"quarantine report: {r.out_path.parent / 'quarantine.csv'}")
+    print_quarantine(r.quarantine, r.out_path.parent)
     lim = r.limits
     by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
     by["grade"] = by["grade"].astype(object).where(by["grade"].notna(), "-")
@@ -257,6 +263,7 @@ def features(
     with steps("features") as say:
         r = run_features(data, out, as_of=as_of, engine=engine, spark_master=spark_master, audit_log=audit_log,
                          actor=actor, progress=say)
+    print_quarantine(r.report, r.out_path.parent)
     console.print(f"{len(r.features)} firms x {r.features.shape[1] - 1} features at {r.as_of.date()} on {r.engine} "
                   f"in {r.seconds:.1f} s: {r.out_path}; audit entry #{r.audit_entry['seq']}", highlight=False)
 
@@ -281,6 +288,7 @@ def explain(
     with steps("explain") as say:
         r = run_explain(data, firm, out, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                         audit_log=audit_log, actor=actor, progress=say)
+    print_quarantine(r.report, out)
     row = r.row
     if row["pd"] == row["pd"]:
         console.print(f"[bold]{row['firm_id']}[/] at {row['as_of']}: PD {row['pd']:.4f}  score {row['score']}  "
@@ -314,6 +322,7 @@ def monitor(
     with steps("monitor") as say:
         r = run_monitor(data, out, as_of=as_of, portfolio=portfolio, batch_run=batch_run, consents=consents,
                         tracking_uri=tracking_uri, alias=alias, audit_log=audit_log, actor=actor, progress=say)
+    print_quarantine(r.report, r.out)
     p = r.portfolio
     by = p.groupby(["as_of", "level"]).size().unstack(fill_value=0).reset_index()
     console.print(frame_table(by, f"Portfolio of {p['firm_id'].nunique()} firms by level"))

@@ -204,6 +204,35 @@ def test_unknown_firms_are_quarantined_not_monitored(lent, tmp_path):
     assert not set(extra["firm_id"]) & set(pd.read_csv(out / "portfolio.csv", dtype=str)["firm_id"])
 
 
+def test_a_pass_on_a_dataset_with_bad_rows_publishes_its_quarantine_with_the_portfolio(lent, tmp_path):
+    """The contract: a row that breaks a rule goes to a quarantine file beside the output.
+    ``scf monitor`` wrote quarantine.csv only when the pass failed. It is now published
+    with portfolio.csv (in the pass's audit entry: ``audit verify --out`` holds) and gone
+    from the folder when a later pass on clean data is published there."""
+    dirty = tmp_path / "dirty"
+    shutil.copytree(lent["data"], dirty)
+    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
+    bad = flows.iloc[[0]].copy()
+    bad["amount"] = "-5"
+    bad["txn_id"] = "BAD-AMOUNT"
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    out = tmp_path / "m"
+    args = ("--portfolio", lent["limits"], "--as-of", AS_OF[0], "--out", out, "--consents", lent["data"] / "consents.csv",
+            "--tracking-uri", lent["uri"], "--audit-log", lent["log"])
+    r = invoke("monitor", dirty, *args)
+    assert r.exit_code == 0, r.output
+    assert "quarantined" in r.output and str(out / "quarantine.csv") in r.output.replace("\n", "")
+    q = pd.read_csv(out / "quarantine.csv", dtype=str)
+    assert list(zip(q["file"], q["line"].astype(int), q["column"])) == [("flows.csv", len(flows) + 2, "amount")]
+    entry = json.loads((out / "monitor_audit_entry.json").read_text())
+    assert "quarantine.csv" in entry["details"]["output"]
+    assert invoke("audit", "verify", lent["log"], "--out", out).exit_code == 0
+    r = invoke("monitor", lent["data"], *args)
+    assert r.exit_code == 0, r.output
+    assert not (out / "quarantine.csv").exists()
+    assert invoke("audit", "verify", lent["log"], "--out", out).exit_code == 0
+
+
 @pytest.mark.parametrize("case,message", [
     ("before", "is not after the batch"),
     ("run", "no such run"),

@@ -3,6 +3,7 @@ registry, batch scoring with every kind of bad request, and the audit chain."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -258,6 +259,48 @@ def test_a_batch_on_a_dataset_with_bad_rows_publishes_its_quarantine_beside_the_
     assert r.exit_code == 0, r.output
     assert not (out.parent / "quarantine.csv").exists()
     assert invoke("audit", "verify", home / "audit.jsonl", "--out", out.parent).exit_code == 0
+
+
+def with_bad_flows(data: Path, dirty: Path) -> int:
+    """A copy of ``data`` with two bad flow rows appended (a duplicate txn_id, a negative
+    amount); returns the number of good flow rows."""
+    shutil.copytree(data, dirty)
+    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
+    bad = flows.iloc[[0, 1]].copy()
+    bad.iloc[1, bad.columns.get_loc("txn_id")] = "BAD-AMOUNT"
+    bad.iloc[1, bad.columns.get_loc("amount")] = "-5"
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    return len(flows)
+
+
+def test_features_and_explain_on_a_dataset_with_bad_rows_write_its_quarantine_beside_their_output(trained, tmp_path):
+    """The contract asks every run for a quarantine file beside its output and the
+    read/accepted/quarantined counts. ``scf features`` and ``scf explain`` wrote
+    quarantine.csv only when the run failed: a successful run on a dataset with bad rows
+    left no trace of the rows it went without. It is now written beside features.parquet
+    and beside the memo, its sha256 is in the audit entry, and a later clean run removes
+    it (the file beside an output describes that output's run)."""
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    n = with_bad_flows(data, tmp_path / "dirty")
+    expected = [("flows.csv", n + 2, "txn_id"), ("flows.csv", n + 3, "amount")]
+    log = home / "audit.jsonl"
+    feats = tmp_path / "f" / "features.parquet"
+    firm = pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].iloc[0]
+    runs = {"features": (("features", "--out", feats), feats.parent),
+            "explain": (("explain", "--firm", firm, "--consents", data / "consents.csv", "--out", tmp_path / "x",
+                         "--tracking-uri", uri), tmp_path / "x")}
+    for action, (args, folder) in runs.items():
+        r = invoke(args[0], tmp_path / "dirty", *args[1:], "--audit-log", log)
+        assert r.exit_code == 0, r.output
+        assert "quarantined" in r.output and str(folder / "quarantine.csv") in r.output.replace("\n", "")
+        q = pd.read_csv(folder / "quarantine.csv", dtype=str)
+        assert sorted(zip(q["file"], q["line"].astype(int), q["column"])) == expected
+        entry = json.loads(log.read_text().splitlines()[-1])
+        assert entry["action"] == action
+        assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((folder / "quarantine.csv").read_bytes()).hexdigest()
+        r = invoke(args[0], data, *args[1:], "--audit-log", log)
+        assert r.exit_code == 0, r.output
+        assert not (folder / "quarantine.csv").exists() and "quarantine report" not in r.output
 
 
 def test_bad_requests_each_get_a_row_with_a_reason(trained, tmp_path):

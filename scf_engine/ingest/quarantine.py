@@ -7,11 +7,13 @@ silently. A row that breaks several rules is one quarantined row with several re
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from scf_engine.errors import OutputError
 from scf_engine.tables import write_csv
 
 QUARANTINE_COLUMNS = ["file", "line", "column", "value", "reason", "parties"]
@@ -90,3 +92,29 @@ class QuarantineReport:
         if path.is_symlink():
             path.unlink()
         return write_csv(self.sorted_rows(), path)  # values as the bank wrote them, neutralised for spreadsheets
+
+
+QUARANTINE = "quarantine.csv"  # beside an output, when its run set rows aside
+
+
+def publish_beside(report: QuarantineReport, folder: Path) -> dict:
+    """The contract: the rows a run set aside go to a quarantine file beside its output,
+    on success too (only a failed run wrote it). ``{"quarantine.csv": sha256}`` for the
+    audit entry when rows were set aside; when none were, a quarantine.csv left there by
+    an earlier run is removed, so the file beside an output always describes that output's
+    run (as ``scf score`` publishes it). The report replaces a link, never writes through it."""
+    path = Path(folder) / QUARANTINE
+    if not report.n_quarantined:
+        if path.is_symlink() or path.is_file():
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise OutputError(f"{path}: cannot remove the earlier run's quarantine report "
+                                  f"({exc.strerror or exc})") from None
+        return {}
+    try:
+        report.write(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the quarantine report ({exc.strerror or exc})") from None
+    return {QUARANTINE: hashlib.sha256(path.read_bytes()).hexdigest()}
+
