@@ -201,6 +201,7 @@ def recalibrate(
     with steps("recalibrate") as say:
         result = run_recalibrate(data, quarter, tracking_uri=tracking_uri, alias=alias, out_dir=out, audit_log=audit_log,
                                  actor=actor, progress=say)
+    print_quarantine(result.report, result.out_dir)
     console.print(frame_table(result.summary[["kind", "sample", "rows", "defaults", "max_gap_before_pp", "max_gap_after_pp"]],
                               "Calibration by decile: largest gap between mean PD and observed rate (percentage points)",
                               float_format="{:.2f}"))
