@@ -928,3 +928,44 @@ def test_pledged_financed_and_earlier_batches_receivables_never_back_a_limit(tra
     # second batch lent on none of these receivables, so the same amounts come back
     again = score(batch, tmp_path / "three" / "limits.csv")
     pd.testing.assert_series_equal(again["eligible_receivables_cny"], first["eligible_receivables_cny"])
+
+
+def test_a_bad_row_dated_after_the_as_of_does_not_change_a_decision_at_it(trained, tmp_path):
+    """A record dated on or after T must never change an answer at T. A quarantined row
+    counted as a data-quality issue of every firm it names whatever its date, so a bad
+    flow booked a year after T (or a receivable pledged "in the future") turned an
+    approval at T into a review. Issues now count at T only when known before T (the
+    later of the row's own date and the broken date column's); one that cannot be
+    placed in time still counts."""
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    batch = pd.read_csv(data / "batch.csv", dtype=str)
+    firms = pd.read_csv(data / "firms.csv", dtype=str)
+    flows = pd.read_csv(data / "flows.csv", dtype=str, keep_default_na=False)
+    last = pd.to_datetime(flows["booked_on"]).max()
+    T = (last - pd.DateOffset(months=12)).replace(day=1)
+    args = ("--batch", data / "batch.csv", "--consents", data / "consents.csv", "--as-of", str(T.date()), "--tracking-uri",
+            uri, "--no-memos")
+    r = invoke("score", data, *args, "--out", tmp_path / "clean" / "limits.csv", "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 0, r.output
+    clean = pd.read_csv(tmp_path / "clean" / "limits.csv", dtype={"firm_id": str})
+    approved = clean.loc[(clean["decision"] == "approve") & ~clean["firm_id"].isin(firms.loc[firms["is_core"] == "true", "firm_id"]),
+                         "firm_id"].tolist()
+    later, sooner = approved[0], approved[1]
+    dirty = tmp_path / "dirty"
+    shutil.copytree(data, dirty)
+    bad = flows.iloc[[0, 0, 0]].copy()
+    bad["txn_id"] = ["BAD-LATER", "BAD-SOONER", "BAD-UNDATED"]
+    bad["amount"] = ["-5", "-5", "12"]
+    bad["booked_on"] = [str((T + pd.DateOffset(months=6)).date()), str((T - pd.DateOffset(months=6)).date()), "someday"]
+    bad["payer_id"] = [later, sooner, sooner]
+    bad["payee_id"] = ["EXT-X", "EXT-X", "EXT-X"]
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    r = invoke("score", dirty, *args, "--out", tmp_path / "dirty-out" / "limits.csv", "--audit-log", tmp_path / "b.jsonl")
+    assert r.exit_code == 0, r.output
+    got = pd.read_csv(tmp_path / "dirty-out" / "limits.csv", dtype={"firm_id": str}).set_index("firm_id")
+    want = clean.set_index("firm_id")
+    assert got.loc[later, "decision"] == "approve"
+    assert got.loc[later, "decision_reasons"] == want.loc[later, "decision_reasons"]
+    assert got.loc[sooner, "decision"] == "review" and "2 data-quality issue(s)" in got.loc[sooner, "decision_reasons"]
+    others = want.index.difference([sooner])
+    pd.testing.assert_frame_equal(got.loc[others], want.loc[others])

@@ -385,9 +385,36 @@ def _with_values(con, raw: str, lf: LoadedFile, violations: pd.DataFrame, bad_ro
     value = [text.at[r, c] if c in text.columns else "" for r, c in zip(rows, violations["column"])]
     party = text[parties].fillna("").astype(str).apply(lambda r: ";".join(v.strip() for v in r if v.strip()), axis=1)
     violations = violations.assign(value=value, parties=party.reindex(rows).to_numpy(), line=lf.line_map.lines(rows),
-                                   file=lf.line_map.files(rows))
+                                   file=lf.line_map.files(rows), dated=_dated(lf.spec, text, rows, violations["column"]))
     violations["value"] = violations["value"].fillna("").astype(str)
-    return violations[["file", "line", "column", "value", "reason", "parties"]]
+    return violations[["file", "line", "column", "value", "reason", "parties", "dated"]]
+
+
+ROW_DATE = {"flows": "booked_on", "receivables": "issued_on", "financings": "drawn_on", "indicators": "as_of",
+            "defaults": "default_on"}
+
+
+def _day(values) -> pd.Series:
+    """ISO dates (a timestamp's time dropped) as datetimes; anything else NaT."""
+    return pd.to_datetime(pd.Series(values, dtype=object).fillna("").astype(str).str.slice(0, 10),
+                          format="%Y-%m-%d", errors="coerce")
+
+
+def _dated(spec: FileSpec, text: pd.DataFrame, rows, columns) -> np.ndarray:
+    """When each violation was known: the later of its row's own date (a flow's booking,
+    a receivable's issue, a financing's drawdown, a grading) and the date in the broken
+    column when that is a date (a pledge "in the future" is known on its pledge date).
+    NaT where the row has no readable date of its own: such a problem counts at every
+    as-of. Firms carry no date: a firm row set aside counts at every as-of."""
+    own = spec.name in ROW_DATE and ROW_DATE[spec.name] in text.columns
+    row_day = _day(text[ROW_DATE[spec.name]].reindex(rows).to_numpy()) if own else pd.Series(pd.NaT, index=range(len(rows)))
+    dates = {c.name for c in spec.columns if c.kind == "date"}
+    col_vals = [text.at[r, c] if c in dates and c in text.columns else None for r, c in zip(rows, columns)]
+    col_day = _day(col_vals)
+    out = row_day.to_numpy(dtype="datetime64[ns]").copy()
+    later = ~pd.isna(col_day.to_numpy()) & ~pd.isna(out) & (col_day.to_numpy(dtype="datetime64[ns]") > out)
+    out[later] = col_day.to_numpy(dtype="datetime64[ns]")[later]
+    return out
 
 
 def _to_frame(table: pa.Table, spec: FileSpec) -> pd.DataFrame:

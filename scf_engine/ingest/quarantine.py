@@ -31,6 +31,9 @@ class FileCounts:
 class QuarantineReport:
     counts: list[FileCounts] = field(default_factory=list)
     rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
+    # when each row's problem was known, position by position with ``rows`` (NaT: not
+    # placeable in time): the later of the row's own date and the broken date column's
+    dated: pd.Series = field(default_factory=lambda: pd.Series(dtype="datetime64[ns]"))
 
     def add_file(self, file: str, read: int, accepted: int, violations: pd.DataFrame) -> None:
         """``violations``: one row per broken rule, with ``line`` and, where the rows come
@@ -47,9 +50,12 @@ class QuarantineReport:
             v = violations if "file" in violations else violations.assign(file=file)
             if "parties" not in v:
                 v["parties"] = ""
+            dated = (pd.to_datetime(v["dated"], errors="coerce") if "dated" in v
+                     else pd.Series(pd.NaT, index=v.index)).astype("datetime64[ns]").reset_index(drop=True)
             v = v[QUARANTINE_COLUMNS]
             v["value"] = v["value"].astype(str).str.slice(0, 200)
             self.rows = v if self.rows.empty else pd.concat([self.rows, v], ignore_index=True)
+            self.dated = dated if self.dated.empty else pd.concat([self.dated, dated], ignore_index=True)
 
     @property
     def n_quarantined(self) -> int:
@@ -72,12 +78,21 @@ class QuarantineReport:
             return self.rows
         return self.rows[self._party_lists().apply(lambda ps: firm_id in ps)]
 
-    def touching_counts(self) -> pd.Series:
+    def touching_counts(self, before=None) -> pd.Series:
         """How many quarantine rows name each firm (``len(rows_touching(f))`` for every
-        firm at once, by firm_id): one pass instead of one scan per firm."""
+        firm at once, by firm_id): one pass instead of one scan per firm. ``before``: only
+        the rows whose problem was known before that as-of date (or cannot be placed in
+        time): a record dated on or after the as-of never changes a decision at it."""
         if self.rows.empty:
             return pd.Series(dtype="int64")
-        return self._party_lists().map(set).explode().value_counts()
+        parties = self._party_lists()
+        if before is not None:
+            dated = self.dated.reindex(range(len(self.rows))).to_numpy()
+            known = pd.isna(dated) | (dated < pd.Timestamp(before).to_datetime64())
+            parties = parties[known]
+            if parties.empty:
+                return pd.Series(dtype="int64")
+        return parties.map(set).explode().value_counts()
 
     def _party_lists(self) -> pd.Series:
         return self.rows["parties"].fillna("").astype(str).str.split(";")
