@@ -348,6 +348,7 @@ def serve(
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     poll_seconds: float = typer.Option(None, "--poll-seconds", help="How often to look whether the alias moved (default: serve.yaml; 0: only on POST /v1/reload)."),
     cache_entries: int = typer.Option(None, "--cache-entries", help="Answers kept per loaded state (default: serve.yaml; 0: off)."),
+    out: Path = typer.Option(Path("out/serve"), "--out", help="Folder for quarantine.csv: the dataset's rows the service decides without."),
 ):
     """Credit decisions over HTTP (POST /v1/decisions, key in X-API-Key; docs at /docs)."""
     from scf_engine.serve import build, run
@@ -355,8 +356,9 @@ def serve(
     with steps("serve") as say:
         built = build(data, keys, as_of=as_of, consents=consents, alias=alias, tracking_uri=tracking_uri,
                       audit_log=audit_log, actor=actor, cache_entries=cache_entries,
-                      progress=say)
+                      progress=say, out=out)
     st = built[1].state
+    print_quarantine(st.loaded.dataset.report, out)
     console.print(f"serving {alias} models {st.versions} at as-of {st.as_of} on http://{host}:{port} (docs: /docs)",
                   highlight=False)
     run(*built, host=host, port=port, poll_seconds=poll_seconds)
