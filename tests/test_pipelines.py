@@ -970,3 +970,25 @@ def test_a_bad_row_dated_after_the_as_of_does_not_change_a_decision_at_it(traine
     others = want.index.difference([sooner])
     pd.testing.assert_frame_equal(got.loc[others], want.loc[others])
 
+
+@pytest.mark.parametrize("command", ["score", "features", "explain"])
+def test_an_as_of_after_the_data_ends_is_one_line_and_exit_2(trained, tmp_path, command):
+    """An as-of past the data's end: every window of the snapshot reached into time the
+    data does not cover, so a year later every firm had 'no trade inflow in the last 12
+    months' and a whole batch was declined for it, with exit 0 (``scf monitor`` already
+    refused such a date). The day after the data's last record, the default, still works."""
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    from scf_engine.ingest import load_dataset
+
+    ds = load_dataset(data)
+    late = str((ds.default_as_of + pd.DateOffset(years=1)).date())
+    args = {"score": ("--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out", tmp_path / "l.csv",
+                      "--tracking-uri", uri, "--no-memos"),
+            "features": ("--out", tmp_path / "f.parquet"),
+            "explain": ("--firm", pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].iloc[0], "--consents",
+                        data / "consents.csv", "--out", tmp_path / "x", "--tracking-uri", uri)}[command]
+    r = invoke(command, data, *args, "--as-of", late, "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 2 and "after the data ends" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "l.csv").exists() and not (tmp_path / "f.parquet").exists()
+    r = invoke(command, data, *args, "--as-of", str(ds.default_as_of.date()), "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 0, r.output

@@ -92,6 +92,10 @@ def check_as_of(T: pd.Timestamp | None, ds: Dataset, say) -> pd.Timestamp:
     if T <= ds.first_date:
         raise RequestError(f"--as-of {T.date()} is not after the data begins ({ds.first_date.date()}): "
                            "nothing is known before it")
+    if T > ds.default_as_of:  # as scf monitor refuses it
+        raise RequestError(f"--as-of {T.date()} is after the data ends ({ds.last_date.date()}; the latest as-of it "
+                           f"supports is {ds.default_as_of.date()}): nothing is known yet of the time between, and "
+                           "every firm would look as if it had stopped trading")
     say(f"as-of {T.date()}")
     return T
 
