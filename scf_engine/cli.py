@@ -173,6 +173,7 @@ def compare(
     with steps("compare") as say:
         result = pipelines.compare(tracking_uri=tracking_uri, data_dir=data, alias=alias, promote=promote, out_dir=out,
                                    audit_log=audit_log, actor=actor, progress=say)
+    print_quarantine(result.report, out)
     print_overall(result.overall, "Models on the same held-out snapshots")
     console.print(frame_table(result.bootstrap[["a", "b", "n", "auc_diff", "auc_lo", "auc_hi", "ks_diff", "ks_lo", "ks_hi"]],
                               "Differences, 95% bootstrap intervals (firms resampled)", float_format="{:.3f}"))

@@ -992,3 +992,24 @@ def test_an_as_of_after_the_data_ends_is_one_line_and_exit_2(trained, tmp_path, 
     assert not (tmp_path / "l.csv").exists() and not (tmp_path / "f.parquet").exists()
     r = invoke(command, data, *args, "--as-of", str(ds.default_as_of.date()), "--audit-log", tmp_path / "a.jsonl")
     assert r.exit_code == 0, r.output
+
+
+def test_compare_on_a_dataset_with_bad_rows_writes_its_quarantine_beside_the_report(small_world_dir, tmp_path):
+    """``scf compare`` re-reads the training dataset and evaluates on what it accepted;
+    the rows it set aside were written nowhere beside the comparison (only train's own
+    folder had them). quarantine.csv is now written to compare's --out, its sha256 in
+    the audit entry, and the counts printed."""
+    n = with_bad_flows(small_world_dir, tmp_path / "dirty")
+    uri, log = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "audit.jsonl"
+    r = invoke("train", tmp_path / "dirty", "--tracking-uri", uri, "--out", tmp_path / "train", "--audit-log", log)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "compare"
+    r = invoke("compare", "--tracking-uri", uri, "--out", out, "--audit-log", log)
+    assert r.exit_code == 0, r.output
+    assert "quarantined" in r.output and str(out / "quarantine.csv") in r.output.replace("\n", "")
+    q = pd.read_csv(out / "quarantine.csv", dtype=str)
+    assert sorted(zip(q["file"], q["line"].astype(int), q["column"])) == [
+        ("flows.csv", n + 2, "txn_id"), ("flows.csv", n + 3, "amount")]
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["action"] == "compare"
+    assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((out / "quarantine.csv").read_bytes()).hexdigest()
