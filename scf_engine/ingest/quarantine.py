@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from scf_engine.errors import OutputError
@@ -72,11 +73,20 @@ class QuarantineReport:
             .sort_values("rows", ascending=False).head(n).reset_index(drop=True)
         )
 
-    def rows_touching(self, firm_id: str) -> pd.DataFrame:
-        """Quarantine rows that name this firm in any party column (memo data-quality notes)."""
+    def rows_touching(self, firm_id: str, before=None) -> pd.DataFrame:
+        """Quarantine rows that name this firm in any party column (memo data-quality notes);
+        ``before``: only those known before that as-of, as :meth:`touching_counts` counts them."""
         if self.rows.empty:
             return self.rows
-        return self.rows[self._party_lists().apply(lambda ps: firm_id in ps)]
+        hit = self._party_lists().apply(lambda ps: firm_id in ps).to_numpy(dtype=bool, copy=True)
+        if before is not None:
+            hit &= self._known_before(before)
+        return self.rows[hit]
+
+    def _known_before(self, before) -> np.ndarray:
+        """Per row: its problem was known before ``before``, or cannot be placed in time."""
+        dated = self.dated.reindex(range(len(self.rows))).to_numpy()
+        return pd.isna(dated) | (dated < pd.Timestamp(before).to_datetime64())
 
     def touching_counts(self, before=None) -> pd.Series:
         """How many quarantine rows name each firm (``len(rows_touching(f))`` for every
@@ -87,9 +97,7 @@ class QuarantineReport:
             return pd.Series(dtype="int64")
         parties = self._party_lists()
         if before is not None:
-            dated = self.dated.reindex(range(len(self.rows))).to_numpy()
-            known = pd.isna(dated) | (dated < pd.Timestamp(before).to_datetime64())
-            parties = parties[known]
+            parties = parties[self._known_before(before)]
             if parties.empty:
                 return pd.Series(dtype="int64")
         return parties.map(set).explode().value_counts()
