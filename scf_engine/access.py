@@ -92,6 +92,24 @@ def _match(details: dict, firm: str, dataset_digests: set[str]) -> str:
     return ""
 
 
+def _requests_purpose(details: dict, firm: str | None) -> str:
+    """Why a ``scf serve`` entry read data: its entry groups HTTP requests (no purpose of
+    its own), so the requests that read ``firm`` (every request when no firm is asked)
+    say it, each as ``METHOD PATH (key NAME)``: the endpoint is the purpose, the key's
+    holder the caller the service acted for."""
+    reqs = details.get("requests")
+    if not isinstance(reqs, list):
+        return ""
+    said = []
+    for r in reqs:
+        if not isinstance(r, dict) or (firm is not None and firm not in (r.get("firms") or [])):
+            continue
+        what = f"{r.get('method', '')} {r.get('path', '')} (key {r.get('key') or '-'})".strip()
+        if what not in said:
+            said.append(what)
+    return "; ".join(said)
+
+
 def show(log: str | Path | None = None, *, firm: str | None = None, actor: str | None = None,
          dataset_firms: Iterable[str] | None = None) -> pd.DataFrame:
     """Entries that read ``firm``'s data and/or were made by ``actor``, oldest first.
@@ -114,7 +132,8 @@ def show(log: str | Path | None = None, *, firm: str | None = None, actor: str |
             continue
         count = d.get("firms_count", len(d["firms"]) if isinstance(d.get("firms"), list) else None)
         rows.append({"seq": e.get("seq"), "timestamp": e.get("timestamp"), "actor": e.get("actor"),
-                     "action": e.get("action"), "purpose": d.get("purpose", ""), "firms_count": count,
+                     "action": e.get("action"), "purpose": d.get("purpose") or _requests_purpose(d, firm),
+                     "firms_count": count,
                      "named": len(d.get("firms") or []), "match": how})
     return pd.DataFrame(rows, columns=SHOW_COLUMNS)
 

@@ -47,6 +47,14 @@ def print_report(report) -> None:
         console.print(frame_table(report.top_reasons(), "Top quarantine reasons"))
 
 
+def print_quarantine(report, folder: Path) -> None:
+    """After a run that succeeded with rows set aside: the counts per file and where
+    quarantine.csv was published (beside the run's output)."""
+    if report is not None and report.n_quarantined:
+        print_report(report)
+        console.print(f"quarantine report: {Path(folder) / 'quarantine.csv'}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 @handles_errors
 def simulate(
@@ -165,6 +173,7 @@ def compare(
     with steps("compare") as say:
         result = pipelines.compare(tracking_uri=tracking_uri, data_dir=data, alias=alias, promote=promote, out_dir=out,
                                    audit_log=audit_log, actor=actor, progress=say)
+    print_quarantine(result.report, out)
     print_overall(result.overall, "Models on the same held-out snapshots")
     console.print(frame_table(result.bootstrap[["a", "b", "n", "auc_diff", "auc_lo", "auc_hi", "ks_diff", "ks_lo", "ks_hi"]],
                               "Differences, 95% bootstrap intervals (firms resampled)", float_format="{:.3f}"))
@@ -193,6 +202,7 @@ def recalibrate(
     with steps("recalibrate") as say:
         result = run_recalibrate(data, quarter, tracking_uri=tracking_uri, alias=alias, out_dir=out, audit_log=audit_log,
                                  actor=actor, progress=say)
+    print_quarantine(result.report, result.out_dir)
     console.print(frame_table(result.summary[["kind", "sample", "rows", "defaults", "max_gap_before_pp", "max_gap_after_pp",
                                               "noise_95_pp"]],
                               "Calibration by decile: largest gap between mean PD and observed rate (percentage points; "
@@ -230,9 +240,7 @@ def score(
                       group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
                       audit_log=audit_log, actor=actor, whitelist=whitelist, engine=engine, spark_master=spark_master,
                       progress=say)
-    if r.quarantine is not None and r.quarantine.n_quarantined:
-        print_report(r.quarantine)
-        console.print(f"quarantine report: {r.out_path.parent / 'quarantine.csv'}")
+    print_quarantine(r.quarantine, r.out_path.parent)
     lim = r.limits
     by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
     by["grade"] = by["grade"].astype(object).where(by["grade"].notna(), "-")
@@ -259,6 +267,7 @@ def features(
     with steps("features") as say:
         r = run_features(data, out, as_of=as_of, engine=engine, spark_master=spark_master, audit_log=audit_log,
                          actor=actor, progress=say)
+    print_quarantine(r.report, r.out_path.parent)
     console.print(f"{len(r.features)} firms x {r.features.shape[1] - 1} features at {r.as_of.date()} on {r.engine} "
                   f"in {r.seconds:.1f} s: {r.out_path}; audit entry #{r.audit_entry['seq']}", highlight=False)
 
@@ -283,6 +292,7 @@ def explain(
     with steps("explain") as say:
         r = run_explain(data, firm, out, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                         audit_log=audit_log, actor=actor, progress=say)
+    print_quarantine(r.report, out)
     row = r.row
     if row["pd"] == row["pd"]:
         console.print(f"[bold]{row['firm_id']}[/] at {row['as_of']}: PD {row['pd']:.4f}  score {row['score']}  "
@@ -316,6 +326,7 @@ def monitor(
     with steps("monitor") as say:
         r = run_monitor(data, out, as_of=as_of, portfolio=portfolio, batch_run=batch_run, consents=consents,
                         tracking_uri=tracking_uri, alias=alias, audit_log=audit_log, actor=actor, progress=say)
+    print_quarantine(r.report, r.out)
     p = r.portfolio
     by = p.groupby(["as_of", "level"]).size().unstack(fill_value=0).reset_index()
     console.print(frame_table(by, f"Portfolio of {p['firm_id'].nunique()} firms by level"))
@@ -340,6 +351,7 @@ def serve(
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     poll_seconds: float = typer.Option(None, "--poll-seconds", help="How often to look whether the alias moved (default: serve.yaml; 0: only on POST /v1/reload)."),
     cache_entries: int = typer.Option(None, "--cache-entries", help="Answers kept per loaded state (default: serve.yaml; 0: off)."),
+    out: Path = typer.Option(Path("out/serve"), "--out", help="Folder for quarantine.csv: the dataset's rows the service decides without."),
 ):
     """Credit decisions over HTTP (POST /v1/decisions, key in X-API-Key; docs at /docs)."""
     from scf_engine.serve import build, run
@@ -347,8 +359,9 @@ def serve(
     with steps("serve") as say:
         built = build(data, keys, as_of=as_of, consents=consents, alias=alias, tracking_uri=tracking_uri,
                       audit_log=audit_log, actor=actor, cache_entries=cache_entries,
-                      progress=say)
+                      progress=say, out=out)
     st = built[1].state
+    print_quarantine(st.loaded.dataset.report, out)
     console.print(f"serving {alias} models {st.versions} at as-of {st.as_of} on http://{host}:{port} (docs: /docs)",
                   highlight=False)
     run(*built, host=host, port=port, poll_seconds=poll_seconds)

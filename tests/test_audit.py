@@ -253,3 +253,31 @@ def test_a_failing_precondition_aborts_the_append_under_the_lock(tmp_path):
     assert log.read_bytes() == before and seen == [before]
     entry = audit.append(log, "b", "score", {"n": 2}, precondition=lambda: None)
     assert entry["seq"] == 2 and audit.verify(log) == (True, [])
+
+
+def test_audit_show_says_why_the_service_read_a_firm_and_for_which_key(tmp_path):
+    """The contract: ``scf audit show --firm ID`` lists who read a firm's data, when and
+    why. A ``scf serve`` entry groups HTTP requests and has no purpose of its own, so the
+    service's reads were listed with an empty "why". The requests that read the firm now
+    say it: the endpoint and the key it was called with; a refused request (no firms)
+    names nobody."""
+    from scf_engine import access
+    from scf_engine.serve.audit_writer import AuditWriter
+
+    log = tmp_path / "audit.jsonl"
+    access.record(log, "analyst.li", "score", "batch credit decision", ["F1", "F2"], name_firms=True)
+    writer = AuditWriter(log, "svc")
+    futures = [writer.submit({"method": "POST", "path": "/v1/decisions", "key": "platform-a", "firms": ["F1", "F2"]}),
+               writer.submit({"method": "GET", "path": "/v1/firms/F2/memo", "key": "ana", "firms": ["F2"]}),
+               writer.submit({"method": "POST", "path": "/v1/decisions", "key": None, "status": 401})]
+    for f in futures:
+        f.result(timeout=30)
+    writer.close()
+    rows = access.show(log, firm="F2")
+    assert list(rows["action"])[0] == "score" and rows["purpose"].iloc[0] == "batch credit decision"
+    served = rows[rows["action"] == "serve"]
+    said = "; ".join(served["purpose"])
+    assert "POST /v1/decisions (key platform-a)" in said and "GET /v1/firms/F2/memo (key ana)" in said
+    assert (served["purpose"] != "").all() and "(key -)" not in said
+    said_f1 = "; ".join(access.show(log, firm="F1").query("action == 'serve'")["purpose"])
+    assert "platform-a" in said_f1 and "memo" not in said_f1

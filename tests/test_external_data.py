@@ -351,3 +351,36 @@ def test_amlsim_tiny_cycle_alerts(tmp_path):
     _, feats = import_amlsim(tmp_path / "tx_closed.csv", tmp_path / "closed", AML_TINY_MAPPING)
     flagged = feats.index[feats["cycle_share_12m"].fillna(0) > 0]
     assert sorted(flagged) == ["24", "25", "26"]
+
+
+@pytest.mark.parametrize("case", ["no source", "empty source", "mapping not YAML", "no mapping", "bad encoding"])
+def test_an_unreadable_export_or_mapping_is_one_line_and_exit_2(tmp_path, case):
+    """``scf import`` on a source that is not there, empty, or a mapping that is not YAML
+    (or not there, or names an encoding that does not exist) ended in a Python traceback
+    instead of the contract's one-line error and exit code 2."""
+    from typer.testing import CliRunner
+
+    from scf_engine.cli import app
+
+    source, mapping = tmp_path / "ar.csv", tmp_path / "m.yaml"
+    pd.read_csv(AR_CSV, dtype=str, nrows=5).to_csv(source, index=False)
+    mapping.write_text(Path(AR_MAPPING).read_text(encoding="utf-8"), encoding="utf-8")
+    if case == "no source":
+        source.unlink()
+    elif case == "empty source":
+        source.write_bytes(b"")
+    elif case == "mapping not YAML":
+        mapping.write_text("produces: receivables\ncolumns: [\n", encoding="utf-8")
+    elif case == "no mapping":
+        mapping.unlink()
+    else:
+        text = mapping.read_text(encoding="utf-8")
+        mapping.write_text("source:\n  encoding: no-such-codec\n" + "\n".join(
+            line for line in text.splitlines() if not line.startswith("source:") and "encoding:" not in line),
+            encoding="utf-8")
+    r = CliRunner().invoke(app, ["import", str(source), "--mapping", str(mapping), "--out", str(tmp_path / "data"),
+                                 "--audit-log", str(tmp_path / "audit.jsonl")])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    name = mapping.name if case in ("mapping not YAML", "no mapping") else source.name
+    assert f"error: {name}:" in r.output and len(r.output.strip().splitlines()) == 1, r.output

@@ -614,3 +614,30 @@ def test_a_zoned_parquet_timestamp_is_dated_on_its_own_clock(tmp_path, bad_amoun
     assert ds.report.n_quarantined == (1 if bad_amount else 0)
     want = pd.to_datetime(flows["booked_on"])[: len(ds.flows)]
     assert ds.flows["booked_on"].dt.strftime("%Y-%m-%d").tolist() == want.dt.strftime("%Y-%m-%d").tolist()
+
+
+def test_a_firms_data_quality_rows_are_those_known_before_the_as_of(small_world_dir, tmp_path):
+    """The memo lists a firm's quarantined rows beside a decision that counts them; the
+    decision counts only rows whose problem was known before the as-of, so the memo must
+    list the same rows: a bad flow booked after T is no note at T, one before T is, and
+    one without a readable date is at every as-of."""
+    import shutil
+
+    from scf_engine.ingest import load_dataset
+
+    data = tmp_path / "d"
+    shutil.copytree(small_world_dir, data)
+    flows = pd.read_csv(data / "flows.csv", dtype=str, keep_default_na=False)
+    f = flows["payer_id"][~flows["payer_id"].str.startswith("EXT-")].iloc[0]
+    T = pd.to_datetime(flows["booked_on"]).max() - pd.DateOffset(months=6)
+    bad = flows.iloc[[0, 0, 0]].copy()
+    bad["txn_id"] = ["B1", "B2", "B3"]
+    bad["payer_id"], bad["payee_id"], bad["amount"] = f, "EXT-X", ["-1", "-1", "12"]  # one broken rule a row
+    bad["booked_on"] = [str((T - pd.DateOffset(days=1)).date()), str(T.date()), "later"]
+    pd.concat([flows, bad]).to_csv(data / "flows.csv", index=False)
+    report = load_dataset(data).report
+    n = len(flows)
+    lines = lambda rows: sorted(rows.loc[rows["file"] == "flows.csv", "line"].astype(int))  # noqa: E731
+    assert lines(report.rows_touching(f)) == [n + 2, n + 3, n + 4]
+    assert lines(report.rows_touching(f, before=T)) == [n + 2, n + 4]
+    assert report.touching_counts(before=T)[f] == 2 and report.touching_counts()[f] == 3

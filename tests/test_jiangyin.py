@@ -163,3 +163,38 @@ def test_the_latest_grade_before_the_as_of_date_counts(small_world_dir, tmp_path
     late = indicator_columns(ds.as_of("2023-06-11")).loc[f]
     assert (early["ind_premises"], np.isnan(early["ind_dishonest"])) == ("B", True)
     assert (late["ind_premises"], late["ind_dishonest"]) == ("A", 1.0)
+
+
+def test_conflicting_grades_of_one_day_are_quarantined_not_left_to_the_row_order(small_world_dir, tmp_path):
+    """Two grades of the same firm, indicator and as_of that disagree: the snapshot keeps
+    one grade per indicator, the later row in the file, so the same export sorted another
+    way graded the firm differently, silently. Every row of such a day is quarantined
+    with the line it conflicts with (the previous grading then counts); identical repeats
+    agree and are kept, as are rows that only disagree with a row already set aside."""
+    import shutil
+
+    from scf_engine.assemble import indicator_columns
+    from scf_engine.ingest import load_dataset
+
+    data = tmp_path / "d"
+    shutil.copytree(small_world_dir, data)
+    firms = pd.read_csv(data / "firms.csv", dtype=str)
+    f, g = firms.loc[firms["is_core"] == "false", "firm_id"].iloc[:2]
+    rows = [(f, "2023-01-10", "premises", "B"),
+            (f, "2023-06-10", "premises", "A"), (f, "2023-06-10 00:00:00", "premises", "C"),  # conflict
+            (f, "2023-06-10", "dishonest", "false"), (f, "2023-06-10", "dishonest", "0"),  # the same answer
+            (g, "2023-06-10", "premises", "A"), (g, "2023-06-10", "premises", "A"),  # identical repeat
+            (g, "2023-06-10", "environment", "A"), (g, "2023-06-10", "environment", "D")]  # D breaks a rule
+    for order in (rows, rows[::-1]):
+        pd.DataFrame(order, columns=["firm_id", "as_of", "indicator", "grade"]).to_csv(data / "indicators.csv", index=False)
+        ds = load_dataset(data)
+        q = ds.report.rows[ds.report.rows["file"] == "indicators.csv"]
+        conflict = q[q["reason"].str.startswith("grade conflicts")]
+        assert sorted(conflict["value"]) == ["A", "C"] and len(q) == 3
+        lines = dict(zip(conflict["value"], conflict["line"].astype(int)))
+        assert conflict.set_index("value").loc["A", "reason"].endswith(f"(on line {lines['C']})")
+        s = ds.report.summary().set_index("file").loc["indicators.csv"]
+        assert s["read"] == s["accepted"] + s["quarantined"] == 9
+        ind = indicator_columns(ds.as_of("2023-07-01"))
+        assert ind.loc[f, "ind_premises"] == "B" and ind.loc[f, "ind_dishonest"] == 0.0
+        assert ind.loc[g, "ind_premises"] == "A" and ind.loc[g, "ind_environment"] == "A"

@@ -116,6 +116,24 @@ def test_the_pass_is_an_mlflow_run_and_an_audit_entry(lent, monitored):
     assert r.exit_code == 0 and "never published" not in r.output, r.output
 
 
+def test_audit_show_finds_the_monitoring_pass_that_read_a_lent_firm(lent, monitored):
+    """The contract: ``scf audit show --firm ID`` lists who read a firm's data, when and
+    why. A monitoring pass re-scores each lent firm from its flows and writes it into
+    portfolio.csv, but its entry held only the count and hash of the portfolio's ids (as
+    a whole-dataset read does), so neither --firm nor --firm with --data found it."""
+    from scf_engine import access
+
+    port = pd.read_csv(monitored / "portfolio.csv", dtype={"firm_id": str})
+    firm = port["firm_id"].iloc[0]
+    rows = access.show(lent["log"], firm=firm)
+    seen = rows[rows["action"] == "monitor"]
+    assert len(seen) >= 1 and (seen["match"] == "named").all()
+    assert seen["purpose"].str.contains("monitoring").all()
+    outsider = pd.read_csv(lent["data"] / "firms.csv", dtype=str)["firm_id"]
+    outsider = outsider[~outsider.isin(port["firm_id"])].iloc[0]
+    assert "monitor" not in set(access.show(lent["log"], firm=outsider)["action"])
+
+
 # --- kill -9 while a pass is recorded (the same publish step as scf score: scf_engine.publish) ---------
 
 SCF = [sys.executable, "-c", "from scf_engine.cli import app; app()"]
@@ -184,6 +202,35 @@ def test_unknown_firms_are_quarantined_not_monitored(lent, tmp_path):
     q = pd.read_csv(out / "portfolio_quarantine.csv", dtype=str)
     assert set(q["firm_id"]) == set(extra["firm_id"]) and q["reason"].str.contains("unknown firm").all()
     assert not set(extra["firm_id"]) & set(pd.read_csv(out / "portfolio.csv", dtype=str)["firm_id"])
+
+
+def test_a_pass_on_a_dataset_with_bad_rows_publishes_its_quarantine_with_the_portfolio(lent, tmp_path):
+    """The contract: a row that breaks a rule goes to a quarantine file beside the output.
+    ``scf monitor`` wrote quarantine.csv only when the pass failed. It is now published
+    with portfolio.csv (in the pass's audit entry: ``audit verify --out`` holds) and gone
+    from the folder when a later pass on clean data is published there."""
+    dirty = tmp_path / "dirty"
+    shutil.copytree(lent["data"], dirty)
+    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
+    bad = flows.iloc[[0]].copy()
+    bad["amount"] = "-5"
+    bad["txn_id"] = "BAD-AMOUNT"
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    out = tmp_path / "m"
+    args = ("--portfolio", lent["limits"], "--as-of", AS_OF[0], "--out", out, "--consents", lent["data"] / "consents.csv",
+            "--tracking-uri", lent["uri"], "--audit-log", lent["log"])
+    r = invoke("monitor", dirty, *args)
+    assert r.exit_code == 0, r.output
+    assert "quarantined" in r.output and str(out / "quarantine.csv") in r.output.replace("\n", "")
+    q = pd.read_csv(out / "quarantine.csv", dtype=str)
+    assert list(zip(q["file"], q["line"].astype(int), q["column"])) == [("flows.csv", len(flows) + 2, "amount")]
+    entry = json.loads((out / "monitor_audit_entry.json").read_text())
+    assert "quarantine.csv" in entry["details"]["output"]
+    assert invoke("audit", "verify", lent["log"], "--out", out).exit_code == 0
+    r = invoke("monitor", lent["data"], *args)
+    assert r.exit_code == 0, r.output
+    assert not (out / "quarantine.csv").exists()
+    assert invoke("audit", "verify", lent["log"], "--out", out).exit_code == 0
 
 
 @pytest.mark.parametrize("case,message", [
@@ -763,3 +810,16 @@ def test_the_schema_refuses_an_unknown_explain_scope(bad):
     with pytest.raises(PolicyError, match="explain"):
         policies.validate("monitoring", data)
     assert policies.as_data(policies.load("monitoring"))["explain"] == {"scope": "changed"}
+
+
+def test_evidence_shows_missing_values_as_na_without_touching_words_that_contain_nan():
+    """An evidence template is filled field by field: a missing value reads 'n/a', and the
+    words around it stay as written. "nan" was replaced in the whole text, so every
+    financing signal's evidence read "fin/acing(s) ... (fin/acings.csv)"."""
+    from scf_engine.monitor.signals import evidence
+
+    t = "{fin_overdue_n:.0f} financing(s) past maturity at {as_of} (financings.csv), {share:.0%} of one; {who}"
+    assert evidence(t, {"fin_overdue_n": 2.0, "as_of": "2024-01-01", "share": 0.5, "who": "NANJING nanotech"}) == (
+        "2 financing(s) past maturity at 2024-01-01 (financings.csv), 50% of one; NANJING nanotech")
+    assert evidence(t, {"fin_overdue_n": float("nan"), "as_of": "2024-01-01", "who": None}) == (
+        "n/a financing(s) past maturity at 2024-01-01 (financings.csv), n/a of one; n/a")

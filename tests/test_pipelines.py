@@ -3,6 +3,7 @@ registry, batch scoring with every kind of bad request, and the audit chain."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -258,6 +259,48 @@ def test_a_batch_on_a_dataset_with_bad_rows_publishes_its_quarantine_beside_the_
     assert r.exit_code == 0, r.output
     assert not (out.parent / "quarantine.csv").exists()
     assert invoke("audit", "verify", home / "audit.jsonl", "--out", out.parent).exit_code == 0
+
+
+def with_bad_flows(data: Path, dirty: Path) -> int:
+    """A copy of ``data`` with two bad flow rows appended (a duplicate txn_id, a negative
+    amount); returns the number of good flow rows."""
+    shutil.copytree(data, dirty)
+    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
+    bad = flows.iloc[[0, 1]].copy()
+    bad.iloc[1, bad.columns.get_loc("txn_id")] = "BAD-AMOUNT"
+    bad.iloc[1, bad.columns.get_loc("amount")] = "-5"
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    return len(flows)
+
+
+def test_features_and_explain_on_a_dataset_with_bad_rows_write_its_quarantine_beside_their_output(trained, tmp_path):
+    """The contract asks every run for a quarantine file beside its output and the
+    read/accepted/quarantined counts. ``scf features`` and ``scf explain`` wrote
+    quarantine.csv only when the run failed: a successful run on a dataset with bad rows
+    left no trace of the rows it went without. It is now written beside features.parquet
+    and beside the memo, its sha256 is in the audit entry, and a later clean run removes
+    it (the file beside an output describes that output's run)."""
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    n = with_bad_flows(data, tmp_path / "dirty")
+    expected = [("flows.csv", n + 2, "txn_id"), ("flows.csv", n + 3, "amount")]
+    log = tmp_path / "audit.jsonl"  # not the fixture's log: other tests read who is in it
+    feats = tmp_path / "f" / "features.parquet"
+    firm = pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].iloc[0]
+    runs = {"features": (("features", "--out", feats), feats.parent),
+            "explain": (("explain", "--firm", firm, "--consents", data / "consents.csv", "--out", tmp_path / "x",
+                         "--tracking-uri", uri), tmp_path / "x")}
+    for action, (args, folder) in runs.items():
+        r = invoke(args[0], tmp_path / "dirty", *args[1:], "--audit-log", log)
+        assert r.exit_code == 0, r.output
+        assert "quarantined" in r.output and str(folder / "quarantine.csv") in r.output.replace("\n", "")
+        q = pd.read_csv(folder / "quarantine.csv", dtype=str)
+        assert sorted(zip(q["file"], q["line"].astype(int), q["column"])) == expected
+        entry = json.loads(log.read_text().splitlines()[-1])
+        assert entry["action"] == action
+        assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((folder / "quarantine.csv").read_bytes()).hexdigest()
+        r = invoke(args[0], data, *args[1:], "--audit-log", log)
+        assert r.exit_code == 0, r.output
+        assert not (folder / "quarantine.csv").exists() and "quarantine report" not in r.output
 
 
 def test_bad_requests_each_get_a_row_with_a_reason(trained, tmp_path):
@@ -886,3 +929,88 @@ def test_pledged_financed_and_earlier_batches_receivables_never_back_a_limit(tra
     # second batch lent on none of these receivables, so the same amounts come back
     again = score(batch, tmp_path / "three" / "limits.csv")
     pd.testing.assert_series_equal(again["eligible_receivables_cny"], first["eligible_receivables_cny"])
+
+
+def test_a_bad_row_dated_after_the_as_of_does_not_change_a_decision_at_it(trained, tmp_path):
+    """A record dated on or after T must never change an answer at T. A quarantined row
+    counted as a data-quality issue of every firm it names whatever its date, so a bad
+    flow booked a year after T (or a receivable pledged "in the future") turned an
+    approval at T into a review. Issues now count at T only when known before T (the
+    later of the row's own date and the broken date column's); one that cannot be
+    placed in time still counts."""
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    batch = pd.read_csv(data / "batch.csv", dtype=str)
+    firms = pd.read_csv(data / "firms.csv", dtype=str)
+    flows = pd.read_csv(data / "flows.csv", dtype=str, keep_default_na=False)
+    last = pd.to_datetime(flows["booked_on"]).max()
+    T = (last - pd.DateOffset(months=12)).replace(day=1)
+    args = ("--batch", data / "batch.csv", "--consents", data / "consents.csv", "--as-of", str(T.date()), "--tracking-uri",
+            uri, "--no-memos")
+    r = invoke("score", data, *args, "--out", tmp_path / "clean" / "limits.csv", "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 0, r.output
+    clean = pd.read_csv(tmp_path / "clean" / "limits.csv", dtype={"firm_id": str})
+    approved = clean.loc[(clean["decision"] == "approve") & ~clean["firm_id"].isin(firms.loc[firms["is_core"] == "true", "firm_id"]),
+                         "firm_id"].tolist()
+    later, sooner = approved[0], approved[1]
+    dirty = tmp_path / "dirty"
+    shutil.copytree(data, dirty)
+    bad = flows.iloc[[0, 0, 0]].copy()
+    bad["txn_id"] = ["BAD-LATER", "BAD-SOONER", "BAD-UNDATED"]
+    bad["amount"] = ["-5", "-5", "12"]
+    bad["booked_on"] = [str((T + pd.DateOffset(months=6)).date()), str((T - pd.DateOffset(months=6)).date()), "someday"]
+    bad["payer_id"] = [later, sooner, sooner]
+    bad["payee_id"] = ["EXT-X", "EXT-X", "EXT-X"]
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    r = invoke("score", dirty, *args, "--out", tmp_path / "dirty-out" / "limits.csv", "--audit-log", tmp_path / "b.jsonl")
+    assert r.exit_code == 0, r.output
+    got = pd.read_csv(tmp_path / "dirty-out" / "limits.csv", dtype={"firm_id": str}).set_index("firm_id")
+    want = clean.set_index("firm_id")
+    assert got.loc[later, "decision"] == "approve"
+    assert got.loc[later, "decision_reasons"] == want.loc[later, "decision_reasons"]
+    assert got.loc[sooner, "decision"] == "review" and "2 data-quality issue(s)" in got.loc[sooner, "decision_reasons"]
+    others = want.index.difference([sooner])
+    pd.testing.assert_frame_equal(got.loc[others], want.loc[others])
+
+
+@pytest.mark.parametrize("command", ["score", "features", "explain"])
+def test_an_as_of_after_the_data_ends_is_one_line_and_exit_2(trained, tmp_path, command):
+    """An as-of past the data's end: every window of the snapshot reached into time the
+    data does not cover, so a year later every firm had 'no trade inflow in the last 12
+    months' and a whole batch was declined for it, with exit 0 (``scf monitor`` already
+    refused such a date). The day after the data's last record, the default, still works."""
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    from scf_engine.ingest import load_dataset
+
+    ds = load_dataset(data)
+    late = str((ds.default_as_of + pd.DateOffset(years=1)).date())
+    args = {"score": ("--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out", tmp_path / "l.csv",
+                      "--tracking-uri", uri, "--no-memos"),
+            "features": ("--out", tmp_path / "f.parquet"),
+            "explain": ("--firm", pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].iloc[0], "--consents",
+                        data / "consents.csv", "--out", tmp_path / "x", "--tracking-uri", uri)}[command]
+    r = invoke(command, data, *args, "--as-of", late, "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 2 and "after the data ends" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "l.csv").exists() and not (tmp_path / "f.parquet").exists()
+    r = invoke(command, data, *args, "--as-of", str(ds.default_as_of.date()), "--audit-log", tmp_path / "a.jsonl")
+    assert r.exit_code == 0, r.output
+
+
+def test_compare_on_a_dataset_with_bad_rows_writes_its_quarantine_beside_the_report(small_world_dir, tmp_path):
+    """``scf compare`` re-reads the training dataset and evaluates on what it accepted;
+    the rows it set aside were written nowhere beside the comparison (only train's own
+    folder had them). quarantine.csv is now written to compare's --out, its sha256 in
+    the audit entry, and the counts printed."""
+    n = with_bad_flows(small_world_dir, tmp_path / "dirty")
+    uri, log = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "audit.jsonl"
+    r = invoke("train", tmp_path / "dirty", "--tracking-uri", uri, "--out", tmp_path / "train", "--audit-log", log)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "compare"
+    r = invoke("compare", "--tracking-uri", uri, "--out", out, "--audit-log", log)
+    assert r.exit_code == 0, r.output
+    assert "quarantined" in r.output and str(out / "quarantine.csv") in r.output.replace("\n", "")
+    q = pd.read_csv(out / "quarantine.csv", dtype=str)
+    assert sorted(zip(q["file"], q["line"].astype(int), q["column"])) == [
+        ("flows.csv", n + 2, "txn_id"), ("flows.csv", n + 3, "amount")]
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["action"] == "compare"
+    assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((out / "quarantine.csv").read_bytes()).hexdigest()

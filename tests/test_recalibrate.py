@@ -97,3 +97,31 @@ def test_calibration_noise_shrinks_with_rows_and_a_miscalibrated_pd_falls_outsid
     # labels drawn from twice the PD: the largest gap is far outside the band
     y = (rng.random(len(large)) < 2 * large).astype(float)
     assert max_decile_gap(y, large) > 3 * band_large
+
+
+def test_recalibrating_on_a_dataset_with_bad_rows_writes_its_quarantine_beside_the_tables(recalibrated, tmp_path):
+    """A new bank's first delivery is where bad rows are likeliest, and the contract asks
+    every run for a quarantine file beside its output: ``scf recalibrate`` wrote it only
+    when the run failed, so the rows the calibration went without were nowhere. It is now
+    written beside the tables (sha256 in the audit entry) and the counts are printed."""
+    import hashlib
+    import json
+    import shutil
+
+    import pandas as pd
+
+    dirty = tmp_path / "dirty"
+    shutil.copytree(recalibrated["other"], dirty)
+    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
+    bad = flows.iloc[[0]].copy()
+    bad["txn_id"], bad["amount"] = "BAD-AMOUNT", "-5"
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    out, log = tmp_path / "recal", tmp_path / "audit.jsonl"
+    r = runner.invoke(app, ["recalibrate", str(dirty), "--quarter", str(recalibrated["quarter"].date()), "--tracking-uri",
+                            recalibrated["uri"], "--out", str(out), "--audit-log", str(log)])
+    assert r.exit_code == 0, r.output
+    assert "quarantined" in r.output and str(out / "quarantine.csv") in r.output.replace("\n", "")
+    q = pd.read_csv(out / "quarantine.csv", dtype=str)
+    assert list(zip(q["file"], q["line"].astype(int), q["column"])) == [("flows.csv", len(flows) + 2, "amount")]
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((out / "quarantine.csv").read_bytes()).hexdigest()

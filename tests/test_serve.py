@@ -319,3 +319,35 @@ def test_a_promotion_is_picked_up_and_answers_follow_the_new_champion(server, tm
     got = json.loads(call(server, "POST", "/v1/decisions", body, key="plat")[2])
     assert_same_answers(got["decisions"], scf_score(server, pd.DataFrame({"firm_id": [firm]}), tmp_path))
     assert recorded(server["log"])[-1]["model_versions"] == {"propagation": 2, "decoupled": 2, "hybrid": 2}
+
+
+def test_the_service_writes_the_rows_it_decides_without_to_its_quarantine_report(world, tmp_path):
+    """The contract asks every run for a quarantine file and the read/accepted/quarantined
+    counts; ``scf serve`` set bad rows aside and wrote them nowhere (it has no output
+    file), so a service answered from a dataset with rows missing and nobody could see
+    which. It now writes quarantine.csv to its --out folder at startup (removed when a
+    later start on clean data has nothing to report)."""
+    import shutil
+
+    from scf_engine.serve import build
+
+    dirty = tmp_path / "dirty"
+    shutil.copytree(world["data"], dirty)
+    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
+    bad = flows.iloc[[0]].copy()
+    bad["txn_id"], bad["amount"] = "BAD-AMOUNT", "-5"
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    out = tmp_path / "serve"
+    for data, expect in ((dirty, [("flows.csv", len(flows) + 2, "amount")]), (world["data"], None)):
+        app, service, writer = build(data, world["keys"], consents=world["data"] / "consents.csv",
+                                     tracking_uri=world["uri"], audit_log=tmp_path / "audit.jsonl", out=out)
+        try:
+            if expect is None:
+                assert not (out / "quarantine.csv").exists()
+            else:
+                q = pd.read_csv(out / "quarantine.csv", dtype=str)
+                assert list(zip(q["file"], q["line"].astype(int), q["column"])) == expect
+                assert service.state.loaded.dataset.report.n_quarantined == 1
+        finally:
+            service.close()
+            writer.close()

@@ -122,7 +122,7 @@ class DecisionContext:
         reference = table.assign(industry=chain.nodes["industry"].reindex(table.index))
         medians = {k: industry_medians(reference, models[k].features_) for k in ("hybrid", "decoupled") if k in models}
         report = getattr(dataset, "report", None)
-        dq = report.touching_counts() if report is not None else pd.Series(dtype="int64")
+        dq = report.touching_counts(before=data.as_of) if report is not None else pd.Series(dtype="int64")
         d = dataset.defaults.set_index("firm_id")["default_on"].astype("datetime64[s]")
         snap = data.snapshot
         status = receivable_status(snap.receivables, snap.financings,

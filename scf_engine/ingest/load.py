@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scf_engine import policies
-from scf_engine.contract import DEFAULTS, FILES, FINANCINGS, FIRMS, FLOWS, INDICATORS, RECEIVABLES, FileSpec, locate
+from scf_engine.contract import (DEFAULTS, FALSE_SPELLINGS, FILES, FINANCINGS, FIRMS, FLOWS, INDICATORS, RECEIVABLES,
+                                 TRUE_SPELLINGS, FileSpec, locate)
 from scf_engine.errors import DatasetError
 from scf_engine.dataset import Dataset, empty_financings, empty_indicators
 from scf_engine.duck import connect
@@ -243,6 +244,16 @@ def _check_file(con, lf: LoadedFile, report: QuarantineReport, firm_ids: pa.Arra
                 "row": dups["row"].to_numpy(), "column": spec.key,
                 "reason": [f"duplicate {spec.key} (first on {w})" for w in firsts],
             }))
+    if spec is INDICATORS:
+        flagged_rows = np.unique(np.concatenate([f["row"].to_numpy(dtype=np.int64) for f in found])) if found else []
+        conflicts = _conflicting_grades(con, checked, flagged_rows)
+        if len(conflicts):
+            others = lf.line_map.where(conflicts["other_row"].to_numpy())
+            found.append(pd.DataFrame({
+                "row": conflicts["row"].to_numpy(), "column": "grade",
+                "reason": [f"grade conflicts with another grade of the same firm_id, indicator and as_of (on {w})"
+                           for w in others],
+            }))
     violations = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=["row", "column", "reason"])
 
     bad_rows = np.unique(violations["row"].to_numpy(dtype=np.int64)) if len(violations) else np.array([], np.int64)
@@ -308,6 +319,35 @@ def _typed_output(table: pa.Table, spec: FileSpec) -> pa.Table:
     return table
 
 
+def _conflicting_grades(con, checked: pa.Table, set_aside) -> pd.DataFrame:
+    """Indicator rows whose firm, indicator and as_of date repeat with a different grade,
+    and for each the first row whose grade differs from it; rows in ``set_aside``
+    (already breaking a rule: an unknown grade, say) are left out of the comparison. The snapshot keeps one grade per firm and indicator, the latest: two grades
+    of one day would leave the choice to the file's row order, so a re-sorted export
+    would grade the firm differently. Identical repeats agree and are kept."""
+    ind = checked.select(["firm_id", "indicator", "as_of", "grade", "_row"])
+    if len(set_aside):
+        ind = ind.filter(pc.invert(pc.is_in(ind["_row"], pa.array(np.asarray(set_aside, dtype=np.int64)))))
+    con.register("_ind", ind)
+    truthy, falsy = (", ".join(f"'{v}'" for v in vals) for vals in (TRUE_SPELLINGS, FALSE_SPELLINGS))
+    rows = con.sql(f"""
+        WITH t AS (
+            SELECT _row, firm_id, indicator, CAST(as_of AS DATE) AS day,
+                   CASE WHEN indicator = 'dishonest' AND lower(trim(grade)) IN ({truthy}) THEN 'true'
+                        WHEN indicator = 'dishonest' AND lower(trim(grade)) IN ({falsy}) THEN 'false'
+                        WHEN indicator = 'bonus' AND TRY_CAST(trim(grade) AS DOUBLE) IS NOT NULL
+                             THEN CAST(TRY_CAST(trim(grade) AS DOUBLE) AS VARCHAR)
+                        ELSE trim(grade) END AS g
+            FROM _ind WHERE firm_id IS NOT NULL AND indicator IS NOT NULL AND as_of IS NOT NULL),
+        c AS (SELECT firm_id, indicator, day FROM t GROUP BY firm_id, indicator, day HAVING count(DISTINCT g) > 1),
+        m AS (SELECT t.* FROM t JOIN c USING (firm_id, indicator, day))
+        SELECT m._row AS row, (SELECT min(o._row) FROM m o WHERE o.firm_id = m.firm_id AND o.indicator = m.indicator
+                               AND o.day = m.day AND o.g IS DISTINCT FROM m.g) AS other_row
+        FROM m ORDER BY _row""").df()
+    con.unregister("_ind")
+    return rows
+
+
 def _duplicate_rows(con, table: pa.Table, key: str) -> pd.DataFrame:
     """Rows repeating an earlier row's (non-empty) key, with the first row of that key.
 
@@ -345,9 +385,36 @@ def _with_values(con, raw: str, lf: LoadedFile, violations: pd.DataFrame, bad_ro
     value = [text.at[r, c] if c in text.columns else "" for r, c in zip(rows, violations["column"])]
     party = text[parties].fillna("").astype(str).apply(lambda r: ";".join(v.strip() for v in r if v.strip()), axis=1)
     violations = violations.assign(value=value, parties=party.reindex(rows).to_numpy(), line=lf.line_map.lines(rows),
-                                   file=lf.line_map.files(rows))
+                                   file=lf.line_map.files(rows), dated=_dated(lf.spec, text, rows, violations["column"]))
     violations["value"] = violations["value"].fillna("").astype(str)
-    return violations[["file", "line", "column", "value", "reason", "parties"]]
+    return violations[["file", "line", "column", "value", "reason", "parties", "dated"]]
+
+
+ROW_DATE = {"flows": "booked_on", "receivables": "issued_on", "financings": "drawn_on", "indicators": "as_of",
+            "defaults": "default_on"}
+
+
+def _day(values) -> pd.Series:
+    """ISO dates (a timestamp's time dropped) as datetimes; anything else NaT."""
+    return pd.to_datetime(pd.Series(values, dtype=object).fillna("").astype(str).str.slice(0, 10),
+                          format="%Y-%m-%d", errors="coerce")
+
+
+def _dated(spec: FileSpec, text: pd.DataFrame, rows, columns) -> np.ndarray:
+    """When each violation was known: the later of its row's own date (a flow's booking,
+    a receivable's issue, a financing's drawdown, a grading) and the date in the broken
+    column when that is a date (a pledge "in the future" is known on its pledge date).
+    NaT where the row has no readable date of its own: such a problem counts at every
+    as-of. Firms carry no date: a firm row set aside counts at every as-of."""
+    own = spec.name in ROW_DATE and ROW_DATE[spec.name] in text.columns
+    row_day = _day(text[ROW_DATE[spec.name]].reindex(rows).to_numpy()) if own else pd.Series(pd.NaT, index=range(len(rows)))
+    dates = {c.name for c in spec.columns if c.kind == "date"}
+    col_vals = [text.at[r, c] if c in dates and c in text.columns else None for r, c in zip(rows, columns)]
+    col_day = _day(col_vals)
+    out = row_day.to_numpy(dtype="datetime64[ns]").copy()
+    later = ~pd.isna(col_day.to_numpy()) & ~pd.isna(out) & (col_day.to_numpy(dtype="datetime64[ns]") > out)
+    out[later] = col_day.to_numpy(dtype="datetime64[ns]")[later]
+    return out
 
 
 def _to_frame(table: pa.Table, spec: FileSpec) -> pd.DataFrame:

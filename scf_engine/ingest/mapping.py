@@ -135,7 +135,16 @@ class Mapping:
 def load_mapping(path: Path | str) -> Mapping:
     """Read and check a mapping file; a malformed mapping raises a one-line ValueError."""
     path = Path(path)
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path.name}: cannot read the mapping ({exc.strerror or exc}: {path})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path.name}: the mapping is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path.name}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path.name}: a mapping is a YAML mapping with produces, columns and firms")
     _no_unknown_keys(path, "the mapping", doc, ("produces", "source", "columns", "firms"))
@@ -289,6 +298,12 @@ def _read_source(path: Path, mapping: Mapping) -> pd.DataFrame:
                           sep=mapping.delimiter, skip_blank_lines=True)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path.name}: unreadable export: {str(exc).strip().splitlines()[-1]}") from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path.name}: unreadable export: the file is empty (no header)") from None
+    except LookupError:
+        raise ValueError(f"{path.name}: the mapping's source encoding {mapping.encoding!r} is not an encoding") from None
+    except OSError as exc:
+        raise ValueError(f"{path.name}: cannot read the export ({exc.strerror or exc}: {path})") from None
     raw.columns = [str(c).strip() for c in raw.columns]
     missing = [c for c in dict.fromkeys(mapping.source_columns) if c not in raw.columns]
     if missing:

@@ -7,11 +7,14 @@ silently. A row that breaks several rules is one quarantined row with several re
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from scf_engine.errors import OutputError
 from scf_engine.tables import write_csv
 
 QUARANTINE_COLUMNS = ["file", "line", "column", "value", "reason", "parties"]
@@ -29,6 +32,9 @@ class FileCounts:
 class QuarantineReport:
     counts: list[FileCounts] = field(default_factory=list)
     rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
+    # when each row's problem was known, position by position with ``rows`` (NaT: not
+    # placeable in time): the later of the row's own date and the broken date column's
+    dated: pd.Series = field(default_factory=lambda: pd.Series(dtype="datetime64[ns]"))
 
     def add_file(self, file: str, read: int, accepted: int, violations: pd.DataFrame) -> None:
         """``violations``: one row per broken rule, with ``line`` and, where the rows come
@@ -45,9 +51,12 @@ class QuarantineReport:
             v = violations if "file" in violations else violations.assign(file=file)
             if "parties" not in v:
                 v["parties"] = ""
+            dated = (pd.to_datetime(v["dated"], errors="coerce") if "dated" in v
+                     else pd.Series(pd.NaT, index=v.index)).astype("datetime64[ns]").reset_index(drop=True)
             v = v[QUARANTINE_COLUMNS]
             v["value"] = v["value"].astype(str).str.slice(0, 200)
             self.rows = v if self.rows.empty else pd.concat([self.rows, v], ignore_index=True)
+            self.dated = dated if self.dated.empty else pd.concat([self.dated, dated], ignore_index=True)
 
     @property
     def n_quarantined(self) -> int:
@@ -64,18 +73,34 @@ class QuarantineReport:
             .sort_values("rows", ascending=False).head(n).reset_index(drop=True)
         )
 
-    def rows_touching(self, firm_id: str) -> pd.DataFrame:
-        """Quarantine rows that name this firm in any party column (memo data-quality notes)."""
+    def rows_touching(self, firm_id: str, before=None) -> pd.DataFrame:
+        """Quarantine rows that name this firm in any party column (memo data-quality notes);
+        ``before``: only those known before that as-of, as :meth:`touching_counts` counts them."""
         if self.rows.empty:
             return self.rows
-        return self.rows[self._party_lists().apply(lambda ps: firm_id in ps)]
+        hit = self._party_lists().apply(lambda ps: firm_id in ps).to_numpy(dtype=bool, copy=True)
+        if before is not None:
+            hit &= self._known_before(before)
+        return self.rows[hit]
 
-    def touching_counts(self) -> pd.Series:
+    def _known_before(self, before) -> np.ndarray:
+        """Per row: its problem was known before ``before``, or cannot be placed in time."""
+        dated = self.dated.reindex(range(len(self.rows))).to_numpy()
+        return pd.isna(dated) | (dated < pd.Timestamp(before).to_datetime64())
+
+    def touching_counts(self, before=None) -> pd.Series:
         """How many quarantine rows name each firm (``len(rows_touching(f))`` for every
-        firm at once, by firm_id): one pass instead of one scan per firm."""
+        firm at once, by firm_id): one pass instead of one scan per firm. ``before``: only
+        the rows whose problem was known before that as-of date (or cannot be placed in
+        time): a record dated on or after the as-of never changes a decision at it."""
         if self.rows.empty:
             return pd.Series(dtype="int64")
-        return self._party_lists().map(set).explode().value_counts()
+        parties = self._party_lists()
+        if before is not None:
+            parties = parties[self._known_before(before)]
+            if parties.empty:
+                return pd.Series(dtype="int64")
+        return parties.map(set).explode().value_counts()
 
     def _party_lists(self) -> pd.Series:
         return self.rows["parties"].fillna("").astype(str).str.split(";")
@@ -90,3 +115,29 @@ class QuarantineReport:
         if path.is_symlink():
             path.unlink()
         return write_csv(self.sorted_rows(), path)  # values as the bank wrote them, neutralised for spreadsheets
+
+
+QUARANTINE = "quarantine.csv"  # beside an output, when its run set rows aside
+
+
+def publish_beside(report: QuarantineReport, folder: Path) -> dict:
+    """The contract: the rows a run set aside go to a quarantine file beside its output,
+    on success too (only a failed run wrote it). ``{"quarantine.csv": sha256}`` for the
+    audit entry when rows were set aside; when none were, a quarantine.csv left there by
+    an earlier run is removed, so the file beside an output always describes that output's
+    run (as ``scf score`` publishes it). The report replaces a link, never writes through it."""
+    path = Path(folder) / QUARANTINE
+    if not report.n_quarantined:
+        if path.is_symlink() or path.is_file():
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise OutputError(f"{path}: cannot remove the earlier run's quarantine report "
+                                  f"({exc.strerror or exc})") from None
+        return {}
+    try:
+        report.write(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the quarantine report ({exc.strerror or exc})") from None
+    return {QUARANTINE: hashlib.sha256(path.read_bytes()).hexdigest()}
+

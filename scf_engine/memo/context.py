@@ -104,7 +104,8 @@ def memo_context(i, decisions, data, models, shared: _BatchShared, provenance: P
     paths = None
     if chain.nodes.at[fid, "role"] in ("upstream", "downstream") and shared.paths.frame.at[fid, "covered"]:
         paths = path_rows(models["propagation"], chain, fid, max_len=3, context=shared.paths)
-    dq = quarantine.rows_touching(fid) if quarantine is not None and len(quarantine.rows) else pd.DataFrame()
+    dq = (quarantine.rows_touching(fid, before=decisions.as_of) if quarantine is not None and len(quarantine.rows)
+          else pd.DataFrame())  # as the decision counts them: known before the as-of
     detail = decisions.limit_detail.loc[i]
     return {
         "firm": firm_record(chain, fid),

@@ -12,6 +12,7 @@ amber, the same miss at a high PD, or two at once, is red.
 from __future__ import annotations
 
 import math
+import string
 
 import numpy as np
 import pandas as pd
@@ -56,10 +57,21 @@ class _Row(dict):
         return float("nan")
 
 
+class _Evidence(string.Formatter):
+    """Formats a template's fields; a missing value (NaN, None, NA) shows as 'n/a' whatever
+    its format spec. Field by field: replacing "nan" in the formatted text also hit words
+    that contain it ("financing" read "fin/acing")."""
+
+    def format_field(self, value, format_spec):
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        return super().format_field(value, format_spec)
+
+
 def evidence(template: str, row: dict) -> str:
     try:
-        return template.format_map(_Row(row)).replace("nan%", "n/a").replace("nan", "n/a")
-    except (ValueError, TypeError, KeyError):
+        return _Evidence().vformat(template, (), _Row(row))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return template
 
 

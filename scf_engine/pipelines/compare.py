@@ -19,6 +19,7 @@ from scf_engine.assemble import add_propagation, assemble, stack, truth_frame
 from scf_engine.errors import DatasetError, ModelNotFound
 from scf_engine.evaluate import bootstrap_difference, evaluate
 from scf_engine.ingest import fingerprint, load_dataset
+from scf_engine.ingest.quarantine import publish_beside
 from scf_engine.learners.predict import PD_COLUMNS, predict_all
 from scf_engine.pipelines.promote import promote as move_alias
 from scf_engine.pipelines.promote import promotion_plan
@@ -37,6 +38,7 @@ class CompareResult:
     report_path: Path
     promoted: dict
     notes: list
+    report: object = None  # the dataset's QuarantineReport: rows set aside, counts per file
 
 
 def load_models(store: tracking.Store, alias: str) -> tuple[dict, dict]:
@@ -95,13 +97,16 @@ def compare(*, tracking_uri: str | None = None, data_dir: Path | str | None = No
     models["jiangyin"] = store.load_logged_model(last.data.tags["baseline_model_uri"])
     res = evaluate_heldout(ds, models, test_dates, n_boot=n_boot, progress=say)
     run_id, path = record_comparison(store, res, versions, alias, last.info.run_id, test_dates, Path(data_dir), Path(out_dir))
+    output = publish_beside(ds.report, Path(out_dir))  # the rows the held-out snapshots went without
     access.record(audit_log, actor, "compare", "model comparison on held-out snapshots", ds.firms["firm_id"],
-                  inputs=ds.fingerprints, mlflow_run_id=run_id, alias=alias, versions={k: v["version"] for k, v in versions.items()})
+                  inputs=ds.fingerprints, mlflow_run_id=run_id, alias=alias, versions={k: v["version"] for k, v in versions.items()},
+                  **({"output": output} if output else {}))
     promoted = {}
     if kinds:
         promoted = move_alias(store, versions, kinds)
         tracking.Run(store, run_id).set_tags({"promoted": json.dumps(promoted), "promotion_notes": json.dumps(notes)})
-    return CompareResult(run_id, res["evaluation"]["overall"], res["bootstrap"], res["winners"], path, promoted, notes)
+    return CompareResult(run_id, res["evaluation"]["overall"], res["bootstrap"], res["winners"], path, promoted, notes,
+                         ds.report)
 
 
 def record_comparison(store, res: dict, versions: dict, alias: str, train_run_id: str, test_dates, data_dir: Path,

@@ -23,6 +23,7 @@ from scf_engine import access
 from scf_engine.errors import OutputError
 from scf_engine.features import flow_features
 from scf_engine.ingest.load import load_or_report
+from scf_engine.ingest.quarantine import publish_beside
 from scf_engine.pipelines.score import check_as_of, check_writable, parse_as_of
 from scf_engine.sqlengine import engine_label, feature_engine
 
@@ -34,6 +35,7 @@ class FeaturesResult:
     as_of: pd.Timestamp
     seconds: float
     audit_entry: dict
+    report: object = None  # the dataset's QuarantineReport: rows set aside, counts per file
 
 
 def features(data_dir: Path | str, out: Path | str, *, as_of=None, engine: str = "duckdb", spark_master: str | None = None,
@@ -51,10 +53,11 @@ def features(data_dir: Path | str, out: Path | str, *, as_of=None, engine: str =
     table = flow_features(ds.as_of(T), engine=eng).rename_axis("firm_id").reset_index()
     seconds = time.perf_counter() - started
     digest = _write_parquet(table, out)
+    output = {out.name: digest, **publish_beside(ds.report, out.parent)}
     entry = access.record(audit_log, actor, "features", "flow features of a dataset (feature catalogue)",
                           ds.firms["firm_id"], inputs=ds.fingerprints, as_of=str(T.date()), engine=engine_label(eng),
-                          output={out.name: digest})
-    return FeaturesResult(table, out, engine, T, seconds, entry)
+                          output=output)
+    return FeaturesResult(table, out, engine, T, seconds, entry, ds.report)
 
 
 def _write_parquet(table: pd.DataFrame, out: Path) -> str:

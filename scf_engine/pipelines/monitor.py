@@ -56,6 +56,7 @@ class MonitorResult:
     audit_entry: dict
     summary: dict
     drift: pd.DataFrame | None = None
+    report: object = None  # the dataset's QuarantineReport: rows set aside, counts per file
 
 
 # ------------------------------------------------------------------------------ portfolio
@@ -153,7 +154,7 @@ def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, 
     memo_dir = Path(portfolio).parent / "memos" if portfolio else None
     return record(store, frames, quarantined, out, dates=dates, batch_T=batch_T, versions=versions, pols=pols,
                   inputs=inputs, batch_run=batch_run, audit_log=audit_log, actor=actor, memo_dir=memo_dir,
-                  progress=say)
+                  progress=say, report=ds.report)
 
 
 def lean_flows(flows: pd.DataFrame) -> pd.DataFrame:
@@ -357,13 +358,14 @@ def summary(port: pd.DataFrame, alerts: pd.DataFrame) -> dict:
     return out
 
 
-MONITOR_NAMES = ("portfolio.csv", "alerts.csv", "portfolio_quarantine.csv", "report.html", "drift.csv")
+QUARANTINE = "quarantine.csv"  # the dataset's rows set aside, when there were any (published with the pass)
+MONITOR_NAMES = ("portfolio.csv", "alerts.csv", "portfolio_quarantine.csv", "report.html", "drift.csv", QUARANTINE)
 KIND = "monitor"  # passes live under DIR/.scf-outputs/monitor/ (scf_engine.publish)
 ENTRY_LINK = "monitor_audit_entry.json"  # not audit_entry.json: a batch's limits.csv may share the folder
 
 
 def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, pols, inputs, batch_run, audit_log,
-           actor, memo_dir: Path | None = None, progress=None) -> MonitorResult:
+           actor, memo_dir: Path | None = None, progress=None, report=None) -> MonitorResult:
     """portfolio.csv, alerts.csv, drift.csv, report.html (and the quarantine rows of unknown
     firms), one MLflow run and one audit entry, all or nothing, as a batch: staged in a
     folder of its own, the entry records the sha256 of the staged bytes, one flip
@@ -379,6 +381,8 @@ def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, p
         files = {"portfolio.csv": csv_bytes(port), "alerts.csv": csv_bytes(alerts)}
         if len(quarantined):
             files["portfolio_quarantine.csv"] = csv_bytes(quarantined)
+        if report is not None and report.n_quarantined:  # the contract: bad rows go to a file beside the output
+            files[QUARANTINE] = csv_bytes(report.sorted_rows())
         files["report.html"] = render_report(port, alerts, drift, pols["monitoring"], memo_dir=memo_dir,
                                              out_dir=out).encode("utf-8")
         if drift is not None:
@@ -399,13 +403,14 @@ def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, p
         def append(hashes: dict) -> dict:
             return access.record(
                 audit_log, actor, "monitor", "after-lending monitoring (贷后监测)", sorted(port["firm_id"].unique()),
+                name_firms=True,  # named, as a batch's: `scf audit show --firm` finds who monitored a firm
                 inputs=inputs, mlflow_run_id=run.id, as_of=[str(t.date()) for t in dates],
                 model_versions={k: v["version"] for k, v in versions.items()},
                 policy_hashes=policies.fingerprint(pols), output=hashes,
                 **({"leftover_outputs": pub.leftovers} if pub.leftovers else {}))
 
         entry = pub.publish(audit_log, append, lambda e, path: run.log_artifact(path, "audit"))
-    return MonitorResult(port, alerts, quarantined, out, run.id, entry, stats, drift)
+    return MonitorResult(port, alerts, quarantined, out, run.id, entry, stats, drift, report)
 
 
 __all__ = ["monitor", "compute", "read_portfolio", "MonitorResult", "PORTFOLIO_COLUMNS", "ALERTS_COLUMNS"]

@@ -31,6 +31,7 @@ from scf_engine.dataset import as_timestamp
 from scf_engine.errors import DatasetError, RequestError
 from scf_engine.evaluate import calibration_noise, calibration_table
 from scf_engine.ingest.load import load_or_report
+from scf_engine.ingest.quarantine import publish_beside
 from scf_engine.learners.lgbm import platt_scaling
 from scf_engine.learners.predict import has_flows
 from scf_engine.tables import write_csv
@@ -44,6 +45,7 @@ class RecalibrateResult:
     calibration: pd.DataFrame  # kind, sample, bin, n, defaults, mean_pd_before, mean_pd_after, observed
     summary: pd.DataFrame  # kind, sample, max_gap_before_pp, max_gap_after_pp, noise_95_pp, platt before/after
     out_dir: Path
+    report: object = None  # the dataset's QuarantineReport: rows set aside, counts per file
 
 
 def quarter_frame(ds, T: pd.Timestamp, propagation) -> pd.DataFrame:
@@ -139,9 +141,11 @@ def recalibrate(data_dir: Path | str, quarter, *, tracking_uri: str | None = Non
     say("registering the recalibrated models")
     versions = _record(store, new, models, frames["quarter"], cal, summary, Path(data_dir), T, out_dir)
     (out_dir / "run.json").write_text(json.dumps({"versions": versions, "quarter": str(T.date())}, indent=2))
+    output = publish_beside(ds.report, out_dir)  # the new bank's rows set aside, beside the tables
     access.record(audit_log, actor, "recalibrate", "calibration refit on a new bank's first labelled quarter",
-                  frames["quarter"].index, inputs=ds.fingerprints, registered=versions, quarter=str(T.date()))
-    return RecalibrateResult(versions, cal, summary, out_dir)
+                  frames["quarter"].index, inputs=ds.fingerprints, registered=versions, quarter=str(T.date()),
+                  **({"output": output} if output else {}))
+    return RecalibrateResult(versions, cal, summary, out_dir, ds.report)
 
 
 def _record(store, new: dict, loaded: dict, frame: pd.DataFrame, cal, summary, data_dir: Path, T, out_dir: Path) -> dict:

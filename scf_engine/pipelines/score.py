@@ -28,6 +28,7 @@ from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import AuditError, PolicyError, RequestError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
+from scf_engine.ingest.quarantine import publish_beside
 from scf_engine.ingest.requests import read_batch, read_consents, read_whitelist, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.publish import Publication
@@ -91,6 +92,10 @@ def check_as_of(T: pd.Timestamp | None, ds: Dataset, say) -> pd.Timestamp:
     if T <= ds.first_date:
         raise RequestError(f"--as-of {T.date()} is not after the data begins ({ds.first_date.date()}): "
                            "nothing is known before it")
+    if T > ds.default_as_of:  # as scf monitor refuses it
+        raise RequestError(f"--as-of {T.date()} is after the data ends ({ds.last_date.date()}; the latest as-of it "
+                           f"supports is {ds.default_as_of.date()}): nothing is known yet of the time between, and "
+                           "every firm would look as if it had stopped trading")
     say(f"as-of {T.date()}")
     return T
 
@@ -356,6 +361,7 @@ class ExplainResult:
     reasons: list
     memo_paths: dict
     audit_entry: dict
+    report: object = None  # the dataset's QuarantineReport: rows set aside, counts per file
 
 
 def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, consents: Path | str | None = None,
@@ -376,12 +382,14 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
         prov = Provenance(loaded.versions, None, None, loaded.store.uri)
         memo_paths = write_memos(Path(out) / "memos", memo_formats,
                                  memo_contexts(decisions, loaded.data, loaded.models, prov, loaded.dataset.report))[0]
+    output = publish_beside(loaded.dataset.report, Path(out))  # the rows set aside, beside the memo
     entry = access.record(
         audit_log, actor, "explain", "explain one firm's decision", [str(firm_id)], name_firms=True,
         inputs={**loaded.dataset.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {})},
         as_of=str(decisions.as_of.date()), model_versions={k: v["version"] for k, v in loaded.versions.items()},
-        policy_hashes=policies.fingerprint(loaded.pols))
-    return ExplainResult(decisions.limits.iloc[0], list(decisions.reasons.iloc[0]), memo_paths, entry)
+        policy_hashes=policies.fingerprint(loaded.pols), **({"output": output} if output else {}))
+    return ExplainResult(decisions.limits.iloc[0], list(decisions.reasons.iloc[0]), memo_paths, entry,
+                         loaded.dataset.report)
 
 
 __all__ = ["ScoreResult", "ExplainResult", "Loaded", "score", "explain", "load_for_decisions", "decide_loaded", "precompute_loaded",

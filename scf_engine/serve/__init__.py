@@ -13,23 +13,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from scf_engine import access, policies
+from scf_engine.ingest.quarantine import QUARANTINE, publish_beside
 from scf_engine.serve.audit_writer import AuditWriter
 from scf_engine.serve.keys import ApiKey, key_sha256, read_keys
 from scf_engine.serve.state import Service
 
 
 def build(data_dir, keys_path, *, as_of=None, consents=None, tracking_uri=None, alias="champion",
-          audit_log: Path | str | None = None, actor=None, cache_entries: int | None = None, progress=None):
+          audit_log: Path | str | None = None, actor=None, cache_entries: int | None = None, progress=None,
+          out: Path | str | None = None):
     """Everything checked and loaded before a port is opened: ``(app, service, writer)``.
-    A bad keys file, dataset, policy or registry is one :class:`~scf_engine.errors.ScfError`."""
+    A bad keys file, dataset, policy or registry is one :class:`~scf_engine.errors.ScfError`.
+    ``out``: the folder for the dataset's quarantine report (the rows the service decides
+    without): written there when rows were set aside, as every command does, and when the
+    dataset turns out unusable."""
     from scf_engine.serve.app import create_app
 
     pol = policies.load("serve")
     if cache_entries is not None:
         pol = policies.Policy(pol.name, pol.path, {**pol.data, "answer_cache_entries": int(cache_entries)}, pol.sha256)
     keys = read_keys(keys_path, pol["roles"])
+    report_path = Path(out) / QUARANTINE if out is not None else None
     service = Service(data_dir, serve_policy=pol, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                      progress=progress, audit_log=access.log_path(audit_log))
+                      progress=progress, audit_log=access.log_path(audit_log), report_path=report_path)
+    if out is not None:
+        publish_beside(service.state.loaded.dataset.report, Path(out))
     # the same log and actor every other command records in ($SCF_AUDIT_LOG, $SCF_ACTOR)
     writer = AuditWriter(access.log_path(audit_log), access.actor_name(actor))
     return create_app(service, keys, writer), service, writer

@@ -140,8 +140,9 @@ class Service:
     on request."""
 
     def __init__(self, data_dir, *, serve_policy, as_of=None, consents=None, tracking_uri=None, alias="champion",
-                 progress=None, audit_log=None):
-        self.args = dict(data_dir=data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias)
+                 progress=None, audit_log=None, report_path=None):
+        self.args = dict(data_dir=data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
+                         report_path=report_path)
         self.policy = serve_policy
         self.audit_log = audit_log  # the batches' earmarks are read from it at each (re)load
         self.alias = alias
