@@ -42,6 +42,7 @@ from scf_engine.monitor.signals import ALERTS_COLUMNS, authenticity_seen, core_d
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.score import check_writable, parse_as_of, saved_scale
 from scf_engine.publish import Publication
+from scf_engine.release import give_back
 from scf_engine.tables import csv_bytes
 
 PORTFOLIO_NEEDS = ("firm_id", "as_of", "pd", "grade", "limit_cny")
@@ -140,7 +141,9 @@ def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, 
     late = [t for t in dates if t > ds.default_as_of]
     if late:
         raise RequestError(f"--as-of {late[0].date()} is after the data ends ({ds.last_date.date()}): nothing is known yet")
-    ds.flows = lean_flows(ds.flows, dates[-1])
+    give_back()  # what loading freed (the files as read, their checks) before the pass builds on it
+    lean_flows(ds, dates[-1])
+    give_back()
     lent, quarantined = split_known(lent, ds)
     if lent.empty:
         raise RequestError(f"--portfolio {path}: none of its {len(quarantined)} lent firms is in this dataset's firms")
@@ -157,10 +160,10 @@ def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, 
                   progress=say)
 
 
-def lean_flows(flows: pd.DataFrame, until: pd.Timestamp | None = None) -> pd.DataFrame:
-    """The flows the pass can read, in a compact copy: the pass holds them for its whole
-    length (each as-of's snapshot slices them), so what it does not read is memory held
-    for nothing.
+def lean_flows(ds, until: pd.Timestamp | None = None) -> None:
+    """``ds.flows`` made the flows the pass can read, in a compact copy: the pass holds
+    them for its whole length (each as-of's snapshot slices them), so what it does not
+    read is memory held for nothing.
 
     * no ``txn_id``: nothing the pass computes reads the transaction id (the features,
       the chain, the closed-loop checks and the signals key flows by position and
@@ -176,16 +179,24 @@ def lean_flows(flows: pd.DataFrame, until: pd.Timestamp | None = None) -> pd.Dat
       a purpose name, which a category answers the same.
 
     The dataset's fingerprints are of the files, so the record is unchanged. The copy is
-    compact (a slice would keep the whole frame's buffers alive)."""
-    flows = flows.drop(columns=["txn_id"], errors="ignore")
+    compact (a slice would keep the whole frame's buffers alive) and made column by
+    column, each old column let go as its copy is made, so the old frame and the new are
+    never both whole in memory."""
+    flows, ds.flows = ds.flows.drop(columns=["txn_id"], errors="ignore"), None
+    keep = slice(None)
     if until is not None:
         booked = flows["booked_on"]
         if booked.is_monotonic_increasing:
-            flows = flows.iloc[:int(np.searchsorted(booked.to_numpy(), np.datetime64(until, "s"), "left"))]
+            keep = slice(0, int(np.searchsorted(booked.to_numpy(), np.datetime64(until, "s"), "left")))
         else:
-            flows = flows[booked < until]
-    return pd.DataFrame({c: flows[c].astype("category") if c == "purpose" else _compact(flows[c]) for c in flows.columns},
-                        index=flows.index.copy())
+            keep = (booked < until).to_numpy()
+        del booked
+    index, out = flows.index[keep].copy(), {}
+    for c in list(flows.columns):
+        col = flows.pop(c).iloc[keep]
+        out[c] = col.astype("category") if c == "purpose" else _compact(col)
+        del col
+    ds.flows = pd.DataFrame(out, index=index)
 
 
 def _compact(col: pd.Series) -> pd.Series:
@@ -256,6 +267,7 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
     say(f"snapshot at the batch ({batch_T.date()})")
     batch = snapshot_at(ds, batch_T, models, con=con, flow_pass=flow_pass)
     batch.snapshot = None  # the pass reads the batch's table and chain; its copy of the flows can go
+    give_back()
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
     ids = pd.Index(lent["firm_id"], name="firm_id")
     seen = authenticity_seen(batch.table.reindex(ids).dropna(how="all"))  # the batch's alerts, once per pass
@@ -285,7 +297,8 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
         parts.append(rows)
         alerts.append(a)
         drift.append(vintage_rows(lent, default_on, T, pols["monitoring"]))
-        del now  # before the next as-of is built
+        del now, ctx, dec, raw, frame  # before the next as-of is built
+        give_back()  # and what this one freed returned, not kept under the next one's peak
     drift = pd.concat(drift, ignore_index=True) if drift else None
     return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS], drift
 
