@@ -97,9 +97,18 @@ class FlowPass:
     half of which no statement read; the flows are sliced, not copied, when in date
     order (as :meth:`scf_engine.dataset.Dataset.as_of` does).
     DuckDB only: the cluster engine builds its legs per as-of. Its tables live as long as
-    the connection (the pass closes it)."""
+    the connection (the pass closes it).
 
-    TABLE = "_pass_legs"
+    The tables are held compressed: they live in an in-memory database of their own
+    attached with DuckDB's ``COMPRESS`` option and are checkpointed once built, which
+    stores the party ids by dictionary and FSST and the dates and amounts bit-packed
+    (DuckDB's temporary tables are never compressed). The pass holds them from its first
+    date to its last: at 100,000 firms and 12 dates ~2.7 GB as temporary tables, about a
+    third compressed, for a few seconds to compress them and a little more to read them
+    back at each as-of. The same rows in the same order."""
+
+    TABLE = "_pass_legs"  # in the pass's own database (``self.TABLE``: qualified with its name)
+    _attached = 0  # passes built in this process: each attaches a database of its own name
 
     def __init__(self, con, flows: pd.DataFrame, firm_ids, dates):
         dates = [pd.Timestamp(t) for t in dates]
@@ -112,6 +121,10 @@ class FlowPass:
         else:
             within = flows[(booked >= lo) & (booked < max(dates))]
         self.dates, self.eng = dates, DuckDBEngine(con)
+        FlowPass._attached += 1
+        self.db = f"_scf_pass_{FlowPass._attached}"
+        con.execute(f"ATTACH ':memory:' AS {self.db} (COMPRESS)")
+        self.TABLE = f"{self.db}.{FlowPass.TABLE}"
         self.eng.register("_pass_flows", within[["booked_on", "payer_id", "payee_id", "amount", "purpose"]],
                           money=("amount",), row_number="_i")
         self.eng.register("_pass_firms", pd.DataFrame({"firm_id": pd.Series(firm_ids, dtype=object).to_numpy()}))
@@ -120,8 +133,11 @@ class FlowPass:
         # its bucket, the same bucket for every date on that day of the month
         for d in sorted({t.day for t in dates}):
             bucket = f"year(booked_on) * 12 + month(booked_on) + CASE WHEN day(booked_on) >= {d} THEN 1 ELSE 0 END"
-            self.eng.create(f"{self.TABLE}_monthly_{d}", _monthly_sql(f"(SELECT *, {bucket} AS bucket FROM {every})", "bucket"))
-        self.eng.create(self.TABLE, f"SELECT * FROM {every} WHERE booked_on >= DATE '{self._read_from(min(dates))}'")
+            con.execute(f"CREATE TABLE {self.TABLE}_monthly_{d} AS "
+                        + _monthly_sql(f"(SELECT *, {bucket} AS bucket FROM {every})", "bucket"))
+        con.execute(f"CREATE TABLE {self.TABLE} AS SELECT * FROM {every} "
+                    f"WHERE booked_on >= DATE '{self._read_from(min(dates))}'")
+        con.execute(f"CHECKPOINT {self.db}")  # compresses what was written
         self.eng.unregister("_pass_flows")  # the tables hold what the pass needs
         self.eng.unregister("_pass_firms")
         self._shapes: ShapeSearch | None = None
