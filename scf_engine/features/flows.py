@@ -103,9 +103,10 @@ class FlowPass:
     attached with DuckDB's ``COMPRESS`` option and are checkpointed once built, which
     stores the party ids by dictionary and FSST and the dates and amounts bit-packed
     (DuckDB's temporary tables are never compressed). The pass holds them from its first
-    date to its last: at 100,000 firms and 12 dates ~2.7 GB as temporary tables, about a
-    third compressed, for a few seconds to compress them and a little more to read them
-    back at each as-of. The same rows in the same order."""
+    date to its last: at 100,000 firms over a batch and two as-of dates 1.62 GB as
+    temporary tables, 0.39 GB compressed (0.27 -> 0.05 GB at 10,000 firms over 13 dates),
+    for ~1.5 s of CPU at 10,000 firms to compress them and read them back. The same rows
+    in the same order."""
 
     TABLE = "_pass_legs"  # in the pass's own database (``self.TABLE``: qualified with its name)
     _attached = 0  # passes built in this process: each attaches a database of its own name
@@ -202,10 +203,10 @@ class FlowPass:
 
     def create_legs(self, T: str) -> None:
         """``legs`` at T (:meth:`legs_sql`) as a view over the pass's table, not a copy:
-        the six statements that read it each filter the pass's legs again (~7 million
-        legs an as-of at 100,000 firms, a table of ~0.7 GB that each as-of built and
-        dropped); the same rows in the same order (insertion order is kept), and every
-        statement reading them aggregates or orders them itself."""
+        the six statements that read it each filter the pass's legs again (an as-of's 12
+        months are ~11 million legs at 100,000 firms, a table of over 1 GB that each
+        as-of built and dropped); the same rows in the same order (insertion order is
+        kept), and every statement reading them aggregates or orders them itself."""
         self.eng.con.execute(f"CREATE OR REPLACE TEMP VIEW legs AS {self.legs_sql(T)}")
 
     def drop_legs(self) -> None:
