@@ -27,6 +27,9 @@ statements go through an engine, :class:`scf_engine.sqlengine.DuckDBEngine` as w
 
 from __future__ import annotations
 
+import warnings
+
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -137,7 +140,12 @@ class FlowPass:
         self.dates, self.eng = dates, DuckDBEngine(con)
         FlowPass._attached += 1
         self.db = f"_scf_pass_{FlowPass._attached}"
-        con.execute(f"ATTACH ':memory:' AS {self.db} (COMPRESS)")
+        try:
+            con.execute(f"ATTACH ':memory:' AS {self.db} (COMPRESS)")
+        except duckdb.Error as exc:  # COMPRESS is DuckDB 1.4's: before it, the same tables uncompressed
+            warnings.warn(f"DuckDB refused a compressed in-memory database ({str(exc).splitlines()[0]}); the "
+                          "pass's tables are held uncompressed: larger, same results", RuntimeWarning, stacklevel=2)
+            con.execute(f"ATTACH ':memory:' AS {self.db}")
         self.TABLE = f"{self.db}.{FlowPass.TABLE}"
         days = within["booked_on"].to_numpy()
 
