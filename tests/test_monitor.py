@@ -687,6 +687,34 @@ def test_the_shared_pass_answers_as_one_snapshot_per_date_does(lent, tmp_path):
         pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
+def test_the_pass_on_the_flows_it_keeps_answers_as_on_every_flow(lent, tmp_path):
+    """scf monitor keeps only the flows booked before its last as-of, without txn_id and
+    with purpose as a category, in a compact copy (lean_flows): the portfolio, the alerts
+    and the drift rows are the same, value for value, as one snapshot per date built from
+    the dataset as loaded."""
+    from scf_engine.ingest.load import load_or_report
+    from scf_engine.ingest.requests import read_consents
+    from scf_engine.pipelines.compare import load_models
+    from scf_engine.pipelines.monitor import compute, drift_reference, lean_flows, read_portfolio, split_known
+    from scf_engine.pipelines.score import saved_scale
+
+    pols = policies.load_all()
+    store = tracking.Store(lent["uri"])
+    whole, lean = (load_or_report(lent["data"], tmp_path / "q.csv") for _ in range(2))
+    dates = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-06-17")]
+    lean_flows(lean, dates[-1])
+    assert lean.flows["booked_on"].max() < dates[-1] <= whole.flows["booked_on"].max()
+    assert "txn_id" not in lean.flows and lean.flows["purpose"].dtype == "category"
+    book, _ = split_known(read_portfolio(lent["limits"]), whole)
+    models, versions = load_models(store, "champion")
+    scale, ref = saved_scale(store, versions, pols["score_scale"]), drift_reference(store, versions)
+    cons = read_consents(lent["data"] / "consents.csv")
+    rest = (book, dates, book["batch_as_of"].max(), models, pols, cons, scale, lambda *a, **k: None, ref)
+    kept, every = compute(lean, *rest), compute(whole, *rest, shared=False)
+    for got, want in zip(kept, every):
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
 def test_an_alerts_evidence_reads_the_same_from_the_columns_its_template_names():
     """_signal_rows hands each template only the columns it names (nested format fields
     too): for every signal of monitoring.yaml, and for templates naming a missing column
