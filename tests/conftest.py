@@ -73,3 +73,18 @@ def write_csv(folder: Path, name: str, rows: list[dict] | pd.DataFrame, encoding
     path = folder / f"{name}.csv"
     df.to_csv(path, index=False, encoding=encoding)
     return path
+
+
+def with_bad_flows(data: Path, dirty: Path, duplicate: bool = True) -> int:
+    """A copy of the dataset folder ``data`` at ``dirty`` with bad flow rows appended: a
+    copy of the first flow (a duplicate txn_id) when ``duplicate``, then a flow with a
+    negative amount (txn_id BAD-AMOUNT); returns the number of good flow rows, so the bad
+    rows sit on lines n + 2 (and n + 3) of flows.csv."""
+    import shutil
+
+    shutil.copytree(data, dirty)
+    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
+    negative = flows.iloc[[1]].assign(txn_id="BAD-AMOUNT", amount="-5")
+    bad = pd.concat([flows.iloc[[0]], negative]) if duplicate else negative
+    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    return len(flows)

@@ -23,6 +23,7 @@ from scf_engine.cli import app
 from scf_engine.contract import DECISIONS, GRADES, LIMITS_COLUMNS
 from scf_engine.simulate import WorldConfig, simulate, write_dataset
 from scf_engine.simulate.faults import write_faulty_copy
+from tests.conftest import with_bad_flows
 
 runner = CliRunner()
 
@@ -239,12 +240,7 @@ def test_a_batch_on_a_dataset_with_bad_rows_publishes_its_quarantine_beside_the_
     batch on clean data is published there."""
     home, uri, data = trained["home"], trained["uri"], trained["data"]
     dirty = tmp_path / "dirty"
-    shutil.copytree(data, dirty)
-    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
-    bad = flows.iloc[[0, 1]].copy()
-    bad.iloc[1, bad.columns.get_loc("txn_id")] = "BAD-AMOUNT"
-    bad.iloc[1, bad.columns.get_loc("amount")] = "-5"
-    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    n = with_bad_flows(data, dirty)
     out = tmp_path / "batch" / "limits.csv"
     args = ("--batch", data / "batch.csv", "--consents", data / "consents.csv", "--out", out, "--tracking-uri", uri,
             "--no-memos", "--audit-log", home / "audit.jsonl")
@@ -253,24 +249,12 @@ def test_a_batch_on_a_dataset_with_bad_rows_publishes_its_quarantine_beside_the_
     assert "quarantined" in r.output and str(out.parent / "quarantine.csv") in r.output.replace("\n", "")
     q = pd.read_csv(out.parent / "quarantine.csv", dtype=str)
     assert sorted(zip(q["file"], q["line"].astype(int), q["column"])) == [
-        ("flows.csv", len(flows) + 2, "txn_id"), ("flows.csv", len(flows) + 3, "amount")]
+        ("flows.csv", n + 2, "txn_id"), ("flows.csv", n + 3, "amount")]
     assert invoke("audit", "verify", home / "audit.jsonl", "--out", out.parent).exit_code == 0
     r = invoke("score", data, *args)
     assert r.exit_code == 0, r.output
     assert not (out.parent / "quarantine.csv").exists()
     assert invoke("audit", "verify", home / "audit.jsonl", "--out", out.parent).exit_code == 0
-
-
-def with_bad_flows(data: Path, dirty: Path) -> int:
-    """A copy of ``data`` with two bad flow rows appended (a duplicate txn_id, a negative
-    amount); returns the number of good flow rows."""
-    shutil.copytree(data, dirty)
-    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
-    bad = flows.iloc[[0, 1]].copy()
-    bad.iloc[1, bad.columns.get_loc("txn_id")] = "BAD-AMOUNT"
-    bad.iloc[1, bad.columns.get_loc("amount")] = "-5"
-    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
-    return len(flows)
 
 
 def test_features_and_explain_on_a_dataset_with_bad_rows_write_its_quarantine_beside_their_output(trained, tmp_path):

@@ -12,6 +12,7 @@ from scf_engine import tracking
 from scf_engine.cli import app
 from scf_engine.ingest import load_dataset
 from scf_engine.simulate import WorldConfig, simulate, write_dataset
+from tests.conftest import with_bad_flows
 
 runner = CliRunner()
 
@@ -106,22 +107,15 @@ def test_recalibrating_on_a_dataset_with_bad_rows_writes_its_quarantine_beside_t
     written beside the tables (sha256 in the audit entry) and the counts are printed."""
     import hashlib
     import json
-    import shutil
-
-    import pandas as pd
 
     dirty = tmp_path / "dirty"
-    shutil.copytree(recalibrated["other"], dirty)
-    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
-    bad = flows.iloc[[0]].copy()
-    bad["txn_id"], bad["amount"] = "BAD-AMOUNT", "-5"
-    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    n = with_bad_flows(recalibrated["other"], dirty, duplicate=False)
     out, log = tmp_path / "recal", tmp_path / "audit.jsonl"
     r = runner.invoke(app, ["recalibrate", str(dirty), "--quarter", str(recalibrated["quarter"].date()), "--tracking-uri",
                             recalibrated["uri"], "--out", str(out), "--audit-log", str(log)])
     assert r.exit_code == 0, r.output
     assert "quarantined" in r.output and str(out / "quarantine.csv") in r.output.replace("\n", "")
     q = pd.read_csv(out / "quarantine.csv", dtype=str)
-    assert list(zip(q["file"], q["line"].astype(int), q["column"])) == [("flows.csv", len(flows) + 2, "amount")]
+    assert list(zip(q["file"], q["line"].astype(int), q["column"])) == [("flows.csv", n + 2, "amount")]
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((out / "quarantine.csv").read_bytes()).hexdigest()

@@ -24,6 +24,7 @@ from scf_engine.cli import app as cli
 from scf_engine.contract import LIMITS_COLUMNS
 from scf_engine.serve import build
 from scf_engine.simulate import WorldConfig, simulate, write_dataset
+from tests.conftest import with_bad_flows
 
 runner = CliRunner()
 KEYS = {"plat": ("platform", "k-platform-0001"), "ana": ("analyst", "k-analyst-0002"), "op": ("operator", "k-operator-0003")}
@@ -327,18 +328,12 @@ def test_the_service_writes_the_rows_it_decides_without_to_its_quarantine_report
     file), so a service answered from a dataset with rows missing and nobody could see
     which. It now writes quarantine.csv to its --out folder at startup (removed when a
     later start on clean data has nothing to report)."""
-    import shutil
-
     from scf_engine.serve import build
 
     dirty = tmp_path / "dirty"
-    shutil.copytree(world["data"], dirty)
-    flows = pd.read_csv(dirty / "flows.csv", dtype=str, keep_default_na=False)
-    bad = flows.iloc[[0]].copy()
-    bad["txn_id"], bad["amount"] = "BAD-AMOUNT", "-5"
-    pd.concat([flows, bad]).to_csv(dirty / "flows.csv", index=False)
+    n = with_bad_flows(world["data"], dirty, duplicate=False)
     out = tmp_path / "serve"
-    for data, expect in ((dirty, [("flows.csv", len(flows) + 2, "amount")]), (world["data"], None)):
+    for data, expect in ((dirty, [("flows.csv", n + 2, "amount")]), (world["data"], None)):
         app, service, writer = build(data, world["keys"], consents=world["data"] / "consents.csv",
                                      tracking_uri=world["uri"], audit_log=tmp_path / "audit.jsonl", out=out)
         try:
