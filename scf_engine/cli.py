@@ -47,12 +47,12 @@ def print_report(report) -> None:
         console.print(frame_table(report.top_reasons(), "Top quarantine reasons"))
 
 
-def print_quarantine(report, folder: Path) -> None:
+def print_quarantine(report, folder: Path, name: str = "quarantine.csv") -> None:
     """After a run that succeeded with rows set aside: the counts per file and where
-    quarantine.csv was published (beside the run's output)."""
+    its quarantine report was published (beside the run's output)."""
     if report is not None and report.n_quarantined:
         print_report(report)
-        console.print(f"quarantine report: {Path(folder) / 'quarantine.csv'}", highlight=False, soft_wrap=True)
+        console.print(f"quarantine report: {Path(folder) / name}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -267,7 +267,9 @@ def features(
     with steps("features") as say:
         r = run_features(data, out, as_of=as_of, engine=engine, spark_master=spark_master, audit_log=audit_log,
                          actor=actor, progress=say)
-    print_quarantine(r.report, r.out_path.parent)
+    from scf_engine.pipelines.features import quarantine_path
+
+    print_quarantine(r.report, r.out_path.parent, quarantine_path(r.out_path).name)
     console.print(f"{len(r.features)} firms x {r.features.shape[1] - 1} features at {r.as_of.date()} on {r.engine} "
                   f"in {r.seconds:.1f} s: {r.out_path}; audit entry #{r.audit_entry['seq']}", highlight=False)
 

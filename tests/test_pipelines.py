@@ -270,21 +270,26 @@ def test_features_and_explain_on_a_dataset_with_bad_rows_write_its_quarantine_be
     log = tmp_path / "audit.jsonl"  # not the fixture's log: other tests read who is in it
     feats = tmp_path / "f" / "features.parquet"
     firm = pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].iloc[0]
-    runs = {"features": (("features", "--out", feats), feats.parent),
+    # features writes one file into a folder it does not own: its report is named after it,
+    # and another command's quarantine.csv there is left alone
+    (feats.parent).mkdir(parents=True)
+    (feats.parent / "quarantine.csv").write_text("another command's report\n")
+    runs = {"features": (("features", "--out", feats), feats.parent / "features.quarantine.csv"),
             "explain": (("explain", "--firm", firm, "--consents", data / "consents.csv", "--out", tmp_path / "x",
-                         "--tracking-uri", uri), tmp_path / "x")}
-    for action, (args, folder) in runs.items():
+                         "--tracking-uri", uri), tmp_path / "x" / "quarantine.csv")}
+    for action, (args, report) in runs.items():
         r = invoke(args[0], tmp_path / "dirty", *args[1:], "--audit-log", log)
         assert r.exit_code == 0, r.output
-        assert "quarantined" in r.output and str(folder / "quarantine.csv") in r.output.replace("\n", "")
-        q = pd.read_csv(folder / "quarantine.csv", dtype=str)
+        assert "quarantined" in r.output and str(report) in r.output.replace("\n", "")
+        q = pd.read_csv(report, dtype=str)
         assert sorted(zip(q["file"], q["line"].astype(int), q["column"])) == expected
         entry = json.loads(log.read_text().splitlines()[-1])
         assert entry["action"] == action
-        assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((folder / "quarantine.csv").read_bytes()).hexdigest()
+        assert entry["details"]["output"][report.name] == hashlib.sha256(report.read_bytes()).hexdigest()
         r = invoke(args[0], data, *args[1:], "--audit-log", log)
         assert r.exit_code == 0, r.output
-        assert not (folder / "quarantine.csv").exists() and "quarantine report" not in r.output
+        assert not report.exists() and "quarantine report" not in r.output
+    assert (feats.parent / "quarantine.csv").read_text() == "another command's report\n"
 
 
 def test_bad_requests_each_get_a_row_with_a_reason(trained, tmp_path):
