@@ -286,6 +286,7 @@ def explain(
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+    whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制), as scf score takes it; a firm off it is answered as the batch would decide it."),
 ):
     """Print the reasons behind one firm's PD and write its credit memo (an access entry
     goes to the audit log)."""
@@ -293,7 +294,7 @@ def explain(
 
     with steps("explain") as say:
         r = run_explain(data, firm, out, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                        audit_log=audit_log, actor=actor, progress=say)
+                        audit_log=audit_log, actor=actor, progress=say, whitelist=whitelist)
     print_quarantine(r.report, out)
     row = r.row
     if row["pd"] == row["pd"]:
@@ -302,7 +303,7 @@ def explain(
         for i, reason in enumerate(str(row["reasons"]).split("; "), 1):
             console.print(f"  {i}. {reason}", highlight=False)
     else:
-        console.print(f"[bold]{row['firm_id']}[/]: not scored - {row['reasons']}", highlight=False)
+        console.print(f"[bold]{row['firm_id']}[/]: not scored - {row['reasons']}; decision {row['decision']}", highlight=False)
     console.print("  (scored alone: caps shared across a batch - the core's line in a 1+N batch, a group envelope - "
                   "cannot bind here; a batch's limits.csv is the lending decision)", style="dim", highlight=False)
     console.print(f"memo: {r.memo_paths.get('html', '-')}; audit entry #{r.audit_entry['seq']}")
@@ -354,6 +355,7 @@ def serve(
     poll_seconds: float = typer.Option(None, "--poll-seconds", help="How often to look whether the alias moved (default: serve.yaml; 0: only on POST /v1/reload)."),
     cache_entries: int = typer.Option(None, "--cache-entries", help="Answers kept per loaded state (default: serve.yaml; 0: off)."),
     out: Path = typer.Option(Path("out/serve"), "--out", help="Folder for quarantine.csv: the dataset's rows the service decides without."),
+    whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制), as scf score takes it; a firm off it is answered as the batch would decide it."),
 ):
     """Credit decisions over HTTP (POST /v1/decisions, key in X-API-Key; docs at /docs)."""
     from scf_engine.serve import build, run
@@ -361,7 +363,7 @@ def serve(
     with steps("serve") as say:
         built = build(data, keys, as_of=as_of, consents=consents, alias=alias, tracking_uri=tracking_uri,
                       audit_log=audit_log, actor=actor, cache_entries=cache_entries,
-                      progress=say, out=out)
+                      progress=say, out=out, whitelist=whitelist)
     st = built[1].state
     print_quarantine(st.loaded.dataset.report, out)
     console.print(f"serving {alias} models {st.versions} at as-of {st.as_of} on http://{host}:{port} (docs: /docs)",
