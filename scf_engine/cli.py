@@ -47,12 +47,12 @@ def print_report(report) -> None:
         console.print(frame_table(report.top_reasons(), "Top quarantine reasons"))
 
 
-def print_quarantine(report, folder: Path) -> None:
+def print_quarantine(report, folder: Path, name: str = "quarantine.csv") -> None:
     """After a run that succeeded with rows set aside: the counts per file and where
-    quarantine.csv was published (beside the run's output)."""
+    its quarantine report was published (beside the run's output)."""
     if report is not None and report.n_quarantined:
         print_report(report)
-        console.print(f"quarantine report: {Path(folder) / 'quarantine.csv'}", highlight=False, soft_wrap=True)
+        console.print(f"quarantine report: {Path(folder) / name}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -267,7 +267,9 @@ def features(
     with steps("features") as say:
         r = run_features(data, out, as_of=as_of, engine=engine, spark_master=spark_master, audit_log=audit_log,
                          actor=actor, progress=say)
-    print_quarantine(r.report, r.out_path.parent)
+    from scf_engine.pipelines.features import quarantine_path
+
+    print_quarantine(r.report, r.out_path.parent, quarantine_path(r.out_path).name)
     console.print(f"{len(r.features)} firms x {r.features.shape[1] - 1} features at {r.as_of.date()} on {r.engine} "
                   f"in {r.seconds:.1f} s: {r.out_path}; audit entry #{r.audit_entry['seq']}", highlight=False)
 
@@ -284,6 +286,7 @@ def explain(
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+    whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制), as scf score takes it; a firm off it is answered as the batch would decide it."),
 ):
     """Print the reasons behind one firm's PD and write its credit memo (an access entry
     goes to the audit log)."""
@@ -291,7 +294,7 @@ def explain(
 
     with steps("explain") as say:
         r = run_explain(data, firm, out, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                        audit_log=audit_log, actor=actor, progress=say)
+                        audit_log=audit_log, actor=actor, progress=say, whitelist=whitelist)
     print_quarantine(r.report, out)
     row = r.row
     if row["pd"] == row["pd"]:
@@ -300,7 +303,7 @@ def explain(
         for i, reason in enumerate(str(row["reasons"]).split("; "), 1):
             console.print(f"  {i}. {reason}", highlight=False)
     else:
-        console.print(f"[bold]{row['firm_id']}[/]: not scored - {row['reasons']}", highlight=False)
+        console.print(f"[bold]{row['firm_id']}[/]: not scored - {row['reasons']}; decision {row['decision']}", highlight=False)
     console.print("  (scored alone: caps shared across a batch - the core's line in a 1+N batch, a group envelope - "
                   "cannot bind here; a batch's limits.csv is the lending decision)", style="dim", highlight=False)
     console.print(f"memo: {r.memo_paths.get('html', '-')}; audit entry #{r.audit_entry['seq']}")
@@ -352,6 +355,7 @@ def serve(
     poll_seconds: float = typer.Option(None, "--poll-seconds", help="How often to look whether the alias moved (default: serve.yaml; 0: only on POST /v1/reload)."),
     cache_entries: int = typer.Option(None, "--cache-entries", help="Answers kept per loaded state (default: serve.yaml; 0: off)."),
     out: Path = typer.Option(Path("out/serve"), "--out", help="Folder for quarantine.csv: the dataset's rows the service decides without."),
+    whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制), as scf score takes it; a firm off it is answered as the batch would decide it."),
 ):
     """Credit decisions over HTTP (POST /v1/decisions, key in X-API-Key; docs at /docs)."""
     from scf_engine.serve import build, run
@@ -359,7 +363,7 @@ def serve(
     with steps("serve") as say:
         built = build(data, keys, as_of=as_of, consents=consents, alias=alias, tracking_uri=tracking_uri,
                       audit_log=audit_log, actor=actor, cache_entries=cache_entries,
-                      progress=say, out=out)
+                      progress=say, out=out, whitelist=whitelist)
     st = built[1].state
     print_quarantine(st.loaded.dataset.report, out)
     console.print(f"serving {alias} models {st.versions} at as-of {st.as_of} on http://{host}:{port} (docs: /docs)",

@@ -270,21 +270,26 @@ def test_features_and_explain_on_a_dataset_with_bad_rows_write_its_quarantine_be
     log = tmp_path / "audit.jsonl"  # not the fixture's log: other tests read who is in it
     feats = tmp_path / "f" / "features.parquet"
     firm = pd.read_csv(data / "batch.csv", dtype=str)["firm_id"].iloc[0]
-    runs = {"features": (("features", "--out", feats), feats.parent),
+    # features writes one file into a folder it does not own: its report is named after it,
+    # and another command's quarantine.csv there is left alone
+    (feats.parent).mkdir(parents=True)
+    (feats.parent / "quarantine.csv").write_text("another command's report\n")
+    runs = {"features": (("features", "--out", feats), feats.parent / "features.quarantine.csv"),
             "explain": (("explain", "--firm", firm, "--consents", data / "consents.csv", "--out", tmp_path / "x",
-                         "--tracking-uri", uri), tmp_path / "x")}
-    for action, (args, folder) in runs.items():
+                         "--tracking-uri", uri), tmp_path / "x" / "quarantine.csv")}
+    for action, (args, report) in runs.items():
         r = invoke(args[0], tmp_path / "dirty", *args[1:], "--audit-log", log)
         assert r.exit_code == 0, r.output
-        assert "quarantined" in r.output and str(folder / "quarantine.csv") in r.output.replace("\n", "")
-        q = pd.read_csv(folder / "quarantine.csv", dtype=str)
+        assert "quarantined" in r.output and str(report) in r.output.replace("\n", "")
+        q = pd.read_csv(report, dtype=str)
         assert sorted(zip(q["file"], q["line"].astype(int), q["column"])) == expected
         entry = json.loads(log.read_text().splitlines()[-1])
         assert entry["action"] == action
-        assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((folder / "quarantine.csv").read_bytes()).hexdigest()
+        assert entry["details"]["output"][report.name] == hashlib.sha256(report.read_bytes()).hexdigest()
         r = invoke(args[0], data, *args[1:], "--audit-log", log)
         assert r.exit_code == 0, r.output
-        assert not (folder / "quarantine.csv").exists() and "quarantine report" not in r.output
+        assert not report.exists() and "quarantine report" not in r.output
+    assert (feats.parent / "quarantine.csv").read_text() == "another command's report\n"
 
 
 def test_bad_requests_each_get_a_row_with_a_reason(trained, tmp_path):
@@ -751,6 +756,33 @@ def test_a_whitelist_limits_the_batch_decline_or_review_by_policy(trained, tmp_p
     assert scored_off.any() and (lim.loc[scored_off, "decision"] != "approve").all()
     assert lim.loc[scored_off & (lim["decision"] == "review"), "decision_reasons"].str.contains("whitelist").all()
 
+
+
+def test_explain_with_the_whitelist_gives_the_whitelisted_batchs_decision(trained, tmp_path):
+    """scf explain took no whitelist, so a credit officer saw an approval (and a memo)
+    for a firm the programme's batch declined for being off its list. With --whitelist it
+    gives the batch's decision, and the list's hash is in the audit entry."""
+    home, uri, data = trained["home"], trained["uri"], trained["data"]
+    batch = pd.read_csv(data / "batch.csv", dtype=str).head(10)
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    pd.DataFrame({"firm_id": batch["firm_id"].iloc[:5], "list": "园区白名单"}).to_csv(tmp_path / "whitelist.csv", index=False)
+    log = tmp_path / "audit.jsonl"
+    r = invoke("score", data, "--batch", tmp_path / "batch.csv", "--consents", data / "consents.csv", "--tracking-uri", uri,
+               "--no-memos", "--whitelist", tmp_path / "whitelist.csv", "--audit-log", log, "--out", tmp_path / "a" / "limits.csv")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "a" / "limits.csv", dtype={"firm_id": str}).set_index("firm_id")
+    for firm in (batch["firm_id"].iloc[0], batch["firm_id"].iloc[7]):
+        common = ("explain", data, "--firm", firm, "--consents", data / "consents.csv", "--tracking-uri", uri,
+                  "--audit-log", log)
+        r = invoke(*common, "--whitelist", tmp_path / "whitelist.csv", "--out", tmp_path / f"x-{firm}")
+        assert r.exit_code == 0, r.output
+        assert f"decision {lim.loc[firm, 'decision']}" in r.output
+        entry = json.loads(log.read_text().splitlines()[-1])
+        assert entry["details"]["inputs"]["whitelist"] == hashlib.sha256((tmp_path / "whitelist.csv").read_bytes()).hexdigest()
+    assert lim.loc[batch["firm_id"].iloc[7], "decision"] == "decline"
+    r = invoke(*common, "--out", tmp_path / "no-list")  # without the list the off-list firm is judged on its merits
+    assert r.exit_code == 0, r.output
+    assert "whitelist" not in r.output and "whitelist" not in json.loads(log.read_text().splitlines()[-1])["details"]["inputs"]
 
 def test_training_follows_the_stated_data_use_rule(world_dir, tmp_path, monkeypatch):
     """data_use.yaml training: consent_at_snapshot -- no consents file is one line naming

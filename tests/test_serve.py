@@ -346,3 +346,40 @@ def test_the_service_writes_the_rows_it_decides_without_to_its_quarantine_report
         finally:
             service.close()
             writer.close()
+
+
+def test_a_whitelist_makes_the_service_answer_as_the_whitelisted_batch_would(world, tmp_path):
+    """scf score --whitelist declines (by policy) a firm off the programme's list, but the
+    service took no list, so over HTTP it approved a firm the batch declined. With
+    ``whitelist`` every route answers as the batch: the precomputed fast path, the whole
+    core and the one-firm view; a firm on the list gets the answer it got without one."""
+    from scf_engine.serve import build
+
+    def answers(service, firms, route):
+        if route == "quick":
+            return json.loads(service.quick([(f, None) for f in firms])[1])
+        if route == "core":
+            return json.loads(service.decisions([(f, None) for f in firms])[1])
+        return [service.firm(f)[1].limits.iloc[0].to_dict() for f in firms]
+
+    built = []
+    try:
+        plain = build(world["data"], world["keys"], consents=world["data"] / "consents.csv", tracking_uri=world["uri"],
+                      audit_log=tmp_path / "audit.jsonl")
+        built.append(plain)
+        ids = list(plain[1].state.precomputed.index)
+        lent = [a["firm_id"] for a in answers(plain[1], ids, "quick") if a["decision"] != "decline"]
+        on, off = lent[0], lent[1]
+        pd.DataFrame({"firm_id": [on], "list": ["园区白名单"]}).to_csv(tmp_path / "whitelist.csv", index=False)
+        listed = build(world["data"], world["keys"], consents=world["data"] / "consents.csv", tracking_uri=world["uri"],
+                       audit_log=tmp_path / "audit.jsonl", whitelist=tmp_path / "whitelist.csv")
+        built.append(listed)
+        for route in ("quick", "core", "firm"):
+            got = {a["firm_id"]: a for a in answers(listed[1], [on, off], route)}
+            was = {a["firm_id"]: a for a in answers(plain[1], [on], route)}
+            assert got[off]["decision"] == "decline" and "whitelist" in str(got[off]["reasons"]), route
+            assert got[on]["decision"] == was[on]["decision"] and got[on]["limit_cny"] == was[on]["limit_cny"], route
+    finally:
+        for _, service, writer in built:
+            service.close()
+            writer.close()

@@ -120,13 +120,16 @@ class QuarantineReport:
 QUARANTINE = "quarantine.csv"  # beside an output, when its run set rows aside
 
 
-def publish_beside(report: QuarantineReport, folder: Path) -> dict:
+def publish_beside(report: QuarantineReport, folder: Path, name: str = QUARANTINE) -> dict:
     """The contract: the rows a run set aside go to a quarantine file beside its output,
     on success too (only a failed run wrote it). ``{"quarantine.csv": sha256}`` for the
     audit entry when rows were set aside; when none were, a quarantine.csv left there by
     an earlier run is removed, so the file beside an output always describes that output's
-    run (as ``scf score`` publishes it). The report replaces a link, never writes through it."""
-    path = Path(folder) / QUARANTINE
+    run (as ``scf score`` publishes it). The report replaces a link, never writes through it.
+    ``name``: a command whose output is one file in a folder it does not own names the
+    report after that file (``features.quarantine.csv``), so it never removes another
+    command's quarantine.csv there."""
+    path = Path(folder) / name
     if not report.n_quarantined:
         if path.is_symlink() or path.is_file():
             try:
@@ -139,5 +142,5 @@ def publish_beside(report: QuarantineReport, folder: Path) -> dict:
         report.write(path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the quarantine report ({exc.strerror or exc})") from None
-    return {QUARANTINE: hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest()}
 

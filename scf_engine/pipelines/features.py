@@ -38,6 +38,14 @@ class FeaturesResult:
     report: object = None  # the dataset's QuarantineReport: rows set aside, counts per file
 
 
+def quarantine_path(out: Path) -> Path:
+    """The quarantine report of a features run: beside its Parquet file and named after
+    it (``features.quarantine.csv``). The output is one file, by default in the working
+    folder, where a plain quarantine.csv may be another command's: a clean features run
+    removes its own earlier report, never that."""
+    return Path(out).with_name(f"{Path(out).stem}.quarantine.csv")
+
+
 def features(data_dir: Path | str, out: Path | str, *, as_of=None, engine: str = "duckdb", spark_master: str | None = None,
              audit_log: Path | str | None = None, actor: str | None = None, progress=None) -> FeaturesResult:
     """Every flow feature of the catalogue at ``as_of`` for every firm of the dataset."""
@@ -46,14 +54,14 @@ def features(data_dir: Path | str, out: Path | str, *, as_of=None, engine: str =
     T = parse_as_of(as_of)
     check_writable(out, audit_log)
     eng = feature_engine(engine, spark_master)
-    ds = load_or_report(data_dir, out.parent / "quarantine.csv", progress=say)
+    ds = load_or_report(data_dir, quarantine_path(out), progress=say)
     T = check_as_of(T, ds, say)
     say(f"flow features on {engine}")
     started = time.perf_counter()
     table = flow_features(ds.as_of(T), engine=eng).rename_axis("firm_id").reset_index()
     seconds = time.perf_counter() - started
     digest = _write_parquet(table, out)
-    output = {out.name: digest, **publish_beside(ds.report, out.parent)}
+    output = {out.name: digest, **publish_beside(ds.report, out.parent, quarantine_path(out).name)}
     entry = access.record(audit_log, actor, "features", "flow features of a dataset (feature catalogue)",
                           ds.firms["firm_id"], inputs=ds.fingerprints, as_of=str(T.date()), engine=engine_label(eng),
                           output=output)

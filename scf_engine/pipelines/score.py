@@ -366,17 +366,20 @@ class ExplainResult:
 
 def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, consents: Path | str | None = None,
             tracking_uri: str | None = None, alias: str = "champion", memo_formats=("html", "pdf", "md"),
-            audit_log: Path | str | None = None, actor: str | None = None, progress=None) -> ExplainResult:
+            audit_log: Path | str | None = None, actor: str | None = None, progress=None,
+            whitelist: Path | str | None = None) -> ExplainResult:
     """One firm's decision as a batch of one would give it (its real consent, the same
-    policy; caps shared across a batch cannot bind), its memo, and an access entry in the
-    audit log (who read the firm's data, when and why)."""
+    policy, the programme's whitelist when given; caps shared across a batch cannot
+    bind), its memo, and an access entry in the audit log (who read the firm's data, when
+    and why)."""
     audit_log = access.log_path(audit_log)
     check_writable(Path(out) / "memos" / "memo", audit_log)
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                                 progress=progress, report_path=Path(out) / "quarantine.csv")
     # as a batch of one would be decided: receivables behind batches' limits do not back it
     earmarks = read_earmarks(audit_log, loaded.data.as_of, loaded.pols, None)
-    decisions = decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [str(firm_id)]})), earmarks=earmarks)
+    options = BatchOptions(whitelist=read_whitelist(whitelist)) if whitelist else BatchOptions()
+    decisions = decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [str(firm_id)]})), options, earmarks=earmarks)
     memo_paths = {}
     if decisions.scored.iloc[0]:
         prov = Provenance(loaded.versions, None, None, loaded.store.uri)
@@ -385,7 +388,8 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
     output = publish_beside(loaded.dataset.report, Path(out))  # the rows set aside, beside the memo
     entry = access.record(
         audit_log, actor, "explain", "explain one firm's decision", [str(firm_id)], name_firms=True,
-        inputs={**loaded.dataset.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {})},
+        inputs={**loaded.dataset.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {}),
+                **({"whitelist": file_sha256(Path(whitelist))} if whitelist else {})},
         as_of=str(decisions.as_of.date()), model_versions={k: v["version"] for k, v in loaded.versions.items()},
         policy_hashes=policies.fingerprint(loaded.pols), **({"output": output} if output else {}))
     return ExplainResult(decisions.limits.iloc[0], list(decisions.reasons.iloc[0]), memo_paths, entry,

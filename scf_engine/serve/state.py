@@ -40,7 +40,8 @@ from scf_engine import tracking
 from scf_engine.ingest.requests import requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts
 from scf_engine.memo.render import render_html
-from scf_engine.credit.decide import DecisionContext, Precomputed, decide_rows, records
+from scf_engine.credit.decide import BatchOptions, DecisionContext, Precomputed, decide_rows, records
+from scf_engine.ingest.requests import read_whitelist
 from scf_engine.pipelines.score import (Loaded, decide_loaded, decision_context, load_for_decisions, precompute_loaded,
                                        read_earmarks)
 
@@ -97,6 +98,7 @@ class State:
     firm_answers: LRU  # firm_id -> the batch-of-one Decisions' reasons view (JSON bytes)
     memos: LRU
     lock: threading.Lock = field(default_factory=threading.Lock)
+    options: BatchOptions = BatchOptions()  # the programme's whitelist (名单制), re-read at each load
 
     @property
     def as_of(self) -> str:
@@ -140,9 +142,10 @@ class Service:
     on request."""
 
     def __init__(self, data_dir, *, serve_policy, as_of=None, consents=None, tracking_uri=None, alias="champion",
-                 progress=None, audit_log=None, report_path=None):
+                 progress=None, audit_log=None, report_path=None, whitelist=None):
         self.args = dict(data_dir=data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                          report_path=report_path)
+        self.whitelist = whitelist  # path of the programme's list: a firm off it is answered as a batch would
         self.policy = serve_policy
         self.audit_log = audit_log  # the batches' earmarks are read from it at each (re)load
         self.alias = alias
@@ -161,8 +164,9 @@ class Service:
         context = decision_context(loaded, earmarks)
         if self.progress:
             self.progress(f"precomputing the decisions' request-independent part for {len(loaded.dataset.firms):,} firms")
+        options = BatchOptions(whitelist=read_whitelist(self.whitelist)) if self.whitelist else BatchOptions()
         state = State(loaded, context, precompute_loaded(loaded, context), time.time(), LRU(p["answer_cache_entries"]),
-                      LRU(p["answer_cache_entries"]), LRU(p["memo_cache_entries"]))
+                      LRU(p["answer_cache_entries"]), LRU(p["memo_cache_entries"]), options=options)
         _settle()
         return state
 
@@ -223,7 +227,7 @@ class Service:
         if any(a is not None and not (math.isfinite(a) and a >= 0) for _, a in firms):
             return None
         amounts = np.array([math.nan if a is None else float(a) for _, a in firms], dtype=float)
-        cols, _ = decide_rows([table], ids, amounts, None, state.loaded.pols)
+        cols, _ = decide_rows([table], ids, amounts, None, state.loaded.pols, state.options)
         body = json.dumps(records(cols), ensure_ascii=False, allow_nan=False).encode("utf-8")
         state.answers.put(request_key(firms), body)
         return state, body
@@ -240,7 +244,7 @@ class Service:
             hit = state.answers.get(key)
             if hit is not None:
                 return state, hit, True
-            decisions = decide_loaded(state.loaded, _requests(firms), context=state.context,
+            decisions = decide_loaded(state.loaded, _requests(firms), state.options, context=state.context,
                                       precomputed=state.precomputed)
         body = json.dumps(plain_records(decisions.limits), ensure_ascii=False, allow_nan=False).encode("utf-8")
         state.answers.put(key, body)
@@ -251,7 +255,7 @@ class Service:
         gives): ``(state, decisions)``."""
         state = self.state
         with state.lock:
-            return state, decide_loaded(state.loaded, _requests([(firm_id, None)]), context=state.context,
+            return state, decide_loaded(state.loaded, _requests([(firm_id, None)]), state.options, context=state.context,
                                         precomputed=state.precomputed)
 
     def reasons(self, firm_id: str) -> tuple[State, bytes]:
