@@ -504,7 +504,7 @@ def demo(
     console.rule("5. explain one firm (memo as HTML, PDF and Markdown)")
     first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
     explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,
-            alias="champion", tracking_uri=None, actor=None, audit_log=log)
+            alias="champion", tracking_uri=None, actor=None, audit_log=log, whitelist=None)
     console.rule("6. after lending: the same chain lent six months earlier, monitored month by month")
     T = pd.Timestamp(pd.read_csv(out / "score" / "limits.csv", dtype=str)["as_of"].iloc[0])
     lent_on = (T - pd.DateOffset(months=6)).replace(day=1)
