@@ -33,6 +33,7 @@ from scf_engine.features.closed_loop import firm_evidence
 from scf_engine.features.flows import FlowPass
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
+from scf_engine.ingest.quarantine import QUARANTINE  # the dataset's rows set aside (published with the pass)
 from scf_engine.ingest.requests import read_consents, requests_frame
 from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows, vintage_rows
 from scf_engine.monitor.judge import (PORTFOLIO_COLUMNS, apply_repair, join_reasons, needs_drivers, portfolio_rows,
@@ -138,7 +139,7 @@ def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, 
     if consents is None and pols["limit_policy"].get("require_consent", False):
         raise RequestError("the limit policy requires the firms' data-use authorisation (require_consent: true): "
                            "pass --consents consents.csv")
-    ds = load_or_report(data_dir, out / "quarantine.csv", progress=say)
+    ds = load_or_report(data_dir, out / QUARANTINE, progress=say)
     late = [t for t in dates if t > ds.default_as_of]
     if late:
         raise RequestError(f"--as-of {late[0].date()} is after the data ends ({ds.last_date.date()}): nothing is known yet")
@@ -403,7 +404,6 @@ def summary(port: pd.DataFrame, alerts: pd.DataFrame) -> dict:
     return out
 
 
-QUARANTINE = "quarantine.csv"  # the dataset's rows set aside, when there were any (published with the pass)
 MONITOR_NAMES = ("portfolio.csv", "alerts.csv", "portfolio_quarantine.csv", "report.html", "drift.csv", QUARANTINE)
 KIND = "monitor"  # passes live under DIR/.scf-outputs/monitor/ (scf_engine.publish)
 ENTRY_LINK = "monitor_audit_entry.json"  # not audit_entry.json: a batch's limits.csv may share the folder

@@ -31,7 +31,7 @@ from scf_engine.dataset import as_timestamp
 from scf_engine.errors import DatasetError, RequestError
 from scf_engine.evaluate import calibration_noise, calibration_table
 from scf_engine.ingest.load import load_or_report
-from scf_engine.ingest.quarantine import publish_beside
+from scf_engine.ingest.quarantine import QUARANTINE, publish_beside
 from scf_engine.learners.lgbm import platt_scaling
 from scf_engine.learners.predict import has_flows
 from scf_engine.tables import write_csv
@@ -126,7 +126,7 @@ def recalibrate(data_dir: Path | str, quarter, *, tracking_uri: str | None = Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = tracking.Store(tracking_uri).check()
-    ds = load_or_report(data_dir, out_dir / "quarantine.csv", progress=say)
+    ds = load_or_report(data_dir, out_dir / QUARANTINE, progress=say)
     if not ds.has_defaults:
         raise DatasetError(f"defaults: missing file in {ds.source}: recalibration needs the quarter's outcomes")
     T, later = _check_quarter(ds, quarter)

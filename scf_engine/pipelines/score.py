@@ -28,7 +28,7 @@ from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import AuditError, PolicyError, RequestError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
-from scf_engine.ingest.quarantine import publish_beside
+from scf_engine.ingest.quarantine import QUARANTINE, publish_beside
 from scf_engine.ingest.requests import read_batch, read_consents, read_whitelist, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.publish import Publication
@@ -224,7 +224,7 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
     requests = read_batch(Path(batch))
     eng = feature_engine(engine, spark_master)
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                                progress=say, report_path=out.parent / "quarantine.csv", engine=eng)
+                                progress=say, report_path=out.parent / QUARANTINE, engine=eng)
     inputs = {**loaded.dataset.fingerprints, "batch": file_sha256(Path(batch)),
               **({"consents": file_sha256(Path(consents))} if consents else {}),
               **({"whitelist": file_sha256(Path(whitelist))} if whitelist else {})}
@@ -308,7 +308,6 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
 
 
 AUDIT_ENTRY = publish.ENTRY
-QUARANTINE = "quarantine.csv"  # beside limits.csv when the dataset had rows set aside (published with it)
 
 
 def verify_output(folder: Path | str, log: Path | str) -> list[str]:
@@ -375,7 +374,7 @@ def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, 
     audit_log = access.log_path(audit_log)
     check_writable(Path(out) / "memos" / "memo", audit_log)
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                                progress=progress, report_path=Path(out) / "quarantine.csv")
+                                progress=progress, report_path=Path(out) / QUARANTINE)
     # as a batch of one would be decided: receivables behind batches' limits do not back it
     earmarks = read_earmarks(audit_log, loaded.data.as_of, loaded.pols, None)
     options = BatchOptions(whitelist=read_whitelist(whitelist)) if whitelist else BatchOptions()
