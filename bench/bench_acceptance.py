@@ -5,7 +5,10 @@ Default run (issue 18): one world per simulator story (``default``, ``cyclical``
 unless set), seed ``BENCH_CROSS_SEED`` (2026). Every model is fitted once per world with
 the settings ``scf train`` uses (nothing tuned per world) and scored on every other
 world's firms at its latest labelled as-of date (table 1: every ordered pair), and on its
-own held-out snapshots (table 2: out of time). The plain peer (12-month sums, counts and
+own held-out snapshots (table 2: out of time). Beside table 1, each cell against the test
+world's own models on the same rows: how much of what a bank with that world's history
+would reach the moved model keeps (a cell short of its target with nothing lost in the move
+is short because that world's flows carry less). The plain peer (12-month sums, counts and
 active months by purpose and direction, + registry sums for the receivables variant, on
 default LightGBM) runs on the same rows. Table 3: calibration transfer, every ordered pair:
 ``scf recalibrate``'s refit of the training world's models on the test world's first
@@ -134,11 +137,12 @@ def score_with(fitted: dict, world: dict, dates) -> pd.DataFrame:
 
 def run_cross(n_firms: int, seed: int, stories: list[str]):
     """Both tables and the feature-stability table, as CSVs under ROOT/cross."""
-    from bench.crossworld import cell, feature_effects, recalibration_rows, write
+    from bench.crossworld import cell, feature_effects, recalibration_rows, transfer_columns, write
     from scf_engine.catalogue import load_catalogue
 
     worlds = {s: prepare_story(s, n_firms, seed) for s in stories}
     fitted = {s: fit_story(w) for s, w in worlds.items()}
+    own = {b: cell(score_with(fitted[b], worlds[b], worlds[b]["test"][-1:])) for b in stories}
     cross, within, recal = [], [], []
     for a in stories:
         for b in stories:
@@ -147,7 +151,8 @@ def run_cross(n_firms: int, seed: int, stories: list[str]):
                 within.append({"world": a, "as_of": ", ".join(str(d.date()) for d in worlds[a]["test"]), **cell(te)})
             else:
                 te = score_with(fitted[a], worlds[b], worlds[b]["test"][-1:])
-                cross.append({"train": a, "test": b, "as_of": str(worlds[b]["test"][-1].date()), **cell(te)})
+                cross.append({"train": a, "test": b, "as_of": str(worlds[b]["test"][-1].date()), **cell(te),
+                              **transfer_columns(cell(te), own[b])})
                 q, nxt = worlds[b]["test"][-2:]
                 frames = {"quarter": score_with(fitted[a], worlds[b], [q]), "next_quarter": te}
                 recal += recalibration_rows({k: fitted[a]["models"][k] for k in ("decoupled", "hybrid")}, frames,
@@ -165,6 +170,8 @@ CROSS_COLUMNS = {"rows": "rows", "defaults": "defaults", "bayes_gini_flows": "ba
                  "decoupled_share": "de-coupled", "hybrid_share": "hybrid", "peer_share": "peer (flows)",
                  "peer_recv_share": "peer (+recv)", "jiangyin_share": "jiangyin",
                  "decoupled_vs_peer": "de-coupled / peer", "hybrid_vs_peer_recv": "hybrid / peer(+recv)"}
+TRANSFER_COLUMNS = {"decoupled_own_share": "de-coupled, test world's own model", "decoupled_transfer": "de-coupled kept",
+                    "hybrid_own_share": "hybrid, own model", "hybrid_transfer": "hybrid kept"}
 
 
 def main_cross():
@@ -176,6 +183,10 @@ def main_cross():
     show(f"Cross-world: share of the Bayes-optimal Gini and ratio to the plain peer, every ordered pair ({size}; "
          "targets: de-coupled >= 0.90, hybrid >= 0.92, each >= 1.25x the peer)",
          cross[["train", "test", "as_of", *CROSS_COLUMNS]].rename(columns=CROSS_COLUMNS).to_dict("records"), "acceptance_cross")
+    show("Transfer against the test world's own models (trained on its own earlier snapshots, scored on the same rows): "
+         "what the cell would read with no change of world, and the share of it the transferred model keeps",
+         cross[["train", "test", "decoupled_share", "hybrid_share", *TRANSFER_COLUMNS]]
+         .rename(columns={**CROSS_COLUMNS, **TRANSFER_COLUMNS}).round(3).to_dict("records"), "acceptance_transfer")
     show("Within a world, out of time (held-out snapshots of the training world)",
          within[["world", "as_of", *CROSS_COLUMNS]].rename(columns=CROSS_COLUMNS).to_dict("records"), "acceptance_within")
     recal = pd.read_csv(ROOT / "cross" / "recalibration.csv")

@@ -103,6 +103,19 @@ def cell(frame: pd.DataFrame) -> dict:
     return out
 
 
+def transfer_columns(moved: dict, own: dict) -> dict:
+    """A cross-world cell against the test world's own models on the same rows (trained
+    on that world's earlier snapshots: a bank with its own history). ``*_own_share`` is
+    what the cell would read with no change of world; ``*_transfer`` the share of it the
+    moved model keeps. A cell short of the target with ``*_transfer`` near 1 is short
+    because the test world's flows carry less, not because the model did not travel."""
+    out = {}
+    for name in ("decoupled", "hybrid"):
+        out[f"{name}_own_share"] = own[f"{name}_share"]
+        out[f"{name}_transfer"] = moved[f"{name}_share"] / own[f"{name}_share"]
+    return out
+
+
 def feature_effects(tables: dict[str, pd.DataFrame], features: list[str]) -> pd.DataFrame:
     """Each feature's univariate effect in each world (AUC of the feature against the
     12-month label on the training rows, minus 0.5: positive = riskier as it grows) and
