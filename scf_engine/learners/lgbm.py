@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 from scf_engine import policies
 from scf_engine.catalogue import load_catalogue
 from scf_engine.errors import DatasetError
-from scf_engine.numeric import sigmoid
+from scf_engine.numeric import LogOddsClassifierMixin
 
 # Below this many rows a prediction runs on one thread. LightGBM splits rows between its
 # OpenMP threads, so a few rows gain nothing from a second thread, and starting and
@@ -59,7 +59,7 @@ def platt_scaling(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
-class LightGBMPD(BaseEstimator):
+class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
     """``fit(X, y, as_of=...)`` over a fixed list of feature columns, then as scikit-learn
     classifiers: ``predict_proba(X)`` (n, 2), ``predict(X)`` the class (1: default, PD
     above 0.5), and ``predict_pd(X)`` the PD; ``decision_function`` the log-odds."""
@@ -188,19 +188,6 @@ class LightGBMPD(BaseEstimator):
         """Calibrated log-odds of default."""
         check_is_fitted(self, self._FITTED)
         return self.platt_a_ * self.raw_score(X) + self.platt_b_
-
-    def predict_pd(self, X: pd.DataFrame) -> np.ndarray:
-        """PD, one per row (what the registered model serves)."""
-        return sigmoid(self.decision_function(X))
-
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """(n, 2): probability of no default, of default."""
-        p = self.predict_pd(X)
-        return np.column_stack([1 - p, p])
-
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Class label: 1 (default) where the PD is above 0.5, else 0."""
-        return (self.predict_pd(X) > 0.5).astype(int)
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """SHAP values (TreeSHAP, LightGBM's ``pred_contrib``) on the calibrated log-odds

@@ -39,11 +39,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from scf_engine import policies
 from scf_engine.graph import Chain
-from scf_engine.numeric import logit, sigmoid
+from scf_engine.numeric import LogOddsClassifierMixin, logit, sigmoid
 from scf_engine.propagation.transmission import Transmission, transmission
 
 
-class CorePropagation(BaseEstimator):
+class CorePropagation(LogOddsClassifierMixin, BaseEstimator):
     """Core credit transmitted along the chain, blended with registry evidence."""
 
     _FITTED = ("decay_", "mu0_", "core_stats_", "medians_", "columns_", "coef_", "intercept_")
@@ -216,19 +216,6 @@ class CorePropagation(BaseEstimator):
         """Log-odds of default from a design frame (what :meth:`design` returns)."""
         check_is_fitted(self, self._FITTED)
         return self.intercept_ + X[self.columns_].to_numpy() @ self.coef_.to_numpy()
-
-    def predict_pd(self, X: pd.DataFrame) -> np.ndarray:
-        """PD from a design frame, one per row (what the registered model serves)."""
-        return sigmoid(self.decision_function(X))
-
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """(n, 2) from a design frame: probability of no default, of default."""
-        p = self.predict_pd(X)
-        return np.column_stack([1 - p, p])
-
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Class label from a design frame: 1 (default) where the PD is above 0.5, else 0."""
-        return (self.predict_pd(X) > 0.5).astype(int)
 
     def predict_frame(self, chain: Chain) -> pd.DataFrame:
         """Per non-core firm of the chain: ``covered``, ``propagated_log_odds`` (the chain's
