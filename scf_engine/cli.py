@@ -431,7 +431,8 @@ def audit_verify(
 def audit_show(
     log: Path = typer.Argument(None, help="Audit log (default: $SCF_AUDIT_LOG, else audit/audit.jsonl)."),
     firm: str = typer.Option(None, "--firm", help="Whose data: entries that read this firm's data."),
-    actor: str = typer.Option(None, "--actor", help="Who: entries made by this actor."),
+    actor: str = typer.Option(None, "--actor", help="Who: entries made by this actor, and the requests an API key "
+                              "holder of that name made through scf serve (via: service, key NAME)."),
     data: Path = typer.Option(None, "--data", help="A dataset folder: whole-dataset reads (validate, train, compare) of "
                               "exactly its firms count for --firm when the firm is among them."),
 ):
