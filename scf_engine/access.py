@@ -15,7 +15,9 @@ appends one entry to the hash-chained audit log (:mod:`scf_engine.audit`) throug
 * ``inputs``: the sha256 of each input file.
 
 :func:`show` answers compliance's two questions, "who read this firm's data, when and
-why" and "what did this person read". A whole-dataset read (validate, train) records
+why" and "what did this person read": a person is also the holder of an API key, whose
+reads through ``scf serve`` sit inside the service's entries (appended under the
+operator who runs it), so those are listed too, marked as coming through the service. A whole-dataset read (validate, train) records
 only the count and hash of the ids (a million ids per entry would swamp the log); given
 the dataset, :func:`show` proves membership by recomputing that hash.
 """
@@ -34,7 +36,7 @@ from scf_engine import audit
 from scf_engine.errors import AuditError
 
 DEFAULT_LOG = Path("audit/audit.jsonl")
-SHOW_COLUMNS = ["seq", "timestamp", "actor", "action", "purpose", "firms_count", "named", "match"]
+SHOW_COLUMNS = ["seq", "timestamp", "actor", "via", "action", "purpose", "firms_count", "named", "match"]
 
 
 def actor_name(actor: str | None = None) -> str:
@@ -92,22 +94,34 @@ def _match(details: dict, firm: str, dataset_digests: set[str]) -> str:
     return ""
 
 
-def _requests_purpose(details: dict, firm: str | None) -> str:
-    """Why a ``scf serve`` entry read data: its entry groups HTTP requests (no purpose of
-    its own), so the requests that read ``firm`` (every request when no firm is asked)
-    say it, each as ``METHOD PATH (key NAME)``: the endpoint is the purpose, the key's
-    holder the caller the service acted for."""
-    reqs = details.get("requests")
+def _served(entry: dict, firm: str | None, actor: str | None) -> list[dict] | None:
+    """The requests of a ``scf serve`` entry that ``show`` lists: those that read ``firm``
+    (any when None) and were made by ``actor`` (any when None). A request is made by the
+    holder of the API key it came with (the service records the key's name), and by the
+    operator who ran the service (the entry's actor), who answers for all of them. None
+    when the entry is not the service's (it groups no requests)."""
+    reqs = (entry.get("details") or {}).get("requests")
     if not isinstance(reqs, list):
-        return ""
-    said = []
+        return None
+    by_operator = actor is None or entry.get("actor") == actor
+    return [r for r in reqs if isinstance(r, dict) and (firm is None or firm in (r.get("firms") or []))
+            and (by_operator or r.get("key") == actor)]
+
+
+def _served_row(reqs: list[dict]) -> dict:
+    """What the service's requests ``reqs`` read, and why: each as ``METHOD PATH (key
+    NAME)`` (the endpoint is the purpose, the key's holder the caller the service acted
+    for), the key holders in ``via``, the firms they read counted."""
+    said, keys, firms = [], [], set()
     for r in reqs:
-        if not isinstance(r, dict) or (firm is not None and firm not in (r.get("firms") or [])):
-            continue
         what = f"{r.get('method', '')} {r.get('path', '')} (key {r.get('key') or '-'})".strip()
         if what not in said:
             said.append(what)
-    return "; ".join(said)
+        if (r.get("key") or "-") not in keys:
+            keys.append(r.get("key") or "-")
+        firms.update(r.get("firms") or [])
+    return {"via": f"service, key {', '.join(keys)}", "purpose": "; ".join(said), "firms_count": len(firms),
+            "named": len(firms)}
 
 
 def show(log: str | Path | None = None, *, firm: str | None = None, actor: str | None = None,
@@ -116,7 +130,10 @@ def show(log: str | Path | None = None, *, firm: str | None = None, actor: str |
 
     ``dataset_firms``: the firm ids of the dataset a whole-dataset read used (the firms
     of ``scf audit show --data DIR``); an entry whose firm-set hash equals theirs read the
-    firm when the firm is among them."""
+    firm when the firm is among them. A ``scf serve`` entry groups HTTP requests: it is
+    listed when one of its requests matches (``actor`` is the key's holder, or the
+    operator who ran the service), with ``via`` naming the keys and the purpose, counts
+    and firms of the matching requests only; ``via`` is empty for a command run directly."""
     digests = set()
     if dataset_firms is not None:
         ids = [str(f) for f in dataset_firms]
@@ -125,15 +142,17 @@ def show(log: str | Path | None = None, *, firm: str | None = None, actor: str |
     rows = []
     for e in entries(log):
         d = e.get("details") or {}
-        how = _match(d, firm, digests) if firm else ""
-        if firm and not how:
+        base = {"seq": e.get("seq"), "timestamp": e.get("timestamp"), "actor": e.get("actor"), "action": e.get("action")}
+        served = _served(e, firm, actor)
+        if served is not None:
+            if served:
+                rows.append({**base, **_served_row(served), "match": "named" if firm else ""})
             continue
-        if actor and e.get("actor") != actor:
+        how = _match(d, firm, digests) if firm else ""
+        if (firm and not how) or (actor and e.get("actor") != actor):
             continue
         count = d.get("firms_count", len(d["firms"]) if isinstance(d.get("firms"), list) else None)
-        rows.append({"seq": e.get("seq"), "timestamp": e.get("timestamp"), "actor": e.get("actor"),
-                     "action": e.get("action"), "purpose": d.get("purpose") or _requests_purpose(d, firm),
-                     "firms_count": count,
+        rows.append({**base, "via": "", "purpose": d.get("purpose") or "", "firms_count": count,
                      "named": len(d.get("firms") or []), "match": how})
     return pd.DataFrame(rows, columns=SHOW_COLUMNS)
 

@@ -89,6 +89,8 @@ def simulate(
 
 ACTOR_HELP = "Who is acting, for the audit log (default: $SCF_ACTOR, else the OS user)."
 AUDIT_HELP = "The hash-chained audit log every read of firm data is recorded in (default: $SCF_AUDIT_LOG, else audit/audit.jsonl)."
+LIST_HELP = ("The programme whose rows of the whitelist count, when the file holds several (its list column: a chain's, a "
+             "park's, an association's list); default: every row. Named in the reasons and the audit entry.")
 
 
 def _validate(data: Path, out: Path, actor, audit_log):
@@ -224,6 +226,7 @@ def score(
     group_by: str = typer.Option("batch", "--group-by", help="batch: the whole batch is one group; batch_group: one envelope per firms' batch_group."),
     chain_core: str = typer.Option(None, "--chain-core", help="The core whose 1+N chain this batch is (default: detected when all firms share one core)."),
     whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制); firms off it are declined or reviewed as limit_policy.yaml's off_whitelist says."),
+    whitelist_list: str = typer.Option(None, "--list", help=LIST_HELP),
     memos: bool = typer.Option(True, "--memos/--no-memos", help="Write a credit memo per scored firm."),
     memo_formats: str = typer.Option("html,md", "--memo-formats", help="Comma-separated: html, pdf, md (PDF costs ~0.3 s a memo; the HTML prints the same)."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
@@ -238,9 +241,9 @@ def score(
     with steps("score") as say:
         r = run_score(data, batch, out, as_of=as_of, tracking_uri=tracking_uri, consents=consents, group_limit=group_limit,
                       group_by=group_by, chain_core=chain_core, memos=memos, memo_formats=tuple(memo_formats.split(",")),
-                      audit_log=audit_log, actor=actor, whitelist=whitelist, engine=engine, spark_master=spark_master,
-                      progress=say)
-    print_quarantine(r.quarantine, r.out_path.parent)
+                      audit_log=audit_log, actor=actor, whitelist=whitelist, whitelist_list=whitelist_list, engine=engine,
+                      spark_master=spark_master, progress=say)
+    print_quarantine(r.report, r.out_path.parent)
     lim = r.limits
     by = lim.groupby(["decision", "grade"], dropna=False).agg(firms=("firm_id", "size"), limit_cny=("limit_cny", "sum")).reset_index()
     by["grade"] = by["grade"].astype(object).where(by["grade"].notna(), "-")
@@ -287,6 +290,7 @@ def explain(
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
     whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制), as scf score takes it; a firm off it is answered as the batch would decide it."),
+    whitelist_list: str = typer.Option(None, "--list", help=LIST_HELP),
 ):
     """Print the reasons behind one firm's PD and write its credit memo (an access entry
     goes to the audit log)."""
@@ -294,7 +298,7 @@ def explain(
 
     with steps("explain") as say:
         r = run_explain(data, firm, out, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                        audit_log=audit_log, actor=actor, progress=say, whitelist=whitelist)
+                        audit_log=audit_log, actor=actor, progress=say, whitelist=whitelist, whitelist_list=whitelist_list)
     print_quarantine(r.report, out)
     row = r.row
     if row["pd"] == row["pd"]:
@@ -356,6 +360,7 @@ def serve(
     cache_entries: int = typer.Option(None, "--cache-entries", help="Answers kept per loaded state (default: serve.yaml; 0: off)."),
     out: Path = typer.Option(Path("out/serve"), "--out", help="Folder for quarantine.csv: the dataset's rows the service decides without."),
     whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制), as scf score takes it; a firm off it is answered as the batch would decide it."),
+    whitelist_list: str = typer.Option(None, "--list", help=LIST_HELP),
 ):
     """Credit decisions over HTTP (POST /v1/decisions, key in X-API-Key; docs at /docs)."""
     from scf_engine.serve import build, run
@@ -363,9 +368,9 @@ def serve(
     with steps("serve") as say:
         built = build(data, keys, as_of=as_of, consents=consents, alias=alias, tracking_uri=tracking_uri,
                       audit_log=audit_log, actor=actor, cache_entries=cache_entries,
-                      progress=say, out=out, whitelist=whitelist)
+                      progress=say, out=out, whitelist=whitelist, whitelist_list=whitelist_list)
     st = built[1].state
-    print_quarantine(st.loaded.dataset.report, out)
+    print_quarantine(st.loaded.report, out)
     console.print(f"serving {alias} models {st.versions} at as-of {st.as_of} on http://{host}:{port} (docs: /docs)",
                   highlight=False)
     run(*built, host=host, port=port, poll_seconds=poll_seconds)
@@ -426,7 +431,8 @@ def audit_verify(
 def audit_show(
     log: Path = typer.Argument(None, help="Audit log (default: $SCF_AUDIT_LOG, else audit/audit.jsonl)."),
     firm: str = typer.Option(None, "--firm", help="Whose data: entries that read this firm's data."),
-    actor: str = typer.Option(None, "--actor", help="Who: entries made by this actor."),
+    actor: str = typer.Option(None, "--actor", help="Who: entries made by this actor, and the requests an API key "
+                              "holder of that name made through scf serve (via: service, key NAME)."),
     data: Path = typer.Option(None, "--data", help="A dataset folder: whole-dataset reads (validate, train, compare) of "
                               "exactly its firms count for --firm when the firm is among them."),
 ):
@@ -499,18 +505,18 @@ def demo(
     batch = data / "batch.csv"
     score(data=data, batch=batch, out=out / "score" / "limits.csv", as_of=None,
           consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
-          whitelist=None, memos=True, memo_formats="html,md", tracking_uri=None, actor=None, audit_log=log,
+          whitelist=None, whitelist_list=None, memos=True, memo_formats="html,md", tracking_uri=None, actor=None, audit_log=log,
           engine="duckdb", spark_master=None)
     console.rule("5. explain one firm (memo as HTML, PDF and Markdown)")
     first = pd.read_csv(out / "score" / "limits.csv", dtype={"firm_id": str}).dropna(subset=["pd"])["firm_id"].iloc[0]
     explain(data=data, firm=first, as_of=None, out=out / "explain", consents=consents if consents.is_file() else None,
-            alias="champion", tracking_uri=None, actor=None, audit_log=log, whitelist=None)
+            alias="champion", tracking_uri=None, actor=None, audit_log=log, whitelist=None, whitelist_list=None)
     console.rule("6. after lending: the same chain lent six months earlier, monitored month by month")
     T = pd.Timestamp(pd.read_csv(out / "score" / "limits.csv", dtype=str)["as_of"].iloc[0])
     lent_on = (T - pd.DateOffset(months=6)).replace(day=1)
     score(data=data, batch=batch, out=out / "monitor" / "batch" / "limits.csv", as_of=str(lent_on.date()),
           consents=consents if consents.is_file() else None, group_limit=None, group_by="batch", chain_core=None,
-          whitelist=None, memos=False, memo_formats="html", tracking_uri=None, actor=None, audit_log=log,
+          whitelist=None, whitelist_list=None, memos=False, memo_formats="html", tracking_uri=None, actor=None, audit_log=log,
           engine="duckdb", spark_master=None)
     months = [str((lent_on + pd.DateOffset(months=k)).date()) for k in range(1, 7)]
     monitor(data=data, out=out / "monitor", as_of=[m for m in months if pd.Timestamp(m) <= T],

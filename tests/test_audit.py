@@ -255,6 +255,25 @@ def test_a_failing_precondition_aborts_the_append_under_the_lock(tmp_path):
     assert entry["seq"] == 2 and audit.verify(log) == (True, [])
 
 
+def served_log(tmp_path, scored: tuple, operator: str) -> Path:
+    """A log with one ``scf score`` entry (``scored``: actor, firms) and one entry of a
+    service run by ``operator``: platform-a's key decided F1 and F2, ana's read F2's
+    memo, and a request without a key was refused."""
+    from scf_engine import access
+    from scf_engine.serve.audit_writer import AuditWriter
+
+    log = tmp_path / "audit.jsonl"
+    access.record(log, scored[0], "score", "batch credit decision", scored[1], name_firms=True)
+    writer = AuditWriter(log, operator)
+    futures = [writer.submit({"method": "POST", "path": "/v1/decisions", "key": "platform-a", "firms": ["F1", "F2"]}),
+               writer.submit({"method": "GET", "path": "/v1/firms/F2/memo", "key": "ana", "firms": ["F2"]}),
+               writer.submit({"method": "POST", "path": "/v1/decisions", "key": None, "status": 401})]
+    for f in futures:
+        f.result(timeout=30)
+    writer.close()
+    return log
+
+
 def test_audit_show_says_why_the_service_read_a_firm_and_for_which_key(tmp_path):
     """The contract: ``scf audit show --firm ID`` lists who read a firm's data, when and
     why. A ``scf serve`` entry groups HTTP requests and has no purpose of its own, so the
@@ -262,17 +281,8 @@ def test_audit_show_says_why_the_service_read_a_firm_and_for_which_key(tmp_path)
     say it: the endpoint and the key it was called with; a refused request (no firms)
     names nobody."""
     from scf_engine import access
-    from scf_engine.serve.audit_writer import AuditWriter
 
-    log = tmp_path / "audit.jsonl"
-    access.record(log, "analyst.li", "score", "batch credit decision", ["F1", "F2"], name_firms=True)
-    writer = AuditWriter(log, "svc")
-    futures = [writer.submit({"method": "POST", "path": "/v1/decisions", "key": "platform-a", "firms": ["F1", "F2"]}),
-               writer.submit({"method": "GET", "path": "/v1/firms/F2/memo", "key": "ana", "firms": ["F2"]}),
-               writer.submit({"method": "POST", "path": "/v1/decisions", "key": None, "status": 401})]
-    for f in futures:
-        f.result(timeout=30)
-    writer.close()
+    log = served_log(tmp_path, ("analyst.li", ["F1", "F2"]), "svc")
     rows = access.show(log, firm="F2")
     assert list(rows["action"])[0] == "score" and rows["purpose"].iloc[0] == "batch credit decision"
     served = rows[rows["action"] == "serve"]
@@ -281,3 +291,33 @@ def test_audit_show_says_why_the_service_read_a_firm_and_for_which_key(tmp_path)
     assert (served["purpose"] != "").all() and "(key -)" not in said
     said_f1 = "; ".join(access.show(log, firm="F1").query("action == 'serve'")["purpose"])
     assert "platform-a" in said_f1 and "memo" not in said_f1
+
+
+def test_audit_show_actor_finds_what_an_api_key_holder_read_through_the_service(tmp_path):
+    """``scf audit show --actor NAME`` matched only the entry's actor, but the service
+    appends its entries under the operator who started it and names each request's API
+    key holder inside: a key holder's reads were invisible to "what did this person
+    read". Now a key holder is an actor: the service's entries list only that holder's
+    requests (purpose, firms counted), say so in ``via``, and the operator still sees all."""
+    from typer.testing import CliRunner
+
+    from scf_engine import access
+    from scf_engine.cli import app
+
+    log = served_log(tmp_path, ("ana", ["F9"]), "svc-operator")
+    rows = access.show(log, actor="ana")
+    assert list(rows["action"]) == ["score", "serve"] and list(rows["via"]) == ["", "service, key ana"]
+    served = rows.iloc[1]
+    assert served["actor"] == "svc-operator" and served["purpose"] == "GET /v1/firms/F2/memo (key ana)"
+    assert served["firms_count"] == 1 and served["named"] == 1
+    assert access.show(log, actor="ana", firm="F1").empty  # ana's key never read F1
+    assert list(access.show(log, actor="ana", firm="F2")["action"]) == ["serve"]
+    platform = access.show(log, actor="platform-a")
+    assert len(platform) == 1 and platform["firms_count"].iloc[0] == 2 and "memo" not in platform["purpose"].iloc[0]
+    everything = access.show(log, actor="svc-operator")  # the operator answers for every request it served
+    assert len(everything) == 1 and everything["firms_count"].iloc[0] == 2
+    assert "key ana" in everything["purpose"].iloc[0] and "key platform-a" in everything["purpose"].iloc[0]
+    assert access.show(log, actor="nobody").empty
+    r = CliRunner().invoke(app, ["audit", "show", str(log), "--actor", "ana"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert "2 entries for actor ana" in r.output and "service, key ana" in r.output

@@ -641,3 +641,28 @@ def test_a_firms_data_quality_rows_are_those_known_before_the_as_of(small_world_
     assert lines(report.rows_touching(f)) == [n + 2, n + 3, n + 4]
     assert lines(report.rows_touching(f, before=T)) == [n + 2, n + 4]
     assert report.touching_counts(before=T)[f] == 2 and report.touching_counts()[f] == 3
+
+
+def test_whitelist_rows_are_checked_as_the_contract_asks_and_a_list_is_picked_by_name(tmp_path):
+    """whitelist.csv: an empty id stopped the run and a repeat passed silently; now both
+    are set aside with their line and reason (a firm on two programmes' lists is no
+    repeat). ``--list`` on a file without a ``list`` column, or a list it lacks, is one
+    line; a picked list with no firm of the dataset is one line, not a batch of declines."""
+    from scf_engine.errors import DatasetError, RequestError
+    from scf_engine.ingest.requests import read_whitelist
+
+    (tmp_path / "plain.csv").write_text("firm_id\nA\n\nA\n \nB\n", encoding="utf-8")
+    plain = read_whitelist(tmp_path / "plain.csv")
+    assert plain.firms == {"A", "B"} and plain.list_name is None
+    bad = plain.violations()
+    assert list(bad["line"]) == [4, 5] and list(bad["reason"]) == ["firm_id repeated (first on line 2)", "firm_id is empty"]
+    with pytest.raises(RequestError, match="has no 'list' column"):
+        read_whitelist(tmp_path / "plain.csv", "chain-A")
+    (tmp_path / "lists.csv").write_text("firm_id,list\nA,chain-A\nA,park-B\nC,park-B\n", encoding="utf-8")
+    picked = read_whitelist(tmp_path / "lists.csv", " park-B ")
+    assert picked.firms == {"A", "C"} and picked.violations().empty and picked.list_name == "park-B"
+    checked = picked.checked(["A", "B"])
+    assert checked.firms == {"A"} and list(checked.violations()["reason"]) == ["unknown firm: not in firms"]
+    with pytest.raises(DatasetError, match="list 'park-B' holds no firm of the dataset"):
+        picked.checked(["B"])
+    assert read_whitelist(tmp_path / "lists.csv").checked(["A"]).firms == {"A"}

@@ -758,6 +758,69 @@ def test_a_whitelist_limits_the_batch_decline_or_review_by_policy(trained, tmp_p
 
 
 
+def test_list_picks_one_programme_of_a_whitelist_and_bad_rows_are_set_aside(trained, tmp_path, monkeypatch):
+    """A bank keeps several programmes' lists in one whitelist.csv, told apart by the
+    contract's ``list`` column, which was ignored: every row counted, so a chain's batch
+    lent to the park's firms. ``--list`` picks one programme (its name in the reasons and
+    the audit entry); without it every row counts, as before. A list the file lacks is
+    one line, exit 2, nothing written. Bad rows (an empty id, a repeat, a firm the dataset
+    lacks) stopped the run or passed silently: now they are set aside, counted and
+    published beside the output, and the run goes on."""
+    uri, data = trained["uri"], trained["data"]
+    batch = pd.read_csv(data / "batch.csv", dtype=str).head(10)
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    ids = list(batch["firm_id"])
+    rows = [(f, "chain-A") for f in ids[:4]] + [(f, "park-B") for f in ids[4:7]]
+    rows += [("", "chain-A"), (ids[0], "chain-A"), ("91000000000000000X", "chain-A"), (ids[0], "park-B")]
+    pd.DataFrame(rows, columns=["firm_id", "list"]).to_csv(tmp_path / "whitelist.csv", index=False)
+    sha = hashlib.sha256((tmp_path / "whitelist.csv").read_bytes()).hexdigest()
+    log = tmp_path / "audit.jsonl"
+    args = ["score", data, "--batch", tmp_path / "batch.csv", "--consents", data / "consents.csv", "--tracking-uri", uri,
+            "--no-memos", "--whitelist", tmp_path / "whitelist.csv", "--audit-log", log]
+    r = invoke(*args, "--list", "chain-A", "--out", tmp_path / "a" / "limits.csv")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "a" / "limits.csv", dtype={"firm_id": str})
+    off = ~lim["firm_id"].isin(ids[:4])
+    assert (lim.loc[off, "decision"] == "decline").all()
+    assert (lim.loc[off, "reasons"] == "not on the programme's whitelist (名单制): list 'chain-A'").all()
+    assert not lim.loc[~off, "reasons"].str.contains("whitelist").any()
+    q = pd.read_csv(tmp_path / "a" / "quarantine.csv", dtype=str, keep_default_na=False)
+    q = q[q["file"] == "whitelist.csv"]
+    assert list(q["line"].astype(int)) == [9, 10, 11] and list(q["parties"]) == ["", "", ""]
+    assert list(q["reason"]) == ["firm_id is empty", "firm_id repeated on list 'chain-A' (first on line 2)",
+                                 "unknown firm: not in firms"]
+    assert "whitelist.csv" in r.output  # counted in the run's summary: 11 read, 8 accepted, 3 set aside
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["details"]["whitelist"] == {"sha256": sha, "list": "chain-A"} and entry["details"]["inputs"]["whitelist"] == sha
+    r = invoke(*args, "--out", tmp_path / "b" / "limits.csv")  # no --list: every row of every programme counts
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "b" / "limits.csv", dtype={"firm_id": str})
+    off = ~lim["firm_id"].isin(ids[:7])
+    assert (lim.loc[off, "reasons"] == "not on the programme's whitelist (名单制)").all()
+    assert not lim.loc[~off, "reasons"].str.contains("whitelist").any()
+    assert json.loads(log.read_text().splitlines()[-1])["details"]["whitelist"] == {"sha256": sha, "list": None}
+    n = len(log.read_text().splitlines())
+    for extra, said in ((["--list", "park-C"], "its lists: chain-A, park-B"), (["--list", " "], "no such list")):
+        r = invoke(*args, *extra, "--out", tmp_path / "c" / "limits.csv")
+        assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output
+    r = invoke(*[a for a in args if a not in ("--whitelist", tmp_path / "whitelist.csv")], "--list", "chain-A",
+               "--out", tmp_path / "c" / "limits.csv")
+    assert r.exit_code == 2 and "--whitelist" in r.output, r.output
+    assert not (tmp_path / "c" / "limits.csv").exists() and len(log.read_text().splitlines()) == n
+    r = invoke("explain", data, "--firm", ids[5], "--consents", data / "consents.csv", "--tracking-uri", uri,
+               "--audit-log", log, "--whitelist", tmp_path / "whitelist.csv", "--list", "chain-A", "--out", tmp_path / "x")
+    assert r.exit_code == 0 and "list 'chain-A'" in r.output and "decision decline" in r.output, r.output
+    assert json.loads(log.read_text().splitlines()[-1])["details"]["whitelist"] == {"sha256": sha, "list": "chain-A"}
+    assert (tmp_path / "x" / "quarantine.csv").is_file()
+    _policies_copy(tmp_path, monkeypatch, "limit_policy", "off_whitelist: decline", "off_whitelist: review")
+    r = invoke(*args, "--list", "park-B", "--out", tmp_path / "d" / "limits.csv")
+    assert r.exit_code == 0, r.output
+    lim = pd.read_csv(tmp_path / "d" / "limits.csv", dtype={"firm_id": str})
+    reviewed = ~lim["firm_id"].isin(ids[4:7] + ids[:1]) & (lim["decision"] == "review")  # ids[0] is on both lists
+    assert reviewed.any() and lim.loc[reviewed, "decision_reasons"].str.contains(
+        "Not on the programme's whitelist (名单制), list 'park-B': manual review", regex=False).all()
+
+
 def test_explain_with_the_whitelist_gives_the_whitelisted_batchs_decision(trained, tmp_path):
     """scf explain took no whitelist, so a credit officer saw an approval (and a memo)
     for a firm the programme's batch declined for being off its list. With --whitelist it

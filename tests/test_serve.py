@@ -5,6 +5,7 @@ reload test)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -58,14 +59,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(world):
-    """A real uvicorn on a free loopback port in a thread; stopped (and the audit queue
-    written) at the end, within a bounded time."""
-    home = world["home"]
-    app, service, writer = build(world["data"], world["keys"], consents=world["data"] / "consents.csv",
-                                 tracking_uri=world["uri"], audit_log=home / "audit.jsonl", actor="test-service")
-    service.watch(0.5)
+@contextlib.contextmanager
+def running(built):
+    """A real uvicorn serving ``build``'s app on a free loopback port in a thread: yields
+    its URL; stopped (and the audit queue written) at the end, within a bounded time."""
+    app, service, writer = built
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -74,12 +72,25 @@ def server(world):
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "service": service, "log": home / "audit.jsonl", **world}
-    srv.should_exit = True
-    thread.join(15)
-    service.close()
-    writer.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(15)
+        service.close()
+        writer.close()
     assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    """The world's champions served with its consents, the alias watched."""
+    home = world["home"]
+    built = build(world["data"], world["keys"], consents=world["data"] / "consents.csv",
+                  tracking_uri=world["uri"], audit_log=home / "audit.jsonl", actor="test-service")
+    built[1].watch(0.5)
+    with running(built) as url:
+        yield {"url": url, "service": built[1], "log": home / "audit.jsonl", **world}
 
 
 def call(srv, method, path, body=None, key=None, raw: bytes | None = None):
@@ -383,3 +394,37 @@ def test_a_whitelist_makes_the_service_answer_as_the_whitelisted_batch_would(wor
         for _, service, writer in built:
             service.close()
             writer.close()
+
+
+def test_the_service_records_which_whitelist_and_list_answered_each_request(world, tmp_path):
+    """scf score and scf explain record the whitelist's sha256 in their audit entries,
+    the service did not: compliance could not tell which list (re-read at every reload)
+    answered a request. Each request's record now carries the whitelist's sha256 and the
+    programme picked with ``--list``, and the off-list reason names it; a list the file
+    lacks is one line before anything is loaded; the list's bad rows go to the service's
+    quarantine report."""
+    from scf_engine.errors import RequestError
+
+    ids = list(pd.read_csv(world["data"] / "batch.csv", dtype=str)["firm_id"].head(3))
+    rows = [(ids[0], "chain-A"), (ids[1], "park-B"), ("", "chain-A")]
+    pd.DataFrame(rows, columns=["firm_id", "list"]).to_csv(tmp_path / "whitelist.csv", index=False)
+    sha = hashlib.sha256((tmp_path / "whitelist.csv").read_bytes()).hexdigest()
+    log, common = tmp_path / "audit.jsonl", dict(consents=world["data"] / "consents.csv", tracking_uri=world["uri"])
+    with pytest.raises(RequestError, match="its lists: chain-A, park-B"):
+        build(world["data"], world["keys"], **common, audit_log=log, whitelist=tmp_path / "whitelist.csv",
+              whitelist_list="nope")
+    built = build(world["data"], world["keys"], **common, audit_log=log, actor="svc", out=tmp_path / "out",
+                  whitelist=tmp_path / "whitelist.csv", whitelist_list="chain-A")
+    with running(built) as url:
+        srv = {"url": url}
+        status, _, raw = call(srv, "POST", "/v1/decisions", {"firms": [{"firm_id": ids[1]}]}, key="plat")
+        assert status == 200, raw
+        answer = json.loads(raw)["decisions"][0]
+        assert answer["decision"] == "decline" and answer["reasons"].endswith("whitelist (名单制): list 'chain-A'")
+        assert call(srv, "GET", f"/v1/firms/{ids[0]}/reasons", key="ana")[0] == 200
+    served = [r for e in map(json.loads, log.read_text().splitlines()) if e["action"] == "serve"
+              for r in e["details"]["requests"]]
+    assert [r["key"] for r in served] == ["plat", "ana"]
+    assert all(r["whitelist"] == {"sha256": sha, "list": "chain-A"} for r in served)
+    q = pd.read_csv(tmp_path / "out" / "quarantine.csv", dtype=str, keep_default_na=False)
+    assert list(q.loc[q["file"] == "whitelist.csv", "reason"]) == ["firm_id is empty"]

@@ -47,6 +47,7 @@ class BatchOptions:
     group_by: str = "batch"
     chain_core: str | None = None
     whitelist: frozenset | None = None  # 名单制: the programme's list; None: no list
+    whitelist_list: str | None = None  # the list's name when one programme was picked from the file: reasons say it
 
     def __post_init__(self):
         if self.group_by not in GROUP_BY:
@@ -140,6 +141,12 @@ class DecisionContext:
 
 NOT_SCORABLE = "not scorable: no fund-flow history and no chain link to a core"
 OFF_LIST = "not on the programme's whitelist (名单制)"
+
+
+def off_list_reason(list_name: str | None) -> str:
+    """Why a firm off the whitelist is declined: which programme's list, when one was
+    picked (``--list``), so a file of several lists leaves no doubt which one said no."""
+    return OFF_LIST if list_name is None else f"{OFF_LIST}: list {list_name!r}"
 
 
 def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: pd.Series, require_consent: bool,
@@ -415,7 +422,7 @@ def decide_rows(tables: list, ids: list, amounts: np.ndarray | None, problems: n
     off_list = np.array([f not in options.whitelist for f in ids], dtype=bool) if options.whitelist is not None else None
     decline_off = d.get("off_whitelist", "decline") == "decline"
     if off_list is not None and decline_off:
-        why = np.where((why == "") & off_list, OFF_LIST, why)
+        why = np.where((why == "") & off_list, off_list_reason(options.whitelist_list), why)
     blocked = why != ""  # by the request or the whitelist: no model was run for the row
     why = np.where(blocked, why, p["why_late"])
     ok = why == ""
@@ -424,8 +431,8 @@ def decide_rows(tables: list, ids: list, amounts: np.ndarray | None, problems: n
     grade = np.where(ok, p["grade"], np.nan)
     core = options.chain_core or _single_core(list(p["cores"][k]))
     req = amounts if amounts is not None else np.full(n, np.nan)
-    lim = limit_arrays(_limit_input(p, idarr, k, pd_, grade, req, core, off_list if not decline_off else None, d),
-                       d, core_line=tables[0].lines if core else None)
+    lim = limit_arrays(_limit_input(p, idarr, k, pd_, grade, req, core, off_list if not decline_off else None, d,
+                                    options.whitelist_list), d, core_line=tables[0].lines if core else None)
     limit_cny = np.zeros(n)
     limit_cny[k] = lim["limit_cny"]
     group = None
@@ -460,8 +467,9 @@ def decide_rows(tables: list, ids: list, amounts: np.ndarray | None, problems: n
     return cols, w
 
 
-def _limit_input(p: dict, idarr, k, pd_, grade, req, core, off_list, d) -> dict:
-    """What the limit policy reads (credit.limits' columns) for the scorable rows ``k``."""
+def _limit_input(p: dict, idarr, k, pd_, grade, req, core, off_list, d, list_name=None) -> dict:
+    """What the limit policy reads (credit.limits' columns) for the scorable rows ``k``;
+    ``list_name``: the whitelist's programme, named by a review for being off it."""
     if len(set(idarr[k])) < len(k):
         raise ValueError("limit frame: firm_id must be unique")
     c = {"firm_id": idarr[k], "pd": pd_[k], "grade": grade[k], "trade_in_12m": p["trade_in_12m"][k],
@@ -476,6 +484,8 @@ def _limit_input(p: dict, idarr, k, pd_, grade, req, core, off_list, d) -> dict:
         c["consent_ok"] = p["consent"][k] == "ok"
     if off_list is not None:
         c["off_whitelist"] = off_list[k]
+        if list_name is not None:
+            c["whitelist_list"] = np.full(len(k), list_name, dtype=object)
     return c
 
 
@@ -607,4 +617,4 @@ def summary(result: pd.DataFrame, pols: dict) -> dict:
 
 
 __all__ = ["BatchOptions", "DecisionContext", "Decisions", "ModelOutputs", "Precomputed", "decide", "decide_rows", "eligibility", "finalize",
-           "limits_frame", "precompute", "records", "summary"]
+           "limits_frame", "off_list_reason", "precompute", "records", "summary"]

@@ -38,6 +38,8 @@ Input frame of :func:`apply_limits` (one row per firm):
                             used only to word the consent reason
 ``off_whitelist``           optional; True for a firm off the batch's whitelist when the
                             policy sends such firms to review (``off_whitelist: review``)
+``whitelist_list``          optional; the programme's list picked from the file
+                            (``--list``), named by the review reason
 ==========================  ==========================================================
 
 An optional column that is absent counts as "no signal" (0 / NaN). NaN in an
@@ -191,7 +193,7 @@ def frame_columns(frame: pd.DataFrame) -> dict:
     for name in ("consent_ok", "off_whitelist"):
         if name in frame:
             c[name] = frame[name].fillna(False).astype(bool).to_numpy()
-    for name in ("core_id", "consent_status"):
+    for name in ("core_id", "consent_status", "whitelist_list"):
         if name in frame:
             c[name] = frame[name].to_numpy(dtype=object)
     return c
@@ -336,6 +338,7 @@ def _review_flags(c: Mapping[str, np.ndarray], n: int, d) -> SimpleNamespace:
         in_cycle=_finite0(_col(c, "in_trade_cycle", n)),
         dq=_finite0(_col(c, "dq_issues", n)),
         off_list=np.asarray(c["off_whitelist"], dtype=bool) if "off_whitelist" in c else np.zeros(n, dtype=bool),
+        list_name=np.asarray(c["whitelist_list"], dtype=object) if "whitelist_list" in c else np.full(n, None, dtype=object),
         rt_max=float(d.get("round_trip_review_above", 0.0)),
         need_consent=bool(d.get("require_consent", False)),
         consent_ok=np.asarray(c["consent_ok"], dtype=bool) if "consent_ok" in c else np.ones(n, dtype=bool),
@@ -377,7 +380,8 @@ def _decide_row(i: int, w: SimpleNamespace, f: SimpleNamespace) -> tuple[str, li
     if f.dq[i] > 0:
         why.append(f"{int(f.dq[i])} data-quality issue(s) in the firm's records.")
     if f.off_list[i]:
-        why.append("Not on the programme's whitelist (名单制): manual review before any lending.")
+        named = f", list {f.list_name[i]!r}" if f.list_name[i] is not None else ""
+        why.append(f"Not on the programme's whitelist (名单制){named}: manual review before any lending.")
     if f.need_consent and not f.consent_ok[i]:
         why.append(f"Consent check failed: {CONSENT_WORDING.get(f.consent_status[i], 'no valid data-use authorisation')}; "
                    "data may be used only with the firm's authorisation.")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.errors import OutputError
-from scf_engine.tables import write_csv
+from scf_engine.tables import csv_bytes, write_csv
 
 QUARANTINE_COLUMNS = ["file", "line", "column", "value", "reason", "parties"]
 
@@ -57,6 +57,14 @@ class QuarantineReport:
             v["value"] = v["value"].astype(str).str.slice(0, 200)
             self.rows = v if self.rows.empty else pd.concat([self.rows, v], ignore_index=True)
             self.dated = dated if self.dated.empty else pd.concat([self.dated, dated], ignore_index=True)
+
+    def with_file(self, file: str, read: int, accepted: int, violations: pd.DataFrame) -> "QuarantineReport":
+        """A copy with one more file's counts and rows (:meth:`add_file`), this one
+        unchanged: a request input checked against the dataset (the whitelist) is
+        reported with it, but its rows must not become the dataset's data-quality record."""
+        out = QuarantineReport(list(self.counts), self.rows, self.dated)
+        out.add_file(file, read, accepted, violations)
+        return out
 
     @property
     def n_quarantined(self) -> int:
@@ -118,6 +126,15 @@ class QuarantineReport:
 
 
 QUARANTINE = "quarantine.csv"  # beside an output, when its run set rows aside
+
+
+def staged_files(report: QuarantineReport | None) -> dict[str, bytes]:
+    """``{"quarantine.csv": bytes}`` when ``report`` set rows aside, else ``{}``: the
+    file a published output carries beside it (``scf score``, ``scf monitor``), the bytes
+    staged being the bytes hashed into its audit entry."""
+    if report is None or not report.n_quarantined:
+        return {}
+    return {QUARANTINE: csv_bytes(report.sorted_rows())}
 
 
 def publish_beside(report: QuarantineReport, folder: Path, name: str = QUARANTINE) -> dict:

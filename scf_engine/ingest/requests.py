@@ -1,4 +1,4 @@
-"""The requests that come beside a dataset: the batch to score and the consents.
+"""The requests that come beside a dataset: the batch to score, the consents, the whitelist.
 
 ``batch.csv``: ``firm_id`` (required) and ``requested_amount`` (optional, CNY). A row
 the engine cannot honour (empty id, a repeat, an amount that is not a number >= 0) is not
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from scf_engine.errors import DatasetError
+from scf_engine.errors import DatasetError, RequestError
+from scf_engine.hashing import file_sha256
 from scf_engine.ingest.reading import decode, read_small_csv
 
 CONSENT_COLUMNS = ("firm_id", "granted_on", "expires_on")
@@ -120,22 +122,87 @@ def read_consents(path: str | Path) -> pd.DataFrame:
 
 
 
-def read_whitelist(path: Path | str) -> frozenset:
-    """``whitelist.csv`` (contract v1.1): ``firm_id`` and an optional ``list`` naming the
-    programme; the firm ids it holds. An empty id or a file without ``firm_id`` stops the
-    run with one line."""
+@dataclass(frozen=True)
+class Whitelist:
+    """``whitelist.csv`` (contract v1.1) read, and the programme picked from it.
+
+    A bank runs several programmes (a core's chain, an industrial park, an association),
+    each with its own list (白名单), and keeps them in one file told apart by the optional
+    ``list`` column. ``list_name`` picks one programme's rows (``--list``); None counts
+    every row, as before ``--list`` existed, so a file of one list scores as it always did.
+
+    Bad rows follow the contract's bad-input rule, not a stop: an empty ``firm_id``, a
+    firm repeated on the same list, and (once :meth:`checked` against the dataset) a firm
+    the dataset does not hold are set aside with their line and reason, and the rest of
+    the list is used. ``rows``: every data row (``firm_id``, ``list``, ``line``,
+    ``problem``: "" when accepted)."""
+
+    file: str  # the file's name, as quarantine rows and messages name it
+    sha256: str  # of the file read: which list answered, for the audit log
+    list_name: str | None  # the programme picked (``--list``); None: every row counts
+    rows: pd.DataFrame
+
+    @property
+    def firms(self) -> frozenset:
+        """The accepted firm ids of the picked programme (every accepted row when none is picked)."""
+        ok = self.rows["problem"] == ""
+        if self.list_name is not None:
+            ok &= self.rows["list"] == self.list_name
+        return frozenset(self.rows.loc[ok, "firm_id"])
+
+    def checked(self, known_firms) -> "Whitelist":
+        """The same list with the rows naming a firm outside ``known_firms`` (the dataset's
+        firm ids) set aside: a list meant for another dataset, or a firm not yet on the
+        data platform, is reported, not silently kept. Refuses (one line) a picked
+        programme that is left with no firm: every request would be declined off-list."""
+        rows = self.rows.copy()
+        unknown = (rows["problem"] == "") & ~rows["firm_id"].isin(set(map(str, known_firms)))
+        rows.loc[unknown, "problem"] = "unknown firm: not in firms"
+        out = Whitelist(self.file, self.sha256, self.list_name, rows)
+        if not out.firms:
+            which = f"list {self.list_name!r}" if self.list_name is not None else "the whitelist"
+            raise DatasetError(f"{self.file}: {which} holds no firm of the dataset ({len(rows)} row(s) read, "
+                               f"{int((rows['problem'] != '').sum())} set aside): every request would be declined off-list")
+        return out
+
+    def violations(self) -> pd.DataFrame:
+        """The rows set aside, as quarantine rows (``line, column, value, reason``). They
+        name no party: a bad row of the list is not a data-quality issue of the firm."""
+        bad = self.rows[self.rows["problem"] != ""]
+        return pd.DataFrame({"line": bad["line"].to_numpy(), "column": "firm_id", "value": bad["firm_id"].to_numpy(),
+                             "reason": bad["problem"].to_numpy(), "parties": ""})
+
+
+def read_whitelist(path: Path | str, list_name: str | None = None) -> Whitelist:
+    """``whitelist.csv``: ``firm_id`` and an optional ``list`` naming each row's programme;
+    ``list_name`` picks one. A missing file or ``firm_id`` column, or a ``list_name`` the
+    file does not hold, stops the run with one line; bad rows are set aside (see
+    :class:`Whitelist`)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path.name}: no such file ({path})")
+    digest = file_sha256(path)
     header, rows, lines = read_small_csv(path)
     if "firm_id" not in header:
         raise DatasetError(f"{path.name}: missing required column 'firm_id'")
-    k = header.index("firm_id")
-    ids = [r[k].strip() for r in rows]
-    empty = [ln for v, ln in zip(ids, lines) if not v]
-    if empty:
-        raise DatasetError(f"{path.name}: line {empty[0]}: firm_id is empty")
-    return frozenset(ids)
+    ids = [r[header.index("firm_id")].strip() for r in rows]
+    lists = [r[header.index("list")].strip() for r in rows] if "list" in header else [""] * len(rows)
+    frame = pd.DataFrame({"firm_id": pd.Series(ids, dtype=object), "list": pd.Series(lists, dtype=object),
+                          "line": pd.Series(lines, dtype="int64")})
+    if list_name is not None:
+        list_name = list_name.strip()
+        names = sorted(set(lists) - {""})
+        if "list" not in header:
+            raise RequestError(f"--list {list_name!r}: {path.name} has no 'list' column (it is one list: leave --list out)")
+        if list_name not in names:
+            raise RequestError(f"--list {list_name!r}: no such list in {path.name} (its lists: {', '.join(names) or 'none named'})")
+    problem = pd.Series("", index=frame.index, dtype=object)
+    first = frame.groupby(["list", "firm_id"])["line"].transform("min")
+    repeated = (frame["line"] > first) & (frame["firm_id"] != "")
+    on = [f" on list {v!r}" if v else "" for v in frame.loc[repeated, "list"]]
+    problem[repeated] = [f"firm_id repeated{w} (first on line {f})" for w, f in zip(on, first[repeated])]
+    problem[frame["firm_id"] == ""] = "firm_id is empty"
+    return Whitelist(path.name, digest, list_name, frame.assign(problem=problem))
 
 
-__all__ = ["read_batch", "requests_frame", "read_consents", "read_whitelist", "CONSENT_COLUMNS"]
+__all__ = ["read_batch", "requests_frame", "read_consents", "read_whitelist", "Whitelist", "CONSENT_COLUMNS"]

@@ -33,7 +33,7 @@ from scf_engine.features.closed_loop import firm_evidence
 from scf_engine.features.flows import FlowPass
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
-from scf_engine.ingest.quarantine import QUARANTINE  # the dataset's rows set aside (published with the pass)
+from scf_engine.ingest.quarantine import QUARANTINE, staged_files  # the dataset's rows set aside (published with the pass)
 from scf_engine.ingest.requests import read_consents, requests_frame
 from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows, vintage_rows
 from scf_engine.monitor.judge import (PORTFOLIO_COLUMNS, apply_repair, join_reasons, needs_drivers, portfolio_rows,
@@ -426,8 +426,7 @@ def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, p
         files = {"portfolio.csv": csv_bytes(port), "alerts.csv": csv_bytes(alerts)}
         if len(quarantined):
             files["portfolio_quarantine.csv"] = csv_bytes(quarantined)
-        if report is not None and report.n_quarantined:  # the contract: bad rows go to a file beside the output
-            files[QUARANTINE] = csv_bytes(report.sorted_rows())
+        files.update(staged_files(report))  # the contract: bad rows go to a file beside the output
         files["report.html"] = render_report(port, alerts, drift, pols["monitoring"], memo_dir=memo_dir,
                                              out_dir=out).encode("utf-8")
         if drift is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,8 @@ from scf_engine.dataset import Dataset, as_timestamp
 from scf_engine.errors import AuditError, PolicyError, RequestError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
-from scf_engine.ingest.quarantine import QUARANTINE, publish_beside
-from scf_engine.ingest.requests import read_batch, read_consents, read_whitelist, requests_frame
+from scf_engine.ingest.quarantine import QUARANTINE, QuarantineReport, publish_beside, staged_files
+from scf_engine.ingest.requests import Whitelist, read_batch, read_consents, read_whitelist, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.publish import Publication
 from scf_engine.pipelines.compare import load_models
@@ -48,7 +48,7 @@ class ScoreResult:
     run_id: str
     audit_entry: dict
     summary: dict
-    quarantine: object = None  # the dataset's QuarantineReport: rows set aside, counts per file
+    report: object = None  # the QuarantineReport: rows set aside (the dataset's, the whitelist's), counts per file
 
 
 @dataclass
@@ -63,6 +63,11 @@ class Loaded:
     scale: ScoreScale
     consents: pd.DataFrame | None
     store: tracking.Store
+    report: QuarantineReport | None = None  # rows set aside: the dataset's, and the whitelist's once checked
+
+    def __post_init__(self):
+        if self.report is None:
+            self.report = self.dataset.report
 
 
 # ------------------------------------------------------------------------------------ load
@@ -202,6 +207,37 @@ def decision_context(loaded: Loaded, earmarks: pd.DataFrame | None = None) -> De
     return DecisionContext.build(loaded.data, loaded.models, loaded.pols, loaded.dataset, loaded.consents, earmarks)
 
 
+def read_programme(whitelist: Path | str | None, list_name: str | None) -> Whitelist | None:
+    """The whitelist file and the programme picked from it (``--list``), read before any
+    work so a wrong file or list name costs one line, not a load; None without a file."""
+    if whitelist is None:
+        if list_name is not None:
+            raise RequestError(f"--list {list_name!r} picks a programme of a whitelist: pass --whitelist whitelist.csv too")
+        return None
+    return read_whitelist(whitelist, list_name)
+
+
+def check_programme(loaded: Loaded, whitelist: Whitelist | None, options: BatchOptions = BatchOptions()) -> BatchOptions:
+    """``options`` with the programme's firms (名单制), the whitelist checked against the
+    loaded dataset: its rows set aside (empty id, repeat, unknown firm) join
+    ``loaded.report``, so they are counted, printed and published beside the output as
+    the dataset's are, and never count as a firm's data-quality issue."""
+    if whitelist is None:
+        return options
+    wl = whitelist.checked(loaded.dataset.firms["firm_id"])
+    bad = wl.violations()
+    loaded.report = loaded.report.with_file(wl.file, len(wl.rows), len(wl.rows) - len(bad), bad)
+    return replace(options, whitelist=wl.firms, whitelist_list=wl.list_name)
+
+
+def programme_record(whitelist: Whitelist | None) -> dict:
+    """What an audit entry says of the whitelist that answered: the file's sha256 (with
+    the other inputs) and the programme picked (None: every row of the file counted)."""
+    if whitelist is None:
+        return {}
+    return {"sha256": whitelist.sha256, "list": whitelist.list_name}
+
+
 # ----------------------------------------------------------------------------------- score
 
 
@@ -209,25 +245,27 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
           consents: Path | str | None = None, group_limit: float | None = None, group_by: str = "batch",
           chain_core: str | None = None, memos: bool = True, memo_formats=("html", "pdf", "md"),
           audit_log: Path | str | None = None, actor: str | None = None, alias: str = "champion",
-          whitelist: Path | str | None = None, engine: str = "duckdb", spark_master: str | None = None,
-          progress=None) -> ScoreResult:
+          whitelist: Path | str | None = None, whitelist_list: str | None = None, engine: str = "duckdb",
+          spark_master: str | None = None, progress=None) -> ScoreResult:
     """Batch credit (批量授信) with the champion models: limits, memos, MLflow run, audit entry.
     ``whitelist``: the programme's list (名单制); firms off it are declined or reviewed as
-    the limit policy says. ``engine="spark"``: flow features, the models and their SHAP
-    reasons on Spark (``spark_master``), the decisions and records as always."""
+    the limit policy says; ``whitelist_list``: the programme whose rows count, in a file of
+    several (default: every row). ``engine="spark"``: flow features, the models and their
+    SHAP reasons on Spark (``spark_master``), the decisions and records as always."""
 
     say = progress or (lambda *a, **k: None)
-    options = BatchOptions(group_limit=group_limit, group_by=group_by, chain_core=chain_core,
-                           whitelist=read_whitelist(whitelist) if whitelist else None)
+    options = BatchOptions(group_limit=group_limit, group_by=group_by, chain_core=chain_core)
+    programme = read_programme(whitelist, whitelist_list)
     out, audit_log = Path(out), access.log_path(audit_log)
     check_writable(out, audit_log)
     requests = read_batch(Path(batch))
     eng = feature_engine(engine, spark_master)
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                                 progress=say, report_path=out.parent / QUARANTINE, engine=eng)
+    options = check_programme(loaded, programme, options)
     inputs = {**loaded.dataset.fingerprints, "batch": file_sha256(Path(batch)),
               **({"consents": file_sha256(Path(consents))} if consents else {}),
-              **({"whitelist": file_sha256(Path(whitelist))} if whitelist else {})}
+              **({"whitelist": programme.sha256} if programme else {})}
     batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{inputs['batch'][:10]}"
     outputs = None
     if eng is not None:
@@ -241,7 +279,8 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
     decisions = decide_loaded(loaded, requests, options, outputs=outputs, earmarks=earmarks)
     return record_batch(loaded, decisions, out, batch_id=batch_id, inputs=inputs, options=options,
                         paths={"dataset": Path(data_dir), "batch": Path(batch)}, memos=memos, memo_formats=memo_formats,
-                        audit_log=audit_log, actor=actor, progress=say, engine=engine_label(eng))
+                        audit_log=audit_log, actor=actor, progress=say, engine=engine_label(eng),
+                        whitelist=programme_record(programme))
 
 
 CHECKPOINT_ENV = faults.KILL_ENV
@@ -268,7 +307,7 @@ def check_writable(out: Path, audit_log: Path) -> None:
 
 
 def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, inputs, options, paths, memos, memo_formats,
-                 audit_log: Path, actor, progress, engine: str = "duckdb") -> ScoreResult:
+                 audit_log: Path, actor, progress, engine: str = "duckdb", whitelist: dict | None = None) -> ScoreResult:
     """``limits.csv``, memos, the batch's MLflow run and its audit entry, all or nothing.
 
     The batch is staged in a folder of its own and published by one atomic flip
@@ -278,7 +317,8 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
     flip leaves the previous output and the log as they were (and the MLflow run
     FAILED); a kill leaves the previous audited output or the new one with its entry;
     what a killed run left is removed by the next and noted on its entry. ``engine``: what
-    computed the features (:func:`scf_engine.sqlengine.engine_label`), on the run and the entry."""
+    computed the features (:func:`scf_engine.sqlengine.engine_label`), on the run and the entry;
+    ``whitelist``: the programme's list that answered (:func:`programme_record`), on the entry."""
     result = decisions.limits
     pub = Publication(out.parent, KIND, names=(out.name, "memos", QUARANTINE), keep=loaded.pols["output"]["keep_published"],
                       progress=progress)
@@ -296,6 +336,7 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
                 model_versions={k: v["version"] for k, v in loaded.versions.items()},
                 policy_hashes=policies.fingerprint(loaded.pols), output=hashes,
                 **({"earmarked_receivables": decisions.earmarked} if decisions.earmarked else {}),
+                **({"whitelist": whitelist} if whitelist else {}),
                 **({"leftover_outputs": pub.leftovers} if pub.leftovers else {}))
 
         def log_entry(entry: dict, path: Path) -> None:
@@ -304,7 +345,7 @@ def record_batch(loaded: Loaded, decisions: Decisions, out: Path, *, batch_id, i
 
         entry = pub.publish(audit_log, append, log_entry)
     memo_dir = pub.link("memos") if staged["memo_dir"] is not None else None
-    return ScoreResult(result, out, memo_dir, run.id, entry, decisions.summary, loaded.dataset.report)
+    return ScoreResult(result, out, memo_dir, run.id, entry, decisions.summary, loaded.report)
 
 
 AUDIT_ENTRY = publish.ENTRY
@@ -318,9 +359,8 @@ def verify_output(folder: Path | str, log: Path | str) -> list[str]:
 def _stage(loaded: Loaded, decisions: Decisions, pub: Publication, name: str, run, memos, memo_formats, progress) -> dict:
     """limits.csv and the memos in the staging folder (their hashes kept by ``pub``)."""
     path = pub.write(name, csv_bytes(decisions.limits))
-    report = loaded.dataset.report
-    if report.n_quarantined:  # the contract: rows set aside go to a quarantine file beside the output
-        pub.write(QUARANTINE, csv_bytes(report.sorted_rows()))
+    for quarantine, data in staged_files(loaded.report).items():  # the contract: rows set aside go beside the output
+        pub.write(quarantine, data)
     checkpoint("staged_limits")
     memo_dir = None
     if memos and decisions.scored.any():
@@ -366,35 +406,36 @@ class ExplainResult:
 def explain(data_dir: Path | str, firm_id: str, out: Path | str, *, as_of=None, consents: Path | str | None = None,
             tracking_uri: str | None = None, alias: str = "champion", memo_formats=("html", "pdf", "md"),
             audit_log: Path | str | None = None, actor: str | None = None, progress=None,
-            whitelist: Path | str | None = None) -> ExplainResult:
+            whitelist: Path | str | None = None, whitelist_list: str | None = None) -> ExplainResult:
     """One firm's decision as a batch of one would give it (its real consent, the same
-    policy, the programme's whitelist when given; caps shared across a batch cannot
-    bind), its memo, and an access entry in the audit log (who read the firm's data, when
-    and why)."""
+    policy, the programme's whitelist when given, ``whitelist_list`` picking its
+    programme; caps shared across a batch cannot bind), its memo, and an access entry in
+    the audit log (who read the firm's data, when and why)."""
+    programme = read_programme(whitelist, whitelist_list)
     audit_log = access.log_path(audit_log)
     check_writable(Path(out) / "memos" / "memo", audit_log)
     loaded = load_for_decisions(data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                                 progress=progress, report_path=Path(out) / QUARANTINE)
     # as a batch of one would be decided: receivables behind batches' limits do not back it
     earmarks = read_earmarks(audit_log, loaded.data.as_of, loaded.pols, None)
-    options = BatchOptions(whitelist=read_whitelist(whitelist)) if whitelist else BatchOptions()
+    options = check_programme(loaded, programme)
     decisions = decide_loaded(loaded, requests_frame(pd.DataFrame({"firm_id": [str(firm_id)]})), options, earmarks=earmarks)
     memo_paths = {}
     if decisions.scored.iloc[0]:
         prov = Provenance(loaded.versions, None, None, loaded.store.uri)
         memo_paths = write_memos(Path(out) / "memos", memo_formats,
                                  memo_contexts(decisions, loaded.data, loaded.models, prov, loaded.dataset.report))[0]
-    output = publish_beside(loaded.dataset.report, Path(out))  # the rows set aside, beside the memo
+    output = publish_beside(loaded.report, Path(out))  # the rows set aside, beside the memo
     entry = access.record(
         audit_log, actor, "explain", "explain one firm's decision", [str(firm_id)], name_firms=True,
         inputs={**loaded.dataset.fingerprints, **({"consents": file_sha256(Path(consents))} if consents else {}),
-                **({"whitelist": file_sha256(Path(whitelist))} if whitelist else {})},
+                **({"whitelist": programme.sha256} if programme else {})},
         as_of=str(decisions.as_of.date()), model_versions={k: v["version"] for k, v in loaded.versions.items()},
-        policy_hashes=policies.fingerprint(loaded.pols), **({"output": output} if output else {}))
-    return ExplainResult(decisions.limits.iloc[0], list(decisions.reasons.iloc[0]), memo_paths, entry,
-                         loaded.dataset.report)
+        policy_hashes=policies.fingerprint(loaded.pols), **({"output": output} if output else {}),
+        **({"whitelist": programme_record(programme)} if programme else {}))
+    return ExplainResult(decisions.limits.iloc[0], list(decisions.reasons.iloc[0]), memo_paths, entry, loaded.report)
 
 
 __all__ = ["ScoreResult", "ExplainResult", "Loaded", "score", "explain", "load_for_decisions", "decide_loaded", "precompute_loaded",
-           "record_batch", "verify_output", "saved_scale", "parse_as_of", "check_as_of", "check_writable", "checkpoint", "STAGES",
+           "record_batch", "verify_output", "read_programme", "check_programme", "programme_record", "saved_scale", "parse_as_of", "check_as_of", "check_writable", "checkpoint", "STAGES",
            "DEFAULT_AUDIT_LOG"]

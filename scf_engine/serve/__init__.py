@@ -21,13 +21,15 @@ from scf_engine.serve.state import Service
 
 def build(data_dir, keys_path, *, as_of=None, consents=None, tracking_uri=None, alias="champion",
           audit_log: Path | str | None = None, actor=None, cache_entries: int | None = None, progress=None,
-          out: Path | str | None = None, whitelist: Path | str | None = None):
+          out: Path | str | None = None, whitelist: Path | str | None = None, whitelist_list: str | None = None):
     """Everything checked and loaded before a port is opened: ``(app, service, writer)``.
     A bad keys file, dataset, policy or registry is one :class:`~scf_engine.errors.ScfError`.
     ``out``: the folder for the dataset's quarantine report (the rows the service decides
     without): written there when rows were set aside, as every command does, and when the
     dataset turns out unusable. ``whitelist``: the programme's list (名单制), as ``scf score
-    --whitelist`` takes it; a firm off it is answered as the batch would decide it."""
+    --whitelist`` takes it; a firm off it is answered as the batch would decide it;
+    ``whitelist_list``: the programme picked from it (``--list``). Its sha256 and list name
+    are recorded with every request answered on it."""
     from scf_engine.serve.app import create_app
 
     pol = policies.load("serve")
@@ -36,9 +38,10 @@ def build(data_dir, keys_path, *, as_of=None, consents=None, tracking_uri=None, 
     keys = read_keys(keys_path, pol["roles"])
     report_path = Path(out) / QUARANTINE if out is not None else None
     service = Service(data_dir, serve_policy=pol, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
-                      progress=progress, audit_log=access.log_path(audit_log), report_path=report_path, whitelist=whitelist)
+                      progress=progress, audit_log=access.log_path(audit_log), report_path=report_path, whitelist=whitelist,
+                      whitelist_list=whitelist_list)
     if out is not None:
-        publish_beside(service.state.loaded.dataset.report, Path(out))
+        publish_beside(service.state.loaded.report, Path(out))
     # the same log and actor every other command records in ($SCF_AUDIT_LOG, $SCF_ACTOR)
     writer = AuditWriter(access.log_path(audit_log), access.actor_name(actor))
     return create_app(service, keys, writer), service, writer

@@ -153,10 +153,13 @@ def _access(keys: dict[str, ApiKey], roles: dict[str, set]):
 
 
 def _note(request: Request, state, firms) -> None:
-    """Which firms the request read, at which as-of, with which models (audit record)."""
+    """Which firms the request read, at which as-of, with which models and which
+    whitelist (its sha256 and list: the list is re-read at each reload) (audit record)."""
     rec = request.scope.get("scf_audit")
     if rec is not None:
         rec.update(firms=list(firms), as_of=state.as_of, model_versions=state.versions)
+        if state.whitelist is not None:
+            rec["whitelist"] = state.whitelist
 
 
 def create_app(service: Service, keys: dict[str, ApiKey], writer: AuditWriter) -> FastAPI:

@@ -41,9 +41,8 @@ from scf_engine.ingest.requests import requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts
 from scf_engine.memo.render import render_html
 from scf_engine.credit.decide import BatchOptions, DecisionContext, Precomputed, decide_rows, records
-from scf_engine.ingest.requests import read_whitelist
-from scf_engine.pipelines.score import (Loaded, decide_loaded, decision_context, load_for_decisions, precompute_loaded,
-                                       read_earmarks)
+from scf_engine.pipelines.score import (Loaded, check_programme, decide_loaded, decision_context, load_for_decisions,
+                                       precompute_loaded, programme_record, read_earmarks, read_programme)
 
 
 class LRU:
@@ -99,6 +98,7 @@ class State:
     memos: LRU
     lock: threading.Lock = field(default_factory=threading.Lock)
     options: BatchOptions = BatchOptions()  # the programme's whitelist (名单制), re-read at each load
+    whitelist: dict | None = None  # that whitelist's sha256 and list name, recorded with every request answered on it
 
     @property
     def as_of(self) -> str:
@@ -142,10 +142,11 @@ class Service:
     on request."""
 
     def __init__(self, data_dir, *, serve_policy, as_of=None, consents=None, tracking_uri=None, alias="champion",
-                 progress=None, audit_log=None, report_path=None, whitelist=None):
+                 progress=None, audit_log=None, report_path=None, whitelist=None, whitelist_list=None):
         self.args = dict(data_dir=data_dir, as_of=as_of, consents=consents, tracking_uri=tracking_uri, alias=alias,
                          report_path=report_path)
         self.whitelist = whitelist  # path of the programme's list: a firm off it is answered as a batch would
+        self.whitelist_list = whitelist_list  # the programme picked from it (None: every row)
         self.policy = serve_policy
         self.audit_log = audit_log  # the batches' earmarks are read from it at each (re)load
         self.alias = alias
@@ -157,16 +158,19 @@ class Service:
         self._watcher: threading.Thread | None = None
 
     def _load(self) -> State:
+        # re-read at each load (the list may have changed); a wrong file or list name: one line before the load
+        programme = read_programme(self.whitelist, self.whitelist_list)
         loaded = load_for_decisions(**self.args, progress=self.progress)
+        options = check_programme(loaded, programme)
         p = self.policy
         # receivables behind batches' limits at this snapshot back no answer here either
         earmarks = read_earmarks(self.audit_log, loaded.data.as_of, loaded.pols, None) if self.audit_log else None
         context = decision_context(loaded, earmarks)
         if self.progress:
             self.progress(f"precomputing the decisions' request-independent part for {len(loaded.dataset.firms):,} firms")
-        options = BatchOptions(whitelist=read_whitelist(self.whitelist)) if self.whitelist else BatchOptions()
         state = State(loaded, context, precompute_loaded(loaded, context), time.time(), LRU(p["answer_cache_entries"]),
-                      LRU(p["answer_cache_entries"]), LRU(p["memo_cache_entries"]), options=options)
+                      LRU(p["answer_cache_entries"]), LRU(p["memo_cache_entries"]), options=options,
+                      whitelist=programme_record(programme) or None)
         _settle()
         return state
 
