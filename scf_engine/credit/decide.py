@@ -150,10 +150,11 @@ def off_list_reason(list_name: str | None) -> str:
 
 
 def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: pd.Series, require_consent: bool,
-                dishonest: pd.Series | None = None, off_list: pd.Series | None = None, *,
-                context: DecisionContext | None = None) -> pd.Series:
+                dishonest: pd.Series | None = None, *, context: DecisionContext | None = None) -> pd.Series:
     """Per request row, why the firm may not be scored at ``as_of`` ("" when it may);
-    ``context`` (optional): the dataset's firms and default dates already indexed."""
+    ``context`` (optional): the dataset's firms and default dates already indexed. The
+    whitelist is not checked here: :func:`decide_rows` applies it, after these reasons,
+    because its policy may send a firm off the list to review rather than decline it."""
     firms = context.firms if context is not None else dataset.firms.set_index("firm_id")
     ids = requests["firm_id"]
     why = requests["request_problem"].copy() if "request_problem" in requests else pd.Series("", index=requests.index, dtype=object)
@@ -171,8 +172,6 @@ def eligibility(dataset, requests: pd.DataFrame, as_of: pd.Timestamp, consent: p
     why[in_default] = [f"in default since {d.date()}" for d in defaulted_on[in_default]]
     if dishonest is not None:
         why[(why == "") & dishonest.eq(1.0)] = "serious dishonesty record (严重失信): not graded, declined"
-    if off_list is not None:
-        why[(why == "") & off_list] = OFF_LIST
     if require_consent:
         late = consent_reasons(consent)
         why[why == ""] = late[why == ""]
