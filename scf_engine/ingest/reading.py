@@ -207,7 +207,7 @@ def _finish(table: pa.Table, spec: FileSpec, typed: bool) -> pa.Table:
                 typ = {"date": pa.date32(), "amount": pa.float64(), "bool": pa.bool_()}[c.kind]
                 table = table.append_column(c.name, pa.nulls(table.num_rows, typ))
             else:
-                table = table.append_column(c.name, pa.array([""] * table.num_rows, pa.string()))
+                table = table.append_column(c.name, pa.repeat(pa.scalar("", pa.string()), table.num_rows))
     return table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
 
 
