@@ -503,7 +503,14 @@ def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch |
     pol = policies.as_data(policy or load_policy())
     if legs.empty:
         return pd.DataFrame(columns=list(FEATURES))
-    transfers = legs.drop_duplicates("_i")
+    ids = legs["_i"].to_numpy(np.int64)
+    if len(ids) < 2 or bool((ids[1:] >= ids[:-1]).all()):  # legs in _i order (the engine's): a transfer's
+        first = np.ones(len(ids), dtype=bool)                 # legs are neighbours, so its first one is
+        first[1:] = ids[1:] != ids[:-1]                       # where _i changes (no hash table of every leg)
+        transfers, at = legs[first], np.cumsum(first) - 1
+    else:
+        transfers, at = legs.drop_duplicates("_i"), None
+    del ids
     out_leg = (transfers["dir"] == "out").to_numpy()
     firm, cpty = transfers["firm_id"].to_numpy(np.int64), transfers["cpty"].to_numpy(np.int64)
     payer, payee = np.where(out_leg, firm, cpty), np.where(out_leg, cpty, firm)
@@ -527,7 +534,8 @@ def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch |
     walked = walk_returns(payer, payee, n_parties, max_parties=st["max_parties"], floor=st["walk_floor"],
                           relationships=rel)
 
-    at = pd.Index(transfers["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())  # per leg, by position
+    if at is None:  # per leg, its transfer's position
+        at = pd.Index(transfers["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())
     codes, firms = pd.factorize(legs["firm_id"], sort=True)
     amount = legs["amount"].to_numpy(dtype=np.float64)
     is_out = (legs["dir"] == "out").to_numpy()
