@@ -32,6 +32,7 @@ import warnings
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
@@ -191,6 +192,21 @@ class FlowPass:
         self.eng.unregister("_pass_flows")  # the tables hold what the pass needs
         self.eng.unregister("_pass_firms")
         self._shapes: ShapeSearch | None = None
+        self._parties: pa.Array | None = None
+
+    def parties(self) -> tuple[str, pa.Array]:
+        """Every party of the pass's legs numbered in name order (built on first use): the
+        table of (party, code) and the party of each code. An as-of's trade legs take
+        their codes from it (:func:`_trade_legs`) instead of numbering their own parties
+        again each date; the order of the codes is the same (by name), so every feature
+        computed from them is the same."""
+        name = f"{self.TABLE}_parties"
+        if self._parties is None:
+            self.eng.con.execute(f"CREATE TABLE {name} AS SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
+                                 f"AS code FROM (SELECT firm_id AS party FROM {self.TABLE} UNION "
+                                 f"SELECT cpty FROM {self.TABLE}) ORDER BY code")
+            self._parties = self.eng.con.sql(f"SELECT party FROM {name} ORDER BY code").to_arrow_table()["party"].combine_chunks()
+        return name, self._parties
 
     def shape_search(self, policy) -> ShapeSearch:
         """The authenticity shapes (rings, round trips, onward hops, amount chains) among
@@ -433,7 +449,8 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     auth_policy = load_policy() if code & {"authenticity", "fan_bursts"} else None
     if "fan_bursts" in code:
         out = out.join(_fan_bursts(eng, T, auth_policy["bursts"]["days"]), how="left")
-    trade = _trade_legs(eng) if "authenticity" in code else None
+    trade = (_trade_legs(eng, flow_pass.parties() if flow_pass is not None else None)
+             if "authenticity" in code else None)
     # the legs are done with: free the engine's memory before the pandas work below
     if flow_pass is not None:
         flow_pass.drop_legs()
@@ -449,10 +466,19 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     return out
 
 
-def _trade_legs(eng) -> tuple[pd.DataFrame, np.ndarray]:
+def _trade_legs(eng, parties: tuple[str, pa.Array] | None = None) -> tuple[pd.DataFrame, np.ndarray | pa.Array]:
     """The last 12 months' trade legs for the authenticity features, with parties as
     integer codes and ``dir`` as a category (as text, 20 million flows' legs took about
-    5 GB more at this step: bench/bench_features.py), and the party of each code."""
+    5 GB more at this step: bench/bench_features.py), and the party of each code.
+    ``parties``: a pass's numbered parties (:meth:`FlowPass.parties`), whose codes are
+    taken instead of numbering this date's parties (the same order: by name)."""
+    if parties is not None:
+        table, party = parties
+        trade = eng.df("SELECT l._i, a.code AS firm_id, b.code AS cpty, l.dir, l.amount, "
+                       "date_diff('day', DATE '1970-01-01', l.booked_on)::INTEGER AS day FROM legs l "
+                       f"JOIN {table} a ON l.firm_id = a.party JOIN {table} b ON l.cpty = b.party "
+                       "WHERE l.k < 12 AND l.purpose = 'trade' ORDER BY l._i, l.dir")
+        return trade, party
     eng.create("_trade", "SELECT _i, firm_id, cpty, dir, amount, "
                "date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM legs WHERE k < 12 AND purpose = 'trade'")
     eng.create("_parties", "SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
@@ -465,9 +491,12 @@ def _trade_legs(eng) -> tuple[pd.DataFrame, np.ndarray]:
     return trade, party
 
 
-def _authenticity(trade: pd.DataFrame, party: np.ndarray, policy, search: ShapeSearch | None = None) -> pd.DataFrame:
+def _authenticity(trade: pd.DataFrame, party, policy, search: ShapeSearch | None = None) -> pd.DataFrame:
     auth = authenticity_features(trade, policy, search)
-    auth.index = pd.Index(party[auth.index.to_numpy(dtype=np.int64)], name="firm_id")
+    codes = auth.index.to_numpy(dtype=np.int64)
+    named = (np.asarray(party.take(pa.array(codes)).to_pylist(), dtype=object) if isinstance(party, pa.Array)
+             else party[codes])
+    auth.index = pd.Index(named, name="firm_id")
     return auth
 
 
