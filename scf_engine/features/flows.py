@@ -439,8 +439,8 @@ def _cpty_sql(specs) -> str:
 def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: FlowPass | None = None) -> pd.DataFrame:
     """The catalogue's ``code`` features over flows: counterparty concentration and fan
     bursts (SQL), and the authenticity search (numpy, over the trade legs the engine
-    hands back; a pass's shapes searched once, :meth:`FlowPass.shape_search`); then the
-    big tables are dropped."""
+    hands back; a pass's shapes searched once, :meth:`FlowPass.shape_search`); the legs
+    are let go before the search (the panel's tables went after the panel aggregate)."""
     code = {s.function for s in cat.of_kind("code")}
     if "counterparty_health" in code:
         out = out.join(_counterparty_health(eng, out), how="left")
