@@ -207,8 +207,8 @@ def _compact(col: pd.Series) -> pd.Series:
     ``str``) is copied into new buffers (``Series.copy`` shares the immutable Arrow
     buffers, so a copied slice kept the whole column alive). Its chunks are concatenated,
     which copies only the rows each slice holds: ``take`` combined the chunks into one
-    array first (as ``pa.array`` of the column does) and then copied that again, ~1.6 GB above the frame for a column of 21
-    million party ids."""
+    array first (as ``pa.array`` of the column does) and then copied that again, ~1.6 GB
+    above the frame for a column of 21 million party ids."""
     if isinstance(col.dtype, pd.StringDtype) and col.dtype.storage == "pyarrow":
         arr = col.array.__arrow_array__()  # its chunks as they are (pa.array would combine them: a copy)
         chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
