@@ -354,17 +354,7 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
         eng.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]],
                      money=("amount",), row_number="_i")
         eng.create("legs", _legs_sql(T))
-    panel = flow_pass.panel_sql(T) if flow_pass is not None else _panel_sql()
-    # DuckDB: the panel is not stored as a table of its own: p2 below holds every column
-    # of it, and with p stored beside it the two held ~2.2 GB at 100,000 firms (sums are
-    # 16-byte decimals), the as-of's peak; p2's statement computes the panel twice instead
-    # (the medians read three of its columns), ~1.7 s of CPU an as-of at 100,000 firms.
-    # Another engine stores it as before (Spark's temporary views are plans).
-    if isinstance(eng, DuckDBEngine):
-        p = q = f"({panel})"
-    else:
-        eng.create("p", panel)
-        p = q = "p"
+    eng.create("p", flow_pass.panel_sql(T) if flow_pass is not None else _panel_sql())
     # {o}_typical: the firm's median monthly payment, as a DOUBLE: DuckDB's median of an
     # even count of DECIMAL(18,2) cuts the mean of the middle two to cents (100.01 and 100.02
     # give 100.01) where Spark's gives 100.015, and a payment at 1.6x that boundary counted
@@ -382,8 +372,8 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     last = ", ".join(f"min(CASE WHEN {o} > 0 THEN k END) OVER (PARTITION BY firm_id) AS {o}_last_k" for o in OPEN_GAPS)
     # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
     # in the same order every run
-    eng.create("p2", f"SELECT p.*, {prev}, {nxt}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM {p} p "
-                     f"JOIN (SELECT firm_id, {typical} FROM {q} q GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k")
+    eng.create("p2", f"SELECT p.*, {prev}, {nxt}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM p JOIN "
+                     f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k")
 
     panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
     with eng.deterministic():  # slopes and deviations of doubles: same bits every run (scf_engine.duck)
