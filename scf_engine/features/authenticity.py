@@ -56,7 +56,8 @@ from scipy.sparse.csgraph import connected_components
 
 from scf_engine import policies
 
-CHUNK = 1 << 20  # start transfers per pass of the ring search (bounds the frontier's memory)
+CHUNK = 1 << 18  # start transfers per pass of a search (bounds the frontier's memory; at 1 << 20,
+# the searches over a monitoring pass's ~24 months of trade at 100,000 firms held ~2 GB at once)
 
 
 def load_policy(models_dir=None) -> policies.Policy:
@@ -191,15 +192,29 @@ class RingSummary:
                    return_days=np.where(np.isfinite(days), days, np.nan))
 
 
+def _pairs(index: TransferIndex, keep, *, after: int, before: int | None = None) -> np.ndarray:
+    """Pairs ``(r, e)`` of :meth:`TransferIndex.onward` from every transfer ``r`` (``e`` on
+    or before ``after`` days after ``r``'s day, and on or after ``before`` days before it
+    when given, else on or after ``r``'s day) that ``keep(r, e)`` accepts: ``CHUNK``
+    starting transfers at a time, so only a chunk's candidates are held at once (the
+    same pairs; their order, which no reader depends on, is chunk by chunk)."""
+    found = [np.zeros((0, 2), np.int64)]
+    for c in range(0, index.n, CHUNK):
+        at = np.arange(c, min(c + CHUNK, index.n))
+        day = index.day[at]
+        r, e = index.onward(at, day + after, None if before is None else day - before)
+        ok = keep(at[r], e)
+        found.append(np.column_stack([at[r[ok]], e[ok]]))
+    return np.concatenate(found)
+
+
 def round_trip_pairs(index: TransferIndex, *, days: int, tolerance: float) -> np.ndarray:
     """Pairs ``(r, e)`` of transfers (rows of an ``(n, 2)`` array): ``e`` pays ``r``'s payer
     back from ``r``'s payee at a matching amount (within ``tolerance`` either way) within
     ``days`` days of ``r``."""
     back = TransferIndex(index.payer, index.payee, index.day, index.amount, hop_decay=1 - 1 / (1 + tolerance),
                          hop_growth=tolerance)
-    r, e = back.onward(np.arange(index.n), index.day + days)
-    hit = back.payee[e] == back.payer[r]
-    return np.column_stack([r[hit], e[hit]])
+    return _pairs(back, lambda r, e: back.payee[e] == back.payer[r], after=days)
 
 
 def round_trip_edges(index: TransferIndex, *, days: int, tolerance: float) -> np.ndarray:
@@ -213,9 +228,7 @@ def onward_pairs(index: TransferIndex, *, days: int) -> np.ndarray:
     """Pairs ``(r, e)``: ``e`` pays ``r``'s money on from ``r``'s payee to a third party (not
     back to ``r``'s payer) at a matching amount within ``days`` days of ``r`` - a
     pass-through hop, and two hops of a scatter-gather."""
-    r, e = index.onward(np.arange(index.n), index.day + days)
-    onward = index.payee[e] != index.payer[r]
-    return np.column_stack([r[onward], e[onward]])
+    return _pairs(index, lambda r, e: index.payee[e] != index.payer[r], after=days)
 
 
 def pass_through_edges(index: TransferIndex, *, days: int) -> np.ndarray:
@@ -228,9 +241,7 @@ def chain_pairs(index: TransferIndex, *, days: int) -> np.ndarray:
     """Pairs ``(r, e)`` of an *amount chain*: ``e`` pays on to a third party, from ``r``'s
     payee, between (1 - decay) and (1 + growth) times ``r``'s amount (the index's
     tolerance), within ``days`` of ``r`` in either order (see :func:`chain_edges`)."""
-    r, e = index.onward(np.arange(index.n), index.day + days, index.day - days)
-    onward = index.payee[e] != index.payer[r]
-    return np.column_stack([r[onward], e[onward]])
+    return _pairs(index, lambda r, e: index.payee[e] != index.payer[r], after=days, before=days)
 
 
 def chain_edges(index: TransferIndex, *, days: int) -> np.ndarray:
@@ -492,7 +503,14 @@ def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch |
     pol = policies.as_data(policy or load_policy())
     if legs.empty:
         return pd.DataFrame(columns=list(FEATURES))
-    transfers = legs.drop_duplicates("_i")
+    ids = legs["_i"].to_numpy(np.int64)
+    if len(ids) < 2 or bool((ids[1:] >= ids[:-1]).all()):  # legs in _i order (the engine's): a transfer's
+        first = np.ones(len(ids), dtype=bool)                 # legs are neighbours, so its first one is
+        first[1:] = ids[1:] != ids[:-1]                       # where _i changes (no hash table of every leg)
+        transfers, at = legs[first], np.cumsum(first) - 1
+    else:
+        transfers, at = legs.drop_duplicates("_i"), None
+    del ids
     out_leg = (transfers["dir"] == "out").to_numpy()
     firm, cpty = transfers["firm_id"].to_numpy(np.int64), transfers["cpty"].to_numpy(np.int64)
     payer, payee = np.where(out_leg, firm, cpty), np.where(out_leg, cpty, firm)
@@ -516,7 +534,8 @@ def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch |
     walked = walk_returns(payer, payee, n_parties, max_parties=st["max_parties"], floor=st["walk_floor"],
                           relationships=rel)
 
-    at = pd.Index(transfers["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())  # per leg, by position
+    if at is None:  # per leg, its transfer's position
+        at = pd.Index(transfers["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())
     codes, firms = pd.factorize(legs["firm_id"], sort=True)
     amount = legs["amount"].to_numpy(dtype=np.float64)
     is_out = (legs["dir"] == "out").to_numpy()

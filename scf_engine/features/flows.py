@@ -32,6 +32,7 @@ import warnings
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
@@ -40,6 +41,7 @@ from scf_engine.sqlengine import DuckDBEngine
 from scf_engine.features.closed_loop import closed_loop_features
 from scf_engine.features.authenticity import ZERO_WHEN_NONE, ShapeSearch, authenticity_features, load_policy
 from scf_engine.ingest.rules import sql_list
+from scf_engine.release import give_back
 
 LOOKBACK_MONTHS = 24
 OBLIGATIONS = ("payroll", "tax", "social_insurance", "housing_fund", "utilities")
@@ -178,19 +180,33 @@ class FlowPass:
         # the legs the as-of dates read, SUM_MONTHS calendar months a statement, each
         # compressed before the next is written: uncompressed, a year of dates' legs were
         # ~2.8 GB at 100,000 firms before the checkpoint compressed them
-        start = pd.Timestamp(self._read_from(min(dates)))
+        begin = start = pd.Timestamp(self._read_from(min(dates)))
         while start < max(dates):
             end = start + pd.DateOffset(months=self.SUM_MONTHS)
             flows_from(start, end)
             sql = (f"SELECT * FROM {every} WHERE booked_on >= DATE '{start.date()}' "
                    f"AND booked_on < DATE '{end.date()}'")
-            con.execute((f"CREATE TABLE {self.TABLE} AS " if start == pd.Timestamp(self._read_from(min(dates)))
-                         else f"INSERT INTO {self.TABLE} ") + sql)
+            con.execute((f"CREATE TABLE {self.TABLE} AS " if start == begin else f"INSERT INTO {self.TABLE} ") + sql)
             con.execute(f"CHECKPOINT {self.db}")
             start = end
         self.eng.unregister("_pass_flows")  # the tables hold what the pass needs
         self.eng.unregister("_pass_firms")
         self._shapes: ShapeSearch | None = None
+        self._parties: pa.Array | None = None
+
+    def parties(self) -> tuple[str, pa.Array]:
+        """Every party of the pass's legs numbered in name order (built on first use): the
+        table of (party, code) and the party of each code. An as-of's trade legs take
+        their codes from it (:func:`_trade_legs`) instead of numbering their own parties
+        again each date; the order of the codes is the same (by name), so every feature
+        computed from them is the same."""
+        name = f"{self.TABLE}_parties"
+        if self._parties is None:
+            self.eng.con.execute(f"CREATE TABLE {name} AS SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
+                                 f"AS code FROM (SELECT firm_id AS party FROM {self.TABLE} UNION "
+                                 f"SELECT cpty FROM {self.TABLE}) ORDER BY code")
+            self._parties = self.eng.con.sql(f"SELECT party FROM {name} ORDER BY code").to_arrow_table()["party"].combine_chunks()
+        return name, self._parties
 
     def shape_search(self, policy) -> ShapeSearch:
         """The authenticity shapes (rings, round trips, onward hops, amount chains) among
@@ -200,11 +216,18 @@ class FlowPass:
         of the cost of searching its ~540,000 transfers (10,000 firms) again each date.
         Transfers are named by ``_i``, as each as-of's trade legs name them."""
         if self._shapes is None:
-            self.eng.create("_pass_trade", "SELECT DISTINCT ON (_i) _i, "
+            # one leg per transfer: its payer's (``out``) when the payer is a firm of the
+            # pass (a firm with legs), else its payee's (the only one it has). Not
+            # DISTINCT ON (_i) ... ORDER BY _i: that hashed and sorted every trade leg
+            # with its party ids, ~1.3 GB above the pass at 100,000 firms over a year of
+            # dates, for the same transfers (no reader depends on their order: the shapes
+            # are named by _i)
+            self.eng.create("_pass_trade", "SELECT _i, "
                             "CASE WHEN dir = 'out' THEN firm_id ELSE cpty END AS payer, "
                             "CASE WHEN dir = 'out' THEN cpty ELSE firm_id END AS payee, amount, "
                             f"date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM {self.TABLE} "
-                            "WHERE purpose = 'trade' ORDER BY _i")
+                            f"WHERE purpose = 'trade' AND (dir = 'out' OR cpty NOT IN (SELECT DISTINCT firm_id "
+                            f"FROM {self.TABLE}))")
             self.eng.create("_pass_parties", "SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER AS code "
                             "FROM (SELECT payer AS party FROM _pass_trade UNION SELECT payee FROM _pass_trade)")
             t = self.eng.df("SELECT t._i, a.code AS payer, b.code AS payee, t.amount, t.day FROM _pass_trade t "
@@ -355,6 +378,10 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
     with eng.deterministic():  # slopes and deviations of doubles: same bits every run (scf_engine.duck)
         out = eng.df(f"SELECT firm_id, {panel_exprs} FROM p2 GROUP BY firm_id").set_index("firm_id")
+    # the panel is read by the statement above only: its tables go now, not after the code
+    # features (~2.4 million firm-months of ~40 columns at 100,000 firms, ~1.2 GB held
+    # uncompressed under the trade legs and the authenticity search, the as-of's peak)
+    eng.drop("p2", "p")
 
     cpty_specs = cat.of_kind("cpty")
     if cpty_specs:
@@ -412,8 +439,8 @@ def _cpty_sql(specs) -> str:
 def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: FlowPass | None = None) -> pd.DataFrame:
     """The catalogue's ``code`` features over flows: counterparty concentration and fan
     bursts (SQL), and the authenticity search (numpy, over the trade legs the engine
-    hands back; a pass's shapes searched once, :meth:`FlowPass.shape_search`); then the
-    big tables are dropped."""
+    hands back; a pass's shapes searched once, :meth:`FlowPass.shape_search`); the legs
+    are let go before the search (the panel's tables went after the panel aggregate)."""
     code = {s.function for s in cat.of_kind("code")}
     if "counterparty_health" in code:
         out = out.join(_counterparty_health(eng, out), how="left")
@@ -422,14 +449,15 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     auth_policy = load_policy() if code & {"authenticity", "fan_bursts"} else None
     if "fan_bursts" in code:
         out = out.join(_fan_bursts(eng, T, auth_policy["bursts"]["days"]), how="left")
-    trade = _trade_legs(eng) if "authenticity" in code else None
-    # the big tables are done with: free the engine's memory before the pandas work below
-    eng.drop("p2", "p")
+    trade = (_trade_legs(eng, flow_pass.parties() if flow_pass is not None else None)
+             if "authenticity" in code else None)
+    # the legs are done with: free the engine's memory before the pandas work below
     if flow_pass is not None:
         flow_pass.drop_legs()
     else:
         eng.drop("legs")
     if trade is not None:
+        give_back()  # what the statements above freed, before the search's arrays are made on top of it
         search = flow_pass.shape_search(auth_policy) if flow_pass is not None else None
         out = out.join(_authenticity(*trade, policy=auth_policy, search=search), how="left")
         has = out["history_months"].notna()
@@ -438,10 +466,19 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     return out
 
 
-def _trade_legs(eng) -> tuple[pd.DataFrame, np.ndarray]:
+def _trade_legs(eng, parties: tuple[str, pa.Array] | None = None) -> tuple[pd.DataFrame, np.ndarray | pa.Array]:
     """The last 12 months' trade legs for the authenticity features, with parties as
     integer codes and ``dir`` as a category (as text, 20 million flows' legs took about
-    5 GB more at this step: bench/bench_features.py), and the party of each code."""
+    5 GB more at this step: bench/bench_features.py), and the party of each code.
+    ``parties``: a pass's numbered parties (:meth:`FlowPass.parties`), whose codes are
+    taken instead of numbering this date's parties (the same order: by name)."""
+    if parties is not None:
+        table, party = parties
+        trade = eng.df("SELECT l._i, a.code AS firm_id, b.code AS cpty, l.dir, l.amount, "
+                       "date_diff('day', DATE '1970-01-01', l.booked_on)::INTEGER AS day FROM legs l "
+                       f"JOIN {table} a ON l.firm_id = a.party JOIN {table} b ON l.cpty = b.party "
+                       "WHERE l.k < 12 AND l.purpose = 'trade' ORDER BY l._i, l.dir")
+        return trade, party
     eng.create("_trade", "SELECT _i, firm_id, cpty, dir, amount, "
                "date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM legs WHERE k < 12 AND purpose = 'trade'")
     eng.create("_parties", "SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
@@ -454,9 +491,12 @@ def _trade_legs(eng) -> tuple[pd.DataFrame, np.ndarray]:
     return trade, party
 
 
-def _authenticity(trade: pd.DataFrame, party: np.ndarray, policy, search: ShapeSearch | None = None) -> pd.DataFrame:
+def _authenticity(trade: pd.DataFrame, party, policy, search: ShapeSearch | None = None) -> pd.DataFrame:
     auth = authenticity_features(trade, policy, search)
-    auth.index = pd.Index(party[auth.index.to_numpy(dtype=np.int64)], name="firm_id")
+    codes = auth.index.to_numpy(dtype=np.int64)
+    named = (np.asarray(party.take(pa.array(codes)).to_pylist(), dtype=object) if isinstance(party, pa.Array)
+             else party[codes])
+    auth.index = pd.Index(named, name="firm_id")
     return auth
 
 

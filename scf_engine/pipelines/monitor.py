@@ -198,16 +198,22 @@ def lean_flows(ds, until: pd.Timestamp | None = None) -> None:
         col = flows.pop(c).iloc[keep]
         out[c] = col.astype("category") if c == "purpose" else _compact(col)
         del col
+        pa.default_memory_pool().release_unused()  # the old column's buffers, before the next copy
     ds.flows = pd.DataFrame(out, index=index)
 
 
 def _compact(col: pd.Series) -> pd.Series:
     """A copy of ``col`` that holds only its own rows: text held by Arrow (pandas'
-    ``str``) is taken row by row into new buffers (``Series.copy`` shares the immutable
-    Arrow buffers, so a copied slice kept the whole column alive)."""
+    ``str``) is copied into new buffers (``Series.copy`` shares the immutable Arrow
+    buffers, so a copied slice kept the whole column alive). Its chunks are concatenated,
+    which copies only the rows each slice holds: ``take`` combined the chunks into one
+    array first (as ``pa.array`` of the column does) and then copied that again, ~1.6 GB
+    above the frame for a column of 21 million party ids."""
     if isinstance(col.dtype, pd.StringDtype) and col.dtype.storage == "pyarrow":
-        arr = pa.array(col.array)
-        return pd.Series(arr.take(pa.array(np.arange(len(arr)))), dtype=col.dtype, index=col.index)
+        arr = col.array.__arrow_array__()  # its chunks as they are (pa.array would combine them: a copy)
+        chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+        one = pa.concat_arrays(chunks) if chunks else pa.array([], arr.type)
+        return pd.Series(pa.chunked_array([one], type=arr.type), dtype=col.dtype, index=col.index)
     return col.copy(deep=True)
 
 
