@@ -89,6 +89,8 @@ def simulate(
 
 ACTOR_HELP = "Who is acting, for the audit log (default: $SCF_ACTOR, else the OS user)."
 AUDIT_HELP = "The hash-chained audit log every read of firm data is recorded in (default: $SCF_AUDIT_LOG, else audit/audit.jsonl)."
+WHITELIST_AS_SCORE_HELP = ("whitelist.csv (firm_id, list): the programme's list (名单制), as scf score takes it; a firm off it "
+                            "is answered as the batch would decide it.")
 LIST_HELP = ("The programme whose rows of the whitelist count, when the file holds several (its list column: a chain's, a "
              "park's, an association's list); default: every row. Named in the reasons and the audit entry.")
 
@@ -289,7 +291,7 @@ def explain(
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     actor: str = typer.Option(None, "--actor", help=ACTOR_HELP),
     audit_log: Path = typer.Option(None, "--audit-log", help=AUDIT_HELP),
-    whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制), as scf score takes it; a firm off it is answered as the batch would decide it."),
+    whitelist: Path = typer.Option(None, "--whitelist", help=WHITELIST_AS_SCORE_HELP),
     whitelist_list: str = typer.Option(None, "--list", help=LIST_HELP),
 ):
     """Print the reasons behind one firm's PD and write its credit memo (an access entry
@@ -359,7 +361,7 @@ def serve(
     poll_seconds: float = typer.Option(None, "--poll-seconds", help="How often to look whether the alias moved (default: serve.yaml; 0: only on POST /v1/reload)."),
     cache_entries: int = typer.Option(None, "--cache-entries", help="Answers kept per loaded state (default: serve.yaml; 0: off)."),
     out: Path = typer.Option(Path("out/serve"), "--out", help="Folder for quarantine.csv: the dataset's rows the service decides without."),
-    whitelist: Path = typer.Option(None, "--whitelist", help="whitelist.csv (firm_id, list): the programme's list (名单制), as scf score takes it; a firm off it is answered as the batch would decide it."),
+    whitelist: Path = typer.Option(None, "--whitelist", help=WHITELIST_AS_SCORE_HELP),
     whitelist_list: str = typer.Option(None, "--list", help=LIST_HELP),
 ):
     """Credit decisions over HTTP (POST /v1/decisions, key in X-API-Key; docs at /docs)."""

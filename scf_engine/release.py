@@ -36,14 +36,21 @@ def _malloc_trim():
     return getattr(libc, "malloc_trim", None) if libc is not None else None
 
 
+def release_arrow() -> None:
+    """Return the free memory of Arrow's pool only: cheap enough between the columns or
+    files of one step (no garbage collection, no heap trim), where the step itself has
+    just let an Arrow buffer go."""
+    pa.default_memory_pool().release_unused()
+
+
 def give_back() -> None:
     """Collect cyclic garbage, then return the free memory of Arrow's pool and of the C
     heap to the system."""
     gc.collect()
-    pa.default_memory_pool().release_unused()
+    release_arrow()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
 
-__all__ = ["give_back"]
+__all__ = ["give_back", "release_arrow"]

@@ -24,6 +24,7 @@ from scf_engine.dataset import Dataset, empty_financings, empty_indicators
 from scf_engine.duck import connect
 from scf_engine.ingest.quarantine import QuarantineReport
 from scf_engine.hashing import file_sha256
+from scf_engine.release import release_arrow
 from scf_engine.ingest.reading import LoadedFile, read_file
 from scf_engine.ingest.rules import (
     H,
@@ -59,7 +60,7 @@ def read_files(folder: Path | str) -> dict[str, LoadedFile]:
         files[spec.name] = read_file(path, spec)
         # what reading it held (Parquet pages, the columns before their cast) goes back
         # before the next file is read: Arrow's pool kept ~0.75 GB of it after 43 million flows
-        pa.default_memory_pool().release_unused()
+        release_arrow()
     return files
 
 
@@ -115,7 +116,7 @@ def load_dataset(folder: Path | str, *, progress=None) -> Dataset:
         # the next file is checked: ~1.2 GB of 43 million flows
         con.unregister(f"raw_{spec.name}")
         files[spec.name] = dataclasses.replace(files[spec.name], table=None, n_rows=files[spec.name].table.num_rows)
-        pa.default_memory_pool().release_unused()  # the checks' columns, before the next file's
+        release_arrow()  # the checks' columns, before the next file's
         if spec is FIRMS:
             accepted_ids = pa.array(tables["firms"]["firm_id"].to_numpy(), pa.string())
     con.close()

@@ -43,7 +43,7 @@ from scf_engine.monitor.signals import ALERTS_COLUMNS, authenticity_seen, core_d
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.score import check_writable, parse_as_of, saved_scale
 from scf_engine.publish import Publication
-from scf_engine.release import give_back
+from scf_engine.release import give_back, release_arrow
 from scf_engine.tables import csv_bytes
 
 PORTFOLIO_NEEDS = ("firm_id", "as_of", "pd", "grade", "limit_cny")
@@ -198,7 +198,7 @@ def lean_flows(ds, until: pd.Timestamp | None = None) -> None:
         col = flows.pop(c).iloc[keep]
         out[c] = col.astype("category") if c == "purpose" else _compact(col)
         del col
-        pa.default_memory_pool().release_unused()  # the old column's buffers, before the next copy
+        release_arrow()  # the old column's buffers, before the next copy
     ds.flows = pd.DataFrame(out, index=index)
 
 
