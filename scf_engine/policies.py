@@ -170,6 +170,9 @@ def _check_limit_policy(data: dict, path: Path) -> None:
     _require(data.get("off_whitelist", "decline") in ("decline", "review"), path, "'off_whitelist' must be decline or review")
     w = data.get("earmark_window_days", 0)
     _require(isinstance(w, int) and w >= 0, path, "'earmark_window_days' must be an integer >= 0")
+    m = data.get("silent_account_review_months")
+    _require(m is None or (isinstance(m, int) and not isinstance(m, bool) and m >= 1), path,
+             "'silent_account_review_months' must be an integer >= 1 (or empty: never)")
 
 
 FINAL_PD_MODELS = ("hybrid", "decoupled", "propagation")
@@ -406,7 +409,7 @@ SCHEMAS = {
                                            "pd_decline_above", "lgd", "max_expected_loss_cny", "max_limit_cny", "round_to_cny",
                                            "core_line_share_of_core_payments", "round_trip_review_above", "require_consent",
                                            "expected_loss_budget_share", "envelope_weight", "off_whitelist",
-                                           "earmark_window_days"}),
+                                           "earmark_window_days", "silent_account_review_months"}),
     "final_pd": (_check_final_pd, {"version", "method", "fallback", "weights", "floor"}),
     "closed_loop": (_check_closed_loop, {"version", "lookback_months"} | set(CLOSED_LOOP_SECTIONS)),
     "authenticity": (_check_authenticity, {"version", "hop_decay", "hop_growth", "alerts"} | set(AUTHENTICITY_SECTIONS)),

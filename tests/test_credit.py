@@ -350,6 +350,38 @@ def test_round_trip_below_threshold_is_approved(limited):
     assert limited.loc["RTRIPLOW", "decision"] == "approve"
 
 
+def test_a_silent_account_goes_to_review_from_the_policys_month():
+    """A firm whose own account stopped reporting shows no missed payment (misses count
+    reported months only): months_since_reported sends it to review from
+    silent_account_review_months on; one quiet month, a firm that never reported (NaN) or a
+    policy without the key leave it alone."""
+    frame = pd.DataFrame([firm(f"S{m}", 0.01, "grade_1", 1e6, months_since_reported=m) for m in (0, 1, 2, 5)]
+                         + [firm("NEVER", 0.01, "grade_1", 1e6, months_since_reported=np.nan)])
+    r = apply_limits(frame, dict(POLICY, silent_account_review_months=2)).set_index("firm_id")
+    assert r["decision"].to_dict() == {"S0": "approve", "S1": "approve", "S2": "review", "S5": "review", "NEVER": "approve"}
+    assert r.loc["S5", "decision_reasons"] == [r.loc["S5", "decision_reasons"][0]]
+    assert "reported no flows for the last 5 months" in r.loc["S5", "decision_reasons"][0]
+    assert r.loc["S5", "limit_cny"] == r.loc["S0", "limit_cny"] > 0  # a review keeps its proposed limit
+    assert set(apply_limits(frame, POLICY)["decision"]) == {"approve"}
+
+
+def test_the_silent_account_month_must_be_a_whole_number(tmp_path):
+    import shutil
+
+    from scf_engine import policies
+    from scf_engine.errors import PolicyError
+
+    models = tmp_path / "models"
+    shutil.copytree(policies.MODELS_DIR, models)
+    path = models / "limit_policy.yaml"
+    text = path.read_text()
+    assert "silent_account_review_months: 2\n" in text
+    for bad in ("0", "1.5", "true"):
+        path.write_text(text.replace("silent_account_review_months: 2\n", f"silent_account_review_months: {bad}\n"))
+        with pytest.raises(PolicyError, match="silent_account_review_months"):
+            policies.load("limit_policy", models)
+
+
 def test_every_decision_occurs_and_is_in_the_vocabulary(limited):
     assert set(limited["decision"]) == {"approve", "review", "decline"}
     assert all(isinstance(r, list) and r for r in limited["decision_reasons"])

@@ -601,3 +601,32 @@ def test_records_dated_T_or_later_do_not_move_the_norm_features():
     moved = flow_features(dataset(flows_for_norm() + before).as_of(T)).loc[A, list(NORM_FEATURES)]
     assert moved["obligations_missed_vs_norm_3m"] < base["obligations_missed_vs_norm_3m"]
     assert moved["wage_payments_vs_norm_3v9"] > base["wage_payments_vs_norm_3v9"]
+
+
+def test_flows_without_any_outside_party_count_every_month_from_a_firms_first_flow(small_world_dir):
+    """A month is reported when the firm's own account shows a flow with an outside (EXT-)
+    party. A platform that shares only its members' payments to each other has none: every
+    flow feature was empty for every firm. There every month from a firm's first flow is
+    reported, so the trade sums are the plain sums of its flows; with outside parties in
+    the data the reading is unchanged (a firm with none stays unknown)."""
+    from scf_engine.ingest import load_dataset
+
+    ds = load_dataset(small_world_dir)
+    T = ds.snapshot_dates()[-1]
+    snap = ds.as_of(T)
+    flows = snap.flows
+    outside = flows["payer_id"].str.startswith("EXT-") | flows["payee_id"].str.startswith("EXT-")
+    snap.flows = flows[~outside].reset_index(drop=True)
+    got = flow_features(snap)
+    fl = snap.flows
+    booked = pd.to_datetime(fl["booked_on"])
+    k = (T.year * 12 + T.month) - (booked.dt.year * 12 + booked.dt.month) - (booked.dt.day >= T.day).astype(int)
+    trade = fl[(fl["purpose"] == "trade") & (k >= 0) & (k < 12)]
+    want = trade.assign(amount=trade["amount"].astype(float)).groupby("payee_id")["amount"].sum()
+    assert got["trade_in_12m"].notna().sum() > 300 and got["history_months"].notna().sum() > 300
+    np.testing.assert_allclose(got.loc[want.index, "trade_in_12m"].to_numpy(float), want.to_numpy(), rtol=1e-12)
+    assert (got["months_since_reported"].dropna() == 0).all()
+    # one outside flow back in the data: the outside-party reading again, firms without one unknown
+    snap.flows = pd.concat([flows[outside].iloc[:1], flows[~outside]], ignore_index=True)
+    one = flow_features(snap)
+    assert one["history_months"].notna().sum() == 1

@@ -268,7 +268,7 @@ def _firm(**over) -> dict:
            "b_top_payer_share_12m": 0.3, "pd": 0.03, "pd_at_batch": 0.03, "pd_change": 0.0,
            "consent_days_left": 300.0, "consent_expires_on": "2025-12-31", "in_default": False, "default_on": "",
            "obligations_missed_12m": 0, "obligations_missed_3m": 0, "obligations_open": 0,
-           "grade": "grade_1", "grade_at_batch": "grade_1",
+           "grade": "grade_1", "grade_at_batch": "grade_1", "months_since_reported": 0, "trade_in_12m": 1.2e7,
            # contract v1.1 closed-loop features: empty, as for a dataset without financings.csv
            **{f"{p}{c}": np.nan for p in ("", "b_") for c in ("fin_live_n", "fin_overdue_n", "fin_diverted_12m",
                                                               "fin_misused_12m", "fin_misuse_share_12m",
@@ -433,6 +433,81 @@ def test_statutory_misses_escalate_to_red_only_with_a_high_pd_or_together():
     bad = {**data, "escalations": [{**data["escalations"][0], "signals": ["tax_missed", "no_such_signal"]}]}
     with pytest.raises(PolicyError, match="signal names of this file"):
         policies.validate("monitoring", bad)
+
+
+def test_a_silent_account_is_red_and_earns_neither_a_raise_nor_a_repair():
+    """A firm whose own account stopped reporting shows no missed payment (misses count
+    reported months only), so every payment signal stays quiet: account_silent fires from
+    two silent months on (red: a freeze), not at one, not for a firm in default; a silent
+    firm is not clean for a raise and not cured for credit repair."""
+    from scf_engine.monitor.judge import portfolio_rows
+
+    pol = policies.load("monitoring")
+    cured = {"payroll_missed_12m": 3, "payroll_cured_12m": 1, "obligations_missed_12m": 3, "grade": "alternate"}
+    frame = _frame(healthy={}, quiet_month={"months_since_reported": 1}, silent={"months_since_reported": 3},
+                   silent_defaulted={"months_since_reported": 5, "in_default": True, "default_on": "2024-05-01"},
+                   cured=cured, cured_then_silent={**cured, "months_since_reported": 2}).assign(core_limit=2e6)
+    T = pd.Timestamp("2024-07-01")
+    alerts = fire(frame, pol, T)
+    silent = alerts[alerts["signal"] == "account_silent"].set_index("firm_id")
+    assert set(silent.index) == {"silent", "cured_then_silent"} and (silent["level"] == "red").all()
+    assert "in the 3 months before 2024-07-01" in silent.loc["silent", "evidence"]
+    rows = portfolio_rows(frame, alerts, T, 12.0, pol).set_index("firm_id")
+    assert rows.loc["silent", "level"] == "red" and rows.loc["silent", "action"] == "freeze"
+    assert rows.loc["healthy", "action"] == "raise" and rows.loc["quiet_month", "action"] == "keep"
+    fix = repaired(frame, pol)
+    assert fix["cured"] and not fix["cured_then_silent"]
+
+
+def test_a_firm_gone_silent_is_reviewed_at_scoring_and_red_after_lending(lent, tmp_path):
+    """The whole path on the scenario world: one lent firm's own account stops reporting
+    three months before an as-of (every flow with an outside party dropped; its trade with
+    platform firms stays). Its missed-payment counts do not rise, yet scoring sends it to
+    review with the reason and the monitor freezes it with account_silent; no other
+    firm's decision or signal moves."""
+    from scf_engine.features import flow_features
+    from scf_engine.ingest import load_dataset
+
+    T = pd.Timestamp("2025-01-01")
+    limits = pd.read_csv(lent["limits"], dtype={"firm_id": str})
+    feats0 = flow_features(load_dataset(lent["data"]).as_of(T))
+    lent_ids = limits.loc[limits["limit_cny"] > 0, "firm_id"]
+    fid = next(f for f in lent_ids if feats0.loc[f, "months_since_reported"] == 0 and feats0.loc[f, "payroll_missed_12m"] == 0)
+    data = tmp_path / "data"
+    shutil.copytree(lent["data"], data)
+    flows = pd.read_parquet(data / "flows.parquet") if (data / "flows.parquet").exists() else pd.read_csv(data / "flows.csv", dtype=str)
+    booked = pd.to_datetime(flows["booked_on"])
+    own = ((flows["payer_id"] == fid) & flows["payee_id"].str.startswith("EXT-")) | (
+        (flows["payee_id"] == fid) & flows["payer_id"].str.startswith("EXT-"))
+    cut = own & (booked >= T - pd.DateOffset(months=3))
+    assert cut.sum() > 0 and (~own & (flows["payer_id"].eq(fid) | flows["payee_id"].eq(fid)) & (booked >= T - pd.DateOffset(months=3))).any()
+    kept = flows[~cut]
+    if (data / "flows.parquet").exists():
+        kept.to_parquet(data / "flows.parquet", index=False)
+    else:
+        kept.to_csv(data / "flows.csv", index=False)
+    feats = flow_features(load_dataset(data).as_of(T))
+    assert feats.loc[fid, "months_since_reported"] == 3 and feats.loc[fid, "payroll_missed_12m"] == 0
+    batch = tmp_path / "batch.csv"
+    pd.DataFrame({"firm_id": lent_ids}).to_csv(batch, index=False)
+    out = {}
+    for name, folder in (("before", lent["data"]), ("after", data)):
+        r = invoke("score", folder, "--batch", batch, "--consents", lent["data"] / "consents.csv", "--as-of", str(T.date()),
+                   "--out", tmp_path / name / "limits.csv", "--no-memos", "--tracking-uri", lent["uri"],
+                   "--audit-log", tmp_path / "audit.jsonl")
+        assert r.exit_code == 0, r.output
+        out[name] = pd.read_csv(tmp_path / name / "limits.csv", dtype={"firm_id": str}).set_index("firm_id")
+    after, before = out["after"], out["before"]
+    assert after.loc[fid, "decision"] == "review" and "reported no flows for the last 3 months" in after.loc[fid, "decision_reasons"]
+    others = after.index != fid
+    assert (after.loc[others, "decision"] == before.loc[others, "decision"]).all()
+    r = invoke("monitor", data, "--portfolio", lent["limits"], "--as-of", str(T.date()), "--out", tmp_path / "mon",
+               "--consents", lent["data"] / "consents.csv", "--tracking-uri", lent["uri"], "--audit-log", tmp_path / "audit.jsonl")
+    assert r.exit_code == 0, r.output
+    alerts = pd.read_csv(tmp_path / "mon" / "alerts.csv", dtype={"firm_id": str})
+    assert set(alerts.loc[alerts["signal"] == "account_silent", "firm_id"]) == {fid}
+    row = pd.read_csv(tmp_path / "mon" / "portfolio.csv", dtype={"firm_id": str}).set_index("firm_id").loc[fid]
+    assert row["level"] == "red" and row["action"] == "freeze"
 
 
 def test_new_authenticity_alerts_ask_for_review_not_a_freeze():

@@ -301,7 +301,7 @@ def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: p
             "jiangyin_c": jy_cols["jiangyin_c"].to_numpy(dtype=float, na_value=np.nan),
             "has_flows": (rows["history_months"].notna() if "history_months" in rows
                           else pd.Series(False, index=rows.index)).to_numpy(dtype=bool)}
-    for c in AUTHENTICITY:
+    for c in REVIEW_FEATURES:
         if c in rows:
             cols[c] = pd.to_numeric(rows[c], errors="raise").to_numpy(dtype=float)
     by_id = pd.Index(ids, dtype=object)
@@ -310,7 +310,9 @@ def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: p
                        dict(zip(ctx.lines.index.astype(str), ctx.lines.astype(float))), ctx.receivables)
 
 
-AUTHENTICITY = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle")
+# the features the limit policy's review flags read (credit/limits.py): authenticity and a
+# silent account
+REVIEW_FEATURES = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle", "months_since_reported")
 
 
 # ------------------------------------------------------------------------------- the core
@@ -476,7 +478,7 @@ def _limit_input(p: dict, idarr, k, pd_, grade, req, core, off_list, d, list_nam
          "dq_issues": p["dq_issues"][k].astype(float), "consent_status": p["consent"][k]}
     if core:
         c["core_id"] = np.full(len(k), core, dtype=object)
-    for name in AUTHENTICITY:
+    for name in REVIEW_FEATURES:
         if name in p:
             c[name] = p[name][k]
     if d.get("require_consent", False):

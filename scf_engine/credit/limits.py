@@ -32,6 +32,8 @@ Input frame of :func:`apply_limits` (one row per firm):
 ``cycle_share_12m``         optional; share of trade money on rings (models/authenticity.yaml)
 ``round_trip_share_12m``    optional; share of trade money in round trips
 ``in_trade_cycle``          optional; 1 when the firm sits on a cycle of the trade graph
+``months_since_reported``   optional; months since the firm's own account last reported
+                            (models/features.yaml); NaN: never reported, not silent
 ``dq_issues``               optional; count of data-quality issues (quarantined rows...)
 ``consent_ok``              bool; required when the policy has ``require_consent: true``
 ``consent_status``          optional; ``ok/missing/expired/not_yet_valid`` (credit.consent)
@@ -187,7 +189,7 @@ def frame_columns(frame: pd.DataFrame) -> dict:
     c = {"firm_id": frame["firm_id"].astype(str).to_numpy(),
          "grade": frame["grade"].where(frame["grade"].notna(), None).to_numpy(dtype=object)}
     for name in ("pd", "trade_in_12m", "eligible_receivables", "requested_amount", "cycle_share_12m",
-                 "round_trip_share_12m", "in_trade_cycle", "dq_issues"):
+                 "round_trip_share_12m", "in_trade_cycle", "months_since_reported", "dq_issues"):
         if name in frame:
             c[name] = _column(frame, name)
     for name in ("consent_ok", "off_whitelist"):
@@ -331,11 +333,13 @@ def _finite0(x: np.ndarray) -> np.ndarray:
 
 
 def _review_flags(c: Mapping[str, np.ndarray], n: int, d) -> SimpleNamespace:
-    """What sends a lendable firm to review: authenticity, data quality, consent."""
+    """What sends a lendable firm to review: authenticity, a silent account, data quality, consent."""
     return SimpleNamespace(
         cycle=_finite0(_col(c, "cycle_share_12m", n)),
         rtrip=_finite0(_col(c, "round_trip_share_12m", n)),
         in_cycle=_finite0(_col(c, "in_trade_cycle", n)),
+        silent=_finite0(_col(c, "months_since_reported", n)),
+        silent_max=d.get("silent_account_review_months"),
         dq=_finite0(_col(c, "dq_issues", n)),
         off_list=np.asarray(c["off_whitelist"], dtype=bool) if "off_whitelist" in c else np.zeros(n, dtype=bool),
         list_name=np.asarray(c["whitelist_list"], dtype=object) if "whitelist_list" in c else np.full(n, None, dtype=object),
@@ -377,6 +381,10 @@ def _decide_row(i: int, w: SimpleNamespace, f: SimpleNamespace) -> tuple[str, li
                    f"within days, above the {_pct(f.rt_max)} review threshold.")
     if f.in_cycle[i] >= 1:
         why.append("The firm sits on a closed loop of the trade graph (goods or money may circulate).")
+    if f.silent_max is not None and f.silent[i] >= f.silent_max:
+        why.append(f"The firm's own account has reported no flows for the last {int(f.silent[i])} months (no payroll, "
+                   "tax, social insurance, utilities or outside trade reached the platform, 账户流水中断): its missed "
+                   "payments cannot be counted; ask for its account statements before lending.")
     if f.dq[i] > 0:
         why.append(f"{int(f.dq[i])} data-quality issue(s) in the firm's records.")
     if f.off_list[i]:

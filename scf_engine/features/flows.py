@@ -18,7 +18,9 @@ statements go through an engine, :class:`scf_engine.sqlengine.DuckDBEngine` as w
    account was not reported, the platform still sees its flows with firms that do share
    (a core paying it), but not its payroll, tax or customers: such a month is unknown
    (its sums NULL), never a month of missed payments and zero trade. Obligation features
-   count misses over reported months only; open gaps count reported months.
+   count misses over reported months only; open gaps count reported months. Flows with
+   no outside party at all (a platform of members' payments to each other only) cannot
+   tell the two apart: there every month from a firm's first flow is reported.
 3. the catalogue's ``panel``, ``cpty`` and ``firm`` expressions aggregate per firm;
    ``derived`` expressions combine them; ``rank`` features are percentiles within the
    firm's industry; two ``code`` groups (counterparty concentration, authenticity)
@@ -303,12 +305,19 @@ MONTHLY_SQL = """
     FROM {legs} GROUP BY firm_id, {key}
 """
 
+# A month is reported when it has a flow with an outside (EXT-) party. Flows with no outside
+# party at all in the snapshot's months (a platform that shares only its members' payments
+# to each other) cannot tell a reported month from an unreported one: there every month
+# from a firm's first flow counts as reported (``no_ext``), or every flow feature would be
+# empty for every firm. Read from the snapshot's own months, so nothing dated T or later.
 PANEL_SQL = """
 WITH monthly AS ({monthly}),
-span AS (SELECT firm_id, max(k) AS first_k FROM monthly WHERE reported GROUP BY firm_id),
+platform AS (SELECT coalesce(max(CASE WHEN reported THEN 1 ELSE 0 END), 0) = 0 AS no_ext FROM monthly),
+span AS (SELECT firm_id, max(k) AS first_k FROM monthly WHERE reported OR (SELECT no_ext FROM platform)
+         GROUP BY firm_id),
 dense AS (SELECT firm_id, unnest(range(0, first_k + 1)) AS k FROM span)
-SELECT d.firm_id, d.k, coalesce(m.reported, false) AS reported, {coalesced}
-FROM dense d LEFT JOIN monthly m USING (firm_id, k)
+SELECT d.firm_id, d.k, coalesce(m.reported, false) OR pl.no_ext AS reported, {coalesced}
+FROM dense d CROSS JOIN platform pl LEFT JOIN monthly m USING (firm_id, k)
 """
 
 PANEL_COLUMNS = ("in_trade", "n_in_trade", "out_trade", "in_total", "out_total", "in_loan_draw", "n_loan_draw",
@@ -327,7 +336,7 @@ def _panel_sql(monthly: str | None = None) -> str:
     """The dense panel ``p`` from ``monthly`` (a query of firm_id, k, ``reported`` and the
     sums; default the sums of this date's legs)."""
     # a month the firm's own account did not report is unknown (NULL), not a month of zeros
-    coalesced = ", ".join(f"CASE WHEN m.reported THEN coalesce(m.{c}, 0) END AS {c}" for c in PANEL_COLUMNS)
+    coalesced = ", ".join(f"CASE WHEN m.reported OR pl.no_ext THEN coalesce(m.{c}, 0) END AS {c}" for c in PANEL_COLUMNS)
     return PANEL_SQL.format(monthly=monthly or _monthly_sql(), coalesced=coalesced)
 
 
