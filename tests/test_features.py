@@ -61,7 +61,9 @@ def dataset(rows):
 
 
 def test_feature_values_on_a_hand_built_flow_table():
-    F = flow_features(dataset(flows_for_a()).as_of(T)).loc[A]
+    # B pays utilities, so the platform carries them and A's months without are missed (an
+    # obligation no firm pays in the snapshot's months would be unknown, not missed)
+    F = flow_features(dataset(flows_for_a() + [(month(0, 20), B, "EXT-UTIL", 800.0, "utilities")]).as_of(T)).loc[A]
     assert F["history_months"] == 24
     assert F["trade_in_1m"] == 150_000 and F["trade_in_3m"] == 450_000 and F["trade_in_12m"] == 1_800_000
     assert F["active_months_12m"] == 12
@@ -630,3 +632,27 @@ def test_flows_without_any_outside_party_count_every_month_from_a_firms_first_fl
     snap.flows = pd.concat([flows[outside].iloc[:1], flows[~outside]], ignore_index=True)
     one = flow_features(snap)
     assert one["history_months"].notna().sum() == 1
+
+
+def test_an_obligation_the_platform_does_not_carry_is_unknown_not_missed_by_everyone(small_world_dir):
+    """A platform without payroll or housing fund payments: every reported month read as a
+    month without payroll for every firm (12 of 12, and the composite counts with it).
+    An obligation no firm paid in the snapshot's months is unknown in every month: no
+    missed month, no open gap; the others are counted as before, and the composite is the
+    sum of what is carried."""
+    from scf_engine.ingest import load_dataset
+
+    ds = load_dataset(small_world_dir)
+    snap = ds.as_of(ds.snapshot_dates()[-1])
+    before = flow_features(snap)
+    parts = ["payroll_missed_12m", "tax_missed_12m", "social_insurance_missed_12m", "utilities_missed_12m"]
+    seen = before["obligations_missed_12m"].notna()
+    assert (before.loc[seen, "obligations_missed_12m"] == before.loc[seen, parts].sum(axis=1)).all()
+    snap.flows = snap.flows[~snap.flows["purpose"].isin(["payroll", "housing_fund"])].reset_index(drop=True)
+    after = flow_features(snap)
+    seen = after["obligations_missed_12m"].notna()
+    assert seen.sum() > 300
+    assert (after.loc[seen, ["payroll_missed_12m", "payroll_open_gap"]] == 0).all().all()
+    assert after["housing_fund_open_gap"].isna().all()
+    assert (after.loc[seen, "obligations_missed_12m"] == after.loc[seen, parts[1:]].sum(axis=1)).all()
+    pd.testing.assert_series_equal(after["tax_missed_12m"], before["tax_missed_12m"])

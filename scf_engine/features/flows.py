@@ -20,7 +20,9 @@ statements go through an engine, :class:`scf_engine.sqlengine.DuckDBEngine` as w
    (its sums NULL), never a month of missed payments and zero trade. Obligation features
    count misses over reported months only; open gaps count reported months. Flows with
    no outside party at all (a platform of members' payments to each other only) cannot
-   tell the two apart: there every month from a firm's first flow is reported.
+   tell the two apart: there every month from a firm's first flow is reported. An
+   obligation no firm paid in the snapshot's months (the platform does not carry it) is
+   unknown, never missed.
 3. the catalogue's ``panel``, ``cpty`` and ``firm`` expressions aggregate per firm;
    ``derived`` expressions combine them; ``rank`` features are percentiles within the
    firm's industry; two ``code`` groups (counterparty concentration, authenticity)
@@ -309,10 +311,13 @@ MONTHLY_SQL = """
 # party at all in the snapshot's months (a platform that shares only its members' payments
 # to each other) cannot tell a reported month from an unreported one: there every month
 # from a firm's first flow counts as reported (``no_ext``), or every flow feature would be
-# empty for every firm. Read from the snapshot's own months, so nothing dated T or later.
+# empty for every firm. Likewise an obligation no firm paid in the snapshot's months (a
+# platform that does not carry housing fund or payroll payments) is unknown in every month,
+# not missed in every month by every firm. Read from the snapshot's own months, so nothing
+# dated T or later.
 PANEL_SQL = """
 WITH monthly AS ({monthly}),
-platform AS (SELECT coalesce(max(CASE WHEN reported THEN 1 ELSE 0 END), 0) = 0 AS no_ext FROM monthly),
+platform AS (SELECT coalesce(max(CASE WHEN reported THEN 1 ELSE 0 END), 0) = 0 AS no_ext, {carried} FROM monthly),
 span AS (SELECT firm_id, max(k) AS first_k FROM monthly WHERE reported OR (SELECT no_ext FROM platform)
          GROUP BY firm_id),
 dense AS (SELECT firm_id, unnest(range(0, first_k + 1)) AS k FROM span)
@@ -336,8 +341,10 @@ def _panel_sql(monthly: str | None = None) -> str:
     """The dense panel ``p`` from ``monthly`` (a query of firm_id, k, ``reported`` and the
     sums; default the sums of this date's legs)."""
     # a month the firm's own account did not report is unknown (NULL), not a month of zeros
-    coalesced = ", ".join(f"CASE WHEN m.reported OR pl.no_ext THEN coalesce(m.{c}, 0) END AS {c}" for c in PANEL_COLUMNS)
-    return PANEL_SQL.format(monthly=monthly or _monthly_sql(), coalesced=coalesced)
+    coalesced = ", ".join(f"CASE WHEN (m.reported OR pl.no_ext){f' AND pl.carries_{c}' if c in OBLIGATIONS else ''} "
+                          f"THEN coalesce(m.{c}, 0) END AS {c}" for c in PANEL_COLUMNS)
+    carried = ", ".join(f"coalesce(max(CASE WHEN {c} > 0 THEN 1 ELSE 0 END), 0) = 1 AS carries_{c}" for c in OBLIGATIONS)
+    return PANEL_SQL.format(monthly=monthly or _monthly_sql(), coalesced=coalesced, carried=carried)
 
 
 def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None, engine=None,
