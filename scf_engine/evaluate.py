@@ -46,6 +46,8 @@ def metrics(y, p) -> dict:
 def calibration_table(y, p, bins: int = 10) -> pd.DataFrame:
     """Rows grouped by predicted-PD decile: mean PD against the observed default rate."""
     y, p = _valid(y, p)
+    if not len(y):  # a model that scored no row (the propagation model on data without a core)
+        return pd.DataFrame(columns=["bin", "n", "defaults", "mean_pd", "observed"])
     q = pd.qcut(pd.Series(p).rank(method="first"), bins, labels=False)
     df = pd.DataFrame({"bin": q + 1, "y": y, "p": p})
     t = df.groupby("bin").agg(n=("y", "size"), defaults=("y", "sum"), mean_pd=("p", "mean"), observed=("y", "mean"))
@@ -76,6 +78,8 @@ def calibration_noise(p, bins: int = 10, draws: int = 400, seed: int = 0, level:
 def lift_table(y, p, deciles: int = 10) -> pd.DataFrame:
     """Deciles from riskiest to safest: default rate, lift, share of all defaults captured."""
     y, p = _valid(y, p)
+    if not len(y):
+        return pd.DataFrame(columns=["decile", "n", "defaults", "default_rate", "lift", "cum_capture"])
     order = np.argsort(-p, kind="stable")
     dec = np.arange(len(y)) * deciles // max(len(y), 1) + 1
     df = pd.DataFrame({"decile": dec, "y": y[order]})
@@ -117,6 +121,10 @@ def bootstrap_difference(frame: pd.DataFrame, a: str, b: str, *, n_boot: int = 4
                          cluster: str = "firm_id") -> dict:
     """Paired cluster bootstrap of AUC(a) - AUC(b) and KS(a) - KS(b) on rows both scored."""
     df = frame[[cluster, "label", a, b]].dropna()
+    if df["label"].nunique() < 2:  # no row both scored (the propagation model on data without a core)
+        nan = float("nan")
+        return {"a": a, "b": b, "n": int(len(df)), "auc_diff": nan, "auc_lo": nan, "auc_hi": nan,
+                "ks_diff": nan, "ks_lo": nan, "ks_hi": nan}
     rng = np.random.default_rng(seed)
     groups = df.groupby(cluster).indices
     keys = np.array(list(groups))

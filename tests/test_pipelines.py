@@ -1093,3 +1093,35 @@ def test_compare_on_a_dataset_with_bad_rows_writes_its_quarantine_beside_the_rep
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["action"] == "compare"
     assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((out / "quarantine.csv").read_bytes()).hexdigest()
+
+
+def test_a_dataset_without_a_core_enterprise_trains_compares_scores_and_monitors(small_world_dir, tmp_path):
+    """A park or an association with no core enterprise (脱核 batch credit needs none):
+    `scf train` stopped with a traceback (the propagation model fitted on zero rows, then
+    the evaluation's empty tables). Now the propagation model has nothing to learn and
+    scores no firm (its PD is empty, as the contract says for a model that could not
+    score), the de-coupled and hybrid models train as always, and compare, score and
+    monitor run end to end."""
+    data = tmp_path / "data"
+    shutil.copytree(small_world_dir, data)
+    firms = pd.read_csv(data / "firms.csv", dtype=str, keep_default_na=False)
+    assert (firms["is_core"] == "true").any()
+    firms.assign(is_core="false", core_rating="").to_csv(data / "firms.csv", index=False)
+    uri, log = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "audit.jsonl"
+    common = ("--tracking-uri", uri, "--audit-log", log)
+    r = invoke("train", data, "--out", tmp_path / "train", *common)
+    assert r.exit_code == 0, r.output
+    overall = pd.read_csv(tmp_path / "train" / "evaluation" / "overall.csv").set_index("model")
+    assert overall.loc["pd_propagation", "n"] == 0 and overall.loc["pd_decoupled", "auc"] > 0.6
+    r = invoke("compare", "--promote", "all", "--out", tmp_path / "cmp", *common)
+    assert r.exit_code == 0, r.output
+    r = invoke("score", data, "--batch", data / "batch.csv", "--consents", data / "consents.csv", "--as-of", "2024-07-01",
+               "--out", tmp_path / "score" / "limits.csv", "--no-memos", *common)
+    assert r.exit_code == 0, r.output
+    limits = pd.read_csv(tmp_path / "score" / "limits.csv")
+    assert limits["pd_propagation"].isna().all() and limits["pd"].notna().mean() > 0.8
+    assert set(limits["decision"]) <= set(DECISIONS) and (limits["limit_cny"] > 0).any()
+    r = invoke("monitor", data, "--portfolio", tmp_path / "score" / "limits.csv", "--as-of", "2024-10-01",
+               "--out", tmp_path / "mon", "--consents", data / "consents.csv", *common)
+    assert r.exit_code == 0, r.output
+    assert pd.read_csv(tmp_path / "mon" / "portfolio.csv")["pd"].notna().any()

@@ -137,6 +137,8 @@ def record_comparison(store, res: dict, versions: dict, alias: str, train_run_id
 def segment_winners(segments: pd.DataFrame, a: str, b: str, *, min_defaults: int = 10) -> pd.DataFrame:
     """Segments where both models score enough rows, with the AUC of each and the winner."""
     pv = segments[segments["model"].isin([a, b])].pivot_table(index=["segment", "value"], columns="model", values=["auc", "defaults"])
+    # a model with no AUC in any segment (the propagation model on data without a core) has no column
+    pv = pv.reindex(columns=pd.MultiIndex.from_product([["auc", "defaults"], [a, b]]))
     out = pd.DataFrame({f"auc_{a}": pv[("auc", a)], f"auc_{b}": pv[("auc", b)],
                         "defaults": pv[("defaults", a)].fillna(0).combine(pv[("defaults", b)].fillna(0), min)}).reset_index()
     out = out[(out["defaults"] >= min_defaults) & out[f"auc_{a}"].notna() & out[f"auc_{b}"].notna()]

@@ -122,10 +122,14 @@ class CorePropagation(LogOddsClassifierMixin, BaseEstimator):
         # standardisation of core evidence across all cores of all training snapshots
         self.core_stats_ = None
         Ds = np.vstack([self._core_inputs(c, tr, self.mu0_)[1] for c, tr in zip(chains, trs)])
-        mean = np.nanmean(Ds, axis=0)
-        std = np.nanstd(Ds, axis=0)
+        if len(Ds):
+            mean, std, worst = np.nanmean(Ds, axis=0), np.nanstd(Ds, axis=0), np.nanmax(Ds, axis=0)
+        else:  # no core in any snapshot (a park or an association without one): nothing to
+            # transmit, the firms' own registry evidence is what the model has
+            k = len(self.core_evidence)
+            mean, std, worst = np.zeros(k), np.ones(k), np.full(k, np.nan)
         self.core_stats_ = (np.nan_to_num(mean), np.where(np.nan_to_num(std) > 0, std, 1.0))
-        self.core_worst_ = pd.Series(np.nanmax(Ds, axis=0), index=list(self.core_evidence))
+        self.core_worst_ = pd.Series(worst, index=list(self.core_evidence))
         stand = pd.concat([c.nodes.reindex(tr.other_ids)[list(self.standalone_evidence)] for c, tr in zip(chains, trs)])
         self.medians_ = stand.astype(float).median().fillna(0.0)
 
@@ -133,6 +137,8 @@ class CorePropagation(LogOddsClassifierMixin, BaseEstimator):
         self.profile_ = {}
         for decay in self.decay_grid:
             X, y = self._training_matrix(chains, trs, labels, decay)
+            if not len(y):  # no firm tied to a core in any training snapshot
+                return self._without_chains(X.columns)
             model, ll = self._logistic(X, y)
             self.profile_[float(decay)] = ll
             if best is None or ll > best[0]:
@@ -147,6 +153,21 @@ class CorePropagation(LogOddsClassifierMixin, BaseEstimator):
         self.core_evidence_weights_ = coef[[f"core_{n}" for n in self.core_evidence]]
         self.standalone_weights_ = coef[[c for c in self.columns_ if c.startswith("own_")]]
         self.n_train_ = int(len(y))
+        return self
+
+    def _without_chains(self, columns) -> "CorePropagation":
+        """Fitted state for data in which no firm hangs on a core (a park or an association
+        with none): nothing to learn, and nothing to score, since :meth:`predict_frame`
+        answers only firms a core's chain covers; every weight 0, the intercept the
+        portfolio's log-odds, ``n_train_`` 0 says so. The de-coupled and hybrid models are
+        trained as always, on an empty propagation PD."""
+        zero = pd.Series(0.0, index=columns)
+        self.decay_, self.columns_, self.coef_ = float(self.decay_grid[0]), columns, zero
+        self.x_mean_, self.x_std_ = zero, pd.Series(1.0, index=columns)
+        self.log_likelihood_, self.intercept_, self.transmission_ = float("nan"), self.mu0_, 0.0
+        self.core_evidence_weights_ = zero[[f"core_{n}" for n in self.core_evidence]]
+        self.standalone_weights_ = zero[[c for c in columns if c.startswith("own_")]]
+        self.n_train_ = 0
         return self
 
     def _training_matrix(self, chains, trs, labels, decay):
