@@ -365,6 +365,24 @@ def test_unusable_dataset_stops_before_any_run(trained, tmp_path):
     assert store.count_runs("train") == before
 
 
+@pytest.mark.parametrize("emptied, message", [
+    ("flows.csv", "flows: no firm has a fund flow before the training snapshot dates"),
+    ("defaults.csv", "too few defaults to train: 0 firm(s)"),
+])
+def test_nothing_to_learn_is_one_line_and_exit_2(small_world_dir, tmp_path, emptied, message):
+    """A dataset whose flows or defaults file has only its header (a bank whose flow
+    platform is not connected yet, a portfolio without a default): one line naming the
+    file and no training run (without flows it was LightGBM's traceback)."""
+    data = tmp_path / "data"
+    shutil.copytree(small_world_dir, data)
+    (data / emptied).write_text((data / emptied).read_text().splitlines()[0] + "\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = invoke("train", data, "--tracking-uri", uri, "--out", tmp_path / "o", "--audit-log", tmp_path / "audit.jsonl")
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert len([line for line in r.output.splitlines() if line.startswith("error:")]) == 1
+    assert tracking.Store(uri).count_runs("train") == 0
+
+
 def test_quarantined_rows_still_train_and_are_recorded(world_dir, tmp_path):
     manifest = write_faulty_copy(world_dir, tmp_path / "faulty", seed=1)
     uri = f"sqlite:///{tmp_path / 'q.db'}"

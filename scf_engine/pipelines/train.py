@@ -74,6 +74,16 @@ def snapshot_dates(ds: Dataset, n_test: int) -> tuple[list, list, list]:
     return dates, train, test
 
 
+def require_flows(n_rows: int, train_dates) -> None:
+    """The de-coupled model learns from the firms with fund flows: with none in the
+    training snapshots (a bank whose flow platform is not connected yet: flows.csv with
+    its header only) the run stops with one line; LightGBM's own error was a traceback."""
+    if not n_rows:
+        span = f"{pd.Timestamp(train_dates[0]).date()} to {pd.Timestamp(train_dates[-1]).date()}"
+        raise DatasetError(f"flows: no firm has a fund flow before the training snapshot dates ({span}); "
+                           "the de-coupled model learns from flows")
+
+
 def fit_lgbm(model, X: pd.DataFrame, y, *, as_of, groups, tuning: dict | None = None, progress=None):
     """``model.fit``, after a budgeted search of its parameters when ``tuning`` (the
     ``tuning`` section of lightgbm.yaml) is given; the search's result is kept as
@@ -96,6 +106,7 @@ def fit_propagation_and_decoupled(data: dict, train_dates: list, test_dates: lis
     add_propagation(data, prop)
     tr, te = stack(data, train_dates), stack(data, test_dates)
     flows = has_flows(tr)
+    require_flows(int(flows.sum()), train_dates)
     say("fitting de-coupled model")
     dec = fit_lgbm(DecoupledModel.from_policy(), tr[flows], tr.loc[flows, "label"], as_of=tr.loc[flows, "as_of"],
                    groups=tr.loc[flows, "firm_id"], tuning=tuning, progress=say)
