@@ -116,26 +116,34 @@ def _k(booked: pd.Series, T: pd.Timestamp) -> np.ndarray:
 
 
 def naive_one(f: pd.DataFrame, fid: str, T: pd.Timestamp) -> dict:
-    """The representative features of one firm from the flows touching it, in plain pandas."""
+    """The representative features of one firm from the flows touching it, in plain pandas.
+    As the engine reads them: a month is *reported* when the firm has a flow with an
+    outside (``EXT-``) party there (this world has outside parties and carries every
+    obligation); history runs from the first reported month, and the monthly sums and
+    missed payments count reported months only. Counterparties count every flow."""
     k = _k(f["booked_on"], T)
     window = (k >= 0) & (k < 24)
     f = f.assign(k=k)[window]
+    outside = f["payer_id"].str.startswith("EXT-") | f["payee_id"].str.startswith("EXT-")
+    reported = set(f.loc[outside, "k"])
+    if not reported:
+        return {"firm_id": fid}
+    history = max(reported) + 1
+    months = [m for m in range(history) if m in reported]
     incoming = f[f["payee_id"] == fid]
     outgoing = f[f["payer_id"] == fid]
-    if len(incoming) + len(outgoing) == 0:
-        return {"firm_id": fid}
-    history = int(max(incoming["k"].max() if len(incoming) else -1, outgoing["k"].max() if len(outgoing) else -1)) + 1
     trade_in = incoming[incoming["purpose"] == "trade"]
     trade_out = outgoing[outgoing["purpose"] == "trade"]
-    monthly_in = trade_in.groupby("k")["amount"].sum()
+    in_month = trade_in.groupby("k")["amount"].sum().reindex(months, fill_value=0.0)
+    out_month = trade_out.groupby("k")["amount"].sum().reindex(months, fill_value=0.0)
     r = {"firm_id": fid, "history_months": history}
     for w in (1, 3, 12):
-        r[f"trade_in_{w}m"] = trade_in.loc[trade_in["k"] < w, "amount"].sum()
-    r["trade_out_12m"] = trade_out.loc[trade_out["k"] < 12, "amount"].sum()
-    r["active_months_12m"] = int(((monthly_in.index < 12) & (monthly_in > 0)).sum())
+        r[f"trade_in_{w}m"] = in_month[in_month.index < w].sum()
+    r["trade_out_12m"] = out_month[out_month.index < 12].sum()
+    r["active_months_12m"] = int(((in_month.index < 12) & (in_month > 0)).sum())
     for o in ("payroll", "tax"):
-        paid = outgoing[outgoing["purpose"] == o].groupby("k")["amount"].sum()
-        r[f"{o}_missed_12m"] = min(12, history) - int(((paid.index < 12) & (paid > 0)).sum())
+        paid = outgoing[outgoing["purpose"] == o].groupby("k")["amount"].sum().reindex(months, fill_value=0.0)
+        r[f"{o}_missed_12m"] = int(((paid.index < 12) & (paid <= 0)).sum())
     last12 = trade_in[trade_in["k"] < 12]
     r["payers_12m"] = last12["payer_id"].nunique()
     by_payer = last12.groupby("payer_id")["amount"].sum()
