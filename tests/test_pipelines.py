@@ -1026,6 +1026,16 @@ def test_pledged_financed_and_earlier_batches_receivables_never_back_a_limit(tra
     # second batch lent on none of these receivables, so the same amounts come back
     again = score(batch, tmp_path / "three" / "limits.csv")
     pd.testing.assert_series_equal(again["eligible_receivables_cny"], first["eligible_receivables_cny"])
+    # the same request re-exported (rows reversed, BOM, CRLF, an extra column, amounts with a
+    # thousands separator) is the same request: its batch id was the file's sha256, so its
+    # own earmarks blocked it and every receivable part fell to 0 (rob4)
+    rows = pd.read_csv(batch, dtype=str, keep_default_na=False).iloc[::-1]
+    if "requested_amount" in rows:
+        rows["requested_amount"] = [f"{float(v):,.2f}" if v else "" for v in rows["requested_amount"]]
+    rows.insert(0, "export_no", "E1")
+    rows.to_csv(tmp_path / "batch_again.csv", index=False, encoding="utf-8-sig", lineterminator="\r\n", quoting=1)
+    reexported = score(tmp_path / "batch_again.csv", tmp_path / "four" / "limits.csv")
+    pd.testing.assert_frame_equal(reexported.sort_index(), first.sort_index())
 
 
 def test_a_bad_row_dated_after_the_as_of_does_not_change_a_decision_at_it(trained, tmp_path):

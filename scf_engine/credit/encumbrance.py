@@ -16,8 +16,9 @@ Each ``scf score`` entry records the receivables that back its limits
 (``earmarked_receivables``), and the next batch on the same snapshot leaves them out. A
 later snapshot reads the bank's later ``financings.csv``, which says what was drawn, so
 an earmark binds only batches whose as-of lies within ``earmark_window_days`` of it (0:
-the same as-of). A re-run of the same request (the same ``batch_id``) replaces its own
-earlier limits and is not blocked by them.
+the same as-of). A re-run of the same request (the same ``batch_id``: the as-of and the
+request's rows, whatever file carried them) replaces its own earlier limits and is not
+blocked by them.
 
 The reasons, most decisive first: transferred (the receivable is no longer the firm's),
 pledged, already financed, earmarked by another batch, not confirmed.

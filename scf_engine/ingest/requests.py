@@ -10,6 +10,7 @@ for what a status means). A file the engine cannot trust stops the run with one 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from dataclasses import dataclass
@@ -60,6 +61,18 @@ def requests_frame(df: pd.DataFrame) -> pd.DataFrame:
     df["requested_amount"] = amount.where(~bad)
     df["request_problem"] = problem
     return df
+
+
+def request_digest(requests: pd.DataFrame) -> str:
+    """SHA-256 of what a batch asks for, not of the file that carried it: its
+    ``(firm_id, requested_amount)`` pairs, amounts in cents, sorted. A batch's identity
+    (``batch_id``: a re-run of the same request replaces its own earmarks instead of being
+    blocked by them) must not change when the same rows come in another order, another
+    encoding, with CRLF line ends, thousands separators or an export's extra columns;
+    the file's own bytes stay in the audit entry's input hashes."""
+    cents = requests["requested_amount"].map(lambda v: "" if pd.isna(v) else str(int(round(float(v) * 100))))
+    lines = sorted(f"{f}\t{c}" for f, c in zip(requests["firm_id"].astype(str), cents))
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
 def _decode(path: Path) -> str:

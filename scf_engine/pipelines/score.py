@@ -29,7 +29,7 @@ from scf_engine.errors import AuditError, PolicyError, RequestError
 from scf_engine.hashing import file_sha256
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.quarantine import QUARANTINE, QuarantineReport, publish_beside, staged_files
-from scf_engine.ingest.requests import Whitelist, read_batch, read_consents, read_whitelist, requests_frame
+from scf_engine.ingest.requests import Whitelist, read_batch, read_consents, read_whitelist, request_digest, requests_frame
 from scf_engine.memo.context import Provenance, memo_contexts, write_memos
 from scf_engine.publish import Publication
 from scf_engine.pipelines.compare import load_models
@@ -266,7 +266,7 @@ def score(data_dir: Path | str, batch: Path | str, out: Path | str, *, as_of=Non
     inputs = {**loaded.dataset.fingerprints, "batch": file_sha256(Path(batch)),
               **({"consents": file_sha256(Path(consents))} if consents else {}),
               **({"whitelist": programme.sha256} if programme else {})}
-    batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{inputs['batch'][:10]}"
+    batch_id = f"{loaded.data.as_of.strftime('%Y%m%d')}-{request_digest(requests)[:10]}"
     outputs = None
     if eng is not None:
         from scf_engine.pipelines.score_spark import spark_model_outputs
