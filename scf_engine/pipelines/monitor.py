@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -230,8 +228,7 @@ def drift_reference(store, versions) -> dict | None:
         return json.loads(Path(path).read_text())
 
 
-def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, *, shared: bool = True,
-            overlap: bool = True) -> tuple:
+def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, *, shared: bool = True) -> tuple:
     """portfolio.csv, alerts.csv and drift rows over every as-of (pure apart from the
     progress).
 
@@ -248,24 +245,12 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
     ``shared`` (the default): the flows' legs are built once for the batch date and every
     as-of (:class:`scf_engine.features.flows.FlowPass`) on one DuckDB connection, and each
     date's features read theirs from them; ``shared=False`` builds each date on its own as
-    ``scf score`` does (the same answers: ``tests/test_monitor.py`` compares the two).
-
-    ``overlap`` (the default, with ``shared``): two threads beside this one, so that
-    both cores work (:func:`_passes`): one builds the next as-of's snapshot while this
-    thread decides and judges the current one, the other builds each snapshot's chain
-    beside its flow features (:func:`scf_engine.assemble.chain_and_table`). Only one
-    snapshot is built at a time, on the pass's connection (the chain on a cursor of its
-    own), and every step reads the same inputs as when run one after another, so the
-    answers are the same (``tests/test_monitor.py`` compares the pass with one built
-    date by date on its own)."""
+    ``scf score`` does (the same answers: ``tests/test_monitor.py`` compares the two)."""
     con = connect() if shared else None
-    pool = ThreadPoolExecutor(2, thread_name_prefix="scf-monitor") if shared and overlap else None
     try:
         flow_pass = FlowPass(con, ds.flows, ds.firms["firm_id"], [batch_T, *dates]) if shared else None
-        return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass, pool)
+        return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass)
     finally:
-        if pool is not None:  # a snapshot still being built reads the connection: wait for it before closing
-            pool.shutdown(wait=True, cancel_futures=True)
         if con is not None:
             con.close()
 
@@ -277,7 +262,7 @@ def explain_scope(policy) -> str:
     return str((policies.as_data(policy).get("explain") or {}).get("scope", "all"))
 
 
-def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass, pool=None) -> tuple:
+def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass) -> tuple:
     """:func:`compute`'s loop: the batch's snapshot, then one as-of after another.
 
     Under ``explain: {scope: changed}`` (monitoring.yaml) the decision core re-scores
@@ -286,16 +271,9 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
     the reasons derived, for the changed firms alone (:func:`explain_changed`). On the
     bench's 10,000-firm world over 12 monthly as-of dates, 39,356 of 89,964 firm-dates
     (44%) were green, kept, at an unmoved grade and went without SHAP; the rest are
-    amber (17%), red (2%) or raised (16%: ``raise`` is an action, so it is explained).
-
-    ``pool`` (two threads, :func:`compute`): the next as-of's snapshot is built on one
-    while this thread decides, judges and explains the current one (the decision core,
-    SHAP and the judging, ~15 of ~55 CPU seconds an as-of at 100,000 firms, no longer
-    wait for the next date's SQL, nor it for them); each snapshot's chain is built on the
-    other. One snapshot ahead only: two would hold two as-of's feature work at once."""
+    amber (17%), red (2%) or raised (16%: ``raise`` is an action, so it is explained)."""
     say(f"snapshot at the batch ({batch_T.date()})")
-    build = partial(snapshot_at, ds, models=models, con=con, flow_pass=flow_pass, side=pool)
-    batch = build(batch_T)
+    batch = snapshot_at(ds, batch_T, models, con=con, flow_pass=flow_pass)
     batch.snapshot = None  # the pass reads the batch's table and chain; its copy of the flows can go
     give_back()
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
@@ -304,11 +282,9 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
     default_on = ds.default_dates(ids).set_axis(ids)
     parts, alerts, drift = [], [], []
     changed_only = explain_scope(pols["monitoring"]) == "changed"
-    ahead = pool.submit(build, dates[0]) if pool is not None else None
     for i, T in enumerate(dates, 1):
         say(f"as-of {T.date()} ({i}/{len(dates)}): snapshot, decision core, signals")
-        now = ahead.result() if ahead is not None else build(T)  # beside the batch's: this one, and the next being built
-        ahead = pool.submit(build, dates[i]) if pool is not None and i < len(dates) else None
+        now = snapshot_at(ds, T, models, con=con, flow_pass=flow_pass)  # one as-of alive at a time, beside the batch's
         ctx = DecisionContext.build(now, models, pols, ds, cons)  # what decide builds; kept for explain_changed
         pre = precompute(now, models, pols, requests["firm_id"].astype(str).tolist(), dataset=ds, consents=cons,
                          scale=scale, context=ctx, explain=() if changed_only else None)
@@ -359,14 +335,13 @@ def explain_changed(rows, frame, previous, now, models, pre, ctx) -> pd.DataFram
     return rows
 
 
-def snapshot_at(ds, T, models, *, con=None, flow_pass=None, side=None):
+def snapshot_at(ds, T, models, *, con=None, flow_pass=None):
     """The assembled snapshot at ``T`` with the propagation model's outputs. The pass
     builds one as-of at a time and lets it go: each snapshot holds its own copy of the
     flows before its date, and holding all of them (13 for a year of monthly dates) made
     the pass's memory grow with the number of dates. ``con``, ``flow_pass``: the pass's
-    DuckDB connection and the legs built on it once (:func:`compute`); ``side``: the
-    executor that builds the chain beside the flow features (with ``con`` only)."""
-    data = assemble(ds, [T], with_labels=False, con=con, flow_pass=flow_pass, side=side if con is not None else None)
+    DuckDB connection and the legs built on it once (:func:`compute`)."""
+    data = assemble(ds, [T], with_labels=False, con=con, flow_pass=flow_pass)
     add_propagation(data, models["propagation"])
     return data[T]
 
