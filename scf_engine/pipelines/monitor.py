@@ -26,7 +26,7 @@ from scf_engine import access, policies, publish, tracking
 from scf_engine.faults import checkpoint
 from scf_engine.assemble import add_propagation, assemble
 from scf_engine.credit.consent import consent_status
-from scf_engine.credit.decide import DecisionContext, decide, precompute
+from scf_engine.credit.decide import DecisionContext, finalize, precompute, reason_text
 from scf_engine.duck import connect
 from scf_engine.errors import RequestError, TrackingError
 from scf_engine.features.closed_loop import firm_evidence
@@ -286,8 +286,9 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
         say(f"as-of {T.date()} ({i}/{len(dates)}): snapshot, decision core, signals")
         now = snapshot_at(ds, T, models, con=con, flow_pass=flow_pass)  # one as-of alive at a time, beside the batch's
         ctx = DecisionContext.build(now, models, pols, ds, cons)  # what decide builds; kept for explain_changed
-        dec = decide(now, models, pols, requests, dataset=ds, consents=cons, scale=scale, context=ctx,
-                     explain=() if changed_only else None)
+        pre = precompute(now, models, pols, requests["firm_id"].astype(str).tolist(), dataset=ds, consents=cons,
+                         scale=scale, context=ctx, explain=() if changed_only else None)
+        dec = finalize([pre], requests, pols)  # decide's two steps, the first kept for explain_changed
         raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"])
         if ref is not None:  # the model's own score, before any credit repair
             drift.append(drift_rows(ref, raw.assign(b_score=scale.score(raw["pd_at_batch"].to_numpy(dtype=float))),
@@ -301,23 +302,23 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
         rows = portfolio_rows(frame, a, T, months, pols["monitoring"], scale,
                               ratings=policies.as_data(pols["master_scale"])["ratings"], history=history)
         if changed_only:
-            rows = explain_changed(rows, frame, parts[-1] if parts else None, now, models, pols, ds, cons, scale, ctx)
+            rows = explain_changed(rows, frame, parts[-1] if parts else None, now, models, pre, ctx)
         parts.append(rows)
         alerts.append(a)
         drift.append(vintage_rows(lent, default_on, T, pols["monitoring"]))
-        del now, ctx, dec, raw, frame  # before the next as-of is built
+        del now, ctx, pre, dec, raw, frame  # before the next as-of is built
         give_back()  # and what this one freed returned, not kept under the next one's peak
     drift = pd.concat(drift, ignore_index=True) if drift else None
     return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS], drift
 
 
-def explain_changed(rows, frame, previous, now, models, pols, ds, cons, scale, ctx) -> pd.DataFrame:
+def explain_changed(rows, frame, previous, now, models, pre, ctx) -> pd.DataFrame:
     """``rows`` (one as-of's portfolio rows, judged on a decision core run without SHAP
-    reasons) with the decision core's reasons put back where a reader needs them: for
-    every scored firm :func:`~scf_engine.monitor.judge.needs_drivers` flags, the same
-    reason text the batch's decision core gives it (:func:`precompute` on those firms
-    alone, on the as-of's own context: a firm's entry does not depend on the others
-    computed with it); for the rest, green and kept at an unmoved grade, what the rules
+    reasons, ``pre`` its first step) with the decision core's reasons put back where a
+    reader needs them: for every scored firm :func:`~scf_engine.monitor.judge.needs_drivers`
+    flags, the same reason text the batch's decision core gives it
+    (:func:`~scf_engine.credit.decide.reason_text` on those firms alone, on the as-of's
+    own context: a firm's reasons do not depend on the others computed with it); for the rest, green and kept at an unmoved grade, what the rules
     read (:func:`~scf_engine.monitor.judge.unexplained_reason`). A firm the core did not
     score already carries the core's why (in default, no consent, ...)."""
     need = needs_drivers(rows, frame["repair_note"], previous)
@@ -326,8 +327,7 @@ def explain_changed(rows, frame, previous, now, models, pols, ds, cons, scale, c
     todo = rows.index[need & scored]
     if len(todo):
         ids = rows.loc[todo, "firm_id"].tolist()
-        pre = precompute(now, models, pols, ids, dataset=ds, consents=cons, scale=scale, context=ctx)
-        text = pre.take(ids)["text"]
+        text = reason_text(pre, now, models, ids, context=ctx)
         rows.loc[todo, "reasons"] = [join_reasons(r, t) for r, t in zip(rows.loc[todo, "reasons"], text)]
     rest = rows.index[~need & scored]
     rows.loc[rest, "reasons"] = [join_reasons(r, unexplained_reason(p, b, g)) for r, p, b, g in
