@@ -58,7 +58,8 @@ def indicator_columns(snapshot: Snapshot) -> pd.DataFrame:
 
 
 def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None, engine=None, flow_pass=None) -> pd.DataFrame:
-    """The snapshot's rows: flow features (on ``engine`` when given, see
+    """The snapshot's rows, one per scorable firm in ``firm_id`` order (never the input
+    files' row order): flow features (on ``engine`` when given, see
     :mod:`scf_engine.sqlengine`; from ``flow_pass``'s legs when given), chain features,
     context and external indicators."""
     flows = flow_features(snapshot, con=con, engine=engine, flow_pass=flow_pass)
@@ -66,7 +67,10 @@ def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None, engine=None, f
     chain_cols = [c for c in chain_feature_names() if c in nodes.columns]
     table = flows.join(nodes[chain_cols + list(CONTEXT_COLUMNS)], how="left").join(indicator_columns(snapshot), how="left")
     scorable = snapshot.scorable
-    return table.loc[table.index.intersection(scorable)].copy()
+    # rows in firm_id order, whatever order the files listed the firms in: LightGBM's
+    # bagging draws rows by position and float sums follow row order, so a training frame
+    # in file order made the same data in another row order train other models
+    return table.loc[table.index.intersection(scorable)].sort_index(kind="stable")
 
 
 def assemble(dataset: Dataset, dates, *, with_labels: bool = True, truth: pd.DataFrame | None = None,

@@ -35,7 +35,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def world_dir(tmp_path_factory):
-    return write_dataset(simulate(WorldConfig(n_firms=500, seed=21, n_months=36)), tmp_path_factory.mktemp("w") / "data")
+    return write_dataset(simulate(WorldConfig(n_firms=500, seed=22, n_months=36)), tmp_path_factory.mktemp("w") / "data")
 
 
 @pytest.fixture(scope="module")
