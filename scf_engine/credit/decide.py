@@ -24,7 +24,7 @@ from scf_engine.contract import LIMITS_COLUMNS
 from scf_engine.credit.consent import consent_lookup, consent_table
 from scf_engine.credit.encumbrance import eligible_after_exclusions, earmarked, left_out, receivable_status
 from scf_engine.credit.envelope import allocate_envelope
-from scf_engine.credit.limits import buyer_eligible, core_lines, eligible_receivables, limit_arrays
+from scf_engine.credit.limits import REVIEW_FEATURES, buyer_eligible, core_lines, eligible_receivables, limit_arrays
 from scf_engine.credit.scale import ScoreScale, final_pd, score_frame
 from scf_engine.errors import RequestError
 from scf_engine.explain.model_reasons import propagation_reasons, shap_reasons
@@ -308,11 +308,6 @@ def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: p
     return Precomputed(T, {f: i for i, f in enumerate(ids)}, cols, reasons.to_numpy(dtype=object),
                        {k: c.set_axis(by_id[c.index]) for k, c in contribs.items()}, jy.set_axis(by_id[jy.index]),
                        dict(zip(ctx.lines.index.astype(str), ctx.lines.astype(float))), ctx.receivables)
-
-
-# the features the limit policy's review flags read (credit/limits.py): authenticity and a
-# silent account
-REVIEW_FEATURES = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle", "months_since_reported")
 
 
 def reason_text(pre: Precomputed, data, models: dict, firm_ids, *, context: DecisionContext) -> np.ndarray:

@@ -183,13 +183,17 @@ def apply_limits(frame: pd.DataFrame, policy: Policy | Mapping[str, Any],
     return pd.DataFrame(limit_arrays(frame_columns(frame), d, core_line), index=frame.index)
 
 
+# the features the review flags read (:func:`_review_flags`): authenticity and a silent
+# account; the decision core carries them from the snapshot to the limit frame
+REVIEW_FEATURES = ("cycle_share_12m", "round_trip_share_12m", "in_trade_cycle", "months_since_reported")
+
+
 def frame_columns(frame: pd.DataFrame) -> dict:
     """The columns of a limit frame as the arrays :func:`limit_arrays` reads (an absent
     optional column stays absent)."""
     c = {"firm_id": frame["firm_id"].astype(str).to_numpy(),
          "grade": frame["grade"].where(frame["grade"].notna(), None).to_numpy(dtype=object)}
-    for name in ("pd", "trade_in_12m", "eligible_receivables", "requested_amount", "cycle_share_12m",
-                 "round_trip_share_12m", "in_trade_cycle", "months_since_reported", "dq_issues"):
+    for name in ("pd", "trade_in_12m", "eligible_receivables", "requested_amount", *REVIEW_FEATURES, "dq_issues"):
         if name in frame:
             c[name] = _column(frame, name)
     for name in ("consent_ok", "off_whitelist"):
