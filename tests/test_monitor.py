@@ -475,17 +475,13 @@ def test_a_firm_gone_silent_is_reviewed_at_scoring_and_red_after_lending(lent, t
     fid = next(f for f in lent_ids if feats0.loc[f, "months_since_reported"] == 0 and feats0.loc[f, "payroll_missed_12m"] == 0)
     data = tmp_path / "data"
     shutil.copytree(lent["data"], data)
-    flows = pd.read_parquet(data / "flows.parquet") if (data / "flows.parquet").exists() else pd.read_csv(data / "flows.csv", dtype=str)
+    flows = pd.read_csv(data / "flows.csv", dtype=str)  # the scenario world is written as CSV
     booked = pd.to_datetime(flows["booked_on"])
     own = ((flows["payer_id"] == fid) & flows["payee_id"].str.startswith("EXT-")) | (
         (flows["payee_id"] == fid) & flows["payer_id"].str.startswith("EXT-"))
     cut = own & (booked >= T - pd.DateOffset(months=3))
     assert cut.sum() > 0 and (~own & (flows["payer_id"].eq(fid) | flows["payee_id"].eq(fid)) & (booked >= T - pd.DateOffset(months=3))).any()
-    kept = flows[~cut]
-    if (data / "flows.parquet").exists():
-        kept.to_parquet(data / "flows.parquet", index=False)
-    else:
-        kept.to_csv(data / "flows.csv", index=False)
+    flows[~cut].to_csv(data / "flows.csv", index=False)
     feats = flow_features(load_dataset(data).as_of(T))
     assert feats.loc[fid, "months_since_reported"] == 3 and feats.loc[fid, "payroll_missed_12m"] == 0
     batch = tmp_path / "batch.csv"
