@@ -124,6 +124,9 @@ def _check_lightgbm(data: dict, path: Path) -> None:
     # Platt scaling is linear in log-odds, so SHAP contributions stay additive; isotonic
     # calibration would break that, so it is not offered
     _require(data.get("calibration", "platt") == "platt", path, "'calibration' must be platt (the one method that keeps SHAP additive)")
+    folds = data.get("calibration_folds", 1)
+    _require(isinstance(folds, int) and not isinstance(folds, bool) and 1 <= folds <= 20, path,
+             "'calibration_folds' must be an integer from 1 (one split) to 20")
     if "tuning" in data:
         _check_tuning(data["tuning"], path)
 
@@ -401,8 +404,8 @@ SCHEMAS = {
     "master_scale": (_check_master_scale, {"version", "ratings"}),
     "score_scale": (_check_score_scale, {"version", "base_score", "base_odds", "points_to_double_odds", "min_score",
                                          "max_score", "decimals"}),
-    "lightgbm": (_check_lightgbm, {"version", "num_boost_round", "early_stopping_rounds", "monotone", "calibration", "params",
-                                   "tuning"}),
+    "lightgbm": (_check_lightgbm, {"version", "num_boost_round", "early_stopping_rounds", "monotone", "calibration",
+                                   "calibration_folds", "params", "tuning"}),
     "propagation": (_check_propagation, {"version", "decay_grid", "core_evidence", "standalone_evidence", "C", "max_tier",
                                          "stress_equity_months"}),
     "limit_policy": (_check_limit_policy, {"version", "flow_share_by_grade", "advance_rate", "buyer_rating_floor",

@@ -13,9 +13,28 @@ those few defaults (PDs from 1e-20 to 1.0 on a 500-firm world). Fitting the targ
 0 is Platt's Bayesian answer for a fold of that size; with thousands of rows it changes
 the PDs little. The ranking never changes: the map stays increasing.
 
-Training: the rows of the latest training snapshot(s) are the validation fold (early
-stopping and calibration); the earlier ones are the training fold. Deterministic for a
+Training: the rows of the latest training snapshot(s) are the validation rows (early
+stopping and calibration); the earlier ones are the training rows. Deterministic for a
 seed (``deterministic``, fixed threads and seeds in ``models/lightgbm.yaml``).
+
+Why cross-fitted (``calibration_folds``, default 3 in ``models/lightgbm.yaml``): with one
+split, early stopping and Platt scaling both rested on a random 30% of the firms at the
+latest snapshot, and the other 70% of that snapshot went unused. On a small bank's data
+(700 firms, a validation fold of ~200 rows and ~8 defaults) the draw alone moved the
+de-coupled model's mean PD on the test snapshots from 0.041 to 0.109 (true PD 0.046) and its
+AUC from 0.743 to 0.804 over five seeds (renaming the firm ids, which re-draws the fold,
+moved another 700-firm world's mean PD from 0.069 to 0.031). Cross-fitted, the firms are cut into K groups; fold k stops early on the
+latest snapshot of group k, trained on the earlier snapshots of the others, and gives those
+rows their out-of-fold raw scores. Every firm of the latest snapshot is then scored by a
+model that never saw it, and Platt scaling is fitted on all of them; the final booster is
+trained on every earlier snapshot of every firm for the folds' mean number of rounds
+(scikit-learn's ``CalibratedClassifierCV(ensemble=False)`` fits the same way: the
+calibration from cross-validated scores, applied to the model refitted on all rows). One
+booster, so SHAP stays one TreeSHAP on it. Measured on seven small simulated worlds (700 to
+3,000 firms, five draws each; that world: 0.064 to 0.078, AUC 0.783 to 0.804): the spread of
+the mean PD across draws fell 3-14x, AUC rose by 0.007 on average (in 13 of 14 world-model
+cells), at ~3.5x the boosting time.
+``calibration_folds: 1`` keeps the single split (``validation_firm_share`` of the firms).
 """
 
 from __future__ import annotations
@@ -68,7 +87,7 @@ class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
     _FITTED = ("features_", "booster_", "best_iteration_", "platt_a_", "platt_b_")
 
     def __init__(self, features=None, params=None, num_boost_round=3000, early_stopping_rounds=150,
-                 monotone=True, validation_snapshots=1, validation_firm_share=0.3, seed=0):
+                 monotone=True, validation_snapshots=1, validation_firm_share=0.3, calibration_folds=1, seed=0):
         self.features = features
         self.params = params
         self.num_boost_round = num_boost_round
@@ -76,13 +95,15 @@ class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
         self.monotone = monotone
         self.validation_snapshots = validation_snapshots
         self.validation_firm_share = validation_firm_share
+        self.calibration_folds = calibration_folds
         self.seed = seed
 
     @classmethod
     def from_policy(cls, models_dir=None, **overrides):
         p = policies.load("lightgbm", models_dir)
         kw = dict(params=dict(p["params"]), num_boost_round=int(p["num_boost_round"]),
-                  early_stopping_rounds=int(p["early_stopping_rounds"]), monotone=bool(p.get("monotone", True)))
+                  early_stopping_rounds=int(p["early_stopping_rounds"]), monotone=bool(p.get("monotone", True)),
+                  calibration_folds=int(p.get("calibration_folds", 1)))
         kw.update(overrides)
         return cls(**kw)
 
@@ -94,11 +115,13 @@ class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
     def fit(self, X: pd.DataFrame, y, as_of=None, groups=None):
         """``as_of``: each row's snapshot date; ``groups``: each row's firm id.
 
-        Validation fold: the latest ``validation_snapshots`` dates, restricted to a random
-        ``validation_firm_share`` of firms, which are then left out of the training fold.
-        Time-ordered, so early stopping sees the future as it will; firm-disjoint, because
-        a firm's later snapshot carries the same outcome as its earlier ones and would
-        otherwise reward memorising firms (near-unique values such as PageRank).
+        Validation rows: the latest ``validation_snapshots`` dates. Cross-fitted when
+        ``calibration_folds`` >= 2 and the rows allow it (:meth:`_cross_folds`; module
+        docstring); else one split: a random ``validation_firm_share`` of the firms at
+        those dates, the firms then left out of the training fold. Time-ordered, so early
+        stopping sees the future as it will; firm-disjoint, because a firm's later snapshot
+        carries the same outcome as its earlier ones and would otherwise reward memorising
+        firms (near-unique values such as PageRank).
         """
         self.features_ = self._features()
         y = np.asarray(y, dtype=float)
@@ -110,6 +133,10 @@ class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
             late = as_of.isin(val_dates).to_numpy()
         else:
             late = np.arange(n) >= int(0.8 * n)
+        self.fold_iterations_ = None
+        fold = self._cross_folds(late, y, groups)
+        if fold is not None:
+            return self._fit_cross(X, y, late, fold)
         if groups is not None and self.validation_firm_share < 1:
             firms = pd.Series(np.asarray(groups))
             uniq = np.sort(firms.unique())
@@ -135,6 +162,49 @@ class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
         self.platt_a_, self.platt_b_ = platt_scaling(self.raw_score(X[is_val]), y[is_val])
         self.n_train_, self.n_valid_ = int(is_train.sum()), int(is_val.sum())
+        self.train_default_rate_ = float(y.mean())
+        return self
+
+    def _cross_folds(self, late: np.ndarray, y: np.ndarray, groups) -> np.ndarray | None:
+        """Each row's fold (0 .. ``calibration_folds`` - 1: its firm's place in a seeded
+        shuffle of the sorted firm ids), or None where cross-fitting does not apply: one
+        fold asked for, no firm ids, or rows that cannot support it (the latest rows need
+        both classes for Platt scaling; every fold needs rows to stop early on and rows to
+        train on, with a default among them). There the single split's rules apply."""
+        k = int(self.calibration_folds or 1)
+        if k < 2 or groups is None or not late.any() or late.all() or y[late].min() == y[late].max():
+            return None
+        firms = pd.Series(np.asarray(groups))
+        uniq = np.sort(firms.unique())
+        if len(uniq) < k:
+            return None
+        order = np.random.default_rng(self.seed).permutation(len(uniq))
+        fold = firms.map(pd.Series(np.arange(len(uniq)) % k, index=uniq[order])).to_numpy()
+        for j in range(k):
+            if not (late & (fold == j)).any() or y[~late & (fold != j)].max() <= 0:
+                return None
+        return fold
+
+    def _fit_cross(self, X: pd.DataFrame, y: np.ndarray, late: np.ndarray, fold: np.ndarray):
+        """The cross-fitted fit (module docstring): one early-stopped booster per fold for
+        the out-of-fold raw scores of the latest rows, Platt scaling on all of them, and
+        the final booster on every earlier row for the folds' mean number of rounds."""
+        Xf = X[self.features_].astype(float)
+        params = self.train_params()
+        raw, iterations = np.full(len(y), np.nan), []
+        for j in range(int(fold.max()) + 1):
+            is_val, is_train = late & (fold == j), ~late & (fold != j)
+            train = lgb.Dataset(Xf[is_train], y[is_train], free_raw_data=True)
+            valid = lgb.Dataset(Xf[is_val], y[is_val], reference=train)
+            booster = lgb.train(params, train, self.num_boost_round, valid_sets=[valid],
+                                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
+            iterations.append(int(booster.best_iteration or booster.current_iteration()))
+            raw[is_val] = booster.predict(Xf[is_val], num_iteration=iterations[-1], raw_score=True)
+        self.fold_iterations_ = iterations
+        self.best_iteration_ = max(1, int(round(float(np.mean(iterations)))))
+        self.booster_ = lgb.train(params, lgb.Dataset(Xf[~late], y[~late], free_raw_data=True), self.best_iteration_)
+        self.platt_a_, self.platt_b_ = platt_scaling(raw[late], y[late])
+        self.n_train_, self.n_valid_ = int((~late).sum()), int(late.sum())
         self.train_default_rate_ = float(y.mean())
         return self
 

@@ -333,7 +333,9 @@ def model_params(kind: str, model) -> dict:
         return {"grade_default_rates": {k: round(v, 6) for k, v in model.grade_rate_.items()}, "shrinkage": model.shrinkage}
     return {"best_iteration": model.best_iteration_, "n_features": len(model.features_), "monotone": model.monotone,
             "platt_a": round(model.platt_a_, 6), "platt_b": round(model.platt_b_, 6), "n_train": model.n_train_,
-            "n_valid": model.n_valid_, **{f"lgbm_{k}": v for k, v in (model.params or {}).items()}}
+            "n_valid": model.n_valid_, "calibration_folds": model.calibration_folds,
+            "fold_iterations": getattr(model, "fold_iterations_", None),
+            **{f"lgbm_{k}": v for k, v in (model.params or {}).items()}}
 
 
 def _log_model_tables(run, ev: dict, col: str, te: pd.DataFrame) -> None:
