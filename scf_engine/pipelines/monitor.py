@@ -43,7 +43,7 @@ from scf_engine.monitor.signals import ALERTS_COLUMNS, authenticity_seen, core_d
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.score import check_writable, parse_as_of, saved_scale
 from scf_engine.publish import Publication
-from scf_engine.release import give_back, release_arrow
+from scf_engine.release import frozen, give_back, release_arrow
 from scf_engine.tables import csv_bytes
 
 PORTFOLIO_NEEDS = ("firm_id", "as_of", "pd", "grade", "limit_cny")
@@ -245,11 +245,16 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
     ``shared`` (the default): the flows' legs are built once for the batch date and every
     as-of (:class:`scf_engine.features.flows.FlowPass`) on one DuckDB connection, and each
     date's features read theirs from them; ``shared=False`` builds each date on its own as
-    ``scf score`` does (the same answers: ``tests/test_monitor.py`` compares the two)."""
+    ``scf score`` does (the same answers: ``tests/test_monitor.py`` compares the two).
+
+    The dataset, the models and the libraries are out of the garbage collector's walks
+    for the pass (:func:`scf_engine.release.frozen`): each date gives memory back with a
+    full collection, which walked all of them every time."""
     con = connect() if shared else None
     try:
-        flow_pass = FlowPass(con, ds.flows, ds.firms["firm_id"], [batch_T, *dates]) if shared else None
-        return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass)
+        with frozen():
+            flow_pass = FlowPass(con, ds.flows, ds.firms["firm_id"], [batch_T, *dates]) if shared else None
+            return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass)
     finally:
         if con is not None:
             con.close()
