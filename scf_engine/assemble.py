@@ -9,6 +9,7 @@ default). The propagation model's outputs are added later, once it is fitted
 
 from __future__ import annotations
 
+from concurrent.futures import wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,12 +58,13 @@ def indicator_columns(snapshot: Snapshot) -> pd.DataFrame:
     return out
 
 
-def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None, engine=None, flow_pass=None) -> pd.DataFrame:
+def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None, engine=None, flow_pass=None,
+                   features: pd.DataFrame | None = None) -> pd.DataFrame:
     """The snapshot's rows, one per scorable firm in ``firm_id`` order (never the input
     files' row order): flow features (on ``engine`` when given, see
-    :mod:`scf_engine.sqlengine`; from ``flow_pass``'s legs when given), chain features,
-    context and external indicators."""
-    flows = flow_features(snapshot, con=con, engine=engine, flow_pass=flow_pass)
+    :mod:`scf_engine.sqlengine`; from ``flow_pass``'s legs when given; ``features``: those
+    already computed), chain features, context and external indicators."""
+    flows = features if features is not None else flow_features(snapshot, con=con, engine=engine, flow_pass=flow_pass)
     nodes = chain.nodes
     chain_cols = [c for c in chain_feature_names() if c in nodes.columns]
     table = flows.join(nodes[chain_cols + list(CONTEXT_COLUMNS)], how="left").join(indicator_columns(snapshot), how="left")
@@ -73,20 +75,48 @@ def snapshot_table(snapshot: Snapshot, chain: Chain, *, con=None, engine=None, f
     return table.loc[table.index.intersection(scorable)].sort_index(kind="stable")
 
 
+def chain_and_table(snap: Snapshot, con, *, engine=None, flow_pass=None, side=None) -> tuple[Chain, pd.DataFrame]:
+    """The chain and the table of one snapshot. ``side``: an executor (a thread) that
+    builds the chain while this thread computes the flow features, on a cursor of ``con``
+    (a connection of its own to the same database: its registered ``flows`` and ``firms``
+    are its own, so the two never read each other's). Neither reads what the other makes
+    until the table joins them, so the answers are the same; the chain (~3.5 s an as-of
+    at 100,000 firms, mostly pandas and networkx holding the GIL) then runs while the
+    features' SQL (DuckDB, which lets the GIL go) keeps the other core busy. Only this
+    thread switches the database to one thread (``eng.deterministic``): the chain's
+    queries then run one-threaded, with the same results."""
+    if side is None:
+        chain = build_chain(snap, con=con)
+        return chain, snapshot_table(snap, chain, con=con, engine=engine, flow_pass=flow_pass)
+    cur = con.cursor()
+    try:
+        job = side.submit(build_chain, snap, con=cur)
+        try:
+            features = flow_features(snap, con=con, engine=engine, flow_pass=flow_pass)
+        except BaseException:
+            wait([job])  # its cursor is closed below: not while it reads
+            raise
+        chain = job.result()
+    finally:
+        cur.close()
+    return chain, snapshot_table(snap, chain, features=features)
+
+
 def assemble(dataset: Dataset, dates, *, with_labels: bool = True, truth: pd.DataFrame | None = None,
-             progress=None, engine=None, con=None, flow_pass=None) -> dict[pd.Timestamp, SnapshotData]:
+             progress=None, engine=None, con=None, flow_pass=None, side=None) -> dict[pd.Timestamp, SnapshotData]:
     """Snapshot data at each date; ``engine``: where the flow features' SQL runs (default
     the embedded DuckDB; the chain is built on DuckDB either way). ``con``: the DuckDB
     connection to use (left open; default a new one, closed at the end); ``flow_pass``:
-    legs built once on ``con`` for these dates (:class:`scf_engine.features.flows.FlowPass`)."""
+    legs built once on ``con`` for these dates (:class:`scf_engine.features.flows.FlowPass`);
+    ``side``: an executor that builds each date's chain beside its flow features
+    (:func:`chain_and_table`)."""
     out = {}
     own = con is None
     con = con if con is not None else connect()
     for i, T in enumerate(dates):
         T = pd.Timestamp(T)
         snap = dataset.as_of(T)
-        chain = build_chain(snap, con=con)
-        table = snapshot_table(snap, chain, con=con, engine=engine, flow_pass=flow_pass)
+        chain, table = chain_and_table(snap, con, engine=engine, flow_pass=flow_pass, side=side)
         if with_labels:
             lab = dataset.labels(T).set_index("firm_id")["label"]
             table["label"] = lab.reindex(table.index).astype(float)

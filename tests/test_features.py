@@ -656,3 +656,33 @@ def test_an_obligation_the_platform_does_not_carry_is_unknown_not_missed_by_ever
     assert after["housing_fund_open_gap"].isna().all()
     assert (after.loc[seen, "obligations_missed_12m"] == after.loc[seen, parts[1:]].sum(axis=1)).all()
     pd.testing.assert_series_equal(after["tax_missed_12m"], before["tax_missed_12m"])
+
+
+def test_the_chain_built_on_a_thread_beside_the_flow_features_gives_the_same_table(small_world_dir):
+    """``scf monitor`` builds each date's chain on a thread (a cursor of the pass's
+    connection) while the flow features' SQL runs: the chain, the table and the
+    connection's thread setting are those of the one-after-another build."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scf_engine.assemble import chain_and_table
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import FlowPass
+    from scf_engine.ingest import load_dataset
+
+    ds = load_dataset(small_world_dir)
+    dates = [ds.default_as_of - pd.DateOffset(months=m) for m in (6, 3)]
+    got = {}
+    for side in (None, ThreadPoolExecutor(max_workers=1)):
+        con = connect()
+        threads = con.execute("SELECT current_setting('threads')").fetchall()
+        fp = FlowPass(con, ds.flows, ds.firms["firm_id"], dates)
+        got[side is None] = [chain_and_table(ds.as_of(T), con, flow_pass=fp, side=side) for T in dates]
+        assert con.execute("SELECT current_setting('threads')").fetchall() == threads
+        con.close()
+        if side is not None:
+            side.shutdown()
+    for (c1, t1), (c2, t2) in zip(got[True], got[False]):
+        assert len(t1) > 100
+        pd.testing.assert_frame_equal(t1, t2, check_exact=True)
+        pd.testing.assert_frame_equal(c1.nodes, c2.nodes, check_exact=True)
+        pd.testing.assert_frame_equal(c1.edges, c2.edges, check_exact=True)

@@ -41,6 +41,7 @@ import pyarrow as pa
 from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
+from scf_engine.duck import MONEY
 from scf_engine.sqlengine import DuckDBEngine
 from scf_engine.features.closed_loop import closed_loop_features
 from scf_engine.features.authenticity import ZERO_WHEN_NONE, ShapeSearch, authenticity_features, load_policy
@@ -290,19 +291,19 @@ class FlowPass:
 
 MONTHLY_SQL = """
     SELECT firm_id, {key},
-        sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade') AS in_trade,
+        CAST(sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade') AS {money}) AS in_trade,
         count(*) FILTER (WHERE dir = 'in' AND purpose = 'trade') AS n_in_trade,
-        sum(amount) FILTER (WHERE dir = 'out' AND purpose = 'trade') AS out_trade,
-        sum(amount) FILTER (WHERE dir = 'in') AS in_total,
-        sum(amount) FILTER (WHERE dir = 'out') AS out_total,
-        sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'loan_drawdown') AS in_loan_draw,
+        CAST(sum(amount) FILTER (WHERE dir = 'out' AND purpose = 'trade') AS {money}) AS out_trade,
+        CAST(sum(amount) FILTER (WHERE dir = 'in') AS {money}) AS in_total,
+        CAST(sum(amount) FILTER (WHERE dir = 'out') AS {money}) AS out_total,
+        CAST(sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'loan_drawdown') AS {money}) AS in_loan_draw,
         count(*) FILTER (WHERE dir = 'in' AND purpose = 'loan_drawdown') AS n_loan_draw,
-        sum(amount) FILTER (WHERE dir = 'out' AND purpose = 'loan_repayment') AS out_loan_rep,
+        CAST(sum(amount) FILTER (WHERE dir = 'out' AND purpose = 'loan_repayment') AS {money}) AS out_loan_rep,
         count(*) FILTER (WHERE dir = 'out' AND purpose = 'loan_repayment') AS loan_interest,
         {obligations},
         count(*) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND amount >= 10000 AND amount % 10000 = 0) AS n_round_in,
-        sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND month(booked_on) IN (3, 6, 9, 12)
-                            AND day(booked_on) >= day(last_day(booked_on)) - 2) AS in_period_end,
+        CAST(sum(amount) FILTER (WHERE dir = 'in' AND purpose = 'trade' AND month(booked_on) IN (3, 6, 9, 12)
+                                 AND day(booked_on) >= day(last_day(booked_on)) - 2) AS {money}) AS in_period_end,
         count(*) FILTER (WHERE cpty LIKE 'EXT-%') > 0 AS reported
     FROM {legs} GROUP BY firm_id, {key}
 """
@@ -332,9 +333,9 @@ PANEL_COLUMNS = ("in_trade", "n_in_trade", "out_trade", "in_total", "out_total",
 def _monthly_sql(legs: str = "legs", key: str = "k") -> str:
     """The per-(firm, month) sums of ``legs`` grouped by ``key``."""
     obligations = ",\n        ".join(
-        f"sum(amount) FILTER (WHERE dir = 'out' AND purpose = '{p}') AS {p}" for p in OBLIGATIONS
+        f"CAST(sum(amount) FILTER (WHERE dir = 'out' AND purpose = '{p}') AS {MONEY}) AS {p}" for p in OBLIGATIONS
     )
-    return MONTHLY_SQL.format(obligations=obligations, legs=legs, key=key)
+    return MONTHLY_SQL.format(obligations=obligations, legs=legs, key=key, money=MONEY)
 
 
 def _panel_sql(monthly: str | None = None) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from scf_engine.monitor.signals import ALERTS_COLUMNS, authenticity_seen, core_d
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.score import check_writable, parse_as_of, saved_scale
 from scf_engine.publish import Publication
-from scf_engine.release import give_back, release_arrow
+from scf_engine.release import frozen, give_back, release_arrow
 from scf_engine.tables import csv_bytes
 
 PORTFOLIO_NEEDS = ("firm_id", "as_of", "pd", "grade", "limit_cny")
@@ -245,11 +246,20 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
     ``shared`` (the default): the flows' legs are built once for the batch date and every
     as-of (:class:`scf_engine.features.flows.FlowPass`) on one DuckDB connection, and each
     date's features read theirs from them; ``shared=False`` builds each date on its own as
-    ``scf score`` does (the same answers: ``tests/test_monitor.py`` compares the two)."""
+    ``scf score`` does (the same answers: ``tests/test_monitor.py`` compares the two).
+
+    The dataset, the models and the libraries are out of the garbage collector's walks
+    for the pass (:func:`scf_engine.release.frozen`): each date gives memory back with a
+    full collection, which walked all of them every time. Shared, each date's chain is
+    built on a thread beside its flow features (:func:`scf_engine.assemble.chain_and_table`:
+    the same answers; the features' SQL lets the GIL go, the chain's pandas and networkx
+    hold it, so the second core works while the chain is built)."""
     con = connect() if shared else None
     try:
-        flow_pass = FlowPass(con, ds.flows, ds.firms["firm_id"], [batch_T, *dates]) if shared else None
-        return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass)
+        with frozen(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="scf-chain") as side:
+            flow_pass = FlowPass(con, ds.flows, ds.firms["firm_id"], [batch_T, *dates]) if shared else None
+            return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass,
+                           side if shared else None)
     finally:
         if con is not None:
             con.close()
@@ -262,7 +272,7 @@ def explain_scope(policy) -> str:
     return str((policies.as_data(policy).get("explain") or {}).get("scope", "all"))
 
 
-def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass) -> tuple:
+def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass, side=None) -> tuple:
     """:func:`compute`'s loop: the batch's snapshot, then one as-of after another.
 
     Under ``explain: {scope: changed}`` (monitoring.yaml) the decision core re-scores
@@ -273,7 +283,7 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
     (44%) were green, kept, at an unmoved grade and went without SHAP; the rest are
     amber (17%), red (2%) or raised (16%: ``raise`` is an action, so it is explained)."""
     say(f"snapshot at the batch ({batch_T.date()})")
-    batch = snapshot_at(ds, batch_T, models, con=con, flow_pass=flow_pass)
+    batch = snapshot_at(ds, batch_T, models, con=con, flow_pass=flow_pass, side=side)
     batch.snapshot = None  # the pass reads the batch's table and chain; its copy of the flows can go
     give_back()
     requests = requests_frame(pd.DataFrame({"firm_id": lent["firm_id"].to_numpy()}))
@@ -284,7 +294,7 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
     changed_only = explain_scope(pols["monitoring"]) == "changed"
     for i, T in enumerate(dates, 1):
         say(f"as-of {T.date()} ({i}/{len(dates)}): snapshot, decision core, signals")
-        now = snapshot_at(ds, T, models, con=con, flow_pass=flow_pass)  # one as-of alive at a time, beside the batch's
+        now = snapshot_at(ds, T, models, con=con, flow_pass=flow_pass, side=side)  # one as-of alive at a time, beside the batch's
         ctx = DecisionContext.build(now, models, pols, ds, cons)  # what decide builds; kept for explain_changed
         pre = precompute(now, models, pols, requests["firm_id"].astype(str).tolist(), dataset=ds, consents=cons,
                          scale=scale, context=ctx, explain=() if changed_only else None)
@@ -335,13 +345,14 @@ def explain_changed(rows, frame, previous, now, models, pre, ctx) -> pd.DataFram
     return rows
 
 
-def snapshot_at(ds, T, models, *, con=None, flow_pass=None):
+def snapshot_at(ds, T, models, *, con=None, flow_pass=None, side=None):
     """The assembled snapshot at ``T`` with the propagation model's outputs. The pass
     builds one as-of at a time and lets it go: each snapshot holds its own copy of the
     flows before its date, and holding all of them (13 for a year of monthly dates) made
     the pass's memory grow with the number of dates. ``con``, ``flow_pass``: the pass's
-    DuckDB connection and the legs built on it once (:func:`compute`)."""
-    data = assemble(ds, [T], with_labels=False, con=con, flow_pass=flow_pass)
+    DuckDB connection and the legs built on it once (:func:`compute`); ``side``: the
+    thread that builds the chain beside the flow features."""
+    data = assemble(ds, [T], with_labels=False, con=con, flow_pass=flow_pass, side=side)
     add_propagation(data, models["propagation"])
     return data[T]
 
