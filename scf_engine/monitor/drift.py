@@ -66,10 +66,10 @@ def psi_between(ref: dict, expected: pd.Series, actual: pd.Series, epsilon: floa
     return psi({"edges": ref["edges"], "shares": (e_counts / e_counts.sum()).tolist()}, actual, epsilon)
 
 
-def drift_rows(ref: dict, frame: pd.DataFrame, as_of: pd.Timestamp, policy) -> pd.DataFrame:
-    """One row per variable of the reference present in ``frame`` now and at the batch
-    (``b_<variable>``): ``as_of, variable, kind (psi for the score, csi for a feature),
-    value, level, baseline``.
+def drift_rows(ref: dict, frame, as_of: pd.Timestamp, policy) -> pd.DataFrame:
+    """One row per variable of the reference present in ``frame`` (a frame, or a mapping
+    of column name to Series) now and at the batch (``b_<variable>``): ``as_of, variable,
+    kind (psi for the score, csi for a feature), value, level, baseline``.
 
     Like with like: the lent portfolio at the as-of against the SAME firms at the batch,
     binned on the training reference's edges. The lent firms are a selection (approved,

@@ -300,9 +300,12 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
                          scale=scale, context=ctx, explain=() if changed_only else None)
         dec = finalize([pre], requests, pols)  # decide's two steps, the first kept for explain_changed
         raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"])
-        if ref is not None:  # the model's own score, before any credit repair
-            drift.append(drift_rows(ref, raw.assign(b_score=scale.score(raw["pd_at_batch"].to_numpy(dtype=float))),
-                                    T, pols["monitoring"]))
+        if ref is not None:  # the model's own score, before any credit repair; the frame's columns by
+            # name, not raw.assign(...): inserting into the ~400 columns joined one by one warned
+            # "DataFrame is highly fragmented" at every as-of (the demo printed it six times)
+            columns = dict(raw.items())
+            columns["b_score"] = pd.Series(scale.score(raw["pd_at_batch"].to_numpy(dtype=float)), index=raw.index)
+            drift.append(drift_rows(ref, columns, T, pols["monitoring"]))
         frame = apply_repair(raw, pols["monitoring"], scale)
         a = pd.concat([fire(frame, pols["monitoring"], T),
                        new_authenticity(now.table.reindex(frame.index).dropna(how="all"), seen, pols["monitoring"], T)],
