@@ -281,3 +281,24 @@ def test_averaged_boosters_score_and_explain_as_the_mean_of_theirs():
     mean_contrib = np.mean([b.predict(X, pred_contrib=True, num_iteration=n) for b, n in zip(boosters, iterations)], axis=0)
     assert np.abs(contrib - mean_contrib).max() < 1e-12
     assert np.array_equal(lgb.Booster(model_str=avg.model_to_string()).predict(X, raw_score=True), raw)
+
+
+def test_averaged_boosters_take_one_leaf_trees():
+    """A fold with nothing to split (a tuning trial's min_data_in_leaf above its rows:
+    LightGBM stops with a one-leaf tree, whose model text has an empty internal_value)
+    still averages: ``scf train --tune`` stopped on it with "could not convert string to
+    float" on a 400-firm world."""
+    import lightgbm as lgb
+
+    from scf_engine.learners.lgbm import average_boosters
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(600, 4))
+    y = (rng.random(600) < 0.1).astype(float)
+    params = {"objective": "binary", "verbose": -1, "num_leaves": 7}
+    stump = lgb.train({**params, "min_data_in_leaf": 1000}, lgb.Dataset(X, y), 5)
+    grown = lgb.train(params, lgb.Dataset(X, y), 5)
+    iterations = [stump.current_iteration(), grown.current_iteration()]
+    avg = average_boosters([stump, grown], iterations)
+    want = np.mean([b.predict(X, raw_score=True, num_iteration=n) for b, n in zip([stump, grown], iterations)], axis=0)
+    assert np.abs(avg.predict(X, raw_score=True) - want).max() < 1e-12

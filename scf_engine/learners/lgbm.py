@@ -106,7 +106,7 @@ def average_boosters(boosters: list, iterations: list[int]) -> lgb.Booster:
         lines = []
         for line in block.strip("\n").split("\n"):
             key, _, value = line.partition("=")
-            if key in ("leaf_value", "internal_value"):
+            if key in ("leaf_value", "internal_value") and value:  # a one-leaf tree has no internal value
                 line = f"{key}=" + " ".join(repr(float(v) / k) for v in value.split(" "))
             lines.append(line)
         out.append(f"Tree={i}\n" + "\n".join(lines) + "\n")
