@@ -20,10 +20,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+
+from scf_engine.learners.lgbm import train_early_stopped
 
 
 @dataclass
@@ -65,10 +66,7 @@ def suggest(trial, space: dict) -> dict:
 
 
 def _fold_auc(params, X, y, train, valid, rounds, early) -> tuple[float, int]:
-    dtrain = lgb.Dataset(X[train], y[train], free_raw_data=True)
-    dvalid = lgb.Dataset(X[valid], y[valid], reference=dtrain)
-    booster = lgb.train(params, dtrain, rounds, valid_sets=[dvalid], callbacks=[lgb.early_stopping(early, verbose=False)])
-    best = int(booster.best_iteration or booster.current_iteration())
+    booster, best = train_early_stopped(params, X, y, train, valid, rounds, early)
     return float(roc_auc_score(y[valid], booster.predict(X[valid], num_iteration=best))), best
 
 
