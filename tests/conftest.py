@@ -77,6 +77,29 @@ def explain_world(tmp_path_factory) -> dict:
             "te": te[te.history_months.notna()], "quarantine": ds.report}
 
 
+def assert_policy_rejects(tmp_path: Path, name: str, line: str, bad_values, match: str) -> Path:
+    """A copy of the policy files under ``tmp_path`` where ``name``.yaml's ``line`` (``key:
+    value``, as shipped) set to each of ``bad_values`` makes ``policies.load`` refuse the
+    file, naming ``match``; returns the copy's folder (the file restored as shipped)."""
+    import shutil
+
+    from scf_engine import policies
+    from scf_engine.errors import PolicyError
+
+    models = tmp_path / "models"
+    shutil.copytree(policies.MODELS_DIR, models)
+    path = models / f"{name}.yaml"
+    text = path.read_text()
+    assert f"{line}\n" in text
+    key = line.split(":")[0]
+    for bad in bad_values:
+        path.write_text(text.replace(f"{line}\n", f"{key}: {bad}\n"))
+        with pytest.raises(PolicyError, match=match):
+            policies.load(name, models)
+    path.write_text(text)
+    return models
+
+
 def write_csv(folder: Path, name: str, rows: list[dict] | pd.DataFrame, encoding: str = "utf-8") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)

@@ -366,20 +366,10 @@ def test_a_silent_account_goes_to_review_from_the_policys_month():
 
 
 def test_the_silent_account_month_must_be_a_whole_number(tmp_path):
-    import shutil
+    from tests.conftest import assert_policy_rejects
 
-    from scf_engine import policies
-    from scf_engine.errors import PolicyError
-
-    models = tmp_path / "models"
-    shutil.copytree(policies.MODELS_DIR, models)
-    path = models / "limit_policy.yaml"
-    text = path.read_text()
-    assert "silent_account_review_months: 2\n" in text
-    for bad in ("0", "1.5", "true"):
-        path.write_text(text.replace("silent_account_review_months: 2\n", f"silent_account_review_months: {bad}\n"))
-        with pytest.raises(PolicyError, match="silent_account_review_months"):
-            policies.load("limit_policy", models)
+    assert_policy_rejects(tmp_path, "limit_policy", "silent_account_review_months: 2", ("0", "1.5", "true"),
+                          "silent_account_review_months")
 
 
 def test_every_decision_occurs_and_is_in_the_vocabulary(limited):

@@ -239,21 +239,12 @@ def test_cross_fitting_makes_the_mean_pd_depend_less_on_the_fold_draw(explain_wo
 
 
 def test_calibration_folds_must_be_a_whole_number_from_1(tmp_path):
-    import shutil
+    from tests.conftest import assert_policy_rejects
 
-    from scf_engine import policies
-    from scf_engine.errors import PolicyError
-
-    models = tmp_path / "models"
-    shutil.copytree(policies.MODELS_DIR, models)
+    models = assert_policy_rejects(tmp_path, "lightgbm", "calibration_folds: 3", ("0", "2.5", "true", "many"),
+                                   "calibration_folds")
     path = models / "lightgbm.yaml"
-    text = path.read_text()
-    assert "calibration_folds: 3\n" in text
-    for bad in ("0", "2.5", "true", "many"):
-        path.write_text(text.replace("calibration_folds: 3\n", f"calibration_folds: {bad}\n"))
-        with pytest.raises(PolicyError, match="calibration_folds"):
-            policies.load("lightgbm", models)
-    path.write_text(text.replace("calibration_folds: 3\n", "calibration_folds: 1\n"))
+    path.write_text(path.read_text().replace("calibration_folds: 3\n", "calibration_folds: 1\n"))
     assert DecoupledModel.from_policy(models).calibration_folds == 1
 
 
