@@ -117,30 +117,66 @@ def bayes_fraction(y, p, true_pd) -> float:
     return float((2 * roc_auc_score(y[ok], p[ok]) - 1) / (2 * roc_auc_score(y[ok], t[ok]) - 1))
 
 
+def weighted_auc_ks(y, p, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUC and KS of score ``p`` against labels ``y`` under each row of ``weights``
+    (replicates x rows, e.g. how often a bootstrap drew each row), all replicates at once.
+
+    Why: a bootstrap of a few hundred replicates called :func:`roc_auc_score` and
+    :func:`roc_curve` four times a replicate, and scikit-learn's input checks, not the
+    ranking, took the time (23 of the 28 s of ``scf compare`` on a 400-firm world). The
+    answers are scikit-learn's with ``sample_weight`` (an integer weight counts a row as
+    that many copies; tied scores share credit half and half): the rows are sorted by
+    score once, the weights summed per tied score, and each replicate's AUC is the
+    Mann-Whitney sum over the tie groups, its KS the largest gap between the cumulative
+    shares of defaults and non-defaults from the top score down (the ROC's corners,
+    which ``roc_curve`` keeps). A replicate with no default or no non-default gets NaN."""
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    w = np.atleast_2d(np.asarray(weights, dtype=float))
+    order = np.argsort(-p, kind="stable")  # highest score first
+    ps = p[order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])  # first row of each tied score
+    ws = w[:, order]
+    pos = np.add.reduceat(ws * y[order], starts, axis=1)  # defaults' weight per tied score
+    neg = np.add.reduceat(ws * (1 - y[order]), starts, axis=1)
+    cpos, cneg = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    tot_p, tot_n = cpos[:, -1], cneg[:, -1]
+    ok = (tot_p > 0) & (tot_n > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # a default beats the non-defaults scored below it, and ties half of those at its score
+        below = tot_n[:, None] - cneg  # non-defaults at a lower score than the group
+        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (tot_p * tot_n)
+        ks = np.maximum((cpos / tot_p[:, None] - cneg / tot_n[:, None]).max(axis=1), 0.0)
+    return np.where(ok, auc, np.nan), np.where(ok, ks, np.nan)
+
+
 def bootstrap_difference(frame: pd.DataFrame, a: str, b: str, *, n_boot: int = 400, seed: int = 0,
-                         cluster: str = "firm_id") -> dict:
-    """Paired cluster bootstrap of AUC(a) - AUC(b) and KS(a) - KS(b) on rows both scored."""
+                         cluster: str = "firm_id", chunk: int = 50) -> dict:
+    """Paired cluster bootstrap of AUC(a) - AUC(b) and KS(a) - KS(b) on rows both scored:
+    each replicate draws the firms with replacement and counts each of their rows as often
+    as its firm was drawn (:func:`weighted_auc_ks`, ``chunk`` replicates at a time);
+    replicates drawing no default or no non-default are skipped."""
     df = frame[[cluster, "label", a, b]].dropna()
     if df["label"].nunique() < 2:  # no row both scored (the propagation model on data without a core)
         nan = float("nan")
         return {"a": a, "b": b, "n": int(len(df)), "auc_diff": nan, "auc_lo": nan, "auc_hi": nan,
                 "ks_diff": nan, "ks_lo": nan, "ks_hi": nan}
     rng = np.random.default_rng(seed)
-    groups = df.groupby(cluster).indices
-    keys = np.array(list(groups))
-    idx_lists = [groups[k] for k in keys]
+    firm_of_row, firms = pd.factorize(df[cluster], sort=True)
     y, pa, pb = df["label"].to_numpy(), df[a].to_numpy(), df[b].to_numpy()
     point_auc = roc_auc_score(y, pa) - roc_auc_score(y, pb)
     point_ks = ks_stat(y, pa) - ks_stat(y, pb)
+    picks = rng.integers(0, len(firms), (n_boot, len(firms)))  # replicate r draws firms picks[r]
     d_auc, d_ks = [], []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(keys), len(keys))
-        rows = np.concatenate([idx_lists[i] for i in pick])
-        yy = y[rows]
-        if yy.min() == yy.max():
-            continue
-        d_auc.append(roc_auc_score(yy, pa[rows]) - roc_auc_score(yy, pb[rows]))
-        d_ks.append(ks_stat(yy, pa[rows]) - ks_stat(yy, pb[rows]))
+    for lo in range(0, n_boot, chunk):
+        counts = np.stack([np.bincount(row, minlength=len(firms)) for row in picks[lo:lo + chunk]])
+        weights = counts[:, firm_of_row]  # each row as often as its firm was drawn
+        auc_a, ks_a = weighted_auc_ks(y, pa, weights)
+        auc_b, ks_b = weighted_auc_ks(y, pb, weights)
+        d_auc.append(auc_a - auc_b)
+        d_ks.append(ks_a - ks_b)
+    d_auc, d_ks = np.concatenate(d_auc), np.concatenate(d_ks)
+    d_auc, d_ks = d_auc[~np.isnan(d_auc)], d_ks[~np.isnan(d_ks)]
     lo, hi = np.percentile(d_auc, [2.5, 97.5])
     klo, khi = np.percentile(d_ks, [2.5, 97.5])
     return {"a": a, "b": b, "n": int(len(df)), "auc_diff": float(point_auc), "auc_lo": float(lo), "auc_hi": float(hi),
