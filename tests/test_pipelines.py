@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -448,31 +447,6 @@ def test_train_and_compare_against_a_real_mlflow_server(world_dir, tmp_path):
 
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_demo_runs_the_main_job_end_to_end(tmp_path, monkeypatch):
-    """`scf demo` (the README's main command) on the shipped sample calls the other
-    commands as functions, passing every option: a new option left out breaks it, so it
-    runs here too. Its batch's limits.csv is a golden file: reworking the engine's wiring
-    must not move a single limit (tests/golden/demo_limits.csv was written by the engine
-    before the decision core was pulled out of the scoring pipeline, and rewritten when
-    Platt scaling took its prior-corrected targets: a change of the models, not the wiring)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("SCF_AUDIT_LOG", raising=False)
-    r = invoke("demo", "--data", ROOT / "data" / "sample", "--out", tmp_path / "demo")
-    assert r.exit_code == 0, r.output
-    # every read of firm data: validate, train, compare, the batch, the explanation, and the
-    # monitoring step (a batch six months earlier, then a monthly pass)
-    assert "intact (7 entries)" in r.output and (tmp_path / "mlflow.db").is_file()
-    actions = [json.loads(line)["action"] for line in (tmp_path / "audit" / "audit.jsonl").read_text().splitlines()]
-    assert actions == ["validate", "train", "compare", "score", "explain", "score", "monitor"]
-    port = pd.read_csv(tmp_path / "demo" / "monitor" / "portfolio.csv")
-    assert port["as_of"].nunique() >= 5 and set(port["level"]) <= {"red", "amber", "green"}
-    assert list((tmp_path / "demo" / "score" / "memos").glob("*.html"))
-    assert list((tmp_path / "demo" / "explain" / "memos").glob("*.pdf"))
-    got = (tmp_path / "demo" / "score" / "limits.csv").read_text(encoding="utf-8")
-    assert got == (ROOT / "tests" / "golden" / "demo_limits.csv").read_text(encoding="utf-8")
 
 
 # --- the decision core and its pipelines (issue: one decision core) ----------------------------
