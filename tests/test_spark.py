@@ -163,24 +163,6 @@ def test_results_come_back_through_parquet_in_the_query_order(spark, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_features_through_a_spark_connect_url(world_dir, connect_url, tmp_path):
-    """--spark-master sc://... (a Spark Connect server, as a bank's cluster offers it):
-    the same features as the embedded engine; results come back through Connect (no
-    hand-off folder is assumed: the server's disk is not ours); the audit entry names
-    the URL. Run as its own process: a classic session lives in this one."""
-    log = tmp_path / "audit.jsonl"
-    base = [sys.executable, "-m", "scf_engine.cli", "features", str(world_dir), "--audit-log", str(log)]
-    for args in (["--engine", "duckdb", "--out", str(tmp_path / "duck.parquet")],
-                 ["--engine", "spark", "--spark-master", connect_url, "--out", str(tmp_path / "connect.parquet")]):
-        r = subprocess.run(base + args, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    duck = pd.read_parquet(tmp_path / "duck.parquet").set_index("firm_id")
-    connect = pd.read_parquet(tmp_path / "connect.parquet").set_index("firm_id")
-    assert_same_features(duck, connect)
-    entries = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [e["details"]["engine"] for e in entries] == ["duckdb", f"spark {connect_url}"]
-
-
 def test_unknown_engine_is_one_line(world_dir, tmp_path):
     r = invoke("features", world_dir, "--engine", "hive", "--out", tmp_path / "f.parquet")
     assert r.exit_code == 2 and "--engine 'hive'" in r.output and "Traceback" not in r.output
@@ -223,3 +205,11 @@ def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_pat
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "connect" / "limits.csv").read_bytes() == duck
+    # the features came back through Connect itself (no hand-off folder is assumed: the
+    # server's disk is not ours), and the records name the URL; one Connect run covers
+    # the features' transport and the models in the server's workers (the features' SQL
+    # is the classic session's, checked column by column above)
+    entry = [json.loads(line) for line in log.read_text().splitlines()][-1]
+    assert entry["action"] == "score" and entry["details"]["engine"] == f"spark {connect_url}"
+    assert mlflow.MlflowClient(uri).get_run(entry["details"]["mlflow_run_id"]).data.params["feature_engine"] == \
+        f"spark {connect_url}"
