@@ -32,7 +32,7 @@ system-test-deps:
 	      chromium poppler-utils fonts-wqy-microhei openjdk-17-jre-headless >/dev/null; }
 
 test: $(VENV)/.dev system-test-deps
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder -q
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench

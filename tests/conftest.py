@@ -28,6 +28,38 @@ from scf_engine.simulate import WorldConfig, simulate, write_dataset  # noqa: E4
 # SCF_EXTERNAL_DATA points elsewhere (a clone made in another folder). Missing: the tests fail.
 EXTERNAL = Path(os.environ.get("SCF_EXTERNAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "external-data")
 
+# How the two xdist workers share the suite (``make test``: ``-n 2 --dist loadscope
+# --no-loadscope-reorder``): a module at a time, so the tests sharing an expensive
+# module-scoped fixture (a world trained, compared and scored; a Spark session and a
+# Spark Connect server) run on one worker. Handed out test by test (``--dist load``), both
+# workers built them: the reliability, monitor and pipelines worlds were each trained
+# twice, and two Spark JVMs ran at once on two cores. (``--dist loadgroup`` with
+# ``xdist_group`` marks would group finer, but with pytest 9.2 xdist 3.8 no longer sees
+# the marks: pytest-dev/pytest-xdist#1386.) The longest modules go first (seconds of one
+# worker on a busy 2-core machine), so the other worker works through the rest meanwhile.
+LONGEST_FIRST = (
+    "test_spark",  # ~260 s: a Spark session, a Connect server, a batch scored three ways
+    "test_pipelines",  # ~300 s: a trained, compared and scored world, and many trainings
+    "test_reliability",  # ~270 s: tracking servers killed mid-run
+    "test_monitor",  # ~170 s
+    "test_serve",
+    "test_packaging",  # the wheel's demo run
+    "test_notebooks",
+    "test_recalibrate",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules of :data:`LONGEST_FIRST` moved ahead of the rest, in its order (a
+    stable sort: within a module, the file's order; the rest in collection order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def module_rank(item) -> int:
+        module = getattr(item, "module", None)
+        return rank.get(module.__name__.rsplit(".", 1)[-1], len(rank)) if module else len(rank)
+
+    items.sort(key=module_rank)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def audit_log_outside_the_checkout(tmp_path_factory):
