@@ -37,11 +37,11 @@ EXTERNAL = Path(os.environ.get("SCF_EXTERNAL_DATA") or Path(__file__).resolve().
 # ``xdist_group`` marks would group finer, but with pytest 9.2 xdist 3.8 no longer sees
 # the marks: pytest-dev/pytest-xdist#1386.) The longest modules go first (seconds of one
 # worker on a busy 2-core machine), so the other worker works through the rest meanwhile.
-LONGEST_FIRST = (
-    "test_spark",  # ~260 s: a Spark session, a Connect server, a batch scored three ways
-    "test_pipelines",  # ~300 s: a trained, compared and scored world, and many trainings
-    "test_reliability",  # ~270 s: tracking servers killed mid-run
-    "test_monitor",  # ~170 s
+LONGEST_FIRST = (  # seconds: a whole-suite run on 2 cores, 706 s
+    "test_spark",  # 287 s: a Spark session, a Connect server, a batch scored three ways
+    "test_pipelines",  # 290 s: a trained, compared and scored world, and many trainings
+    "test_reliability",  # 226 s: tracking servers killed mid-run
+    "test_monitor",  # 153 s
     "test_serve",
     "test_packaging",  # the wheel's demo run
     "test_notebooks",

@@ -208,7 +208,8 @@ def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_pat
     # the features came back through Connect itself (no hand-off folder is assumed: the
     # server's disk is not ours), and the records name the URL; one Connect run covers
     # the features' transport and the models in the server's workers (the features' SQL
-    # is the classic session's, checked column by column above)
+    # is the classic session's, checked column by column by
+    # test_every_catalogue_flow_feature_is_the_same_on_spark)
     entry = [json.loads(line) for line in log.read_text().splitlines()][-1]
     assert entry["action"] == "score" and entry["details"]["engine"] == f"spark {connect_url}"
     assert mlflow.MlflowClient(uri).get_run(entry["details"]["mlflow_run_id"]).data.params["feature_engine"] == \
