@@ -44,10 +44,12 @@ def release_arrow() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def give_back() -> None:
+def give_back(generation: int = 2) -> None:
     """Collect cyclic garbage, then return the free memory of Arrow's pool and of the C
-    heap to the system."""
-    gc.collect()
+    heap to the system. ``generation`` below 2 collects only the young objects (what the
+    step just made and dropped): cheap whatever the process holds, where a full
+    collection walks every tracked object (see :func:`frozen`)."""
+    gc.collect(generation)
     release_arrow()
     trim = _malloc_trim()
     if trim is not None:
