@@ -402,13 +402,29 @@ def _with_values(con, raw: str, lf: LoadedFile, violations: pd.DataFrame, bad_ro
     ).df().set_index("_row")
     con.unregister("_bad")
     rows = violations["row"].to_numpy()
-    # one lookup per (row, column); a row breaking several rules appears several times
-    value = [text.at[r, c] if c in text.columns else "" for r, c in zip(rows, violations["column"])]
-    party = text[parties].fillna("").astype(str).apply(lambda r: ";".join(v.strip() for v in r if v.strip()), axis=1)
-    violations = violations.assign(value=value, parties=party.reindex(rows).to_numpy(), line=lf.line_map.lines(rows),
+    # the cell of each (row, column); a row breaking several rules appears several times
+    value = _cells(text, rows, violations["column"].to_numpy())
+    party = np.full(len(text), "", dtype=object)  # the row's named firms, ";"-joined, blanks left out
+    for c in parties:
+        v = text[c].fillna("").astype(str).str.strip().to_numpy(dtype=object)
+        party = np.where(v != "", party + np.where(party != "", ";", "") + v, party)
+    violations = violations.assign(value=value, parties=party[text.index.get_indexer(rows)], line=lf.line_map.lines(rows),
                                    file=lf.line_map.files(rows), dated=_dated(lf.spec, text, rows, violations["column"]))
     violations["value"] = violations["value"].fillna("").astype(str)
     return violations[["file", "line", "column", "value", "reason", "parties", "dated"]]
+
+
+def _cells(text: pd.DataFrame, rows: np.ndarray, columns: np.ndarray, only: set | None = None) -> np.ndarray:
+    """``text.at[row, column]`` for each pair (None where ``text`` has no such column, or it
+    is not in ``only``), gathered a column at a time: a lookup per pair was most of the time
+    spent reading a file with a few thousand bad rows."""
+    pos = text.index.get_indexer(rows)
+    out = np.full(len(rows), None, dtype=object)
+    for c in pd.unique(columns):
+        if c in text.columns and (only is None or c in only):
+            m = columns == c
+            out[m] = text[c].to_numpy(dtype=object)[pos[m]]
+    return out
 
 
 ROW_DATE = {"flows": "booked_on", "receivables": "issued_on", "financings": "drawn_on", "indicators": "as_of",
@@ -430,8 +446,7 @@ def _dated(spec: FileSpec, text: pd.DataFrame, rows, columns) -> np.ndarray:
     own = spec.name in ROW_DATE and ROW_DATE[spec.name] in text.columns
     row_day = _day(text[ROW_DATE[spec.name]].reindex(rows).to_numpy()) if own else pd.Series(pd.NaT, index=range(len(rows)))
     dates = {c.name for c in spec.columns if c.kind == "date"}
-    col_vals = [text.at[r, c] if c in dates and c in text.columns else None for r, c in zip(rows, columns)]
-    col_day = _day(col_vals)
+    col_day = _day(_cells(text, rows, np.asarray(columns, dtype=object), only=dates))
     out = row_day.to_numpy(dtype="datetime64[ns]").copy()
     later = ~pd.isna(col_day.to_numpy()) & ~pd.isna(out) & (col_day.to_numpy(dtype="datetime64[ns]") > out)
     out[later] = col_day.to_numpy(dtype="datetime64[ns]")[later]
