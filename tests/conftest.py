@@ -43,8 +43,7 @@ LONGEST_FIRST = (  # seconds: a whole-suite run on 2 cores, 706 s
     "test_reliability",  # 226 s: tracking servers killed mid-run
     "test_monitor",  # 153 s
     "test_serve",
-    "test_packaging",  # the wheel's demo run
-    "test_notebooks",
+    "test_packaging",  # the wheel's demo run, then the notebooks on its store
     "test_recalibrate",
 )
 

@@ -1,5 +1,6 @@
 """A wheel install is a real install: it finds its own policies and templates and runs the
-main job from any folder, with no checkout beside it."""
+main job from any folder, with no checkout beside it; the analyst notebooks run on what
+that run leaves."""
 
 from __future__ import annotations
 
@@ -15,21 +16,19 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import nbformat
 import pandas as pd
+import pytest
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_wheel_install_runs_the_demo_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
     """The README's main command from a wheel install, in a folder with no checkout beside
-    it. ``scf demo`` calls the other commands as functions, passing every option: a new
-    option left out breaks it, so this is also the end-to-end run of the main job. Its
-    batch's limits.csv is a golden file: reworking the engine's wiring must not move a
-    single limit (tests/golden/demo_limits.csv was written by the engine before the
-    decision core was pulled out of the scoring pipeline, and rewritten when the models
-    changed: Platt scaling's prior-corrected targets, cross-fitted calibration). One run
-    for both: the editable checkout and the wheel hold the same code, and the wheel is the
-    stricter (what is not packaged is missing)."""
+    it: the install's checks here, what the demo left in the test below and the notebooks'."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
                    check=True, capture_output=True, text=True)
@@ -59,9 +58,22 @@ def test_a_wheel_install_runs_the_demo_end_to_end(tmp_path):
     r = subprocess.run([str(venv / "bin" / "scf"), "demo", "--data", str(ROOT / "data" / "sample"), "--out", str(work / "out")],
                        cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return {"work": work, "stdout": r.stdout}
+
+
+def test_a_wheel_install_runs_the_demo_end_to_end(demo):
+    """``scf demo`` calls the other commands as functions, passing every option: a new
+    option left out breaks it, so this is also the end-to-end run of the main job. Its
+    batch's limits.csv is a golden file: reworking the engine's wiring must not move a
+    single limit (tests/golden/demo_limits.csv was written by the engine before the
+    decision core was pulled out of the scoring pipeline, and rewritten when the models
+    changed: Platt scaling's prior-corrected targets, cross-fitted calibration). One run
+    for both: the editable checkout and the wheel hold the same code, and the wheel is the
+    stricter (what is not packaged is missing)."""
+    work, stdout = demo["work"], demo["stdout"]
     # every read of firm data: validate, train, compare, the batch, the explanation, and the
     # monitoring step (a batch six months earlier, then a monthly pass)
-    assert "intact (7 entries)" in r.stdout and (work / "mlflow.db").is_file()
+    assert "intact (7 entries)" in stdout and (work / "mlflow.db").is_file()
     actions = [json.loads(line)["action"] for line in (work / "audit" / "audit.jsonl").read_text().splitlines()]
     assert actions == ["validate", "train", "compare", "score", "explain", "score", "monitor"]
     port = pd.read_csv(work / "out" / "monitor" / "portfolio.csv")
@@ -70,6 +82,23 @@ def test_a_wheel_install_runs_the_demo_end_to_end(tmp_path):
     assert list((work / "out" / "explain" / "memos").glob("*.pdf"))
     got = (work / "out" / "score" / "limits.csv").read_text(encoding="utf-8")
     assert got == (ROOT / "tests" / "golden" / "demo_limits.csv").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ["01_train_and_compare.ipynb", "02_explain_a_firm.ipynb"])
+def test_notebook_runs_on_the_demos_store(demo, name, monkeypatch):
+    """The analyst notebooks run top to bottom on the sample data, reading the MLflow store
+    ``make demo`` leaves (its training, comparison and champions), so they never rot.
+    Outputs are not committed."""
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{demo['work'] / 'mlflow.db'}")
+    monkeypatch.setenv("SCF_DATA", str(ROOT / "data" / "sample"))
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 2
 
 
 # third-party modules the package may import only on a path that needs an extra
