@@ -15,7 +15,7 @@ import pandas as pd
 
 from scf_engine import __version__, access, faults, policies, tracking
 from scf_engine.assemble import add_propagation, assemble, split_dates, stack, truth_frame
-from scf_engine.contract import CONTRACT_VERSION
+from scf_engine.contract import CONTRACT_VERSION, LABEL_HORIZON_DAYS
 from scf_engine.credit.scale import ScoreScale
 from scf_engine.dataset import Dataset
 from scf_engine.credit.consent import consent_status
@@ -72,6 +72,23 @@ def snapshot_dates(ds: Dataset, n_test: int) -> tuple[list, list, list]:
     if len(train) < 2:
         raise DatasetError(f"{ds.source}: too little history to train out of time: {len(train)} training snapshot(s) before {test[0].date()}")
     return dates, train, test
+
+
+def require_something_to_learn(ds: Dataset, train_dates) -> None:
+    """Before the snapshots are assembled (minutes on a bank's data), the two cases with
+    nothing to learn, with the messages the fit would give after them: no flow booked
+    before the last training date (:func:`require_flows`), and no firm defaulting in a
+    training snapshot's label window (``T <= default_on < T + 365 days``; the LightGBM
+    models' message, :mod:`scf_engine.learners.lgbm`). A suite's empty defaults file
+    failed after 9 s of assembling; a bank's after minutes."""
+    last = pd.Timestamp(train_dates[-1])
+    if not (ds.flows["booked_on"] < last).any():
+        require_flows(0, train_dates)
+    default_on = pd.to_datetime(ds.defaults["default_on"])
+    window = (default_on >= pd.Timestamp(train_dates[0])) & (default_on < last + pd.Timedelta(days=LABEL_HORIZON_DAYS))
+    if not window.any():
+        raise DatasetError("too few defaults to train: 0 firm(s) default within 12 months of a training snapshot; "
+                           "the models need at least 2 (one to learn from, one to calibrate on)")
 
 
 def require_flows(n_rows: int, train_dates) -> None:
@@ -188,6 +205,7 @@ def train(data_dir: Path | str, *, tracking_uri: str | None = None, out_dir: Pat
     ds = load_or_report(data_dir, out_dir / "quarantine.csv", progress=say)  # raises before any run exists
     require_defaults(ds)
     dates, train_dates, test_dates = snapshot_dates(ds, n_test)
+    require_something_to_learn(ds, train_dates)
     pols = policies.load_all()
     rule, consent_frame = training_consents(pols, consents)
     tuning = _tuning_policy(pols) if tune else None
