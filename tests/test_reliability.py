@@ -424,26 +424,22 @@ def test_kill_9_at_each_stage_leaves_the_previous_audited_output_or_the_new_one(
 def test_a_full_disk_under_out_publishes_nothing(world, tmp_path):
     """--out on a 64 KiB tmpfs: the memos fill it; one line, the previous output intact
     (nothing there before), the log unchanged, the run FAILED. Where tmpfs cannot be
-    mounted (not root, a container without CAP_SYS_ADMIN), the same fault comes from a
-    size-limited file instead (see the next test), so the case is never skipped."""
+    mounted (not root, a container without CAP_SYS_ADMIN) that part cannot run, so the
+    same fault also comes from a size-limited file (:func:`full_file_under_out`), which
+    runs everywhere: the case is never skipped, and never run twice over the same fault."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        return full_file_under_out(world, tmp_path)
-    try:
-        log = copy_log(world, tmp_path)
-        before = log.read_bytes()
-        r = invoke("score", world["data"], "--batch", world["data"] / "batch.csv", "--consents",
-                   world["data"] / "consents.csv", "--out", mnt / "limits.csv", "--tracking-uri", world["uri"],
-                   "--memo-formats", "html,md", "--audit-log", log)
-        assert "--out" in one_line_error(r) and "No space left" in r.output
-        assert list(mnt.iterdir()) == [] and log.read_bytes() == before
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
-def test_a_file_size_limit_under_out_publishes_nothing(world, tmp_path):
-    """The fallback for machines where tmpfs cannot be mounted, tested here everywhere."""
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode == 0:
+        try:
+            log = copy_log(world, tmp_path)
+            before = log.read_bytes()
+            r = invoke("score", world["data"], "--batch", world["data"] / "batch.csv", "--consents",
+                       world["data"] / "consents.csv", "--out", mnt / "limits.csv", "--tracking-uri", world["uri"],
+                       "--memo-formats", "html,md", "--audit-log", log)
+            assert "--out" in one_line_error(r) and "No space left" in r.output
+            assert list(mnt.iterdir()) == [] and log.read_bytes() == before
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
     full_file_under_out(world, tmp_path)
 
 
