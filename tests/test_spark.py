@@ -168,11 +168,20 @@ def test_unknown_engine_is_one_line(world_dir, tmp_path):
     assert r.exit_code == 2 and "--engine 'hive'" in r.output and "Traceback" not in r.output
 
 
-def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_path, request):
+def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, connect_url, tmp_path):
     """scf score --engine spark (features on Spark, LightGBM and SHAP per partition with
     mapInPandas, then the decision core) writes the limits.csv of scf score, byte for byte,
     and records its batch as every batch is (memos, MLflow run, audit entry), with the
-    engine named on both records; so does a batch scored through a Spark Connect URL."""
+    engine named on both records: run through a Spark Connect URL, as a cluster offers it,
+    where the models and their SHAP reasons run in the server's Python workers. On the
+    classic local session, the per-partition models give the decision core's PDs and
+    contributions exactly (the classic session's features are compared column by column
+    by test_every_catalogue_flow_feature_is_the_same_on_spark; a whole classic batch
+    computed them a second time, ~40-60 s of the suite, for nothing more)."""
+    from scf_engine.learners.predict import has_flows
+    from scf_engine.pipelines.score import load_for_decisions
+    from scf_engine.pipelines.score_spark import spark_model_outputs
+
     uri, log = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "audit.jsonl"
     for args in (("train", world_dir, "--out", tmp_path / "train"), ("compare", "--promote", "all", "--out", tmp_path / "cmp")):
         r = invoke(*args, "--tracking-uri", uri, "--audit-log", log)
@@ -181,36 +190,37 @@ def test_a_batch_scored_on_spark_gives_the_same_limits(world_dir, spark, tmp_pat
               "--audit-log", log, "--memo-formats", "md")
     r = invoke("score", world_dir, *common, "--out", tmp_path / "duck" / "limits.csv")
     assert r.exit_code == 0, r.output
-    r = invoke("score", world_dir, *common, "--out", tmp_path / "spark" / "limits.csv", "--engine", "spark")
-    assert r.exit_code == 0, r.output
-    duck, on_spark = (tmp_path / "duck" / "limits.csv").read_bytes(), (tmp_path / "spark" / "limits.csv").read_bytes()
+    duck = (tmp_path / "duck" / "limits.csv").read_bytes()
     limits = pd.read_csv(tmp_path / "duck" / "limits.csv", dtype={"firm_id": str})
     assert limits["pd"].notna().sum() >= 10 and limits["reasons"].str.len().gt(0).sum() >= 10  # real decisions
-    assert on_spark == duck
-    memos = sorted(p.name for p in (tmp_path / "spark" / "memos").iterdir())
-    assert memos and memos == sorted(p.name for p in (tmp_path / "duck" / "memos").iterdir())
-    scored = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["action"] == "score"]
-    assert len(scored) == 2 and scored[0]["details"]["output"]["limits.csv"] == scored[1]["details"]["output"]["limits.csv"]
-    # which engine computed the features is on the entry and on the batch's MLflow run
-    master = spark.conf.get("spark.master")
-    assert master.startswith("local") and [e["details"]["engine"] for e in scored] == ["duckdb", f"spark {master}"]
-    import mlflow
-    runs = mlflow.MlflowClient(uri).get_run(scored[1]["details"]["mlflow_run_id"])
-    assert runs.data.params["feature_engine"] == f"spark {master}"
-    # and through a Spark Connect URL, as a cluster offers it: the models and their SHAP
-    # reasons run in the server's Python workers (mapInPandas); its own process (see above)
-    connect_url = request.getfixturevalue("connect_url")
+
+    # the classic session: each partition's models answer as the models themselves
+    loaded = load_for_decisions(world_dir, consents=world_dir / "consents.csv", tracking_uri=uri)
+    ids = pd.read_csv(world_dir / "batch.csv", dtype=str)["firm_id"]
+    got = spark_model_outputs(spark, loaded.models, loaded.data.table, ids, partitions=3)
+    rows = loaded.data.table.loc[loaded.data.table.index.intersection(pd.Index(ids.unique()))]
+    flows = has_flows(rows).to_numpy()
+    assert flows.sum() >= 10 and sorted(got.pds.index) == sorted(rows.index)
+    for kind, mask in (("decoupled", flows), ("hybrid", np.ones(len(rows), bool))):
+        model, x = loaded.models[kind], rows.loc[mask, loaded.models[kind].features_].astype("float64")
+        np.testing.assert_array_equal(got.pds.loc[x.index, f"pd_{kind}"].to_numpy(), model.predict_pd(x))
+        np.testing.assert_array_equal(got.contributions[kind].loc[x.index].to_numpy(), model.contributions(x).to_numpy())
+    assert got.pds.loc[rows.index[~flows], "pd_decoupled"].isna().all()
+
+    # the whole batch through a Spark Connect URL, in its own process (a classic session
+    # is open in this one)
     r = subprocess.run([sys.executable, "-m", "scf_engine.cli", "score", str(world_dir), *map(str, common),
                         "--out", str(tmp_path / "connect" / "limits.csv"), "--engine", "spark", "--spark-master", connect_url],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "connect" / "limits.csv").read_bytes() == duck
+    memos = sorted(p.name for p in (tmp_path / "connect" / "memos").iterdir())
+    assert memos and memos == sorted(p.name for p in (tmp_path / "duck" / "memos").iterdir())
     # the features came back through Connect itself (no hand-off folder is assumed: the
-    # server's disk is not ours), and the records name the URL; one Connect run covers
-    # the features' transport and the models in the server's workers (the features' SQL
-    # is the classic session's, checked column by column by
-    # test_every_catalogue_flow_feature_is_the_same_on_spark)
-    entry = [json.loads(line) for line in log.read_text().splitlines()][-1]
-    assert entry["action"] == "score" and entry["details"]["engine"] == f"spark {connect_url}"
-    assert mlflow.MlflowClient(uri).get_run(entry["details"]["mlflow_run_id"]).data.params["feature_engine"] == \
+    # server's disk is not ours), and the records name the URL
+    scored = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["action"] == "score"]
+    assert len(scored) == 2 and scored[0]["details"]["output"]["limits.csv"] == scored[1]["details"]["output"]["limits.csv"]
+    assert [e["details"]["engine"] for e in scored] == ["duckdb", f"spark {connect_url}"]
+    import mlflow
+    assert mlflow.MlflowClient(uri).get_run(scored[1]["details"]["mlflow_run_id"]).data.params["feature_engine"] == \
         f"spark {connect_url}"
