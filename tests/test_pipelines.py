@@ -382,15 +382,6 @@ def test_nothing_to_learn_is_one_line_and_exit_2(small_world_dir, tmp_path, empt
     assert tracking.Store(uri).count_runs("train") == 0
 
 
-def test_quarantined_rows_still_train_and_are_recorded(world_dir, tmp_path):
-    manifest = write_faulty_copy(world_dir, tmp_path / "faulty", seed=1)
-    uri = f"sqlite:///{tmp_path / 'q.db'}"
-    r = invoke("train", tmp_path / "faulty", "--tracking-uri", uri, "--out", tmp_path / "o")
-    assert r.exit_code == 0, r.output
-    run = tracking.Store(uri).latest_run("train")
-    assert run.data.metrics["rows_quarantined"] == len(manifest)
-
-
 def test_audit_log_tampering_is_detected(trained, tmp_path):
     log = tmp_path / "audit.jsonl"
     shutil.copy(trained["home"] / "audit.jsonl", log)
@@ -1076,22 +1067,29 @@ def test_an_as_of_after_the_data_ends_is_one_line_and_exit_2(trained, tmp_path, 
     assert r.exit_code == 0, r.output
 
 
-def test_compare_on_a_dataset_with_bad_rows_writes_its_quarantine_beside_the_report(small_world_dir, tmp_path):
-    """``scf compare`` re-reads the training dataset and evaluates on what it accepted;
-    the rows it set aside were written nowhere beside the comparison (only train's own
-    folder had them). quarantine.csv is now written to compare's --out, its sha256 in
-    the audit entry, and the counts printed."""
-    n = with_bad_flows(small_world_dir, tmp_path / "dirty")
+def test_quarantined_rows_still_train_and_compare_writes_them_beside_its_report(small_world_dir, tmp_path):
+    """A dataset with every kind of bad row the fault injector makes, plus two known bad
+    flows (a duplicate txn_id, a negative amount), still trains, and the training run records how many rows were set
+    aside. ``scf compare`` re-reads the training dataset and evaluates on what it
+    accepted; the rows it set aside were written nowhere beside the comparison (only
+    train's own folder had them). quarantine.csv is now written to compare's --out, its
+    sha256 in the audit entry, and the counts printed. (One training for both: each was
+    a training of its own.)"""
+    with_bad_flows(small_world_dir, tmp_path / "dirty")
+    manifest = write_faulty_copy(tmp_path / "dirty", tmp_path / "faulty", seed=1)  # its rows go after the two
     uri, log = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "audit.jsonl"
-    r = invoke("train", tmp_path / "dirty", "--tracking-uri", uri, "--out", tmp_path / "train", "--audit-log", log)
+    r = invoke("train", tmp_path / "faulty", "--tracking-uri", uri, "--out", tmp_path / "train", "--audit-log", log)
     assert r.exit_code == 0, r.output
+    assert tracking.Store(uri).latest_run("train").data.metrics["rows_quarantined"] == len(manifest) + 2
     out = tmp_path / "compare"
     r = invoke("compare", "--tracking-uri", uri, "--out", out, "--audit-log", log)
     assert r.exit_code == 0, r.output
     assert "quarantined" in r.output and str(out / "quarantine.csv") in r.output.replace("\n", "")
     q = pd.read_csv(out / "quarantine.csv", dtype=str)
-    assert sorted(zip(q["file"], q["line"].astype(int), q["column"])) == [
-        ("flows.csv", n + 2, "txn_id"), ("flows.csv", n + 3, "amount")]
+    first = pd.read_csv(small_world_dir / "flows.csv", dtype=str, nrows=1)["txn_id"].iloc[0]
+    found = set(zip(q["file"], q["column"], q["value"]))
+    assert {("flows.csv", "txn_id", first), ("flows.csv", "amount", "-5")} <= found  # the two known bad flows
+    assert len(q[["file", "line"]].drop_duplicates()) == len(manifest) + 2
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["action"] == "compare"
     assert entry["details"]["output"]["quarantine.csv"] == hashlib.sha256((out / "quarantine.csv").read_bytes()).hexdigest()
