@@ -37,14 +37,14 @@ EXTERNAL = Path(os.environ.get("SCF_EXTERNAL_DATA") or Path(__file__).resolve().
 # ``xdist_group`` marks would group finer, but with pytest 9.2 xdist 3.8 no longer sees
 # the marks: pytest-dev/pytest-xdist#1386.) The longest modules go first (seconds of one
 # worker on a busy 2-core machine), so the other worker works through the rest meanwhile.
-LONGEST_FIRST = (  # seconds: a whole-suite run on 2 cores, 706 s
-    "test_spark",  # 287 s: a Spark session, a Connect server, a batch scored three ways
-    "test_pipelines",  # 290 s: a trained, compared and scored world, and many trainings
-    "test_reliability",  # 226 s: tracking servers killed mid-run
-    "test_monitor",  # 153 s
-    "test_serve",
-    "test_packaging",  # the wheel's demo run, then the notebooks on its store
-    "test_recalibrate",
+LONGEST_FIRST = (  # worker-seconds in a whole-suite run on 2 cores (5cc204d: 770 s wall; cut since)
+    "test_spark",  # 329 s: a Spark session, a Connect server, a batch on DuckDB and through Connect
+    "test_pipelines",  # 283 s: a trained, compared and scored world, and many trainings
+    "test_reliability",  # 272 s: tracking servers killed mid-run
+    "test_monitor",  # 163 s
+    "test_serve",  # 97 s
+    "test_packaging",  # 117 s: the wheel's demo run, then the notebooks on its store
+    "test_recalibrate",  # 55 s
 )
 
 
