@@ -125,6 +125,13 @@ def average_boosters(boosters: list, iterations: list[int]) -> lgb.Booster:
     return lgb.Booster(model_str=head + "\n\n" + "\n".join(out) + "\nend of trees\n")
 
 
+def too_few_defaults(n_firms: int) -> DatasetError:
+    """The one-line error when fewer than two firms default in the training snapshots'
+    label windows (raised here, and by ``scf train`` before it assembles anything)."""
+    return DatasetError(f"too few defaults to train: {n_firms} firm(s) default within 12 months of a "
+                        "training snapshot; the models need at least 2 (one to learn from, one to calibrate on)")
+
+
 class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
     """``fit(X, y, as_of=...)`` over a fixed list of feature columns, then as scikit-learn
     classifiers: ``predict_proba(X)`` (n, 2), ``predict(X)`` the class (1: default, PD
@@ -260,8 +267,7 @@ class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
         units = pd.Series(np.asarray(groups) if groups is not None else np.arange(len(y)))
         bad = np.sort(units[y == 1].unique())
         if len(bad) < 2:
-            raise DatasetError(f"too few defaults to train: {len(bad)} firm(s) default within 12 months of a "
-                               "training snapshot; the models need at least 2 (one to learn from, one to calibrate on)")
+            raise too_few_defaults(len(bad))
         good = np.setdiff1d(np.sort(units.unique()), bad)
         rng = np.random.default_rng(self.seed)
         n_bad = min(len(bad) - 1, max(1, round(self.validation_firm_share * len(bad))))

@@ -25,6 +25,7 @@ from scf_engine.ingest.requests import read_consents
 from scf_engine.evaluate import evaluate, psi
 from scf_engine.ingest.load import load_or_report
 from scf_engine.learners import DecoupledModel, HybridModel, JiangyinGrading
+from scf_engine.learners.lgbm import too_few_defaults
 from scf_engine.learners.predict import PD_COLUMNS, has_flows, predict_all
 from scf_engine.propagation import CorePropagation
 from scf_engine.tables import write_csv
@@ -78,8 +79,8 @@ def require_something_to_learn(ds: Dataset, train_dates) -> None:
     """Before the snapshots are assembled (minutes on a bank's data), the two cases with
     nothing to learn, with the messages the fit would give after them: no flow booked
     before the last training date (:func:`require_flows`), and no firm defaulting in a
-    training snapshot's label window (``T <= default_on < T + 365 days``; the LightGBM
-    models' message, :mod:`scf_engine.learners.lgbm`). A suite's empty defaults file
+    training snapshot's label window (``T <= default_on < T + 365 days``;
+    :func:`~scf_engine.learners.lgbm.too_few_defaults`). A suite's empty defaults file
     failed after 9 s of assembling; a bank's after minutes."""
     last = pd.Timestamp(train_dates[-1])
     if not (ds.flows["booked_on"] < last).any():
@@ -87,8 +88,7 @@ def require_something_to_learn(ds: Dataset, train_dates) -> None:
     default_on = pd.to_datetime(ds.defaults["default_on"])
     window = (default_on >= pd.Timestamp(train_dates[0])) & (default_on < last + pd.Timedelta(days=LABEL_HORIZON_DAYS))
     if not window.any():
-        raise DatasetError("too few defaults to train: 0 firm(s) default within 12 months of a training snapshot; "
-                           "the models need at least 2 (one to learn from, one to calibrate on)")
+        raise too_few_defaults(0)
 
 
 def require_flows(n_rows: int, train_dates) -> None:
