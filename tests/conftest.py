@@ -22,6 +22,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # worker-seconds and 1,159 user CPU-seconds by default; 753 s, 1,461 and 1,099 with one
 # thread. Every answer is the same (the golden demo limits included).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The suite's `mlflow server`s (real ones, on loopback) run without MLflow 3's job runner:
+# a second process importing MLflow at every start, for jobs no test submits (a start
+# took 7.5-9.5 s without it against 10-11 s with it, on a quiet machine).
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 from pathlib import Path  # noqa: E402
 
@@ -43,14 +47,14 @@ EXTERNAL = Path(os.environ.get("SCF_EXTERNAL_DATA") or Path(__file__).resolve().
 # ``xdist_group`` marks would group finer, but with pytest 9.2 xdist 3.8 no longer sees
 # the marks: pytest-dev/pytest-xdist#1386.) The longest modules go first (seconds of one
 # worker on a busy 2-core machine), so the other worker works through the rest meanwhile.
-LONGEST_FIRST = (  # worker-seconds in a whole-suite run on 2 cores (5cc204d: 770 s wall; cut since)
-    "test_spark",  # 329 s: a Spark session, a Connect server, a batch on DuckDB and through Connect
-    "test_pipelines",  # 283 s: a trained, compared and scored world, and many trainings
-    "test_reliability",  # 272 s: tracking servers killed mid-run
-    "test_monitor",  # 163 s
-    "test_serve",  # 97 s
-    "test_packaging",  # 117 s: the wheel's demo run, then the notebooks on its store
-    "test_recalibrate",  # 55 s
+LONGEST_FIRST = (  # worker-seconds in a whole-suite run on 2 cores (d71d4ef, one OpenMP thread: 753 s wall)
+    "test_pipelines",  # 285 s: a trained, compared and scored world, and many trainings
+    "test_reliability",  # 265 s: tracking servers killed mid-run
+    "test_spark",  # 265 s before its frames were checkpointed (alone: 196 -> 150 s)
+    "test_monitor",  # 175 s
+    "test_packaging",  # 108 s: the wheel's demo run, then the notebooks on its store
+    "test_serve",  # 94 s
+    "test_recalibrate",  # 63 s
 )
 
 
