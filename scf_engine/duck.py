@@ -20,6 +20,10 @@ disk; its default, 80% of the machine's memory, leaves nothing for the pandas wo
 the SQL when the flows are large (100M flows read from Parquet took the whole 24 GB of the
 benchmark machine: bench/bench_spark.py).
 
+``$SCF_DUCKDB_THREADS`` (e.g. ``1``) sets DuckDB's worker threads; its default is every
+core it sees, which in a container with a CPU quota is the host's cores, not the quota.
+Results do not depend on it (exact decimal sums; doubles on one thread, above).
+
 The progress bar is a session setting (DuckDB 2 refuses it in the connection's config);
 inside a Jupyter kernel without ipywidgets setting it may fail, and then it stays on.
 """
@@ -34,6 +38,7 @@ import duckdb
 
 CONFIG = {"preserve_insertion_order": True, "allocator_background_threads": True}
 MEMORY_ENV = "SCF_DUCKDB_MEMORY_LIMIT"
+THREADS_ENV = "SCF_DUCKDB_THREADS"
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -41,7 +46,8 @@ def connect() -> duckdb.DuckDBPyConnection:
     still gives a connection, with a warning naming the refusal: the settings change
     speed and memory, not results, and a silent fallback once hid that DuckDB 2 refused
     a key (the progress bar), so every connection ran without any of them."""
-    config = {**CONFIG, **({"memory_limit": os.environ[MEMORY_ENV]} if os.environ.get(MEMORY_ENV) else {})}
+    config = {**CONFIG, **({"memory_limit": os.environ[MEMORY_ENV]} if os.environ.get(MEMORY_ENV) else {}),
+              **({"threads": os.environ[THREADS_ENV]} if os.environ.get(THREADS_ENV) else {})}
     try:
         con = duckdb.connect(config=config)
     except duckdb.Error as exc:

@@ -26,6 +26,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # a second process importing MLflow at every start, for jobs no test submits (a start
 # took 7.5-9.5 s without it against 10-11 s with it, on a quiet machine).
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+# DuckDB on one thread per worker too ($SCF_DUCKDB_THREADS; results do not depend on it):
+# test_pipelines and test_reliability run side by side, as the two workers run them,
+# took 243/246 s and 229/230 s (two runs) with DuckDB's default threads, 232 s and 221 s
+# with one.
+os.environ.setdefault("SCF_DUCKDB_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -508,6 +508,21 @@ def test_a_memory_cap_for_duckdb_comes_from_the_environment(monkeypatch):
     assert capped != default and capped.endswith("MiB") and 900 <= float(capped.split()[0]) <= 1000
 
 
+def test_duckdbs_threads_come_from_the_environment(monkeypatch):
+    """$SCF_DUCKDB_THREADS sets DuckDB's threads (a container's CPU quota is not what DuckDB
+    sees); a value DuckDB refuses is a warning naming it, and DuckDB's defaults."""
+    from scf_engine import duck
+
+    monkeypatch.setenv(duck.THREADS_ENV, "1")
+    assert duck.connect().sql("SELECT current_setting('threads')").fetchall()[0][0] == 1
+    monkeypatch.setenv(duck.THREADS_ENV, "3")
+    assert duck.connect().sql("SELECT current_setting('threads')").fetchall()[0][0] == 3
+    monkeypatch.setenv(duck.THREADS_ENV, "two")
+    with pytest.warns(RuntimeWarning, match="refused the connection settings"):
+        con = duck.connect()
+    assert con.sql("SELECT 1").fetchall() == [(1,)]
+
+
 # --- contract v1.1: financings, pledge/transfer records, accounts (issue 15) ------------------------
 
 
