@@ -54,12 +54,6 @@ DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
-    # frames handed over from pandas are local relations, and this rule evaluates every
-    # projection and filter over them in the optimizer, row by row, interpreted: on a
-    # 400-firm world it was 4.4 of the 6.5 s Catalyst spent on the panel query (the rule
-    # metrics of RuleExecutor), and flow_features on Spark took 30-48 s against 21-35 s
-    # without it; the executors do the same work compiled, and the results are the same
-    "spark.sql.optimizer.excludedRules": "org.apache.spark.sql.catalyst.optimizer.ConvertToLocalRelation",
 }
 
 # in local mode the driver JVM is the executor too: Spark's 1g default heap ran out on a
@@ -240,7 +234,10 @@ class SparkEngine:
             # local server) flow_features took 62 s, then 43 s in a warm session; with the
             # checkpoint 32 s and 17 s; a `count(*)` over 200,000 pandas rows, 0.5 s against
             # 0.11 s. The rows are the driver's own (it built the frame), so a lost executor
-            # fails the query rather than changing a result.
+            # fails the query rather than changing a result. (No local relation is left for
+            # Catalyst's ConvertToLocalRelation to evaluate row by row either: leaving that
+            # rule out had cut flow_features on a classic session from 30-48 s to 21-35 s;
+            # with the checkpoint it made no difference, 33-35 s and 15-16 s either way.)
             df = df.localCheckpoint()
         df.createOrReplaceTempView(name)
 
