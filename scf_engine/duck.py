@@ -39,6 +39,7 @@ import duckdb
 CONFIG = {"preserve_insertion_order": True, "allocator_background_threads": True}
 MEMORY_ENV = "SCF_DUCKDB_MEMORY_LIMIT"
 THREADS_ENV = "SCF_DUCKDB_THREADS"
+ENV_SETTINGS = {"memory_limit": MEMORY_ENV, "threads": THREADS_ENV}  # DuckDB setting: the variable that sets it
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -46,8 +47,7 @@ def connect() -> duckdb.DuckDBPyConnection:
     still gives a connection, with a warning naming the refusal: the settings change
     speed and memory, not results, and a silent fallback once hid that DuckDB 2 refused
     a key (the progress bar), so every connection ran without any of them."""
-    config = {**CONFIG, **({"memory_limit": os.environ[MEMORY_ENV]} if os.environ.get(MEMORY_ENV) else {}),
-              **({"threads": os.environ[THREADS_ENV]} if os.environ.get(THREADS_ENV) else {})}
+    config = {**CONFIG, **{key: os.environ[env] for key, env in ENV_SETTINGS.items() if os.environ.get(env)}}
     try:
         con = duckdb.connect(config=config)
     except duckdb.Error as exc:
