@@ -59,6 +59,7 @@ from sklearn.utils.validation import check_is_fitted
 from scf_engine import policies
 from scf_engine.catalogue import load_catalogue
 from scf_engine.errors import DatasetError
+from scf_engine.learners.treeshap import pattern_contributions
 from scf_engine.numeric import LogOddsClassifierMixin
 
 # Below this many rows a prediction runs on one thread. LightGBM splits rows between its
@@ -309,12 +310,12 @@ class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
         return self.platt_a_ * self.raw_score(X) + self.platt_b_
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        """SHAP values (TreeSHAP, LightGBM's ``pred_contrib``) on the calibrated log-odds
-        scale: columns = features + ``expected_value``; each row sums to
-        ``decision_function``."""
+        """SHAP values (TreeSHAP, LightGBM's ``pred_contrib``, asked once per split pattern:
+        :mod:`scf_engine.learners.treeshap`) on the calibrated log-odds scale: columns =
+        features + ``expected_value``; each row sums to ``decision_function``."""
         check_is_fitted(self, self._FITTED)
-        raw = self.booster_.predict(X[self.features_].astype(float), num_iteration=self.best_iteration_, pred_contrib=True,
-                                    **_predict_threads(len(X)))
+        raw = pattern_contributions(self.booster_, X[self.features_].to_numpy(dtype=np.float64, na_value=np.nan),
+                                    self.best_iteration_, _predict_threads)
         out = pd.DataFrame(raw[:, :-1] * self.platt_a_, columns=self.features_, index=X.index)
         out["expected_value"] = raw[:, -1] * self.platt_a_ + self.platt_b_
         return out
