@@ -262,9 +262,11 @@ def precompute(data, models: dict, pols: dict, firm_ids, *, dataset, consents: p
     propagation) of every scored firm; a collection of firm ids derives them for those
     only, and every other scored firm gets an empty reason list, empty reason text and no
     SHAP contributions, with its PD, score, grade and limit inputs unchanged. SHAP is the
-    dearest step of a re-score (LightGBM ``pred_contrib``: two thirds of ``decide`` on a
-    monitoring pass), and ``scf monitor`` needs it only for the firms it flags
-    (``monitoring.yaml``'s ``explain``)."""
+    dearest step of a re-score (LightGBM ``pred_contrib``: with the cross-fitted models,
+    27 of a 96 s monitoring pass over 10,000 firms and 12 dates when the whole booster
+    was asked, 16 s asked per split pattern, :mod:`scf_engine.learners.treeshap`), and
+    ``scf monitor`` needs it only for the firms it flags (``monitoring.yaml``'s
+    ``explain``)."""
     T = data.as_of
     ctx = context if context is not None else DecisionContext.build(data, models, pols, dataset, consents)
     ids = list(dict.fromkeys(str(f) for f in firm_ids))
