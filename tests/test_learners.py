@@ -401,3 +401,16 @@ def test_shap_per_split_pattern_is_safe_beside_other_threads_predicting(pattern_
         raws = scored.result()
     assert all(np.array_equal(c, want_contrib) for c in explained)
     assert all(np.array_equal(r, want_raw) for r in raws)
+
+
+def test_shap_per_split_pattern_in_pieces_is_the_same(pattern_boosters, monkeypatch):
+    """Large batches are computed CHUNK_ROWS rows at a time (memory); the pieces, the last
+    one below the pattern threshold, give the same bits as one piece."""
+    import scf_engine.learners.treeshap as ts
+
+    boosters, X = pattern_boosters
+    b = boosters["nan"]
+    X = X[:301, :4]
+    whole = ts.pattern_contributions(b, X, b.current_iteration())
+    monkeypatch.setattr(ts, "CHUNK_ROWS", 120)  # pieces of 120, 120 and 61 (< PATTERN_ROWS) rows
+    assert np.array_equal(ts.pattern_contributions(b, X, b.current_iteration()), whole)
