@@ -303,7 +303,7 @@ def _pattern_boosters():
     """Boosters of every kind of split LightGBM makes: missing values learned (NaN
     splits), zero as missing (Zero), missing values off (None), a feature never missing
     in training (None: LightGBM reads NaN as 0 there), one categorical feature (``==``
-    splits, asked for every row), and one-leaf trees."""
+    splits, asked for every row), one-leaf trees and a single tree."""
     import lightgbm as lgb
 
     rng = np.random.default_rng(7)
@@ -320,6 +320,7 @@ def _pattern_boosters():
         "none": lgb.train({**base, "use_missing": False}, lgb.Dataset(np.nan_to_num(X[:, :4]), y), 25),
         "categorical": lgb.train(base, lgb.Dataset(X, y, categorical_feature=[4]), 25),
         "one_leaf": lgb.train({**base, "min_data_in_leaf": 5000}, lgb.Dataset(X[:, :4], y), 3),
+        "one_tree": lgb.train(base, lgb.Dataset(X[:, :4], y), 1),  # its first half holds no tree
     }
     return out, X
 
@@ -342,7 +343,7 @@ def _split_values(booster, n_feat):
     return {f: np.array(v) for f, v in vals.items()}
 
 
-@pytest.mark.parametrize("kind", ["nan", "zero", "none", "categorical", "one_leaf"])
+@pytest.mark.parametrize("kind", ["nan", "zero", "none", "categorical", "one_leaf", "one_tree"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300))
 def test_shap_per_split_pattern_is_lightgbms_and_a_rows_bits_are_its_own(pattern_boosters, kind, seed, n):

@@ -77,7 +77,7 @@ class Half:
     thread at a time (``lock``)."""
 
     trees: list  # TreeSplits, in tree order
-    booster: object  # lightgbm.Booster of these trees only (tree i of the half is its iteration i)
+    booster: object  # lightgbm.Booster of these trees only (tree i of the half is its iteration i); None if none
     lock: threading.Lock
 
 
@@ -118,8 +118,9 @@ def _halves(booster, num_iteration: int) -> list[Half]:
                     exact=numerical and len(ns) <= MAX_NODES and all(n.get("missing_type") in MISSING for n in ns)))
             cut = len(trees) // 2
             plans[num_iteration] = [
-                Half(trees[a:b], lgb.Booster(model_str=booster.model_to_string(start_iteration=a, num_iteration=b - a)),
-                     threading.Lock())
+                # an empty half (a one-tree model) gets no booster: LightGBM reads 0 iterations as all
+                Half(trees[a:b], lgb.Booster(model_str=booster.model_to_string(start_iteration=a, num_iteration=b - a))
+                     if b > a else None, threading.Lock())
                 for a, b in ((0, cut), (cut, len(trees)))]
         return plans[num_iteration]
 
