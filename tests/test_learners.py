@@ -303,16 +303,19 @@ def _pattern_boosters():
     """Boosters of every kind of split LightGBM makes: missing values learned (NaN
     splits), zero as missing (Zero), missing values off (None), a feature never missing
     in training (None: LightGBM reads NaN as 0 there), one categorical feature (``==``
-    splits, asked for every row), one-leaf trees and a single tree."""
+    splits on several categories, asked for every row), thresholds beyond 1e300 (which
+    dump_model writes as 1e300), one-leaf trees and a single tree."""
     import lightgbm as lgb
 
     rng = np.random.default_rng(7)
     n = 1500
     X = rng.normal(size=(n, 5))
-    X[:, 4] = rng.integers(0, 6, n)
+    X[:, 4] = rng.integers(0, 8, n)
+    X[:, 3] = np.where(rng.random(n) < 0.05, rng.choice([1e299, 1e301, 1e303, 1e305], n), X[:, 3])  # past dump_model's 1e300
     X[rng.random(n) < 0.15, 1] = np.nan
     X[rng.random(n) < 0.25, 2] = 0.0
-    y = (rng.random(n) < 1 / (1 + np.exp(-(X[:, 0] + np.nan_to_num(X[:, 1]) - (X[:, 2] == 0) - 1.5)))).astype(float)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(X[:, 0] + np.nan_to_num(X[:, 1]) - (X[:, 2] == 0) - 1.5
+                                           + 2 * np.isin(X[:, 4], [0, 2, 5, 7]) + (X[:, 3] > 1e302))))).astype(float)
     base = {"objective": "binary", "verbose": -1, "num_leaves": 9, "min_data_in_leaf": 5, "seed": 1}
     out = {
         "nan": lgb.train(base, lgb.Dataset(X[:, :4], y), 25),
@@ -322,7 +325,20 @@ def _pattern_boosters():
         "one_leaf": lgb.train({**base, "min_data_in_leaf": 5000}, lgb.Dataset(X[:, :4], y), 3),
         "one_tree": lgb.train(base, lgb.Dataset(X[:, :4], y), 1),  # its first half holds no tree
     }
+    cats = {node["threshold"] for t in out["categorical"].dump_model()["tree_info"] for node in _tree_nodes(t["tree_structure"])
+            if node["decision_type"] == "=="}
+    assert any("||" in str(c) for c in cats), "the categorical booster should split on several categories at once"
+    big = [node["threshold"] for t in out["nan"].dump_model()["tree_info"] for node in _tree_nodes(t["tree_structure"])
+           if node["split_feature"] == 3 and abs(node["threshold"]) >= 1e300]
+    assert big, "a threshold past dump_model's 1e300 should be among the splits"
     return out, X
+
+
+def _tree_nodes(node):
+    if "split_index" in node:
+        yield node
+        yield from _tree_nodes(node["left_child"])
+        yield from _tree_nodes(node["right_child"])
 
 
 @pytest.fixture(scope="module")

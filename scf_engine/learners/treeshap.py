@@ -18,7 +18,8 @@ share one, by evaluating the splits as LightGBM's predictor and ``NumericalDecis
 within LightGBM's zero threshold is read as 0; a missing value is 0 unless the split's
 ``missing_type`` is NaN; ``Zero`` splits send 0 and missing values to the default side,
 ``NaN`` splits missing values; otherwise ``value <= threshold`` goes left).
-Trees with categorical splits or more than 52 internal nodes are asked for every row.
+Trees with categorical splits, more than 52 internal nodes or a threshold beyond
+1e300 (which ``dump_model`` does not write exactly) are asked for every row.
 
 The result equals ``pred_contrib``'s up to the order of the additions (LightGBM adds each
 leaf's term into the running total of all earlier trees; here each tree's total is
@@ -51,6 +52,8 @@ PATTERN_ROWS = 64
 # firms is done in ten pieces (the same bits: a row's answer is its own)
 CHUNK_ROWS = 100_000
 MISSING = {"None": 0, "Zero": 1, "NaN": 2}
+# LightGBM's dump_model writes thresholds of this magnitude or more as +-1e300 (AvoidInf)
+FINITE_DUMP = 1e300
 
 
 @dataclass(frozen=True)
@@ -100,29 +103,37 @@ def tree_splits(booster, num_iteration: int) -> list[TreeSplits]:
 
 def _halves(booster, num_iteration: int) -> list[Half]:
     """The two halves of the first ``num_iteration`` trees of ``booster`` (cached per
-    booster: a model's ``dump_model`` and the halves' boosters cost ~0.3 s, once per
-    loaded model)."""
+    booster and its number of iterations: a model's ``dump_model`` and the halves'
+    boosters cost ~0.3 s, once per loaded model). A booster changed in place otherwise
+    (``set_leaf_output``, ``model_from_string``) would be read from the stale plan:
+    nothing in the engine changes a fitted booster."""
+    key = (num_iteration, booster.current_iteration())  # a booster trained further is planned again
     with _PLANS_LOCK:
         plans = _PLANS.setdefault(booster, {})
-        if num_iteration not in plans:
+        if key not in plans:
             trees = []
             for tree in booster.dump_model(num_iteration=num_iteration)["tree_info"]:
                 ns = _nodes(tree["tree_structure"], [])
-                numerical = all(n["decision_type"] == "<=" for n in ns)
+                numerical = [n["decision_type"] == "<=" for n in ns]
+                # a categorical split's threshold is its categories ("0||2||5"), not a number
+                thr = np.array([float(n["threshold"]) if ok else np.nan for n, ok in zip(ns, numerical)], dtype=np.float64)
                 feat = np.array([n["split_feature"] for n in ns], dtype=np.intp)
                 trees.append(TreeSplits(
-                    feature=feat, threshold=np.array([float(n["threshold"]) for n in ns], dtype=np.float64),
+                    feature=feat, threshold=thr,
                     missing=np.array([MISSING.get(n.get("missing_type"), -1) for n in ns], dtype=np.int8),
                     default_left=np.array([bool(n.get("default_left", False)) for n in ns], dtype=bool),
                     used=np.unique(feat),
-                    exact=numerical and len(ns) <= MAX_NODES and all(n.get("missing_type") in MISSING for n in ns)))
+                    # dump_model writes a threshold beyond +-1e300 as +-1e300 (LightGBM's AvoidInf): not
+                    # the threshold the predictor compares with, so such a tree is asked for every row
+                    exact=all(numerical) and len(ns) <= MAX_NODES and bool(np.all(np.abs(thr) < FINITE_DUMP))
+                    and all(n.get("missing_type") in MISSING for n in ns)))
             cut = len(trees) // 2
-            plans[num_iteration] = [
+            plans[key] = [
                 # an empty half (a one-tree model) gets no booster: LightGBM reads 0 iterations as all
                 Half(trees[a:b], lgb.Booster(model_str=booster.model_to_string(start_iteration=a, num_iteration=b - a))
                      if b > a else None, threading.Lock())
                 for a, b in ((0, cut), (cut, len(trees)))]
-        return plans[num_iteration]
+        return plans[key]
 
 
 def _keys(t: TreeSplits, XT: np.ndarray, nanT: np.ndarray) -> np.ndarray:
