@@ -11,7 +11,10 @@
    grade, eligible receivables, limit policy, SHAP reason codes) on a 1,000,000-firm
    snapshot resampled from the 12,000-firm world's (feature rows and chain nodes, each
    copy a distinct firm). The graph and flow-feature stages that produce such rows are
-   benchmarked in bench_graph / bench_features.
+   benchmarked in bench_graph / bench_features. Caveat since SHAP is asked once per split
+   pattern of each tree (:mod:`scf_engine.learners.treeshap`): the copies repeat their
+   rows' patterns, so this row understates the SHAP a million distinct firms would cost
+   (bench_monitor's 100,000-firm world and bench_explain's distinct rows measure it).
 
 Baseline in the same run: the same scoring core on 10,000 rows; "ratio" is the
 per-firm cost at scale over the per-firm cost at 10,000 (1.0 = linear).
