@@ -159,7 +159,7 @@ def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestam
     note = note.where(~watched, [f"watch list (关注名单): PD {p:.2%} among the worst {share:.0%} of the lent portfolio"
                                  + (f"; {n}" if n else "") for p, n in zip(frame["pd"].astype(float), note)])
     act = actions(frame, level, months_since_batch, policy)
-    fired = alerts.groupby("firm_id")["signal"].agg(lambda s: "; ".join(s)) if len(alerts) else pd.Series(dtype=object)
+    fired = alerts.groupby("firm_id")["signal"].agg("; ".join) if len(alerts) else pd.Series(dtype=object)
     sig = fired.reindex(frame.index).fillna("")
     reasons = [join_reasons(n, f"signals: {s}" if s else "", r) for n, s, r in zip(note, sig, frame["core_reasons"].fillna(""))]
     out = pd.DataFrame({
