@@ -112,7 +112,7 @@ def _distinct_rows(world, n: int):
 
 
 def explain(method: str, n: int):
-    """Contributions for ``n`` resampled rows; times the explanation call alone."""
+    """Contributions for up to ``n`` distinct rows; times the explanation call alone."""
     from scf_engine.explain import additivity_error, contributions
 
     world = _load()

@@ -307,6 +307,8 @@ def _pattern_boosters():
     dump_model writes as 1e300), one-leaf trees and a single tree."""
     import lightgbm as lgb
 
+    from scf_engine.learners.treeshap import split_nodes
+
     rng = np.random.default_rng(7)
     n = 1500
     X = rng.normal(size=(n, 5))
@@ -325,20 +327,13 @@ def _pattern_boosters():
         "one_leaf": lgb.train({**base, "min_data_in_leaf": 5000}, lgb.Dataset(X[:, :4], y), 3),
         "one_tree": lgb.train(base, lgb.Dataset(X[:, :4], y), 1),  # its first half holds no tree
     }
-    cats = {node["threshold"] for t in out["categorical"].dump_model()["tree_info"] for node in _tree_nodes(t["tree_structure"])
+    cats = {node["threshold"] for t in out["categorical"].dump_model()["tree_info"] for node in split_nodes(t["tree_structure"])
             if node["decision_type"] == "=="}
     assert any("||" in str(c) for c in cats), "the categorical booster should split on several categories at once"
-    big = [node["threshold"] for t in out["nan"].dump_model()["tree_info"] for node in _tree_nodes(t["tree_structure"])
+    big = [node["threshold"] for t in out["nan"].dump_model()["tree_info"] for node in split_nodes(t["tree_structure"])
            if node["split_feature"] == 3 and abs(node["threshold"]) >= 1e300]
     assert big, "a threshold past dump_model's 1e300 should be among the splits"
     return out, X
-
-
-def _tree_nodes(node):
-    if "split_index" in node:
-        yield node
-        yield from _tree_nodes(node["left_child"])
-        yield from _tree_nodes(node["right_child"])
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from scf_engine.catalogue import load_catalogue
+from scf_engine.learners.treeshap import split_nodes
 
 EXPECTED = "expected_value"
 DIRECTION_WORDS = {
@@ -68,17 +69,8 @@ def _trimmed_booster(model):
 
 def _zero_missing_features(booster, features) -> list[str]:
     """Features whose splits have LightGBM ``missing_type`` None: LightGBM reads NaN as 0 there."""
-    found: set[int] = set()
-
-    def walk(node):
-        if "split_index" in node:
-            if node.get("missing_type") == "None":
-                found.add(int(node["split_feature"]))
-            walk(node["left_child"])
-            walk(node["right_child"])
-
-    for tree in booster.dump_model()["tree_info"]:
-        walk(tree["tree_structure"])
+    found = {int(n["split_feature"]) for tree in booster.dump_model()["tree_info"]
+             for n in split_nodes(tree["tree_structure"]) if n.get("missing_type") == "None"}
     return [features[k] for k in sorted(found)]
 
 
@@ -93,9 +85,7 @@ def contributions(model, X: pd.DataFrame, method: str = "native") -> pd.DataFram
     if method == "pred_contrib":
         raw = model.booster_.predict(X[list(model.features_)].astype(float), num_iteration=model.best_iteration_,
                                      pred_contrib=True)
-        out = pd.DataFrame(raw[:, :-1] * float(model.platt_a_), columns=list(model.features_), index=X.index)
-        out[EXPECTED] = raw[:, -1] * float(model.platt_a_) + float(model.platt_b_)
-        return out
+        return model.calibrated_contributions(raw, X.index)
     if method not in ("treeshap", "shap_internal"):
         raise ValueError(f"method must be 'native', 'pred_contrib', 'treeshap' or 'shap_internal', not {method!r}")
     import shap

@@ -316,7 +316,13 @@ class LightGBMPD(LogOddsClassifierMixin, BaseEstimator):
         check_is_fitted(self, self._FITTED)
         raw = pattern_contributions(self.booster_, X[self.features_].to_numpy(dtype=np.float64, na_value=np.nan),
                                     self.best_iteration_, _predict_threads)
-        out = pd.DataFrame(raw[:, :-1] * self.platt_a_, columns=self.features_, index=X.index)
+        return self.calibrated_contributions(raw, X.index)
+
+    def calibrated_contributions(self, raw: np.ndarray, index) -> pd.DataFrame:
+        """``pred_contrib``'s raw-scale output (features, then the expected value) on the
+        calibrated log-odds scale, as :meth:`contributions` returns it."""
+        check_is_fitted(self, self._FITTED)
+        out = pd.DataFrame(raw[:, :-1] * self.platt_a_, columns=self.features_, index=index)
         out["expected_value"] = raw[:, -1] * self.platt_a_ + self.platt_b_
         return out
 

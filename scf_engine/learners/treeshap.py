@@ -88,11 +88,14 @@ _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _PLANS_LOCK = threading.Lock()
 
 
-def _nodes(node: dict, out: list) -> list:
+def split_nodes(node: dict, out: list | None = None) -> list[dict]:
+    """The internal nodes of one tree of ``Booster.dump_model()`` (its ``tree_structure``),
+    in pre-order."""
+    out = [] if out is None else out
     if "split_index" in node:
         out.append(node)
-        _nodes(node["left_child"], out)
-        _nodes(node["right_child"], out)
+        split_nodes(node["left_child"], out)
+        split_nodes(node["right_child"], out)
     return out
 
 
@@ -113,7 +116,7 @@ def _halves(booster, num_iteration: int) -> list[Half]:
         if key not in plans:
             trees = []
             for tree in booster.dump_model(num_iteration=num_iteration)["tree_info"]:
-                ns = _nodes(tree["tree_structure"], [])
+                ns = split_nodes(tree["tree_structure"])
                 numerical = [n["decision_type"] == "<=" for n in ns]
                 # a categorical split's threshold is its categories ("0||2||5"), not a number
                 thr = np.array([float(n["threshold"]) if ok else np.nan for n, ok in zip(ns, numerical)], dtype=np.float64)
@@ -218,4 +221,4 @@ def pattern_contributions(booster, X: np.ndarray, num_iteration: int, threads=No
     return (first + second).T
 
 
-__all__ = ["pattern_contributions", "tree_splits", "TreeSplits"]
+__all__ = ["pattern_contributions", "split_nodes", "tree_splits", "TreeSplits"]
