@@ -686,3 +686,50 @@ def test_the_chain_built_on_a_thread_beside_the_flow_features_gives_the_same_tab
         pd.testing.assert_frame_equal(t1, t2, check_exact=True)
         pd.testing.assert_frame_equal(c1.nodes, c2.nodes, check_exact=True)
         pd.testing.assert_frame_equal(c1.edges, c2.edges, check_exact=True)
+
+
+def test_a_pass_takes_each_dates_trade_legs_as_the_sql_reads_them(small_world_dir):
+    """FlowPass.trade_legs builds an as-of's trade legs from the pass's transfers (numpy)
+    instead of scanning the legs again: the same legs, in the same (_i, dir) order, with
+    the same parties, as _trade_legs reads from the date's own legs. Dates on the 1st, the
+    29th of February, the 30th and the 31st (k counts a month by the day of T), firms
+    joining between dates (a leg belongs to a firm of the as-of only), and the legs'
+    k < 12 edge (a leg on T's day of the month 12 months back is out)."""
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import FlowPass, _legs_sql, _trade_legs
+    from scf_engine.ingest import load_dataset
+    from scf_engine.sqlengine import DuckDBEngine
+
+    ds = load_dataset(small_world_dir)
+    end = ds.default_as_of
+    dates = sorted({pd.Timestamp("2024-02-29"), pd.Timestamp("2024-03-31"), pd.Timestamp("2024-04-30"),
+                    pd.Timestamp("2024-06-01"), end - pd.DateOffset(months=1)})
+    assert dates[-1] <= end
+    con = connect()
+    fp = FlowPass(con, ds.flows, ds.firms["firm_id"], dates)
+    eng = DuckDBEngine(con)
+    joined = 0
+    for T in dates:
+        snap = ds.as_of(T)
+        firms = snap.firms["firm_id"]
+        joined += len(ds.firms) - len(firms)
+        got, got_party = fp.trade_legs(str(T.date()), firms)
+        eng.register("firms", snap.firms[["firm_id", "industry", "founded_on"]])
+        eng.register("flows", snap.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]],
+                     money=("amount",), row_number="_i")
+        eng.create("legs", _legs_sql(str(T.date())))
+        want, want_party = _trade_legs(eng)
+        eng.drop("legs")
+        assert len(want) > 1000
+        # row numbers: the pass numbers the flows from its first month, the date's own legs from its first flow
+        assert (np.diff(got["_i"].to_numpy()) >= 0).all()
+        pd.testing.assert_series_equal(got["_i"] - got["_i"].iloc[0], want["_i"] - want["_i"].iloc[0],
+                                       check_dtype=False)
+        for c in ("dir", "amount", "day"):
+            assert (got[c].astype(str if c == "dir" else float).to_numpy()
+                    == want[c].astype(str if c == "dir" else float).to_numpy()).all(), c
+        names = np.asarray(got_party.to_pylist(), dtype=object)
+        for c in ("firm_id", "cpty"):
+            assert (names[got[c].to_numpy()] == want_party[want[c].to_numpy()]).all(), c
+    assert joined > 0  # some firm of the world joined during the dates
+    con.close()

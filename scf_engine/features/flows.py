@@ -32,6 +32,7 @@ statements go through an engine, :class:`scf_engine.sqlengine.DuckDBEngine` as w
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import duckdb
 import numpy as np
@@ -82,6 +83,21 @@ def _window_sql(T: str, legs: str = "legs", months: int = LOOKBACK_MONTHS) -> st
 
 def _legs_sql(T: str) -> str:
     return LEGS_UNION_SQL.format(flows="flows", firms="firms") + _window_sql(T)
+
+
+@dataclass
+class TradeTransfers:
+    """A pass's trade transfers, one per ``_i`` in ``_i`` order (:meth:`FlowPass.transfers`):
+    payer and payee as party codes (``party[code]`` is the party), the booking day as days
+    since 1970-01-01, the amount."""
+
+    i: np.ndarray
+    payer: np.ndarray
+    payee: np.ndarray
+    day: np.ndarray
+    amount: np.ndarray
+    party: pa.Array
+    names: pd.Index | None = None  # ``party`` as an index, made on first use
 
 
 def _month_start(ym: int) -> pd.Timestamp:
@@ -197,21 +213,73 @@ class FlowPass:
         self.eng.unregister("_pass_flows")  # the tables hold what the pass needs
         self.eng.unregister("_pass_firms")
         self._shapes: ShapeSearch | None = None
-        self._parties: pa.Array | None = None
+        self._transfers: TradeTransfers | None = None
 
-    def parties(self) -> tuple[str, pa.Array]:
-        """Every party of the pass's legs numbered in name order (built on first use): the
-        table of (party, code) and the party of each code. An as-of's trade legs take
-        their codes from it (:func:`_trade_legs`) instead of numbering their own parties
-        again each date; the order of the codes is the same (by name), so every feature
-        computed from them is the same."""
-        name = f"{self.TABLE}_parties"
-        if self._parties is None:
-            self.eng.con.execute(f"CREATE TABLE {name} AS SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
-                                 f"AS code FROM (SELECT firm_id AS party FROM {self.TABLE} UNION "
-                                 f"SELECT cpty FROM {self.TABLE}) ORDER BY code")
-            self._parties = self.eng.con.sql(f"SELECT party FROM {name} ORDER BY code").to_arrow_table()["party"].combine_chunks()
-        return name, self._parties
+    def transfers(self) -> TradeTransfers:
+        """Every trade transfer of the pass once, in ``_i`` order (built on first use):
+        the shape search reads them all (:meth:`shape_search`) and each as-of takes its
+        trade legs from them (:meth:`trade_legs`). Parties are numbered in name order
+        over every party of the pass's legs; the party of each code is kept."""
+        if self._transfers is None:
+            # one row per transfer: its payer's leg (``out``) when the payer is a firm of
+            # the pass (a firm with legs), else its payee's (the only one it has). Not
+            # DISTINCT ON (_i) ... ORDER BY _i: that hashed and sorted every trade leg
+            # with its party ids, ~1.3 GB above the pass at 100,000 firms over a year of
+            # dates, for the same transfers; sorted below by _i, as integers
+            self.eng.create("_pass_parties", "SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
+                            f"AS code FROM (SELECT firm_id AS party FROM {self.TABLE} UNION "
+                            f"SELECT cpty FROM {self.TABLE})")
+            t = self.eng.df(
+                "SELECT t._i, a.code AS payer, b.code AS payee, t.amount, t.day FROM (SELECT _i, "
+                "CASE WHEN dir = 'out' THEN firm_id ELSE cpty END AS payer, "
+                "CASE WHEN dir = 'out' THEN cpty ELSE firm_id END AS payee, amount, "
+                f"date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM {self.TABLE} "
+                f"WHERE purpose = 'trade' AND (dir = 'out' OR cpty NOT IN (SELECT DISTINCT firm_id "
+                f"FROM {self.TABLE}))) t JOIN _pass_parties a ON t.payer = a.party JOIN _pass_parties b ON t.payee = b.party")
+            party = self.eng.con.sql("SELECT party FROM _pass_parties ORDER BY code").to_arrow_table()["party"]
+            self.eng.drop("_pass_parties")
+            order = np.argsort(t["_i"].to_numpy(np.int64), kind="stable")
+            self._transfers = TradeTransfers(
+                *(t[c].to_numpy(dtype).take(order) for c, dtype in
+                  (("_i", np.int64), ("payer", np.int32), ("payee", np.int32), ("day", np.int32), ("amount", np.float64))),
+                party=party.combine_chunks())
+            del t, order
+        return self._transfers
+
+    def trade_legs(self, T: str, firm_ids) -> tuple[pd.DataFrame, pa.Array]:
+        """The trade legs at T of the firms ``firm_ids`` (the snapshot's), as
+        :func:`_trade_legs` reads them from ``legs`` (the last 12 months, k < 12, in
+        ``_i, dir`` order), taken from the pass's transfers (:meth:`transfers`) instead of
+        scanned, joined to party codes and sorted again each as-of (~4 s an as-of at
+        100,000 firms); and the party of each code."""
+        t = self.transfers()
+        T = self._date(T)
+        days = t.day.astype("datetime64[D]")
+        months = days.astype("datetime64[M]")
+        # k as _window_sql counts it: T's month minus the leg's, less one when the leg's
+        # day of the month is on or after T's
+        k = (np.int64((T.year - 1970) * 12 + T.month - 1) - months.astype(np.int64)
+             - ((days - months).astype(np.int64) + 1 >= T.day))
+        start = np.datetime64(self._read_from(T), "D").astype(np.int64)
+        chosen = np.flatnonzero((k >= 0) & (k < READ_MONTHS) & (t.day >= start))
+        del days, months, k
+        if t.names is None:
+            t.names = pd.Index(np.asarray(t.party.to_pylist(), dtype=object))
+        firm = np.zeros(len(t.names), dtype=bool)  # per party code: a firm of this as-of
+        at = t.names.get_indexer(pd.Index(firm_ids))
+        firm[at[at >= 0]] = True
+        payer, payee = t.payer[chosen], t.payee[chosen]
+        has_in, has_out = firm[payee], firm[payer]
+        n = has_in.astype(np.int64) + has_out
+        leg = np.repeat(np.arange(len(chosen)), n)  # per leg, its transfer among ``chosen``: _i order
+        is_out = np.ones(len(leg), dtype=bool)
+        is_out[(np.cumsum(n) - n)[has_in]] = False  # a transfer's in-leg comes first (ENUM('in', 'out') order)
+        p, q = payer[leg], payee[leg]
+        trade = pd.DataFrame({
+            "_i": t.i[chosen][leg], "firm_id": np.where(is_out, p, q), "cpty": np.where(is_out, q, p),
+            "dir": pd.Categorical.from_codes(is_out.astype(np.int8), ["in", "out"]),
+            "amount": t.amount[chosen][leg], "day": t.day[chosen][leg]})
+        return trade, t.party
 
     def shape_search(self, policy) -> ShapeSearch:
         """The authenticity shapes (rings, round trips, onward hops, amount chains) among
@@ -221,26 +289,9 @@ class FlowPass:
         of the cost of searching its ~540,000 transfers (10,000 firms) again each date.
         Transfers are named by ``_i``, as each as-of's trade legs name them."""
         if self._shapes is None:
-            # one leg per transfer: its payer's (``out``) when the payer is a firm of the
-            # pass (a firm with legs), else its payee's (the only one it has). Not
-            # DISTINCT ON (_i) ... ORDER BY _i: that hashed and sorted every trade leg
-            # with its party ids, ~1.3 GB above the pass at 100,000 firms over a year of
-            # dates, for the same transfers (no reader depends on their order: the shapes
-            # are named by _i)
-            self.eng.create("_pass_trade", "SELECT _i, "
-                            "CASE WHEN dir = 'out' THEN firm_id ELSE cpty END AS payer, "
-                            "CASE WHEN dir = 'out' THEN cpty ELSE firm_id END AS payee, amount, "
-                            f"date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM {self.TABLE} "
-                            f"WHERE purpose = 'trade' AND (dir = 'out' OR cpty NOT IN (SELECT DISTINCT firm_id "
-                            f"FROM {self.TABLE}))")
-            self.eng.create("_pass_parties", "SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER AS code "
-                            "FROM (SELECT payer AS party FROM _pass_trade UNION SELECT payee FROM _pass_trade)")
-            t = self.eng.df("SELECT t._i, a.code AS payer, b.code AS payee, t.amount, t.day FROM _pass_trade t "
-                            "JOIN _pass_parties a ON t.payer = a.party JOIN _pass_parties b ON t.payee = b.party")
-            self.eng.drop("_pass_trade", "_pass_parties")
-            self._shapes = ShapeSearch(t["payer"].to_numpy(np.int64), t["payee"].to_numpy(np.int64),
-                                       t["day"].to_numpy(np.int64), t["amount"].to_numpy(np.float64),
-                                       t["_i"].to_numpy(np.int64), policy)
+            t = self.transfers()
+            self._shapes = ShapeSearch(t.payer.astype(np.int64), t.payee.astype(np.int64), t.day.astype(np.int64),
+                                       t.amount, t.i, policy)
         return self._shapes
 
     @staticmethod
@@ -466,8 +517,9 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     auth_policy = load_policy() if code & {"authenticity", "fan_bursts"} else None
     if "fan_bursts" in code:
         out = out.join(_fan_bursts(eng, T, auth_policy["bursts"]["days"]), how="left")
-    trade = (_trade_legs(eng, flow_pass.parties() if flow_pass is not None else None)
-             if "authenticity" in code else None)
+    trade = None
+    if "authenticity" in code:
+        trade = flow_pass.trade_legs(T, out.index) if flow_pass is not None else _trade_legs(eng)
     # the legs are done with: free the engine's memory before the pandas work below
     if flow_pass is not None:
         flow_pass.drop_legs()
@@ -487,19 +539,11 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     return out
 
 
-def _trade_legs(eng, parties: tuple[str, pa.Array] | None = None) -> tuple[pd.DataFrame, np.ndarray | pa.Array]:
+def _trade_legs(eng) -> tuple[pd.DataFrame, np.ndarray]:
     """The last 12 months' trade legs for the authenticity features, with parties as
     integer codes and ``dir`` as a category (as text, 20 million flows' legs took about
-    5 GB more at this step: bench/bench_features.py), and the party of each code.
-    ``parties``: a pass's numbered parties (:meth:`FlowPass.parties`), whose codes are
-    taken instead of numbering this date's parties (the same order: by name)."""
-    if parties is not None:
-        table, party = parties
-        trade = eng.df("SELECT l._i, a.code AS firm_id, b.code AS cpty, l.dir, l.amount, "
-                       "date_diff('day', DATE '1970-01-01', l.booked_on)::INTEGER AS day FROM legs l "
-                       f"JOIN {table} a ON l.firm_id = a.party JOIN {table} b ON l.cpty = b.party "
-                       "WHERE l.k < 12 AND l.purpose = 'trade' ORDER BY l._i, l.dir")
-        return trade, party
+    5 GB more at this step: bench/bench_features.py), and the party of each code (codes
+    in name order). A pass takes them from its transfers (:meth:`FlowPass.trade_legs`)."""
     eng.create("_trade", "SELECT _i, firm_id, cpty, dir, amount, "
                "date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM legs WHERE k < 12 AND purpose = 'trade'")
     eng.create("_parties", "SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
