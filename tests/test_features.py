@@ -733,3 +733,55 @@ def test_a_pass_takes_each_dates_trade_legs_as_the_sql_reads_them(small_world_di
             assert (names[got[c].to_numpy()] == want_party[want[c].to_numpy()]).all(), c
     assert joined > 0  # some firm of the world joined during the dates
     con.close()
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_pass_takes_the_trade_legs_of_awkward_flows_as_the_sql_reads_them(ordered):
+    """FlowPass.trade_legs against the pass's own legs view read by _trade_legs (the SQL
+    path), on a made world with what the simulator lacks: transfers from a firm to itself
+    (an in and an out leg each), payers and payees that are no firm, purposes that are
+    not trade, firms founded between the dates, flows on T itself and on T's day of the
+    month 11 and 12 months back, and flows out of date order."""
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import FlowPass, _trade_legs
+    from scf_engine.sqlengine import DuckDBEngine
+
+    rng = np.random.default_rng(5)
+    firm_ids = [f"F{j:03d}" for j in range(40)]
+    firms = pd.DataFrame({"firm_id": firm_ids, "industry": "C13",
+                          "founded_on": pd.Timestamp("2022-01-01") + pd.to_timedelta(rng.integers(0, 900, 40), "D")})
+    parties = np.array(firm_ids + [f"EXT-{j}" for j in range(15)] + ["Z-nonfirm", "A-nonfirm"])
+    dates = [pd.Timestamp(d) for d in ("2024-02-29", "2024-03-30", "2024-03-31", "2024-06-01", "2024-12-29", "2025-01-31")]
+    n = 6000
+    day = (pd.Timestamp("2022-06-01") + pd.to_timedelta(rng.integers(0, 1000, n), "D")).to_numpy().copy()
+    edges = [t + pd.DateOffset(months=-m) for t in dates for m in (0, 11, 12)] + [pd.Timestamp("2023-02-28")]
+    day[:len(edges) * 10] = np.repeat(np.array([e.to_datetime64() for e in edges]), 10)
+    payer, payee = rng.choice(parties, n), rng.choice(parties, n)
+    itself = rng.random(n) < 0.05
+    payee[itself] = payer[itself]
+    flows = pd.DataFrame({"booked_on": pd.to_datetime(day).astype("datetime64[s]"), "payer_id": payer, "payee_id": payee,
+                          "amount": np.round(rng.uniform(1, 1e5, n), 2),
+                          "purpose": rng.choice(["trade", "trade", "trade", "payroll", "tax"], n)})
+    if ordered:
+        flows = flows.sort_values("booked_on", kind="stable", ignore_index=True)
+    con = connect()
+    fp, eng = FlowPass(con, flows, firms["firm_id"], dates), DuckDBEngine(con)
+    seen_itself = fewer = 0
+    for T in dates:
+        now = firms[firms["founded_on"] < T]
+        got, party = fp.trade_legs(str(T.date()), now["firm_id"])
+        eng.register("firms", now)
+        fp.create_legs(str(T.date()))
+        want, want_party = _trade_legs(eng)
+        fp.drop_legs()
+        assert len(want) > 200 and len(now) > 0
+        fewer += len(now) < len(firms)
+        names = np.asarray(party.to_pylist(), dtype=object)
+        assert got["_i"].tolist() == want["_i"].tolist()
+        assert got["dir"].astype(str).tolist() == want["dir"].astype(str).tolist()
+        for c in ("firm_id", "cpty"):
+            assert names[got[c].to_numpy()].tolist() == want_party[want[c].to_numpy()].tolist(), c
+        assert got["amount"].tolist() == want["amount"].tolist() and got["day"].tolist() == want["day"].tolist()
+        seen_itself += int((got["firm_id"] == got["cpty"]).sum())
+    assert seen_itself > 0 and fewer > 0
+    con.close()

@@ -447,12 +447,12 @@ def test_remembered_split_patterns_give_the_same_bits_and_spare_lightgbm(pattern
                          for f in range(n_feat)])
     batches = [X[:400], X[200:600][::-1], X[rng.permutation(900)], X[600:], X[650:700]]
     want = [ts.pattern_contributions(b, x, b.current_iteration()) for x in batches]
-    for cap in (ts.PatternMemory.max_patterns, 60):
-        with ts.remembering(max_patterns=cap) as memory:
+    for cap in (ts.PatternMemory.max_bytes, 6000):
+        with ts.remembering(max_bytes=cap) as memory:
             got = [ts.pattern_contributions(b, x, b.current_iteration()) for x in batches]
         for g, w in zip(got, want):
             assert np.array_equal(g, w)
-        assert memory.n_patterns <= cap
-        if cap > 60 and kind != "categorical":  # a categorical tree is asked for every row, unremembered
+        assert 0 < memory.n_bytes <= cap
+        if cap > 6000 and kind != "categorical":  # a categorical tree is asked for every row, unremembered
             assert memory.recalled > memory.asked / 2 > 0
     assert ts._MEMORY.get() is None

@@ -38,6 +38,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
@@ -97,7 +98,6 @@ class TradeTransfers:
     day: np.ndarray
     amount: np.ndarray
     party: pa.Array
-    names: pd.Index | None = None  # ``party`` as an index, made on first use
 
 
 def _month_start(ym: int) -> pd.Timestamp:
@@ -263,11 +263,10 @@ class FlowPass:
         start = np.datetime64(self._read_from(T), "D").astype(np.int64)
         chosen = np.flatnonzero((k >= 0) & (k < READ_MONTHS) & (t.day >= start))
         del days, months, k
-        if t.names is None:
-            t.names = pd.Index(np.asarray(t.party.to_pylist(), dtype=object))
-        firm = np.zeros(len(t.names), dtype=bool)  # per party code: a firm of this as-of
-        at = t.names.get_indexer(pd.Index(firm_ids))
-        firm[at[at >= 0]] = True
+        firm = np.zeros(len(t.party), dtype=bool)  # per party code: a firm of this as-of
+        at = pc.index_in(pa.array(np.asarray(firm_ids, dtype=object), pa.large_string()),
+                         value_set=t.party.cast(pa.large_string())).drop_null().to_numpy()
+        firm[at] = True
         payer, payee = t.payer[chosen], t.payee[chosen]
         has_in, has_out = firm[payee], firm[payer]
         n = has_in.astype(np.int64) + has_out

@@ -96,12 +96,13 @@ class PatternMemory:
     terms are the same bits whichever row of it LightGBM was asked for (module
     docstring), so the answers are the same bits as without the memory.
 
-    At most ``max_patterns`` patterns are kept (each a key and its tree's used features'
-    terms, ~100 bytes); past that, new patterns are computed as without the memory and
-    not kept."""
+    At most ``max_bytes`` are kept (a pattern is its key and its tree's terms, one per
+    feature the tree splits on and the expected value: ~100 bytes); past that, new
+    patterns are computed as without the memory and not kept."""
 
-    max_patterns: int = 2_000_000
+    max_bytes: int = 192 * 2**20
     n_patterns: int = 0
+    n_bytes: int = 0
     asked: int = 0  # patterns LightGBM was asked for (the memory missed)
     recalled: int = 0  # patterns answered from the memory
     _trees: dict = field(default_factory=dict)  # (id(half), tree) -> [half, sorted keys, terms]
@@ -131,9 +132,11 @@ class PatternMemory:
         with self._lock:
             self.asked += len(keys)
             self.recalled += recalled
-            if not len(keys) or self.n_patterns + len(keys) > self.max_patterns:
+            size = keys.nbytes + values.nbytes
+            if not len(keys) or self.n_bytes + size > self.max_bytes:
                 return
             self.n_patterns += len(keys)
+            self.n_bytes += size
         entry = self._trees.get((id(half), i))
         if entry is None:  # the half is held too, so its id is not reused while remembered
             self._trees[(id(half), i)] = [half, keys.copy(), values.copy()]
@@ -147,13 +150,13 @@ _MEMORY: contextvars.ContextVar = contextvars.ContextVar("scf_treeshap_memory", 
 
 
 @contextmanager
-def remembering(max_patterns: int = PatternMemory.max_patterns):
+def remembering(max_bytes: int = PatternMemory.max_bytes):
     """Within the block, :func:`pattern_contributions` called from this thread (context)
     keeps each tree's terms per split pattern across calls (:class:`PatternMemory`) and
     asks LightGBM only for patterns not seen before: for a caller that explains the same
     firms again and again (``scf monitor``'s dates). The same bits; the memory goes at
     the end of the block."""
-    memory = PatternMemory(max_patterns=max_patterns)
+    memory = PatternMemory(max_bytes=max_bytes)
     token = _MEMORY.set(memory)
     try:
         yield memory
