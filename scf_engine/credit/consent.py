@@ -59,9 +59,9 @@ def consent_table(consents: pd.DataFrame | None, as_of) -> pd.Series | None:
     c = consents
     granted = pd.to_datetime(c["granted_on"])
     expires = pd.to_datetime(c["expires_on"])
-    status = np.where(granted > t, "not_yet_valid",
-                      np.where(expires.notna() & (expires < t), "expired", "ok"))
-    rank = pd.Series([_RANK[s] for s in status], index=c["firm_id"].astype(str).to_numpy())
+    rank = np.where(granted > t, _RANK["not_yet_valid"],
+                    np.where(expires.notna() & (expires < t), _RANK["expired"], _RANK["ok"]))
+    rank = pd.Series(rank.astype(np.int64), index=c["firm_id"].astype(str).to_numpy())
     return rank.groupby(level=0).max()
 
 

@@ -402,7 +402,7 @@ def consent_days(ids: pd.Index, cons: pd.DataFrame | None, T: pd.Timestamp) -> p
     c = cons[cons["firm_id"].astype(str).isin(ids)]
     end = c.groupby(c["firm_id"].astype(str))["expires_on"].max()
     open_ended = c[c["expires_on"].isna()]["firm_id"].astype(str).unique()
-    end = end.drop(index=[f for f in open_ended if f in end.index]).reindex(ids)
+    end = end.drop(index=end.index.intersection(open_ended)).reindex(ids)
     days = (end - T).dt.days
     days[status.reindex(ids).eq("missing").to_numpy()] = -1  # no authorisation at all counts as lapsed
     out["consent_days_left"] = days.astype(float)
