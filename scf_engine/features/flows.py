@@ -226,9 +226,7 @@ class FlowPass:
             # DISTINCT ON (_i) ... ORDER BY _i: that hashed and sorted every trade leg
             # with its party ids, ~1.3 GB above the pass at 100,000 firms over a year of
             # dates, for the same transfers; sorted below by _i, as integers
-            self.eng.create("_pass_parties", "SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
-                            f"AS code FROM (SELECT firm_id AS party FROM {self.TABLE} UNION "
-                            f"SELECT cpty FROM {self.TABLE})")
+            self.eng.create("_pass_parties", _parties_sql(self.TABLE))
             t = self.eng.df(
                 "SELECT t._i, a.code AS payer, b.code AS payee, t.amount, t.day FROM (SELECT _i, "
                 "CASE WHEN dir = 'out' THEN firm_id ELSE cpty END AS payer, "
@@ -538,6 +536,14 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     return out
 
 
+def _parties_sql(legs: str) -> str:
+    """Every party of ``legs`` (its firms and counterparties) numbered from 0 in name
+    order: the codes an as-of's trade legs and a pass's transfers carry (the same order,
+    so the features computed from either are the same)."""
+    return ("SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER AS code "
+            f"FROM (SELECT firm_id AS party FROM {legs} UNION SELECT cpty FROM {legs})")
+
+
 def _trade_legs(eng) -> tuple[pd.DataFrame, np.ndarray]:
     """The last 12 months' trade legs for the authenticity features, with parties as
     integer codes and ``dir`` as a category (as text, 20 million flows' legs took about
@@ -545,8 +551,7 @@ def _trade_legs(eng) -> tuple[pd.DataFrame, np.ndarray]:
     in name order). A pass takes them from its transfers (:meth:`FlowPass.trade_legs`)."""
     eng.create("_trade", "SELECT _i, firm_id, cpty, dir, amount, "
                "date_diff('day', DATE '1970-01-01', booked_on)::INTEGER AS day FROM legs WHERE k < 12 AND purpose = 'trade'")
-    eng.create("_parties", "SELECT party, (row_number() OVER (ORDER BY party) - 1)::INTEGER "
-               "AS code FROM (SELECT firm_id AS party FROM _trade UNION SELECT cpty FROM _trade)")
+    eng.create("_parties", _parties_sql("_trade"))
     trade = eng.df("SELECT t._i, a.code AS firm_id, b.code AS cpty, t.dir, t.amount, t.day FROM _trade t "
                    "JOIN _parties a ON t.firm_id = a.party JOIN _parties b ON t.cpty = b.party "
                    "ORDER BY t._i, t.dir")

@@ -257,7 +257,8 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
     hold it, so the second core works while the chain is built)."""
     con = connect() if shared else None
     try:
-        with frozen(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="scf-chain") as side:
+        # remembering: the dates' SHAP asks LightGBM only for split patterns no earlier date had (same bits)
+        with frozen(), remembering(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="scf-chain") as side:
             flow_pass = FlowPass(con, ds.flows, ds.firms["firm_id"], [batch_T, *dates]) if shared else None
             return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass,
                            side if shared else None)
@@ -293,37 +294,35 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
     default_on = ds.default_dates(ids).set_axis(ids)
     parts, alerts, drift = [], [], []
     changed_only = explain_scope(pols["monitoring"]) == "changed"
-    # SHAP: LightGBM asked only for the split patterns no earlier date had (treeshap.remembering; same bits)
-    with remembering():
-        for i, T in enumerate(dates, 1):
-            say(f"as-of {T.date()} ({i}/{len(dates)}): snapshot, decision core, signals")
-            now = snapshot_at(ds, T, models, con=con, flow_pass=flow_pass, side=side)  # one as-of alive at a time, beside the batch's
-            ctx = DecisionContext.build(now, models, pols, ds, cons)  # what decide builds; kept for explain_changed
-            pre = precompute(now, models, pols, requests["firm_id"].astype(str).tolist(), dataset=ds, consents=cons,
-                             scale=scale, context=ctx, explain=() if changed_only else None)
-            dec = finalize([pre], requests, pols)  # decide's two steps, the first kept for explain_changed
-            raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"])
-            if ref is not None:  # the model's own score, before any credit repair; the frame's columns by
-                # name, not raw.assign(...): inserting into the ~400 columns joined one by one warned
-                # "DataFrame is highly fragmented" at every as-of (the demo printed it six times)
-                columns = dict(raw.items())
-                columns["b_score"] = pd.Series(scale.score(raw["pd_at_batch"].to_numpy(dtype=float)), index=raw.index)
-                drift.append(drift_rows(ref, columns, T, pols["monitoring"]))
-            frame = apply_repair(raw, pols["monitoring"], scale)
-            a = pd.concat([fire(frame, pols["monitoring"], T),
-                           new_authenticity(now.table.reindex(frame.index).dropna(how="all"), seen, pols["monitoring"], T)],
-                          ignore_index=True)
-            months = (T - batch_T).days / 30.4375
-            history = pd.concat(parts, ignore_index=True)[["firm_id", "as_of", "pd"]] if parts else None
-            rows = portfolio_rows(frame, a, T, months, pols["monitoring"], scale,
-                                  ratings=policies.as_data(pols["master_scale"])["ratings"], history=history)
-            if changed_only:
-                rows = explain_changed(rows, frame, parts[-1] if parts else None, now, models, pre, ctx)
-            parts.append(rows)
-            alerts.append(a)
-            drift.append(vintage_rows(lent, default_on, T, pols["monitoring"]))
-            del now, ctx, pre, dec, raw, frame  # before the next as-of is built
-            give_back()  # and what this one freed returned, not kept under the next one's peak
+    for i, T in enumerate(dates, 1):
+        say(f"as-of {T.date()} ({i}/{len(dates)}): snapshot, decision core, signals")
+        now = snapshot_at(ds, T, models, con=con, flow_pass=flow_pass, side=side)  # one as-of alive at a time, beside the batch's
+        ctx = DecisionContext.build(now, models, pols, ds, cons)  # what decide builds; kept for explain_changed
+        pre = precompute(now, models, pols, requests["firm_id"].astype(str).tolist(), dataset=ds, consents=cons,
+                         scale=scale, context=ctx, explain=() if changed_only else None)
+        dec = finalize([pre], requests, pols)  # decide's two steps, the first kept for explain_changed
+        raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"])
+        if ref is not None:  # the model's own score, before any credit repair; the frame's columns by
+            # name, not raw.assign(...): inserting into the ~400 columns joined one by one warned
+            # "DataFrame is highly fragmented" at every as-of (the demo printed it six times)
+            columns = dict(raw.items())
+            columns["b_score"] = pd.Series(scale.score(raw["pd_at_batch"].to_numpy(dtype=float)), index=raw.index)
+            drift.append(drift_rows(ref, columns, T, pols["monitoring"]))
+        frame = apply_repair(raw, pols["monitoring"], scale)
+        a = pd.concat([fire(frame, pols["monitoring"], T),
+                       new_authenticity(now.table.reindex(frame.index).dropna(how="all"), seen, pols["monitoring"], T)],
+                      ignore_index=True)
+        months = (T - batch_T).days / 30.4375
+        history = pd.concat(parts, ignore_index=True)[["firm_id", "as_of", "pd"]] if parts else None
+        rows = portfolio_rows(frame, a, T, months, pols["monitoring"], scale,
+                              ratings=policies.as_data(pols["master_scale"])["ratings"], history=history)
+        if changed_only:
+            rows = explain_changed(rows, frame, parts[-1] if parts else None, now, models, pre, ctx)
+        parts.append(rows)
+        alerts.append(a)
+        drift.append(vintage_rows(lent, default_on, T, pols["monitoring"]))
+        del now, ctx, pre, dec, raw, frame  # before the next as-of is built
+        give_back()  # and what this one freed returned, not kept under the next one's peak
     drift = pd.concat(drift, ignore_index=True) if drift else None
     return pd.concat(parts, ignore_index=True), pd.concat(alerts, ignore_index=True)[ALERTS_COLUMNS], drift
 
