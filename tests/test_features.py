@@ -735,17 +735,12 @@ def test_a_pass_takes_each_dates_trade_legs_as_the_sql_reads_them(small_world_di
     con.close()
 
 
-@pytest.mark.parametrize("ordered", [True, False])
-def test_a_pass_takes_the_trade_legs_of_awkward_flows_as_the_sql_reads_them(ordered):
-    """FlowPass.trade_legs against the pass's own legs view read by _trade_legs (the SQL
-    path), on a made world with what the simulator lacks: transfers from a firm to itself
-    (an in and an out leg each), payers and payees that are no firm, purposes that are
-    not trade, firms founded between the dates, flows on T itself and on T's day of the
-    month 11 and 12 months back, and flows out of date order."""
-    from scf_engine.duck import connect
-    from scf_engine.features.flows import FlowPass, _trade_legs
-    from scf_engine.sqlengine import DuckDBEngine
-
+def _awkward_pass_world(ordered: bool):
+    """A made world with what the simulator lacks, for a pass's legs against the SQL
+    path: transfers from a firm to itself (an in and an out leg each), payers and payees
+    that are no firm, purposes that are not trade, firms founded between the dates, flows
+    on T itself and on T's day of the month 11 and 12 months back, and (``ordered``
+    False) flows out of date order. Returns firms, flows and the pass's dates."""
     rng = np.random.default_rng(5)
     firm_ids = [f"F{j:03d}" for j in range(40)]
     firms = pd.DataFrame({"firm_id": firm_ids, "industry": "C13",
@@ -764,6 +759,21 @@ def test_a_pass_takes_the_trade_legs_of_awkward_flows_as_the_sql_reads_them(orde
                           "purpose": rng.choice(["trade", "trade", "trade", "payroll", "tax"], n)})
     if ordered:
         flows = flows.sort_values("booked_on", kind="stable", ignore_index=True)
+    return firms, flows, dates
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_pass_takes_the_trade_legs_of_awkward_flows_as_the_sql_reads_them(ordered):
+    """FlowPass.trade_legs against the pass's own legs view read by _trade_legs (the SQL
+    path), on a made world with what the simulator lacks: transfers from a firm to itself
+    (an in and an out leg each), payers and payees that are no firm, purposes that are
+    not trade, firms founded between the dates, flows on T itself and on T's day of the
+    month 11 and 12 months back, and flows out of date order."""
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import FlowPass, _trade_legs
+    from scf_engine.sqlengine import DuckDBEngine
+
+    firms, flows, dates = _awkward_pass_world(ordered)
     con = connect()
     fp, eng = FlowPass(con, flows, firms["firm_id"], dates), DuckDBEngine(con)
     seen_itself = fewer = 0
@@ -784,4 +794,45 @@ def test_a_pass_takes_the_trade_legs_of_awkward_flows_as_the_sql_reads_them(orde
         assert got["amount"].tolist() == want["amount"].tolist() and got["day"].tolist() == want["day"].tolist()
         seen_itself += int((got["firm_id"] == got["cpty"]).sum())
     assert seen_itself > 0 and fewer > 0
+    con.close()
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_pass_answers_the_trade_statements_from_its_trade_legs_as_from_every_leg(ordered):
+    """In a pass, counterparty health, payer concentration and fan bursts read the
+    as-of's trade legs with parties as codes (_pass_trade_view), not the legs view of
+    every purpose by name: the same answers to the last bit, per firm, on the made world
+    (self-transfers, parties that are no firm, firms founded between dates, flows out of
+    order); the payers' health has gaps (NULL slopes) and firms with no trade legs."""
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import (PASS_TRADE, FlowPass, _counterparty_health, _fan_bursts, _named,
+                                           _pass_trade_view, _payer_concentration)
+    from scf_engine.sqlengine import DuckDBEngine
+
+    firms, flows, dates = _awkward_pass_world(ordered)
+    rng = np.random.default_rng(11)
+    con = connect()
+    fp, eng = FlowPass(con, flows, firms["firm_id"], dates), DuckDBEngine(con)
+    compared = 0
+    for T in dates:
+        t = str(T.date())
+        now = firms[firms["founded_on"] < T]
+        health = pd.DataFrame({"obligations_missed_3m": rng.integers(0, 3, len(now)).astype(float),
+                               "trade_in_slope_12m": np.where(rng.random(len(now)) < 0.2, np.nan, rng.normal(0, 1, len(now)))},
+                              index=pd.Index(now["firm_id"], name="firm_id"))
+        eng.register("firms", now)
+        fp.create_legs(t)
+        want = [_counterparty_health(eng, health), _payer_concentration(eng), _fan_bursts(eng, t, 7)]
+        fp.drop_legs()
+        trade, party = fp.trade_legs(t, now["firm_id"])
+        legs = _pass_trade_view(eng, t, trade)
+        got = [_counterparty_health(eng, health, legs, party), _named(_payer_concentration(eng, legs), party),
+               _named(_fan_bursts(eng, t, 7, legs), party)]
+        con.execute(f"DROP VIEW {PASS_TRADE}")
+        eng.unregister(PASS_TRADE + "_codes")
+        for g, w in zip(got, want):
+            assert len(w) > 5
+            pd.testing.assert_frame_equal(g.sort_index(), w.sort_index(), check_exact=True)
+            compared += w.notna().sum().sum()
+    assert compared > 500
     con.close()

@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
-from scf_engine.duck import MONEY
+from scf_engine.duck import MONEY, register_money
 from scf_engine.sqlengine import DuckDBEngine
 from scf_engine.features.closed_loop import closed_loop_features
 from scf_engine.features.authenticity import ZERO_WHEN_NONE, ShapeSearch, authenticity_features, load_policy
@@ -505,24 +505,37 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     """The catalogue's ``code`` features over flows: counterparty concentration and fan
     bursts (SQL), and the authenticity search (numpy, over the trade legs the engine
     hands back; a pass's shapes searched once, :meth:`FlowPass.shape_search`); the legs
-    are let go before the search (the panel's tables went after the panel aggregate)."""
+    are let go before the search (the panel's tables went after the panel aggregate).
+
+    In a pass the three SQL statements that read only trade legs (counterparty health,
+    payer concentration, fan bursts) read this as-of's trade legs taken from the pass's
+    transfers (:meth:`FlowPass.trade_legs`, which the authenticity search reads too),
+    with parties as integer codes (:func:`_pass_trade_view`), instead of filtering every
+    leg of the pass's table by date and firm name again, once per statement: the same
+    statements, the same rows, the same answers."""
     code = {s.function for s in cat.of_kind("code")}
+    trade, legs, named = None, "legs", None
+    if flow_pass is not None and code & {"counterparty_health", "payer_concentration", "fan_bursts", "authenticity"}:
+        trade = flow_pass.trade_legs(T, out.index)
+        legs, named = _pass_trade_view(eng, T, trade[0]), trade[1]
     if "counterparty_health" in code:
-        out = out.join(_counterparty_health(eng, out), how="left")
+        out = out.join(_counterparty_health(eng, out, legs, named), how="left")
     if "payer_concentration" in code:
-        out = out.join(_payer_concentration(eng), how="left")
+        out = out.join(_named(_payer_concentration(eng, legs), named), how="left")
     auth_policy = load_policy() if code & {"authenticity", "fan_bursts"} else None
     if "fan_bursts" in code:
-        out = out.join(_fan_bursts(eng, T, auth_policy["bursts"]["days"]), how="left")
-    trade = None
-    if "authenticity" in code:
-        trade = flow_pass.trade_legs(T, out.index) if flow_pass is not None else _trade_legs(eng)
+        out = out.join(_named(_fan_bursts(eng, T, auth_policy["bursts"]["days"], legs), named), how="left")
+    if "authenticity" in code and trade is None:
+        trade = _trade_legs(eng)
     # the legs are done with: free the engine's memory before the pandas work below
     if flow_pass is not None:
         flow_pass.drop_legs()
+        if named is not None:
+            eng.con.execute(f"DROP VIEW IF EXISTS {PASS_TRADE}")
+            eng.unregister(PASS_TRADE + "_codes")
     else:
         eng.drop("legs")
-    if trade is not None:
+    if "authenticity" in code:
         # what the statements above freed, before the search's arrays are made on top of it;
         # the young garbage only: a full collection walks every object the process holds,
         # per snapshot (a training assembles one per date) 0.17 s in a fresh command and
@@ -534,6 +547,32 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
         for c in ZERO_WHEN_NONE:
             out.loc[has, c] = out.loc[has, c].fillna(0)
     return out
+
+
+PASS_TRADE = "_pass_trade_legs"  # an as-of's trade legs from a pass, as the statements read them
+
+
+def _pass_trade_view(eng, T: str, trade: pd.DataFrame) -> str:
+    """The view :data:`PASS_TRADE` over ``trade`` (:meth:`FlowPass.trade_legs`: the
+    as-of's trade legs of the last 12 months, parties as integer codes): the columns the
+    trade-only statements read from ``legs`` (``purpose`` 'trade', money as exact
+    decimals, ``booked_on`` and ``k`` as :func:`_window_sql` counts it). Codes are in
+    name order, so a statement ordering by party orders as it does by name; its answers
+    are per code (:func:`_named`)."""
+    register_money(eng.con, PASS_TRADE + "_codes", trade[["firm_id", "cpty", "dir", "amount", "day"]], money=("amount",))
+    eng.con.execute(f"CREATE OR REPLACE TEMP VIEW {PASS_TRADE} AS " + _window_sql(
+        T, f"(SELECT firm_id, cpty, dir, 'trade' AS purpose, amount, DATE '1970-01-01' + day AS booked_on "
+           f"FROM {PASS_TRADE}_codes)", READ_MONTHS))
+    return PASS_TRADE
+
+
+def _named(frame: pd.DataFrame, party: pa.Array | None) -> pd.DataFrame:
+    """``frame`` indexed by party code, indexed by the party's name (as it is when
+    ``party`` is None: the statement read names)."""
+    if party is None:
+        return frame
+    codes = pa.array(frame.index.to_numpy(dtype=np.int64))
+    return frame.set_axis(pd.Index(party.take(codes).to_numpy(zero_copy_only=False), name="firm_id"))
 
 
 def _parties_sql(legs: str) -> str:
@@ -569,53 +608,61 @@ def _authenticity(trade: pd.DataFrame, party, policy, search: ShapeSearch | None
     return auth
 
 
-def _counterparty_health(eng, out: pd.DataFrame) -> pd.DataFrame:
+def _counterparty_health(eng, out: pd.DataFrame, legs: str = "legs", party: pa.Array | None = None) -> pd.DataFrame:
     """Paying firms' health read from their own flows at the same as-of date (so nothing
     later than the firm's own features): the receipt share from payers that missed
     statutory or utility payments in the last 3 months, and the receipt-weighted trend of
-    the payers' own trade inflow. One thread: sums of doubles in a fixed order."""
+    the payers' own trade inflow. One thread: sums of doubles in a fixed order.
+    ``legs``, ``party``: trade legs with parties as codes of ``party`` (a pass's,
+    :func:`_pass_trade_view`): the payers' health is keyed by code too."""
     health = out[["obligations_missed_3m", "trade_in_slope_12m"]].rename_axis("firm_id").reset_index()
+    if party is not None:
+        at = pc.index_in(pa.array(health["firm_id"].to_numpy(dtype=object), pa.large_string()),
+                         value_set=party.cast(pa.large_string()))
+        known = at.is_valid()  # a firm with no trade leg is no party of the pass: nobody's payer
+        health = health[known.to_numpy(zero_copy_only=False)].assign(firm_id=at.filter(known).to_numpy())
     eng.register("_cpty_health", health)
     with eng.deterministic():
-        res = eng.df("""
+        res = eng.df(f"""
             SELECT l.firm_id,
                    sum(l.amount) FILTER (WHERE h.obligations_missed_3m > 0) AS in_arrears, sum(l.amount) AS total,
                    sum(l.amount * h.trade_in_slope_12m) FILTER (WHERE h.trade_in_slope_12m IS NOT NULL) AS slope_sum,
                    sum(l.amount) FILTER (WHERE h.trade_in_slope_12m IS NOT NULL) AS slope_weight
-            FROM (SELECT firm_id, cpty, amount FROM legs WHERE dir = 'in' AND purpose = 'trade' AND k < 12
+            FROM (SELECT firm_id, cpty, amount FROM {legs} WHERE dir = 'in' AND purpose = 'trade' AND k < 12
                   ORDER BY firm_id, cpty, amount) l
             JOIN _cpty_health h ON l.cpty = h.firm_id
             GROUP BY l.firm_id ORDER BY l.firm_id""").set_index("firm_id")
     eng.unregister("_cpty_health")
+    res = _named(res, party)
     return pd.DataFrame({"payer_arrears_share_12m": res["in_arrears"].fillna(0.0) / res["total"],
                          "payer_trade_slope_12m": res["slope_sum"] / res["slope_weight"]}, index=res.index)
 
 
-def _fan_bursts(eng, T: str, days: int) -> pd.DataFrame:
+def _fan_bursts(eng, T: str, days: int, legs: str = "legs") -> pd.DataFrame:
     """Distinct trade payers (payees) in the busiest window of ``days`` days of the last 12
     months (windows counted back from T). A ratio to the firm's average window was tried
     and dropped: an account used once, for one burst, has a ratio of 1."""
     return eng.df(f"""
         WITH w AS (SELECT firm_id, dir, (date_diff('day', booked_on, DATE '{T}') - 1) // {int(days)} AS win,
                           count(DISTINCT cpty) AS n
-                   FROM legs WHERE k < 12 AND purpose = 'trade' GROUP BY firm_id, dir, win)
+                   FROM {legs} WHERE k < 12 AND purpose = 'trade' GROUP BY firm_id, dir, win)
         SELECT firm_id, coalesce(max(n) FILTER (WHERE dir = 'in'), 0)::DOUBLE AS fan_in_burst_12m,
                coalesce(max(n) FILTER (WHERE dir = 'out'), 0)::DOUBLE AS fan_out_burst_12m
         FROM w GROUP BY firm_id
     """).set_index("firm_id")
 
 
-def _payer_concentration(eng) -> pd.DataFrame:
+def _payer_concentration(eng, legs: str = "legs") -> pd.DataFrame:
     """HHI and top share of trade receipts by payer, and the share of recent receipts from
     new payers. The HHI adds the squared shares in sorted order: a plain ``sum`` of
     doubles would depend on how threads split a firm's payers (see scf_engine.duck)."""
-    return eng.df("""
-        WITH s AS (SELECT firm_id, cpty, sum(amount) AS amt FROM legs
+    return eng.df(f"""
+        WITH s AS (SELECT firm_id, cpty, sum(amount) AS amt FROM {legs}
                    WHERE dir = 'in' AND purpose = 'trade' AND k < 12 GROUP BY firm_id, cpty),
         sh AS (SELECT firm_id, amt / sum(amt) OVER (PARTITION BY firm_id) AS share FROM s),
-        recent AS (SELECT firm_id, cpty, sum(amount) AS amt FROM legs
+        recent AS (SELECT firm_id, cpty, sum(amount) AS amt FROM {legs}
                    WHERE dir = 'in' AND purpose = 'trade' AND k < 3 GROUP BY firm_id, cpty),
-        before AS (SELECT DISTINCT firm_id, cpty FROM legs WHERE dir = 'in' AND purpose = 'trade' AND k >= 3 AND k < 12),
+        before AS (SELECT DISTINCT firm_id, cpty FROM {legs} WHERE dir = 'in' AND purpose = 'trade' AND k >= 3 AND k < 12),
         churn AS (SELECT r.firm_id, sum(r.amt) FILTER (WHERE b.cpty IS NULL) / sum(r.amt) AS payer_churn_3m
                   FROM recent r LEFT JOIN before b USING (firm_id, cpty) GROUP BY r.firm_id)
         SELECT firm_id, list_sum(list_sort(list(share * share))) AS payer_hhi_12m, max(share) AS top_payer_share_12m,
