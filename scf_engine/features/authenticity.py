@@ -340,7 +340,9 @@ def _relationships(payer: np.ndarray, payee: np.ndarray, n: int) -> tuple[np.nda
     """The distinct (payer, payee) relationships, self-payments left out, and the strongly
     connected component of each party (a closed chain of relationships lies inside one)."""
     payer, payee = np.asarray(payer, np.int64), np.asarray(payee, np.int64)
-    key = np.unique((payer * n + payee)[payer != payee])
+    # distinct by hashing, then sorted: np.unique sorts every transfer (a year of a pair's
+    # monthly payments are one relationship), a third of the features' time at 10,000 firms
+    key = np.sort(pd.unique((payer * n + payee)[payer != payee]))
     pairs = np.column_stack([key // n, key % n])
     adj = sp.csr_matrix((np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     return pairs, connected_components(adj, directed=True, connection="strong")[1]
@@ -547,7 +549,10 @@ def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch |
     everything, out_all, in_all = np.ones(len(legs), bool), is_out, ~is_out
     ring_legs, back = rings.on_ring[at], is_out & rings.returns[at]
     ring_pairs = pd.DataFrame({"f": codes[ring_legs], "c": legs["cpty"].to_numpy()[ring_legs]}).drop_duplicates()
-    per_firm = pd.DataFrame({"f": codes, "len": rings.min_parties[at], "days": np.where(back, rings.return_days[at], np.nan)})
+    # the ring legs only: a leg on no ring has no length (inf) and no return (NaN), which
+    # the min and the median below skip, so a firm without one gets NaN either way
+    per_firm = pd.DataFrame({"f": codes[ring_legs], "len": rings.min_parties[at][ring_legs],
+                             "days": np.where(back, rings.return_days[at], np.nan)[ring_legs]})
     fan = pd.concat([sg.rename(columns={"src": "p"}), sg.rename(columns={"dst": "p"})]).groupby("p")["fan"].max()
     ring_k = structural[np.asarray(firms, np.int64)]
     with np.errstate(divide="ignore", invalid="ignore"):
