@@ -241,7 +241,9 @@ class SparkEngine:
             df = df.localCheckpoint()
         df.createOrReplaceTempView(name)
 
-    def create(self, name: str, sql: str) -> None:
+    def create(self, name: str, sql: str, *, shared: bool = False) -> None:
+        """``shared``: as :meth:`scf_engine.sqlengine.DuckDBEngine.create` takes it (every
+        view of the session is seen by every query here)."""
         self.drop(name)
         df = self.spark.sql(to_spark(sql, stored=True)).persist()
         df.createOrReplaceTempView(name)
@@ -282,6 +284,11 @@ class SparkEngine:
 
     def unregister(self, name: str) -> None:
         self.spark.catalog.dropTempView(name)
+
+    def df_in_parts(self, sql: str, table: str, key: str, bounds) -> pd.DataFrame:
+        """The query over the whole table (:meth:`scf_engine.sqlengine.DuckDBEngine.df_in_parts`
+        splits it to use more cores at one thread each; Spark's aggregates are its own)."""
+        return self.df(sql.replace("{rows}", table))
 
     @contextmanager
     def deterministic(self):

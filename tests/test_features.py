@@ -836,3 +836,34 @@ def test_a_pass_answers_the_trade_statements_from_its_trade_legs_as_from_every_l
             compared += w.notna().sum().sum()
     assert compared > 500
     con.close()
+
+
+def test_an_aggregate_in_parts_gives_each_key_the_bits_of_one_thread_over_the_whole_table():
+    """DuckDBEngine.df_in_parts (the panel's aggregate: ranges of firms at once, each on
+    one thread of a cursor of its own) against one thread over the whole table: every
+    key once, with the same bits of order-sensitive sums, deviations and slopes of
+    doubles; a bound on an existing key puts it in the upper part only, a bound past
+    every key leaves an empty part; the connection's thread setting is restored."""
+    from scf_engine.duck import connect
+    from scf_engine.sqlengine import DuckDBEngine
+
+    rng = np.random.default_rng(3)
+    n = 1_000_000  # ~8 of DuckDB's row groups, ~25 rows a key
+    keys = np.sort(rng.choice(np.array([f"F{j:06d}" for j in range(40_000)]), n))
+    x = rng.lognormal(0, 3, n) * rng.choice([1.0, -1.0, 1e-9, 1e9], n)
+    con = connect()
+    eng = DuckDBEngine(con)
+    threads = con.execute("SELECT current_setting('threads')").fetchall()
+    eng.register("_src", pd.DataFrame({"firm_id": keys, "k": rng.integers(0, 24, n), "x": x}))
+    eng.create("t", "SELECT * FROM _src ORDER BY firm_id, k", shared=True)
+    sql = ("SELECT firm_id, sum(x) AS s, stddev_samp(ln(1 + abs(x))) AS sd, regr_slope(x, -k) AS slope, "
+           "sum(x) FILTER (WHERE k < 12) AS s12, count(*) AS n FROM {rows} GROUP BY firm_id")
+    with eng.deterministic():
+        whole = eng.df(sql.replace("{rows}", "t")).sort_values("firm_id", ignore_index=True)
+    u = np.unique(keys)
+    for bounds in ([u[len(u) // 2]], [u[100], u[len(u) // 3], u[-1]], [u[len(u) // 4], "G"], []):
+        got = eng.df_in_parts(sql, "t", "firm_id", [str(b) for b in bounds]).sort_values("firm_id", ignore_index=True)
+        pd.testing.assert_frame_equal(got, whole, check_exact=True)
+        assert con.execute("SELECT current_setting('threads')").fetchall() == threads
+    assert whole["n"].sum() == n and len(whole) == len(u)
+    con.close()

@@ -55,6 +55,7 @@ OBLIGATIONS = ("payroll", "tax", "social_insurance", "housing_fund", "utilities"
 YOY_COLUMNS = ("in_trade", "tax", "utilities")
 OPEN_GAPS = ("payroll", "tax", "social_insurance", "housing_fund", "loan_interest")
 MIN_INDUSTRY_GROUP = 10  # smaller industry divisions are ranked within their section
+PANEL_PARTS = 2  # the firm-month panel is aggregated in this many ranges of firms at once (flow_features)
 READ_MONTHS = 12  # the months of legs every statement but the panel reads (k < 12): FlowPass keeps only these
 
 
@@ -438,11 +439,17 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
     # in the same order every run
     eng.create("p2", f"SELECT p.*, {prev}, {nxt}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM p JOIN "
-                     f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k")
+                     f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k",
+               shared=True)
 
     panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
-    with eng.deterministic():  # slopes and deviations of doubles: same bits every run (scf_engine.duck)
-        out = eng.df(f"SELECT firm_id, {panel_exprs} FROM p2 GROUP BY firm_id").set_index("firm_id")
+    # slopes and deviations of doubles: each firm's on one thread, same bits every run
+    # (scf_engine.duck); the firms in PANEL_PARTS ranges at once, split by name (not by
+    # the machine's cores: the answers are the same on any machine)
+    ids = np.sort(firms["firm_id"].astype(str).to_numpy())
+    bounds = [str(ids[len(ids) * j // PANEL_PARTS]) for j in range(1, PANEL_PARTS)] if len(ids) >= PANEL_PARTS else []
+    out = eng.df_in_parts(f"SELECT firm_id, {panel_exprs} FROM {{rows}} GROUP BY firm_id", "p2", "firm_id",
+                          bounds).set_index("firm_id")
     # the panel is read by the statement above only: its tables go now, not after the code
     # features (~2.4 million firm-months of ~40 columns at 100,000 firms, ~1.2 GB held
     # uncompressed under the trade legs and the authenticity search, the as-of's peak)
