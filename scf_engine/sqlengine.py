@@ -84,20 +84,21 @@ class DuckDBEngine:
         parts = [(None if i == 0 else bounds[i - 1], None if i == len(bounds) else bounds[i])
                  for i in range(len(bounds) + 1)]
 
-        def part(lo, hi) -> pd.DataFrame:
+        def part(cur, lo, hi) -> pd.DataFrame:
             where = " AND ".join([f"{key} >= $lo"] * (lo is not None) + [f"{key} < $hi"] * (hi is not None)) or "true"
             params = {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None}
-            cur = self.con.cursor()
-            try:
-                return cur.execute(sql.replace("{rows}", f"(SELECT * FROM {table} WHERE {where})"), params).df()
-            finally:
-                cur.close()
+            return cur.execute(sql.replace("{rows}", f"(SELECT * FROM {table} WHERE {where})"), params).df()
 
         with self.deterministic():
             if len(parts) == 1:
-                return part(None, None)
-            with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="scf-sql-part") as pool:
-                frames = list(pool.map(lambda b: part(*b), parts))
+                return part(self.con, None, None)
+            cursors = [self.con.cursor() for _ in parts]  # opened here, each used by one worker only
+            try:
+                with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="scf-sql-part") as pool:
+                    frames = list(pool.map(lambda c, b: part(c, *b), cursors, parts))
+            finally:
+                for cur in cursors:
+                    cur.close()
         return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)  # an empty part adds no rows
 
     def drop(self, *names: str) -> None:

@@ -803,7 +803,10 @@ def test_a_pass_answers_the_trade_statements_from_its_trade_legs_as_from_every_l
     as-of's trade legs with parties as codes (_pass_trade_view), not the legs view of
     every purpose by name: the same answers to the last bit, per firm, on the made world
     (self-transfers, parties that are no firm, firms founded between dates, flows out of
-    order); the payers' health has gaps (NULL slopes) and firms with no trade legs."""
+    order); the payers' health has gaps (NULL slopes), slopes of every magnitude (a sum
+    in another order changes its last bits) and thousands of dormant firms (more firms
+    than receipts: DuckDB then builds the join's hash table on the legs, and the sum's
+    order must not come from the join)."""
     from scf_engine.duck import connect
     from scf_engine.features.flows import (PASS_TRADE, FlowPass, _counterparty_health, _fan_bursts, _named,
                                            _pass_trade_view, _payer_concentration)
@@ -817,9 +820,11 @@ def test_a_pass_answers_the_trade_statements_from_its_trade_legs_as_from_every_l
     for T in dates:
         t = str(T.date())
         now = firms[firms["founded_on"] < T]
-        health = pd.DataFrame({"obligations_missed_3m": rng.integers(0, 3, len(now)).astype(float),
-                               "trade_in_slope_12m": np.where(rng.random(len(now)) < 0.2, np.nan, rng.normal(0, 1, len(now)))},
-                              index=pd.Index(now["firm_id"], name="firm_id"))
+        ids = [*now["firm_id"], *(f"Z{j:05d}" for j in range(3000))]  # the dormant: no flow at all
+        slope = rng.normal(0, 1, len(ids)) * 10.0 ** rng.integers(-8, 8, len(ids))
+        health = pd.DataFrame({"obligations_missed_3m": rng.integers(0, 3, len(ids)).astype(float),
+                               "trade_in_slope_12m": np.where(rng.random(len(ids)) < 0.2, np.nan, slope)},
+                              index=pd.Index(ids, name="firm_id"))
         eng.register("firms", now)
         fp.create_legs(t)
         want = [_counterparty_health(eng, health), _payer_concentration(eng), _fan_bursts(eng, t, 7)]

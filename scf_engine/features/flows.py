@@ -31,6 +31,7 @@ statements go through an engine, :class:`scf_engine.sqlengine.DuckDBEngine` as w
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from dataclasses import dataclass
 
@@ -438,22 +439,26 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     last = ", ".join(f"min(CASE WHEN {o} > 0 THEN k END) OVER (PARTITION BY firm_id) AS {o}_last_k" for o in OPEN_GAPS)
     # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
     # in the same order every run
-    eng.create("p2", f"SELECT p.*, {prev}, {nxt}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM p JOIN "
-                     f"(SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k",
-               shared=True)
-
-    panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
-    # slopes and deviations of doubles: each firm's on one thread, same bits every run
-    # (scf_engine.duck); the firms in PANEL_PARTS ranges at once, split by name (not by
-    # the machine's cores: the answers are the same on any machine)
-    ids = np.sort(firms["firm_id"].astype(str).to_numpy())
-    bounds = [str(ids[len(ids) * j // PANEL_PARTS]) for j in range(1, PANEL_PARTS)] if len(ids) >= PANEL_PARTS else []
-    out = eng.df_in_parts(f"SELECT firm_id, {panel_exprs} FROM {{rows}} GROUP BY firm_id", "p2", "firm_id",
-                          bounds).set_index("firm_id")
-    # the panel is read by the statement above only: its tables go now, not after the code
-    # features (~2.4 million firm-months of ~40 columns at 100,000 firms, ~1.2 GB held
-    # uncompressed under the trade legs and the authenticity search, the as-of's peak)
-    eng.drop("p2", "p")
+    # p2 is a table of the database, not of this connection (df_in_parts' cursors read it):
+    # a name of its own, so no other connection's or caller's table is replaced or dropped
+    p2 = f"_scf_p2_{uuid.uuid4().hex}"
+    try:
+        eng.create(p2, f"SELECT p.*, {prev}, {nxt}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM p "
+                       f"JOIN (SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k",
+                   shared=True)
+        panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
+        # slopes and deviations of doubles: each firm's on one thread, same bits every run
+        # (scf_engine.duck); the firms in PANEL_PARTS ranges at once, split by name (not by
+        # the machine's cores: the answers are the same on any machine)
+        ids = np.sort(firms["firm_id"].astype(str).to_numpy())
+        bounds = [str(ids[len(ids) * j // PANEL_PARTS]) for j in range(1, PANEL_PARTS)] if len(ids) >= PANEL_PARTS else []
+        out = eng.df_in_parts(f"SELECT firm_id, {panel_exprs} FROM {{rows}} GROUP BY firm_id", p2, "firm_id",
+                              bounds).set_index("firm_id")
+    finally:
+        # the panel is read by the statement above only: its tables go now, not after the code
+        # features (~2.4 million firm-months of ~40 columns at 100,000 firms, ~1.2 GB held
+        # uncompressed under the trade legs and the authenticity search, the as-of's peak)
+        eng.drop(p2, "p")
 
     cpty_specs = cat.of_kind("cpty")
     if cpty_specs:
@@ -619,9 +624,13 @@ def _counterparty_health(eng, out: pd.DataFrame, legs: str = "legs", party: pa.A
     """Paying firms' health read from their own flows at the same as-of date (so nothing
     later than the firm's own features): the receipt share from payers that missed
     statutory or utility payments in the last 3 months, and the receipt-weighted trend of
-    the payers' own trade inflow. One thread: sums of doubles in a fixed order.
-    ``legs``, ``party``: trade legs with parties as codes of ``party`` (a pass's,
-    :func:`_pass_trade_view`): the payers' health is keyed by code too."""
+    the payers' own trade inflow. The one sum of doubles adds a firm's receipts in
+    (payer, amount) order, named in the aggregate: the legs were sorted before the join
+    before, and the join kept that order only while DuckDB built its hash table on the
+    payers' health; with more firms than receipts (dormant firms) it built it on the
+    legs, and the order, hence the last bits, depended on the plan. ``legs``, ``party``:
+    trade legs with parties as codes of ``party`` (a pass's, :func:`_pass_trade_view`;
+    codes in name order): the payers' health is keyed by code too."""
     health = out[["obligations_missed_3m", "trade_in_slope_12m"]].rename_axis("firm_id").reset_index()
     if party is not None:
         at = pc.index_in(pa.array(health["firm_id"].to_numpy(dtype=object), pa.large_string()),
@@ -633,10 +642,10 @@ def _counterparty_health(eng, out: pd.DataFrame, legs: str = "legs", party: pa.A
         res = eng.df(f"""
             SELECT l.firm_id,
                    sum(l.amount) FILTER (WHERE h.obligations_missed_3m > 0) AS in_arrears, sum(l.amount) AS total,
-                   sum(l.amount * h.trade_in_slope_12m) FILTER (WHERE h.trade_in_slope_12m IS NOT NULL) AS slope_sum,
+                   sum(l.amount * h.trade_in_slope_12m ORDER BY l.cpty, l.amount)
+                       FILTER (WHERE h.trade_in_slope_12m IS NOT NULL) AS slope_sum,
                    sum(l.amount) FILTER (WHERE h.trade_in_slope_12m IS NOT NULL) AS slope_weight
-            FROM (SELECT firm_id, cpty, amount FROM {legs} WHERE dir = 'in' AND purpose = 'trade' AND k < 12
-                  ORDER BY firm_id, cpty, amount) l
+            FROM (SELECT firm_id, cpty, amount FROM {legs} WHERE dir = 'in' AND purpose = 'trade' AND k < 12) l
             JOIN _cpty_health h ON l.cpty = h.firm_id
             GROUP BY l.firm_id ORDER BY l.firm_id""").set_index("firm_id")
     eng.unregister("_cpty_health")
