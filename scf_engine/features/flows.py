@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -92,7 +92,8 @@ def _legs_sql(T: str) -> str:
 class TradeTransfers:
     """A pass's trade transfers, one per ``_i`` in ``_i`` order (:meth:`FlowPass.transfers`):
     payer and payee as party codes (``party[code]`` is the party), the booking day as days
-    since 1970-01-01, the amount."""
+    since 1970-01-01, the amount; and the booking's calendar month (months since January
+    1970) and day of the month, made once, from which each as-of counts its k."""
 
     i: np.ndarray
     payer: np.ndarray
@@ -100,6 +101,14 @@ class TradeTransfers:
     day: np.ndarray
     amount: np.ndarray
     party: pa.Array
+    month: np.ndarray = field(init=False)
+    mday: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        days = self.day.astype("datetime64[D]")
+        months = days.astype("datetime64[M]")
+        self.month = months.astype(np.int32)
+        self.mday = ((days - months).astype(np.int64) + 1).astype(np.int8)
 
 
 def _month_start(ym: int) -> pd.Timestamp:
@@ -254,15 +263,12 @@ class FlowPass:
         100,000 firms); and the party of each code."""
         t = self.transfers()
         T = self._date(T)
-        days = t.day.astype("datetime64[D]")
-        months = days.astype("datetime64[M]")
         # k as _window_sql counts it: T's month minus the leg's, less one when the leg's
         # day of the month is on or after T's
-        k = (np.int64((T.year - 1970) * 12 + T.month - 1) - months.astype(np.int64)
-             - ((days - months).astype(np.int64) + 1 >= T.day))
+        k = np.int32((T.year - 1970) * 12 + T.month - 1) - t.month - (t.mday >= T.day)
         start = np.datetime64(self._read_from(T), "D").astype(np.int64)
         chosen = np.flatnonzero((k >= 0) & (k < READ_MONTHS) & (t.day >= start))
-        del days, months, k
+        del k
         firm = np.zeros(len(t.party), dtype=bool)  # per party code: a firm of this as-of
         at = pc.index_in(pa.array(np.asarray(firm_ids, dtype=object), pa.large_string()),
                          value_set=t.party.cast(pa.large_string())).drop_null().to_numpy()
