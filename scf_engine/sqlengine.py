@@ -92,8 +92,10 @@ class DuckDBEngine:
         with self.deterministic():
             if len(parts) == 1:
                 return part(self.con, None, None)
-            cursors = [self.con.cursor() for _ in parts]  # opened here, each used by one worker only
+            cursors = []  # opened here, each used by one worker only
             try:
+                for _ in parts:
+                    cursors.append(self.con.cursor())
                 with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="scf-sql-part") as pool:
                     frames = list(pool.map(lambda c, b: part(c, *b), cursors, parts))
             finally:

@@ -125,7 +125,7 @@ def test_every_catalogue_flow_feature_is_the_same_on_spark(world_dir, spark, tmp
 def test_the_dialect_rules_keep_duckdb_meaning():
     """Division is DuckDB's (a double even between decimals), ENUM casts are strings, an
     order-fixed list sum is Spark's aggregate; a stored table keeps no ORDER BY; a distinct
-    count is the size of a set."""
+    count is the size of a set; a sum's ORDER BY goes, a window's stays."""
     sql = to_spark("SELECT sum(a) / nullif(sum(b), 0) AS r, TRY_CAST(p AS ENUM('x', 'y')) AS e, "
                    "list_sum(list_sort(list(v))) AS s FROM t")
     assert "CAST(SUM(a) AS DOUBLE) / CAST(NULLIF(SUM(b), 0) AS DOUBLE)" in sql
@@ -135,6 +135,11 @@ def test_the_dialect_rules_keep_duckdb_meaning():
     # a distinct count is a set's size (no row-repeating Expand), its filter inside the set
     distinct = to_spark("SELECT count(DISTINCT c) FILTER (WHERE k < 3) AS a, count(DISTINCT c) AS b FROM t GROUP BY f")
     assert "SIZE(COLLECT_SET(CASE WHEN k < 3 THEN c END)) AS a" in distinct and "SIZE(COLLECT_SET(c)) AS b" in distinct
+    # a sum's order (DuckDB's, for the same bits on any plan) has no Spark form: dropped there;
+    # a window's order is kept
+    ordered = to_spark("SELECT f, sum(a * b ORDER BY c, d) FILTER (WHERE b IS NOT NULL) AS s, "
+                       "lead(a) OVER (PARTITION BY f ORDER BY k) AS n FROM t GROUP BY f")
+    assert "SUM(a * b) FILTER(WHERE NOT b IS NULL) AS s" in ordered and "OVER (PARTITION BY f ORDER BY k" in ordered
 
 
 def test_results_come_back_through_parquet_in_the_query_order(spark, tmp_path):
