@@ -808,8 +808,8 @@ def test_a_pass_answers_the_trade_statements_from_its_trade_legs_as_from_every_l
     than receipts: DuckDB then builds the join's hash table on the legs, and the sum's
     order must not come from the join)."""
     from scf_engine.duck import connect
-    from scf_engine.features.flows import (PASS_TRADE, FlowPass, _counterparty_health, _fan_bursts, _named,
-                                           _pass_trade_view, _payer_concentration)
+    from scf_engine.features.flows import (PASS_TRADE, FlowPass, _counterparty_health, _drop_pass_trade_view,
+                                           _fan_bursts, _named, _pass_trade_view, _payer_concentration)
     from scf_engine.sqlengine import DuckDBEngine
 
     firms, flows, dates = _awkward_pass_world(ordered)
@@ -833,8 +833,10 @@ def test_a_pass_answers_the_trade_statements_from_its_trade_legs_as_from_every_l
         legs = _pass_trade_view(eng, t, trade)
         got = [_counterparty_health(eng, health, legs, party), _named(_payer_concentration(eng, legs), party),
                _named(_fan_bursts(eng, t, 7, legs), party)]
-        con.execute(f"DROP VIEW {PASS_TRADE}")
-        eng.unregister(PASS_TRADE + "_codes")
+        views = lambda: set(con.execute("SELECT view_name FROM duckdb_views()").df()["view_name"])  # noqa: E731
+        assert PASS_TRADE in views()
+        _drop_pass_trade_view(eng)
+        assert PASS_TRADE not in views()
         for g, w in zip(got, want):
             assert len(w) > 5
             pd.testing.assert_frame_equal(g.sort_index(), w.sort_index(), check_exact=True)

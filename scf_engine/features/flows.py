@@ -270,8 +270,7 @@ class FlowPass:
         chosen = np.flatnonzero((k >= 0) & (k < READ_MONTHS) & (t.day >= start))
         del k
         firm = np.zeros(len(t.party), dtype=bool)  # per party code: a firm of this as-of
-        at = pc.index_in(pa.array(np.asarray(firm_ids, dtype=object), pa.large_string()),
-                         value_set=t.party.cast(pa.large_string())).drop_null().to_numpy()
+        at = _party_codes(firm_ids, t.party).drop_null().to_numpy()
         firm[at] = True
         payer, payee = t.payer[chosen], t.payee[chosen]
         has_in, has_out = firm[payee], firm[payer]
@@ -404,30 +403,12 @@ def _panel_sql(monthly: str | None = None) -> str:
     return PANEL_SQL.format(monthly=monthly or _monthly_sql(), coalesced=coalesced, carried=carried)
 
 
-def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None, engine=None,
-                  flow_pass: FlowPass | None = None) -> pd.DataFrame:
-    """Every flow feature of the catalogue for every firm in the snapshot (index firm_id).
-
-    A firm with no flow in the last 24 months has all panel features empty. ``engine``:
-    where the SQL runs (default: DuckDB on ``con``, or on a new connection); the same
-    statements on :class:`scf_engine.spark.SparkEngine` give the same features.
-    ``flow_pass``: the legs of a pass over several dates, built on ``con``
-    (:class:`FlowPass`), read instead of building this date's from the snapshot's flows.
-    """
-    cat = catalogue or load_catalogue()
-    T = snapshot.as_of.strftime("%Y-%m-%d")
-    eng = engine or DuckDBEngine(con)
-    firms = snapshot.firms[["firm_id", "industry", "founded_on"]]
-    eng.register("firms", firms)
-    if flow_pass is not None:
-        if engine is not None or con is None or flow_pass.eng.con is not con:
-            raise ValueError("flow_pass: its legs live on the DuckDB connection it was built on; pass that as con")
-        flow_pass.create_legs(T)
-    else:
-        eng.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]],
-                     money=("amount",), row_number="_i")
-        eng.create("legs", _legs_sql(T))
-    eng.create("p", flow_pass.panel_sql(T) if flow_pass is not None else _panel_sql())
+def _panel_features(eng, panel: str, firm_ids, cat: Catalogue) -> pd.DataFrame:
+    """The catalogue's ``panel`` features per firm: the dense panel ``p`` (the query
+    ``panel``), ``p2`` beside it with each month's neighbours and the firm's typical
+    payments, then the per-firm aggregate; both tables dropped before returning, also
+    on failure."""
+    eng.create("p", panel)
     # {o}_typical: the firm's median monthly payment, as a DOUBLE: DuckDB's median of an
     # even count of DECIMAL(18,2) cuts the mean of the middle two to cents (100.01 and 100.02
     # give 100.01) where Spark's gives 100.015, and a payment at 1.6x that boundary counted
@@ -456,7 +437,7 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
         # slopes and deviations of doubles: each firm's on one thread, same bits every run
         # (scf_engine.duck); the firms in PANEL_PARTS ranges at once, split by name (not by
         # the machine's cores: the answers are the same on any machine)
-        ids = np.sort(firms["firm_id"].astype(str).to_numpy())
+        ids = np.sort(np.asarray(firm_ids, dtype=object).astype(str))
         bounds = [str(ids[len(ids) * j // PANEL_PARTS]) for j in range(1, PANEL_PARTS)] if len(ids) >= PANEL_PARTS else []
         out = eng.df_in_parts(f"SELECT firm_id, {panel_exprs} FROM {{rows}} GROUP BY firm_id", p2, "firm_id",
                               bounds).set_index("firm_id")
@@ -465,6 +446,33 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
         # features (~2.4 million firm-months of ~40 columns at 100,000 firms, ~1.2 GB held
         # uncompressed under the trade legs and the authenticity search, the as-of's peak)
         eng.drop(p2, "p")
+    return out
+
+
+def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None, engine=None,
+                  flow_pass: FlowPass | None = None) -> pd.DataFrame:
+    """Every flow feature of the catalogue for every firm in the snapshot (index firm_id).
+
+    A firm with no flow in the last 24 months has all panel features empty. ``engine``:
+    where the SQL runs (default: DuckDB on ``con``, or on a new connection); the same
+    statements on :class:`scf_engine.spark.SparkEngine` give the same features.
+    ``flow_pass``: the legs of a pass over several dates, built on ``con``
+    (:class:`FlowPass`), read instead of building this date's from the snapshot's flows.
+    """
+    cat = catalogue or load_catalogue()
+    T = snapshot.as_of.strftime("%Y-%m-%d")
+    eng = engine or DuckDBEngine(con)
+    firms = snapshot.firms[["firm_id", "industry", "founded_on"]]
+    eng.register("firms", firms)
+    if flow_pass is not None:
+        if engine is not None or con is None or flow_pass.eng.con is not con:
+            raise ValueError("flow_pass: its legs live on the DuckDB connection it was built on; pass that as con")
+        flow_pass.create_legs(T)
+    else:
+        eng.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]],
+                     money=("amount",), row_number="_i")
+        eng.create("legs", _legs_sql(T))
+    out = _panel_features(eng, flow_pass.panel_sql(T) if flow_pass is not None else _panel_sql(), firms["firm_id"], cat)
 
     cpty_specs = cat.of_kind("cpty")
     if cpty_specs:
@@ -549,8 +557,7 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     if flow_pass is not None:
         flow_pass.drop_legs()
         if named is not None:
-            eng.con.execute(f"DROP VIEW IF EXISTS {PASS_TRADE}")
-            eng.unregister(PASS_TRADE + "_codes")
+            _drop_pass_trade_view(eng)
     else:
         eng.drop("legs")
     if "authenticity" in code:
@@ -582,6 +589,19 @@ def _pass_trade_view(eng, T: str, trade: pd.DataFrame) -> str:
         T, f"(SELECT firm_id, cpty, dir, 'trade' AS purpose, amount, DATE '1970-01-01' + day AS booked_on "
            f"FROM {PASS_TRADE}_codes)", READ_MONTHS))
     return PASS_TRADE
+
+
+def _drop_pass_trade_view(eng) -> None:
+    """Take back what :func:`_pass_trade_view` registered."""
+    eng.con.execute(f"DROP VIEW IF EXISTS {PASS_TRADE}")
+    eng.unregister(PASS_TRADE + "_codes")
+
+
+def _party_codes(names, party: pa.Array) -> pa.Array:
+    """The code of each of ``names`` among ``party`` (a pass's parties), null where a
+    name is no party."""
+    return pc.index_in(pa.array(np.asarray(names, dtype=object), pa.large_string()),
+                       value_set=party.cast(pa.large_string()))
 
 
 def _named(frame: pd.DataFrame, party: pa.Array | None) -> pd.DataFrame:
@@ -639,8 +659,7 @@ def _counterparty_health(eng, out: pd.DataFrame, legs: str = "legs", party: pa.A
     codes in name order): the payers' health is keyed by code too."""
     health = out[["obligations_missed_3m", "trade_in_slope_12m"]].rename_axis("firm_id").reset_index()
     if party is not None:
-        at = pc.index_in(pa.array(health["firm_id"].to_numpy(dtype=object), pa.large_string()),
-                         value_set=party.cast(pa.large_string()))
+        at = _party_codes(health["firm_id"], party)
         known = at.is_valid()  # a firm with no trade leg is no party of the pass: nobody's payer
         health = health[known.to_numpy(zero_copy_only=False)].assign(firm_id=at.filter(known).to_numpy())
     eng.register("_cpty_health", health)
