@@ -30,6 +30,8 @@ from typing import Iterable
 
 import pandas as pd
 
+from scf_engine.membership import isin
+
 STATUS_COLUMNS = ("receivable_id", "firm_id", "buyer_id", "amount", "confirmed", "reason")
 
 
@@ -121,13 +123,13 @@ def earmarked(status: pd.DataFrame, limits: pd.DataFrame) -> list[list[str]]:
     """``[receivable_id, firm_id]`` of every free receivable behind a limit this batch
     granted (limit > 0 and a receivable part): what the next batch must leave out."""
     backed = limits.loc[(limits["limit_cny"] > 0) & (limits["receivable_part"].fillna(0) > 0), "firm_id"]
-    free = status[(status["reason"] == "") & status["confirmed"] & status["firm_id"].isin(set(backed))]
+    free = status[(status["reason"] == "") & status["confirmed"] & isin(status["firm_id"], backed)]
     return [[r, f] for r, f in zip(free["receivable_id"], free["firm_id"])]
 
 
 def left_out(status: pd.DataFrame, firm_ids) -> pd.DataFrame:
     """The receivables left out for each of ``firm_ids`` (for memos), by firm then id."""
-    out = status[(status["reason"] != "") & status["firm_id"].isin(set(firm_ids))]
+    out = status[(status["reason"] != "") & isin(status["firm_id"], set(firm_ids))]
     return out.sort_values(["firm_id", "receivable_id"], kind="stable").reset_index(drop=True)
 
 

@@ -34,6 +34,7 @@ from scf_engine.features.closed_loop import firm_evidence
 from scf_engine.features.flows import FlowPass
 from scf_engine.hashing import file_sha256
 from scf_engine.learners.treeshap import remembering
+from scf_engine.membership import isin
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.quarantine import QUARANTINE, staged_files  # the dataset's rows set aside (published with the pass)
 from scf_engine.ingest.requests import read_consents, requests_frame
@@ -107,7 +108,7 @@ def portfolio_from_run(store: tracking.Store, run_id: str, tmp: Path) -> Path:
 def split_known(lent: pd.DataFrame, ds) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Firms of the portfolio the dataset knows, and a quarantine row per one it does
     not (a portfolio from another dataset must not pass silently)."""
-    known = lent["firm_id"].isin(ds.firms["firm_id"])
+    known = isin(lent["firm_id"], ds.firms["firm_id"])
     q = pd.DataFrame({"file": "portfolio", "line": lent.loc[~known, "_line"].to_numpy(), "column": "firm_id",
                       "firm_id": lent.loc[~known, "firm_id"].to_numpy(), "reason": "unknown firm: not in firms"})
     return lent[known], q
@@ -398,7 +399,7 @@ def consent_days(ids: pd.Index, cons: pd.DataFrame | None, T: pd.Timestamp) -> p
     if cons is None or cons.empty:
         return out
     status = consent_status(ids, cons, T)
-    c = cons[cons["firm_id"].astype(str).isin(ids)]
+    c = cons[isin(cons["firm_id"].astype(str), ids)]
     end = c.groupby(c["firm_id"].astype(str))["expires_on"].max()
     open_ended = c[c["expires_on"].isna()]["firm_id"].astype(str).unique()
     end = end.drop(index=end.index.intersection(open_ended)).reindex(ids)

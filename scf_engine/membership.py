@@ -1,0 +1,43 @@
+"""Which rows of a text column hold one of a set of values (firm ids, receivable ids).
+
+Why a function of our own: pandas 3 stores text as Arrow (its ``str`` dtype), and its
+``isin`` on such a column makes one Arrow scalar and one Python string of every value
+asked about, in a Python loop, before Arrow's single lookup runs. Asked for the ~78,000
+lent firms at every as-of of a monitoring pass (their consents, the receivables left out
+of their limits, those earmarked) that loop held the GIL ~1.7 s a date at 100,000 firms.
+Here the values become one Arrow array of the column's type (a loop in C) and the same
+lookup (``pyarrow.compute.is_in``) answers; it is the same answer as pandas' ``isin``,
+missing values included (a missing cell is in the set only when a missing value is
+among the values; values that are not text never match, as in pandas). Columns not held
+as Arrow text go to pandas' ``isin`` unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def isin(column: pd.Series | pd.Index, values) -> np.ndarray:
+    """``column.isin(values)`` as a numpy boolean array, one per row of ``column``."""
+    dtype = column.dtype
+    if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
+        return np.asarray(column.isin(values), dtype=bool)
+    held = column.array.__arrow_array__()  # the column's own Arrow data, not a copy
+    texts, missing = [], False
+    for v in values.tolist() if isinstance(values, (pd.Series, pd.Index, np.ndarray)) else values:
+        if isinstance(v, str):
+            texts.append(v)
+        elif v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            missing = True
+    if not texts and not missing:
+        return np.zeros(len(column), dtype=bool)
+    wanted = pa.array(texts + [None] * missing, type=held.type)
+    return np.asarray(pc.is_in(held, value_set=wanted, skip_nulls=False), dtype=bool)
+
+
+__all__ = ["isin"]
