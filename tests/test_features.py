@@ -142,6 +142,49 @@ def test_rings_need_three_parties_in_time_order_with_shrinking_amounts():
     assert rings_of(idx, window_days=7) == []
 
 
+def test_the_searches_give_the_same_shapes_in_chunks_on_threads_as_in_one_piece(monkeypatch):
+    """The ring and pair searches take CHUNK starting transfers at a time, SEARCH_THREADS
+    chunks at once: on threads, the same rings and pairs in the same order as chunk after
+    chunk on one thread; and the same rings and pairs as one chunk (many small chunks
+    here, the last one part-full)."""
+    import scf_engine.features.authenticity as au
+    from scf_engine import policies
+
+    rng = np.random.default_rng(11)
+    n = 2_001
+    payer, payee = rng.integers(0, 150, n), rng.integers(0, 150, n)
+    keep = payer != payee
+    day = np.sort(rng.integers(0, 400, n))[keep]
+    amount = rng.choice([1000.0, 990.0, 980.0, 975.0, 500.0, 495.0], n)[keep]
+    payer, payee = payer[keep], payee[keep]
+    pol = policies.as_data(au.load_policy())
+
+    def shapes(chunk, threads):
+        monkeypatch.setattr(au, "CHUNK", chunk)
+        monkeypatch.setattr(au, "SEARCH_THREADS", threads)
+        idx = TransferIndex(payer, payee, day, amount, hop_decay=pol["hop_decay"], hop_growth=pol["hop_growth"])
+        return au.find_shapes(idx, pol)
+
+    def rows(a):
+        return sorted(map(tuple, a.tolist()))
+
+    whole = shapes(1 << 30, 1)
+    assert sum(len(p) for p in whole.rings) > 0 and len(whole.round_trip) and len(whole.onward) and len(whole.chain)
+    for chunk in (97, 1_000):
+        one = shapes(chunk, 1)
+        for threads in (2, 3):
+            got = shapes(chunk, threads)
+            assert len(got.rings) == len(one.rings) > len(whole.rings)  # an array per chunk and ring length
+            for a, b in zip(got.rings, one.rings):
+                np.testing.assert_array_equal(a, b)
+            for name in ("round_trip", "onward", "chain"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(one, name))
+        assert sorted(r for p in one.rings for r in map(tuple, p.tolist())) == \
+            sorted(r for p in whole.rings for r in map(tuple, p.tolist()))
+        for name in ("round_trip", "onward", "chain"):
+            assert rows(getattr(one, name)) == rows(getattr(whole, name))
+
+
 def test_a_chain_of_pairs_is_not_a_ring():
     """A<->B and B<->C at one amount: strongly connected, but no cycle passes through three
     parties (the old bucket-graph detector called all four transfers a ring)."""

@@ -47,6 +47,7 @@ cycle passes through three parties, and money that shrank on the way read as non
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,21 @@ from scf_engine import policies
 
 CHUNK = 1 << 18  # start transfers per pass of a search (bounds the frontier's memory; at 1 << 20,
 # the searches over a monitoring pass's ~24 months of trade at 100,000 firms held ~2 GB at once)
+# chunks searched at once, on threads: numpy lets the GIL go in the sorts, binary searches
+# and gathers that are most of a chunk's time, so a second core takes a second chunk; each
+# chunk's answer is its own and they are put together in chunk order, so the answers are
+# the same for any number (the memory held is that of this many chunks)
+SEARCH_THREADS = 2
+
+
+def _chunks(n: int, work) -> list:
+    """``work(lo, hi)`` for the ``CHUNK``-sized ranges of ``range(n)``, ``SEARCH_THREADS``
+    at a time, the results in the ranges' order."""
+    spans = [(c, min(c + CHUNK, n)) for c in range(0, n, CHUNK)]
+    if len(spans) < 2 or SEARCH_THREADS < 2:
+        return [work(lo, hi) for lo, hi in spans]
+    with ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="scf-search") as pool:
+        return list(pool.map(lambda span: work(*span), spans))
 
 
 def load_policy(models_dir=None) -> policies.Policy:
@@ -146,23 +162,26 @@ def ring_paths(index: TransferIndex, *, window_days: int, min_parties: int = 3, 
     before, carrying the amount on within the index's tolerance, the last hop booked within
     ``window_days`` of the first. ``starts`` limits the starting transfers (all by default)."""
     starts = np.arange(index.n) if starts is None else np.asarray(starts, np.int64)
-    found: list[np.ndarray] = []
-    for c in range(0, len(starts), CHUNK):
-        path = starts[c:c + CHUNK, None]
+
+    def search(lo: int, hi: int) -> list[np.ndarray]:
+        found: list[np.ndarray] = []
+        path = starts[lo:hi, None]
         for hop in range(1, max_parties):
-            r, e = index.onward(path[:, -1], index.day[path[:, 0]] + window_days)
-            w = index.payee[e]
-            home = w == index.payer[path[r, 0]]
-            if hop + 1 >= min_parties and home.any():
-                found.append(np.column_stack([path[r[home]], e[home]]))
-            r, e, w = r[~home], e[~home], w[~home]
-            seen = np.zeros(len(r), dtype=bool)
-            for j in range(path.shape[1]):  # payers already on the path (the start included)
-                seen |= index.payer[path[r, j]] == w
-            path = np.column_stack([path[r[~seen]], e[~seen]])
-            if not len(path):
-                break
-    return found
+                r, e = index.onward(path[:, -1], index.day[path[:, 0]] + window_days)
+                w = index.payee[e]
+                home = w == index.payer[path[r, 0]]
+                if hop + 1 >= min_parties and home.any():
+                    found.append(np.column_stack([path[r[home]], e[home]]))
+                r, e, w = r[~home], e[~home], w[~home]
+                seen = np.zeros(len(r), dtype=bool)
+                for j in range(path.shape[1]):  # payers already on the path (the start included)
+                    seen |= index.payer[path[r, j]] == w
+                path = np.column_stack([path[r[~seen]], e[~seen]])
+                if not len(path):
+                    break
+        return found
+
+    return [p for part in _chunks(len(starts), search) for p in part]
 
 
 @dataclass
@@ -196,16 +215,17 @@ def _pairs(index: TransferIndex, keep, *, after: int, before: int | None = None)
     """Pairs ``(r, e)`` of :meth:`TransferIndex.onward` from every transfer ``r`` (``e`` on
     or before ``after`` days after ``r``'s day, and on or after ``before`` days before it
     when given, else on or after ``r``'s day) that ``keep(r, e)`` accepts: ``CHUNK``
-    starting transfers at a time, so only a chunk's candidates are held at once (the
-    same pairs; their order, which no reader depends on, is chunk by chunk)."""
-    found = [np.zeros((0, 2), np.int64)]
-    for c in range(0, index.n, CHUNK):
-        at = np.arange(c, min(c + CHUNK, index.n))
+    starting transfers at a time (``SEARCH_THREADS`` chunks at once), so only those
+    chunks' candidates are held at once (the same pairs; their order, which no reader
+    depends on, is chunk by chunk)."""
+    def search(lo: int, hi: int) -> np.ndarray:
+        at = np.arange(lo, hi)
         day = index.day[at]
         r, e = index.onward(at, day + after, None if before is None else day - before)
         ok = keep(at[r], e)
-        found.append(np.column_stack([at[r[ok]], e[ok]]))
-    return np.concatenate(found)
+        return np.column_stack([at[r[ok]], e[ok]])
+
+    return np.concatenate([np.zeros((0, 2), np.int64), *_chunks(index.n, search)])
 
 
 def round_trip_pairs(index: TransferIndex, *, days: int, tolerance: float) -> np.ndarray:
