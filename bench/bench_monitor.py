@@ -41,6 +41,9 @@
    largest (a fixed part: loading the models, MLflow, the record; a part per firm), else
    in proportion to firms; time and peak memory alike. CPU seconds are the process's
    own (every thread): on a shared machine wall time also counts the waits.
+   ``BENCH_MONITOR_COST_ROUNDS`` (default 1): that many rounds of each pair, back to back,
+   the order swapped every other round; seconds are medians, ratios the median of the
+   pairs' ratios (:func:`rounds_of`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ COST_FIRMS = sorted({int(n) for n in os.environ.get("BENCH_MONITOR_COST_FIRMS", 
 BASELINE = os.environ.get("BENCH_MONITOR_BASELINE", "f12105c")
 OUTPUTS = ("portfolio.csv", "alerts.csv", "drift.csv")
 COST_DATES = [int(n) for n in os.environ.get("BENCH_MONITOR_COST_DATES", "1,12").split(",")]
+COST_ROUNDS = int(os.environ.get("BENCH_MONITOR_COST_ROUNDS", 1))  # baseline / this code pairs, order swapped each round
 BATCH_MONTH = 24
 
 
@@ -249,6 +253,31 @@ def same_outputs(n_firms: int, n_dates: int, code: str) -> bool:
     return True
 
 
+def rounds_of(runs: dict[tuple, list[dict]], baseline: str) -> tuple[dict, dict]:
+    """Per (code, firms, dates): the median seconds and CPU seconds over its rounds, every
+    round's seconds, the largest peak; and per (code, firms) at 12 dates the median over
+    rounds of the baseline's seconds (CPU seconds) over this code's in the same round.
+
+    Why rounds, each pair run back to back and the order swapped every other round: this
+    machine's speed drifts by a third within an hour (the same code took 410 s one day
+    and 562 s the next at 100k x 12), so one baseline run and one run of this code, 10
+    minutes apart, could show a change that removes work as 6% slower. A ratio taken
+    pair by pair sees the same machine on both sides."""
+    import statistics
+
+    rows = {}
+    for key, rs in runs.items():
+        rows[key] = {**rs[-1], "seconds": statistics.median(r["seconds"] for r in rs),
+                     "seconds_all": [round(r["seconds"], 1) for r in rs],
+                     "cpu_s": statistics.median(r["cpu_s"] for r in rs), "peak_mb": max(r["peak_mb"] for r in rs)}
+    paired = {}
+    for (name, n_firms, n), rs in runs.items():
+        if n == 12:
+            base = runs[(baseline, n_firms, 12)]
+            paired[(name, n_firms)] = {k: statistics.median(b[k] / r[k] for b, r in zip(base, rs)) for k in ("seconds", "cpu_s")}
+    return rows, paired
+
+
 def extrapolate(by_size: dict[int, float], target: int = 100_000) -> float:
     """``target`` firms along the line through the two largest sizes measured (a fixed
     part and a part per firm), or in proportion to firms with one size."""
@@ -261,23 +290,27 @@ def extrapolate(by_size: dict[int, float], target: int = 100_000) -> float:
 
 def cost() -> list[dict]:
     """This code against the baseline on the cost worlds: 12 dates at every size, 1 date
-    at the largest."""
+    at the largest; ``COST_ROUNDS`` rounds (see :func:`rounds_of`)."""
     top = COST_FIRMS[-1]
     for n_firms in COST_FIRMS:
         prepare_cost(n_firms)
     old = str(baseline_code(BASELINE))
-    rows = {}
-    for name, code in (("baseline " + BASELINE, old), ("this code", None)):
+    codes = (("baseline " + BASELINE, old), ("this code", None))
+    runs: dict[tuple, list[dict]] = {}
+    for k in range(COST_ROUNDS):
         for n_firms in COST_FIRMS:
             for n in sorted(set(COST_DATES) | {12}) if n_firms == top else [12]:
-                rows[(name, n_firms, n)] = measure("bench.bench_monitor:run", 5, n, code, n_firms, repeats=1)
+                for name, code in codes if k % 2 == 0 else codes[::-1]:
+                    runs.setdefault((name, n_firms, n), []).append(
+                        measure("bench.bench_monitor:run", 5, n, code, n_firms, repeats=1))
+    rows, paired = rounds_of(runs, "baseline " + BASELINE)
     out = []
     for (name, n_firms, n), m in rows.items():
-        base, mine = rows[("baseline " + BASELINE, n_firms, 12)], rows[(name, n_firms, 12)]
         at12 = {k: {f: rows[(name, f, 12)][k] for f in COST_FIRMS} for k in ("seconds", "cpu_s", "peak_mb")}
         out.append({"code": name, "firms": m["firms"], "world_firms": n_firms, "dates": n, "seconds": m["seconds"],
-                    "cpu_s": m["cpu_s"], "peak_mb": m["peak_mb"], "ratio_vs_baseline_12": base["seconds"] / mine["seconds"],
-                    "cpu_ratio_vs_baseline_12": base["cpu_s"] / mine["cpu_s"],
+                    "seconds_all": m["seconds_all"], "cpu_s": m["cpu_s"], "peak_mb": m["peak_mb"],
+                    "ratio_vs_baseline_12": paired[(name, n_firms)]["seconds"],
+                    "cpu_ratio_vs_baseline_12": paired[(name, n_firms)]["cpu_s"],
                     "same_outputs": same_outputs(n_firms, n, old) if name == "this code" else "",
                     "100k_x_12_extrapolated_s": extrapolate(at12["seconds"]),
                     "100k_x_12_extrapolated_cpu_s": extrapolate(at12["cpu_s"]),
