@@ -26,7 +26,8 @@
    code and by the baseline code (``BENCH_MONITOR_BASELINE``, a git revision, default
    f12105c, main before the pass shared its legs: its ``scf_engine`` is taken with ``git
    archive`` and put first on the child process's path), on the same world in the same
-   run; ratio = the baseline's seconds over this code's at 12 dates; ``same_outputs``: the
+   run; ratio = the baseline's seconds over this code's at 12 dates (the median of the
+   rounds' ratios, see below); ``same_outputs``: the
    two passes wrote the same portfolio.csv, alerts.csv and drift.csv, byte for byte (but
    for the reasons of the green-keep rows left without SHAP drivers under
    ``explain: {scope: changed}``, see :func:`same_outputs`). The
@@ -259,10 +260,10 @@ def rounds_of(runs: dict[tuple, list[dict]], baseline: str) -> tuple[dict, dict]
     rounds of the baseline's seconds (CPU seconds) over this code's in the same round.
 
     Why rounds, each pair run back to back and the order swapped every other round: this
-    machine's speed drifts by a third within an hour (the same code took 410 s one day
-    and 562 s the next at 100k x 12), so one baseline run and one run of this code, 10
-    minutes apart, could show a change that removes work as 6% slower. A ratio taken
-    pair by pair sees the same machine on both sides."""
+    machine's speed drifts: the same baseline code took 729 and 552 s at 100k x 12 within
+    the hour (f48eabe, 2026-11-30), and on 2026-12-01 one baseline run and one run of
+    this code, 10 minutes apart, showed changes that remove work as 6% slower. A ratio
+    taken pair by pair sees the same machine on both sides."""
     import statistics
 
     rows = {}
@@ -332,7 +333,7 @@ def main():
     if os.environ.get("BENCH_MONITOR_SKIP_COST"):
         return
     show("Monitoring cost, this code against the baseline on the same world (ratio = baseline s / this code's s at "
-         "12 dates; 100k x 12 extrapolated from the largest worlds, see the module docstring; targets 300 s and 8 GB)",
+         "12 dates, the median over rounds of each pair's; 100k x 12 extrapolated from the largest worlds, see the module docstring; targets 300 s and 8 GB)",
          cost(), "monitor_cost")
 
 

@@ -4,12 +4,14 @@ Why a function of our own: pandas 3 stores text as Arrow (its ``str`` dtype), an
 ``isin`` on such a column makes one Arrow scalar and one Python string of every value
 asked about, in a Python loop, before Arrow's single lookup runs. Asked for the ~78,000
 lent firms at every as-of of a monitoring pass (their consents, the receivables left out
-of their limits, those earmarked) that loop held the GIL ~1.7 s a date at 100,000 firms.
-Here the values become one Arrow array of the column's type (a loop in C) and the same
-lookup (``pyarrow.compute.is_in``) answers; it is the same answer as pandas' ``isin``,
-missing values included (a missing cell is in the set only when a missing value is
-among the values; values that are not text never match, as in pandas). Columns not held
-as Arrow text go to pandas' ``isin`` unchanged.
+of their limits, those earmarked) that loop held the GIL ~1.3 s a date at 100,000 firms
+(py-spy). Here one plain Python pass keeps the text values (no Arrow scalar each), they
+become one Arrow array of the column's type, and the same lookup
+(``pyarrow.compute.is_in``) answers: 0.30 -> 0.025 s for 78,000 ids in 400,000 rows.
+It is pandas' answer for the values the engine asks about (text and missing values: a
+missing cell is in the set only when a missing value - ``None``, NaN, ``pd.NA``,
+``pd.NaT`` - is among the values; other values never match, and a lone string is
+refused as pandas refuses it). Columns not held as Arrow text go to pandas' ``isin``.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ def isin(column: pd.Series | pd.Index, values) -> np.ndarray:
     dtype = column.dtype
     if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
         return np.asarray(column.isin(values), dtype=bool)
+    if isinstance(values, str):
+        raise TypeError(f"isin needs a list-like of values, not the string {values!r}")
     held = column.array.__arrow_array__()  # the column's own Arrow data, not a copy
     texts, missing = [], False
     for v in values.tolist() if isinstance(values, (pd.Series, pd.Index, np.ndarray)) else values:
         if isinstance(v, str):
             texts.append(v)
-        elif v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        elif v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
             missing = True
     if not texts and not missing:
         return np.zeros(len(column), dtype=bool)

@@ -22,8 +22,9 @@ import pandas as pd
 import pyarrow.compute as pc
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-# a cell starting a formula, for Arrow's regex (RE2): the characters in a class, "-" last
-_FORMULA_REGEX = "^[" + "".join(c for c in FORMULA_START if c != "-") + "-]"
+# a cell starting a formula, for Arrow's regex (RE2): the characters in a class, those
+# that mean something inside one escaped (RE2 takes any punctuation escaped)
+_FORMULA_REGEX = "^[" + "".join("\\" + c if c in "]\\^-" else c for c in FORMULA_START) + "]"
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 

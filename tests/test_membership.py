@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,18 +10,20 @@ from scf_engine.membership import isin
 
 IDS = ["F1", "F2", "F3", "91110000MA01", "", "=cmd", "供应商甲"]
 cells = st.one_of(st.sampled_from(IDS), st.none())
-asked = st.one_of(st.sampled_from(IDS + ["F9"]), st.none(), st.just(float("nan")), st.integers(0, 3), st.just(pd.NA))
+asked = st.one_of(st.sampled_from(IDS + ["F9"]), st.none(), st.just(float("nan")), st.integers(0, 3), st.just(pd.NA),
+                  st.just(pd.NaT))
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(cells, max_size=30), st.lists(asked, max_size=12), st.sampled_from(["list", "set", "index", "series", "array"]))
-def test_isin_answers_as_pandas_does_on_text_columns_with_missing_cells(column, values, form):
-    col = pd.Series(column, dtype="str")
+@given(st.lists(cells, max_size=30), st.lists(asked, max_size=12), st.sampled_from(["list", "set", "index", "series", "array"]),
+       st.sampled_from(["str", "string[pyarrow]"]))
+def test_isin_answers_as_pandas_does_on_text_columns_with_missing_cells(column, values, form, dtype):
+    col = pd.Series(column, dtype=dtype)
     if form == "set":
         try:
             values = set(values)
         except TypeError:  # pd.NA is not hashable
-            values = [v for v in values if v is not pd.NA]
+            values = set(v for v in values if v is not pd.NA)
     elif form == "index":
         values = pd.Index(values, dtype=object)
     elif form == "series":
@@ -47,3 +50,11 @@ def test_isin_on_a_large_column_of_ids():
     got = isin(col, wanted)
     np.testing.assert_array_equal(got, col.isin(wanted).to_numpy())
     assert 0 < got.sum() < len(col)
+
+
+def test_isin_refuses_a_lone_string_as_pandas_does():
+    col = pd.Series(["a", "b"], dtype="str")
+    with pytest.raises(TypeError):
+        col.isin("ab")
+    with pytest.raises(TypeError):
+        isin(col, "ab")

@@ -167,18 +167,18 @@ def ring_paths(index: TransferIndex, *, window_days: int, min_parties: int = 3, 
         found: list[np.ndarray] = []
         path = starts[lo:hi, None]
         for hop in range(1, max_parties):
-                r, e = index.onward(path[:, -1], index.day[path[:, 0]] + window_days)
-                w = index.payee[e]
-                home = w == index.payer[path[r, 0]]
-                if hop + 1 >= min_parties and home.any():
-                    found.append(np.column_stack([path[r[home]], e[home]]))
-                r, e, w = r[~home], e[~home], w[~home]
-                seen = np.zeros(len(r), dtype=bool)
-                for j in range(path.shape[1]):  # payers already on the path (the start included)
-                    seen |= index.payer[path[r, j]] == w
-                path = np.column_stack([path[r[~seen]], e[~seen]])
-                if not len(path):
-                    break
+            r, e = index.onward(path[:, -1], index.day[path[:, 0]] + window_days)
+            w = index.payee[e]
+            home = w == index.payer[path[r, 0]]
+            if hop + 1 >= min_parties and home.any():
+                found.append(np.column_stack([path[r[home]], e[home]]))
+            r, e, w = r[~home], e[~home], w[~home]
+            seen = np.zeros(len(r), dtype=bool)
+            for j in range(path.shape[1]):  # payers already on the path (the start included)
+                seen |= index.payer[path[r, j]] == w
+            path = np.column_stack([path[r[~seen]], e[~seen]])
+            if not len(path):
+                break
         return found
 
     return [p for part in _chunks(len(starts), search) for p in part]
