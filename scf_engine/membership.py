@@ -24,14 +24,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+def arrow_text(column: pd.Series | pd.Index) -> pa.Array | pa.ChunkedArray | None:
+    """The Arrow data behind ``column`` when pandas holds it as Arrow text (its ``str``
+    dtype, or ``string[pyarrow]``), as it is (its chunks, not a copy); else None. What
+    the engine's Arrow fast paths on text columns ask first (here, report CSVs,
+    :func:`scf_engine.pipelines.monitor.lean_flows`)."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return column.array.__arrow_array__()
+    return None
+
+
 def isin(column: pd.Series | pd.Index, values) -> np.ndarray:
     """``column.isin(values)`` as a numpy boolean array, one per row of ``column``."""
-    dtype = column.dtype
-    if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
+    held = arrow_text(column)
+    if held is None:
         return np.asarray(column.isin(values), dtype=bool)
     if isinstance(values, str):
         raise TypeError(f"isin needs a list-like of values, not the string {values!r}")
-    held = column.array.__arrow_array__()  # the column's own Arrow data, not a copy
     texts, missing = [], False
     for v in values.tolist() if isinstance(values, (pd.Series, pd.Index, np.ndarray)) else values:
         if isinstance(v, str):
@@ -44,4 +54,4 @@ def isin(column: pd.Series | pd.Index, values) -> np.ndarray:
     return np.asarray(pc.is_in(held, value_set=wanted, skip_nulls=False), dtype=bool)
 
 
-__all__ = ["isin"]
+__all__ = ["arrow_text", "isin"]

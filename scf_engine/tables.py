@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.compute as pc
 
+from scf_engine.membership import arrow_text
+
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # a cell starting a formula, for Arrow's regex (RE2): the characters in a class, those
 # that mean something inside one escaped (RE2 takes any punctuation escaped)
@@ -75,8 +77,9 @@ def _any_text(col: pd.Series, regex: str, test) -> bool:
     column not held as Arrow text). An Arrow column is asked in one pass of Arrow's regex
     match instead of a Python call per cell (the cells of ``portfolio.csv`` at 100,000
     firms over 12 dates were ~1 s of a pass's record), with the same answer."""
-    if isinstance(col.dtype, pd.StringDtype) and col.dtype.storage == "pyarrow":
-        return bool(pc.any(pc.match_substring_regex(col.array.__arrow_array__(), regex)).as_py())
+    held = arrow_text(col)
+    if held is not None:
+        return bool(pc.any(pc.match_substring_regex(held, regex)).as_py())
     return bool(col.astype(object).map(lambda v: isinstance(v, str) and test(v)).any())
 
 

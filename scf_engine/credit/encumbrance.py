@@ -129,7 +129,7 @@ def earmarked(status: pd.DataFrame, limits: pd.DataFrame) -> list[list[str]]:
 
 def left_out(status: pd.DataFrame, firm_ids) -> pd.DataFrame:
     """The receivables left out for each of ``firm_ids`` (for memos), by firm then id."""
-    out = status[(status["reason"] != "") & isin(status["firm_id"], set(firm_ids))]
+    out = status[(status["reason"] != "") & isin(status["firm_id"], firm_ids)]
     return out.sort_values(["firm_id", "receivable_id"], kind="stable").reset_index(drop=True)
 
 

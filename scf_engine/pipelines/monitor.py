@@ -34,7 +34,7 @@ from scf_engine.features.closed_loop import firm_evidence
 from scf_engine.features.flows import FlowPass
 from scf_engine.hashing import file_sha256
 from scf_engine.learners.treeshap import remembering
-from scf_engine.membership import isin
+from scf_engine.membership import arrow_text, isin
 from scf_engine.ingest.load import load_or_report
 from scf_engine.ingest.quarantine import QUARANTINE, staged_files  # the dataset's rows set aside (published with the pass)
 from scf_engine.ingest.requests import read_consents, requests_frame
@@ -212,8 +212,8 @@ def _compact(col: pd.Series) -> pd.Series:
     which copies only the rows each slice holds: ``take`` combined the chunks into one
     array first (as ``pa.array`` of the column does) and then copied that again, ~1.6 GB
     above the frame for a column of 21 million party ids."""
-    if isinstance(col.dtype, pd.StringDtype) and col.dtype.storage == "pyarrow":
-        arr = col.array.__arrow_array__()  # its chunks as they are (pa.array would combine them: a copy)
+    arr = arrow_text(col)  # its chunks as they are (pa.array would combine them: a copy)
+    if arr is not None:
         chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
         one = pa.concat_arrays(chunks) if chunks else pa.array([], arr.type)
         return pd.Series(pa.chunked_array([one], type=arr.type), dtype=col.dtype, index=col.index)
