@@ -512,6 +512,18 @@ class ShapeSearch:
         return self.shapes.within(ids)
 
 
+def _transfers_of(legs: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """One leg per transfer of ``legs`` (its first, by ``_i``), and per leg the position
+    of its transfer among them."""
+    ids = legs["_i"].to_numpy(np.int64)
+    if len(ids) < 2 or bool((ids[1:] >= ids[:-1]).all()):  # legs in _i order (the engine's): a transfer's
+        first = np.ones(len(ids), dtype=bool)                 # legs are neighbours, so its first one is
+        first[1:] = ids[1:] != ids[:-1]                       # where _i changes (no hash table of every leg)
+        return legs[first], np.cumsum(first) - 1
+    transfers = legs.drop_duplicates("_i")
+    return transfers, pd.Index(transfers["_i"].to_numpy()).get_indexer(ids)
+
+
 def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch | None = None) -> pd.DataFrame:
     """Per firm: the ring, round-trip, pass-through and scatter-gather features of the
     catalogue's authenticity family (``FEATURES``).
@@ -525,14 +537,7 @@ def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch |
     pol = policies.as_data(policy or load_policy())
     if legs.empty:
         return pd.DataFrame(columns=list(FEATURES))
-    ids = legs["_i"].to_numpy(np.int64)
-    if len(ids) < 2 or bool((ids[1:] >= ids[:-1]).all()):  # legs in _i order (the engine's): a transfer's
-        first = np.ones(len(ids), dtype=bool)                 # legs are neighbours, so its first one is
-        first[1:] = ids[1:] != ids[:-1]                       # where _i changes (no hash table of every leg)
-        transfers, at = legs[first], np.cumsum(first) - 1
-    else:
-        transfers, at = legs.drop_duplicates("_i"), None
-    del ids
+    transfers, at = _transfers_of(legs)
     out_leg = (transfers["dir"] == "out").to_numpy()
     firm, cpty = transfers["firm_id"].to_numpy(np.int64), transfers["cpty"].to_numpy(np.int64)
     payer, payee = np.where(out_leg, firm, cpty), np.where(out_leg, cpty, firm)
@@ -556,8 +561,6 @@ def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch |
     walked = walk_returns(payer, payee, n_parties, max_parties=st["max_parties"], floor=st["walk_floor"],
                           relationships=rel)
 
-    if at is None:  # per leg, its transfer's position
-        at = pd.Index(transfers["_i"].to_numpy()).get_indexer(legs["_i"].to_numpy())
     codes, firms = pd.factorize(legs["firm_id"], sort=True)
     amount = legs["amount"].to_numpy(dtype=np.float64)
     is_out = (legs["dir"] == "out").to_numpy()
