@@ -378,6 +378,22 @@ def test_every_decision_occurs_and_is_in_the_vocabulary(limited):
     assert all(isinstance(b, list) and b for b in limited["limit_basis"])
 
 
+def test_limits_without_the_memo_lines_are_the_same_limits():
+    """``basis=False`` (scf monitor and scf serve, which write no memo) leaves every
+    column as it was and only the memo's limit lines empty."""
+    from scf_engine.credit.limits import frame_columns, limit_arrays
+
+    cols = frame_columns(limits_frame())
+    full = limit_arrays(cols, POLICY, core_line=LINES)
+    lean = limit_arrays(cols, POLICY, core_line=LINES, basis=False)
+    assert full.keys() == lean.keys()
+    for name in full:
+        if name != "limit_basis":
+            pd.testing.assert_series_equal(pd.Series(list(full[name]), dtype=object), pd.Series(list(lean[name]), dtype=object))
+    assert all(b for b in full["limit_basis"]) and all(b == [] for b in lean["limit_basis"])
+    assert len(lean["limit_basis"]) == len(full["limit_basis"]) == len(limits_frame())
+
+
 def test_consent_not_required_and_optional_columns_absent():
     frame = pd.DataFrame([firm("A", 0.01, "grade_1", 1e6)]).drop(
         columns=["consent_ok", "requested_amount", "core_id", "cycle_share_12m", "round_trip_share_12m",

@@ -859,7 +859,7 @@ def test_precomputed_per_firm_table_and_request_step_give_the_full_cores_answers
     request step equal the frame's rows."""
     import random
 
-    from scf_engine.credit.decide import BatchOptions, decide_rows, records
+    from scf_engine.credit.decide import BatchOptions, decide_rows, finalize, records
     from scf_engine.ingest.requests import requests_frame
     from scf_engine.pipelines.score import decide_loaded, decision_context, load_for_decisions, precompute_loaded
     from scf_engine.serve.state import plain_records
@@ -910,6 +910,11 @@ def test_precomputed_per_firm_table_and_request_step_give_the_full_cores_answers
             cols, _ = decide_rows([table], req["firm_id"].tolist(), req["requested_amount"].to_numpy(float),
                                   req["request_problem"].to_numpy(object), loaded.pols, options)
             assert records(cols) == plain_records(full.limits)
+            lean = finalize([table], req, loaded.pols, options, basis=False)  # scf monitor's: no memo lines
+            pd.testing.assert_frame_equal(full.limits, lean.limits)
+            pd.testing.assert_frame_equal(full.limit_detail.drop(columns="limit_basis"),
+                                          lean.limit_detail.drop(columns="limit_basis"))
+            assert (lean.limit_detail["limit_basis"].str.len() == 0).all()
         lim = full.limits
         for d in ("decline", "review", "approve"):
             seen[d] += int((lim["decision"] == d).sum())

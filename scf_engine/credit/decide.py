@@ -366,17 +366,20 @@ def decide(data, models: dict, pols: dict, requests: pd.DataFrame, *, dataset, c
     return finalize(tables, requests, pols, options)
 
 
-def finalize(tables, requests: pd.DataFrame, pols: dict, options: BatchOptions = BatchOptions()) -> Decisions:
+def finalize(tables, requests: pd.DataFrame, pols: dict, options: BatchOptions = BatchOptions(), *,
+             basis: bool = True) -> Decisions:
     """The request step: :class:`Decisions` for ``requests`` from the per-firm tables
     (a :class:`Precomputed` or a list of them; each requested firm is read from the first
     that holds it), with the request's own checks, the whitelist, the batch's 1+N core,
-    the limits and their caps, and the envelope (:func:`decide_rows`)."""
+    the limits and their caps, and the envelope (:func:`decide_rows`). ``basis``: with
+    the memo's account of each limit (``limit_detail``'s ``limit_basis``; False: empty
+    lists, every other column the same: ``scf monitor`` writes no memo)."""
     tables = list(tables) if isinstance(tables, (list, tuple)) else [tables]
     requests = requests.reset_index(drop=True)
     ids = requests["firm_id"].astype(str).tolist()
     amounts = requests["requested_amount"].to_numpy(dtype=float) if "requested_amount" in requests else None
     problems = requests["request_problem"].to_numpy(dtype=object) if "request_problem" in requests else None
-    cols, w = decide_rows(tables, ids, amounts, problems, pols, options)
+    cols, w = decide_rows(tables, ids, amounts, problems, pols, options, basis=basis)
     result = limits_frame(cols)
     ok, index = w.ok, result.index
     reasons = pd.Series([list(r) if o else [] for r, o in zip(w.reasons, ok)], index=index, dtype=object)
@@ -424,11 +427,12 @@ def _gather(tables: list, ids: list) -> dict:
 
 
 def decide_rows(tables: list, ids: list, amounts: np.ndarray | None, problems: np.ndarray | None, pols: dict,
-                options: BatchOptions = BatchOptions()) -> tuple[dict, SimpleNamespace]:
+                options: BatchOptions = BatchOptions(), *, basis: bool = True) -> tuple[dict, SimpleNamespace]:
     """The request step on plain arrays: the ``limits.csv`` columns (a dict of arrays, in
     the contract's order) for request rows ``ids`` with their requested ``amounts`` (NaN:
     none) and ``problems`` (the request's own row problems, "" when none), and the
-    working :func:`finalize` turns into :class:`Decisions`.
+    working :func:`finalize` turns into :class:`Decisions` (``basis``: with the memo's
+    limit lines, :func:`scf_engine.credit.limits.limit_arrays`).
 
     No pandas unless an envelope is asked for: a service runs this per request on one
     row, where each DataFrame operation's fixed cost would be the whole cost."""
@@ -449,7 +453,8 @@ def decide_rows(tables: list, ids: list, amounts: np.ndarray | None, problems: n
     core = options.chain_core or _single_core(list(p["cores"][k]))
     req = amounts if amounts is not None else np.full(n, np.nan)
     lim = limit_arrays(_limit_input(p, idarr, k, pd_, grade, req, core, off_list if not decline_off else None, d,
-                                    options.whitelist_list), d, core_line=tables[0].lines if core else None)
+                                    options.whitelist_list), d, core_line=tables[0].lines if core else None,
+                       basis=basis)
     limit_cny = np.zeros(n)
     limit_cny[k] = lim["limit_cny"]
     group = None

@@ -206,10 +206,14 @@ def frame_columns(frame: pd.DataFrame) -> dict:
 
 
 def limit_arrays(c: Mapping[str, np.ndarray], policy: Policy | Mapping[str, Any],
-                 core_line: pd.Series | Mapping[str, float] | None = None) -> dict:
+                 core_line: pd.Series | Mapping[str, float] | None = None, *, basis: bool = True) -> dict:
     """:func:`apply_limits` on plain arrays (``c``: column name -> array, the frame's
     columns; ``firm_id`` and ``grade`` as object arrays, numbers as floats, ``consent_ok``
     and ``off_whitelist`` as bools), returning its columns as a dict of arrays and lists.
+    ``basis``: write the memo's ``limit_basis`` lines (False: an empty list per row; the
+    lines are text about numbers already in the other columns, and formatting them was
+    over half of this function's time at 78,000 firms, at every as-of of ``scf monitor``,
+    which writes no memo).
 
     Numpy throughout, no pandas on the way: this is the one amount-dependent step of a
     decision, and a service runs it per request on one row, where the fixed cost of a
@@ -224,11 +228,11 @@ def limit_arrays(c: Mapping[str, np.ndarray], policy: Policy | Mapping[str, Any]
     flags = _review_flags(c, w.n, d)
     decision = np.empty(w.n, dtype=object)
     reasons: list[list[str]] = []
-    basis: list[list[str]] = []
+    basis_wanted, basis = basis, []
     for i in range(w.n):
         decision[i], why = _decide_row(i, w, flags)
         reasons.append(why)
-        basis.append(_basis_lines(i, w, decision[i]))
+        basis.append(_basis_lines(i, w, decision[i]) if basis_wanted else [])
     limit_out = np.where(decision == "decline", 0.0, w.limit_final)
     return {"firm_id": w.firm, "flow_share": w.flow_share, "flow_part": w.flow_part, "receivable_part": w.recv_part,
             "uncapped_limit": w.uncapped, "limit_cny": limit_out, "binding_caps": w.binding,

@@ -301,7 +301,8 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
         ctx = DecisionContext.build(now, models, pols, ds, cons)  # what decide builds; kept for explain_changed
         pre = precompute(now, models, pols, requests["firm_id"].astype(str).tolist(), dataset=ds, consents=cons,
                          scale=scale, context=ctx, explain=() if changed_only else None)
-        dec = finalize([pre], requests, pols)  # decide's two steps, the first kept for explain_changed
+        # decide's two steps, the first kept for explain_changed; no memo lines (limit_basis)
+        dec = finalize([pre], requests, pols, basis=False)
         raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"])
         if ref is not None:  # the model's own score, before any credit repair; the frame's columns by
             # name, not raw.assign(...): inserting into the ~400 columns joined one by one warned

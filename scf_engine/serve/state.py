@@ -231,7 +231,7 @@ class Service:
         if any(a is not None and not (math.isfinite(a) and a >= 0) for _, a in firms):
             return None
         amounts = np.array([math.nan if a is None else float(a) for _, a in firms], dtype=float)
-        cols, _ = decide_rows([table], ids, amounts, None, state.loaded.pols, state.options)
+        cols, _ = decide_rows([table], ids, amounts, None, state.loaded.pols, state.options, basis=False)
         body = json.dumps(records(cols), ensure_ascii=False, allow_nan=False).encode("utf-8")
         state.answers.put(request_key(firms), body)
         return state, body
