@@ -587,7 +587,8 @@ def _reasons(models, ctx: DecisionContext, chain, rows, nodes, ok, source, ids: 
              outputs: ModelOutputs | None = None) -> tuple[pd.Series, dict]:
     """Reasons of the model that gave each final PD: SHAP for the LightGBM models (or the
     contributions in ``outputs``), the design terms for a firm only propagation scores."""
-    reasons = pd.Series([[] for _ in rows.index], index=rows.index, dtype=object)
+    # an empty list per row, counted, not by iterating the index (Arrow text: a scalar each)
+    reasons = pd.Series([[] for _ in range(len(rows))], index=rows.index, dtype=object)
     contribs = {}
     for kind in ("hybrid", "decoupled"):
         use = ok & (source == kind)

@@ -156,12 +156,15 @@ def portfolio_rows(frame: pd.DataFrame, alerts: pd.DataFrame, as_of: pd.Timestam
     watched = watch_list(frame, policy)
     level = firm_levels(frame, alerts, policy, ratings, history, watched)
     share = float(as_data(policy)["watch_list"]["share"])
-    note = note.where(~watched, [f"watch list (关注名单): PD {p:.2%} among the worst {share:.0%} of the lent portfolio"
-                                 + (f"; {n}" if n else "") for p, n in zip(frame["pd"].astype(float), note)])
+    note = note.copy()  # the watched firms' note, written for them alone
+    note[watched] = [f"watch list (关注名单): PD {p:.2%} among the worst {share:.0%} of the lent portfolio"
+                     + (f"; {n}" if n else "") for p, n in zip(frame.loc[watched, "pd"].astype(float).tolist(),
+                                                              note[watched].tolist())]
     act = actions(frame, level, months_since_batch, policy)
     fired = alerts.groupby("firm_id")["signal"].agg("; ".join) if len(alerts) else pd.Series(dtype=object)
     sig = fired.reindex(frame.index).fillna("")
-    reasons = [join_reasons(n, f"signals: {s}" if s else "", r) for n, s, r in zip(note, sig, frame["core_reasons"].fillna(""))]
+    reasons = [join_reasons(n, f"signals: {s}" if s else "", r)
+               for n, s, r in zip(note.tolist(), sig.tolist(), frame["core_reasons"].fillna("").tolist())]
     out = pd.DataFrame({
         "firm_id": frame.index, "as_of": str(as_of.date()), "pd": frame["pd"].astype(float).round(6).to_numpy(),
         "score": frame["score"].to_numpy(), "grade": frame["grade"].to_numpy(),

@@ -345,10 +345,11 @@ def explain_changed(rows, frame, previous, now, models, pre, ctx) -> pd.DataFram
     if len(todo):
         ids = rows.loc[todo, "firm_id"].tolist()
         text = reason_text(pre, now, models, ids, context=ctx)
-        rows.loc[todo, "reasons"] = [join_reasons(r, t) for r, t in zip(rows.loc[todo, "reasons"], text)]
-    rest = rows.index[~need & scored]
-    rows.loc[rest, "reasons"] = [join_reasons(r, unexplained_reason(p, b, g)) for r, p, b, g in
-                                 rows.loc[rest, ["reasons", "pd", "pd_at_batch", "grade"]].itertuples(index=False)]
+        rows.loc[todo, "reasons"] = [join_reasons(r, t) for r, t in zip(rows.loc[todo, "reasons"].tolist(), text)]
+    rest = rows.loc[~need & scored, ["reasons", "pd", "pd_at_batch", "grade"]]
+    # the columns as lists, zipped: itertuples iterates Arrow text a scalar at a time
+    rows.loc[rest.index, "reasons"] = [join_reasons(r, unexplained_reason(p, b, g)) for r, p, b, g in
+                                       zip(*(rest[c].tolist() for c in rest.columns))]
     return rows
 
 
