@@ -379,8 +379,8 @@ def test_every_decision_occurs_and_is_in_the_vocabulary(limited):
 
 
 def test_limits_without_the_memo_lines_are_the_same_limits():
-    """``basis=False`` (scf monitor and scf serve, which write no memo) leaves every
-    column as it was and only the memo's limit lines empty."""
+    """``basis=False`` (scf monitor and scf serve's request step, which write no memo)
+    leaves every column as it was and only the memo's limit lines empty."""
     from scf_engine.credit.limits import frame_columns, limit_arrays
 
     cols = frame_columns(limits_frame())

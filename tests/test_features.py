@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -803,6 +804,24 @@ def _awkward_pass_world(ordered: bool):
     if ordered:
         flows = flows.sort_values("booked_on", kind="stable", ignore_index=True)
     return firms, flows, dates
+
+
+def test_which_parties_are_firms_whatever_the_names_are_held_in():
+    """FlowPass.trade_legs asks which of a pass's parties are the as-of's firms
+    (``_is_firm``: Arrow's set lookup): the same answer as finding each name's party
+    code, for names as pandas 3 text, object, a plain list or none at all, with names
+    that are no party and repeated names; parties in either Arrow string type."""
+    from scf_engine.features.flows import _is_firm, _party_codes
+
+    for party in (pa.array(sorted(["A", "B", "C", "EXT-1", "Z"])), pa.array(["A", "B"], pa.large_string())):
+        for names in (pd.Index(["C", "A", "Q"], dtype="str"), pd.Series(["Z", "Z"], dtype="str"),
+                      pd.Index(["A"], dtype=object), ["B", "no party"], np.array(["C"], dtype=object),
+                      pd.Index([], dtype="str"), []):
+            want = np.zeros(len(party), dtype=bool)
+            want[_party_codes(names, party).drop_null().to_numpy()] = True
+            got = _is_firm(party, names)
+            assert got.dtype == bool and got.tolist() == want.tolist(), (party, names)
+    assert _is_firm(pa.array(["A", "B"]), pd.Index(["B"], dtype="str")).tolist() == [False, True]
 
 
 @pytest.mark.parametrize("ordered", [True, False])

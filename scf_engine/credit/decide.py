@@ -373,7 +373,8 @@ def finalize(tables, requests: pd.DataFrame, pols: dict, options: BatchOptions =
     that holds it), with the request's own checks, the whitelist, the batch's 1+N core,
     the limits and their caps, and the envelope (:func:`decide_rows`). ``basis``: with
     the memo's account of each limit (``limit_detail``'s ``limit_basis``; False: empty
-    lists, every other column the same: ``scf monitor`` writes no memo)."""
+    lists, every other column the same: ``scf monitor`` writes no memo). Decisions made
+    with ``basis=False`` are not for memos: a memo of them would have no limit lines."""
     tables = list(tables) if isinstance(tables, (list, tuple)) else [tables]
     requests = requests.reset_index(drop=True)
     ids = requests["firm_id"].astype(str).tolist()

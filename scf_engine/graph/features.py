@@ -51,7 +51,7 @@ def graph_features(nodes: pd.DataFrame, edges: pd.DataFrame, graph: nx.DiGraph |
     pr = nx.pagerank(g, weight="weight") if g.number_of_edges() else {}
     out["pagerank"] = pd.Series(pr).reindex(out.index).fillna(1.0 / max(len(out), 1))
     trade = nx.DiGraph()
-    traded = (edges["trade_count_12m"] > 0).to_numpy()
+    traded = (edges["trade_count_12m"] > 0).to_numpy(dtype=bool, na_value=False)
     # money flows buyer -> supplier; a loop in either direction is the same loop
     trade.add_edges_from((b, s) for b, s, t in zip(buyer, supplier, traded) if t)
     loop = {n for comp in nx.strongly_connected_components(trade) if len(comp) >= 3 for n in comp}
