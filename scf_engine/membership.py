@@ -8,6 +8,7 @@ of their limits, those earmarked) that loop held the GIL ~1.3 s a date at 100,00
 (py-spy). Here one plain Python pass keeps the text values (no Arrow scalar each), they
 become one Arrow array of the column's type, and the same lookup
 (``pyarrow.compute.is_in``) answers: 0.30 -> 0.025 s for 78,000 ids in 400,000 rows.
+Values that are Arrow text themselves are handed to the lookup as they are.
 It is pandas' answer for the values the engine asks about (text and missing values: a
 missing cell is in the set only when a missing value - ``None``, NaN, ``pd.NA``,
 ``pd.NaT`` - is among the values; other values never match, and a lone string is
@@ -42,6 +43,10 @@ def isin(column: pd.Series | pd.Index, values) -> np.ndarray:
         return np.asarray(column.isin(values), dtype=bool)
     if isinstance(values, str):
         raise TypeError(f"isin needs a list-like of values, not the string {values!r}")
+    asked = arrow_text(values) if isinstance(values, (pd.Series, pd.Index)) else None
+    if asked is not None:  # Arrow text already (text or missing only): Arrow's own values, no Python pass
+        wanted = asked.combine_chunks() if isinstance(asked, pa.ChunkedArray) else asked
+        return np.asarray(pc.is_in(held, value_set=wanted.cast(held.type), skip_nulls=False), dtype=bool)
     texts, missing = [], False
     for v in values.tolist() if isinstance(values, (pd.Series, pd.Index, np.ndarray)) else values:
         if isinstance(v, str):

@@ -15,11 +15,16 @@ asked = st.one_of(st.sampled_from(IDS + ["F9"]), st.none(), st.just(float("nan")
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(cells, max_size=30), st.lists(asked, max_size=12), st.sampled_from(["list", "set", "index", "series", "array"]),
+@given(st.lists(cells, max_size=30), st.lists(asked, max_size=12),
+       st.sampled_from(["list", "set", "index", "series", "array", "text series", "text index"]),
        st.sampled_from(["str", "string[pyarrow]"]))
 def test_isin_answers_as_pandas_does_on_text_columns_with_missing_cells(column, values, form, dtype):
     col = pd.Series(column, dtype=dtype)
-    if form == "set":
+    if form.startswith("text"):  # values held as Arrow text themselves: text and missing values only
+        text = [v if isinstance(v, str) else None for v in values if isinstance(v, str) or v is None or v is pd.NA
+                or (isinstance(v, float) and np.isnan(v))]
+        values = (pd.Series if form == "text series" else pd.Index)(text, dtype="str" if dtype == "string[pyarrow]" else "string[pyarrow]")
+    elif form == "set":
         try:
             values = set(values)
         except TypeError:  # pd.NA is not hashable

@@ -228,15 +228,15 @@ def limit_arrays(c: Mapping[str, np.ndarray], policy: Policy | Mapping[str, Any]
     flags = _review_flags(c, w.n, d)
     decision = np.empty(w.n, dtype=object)
     reasons: list[list[str]] = []
-    basis_wanted, basis = basis, []
+    lines: list[list[str]] = []  # the memo's limit_basis
     for i in range(w.n):
         decision[i], why = _decide_row(i, w, flags)
         reasons.append(why)
-        basis.append(_basis_lines(i, w, decision[i]) if basis_wanted else [])
+        lines.append(_basis_lines(i, w, decision[i]) if basis else [])
     limit_out = np.where(decision == "decline", 0.0, w.limit_final)
     return {"firm_id": w.firm, "flow_share": w.flow_share, "flow_part": w.flow_part, "receivable_part": w.recv_part,
             "uncapped_limit": w.uncapped, "limit_cny": limit_out, "binding_caps": w.binding,
-            "decision": decision, "decision_reasons": reasons, "limit_basis": basis}
+            "decision": decision, "decision_reasons": reasons, "limit_basis": lines}
 
 
 def _col(c: Mapping[str, np.ndarray], name: str, n: int, default: float = np.nan) -> np.ndarray:
