@@ -12,6 +12,8 @@ The flow features are written once, as DuckDB SQL (``models/features.yaml`` and
 * ``df(sql)``: a query's result as pandas (money back as float64);
 * ``df_in_parts(sql, table, key, bounds)``: an aggregate per ``key`` of a shared table
   whose doubles must come out the same every run, as if under ``deterministic()``;
+  ``aggregate_in_parts(exprs, table, key, bounds)``: the same for ``SELECT key, exprs
+  GROUP BY key`` (DuckDB runs a wide select list as several narrower statements);
 * ``drop(*names)``, ``deterministic()`` (the one-thread block for aggregates of doubles),
   ``close()``.
 
@@ -68,6 +70,14 @@ class DuckDBEngine:
     def df(self, sql: str) -> pd.DataFrame:
         return self.con.sql(sql).df()
 
+    # A per-key aggregate of many columns runs as statements of at most this many
+    # aggregates each, joined on the key (:meth:`aggregate_in_parts`): DuckDB's hash
+    # aggregate slows with the width of its per-group state, and the panel's 50
+    # aggregates (~150 states) over 2.4 million firm-months at 100,000 firms took 4.1-6.4 s
+    # on one thread as one statement, 2.2-2.6 s as eight (the same bits: each key's rows
+    # are read in the same order by each statement)
+    AGGREGATES_PER_STATEMENT = 7
+
     def df_in_parts(self, sql: str, table: str, key: str, bounds) -> pd.DataFrame:
         """``sql`` (a query reading ``{rows}``, aggregating per ``key``) over the rows of
         the shared ``table`` (:meth:`create`) split by ``key`` at ``bounds`` (sorted
@@ -81,13 +91,37 @@ class DuckDBEngine:
         answer is what one thread gives it over those rows; the split points are the
         caller's (from the data, not the machine), so the answers do not depend on the
         number of cores."""
+        return self._in_parts([sql], table, key, bounds)
+
+    def aggregate_in_parts(self, exprs, table: str, key: str, bounds) -> pd.DataFrame:
+        """``SELECT key, exprs... FROM table GROUP BY key`` as :meth:`df_in_parts` runs a
+        query (ranges of keys at once, each on one thread), the select list cut into
+        statements of ``AGGREGATES_PER_STATEMENT`` expressions, each part's statements
+        one after the other on its thread, joined on the key: the same rows and bits as
+        the one statement (``exprs``: ``expression AS name`` each)."""
+        exprs = list(exprs)
+        m = max(1, -(-len(exprs) // self.AGGREGATES_PER_STATEMENT))  # statements, of even sizes
+        cuts = [len(exprs) * j // m for j in range(m + 1)]
+        sqls = [f"SELECT {key}, {', '.join(exprs[a:b])} FROM {{rows}} GROUP BY {key}"
+                for a, b in zip(cuts, cuts[1:])] or [f"SELECT {key} FROM {{rows}} GROUP BY {key}"]
+        return self._in_parts(sqls, table, key, bounds)
+
+    def _in_parts(self, sqls: list, table: str, key: str, bounds) -> pd.DataFrame:
+        """Each part's rows: the queries ``sqls`` (each reading ``{rows}``, one row per
+        ``key``) over the part, their columns side by side in the first's row order."""
         parts = [(None if i == 0 else bounds[i - 1], None if i == len(bounds) else bounds[i])
                  for i in range(len(bounds) + 1)]
 
         def part(cur, lo, hi) -> pd.DataFrame:
             where = " AND ".join([f"{key} >= $lo"] * (lo is not None) + [f"{key} < $hi"] * (hi is not None)) or "true"
             params = {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None}
-            return cur.execute(sql.replace("{rows}", f"(SELECT * FROM {table} WHERE {where})"), params).df()
+            rows = f"(SELECT * FROM {table} WHERE {where})"
+            frames = [cur.execute(sql.replace("{rows}", rows), params).df() for sql in sqls]
+            if len(frames) == 1:
+                return frames[0]
+            first = frames[0].set_index(key)
+            return pd.concat([first, *(f.set_index(key).reindex(first.index) for f in frames[1:])],
+                             axis=1).reset_index()
 
         with self.deterministic():
             if len(parts) == 1:

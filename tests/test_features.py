@@ -936,3 +936,40 @@ def test_an_aggregate_in_parts_gives_each_key_the_bits_of_one_thread_over_the_wh
         assert con.execute("SELECT current_setting('threads')").fetchall() == threads
     assert whole["n"].sum() == n and len(whole) == len(u)
     con.close()
+
+
+def test_a_wide_aggregate_cut_into_statements_gives_the_bits_of_one_statement():
+    """DuckDBEngine.aggregate_in_parts (the panel's 50 aggregates as statements of a few
+    each, joined on the key; DuckDB's hash aggregate is slower with wide per-group state)
+    against the one statement on one thread over the whole table: every key once, the
+    columns in the select list's order, the same bits of order-sensitive sums, deviations
+    and slopes of doubles whatever the statements' size and the key ranges; an empty
+    select list gives the keys."""
+    from scf_engine.duck import connect
+    from scf_engine.sqlengine import DuckDBEngine
+
+    rng = np.random.default_rng(11)
+    n = 300_000
+    keys = np.sort(rng.choice(np.array([f"F{j:05d}" for j in range(12_000)]), n))
+    x = rng.lognormal(0, 3, n) * rng.choice([1.0, -1.0, 1e-9, 1e9], n)
+    con = connect()
+    eng = DuckDBEngine(con)
+    eng.register("_src", pd.DataFrame({"firm_id": keys, "k": rng.integers(0, 24, n), "x": x,
+                                       "y": np.where(rng.random(n) < 0.2, np.nan, x[::-1])}))
+    eng.create("t", "SELECT * FROM _src ORDER BY firm_id, k", shared=True)
+    exprs = ["sum(x) AS s", "stddev_samp(ln(1 + abs(x))) AS sd", "regr_slope(x, -k) AS slope",
+             "sum(x) FILTER (WHERE k < 12) AS s12", "count(*) AS n", "avg(y) FILTER (WHERE k >= 3) AS ay",
+             "count(y) - count(*) FILTER (WHERE y > 0) AS missed", "min(k) FILTER (WHERE y IS NULL) AS first_gap"]
+    with eng.deterministic():
+        whole = eng.df(f"SELECT firm_id, {', '.join(exprs)} FROM t GROUP BY firm_id").sort_values(
+            "firm_id", ignore_index=True)
+    u = np.unique(keys)
+    for size in (1, 3, 5, len(exprs), 50):
+        eng.AGGREGATES_PER_STATEMENT = size
+        for bounds in ([u[len(u) // 2]], [u[100], u[len(u) // 3], u[-1]], []):
+            got = eng.aggregate_in_parts(exprs, "t", "firm_id", [str(b) for b in bounds]).sort_values(
+                "firm_id", ignore_index=True)
+            pd.testing.assert_frame_equal(got, whole, check_exact=True)
+    assert list(eng.aggregate_in_parts([], "t", "firm_id", [str(u[7])]).sort_values("firm_id")["firm_id"]) == list(u)
+    assert whole["n"].sum() == n and whole["first_gap"].notna().any() and len(whole) == len(u)
+    con.close()

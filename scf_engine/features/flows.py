@@ -425,21 +425,21 @@ def _panel_features(eng, panel: str, firm_ids, cat: Catalogue) -> pd.DataFrame:
     last = ", ".join(f"min(CASE WHEN {o} > 0 THEN k END) OVER (PARTITION BY firm_id) AS {o}_last_k" for o in OPEN_GAPS)
     # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
     # in the same order every run
-    # p2 is a table of the database, not of this connection (df_in_parts' cursors read it):
+    # p2 is a table of the database, not of this connection (aggregate_in_parts' cursors read it):
     # a name of its own, so no other connection's or caller's table is replaced or dropped
     p2 = f"_scf_p2_{uuid.uuid4().hex}"
     try:
         eng.create(p2, f"SELECT p.*, {prev}, {nxt}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM p "
                        f"JOIN (SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k",
                    shared=True)
-        panel_exprs = ", ".join(f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel"))
+        panel_exprs = [f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel")]
         # slopes and deviations of doubles: each firm's on one thread, same bits every run
         # (scf_engine.duck); the firms in PANEL_PARTS ranges at once, split by name (not by
-        # the machine's cores: the answers are the same on any machine)
+        # the machine's cores: the answers are the same on any machine), each range's
+        # aggregates a few per statement (DuckDBEngine.AGGREGATES_PER_STATEMENT)
         ids = np.sort(np.asarray(firm_ids, dtype=object).astype(str))
         bounds = [str(ids[len(ids) * j // PANEL_PARTS]) for j in range(1, PANEL_PARTS)] if len(ids) >= PANEL_PARTS else []
-        out = eng.df_in_parts(f"SELECT firm_id, {panel_exprs} FROM {{rows}} GROUP BY firm_id", p2, "firm_id",
-                              bounds).set_index("firm_id")
+        out = eng.aggregate_in_parts(panel_exprs, p2, "firm_id", bounds).set_index("firm_id")
     finally:
         # the panel is read by the statement above only: its tables go now, not after the code
         # features (~2.4 million firm-months of ~40 columns at 100,000 firms, ~1.2 GB held
