@@ -297,7 +297,7 @@ class SparkEngine:
     def aggregate_in_parts(self, exprs, table: str, key: str, bounds) -> pd.DataFrame:
         """One statement (:meth:`scf_engine.sqlengine.DuckDBEngine.aggregate_in_parts`
         cuts a wide select list for DuckDB's hash aggregate; Spark's is its own)."""
-        return self.df(f"SELECT {key}, {', '.join(exprs)} FROM {table} GROUP BY {key}")
+        return self.df(f"SELECT {', '.join([key, *exprs])} FROM {table} GROUP BY {key}")
 
     @contextmanager
     def deterministic(self):

@@ -102,8 +102,7 @@ class DuckDBEngine:
         exprs = list(exprs)
         m = max(1, -(-len(exprs) // self.AGGREGATES_PER_STATEMENT))  # statements, of even sizes
         cuts = [len(exprs) * j // m for j in range(m + 1)]
-        sqls = [f"SELECT {key}, {', '.join(exprs[a:b])} FROM {{rows}} GROUP BY {key}"
-                for a, b in zip(cuts, cuts[1:])] or [f"SELECT {key} FROM {{rows}} GROUP BY {key}"]
+        sqls = [f"SELECT {', '.join([key, *exprs[a:b]])} FROM {{rows}} GROUP BY {key}" for a, b in zip(cuts, cuts[1:])]
         return self._in_parts(sqls, table, key, bounds)
 
     def _in_parts(self, sqls: list, table: str, key: str, bounds) -> pd.DataFrame:
