@@ -758,6 +758,62 @@ def test_the_shared_pass_answers_as_one_snapshot_per_date_does(lent, tmp_path):
         pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
+def test_a_frame_of_the_columns_the_rules_read_answers_as_every_column_does(lent, tmp_path):
+    """compute builds each as-of's monitor frame of the feature columns the policy's rules,
+    its evidence templates and the drift read (frame_needs), not of every feature now and
+    at the batch: the portfolio, the alerts and the drift rows are the same, value for
+    value. The policy here adds a signal whose rule spells its columns in capitals (DuckDB
+    matches names whatever their case) and quotes a batch column in its evidence only, so
+    a name the narrowing missed would change the alerts or fail the rule."""
+    from scf_engine.ingest.load import load_or_report
+    from scf_engine.ingest.requests import read_consents
+    from scf_engine.pipelines.compare import load_models
+    from scf_engine.pipelines.monitor import compute, drift_reference, frame_needs, read_portfolio, split_known
+    from scf_engine.pipelines.score import saved_scale
+
+    pols = policies.load_all()
+    p = policies.as_data(pols["monitoring"])
+    extra = {"name": "purchases_down_spelled_upper", "label_zh": "采购支出下降", "label_en": "Trade outflow down",
+             "severity": "low", "rule": "TRADE_OUT_3M < 0.8 * B_Trade_Out_3m",
+             "evidence": "CNY {trade_out_3m:,.0f} paid in 3 months (batch {b_trade_out_3m:,.0f}; tax {b_tax_3m:,.0f})"}
+    pols["monitoring"] = {**p, "signals": [*p["signals"], extra]}
+    policies.validate("monitoring", pols["monitoring"])
+    store = tracking.Store(lent["uri"])
+    ds = load_or_report(lent["data"], tmp_path / "q.csv")
+    book, _ = split_known(read_portfolio(lent["limits"]), ds)
+    models, versions = load_models(store, "champion")
+    scale, ref = saved_scale(store, versions, pols["score_scale"]), drift_reference(store, versions)
+    needs = frame_needs(pols["monitoring"], ref)
+    assert {"trade_out_3m", "b_trade_out_3m", "b_tax_3m", "pd_change"} <= needs
+    assert ref and all(v.lower() in needs and f"b_{v}".lower() in needs for v in ref)
+    cons = read_consents(lent["data"] / "consents.csv")
+    dates = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-06-17")]
+    args = (ds, book, dates, book["batch_as_of"].max(), models, pols, cons, scale, lambda *a, **k: None, ref)
+    narrow, every = compute(*args), compute(*args, narrow=False)
+    assert narrow[1]["signal"].eq("purchases_down_spelled_upper").any()
+    for got, want in zip(narrow, every):
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_the_columns_a_policy_reads_are_every_name_its_rules_and_templates_use():
+    """policy_columns: the names of monitoring.yaml's rules (with the policy's numbers put
+    in: credit repair's obligations_missed_{months}m) and templates, lower-cased; None,
+    every column kept, when a rule reads columns it does not name or does not parse."""
+    from scf_engine.monitor.signals import policy_columns, rule_columns
+
+    p = policies.as_data(policies.load("monitoring"))
+    named = policy_columns(p)
+    assert {"obligations_missed_3m", "b_top_payer_share_12m", "consent_expires_on", "pd_change"} <= named
+    assert not any("{" in n for n in named)
+    assert rule_columns("Payroll_Open_Gap >= 2 AND coalesce(b_x, 0) = 0") == {"payroll_open_gap", "b_x"}
+    for blind in ("COLUMNS('tax_.*') > 0", "*", "payroll_open_gap >="):
+        assert rule_columns(blind) is None, blind
+        bad = {**p, "signals": [*p["signals"], {**p["signals"][0], "name": "blind", "rule": blind}]}
+        assert policy_columns(bad) is None
+    unparsed = {**p, "signals": [*p["signals"], {**p["signals"][0], "name": "odd", "evidence": "unbalanced {pd"}]}
+    assert policy_columns(unparsed) is None
+
+
 def test_the_pass_on_the_flows_it_keeps_answers_as_on_every_flow(lent, tmp_path):
     """scf monitor keeps only the flows booked before its last as-of, without txn_id and
     with purpose as a category, in a compact copy (lean_flows): the portfolio, the alerts

@@ -136,12 +136,9 @@ def fire(frame: pd.DataFrame, policy, as_of: pd.Timestamp, ratings: dict | None 
     return pd.concat([rows, up], ignore_index=True) if len(up) else rows
 
 
-def _template_columns(template: str, columns) -> list:
-    """The columns of ``columns`` an evidence template names (all of them when the
-    template cannot be parsed: :func:`evidence` then shows it as written). A row's other
-    columns cannot reach the text, and turning every feature column of each firm hit
-    into a dict was most of :func:`fire`'s time (~0.4 s an as-of at 20,000 firms)."""
-    import string
+def template_fields(template: str) -> set | None:
+    """The names an evidence template's fields read (nested ones too, ``{pd:.{digits}f}``),
+    or None when the template cannot be parsed (:func:`evidence` then shows it as written)."""
 
     def fields(text: str) -> set:
         out = set()
@@ -153,10 +150,58 @@ def _template_columns(template: str, columns) -> list:
         return out
 
     try:
-        named = fields(template)
+        return fields(template)
     except ValueError:
-        return list(columns)
-    return [c for c in columns if c in named]
+        return None
+
+
+def _template_columns(template: str, columns) -> list:
+    """The columns of ``columns`` an evidence template names (all of them when the
+    template cannot be parsed: :func:`evidence` then shows it as written). A row's other
+    columns cannot reach the text, and turning every feature column of each firm hit
+    into a dict was most of :func:`fire`'s time (~0.4 s an as-of at 20,000 firms)."""
+    named = template_fields(template)
+    return list(columns) if named is None else [c for c in columns if c in named]
+
+
+def rule_columns(rule: str) -> set | None:
+    """The column names a SQL rule reads, lower-cased (DuckDB matches a name whatever its
+    case), by sqlglot's parse of it; None when it cannot be told: the rule does not parse,
+    or it reads columns it does not name (``*``, ``COLUMNS(...)``)."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(rule, read="duckdb")
+    except sqlglot.errors.SqlglotError:
+        return None
+    if tree is None or any(isinstance(n, exp.Star) or (isinstance(n, exp.Func) and n.sql_name().upper() == "COLUMNS")
+                           for n in tree.walk()):
+        return None
+    return {c.name.lower() for c in tree.find_all(exp.Column)}
+
+
+def policy_columns(policy) -> set | None:
+    """Every column name the policy's rules (signals, ``actions.clean_rule``,
+    ``credit_repair.rule``, with the policy's numbers put in) and evidence templates
+    read, lower-cased; None when one of them cannot be told (:func:`rule_columns`,
+    :func:`template_fields`): a caller then keeps every column. What lets ``scf monitor``
+    build each as-of's frame of the columns the rules read, not of every feature now
+    and at the batch (:func:`scf_engine.pipelines.monitor.monitor_frame`)."""
+    p = as_data(policy)
+    rules = [s["rule"] for s in p["signals"]] + [p["actions"]["clean_rule"], p["credit_repair"]["rule"]]
+    out = set()
+    for rule in rules:
+        named = rule_columns(fill(rule, p))
+        if named is None:
+            return None
+        out |= named
+    for s in p["signals"]:
+        named = template_fields(s["evidence"])
+        if named is None:
+            return None
+        out |= {n.lower() for n in named}
+    return out
 
 
 def _signal_rows(frame: pd.DataFrame, policy, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -250,4 +295,4 @@ def _num(v) -> str:
     return "n/a" if math.isnan(v) else f"{v:.3g}"
 
 
-__all__ = ["ALERTS_COLUMNS", "fire", "escalate", "rating_pd", "holds", "holds_all", "authenticity_seen", "fill", "core_distress", "new_authenticity", "evidence"]
+__all__ = ["ALERTS_COLUMNS", "policy_columns", "rule_columns", "template_fields", "fire", "escalate", "rating_pd", "holds", "holds_all", "authenticity_seen", "fill", "core_distress", "new_authenticity", "evidence"]

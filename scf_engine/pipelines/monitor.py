@@ -42,7 +42,8 @@ from scf_engine.monitor.drift import REFERENCE_ARTIFACT, drift_rows, vintage_row
 from scf_engine.monitor.judge import (PORTFOLIO_COLUMNS, apply_repair, join_reasons, needs_drivers, portfolio_rows,
                                      unexplained_reason)
 from scf_engine.monitor.report import render_report
-from scf_engine.monitor.signals import ALERTS_COLUMNS, authenticity_seen, core_distress, fire, new_authenticity
+from scf_engine.monitor.signals import (ALERTS_COLUMNS, authenticity_seen, core_distress, fire, new_authenticity,
+                                       policy_columns)
 from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.score import check_writable, parse_as_of, saved_scale
 from scf_engine.publish import Publication
@@ -231,7 +232,8 @@ def drift_reference(store, versions) -> dict | None:
         return json.loads(Path(path).read_text())
 
 
-def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, *, shared: bool = True) -> tuple:
+def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, *, shared: bool = True,
+            narrow: bool = True) -> tuple:
     """portfolio.csv, alerts.csv and drift rows over every as-of (pure apart from the
     progress).
 
@@ -249,6 +251,9 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
     as-of (:class:`scf_engine.features.flows.FlowPass`) on one DuckDB connection, and each
     date's features read theirs from them; ``shared=False`` builds each date on its own as
     ``scf score`` does (the same answers: ``tests/test_monitor.py`` compares the two).
+    ``narrow`` (the default): each as-of's monitor frame holds only the feature columns
+    the policy's rules, its evidence templates and the drift read (:func:`frame_needs`);
+    ``narrow=False``: every feature now and at the batch (the same answers, compared too).
 
     The dataset, the models and the libraries are out of the garbage collector's walks
     for the pass (:func:`scf_engine.release.frozen`): each date gives memory back with a
@@ -262,7 +267,7 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
         with frozen(), remembering(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="scf-chain") as side:
             flow_pass = FlowPass(con, ds.flows, ds.firms["firm_id"], [batch_T, *dates]) if shared else None
             return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass,
-                           side if shared else None)
+                           side if shared else None, frame_needs(pols["monitoring"], ref) if narrow else None)
     finally:
         if con is not None:
             con.close()
@@ -275,7 +280,8 @@ def explain_scope(policy) -> str:
     return str((policies.as_data(policy).get("explain") or {}).get("scope", "all"))
 
 
-def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass, side=None) -> tuple:
+def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass, side=None,
+            needs: set | None = None) -> tuple:
     """:func:`compute`'s loop: the batch's snapshot, then one as-of after another.
 
     Under ``explain: {scope: changed}`` (monitoring.yaml) the decision core re-scores
@@ -303,7 +309,7 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
                          scale=scale, context=ctx, explain=() if changed_only else None)
         # decide's two steps, the first kept for explain_changed; no memo lines (limit_basis)
         dec = finalize([pre], requests, pols, basis=False)
-        raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"])
+        raw = monitor_frame(ds, lent, dec, now, batch, cons, T, pols["monitoring"], needs)
         if ref is not None:  # the model's own score, before any credit repair; the frame's columns by
             # name, not raw.assign(...): inserting into the ~400 columns joined one by one warned
             # "DataFrame is highly fragmented" at every as-of (the demo printed it six times)
@@ -365,14 +371,36 @@ def snapshot_at(ds, T, models, *, con=None, flow_pass=None, side=None):
     return data[T]
 
 
-def monitor_frame(ds, lent, dec, now, batch, cons, T, policy) -> pd.DataFrame:
+def frame_needs(policy, ref: dict | None) -> set | None:
+    """The names (lower-cased) of the columns the judging of an as-of reads from its
+    monitor frame: what the policy's rules and evidence templates name
+    (:func:`scf_engine.monitor.signals.policy_columns`) and each drift variable of the
+    training reference now and at the batch (``b_``); None (every column) when a rule's
+    columns cannot be told."""
+    named = policy_columns(policy)
+    if named is None:
+        return None
+    return named | {str(v).lower() for v in ref or ()} | {f"b_{v}".lower() for v in ref or ()}
+
+
+def monitor_frame(ds, lent, dec, now, batch, cons, T, policy, needs: set | None = None) -> pd.DataFrame:
     """One row per lent firm: what the rules read (features now, ``b_`` features at the
-    batch, the core's answer, the batch's, consent, core distress, default)."""
+    batch, the core's answer, the batch's, consent, core distress, default).
+
+    ``needs`` (:func:`frame_needs`): only the feature columns named there, now and at the
+    batch; None: every feature, now and at the batch. Every feature twice is ~900 columns
+    over the issue's 78,000 lent firms, copied again by the credit repair and handed to
+    DuckDB by each rule query, while the rules and the drift read ~220 of them."""
     ids = pd.Index(lent["firm_id"], name="firm_id")
     res = dec.limits.set_index("firm_id").reindex(ids)
-    feats = now.table.reindex(ids)
-    drop = [c for c in feats.columns if feats[c].dtype == object or c in ("pd", "score", "grade")]
-    base = batch.table.reindex(ids).drop(columns=drop, errors="ignore").add_prefix("b_")
+    kinds = now.table.dtypes
+    drop = [c for c in now.table.columns if kinds[c] == object or c in ("pd", "score", "grade")]
+    now_t, batch_t = now.table, batch.table
+    if needs is not None:
+        now_t = now_t[[c for c in now_t.columns if c.lower() in needs]]
+        batch_t = batch_t[[c for c in batch_t.columns if f"b_{c}".lower() in needs]]
+    feats = now_t.reindex(ids)
+    base = batch_t.reindex(ids).drop(columns=drop, errors="ignore").add_prefix("b_")
     frame = feats.drop(columns=drop, errors="ignore").join(base)
     lb = lent.set_index("firm_id")
     frame["pd"] = res["pd"].astype(float)
