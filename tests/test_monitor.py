@@ -758,6 +758,28 @@ def test_the_shared_pass_answers_as_one_snapshot_per_date_does(lent, tmp_path):
         pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
+def test_the_pass_holds_each_dates_rows_packed_and_gives_them_back_as_they_were(lent, tmp_path, monkeypatch):
+    """compute holds each as-of's portfolio rows compressed until the pass ends (packed):
+    each comes back with the same values, dtypes and index, and the portfolio is the
+    rows of every date as judged, in order."""
+    from scf_engine.pipelines import monitor as mon
+
+    given, pack = [], mon.packed
+
+    def keep(rows):
+        given.append(rows.copy())
+        return pack(rows)
+
+    monkeypatch.setattr(mon, "packed", keep)
+    args = _pass_inputs(lent, tmp_path, "changed")
+    portfolio = mon.compute(*args)[0]
+    assert len(given) == len(args[2]) and all(len(g) > 0 for g in given)
+    assert list(portfolio["as_of"].unique()) == [str(t.date()) for t in args[2]]
+    for rows in given:
+        pd.testing.assert_frame_equal(mon.unpacked(pack(rows)), rows, check_exact=True)
+    pd.testing.assert_frame_equal(portfolio, pd.concat(given, ignore_index=True), check_exact=True)
+
+
 def test_a_frame_of_the_columns_the_rules_read_answers_as_every_column_does(lent, tmp_path):
     """compute builds each as-of's monitor frame of the feature columns the policy's rules,
     its evidence templates and the drift read (frame_needs), not of every feature now and
