@@ -40,3 +40,43 @@ def test_each_round_runs_its_pairs_back_to_back_in_swapped_order(monkeypatch):
     assert [c[0] for c in calls] == ["baseline", "this", "this", "baseline", "baseline", "this"]
     assert {r["code"] for r in out} == {"baseline " + bm.BASELINE, "this code"}
     assert all(r["ratio_vs_baseline_12"] == 1.0 and len(r["seconds_all"]) == 3 for r in out)
+
+
+def test_the_memory_timeline_names_the_stage_that_held_the_peak_and_puts_the_pass_back():
+    """bench.timeline: a stage that holds 200 MB for a moment sets the as-of's peak, the
+    light stages around it do not; after ``watch`` the monitor's functions are its own again."""
+    import time
+    import types
+
+    import numpy as np
+
+    import scf_engine.pipelines.monitor as monitor
+    from bench.timeline import Timeline, watch
+
+    def heavy():
+        block = np.ones(25_000_000)  # 200 MB, every page written
+        time.sleep(0.2)
+        return float(block[-1])
+
+    mod = types.SimpleNamespace(heavy=heavy, light=lambda: time.sleep(0.1), give_back=lambda: None)
+    line = Timeline(interval=0.005)
+    originals = [line.wrap(mod, n) for n in ("light", "heavy", "give_back")]
+    line.start()
+    try:
+        line.date = "2024-02-01"
+        mod.light()
+        assert mod.heavy() == 1.0
+        mod.light()
+        mod.give_back()
+    finally:
+        line.stop()
+    (row,) = line.rows()
+    assert row["as_of"] == "2024-02-01" and row["peak_stage"] == "heavy"
+    assert line.peaks[("2024-02-01", "heavy")] - line.peaks[("2024-02-01", "light")] > 150
+    assert row["after_give_back_mib"] is not None and row["arrow_mib"] is not None
+    assert [e["stage"] for e in line.ends] == ["light", "heavy", "light", "give_back"]
+    assert originals[1] is heavy
+    before = (monitor.snapshot_at, monitor.connect, monitor.explain_changed)
+    with watch(Timeline()):
+        assert monitor.snapshot_at is not before[0] and monitor.explain_changed is not before[2]
+    assert (monitor.snapshot_at, monitor.connect, monitor.explain_changed) == before
