@@ -838,9 +838,10 @@ def test_the_columns_a_policy_reads_are_every_name_its_rules_and_templates_use()
 
 def test_the_pass_on_the_flows_it_keeps_answers_as_on_every_flow(lent, tmp_path):
     """scf monitor keeps only the flows booked before its last as-of, without txn_id and
-    with purpose as a category, in a compact copy (lean_flows): the portfolio, the alerts
-    and the drift rows are the same, value for value, as one snapshot per date built from
-    the dataset as loaded."""
+    with purpose as a category, in a compact copy (lean_flows), and once the pass's legs are
+    built only the trade flows with a firm on one side (chain_flows, own_flows=True): the
+    portfolio, the alerts and the drift rows are the same, value for value, as one
+    snapshot per date built from the dataset as loaded."""
     from scf_engine.ingest.load import load_or_report
     from scf_engine.ingest.requests import read_consents
     from scf_engine.pipelines.compare import load_models
@@ -859,7 +860,13 @@ def test_the_pass_on_the_flows_it_keeps_answers_as_on_every_flow(lent, tmp_path)
     scale, ref = saved_scale(store, versions, pols["score_scale"]), drift_reference(store, versions)
     cons = read_consents(lent["data"] / "consents.csv")
     rest = (book, dates, book["batch_as_of"].max(), models, pols, cons, scale, lambda *a, **k: None, ref)
-    kept, every = compute(lean, *rest), compute(whole, *rest, shared=False)
+    before = len(lean.flows)
+    kept, every = compute(lean, *rest, own_flows=True), compute(whole, *rest, shared=False)
+    assert not lean.has_financings  # else the closed-loop checks read every flow and none is cut
+    firms = set(lean.firms["firm_id"])
+    assert (lean.flows["purpose"] == "trade").all()
+    assert (lean.flows["payer_id"].isin(firms) | lean.flows["payee_id"].isin(firms)).all()
+    assert 0 < len(lean.flows) < before
     for got, want in zip(kept, every):
         pd.testing.assert_frame_equal(got, want, check_exact=True)
 
@@ -1000,3 +1007,28 @@ def test_evidence_shows_missing_values_as_na_without_touching_words_that_contain
         "2 financing(s) past maturity at 2024-01-01 (financings.csv), 50% of one; NANJING nanotech")
     assert evidence(t, {"fin_overdue_n": float("nan"), "as_of": "2024-01-01", "who": None}) == (
         "n/a financing(s) past maturity at 2024-01-01 (financings.csv), n/a of one; n/a")
+
+
+def test_chain_flows_keeps_the_trade_with_a_firm_in_order_and_leaves_a_dataset_with_financings_whole():
+    """What the pass holds after its legs are built: trade flows with a firm of the dataset
+    as payer or payee, in their order; every flow when the closed-loop checks will read
+    them (a financings file)."""
+    import types
+
+    from scf_engine.pipelines.monitor import chain_flows
+
+    flows = pd.DataFrame({
+        "booked_on": pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-06"]),
+        "payer_id": pd.Series(["A", "EXT-1", "EXT-2", "A", "B"], dtype="str"),
+        "payee_id": pd.Series(["B", "A", "EXT-3", "EXT-4", "EXT-5"], dtype="str"),
+        "amount": [1.0, 2.0, 3.0, 4.0, 5.0],
+        "purpose": pd.Categorical(["trade", "trade", "trade", "payroll", "trade"])})
+    firms = pd.DataFrame({"firm_id": pd.Series(["A", "B"], dtype="str")})
+    ds = types.SimpleNamespace(flows=flows.copy(), firms=firms, has_financings=False)
+    chain_flows(ds)
+    assert ds.flows["amount"].tolist() == [1.0, 2.0, 5.0]  # not EXT->EXT, not payroll
+    assert list(ds.flows.columns) == list(flows.columns) and (ds.flows.dtypes == flows.dtypes).all()
+    assert ds.flows.index.equals(pd.RangeIndex(3))
+    whole = types.SimpleNamespace(flows=flows.copy(), firms=firms, has_financings=True)
+    chain_flows(whole)
+    pd.testing.assert_frame_equal(whole.flows, flows)

@@ -158,7 +158,7 @@ def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, 
     models, versions = load_models(store, alias)
     scale = saved_scale(store, versions, pols["score_scale"])
     ref = drift_reference(store, versions)
-    frames = compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref)
+    frames = compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, own_flows=True)
     inputs = {**ds.fingerprints, "portfolio": port_sha, **({"consents": file_sha256(Path(consents))} if consents else {})}
     memo_dir = Path(portfolio).parent / "memos" if portfolio else None
     return record(store, frames, quarantined, out, dates=dates, batch_T=batch_T, versions=versions, pols=pols,
@@ -206,6 +206,29 @@ def lean_flows(ds, until: pd.Timestamp | None = None) -> None:
     ds.flows = pd.DataFrame(out, index=index)
 
 
+def chain_flows(ds) -> None:
+    """``ds.flows`` cut, once the pass's legs are built (:class:`FlowPass`: every as-of's
+    flow features read those), to the flows the rest of the pass still reads: each
+    as-of's chain (:func:`scf_engine.graph.build.build_edges`) reads trade flows with a
+    firm of the dataset on one side or both, and nothing else in the pass reads flows
+    unless the dataset has financings (the closed-loop checks read trade, other payments
+    and loan drawdowns with their accounts: then the flows are left whole). The chain's
+    rows are the same, in the same order (a snapshot's flows are a slice of these), so
+    its answers are too. Why: the party ids of every flow are the largest thing the pass
+    held (1.46 GiB of text at the bench's 100,000 firms, 31 million flows), under every
+    as-of's peak, for the chain's sake alone; the chain reads a part of them."""
+    if getattr(ds, "has_financings", False):
+        return
+    flows, ds.flows = ds.flows, None
+    firm = pd.Index(ds.firms["firm_id"].astype(str))
+    keep = (flows["purpose"] == "trade").to_numpy() & (isin(flows["payer_id"], firm) | isin(flows["payee_id"], firm))
+    index, out = pd.RangeIndex(int(keep.sum())), {}  # nothing reads the flows' labels: a snapshot renumbers them
+    for c in list(flows.columns):
+        out[c] = flows.pop(c)[keep].set_axis(index)  # a filter copies the kept rows into buffers of their own
+        release_arrow()  # the old column's buffers, before the next copy
+    ds.flows = pd.DataFrame(out, index=index)
+
+
 def _compact(col: pd.Series) -> pd.Series:
     """A copy of ``col`` that holds only its own rows: text held by Arrow (pandas'
     ``str``) is copied into new buffers (``Series.copy`` shares the immutable Arrow
@@ -233,7 +256,7 @@ def drift_reference(store, versions) -> dict | None:
 
 
 def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, *, shared: bool = True,
-            narrow: bool = True) -> tuple:
+            narrow: bool = True, own_flows: bool = False) -> tuple:
     """portfolio.csv, alerts.csv and drift rows over every as-of (pure apart from the
     progress).
 
@@ -254,6 +277,9 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
     ``narrow`` (the default): each as-of's monitor frame holds only the feature columns
     the policy's rules, its evidence templates and the drift read (:func:`frame_needs`);
     ``narrow=False``: every feature now and at the batch (the same answers, compared too).
+    ``own_flows`` (``scf monitor``'s: the dataset is the pass's own): once the shared legs
+    are built, ``ds.flows`` is cut to what the rest of the pass reads (:func:`chain_flows`);
+    by default the caller's dataset is left as it was.
 
     The dataset, the models and the libraries are out of the garbage collector's walks
     for the pass (:func:`scf_engine.release.frozen`): each date gives memory back with a
@@ -266,6 +292,9 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
         # remembering: the dates' SHAP asks LightGBM only for split patterns no earlier date had (same bits)
         with frozen(), remembering(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="scf-chain") as side:
             flow_pass = FlowPass(con, ds.flows, ds.firms["firm_id"], [batch_T, *dates]) if shared else None
+            if shared and own_flows:
+                chain_flows(ds)
+                give_back()
             return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass,
                            side if shared else None, frame_needs(pols["monitoring"], ref) if narrow else None)
     finally:
