@@ -51,7 +51,10 @@ class Timeline:
     """Peaks of the resident set per (as-of, stage) and the allocators at each stage's end.
 
     ``date`` is set by whoever knows the as-of (:func:`watch` sets it from the
-    snapshot's date); a stage is the innermost watched function the main thread is in."""
+    snapshot's date, so the as-of being built); a stage is the watched function entered
+    last. ``scf monitor`` judges an as-of on a thread while the next one's snapshot is
+    built: there the stage named may be the judge's (``precompute``, ``finalize``...)
+    while the memory is the snapshot's too, and ``date`` is the snapshot's."""
 
     def __init__(self, interval: float = 0.02):
         self.interval, self.date, self.stack = interval, "-", ["load"]
