@@ -355,10 +355,12 @@ def timeline() -> None:
     baseline: the sampling thread costs a little). Per as-of: the resident peak and the
     stage that set it, the panel's and the code features' own peaks, and after the as-of
     gave memory back, the resident set and what glibc's heap, Arrow's pool and DuckDB
-    held. What it showed on 2026-12-02 (100k x 12, quiet machine): the load's peak (7.1
-    GiB) and each as-of's panel (6.9-7.3 GiB, rising ~30 MiB a date) stand highest;
-    between dates ~3.5 GiB of heap, ~2.1 GiB of Arrow (1.46 GiB of it the flows' party
-    ids as text), 0.6 GiB of DuckDB (the pass's compressed legs)."""
+    held. What it showed on 2026-12-02 (100k x 12, quiet machine), before the pass cut
+    its flows to the chain's (d8792eb): the load's peak (7.1 GiB) and each as-of's panel
+    (6.9-7.3 GiB, rising ~30 MiB a date) stood highest; between dates ~3.5 GiB of heap,
+    ~2.1 GiB of Arrow (1.46 GiB of it the flows' party ids as text), 0.6 GiB of DuckDB
+    (the pass's compressed legs). After the cut each as-of's peak was 5.6-6.3 GiB, under
+    the load's; with the judge beside the next snapshot (e1c6dc3), 5.8-7.4 GiB."""
     top = COST_FIRMS[-1]
     r = measure("bench.bench_monitor:run", 5, 12, None, top, True, repeats=1)
     show(f"Monitoring memory, stage by stage: this code, {top:,} firms x 12 dates (peak VmHWM {r['peak_mb']:,.0f} MiB, "

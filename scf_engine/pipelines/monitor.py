@@ -198,13 +198,8 @@ def lean_flows(ds, until: pd.Timestamp | None = None) -> None:
         else:
             keep = (booked < until).to_numpy()
         del booked
-    index, out = flows.index[keep].copy(), {}
-    for c in list(flows.columns):
-        col = flows.pop(c).iloc[keep]
-        out[c] = col.astype("category") if c == "purpose" else _compact(col)
-        del col
-        release_arrow()  # the old column's buffers, before the next copy
-    ds.flows = pd.DataFrame(out, index=index)
+    ds.flows = _rebuilt(flows, keep, flows.index[keep].copy(),
+                        lambda c, col: col.astype("category") if c == "purpose" else _compact(col))
 
 
 def chain_flows(ds) -> None:
@@ -223,11 +218,21 @@ def chain_flows(ds) -> None:
     flows, ds.flows = ds.flows, None
     firm = pd.Index(ds.firms["firm_id"].astype(str))
     keep = (flows["purpose"] == "trade").to_numpy() & (isin(flows["payer_id"], firm) | isin(flows["payee_id"], firm))
-    index, out = pd.RangeIndex(int(keep.sum())), {}  # nothing reads the flows' labels: a snapshot renumbers them
+    index = pd.RangeIndex(int(keep.sum()))  # nothing reads the flows' labels: a snapshot renumbers them
+    # a mask's rows are copied into buffers of their own: no _compact needed
+    ds.flows = _rebuilt(flows, keep, index, lambda c, col: col.set_axis(index))
+
+
+def _rebuilt(flows: pd.DataFrame, keep, index: pd.Index, copy) -> pd.DataFrame:
+    """``flows``' rows ``keep`` (a slice or a boolean mask) as a new frame on ``index``,
+    column by column: each column is popped from ``flows`` and let go as its copy
+    (``copy(name, rows)``) is made, so the old frame and the new are never both whole in
+    memory (:func:`lean_flows`, :func:`chain_flows`)."""
+    out = {}
     for c in list(flows.columns):
-        out[c] = flows.pop(c)[keep].set_axis(index)  # a filter copies the kept rows into buffers of their own
+        out[c] = copy(c, flows.pop(c).iloc[keep])
         release_arrow()  # the old column's buffers, before the next copy
-    ds.flows = pd.DataFrame(out, index=index)
+    return pd.DataFrame(out, index=index)
 
 
 def _compact(col: pd.Series) -> pd.Series:
@@ -335,13 +340,14 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
     seen = authenticity_seen(batch.table.reindex(ids).dropna(how="all"))  # the batch's alerts, once per pass
     default_on = ds.default_dates(ids).set_axis(ids)
     parts, pds, alerts, drift = [], [], [], []  # parts: each as-of's rows packed (:func:`packed`); pds: their PDs
-    held = {"last": None}  # the previous as-of's rows, whole (explain_changed reads them)
+    last = None  # the previous as-of's rows, whole (explain_changed reads them)
     changed_only = explain_scope(pols["monitoring"]) == "changed"
 
     def judge(T, now) -> None:
         """One as-of judged on its snapshot: the decision core, the frame, the signals,
         the rows; what it keeps goes into the pass's lists (one judge at a time, in date
         order: each reads the earlier dates' PDs and the previous rows)."""
+        nonlocal last
         ctx = DecisionContext.build(now, models, pols, ds, cons)  # what decide builds; kept for explain_changed
         pre = precompute(now, models, pols, requests["firm_id"].astype(str).tolist(), dataset=ds, consents=cons,
                          scale=scale, context=ctx, explain=() if changed_only else None)
@@ -363,8 +369,8 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
         rows = portfolio_rows(frame, a, T, months, pols["monitoring"], scale,
                               ratings=policies.as_data(pols["master_scale"])["ratings"], history=history)
         if changed_only:
-            rows = explain_changed(rows, frame, held["last"], now, models, pre, ctx)
-        held["last"] = rows
+            rows = explain_changed(rows, frame, last, now, models, pre, ctx)
+        last = rows
         pds.append(rows[["firm_id", "as_of", "pd"]])
         parts.append(packed(rows))
         alerts.append(a)
@@ -385,7 +391,6 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
             del now  # the judge holds it; gone when it is judged
         if pending is not None:
             pending.result()
-    last = held.pop("last")
     drift = pd.concat(drift, ignore_index=True) if drift else None
     del last
     return (pd.concat([unpacked(p) for p in parts], ignore_index=True),
