@@ -85,12 +85,15 @@ def chain_and_table(snap: Snapshot, con, *, engine=None, flow_pass=None, side=No
     features' SQL (DuckDB, which lets the GIL go) keeps the other core busy. Only this
     thread switches the database to one thread (``eng.deterministic``): the chain's
     queries then run one-threaded, with the same results."""
+    # a pass's trade transfers (built once, here on this thread before the chain reads them):
+    # the chain's trade edges and totals summed from them, not from the flows by name again
+    transfers = flow_pass.transfers() if flow_pass is not None else None
     if side is None:
-        chain = build_chain(snap, con=con)
+        chain = build_chain(snap, con=con, transfers=transfers)
         return chain, snapshot_table(snap, chain, con=con, engine=engine, flow_pass=flow_pass)
     cur = con.cursor()
     try:
-        job = side.submit(build_chain, snap, con=cur)
+        job = side.submit(build_chain, snap, con=cur, transfers=transfers)
         try:
             features = flow_features(snap, con=con, engine=engine, flow_pass=flow_pass)
         except BaseException:

@@ -289,3 +289,40 @@ def test_the_chain_reads_the_same_from_the_last_13_months_of_flows(medium_world)
         pd.testing.assert_frame_equal(totals.sort_index(), totals_all.sort_index(), check_exact=True)
         ran += 1
     assert ran >= 2
+
+
+def test_the_chain_from_a_pass_transfers_is_the_chain_from_the_flows(medium_world):
+    """A monitoring pass hands the chain its trade transfers (FlowPass.transfers: party
+    codes, days, amounts) and build_edges sums the trade side of the edges and the firms'
+    totals from them in whole cents (graph.build.trade_sums), not from the flows by name
+    in DuckDB's exact decimals: the same edges, totals and chain, value for value, at a
+    month's first day, in mid-month and at a month's end (where T - 12 months clips the
+    day), with firms founded between the dates (each date's own firms), and the amounts'
+    cents kept (a float sum in another order would differ in the last bits)."""
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import FlowPass
+    from scf_engine.graph.build import build_edges
+
+    _, path = medium_world
+    ds = load_dataset(path)
+    assert (ds.flows["amount"] * 100 % 100 != 0).any()  # amounts with cents
+    last = ds.default_as_of
+    dates = [last - pd.DateOffset(months=9), last - pd.DateOffset(months=5) + pd.Timedelta(days=13),
+             pd.Timestamp(last.year, last.month, 1) - pd.Timedelta(days=1)]
+    founded = ds.firms["founded_on"]
+    assert ((founded >= dates[0]) & (founded < dates[-1])).any()  # the dates' firms differ
+    con = connect()
+    try:
+        transfers = FlowPass(con, ds.flows, ds.firms["firm_id"], dates).transfers()
+        for T in dates:
+            snap = ds.as_of(T)
+            edges, totals = build_edges(snap)
+            edges_p, totals_p = build_edges(snap, transfers=transfers)
+            assert (edges["trade_count_12m"] > 0).sum() > 100
+            pd.testing.assert_frame_equal(edges, edges_p, check_exact=True)
+            pd.testing.assert_frame_equal(totals.sort_index(), totals_p.sort_index(), check_exact=True,
+                                          check_index_type=False)
+            pd.testing.assert_frame_equal(build_chain(snap).nodes, build_chain(snap, transfers=transfers).nodes,
+                                          check_exact=True)
+    finally:
+        con.close()

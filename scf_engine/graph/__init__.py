@@ -18,15 +18,17 @@ from scf_engine.graph.roles import chain_roles
 __all__ = ["Chain", "build_chain", "chain_roles"]
 
 
-def build_chain(snapshot: Snapshot, *, con=None, max_tier: int | None = None) -> Chain:
+def build_chain(snapshot: Snapshot, *, con=None, max_tier: int | None = None, transfers=None) -> Chain:
     """The chain at the snapshot's as-of date. ``max_tier``: the longest supply path (in
     tiers) that ties a firm to a core (default: ``max_tier`` of ``models/propagation.yaml``,
-    the risk committee's reach of core credit)."""
+    the risk committee's reach of core credit). ``transfers``: a monitoring pass's trade
+    transfers, the trade side of the edges summed from them (:func:`build_edges`: the
+    same chain)."""
     if max_tier is None:
         max_tier = int(policies.load("propagation")["max_tier"])
     own = con is None
     con = con or connect()
-    edges, totals = build_edges(snapshot, con=con)
+    edges, totals = build_edges(snapshot, con=con, transfers=transfers)
     if own:
         con.close()
     firms = snapshot.firms.set_index("firm_id")

@@ -16,9 +16,20 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from scf_engine.dataset import Snapshot
 from scf_engine.duck import connect, register_money
+from scf_engine.membership import isin
+
+TRADE_PAIRS_SQL = """
+    SELECT payee_id AS supplier, payer_id AS buyer, sum(amount) AS trade_volume_12m, count(*) AS trade_count_12m,
+           min(booked_on) AS first_trade, max(booked_on) AS last_trade
+    FROM flows
+    WHERE purpose = 'trade' AND booked_on >= DATE '{T}' - INTERVAL 12 MONTH
+      AND payer_id IN (SELECT firm_id FROM firms) AND payee_id IN (SELECT firm_id FROM firms)
+    GROUP BY 1, 2
+"""
 
 EDGE_SQL = """
 WITH r AS (
@@ -45,14 +56,7 @@ re AS (
         min(issued_on) AS first_recv, max(issued_on) AS last_recv
     FROM r GROUP BY 1, 2
 ),
-tr AS (
-    SELECT payee_id AS supplier, payer_id AS buyer, sum(amount) AS trade_volume_12m, count(*) AS trade_count_12m,
-           min(booked_on) AS first_trade, max(booked_on) AS last_trade
-    FROM flows
-    WHERE purpose = 'trade' AND booked_on >= DATE '{T}' - INTERVAL 12 MONTH
-      AND payer_id IN (SELECT firm_id FROM firms) AND payee_id IN (SELECT firm_id FROM firms)
-    GROUP BY 1, 2
-)
+tr AS ({tr})
 SELECT coalesce(re.supplier, tr.supplier) AS supplier, coalesce(re.buyer, tr.buyer) AS buyer,
        coalesce(recv_amount_12m, 0) AS recv_amount_12m, coalesce(recv_count_12m, 0) AS recv_count_12m,
        coalesce(confirmed_amount_12m, 0) AS confirmed_amount_12m,
@@ -124,17 +128,74 @@ def recent_flows(flows: pd.DataFrame, T: pd.Timestamp, months: int = 13) -> pd.D
     return flows.iloc[int(np.searchsorted(booked.to_numpy(), np.datetime64(lo, "s"), "left")):]
 
 
-def build_edges(snapshot: Snapshot, con=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(edges, per-firm 12-month trade totals) at the snapshot's as-of date."""
+def build_edges(snapshot: Snapshot, con=None, transfers=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(edges, per-firm 12-month trade totals) at the snapshot's as-of date.
+
+    ``transfers``: a monitoring pass's trade transfers
+    (:class:`scf_engine.features.flows.TradeTransfers`, every trade flow of the pass with
+    a firm on one side, parties as integer codes) when the snapshot is one of the pass's
+    dates: the trade side of the edges and the totals are then summed from them
+    (:func:`trade_sums`) instead of scanning the snapshot's last 13 months of flows by
+    name twice (~3.4 s an as-of at 100,000 firms, 6.5 million flows: 13 times a pass).
+    The same values: amounts are summed in whole cents either way (the flows' money is
+    exact decimals in DuckDB), and the receivables side and the join are the same SQL."""
     own = con is None
     con = con or connect()
     T = snapshot.as_of.strftime("%Y-%m-%d")
     register_money(con, "receivables", snapshot.receivables)
-    register_money(con, "flows", recent_flows(snapshot.flows, snapshot.as_of)[["booked_on", "payer_id", "payee_id",
-                                                                               "amount", "purpose"]])
-    con.register("firms", snapshot.firms[["firm_id"]])
-    edges = con.sql(EDGE_SQL.format(T=T)).df()
-    totals = con.sql(FIRM_TOTALS_SQL.format(T=T)).df().set_index("firm_id")
+    if transfers is None:
+        register_money(con, "flows", recent_flows(snapshot.flows, snapshot.as_of)[["booked_on", "payer_id", "payee_id",
+                                                                                   "amount", "purpose"]])
+        con.register("firms", snapshot.firms[["firm_id"]])
+        edges = con.sql(EDGE_SQL.format(T=T, tr=TRADE_PAIRS_SQL.format(T=T))).df()
+        totals = con.sql(FIRM_TOTALS_SQL.format(T=T)).df().set_index("firm_id")
+    else:
+        pairs, totals = trade_sums(transfers, snapshot.firms["firm_id"], snapshot.as_of,
+                                   snapshot.flows["booked_on"].dtype)
+        con.register("trade_pairs", pairs)
+        edges = con.sql(EDGE_SQL.format(T=T, tr="SELECT * FROM trade_pairs")).df()
+        con.unregister("trade_pairs")
     if own:
         con.close()
     return edges.sort_values(["supplier", "buyer"]).reset_index(drop=True), totals
+
+
+def trade_sums(transfers, firm_ids, T: pd.Timestamp, booked_dtype) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What :data:`TRADE_PAIRS_SQL` and :data:`FIRM_TOTALS_SQL` give at ``T``, from a
+    pass's trade transfers (:meth:`scf_engine.features.flows.FlowPass.transfers`): the
+    transfers booked in the 12 months before T (from ``T - 12 months``, nothing dated T
+    or later); per (supplier = payee, buyer = payer), both firms of ``firm_ids``, the
+    volume, count and first and last booking (``booked_dtype``: the flows' own, so the
+    join types them as before); per firm, what it received from and paid to anyone.
+    Sums in whole cents (integers, exact in any order), then to yuan as DuckDB turns
+    its exact decimal sums into floats."""
+    t = transfers
+    lo = (pd.Timestamp(T) - pd.DateOffset(months=12)).to_datetime64().astype("datetime64[D]").astype(np.int64)
+    hi = pd.Timestamp(T).to_datetime64().astype("datetime64[D]").astype(np.int64)
+    sel = np.flatnonzero((t.day >= lo) & (t.day < hi))
+    payer, payee, day = t.payer[sel], t.payee[sel], t.day[sel]
+    cents = np.rint(t.amount[sel] * 100).astype(np.int64)
+    firm = isin(pd.Index(pd.arrays.ArrowStringArray(t.party)), firm_ids)  # per party code
+    n = len(firm)
+    by_payee, by_payer = firm[payee], firm[payer]
+    got = np.bincount(payee[by_payee], weights=cents[by_payee], minlength=n)
+    paid = np.bincount(payer[by_payer], weights=cents[by_payer], minlength=n)
+    seen = np.flatnonzero((np.bincount(payee[by_payee], minlength=n) + np.bincount(payer[by_payer], minlength=n)) > 0)
+    totals = pd.DataFrame({"trade_in_12m": got[seen] / 100, "trade_out_12m": paid[seen] / 100},
+                          index=pd.Index(t.party.take(pa.array(seen)).to_numpy(zero_copy_only=False), name="firm_id"))
+    both = by_payee & by_payer
+    key = payee[both].astype(np.int64) * n + payer[both]
+    order = np.argsort(key, kind="stable")
+    key, day, cents = key[order], day[both][order], cents[both][order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
+    pair = key[starts]
+    counts = np.diff(np.r_[starts, len(key)])
+    as_day = (lambda d: d.astype("datetime64[D]").astype(booked_dtype))
+    pairs = pd.DataFrame({
+        "supplier": t.party.take(pa.array(pair // n)).to_numpy(zero_copy_only=False),
+        "buyer": t.party.take(pa.array(pair % n)).to_numpy(zero_copy_only=False),
+        "trade_volume_12m": (np.add.reduceat(cents, starts) if len(key) else np.zeros(0, np.int64)) / 100,
+        "trade_count_12m": counts.astype(np.int64),
+        "first_trade": as_day(np.minimum.reduceat(day, starts) if len(key) else day),
+        "last_trade": as_day(np.maximum.reduceat(day, starts) if len(key) else day)})
+    return pairs, totals
