@@ -300,7 +300,7 @@ def test_the_chain_from_a_pass_transfers_is_the_chain_from_the_flows(medium_worl
     day), with firms founded between the dates (each date's own firms), and the amounts'
     cents kept (a float sum in another order would differ in the last bits)."""
     from scf_engine.duck import connect
-    from scf_engine.features.flows import FlowPass
+    from scf_engine.features.flows import FlowPass, TradeTransfers
     from scf_engine.graph.build import build_edges
 
     _, path = medium_world
@@ -324,5 +324,10 @@ def test_the_chain_from_a_pass_transfers_is_the_chain_from_the_flows(medium_worl
                                           check_index_type=False)
             pd.testing.assert_frame_equal(build_chain(snap).nodes, build_chain(snap, transfers=transfers).nodes,
                                           check_exact=True)
+        # transfers out of date order are filtered, not sliced: the same edges
+        perm = np.random.default_rng(0).permutation(len(transfers.i))
+        shuffled = TradeTransfers(*(getattr(transfers, c)[perm] for c in ("i", "payer", "payee", "day", "amount")),
+                                  party=transfers.party)
+        pd.testing.assert_frame_equal(build_edges(snap, transfers=shuffled)[0], edges, check_exact=True)
     finally:
         con.close()

@@ -172,9 +172,14 @@ def trade_sums(transfers, firm_ids, T: pd.Timestamp, booked_dtype) -> tuple[pd.D
     t = transfers
     lo = (pd.Timestamp(T) - pd.DateOffset(months=12)).to_datetime64().astype("datetime64[D]").astype(np.int64)
     hi = pd.Timestamp(T).to_datetime64().astype("datetime64[D]").astype(np.int64)
-    sel = np.flatnonzero((t.day >= lo) & (t.day < hi))
+    if len(t.day) < 2 or bool((t.day[1:] >= t.day[:-1]).all()):  # in date order (the dataset's flows were)
+        a, b = np.searchsorted(t.day, [lo, hi], "left")
+        sel = slice(int(a), int(b))  # views, not copies: ~6 million transfers an as-of at 100,000 firms
+    else:
+        sel = np.flatnonzero((t.day >= lo) & (t.day < hi))
     payer, payee, day = t.payer[sel], t.payee[sel], t.day[sel]
-    cents = np.rint(t.amount[sel] * 100).astype(np.int64)
+    cents = t.amount[sel] * 100
+    np.rint(cents, out=cents)  # whole cents as doubles: their sums are exact integers below 2**53
     firm = isin(pd.Index(pd.arrays.ArrowStringArray(t.party)), firm_ids)  # per party code
     n = len(firm)
     by_payee, by_payer = firm[payee], firm[payer]
@@ -194,7 +199,7 @@ def trade_sums(transfers, firm_ids, T: pd.Timestamp, booked_dtype) -> tuple[pd.D
     pairs = pd.DataFrame({
         "supplier": t.party.take(pa.array(pair // n)).to_numpy(zero_copy_only=False),
         "buyer": t.party.take(pa.array(pair % n)).to_numpy(zero_copy_only=False),
-        "trade_volume_12m": (np.add.reduceat(cents, starts) if len(key) else np.zeros(0, np.int64)) / 100,
+        "trade_volume_12m": (np.add.reduceat(cents, starts) if len(key) else np.zeros(0)) / 100,
         "trade_count_12m": counts.astype(np.int64),
         "first_trade": as_day(np.minimum.reduceat(day, starts) if len(key) else day),
         "last_trade": as_day(np.maximum.reduceat(day, starts) if len(key) else day)})
