@@ -61,9 +61,9 @@ def test_the_memory_timeline_names_the_stage_that_held_the_peak_and_puts_the_pas
     mod = types.SimpleNamespace(heavy=heavy, light=lambda: time.sleep(0.1), give_back=lambda: None)
     line = Timeline(interval=0.005)
     originals = [line.wrap(mod, n) for n in ("light", "heavy", "give_back")]
+    line.date = "2024-02-01"  # before the sampler starts: a sample taken first would be filed under "-"
     line.start()
     try:
-        line.date = "2024-02-01"
         mod.light()
         assert mod.heavy() == 1.0
         mod.light()
