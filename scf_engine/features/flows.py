@@ -104,12 +104,18 @@ class TradeTransfers:
     party: pa.Array
     month: np.ndarray = field(init=False)
     mday: np.ndarray = field(init=False)
+    ordered: bool = field(init=False)  # booking days in date order (the dataset's flows were)
 
     def __post_init__(self):
         days = self.day.astype("datetime64[D]")
         months = days.astype("datetime64[M]")
         self.month = months.astype(np.int32)
         self.mday = ((days - months).astype(np.int64) + 1).astype(np.int8)
+        self.ordered = len(self.day) < 2 or bool((self.day[1:] >= self.day[:-1]).all())
+
+    def firms(self, names) -> np.ndarray:
+        """Per party code: whether the party is one of ``names`` (:func:`_is_firm`)."""
+        return _is_firm(self.party, names)
 
 
 def _month_start(ym: int) -> pd.Timestamp:
@@ -270,7 +276,7 @@ class FlowPass:
         start = np.datetime64(self._read_from(T), "D").astype(np.int64)
         chosen = np.flatnonzero((k >= 0) & (k < READ_MONTHS) & (t.day >= start))
         del k
-        firm = _is_firm(t.party, firm_ids)  # per party code: a firm of this as-of
+        firm = t.firms(firm_ids)  # per party code: a firm of this as-of
         payer, payee = t.payer[chosen], t.payee[chosen]
         has_in, has_out = firm[payee], firm[payer]
         n = has_in.astype(np.int64) + has_out

@@ -20,7 +20,6 @@ import pyarrow as pa
 
 from scf_engine.dataset import Snapshot
 from scf_engine.duck import connect, register_money
-from scf_engine.membership import isin
 
 TRADE_PAIRS_SQL = """
     SELECT payee_id AS supplier, payer_id AS buyer, sum(amount) AS trade_volume_12m, count(*) AS trade_count_12m,
@@ -172,7 +171,7 @@ def trade_sums(transfers, firm_ids, T: pd.Timestamp, booked_dtype) -> tuple[pd.D
     t = transfers
     lo = (pd.Timestamp(T) - pd.DateOffset(months=12)).to_datetime64().astype("datetime64[D]").astype(np.int64)
     hi = pd.Timestamp(T).to_datetime64().astype("datetime64[D]").astype(np.int64)
-    if len(t.day) < 2 or bool((t.day[1:] >= t.day[:-1]).all()):  # in date order (the dataset's flows were)
+    if t.ordered:
         a, b = np.searchsorted(t.day, [lo, hi], "left")
         sel = slice(int(a), int(b))  # views, not copies: ~6 million transfers an as-of at 100,000 firms
     else:
@@ -180,7 +179,7 @@ def trade_sums(transfers, firm_ids, T: pd.Timestamp, booked_dtype) -> tuple[pd.D
     payer, payee, day = t.payer[sel], t.payee[sel], t.day[sel]
     cents = t.amount[sel] * 100
     np.rint(cents, out=cents)  # whole cents as doubles: their sums are exact integers below 2**53
-    firm = isin(pd.Index(pd.arrays.ArrowStringArray(t.party)), firm_ids)  # per party code
+    firm = t.firms(firm_ids)  # per party code
     n = len(firm)
     by_payee, by_payer = firm[payee], firm[payer]
     got = np.bincount(payee[by_payee], weights=cents[by_payee], minlength=n)
