@@ -973,3 +973,67 @@ def test_a_wide_aggregate_cut_into_statements_gives_the_bits_of_one_statement():
     assert list(eng.aggregate_in_parts([], "t", "firm_id", [str(u[7])]).sort_values("firm_id")["firm_id"]) == list(u)
     assert whole["n"].sum() == n and whole["first_gap"].notna().any() and len(whole) == len(u)
     con.close()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 1100), st.sampled_from([A, B, C, D, "EXT-Q"]), st.sampled_from([A, B, C, D, "EXT-R"]),
+                          st.sampled_from([0.01, 99.99, 5_000.0, 12_345.67, 200_000.0]),
+                          st.sampled_from(["trade", "payroll", "tax", "social_insurance", "housing_fund", "utilities",
+                                           "loan_drawdown", "loan_repayment"])),
+                min_size=1, max_size=60),
+       st.booleans(), st.booleans())
+def test_a_pass_panel_is_each_dates_own_panel(rows, outside, with_a):
+    """The panel features of a monitoring pass (each firm's months made once,
+    FlowPass._build_panel, the as-of's window taken from them) equal those of the as-of's
+    own dense panel and window functions, value for value: months missing in the middle
+    and at the window's edges, firms whose first flow is inside or before the window,
+    obligations no firm paid (unknown, not missed), platforms with no outside party at
+    all (every month reported), as-of dates on two days of the month (two panel tables)
+    and a flow on an as-of's day (at T: not read)."""
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import FlowPass
+
+    flows = [(T + pd.Timedelta(days=40) - pd.Timedelta(days=d), p, q, a, u) for d, p, q, a, u in rows
+             if p != q and (outside or not (p.startswith("EXT") or q.startswith("EXT")))]
+    flows += flows_for_a() if with_a else []
+    if not flows:
+        return
+    dates = [T - pd.DateOffset(months=14), T - pd.DateOffset(months=1) + pd.Timedelta(days=14), T,
+             T + pd.DateOffset(months=1)]
+    ds = dataset(sorted(flows, key=lambda r: r[0]))
+    con = connect()
+    try:
+        fp = FlowPass(con, ds.flows, ds.firms["firm_id"], dates)
+        for d in dates:
+            snap = ds.as_of(d)
+            pd.testing.assert_frame_equal(flow_features(snap, con=con, flow_pass=fp), flow_features(snap), check_exact=True)
+            # the rows themselves, every column (some neighbours no feature reads today)
+            pd.testing.assert_frame_equal(_pass_panel_rows(con, fp, snap), _own_panel_rows(snap), check_exact=True)
+    finally:
+        con.close()
+
+
+def _pass_panel_rows(con, fp, snap) -> pd.DataFrame:
+    from scf_engine.sqlengine import DuckDBEngine
+
+    DuckDBEngine(con).register("firms", snap.firms[["firm_id", "industry", "founded_on"]])
+    return con.sql(fp.panel_rows_sql(snap.as_of.strftime("%Y-%m-%d"))).df()
+
+
+def _own_panel_rows(snap) -> pd.DataFrame:
+    """``p2`` as flow_features builds it without a pass: the as-of's legs, its dense
+    panel, the window functions."""
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import _legs_sql, _neighbours_sql, _panel_sql
+    from scf_engine.sqlengine import DuckDBEngine
+
+    eng = DuckDBEngine(connect())
+    eng.register("firms", snap.firms[["firm_id", "industry", "founded_on"]])
+    eng.register("flows", snap.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]], money=("amount",),
+                 row_number="_i")
+    eng.create("legs", _legs_sql(snap.as_of.strftime("%Y-%m-%d")))
+    eng.create("p", _panel_sql())
+    try:
+        return eng.con.sql(_neighbours_sql("p")).df()
+    finally:
+        eng.con.close()

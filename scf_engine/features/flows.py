@@ -56,6 +56,7 @@ LOOKBACK_MONTHS = 24
 OBLIGATIONS = ("payroll", "tax", "social_insurance", "housing_fund", "utilities")
 YOY_COLUMNS = ("in_trade", "tax", "utilities")
 OPEN_GAPS = ("payroll", "tax", "social_insurance", "housing_fund", "loan_interest")
+CURED = ("payroll", "tax", "social_insurance")  # obligations whose missed months can be caught up (typical, prev, next)
 MIN_INDUSTRY_GROUP = 10  # smaller industry divisions are ranked within their section
 PANEL_PARTS = 2  # the firm-month panel is aggregated in this many ranges of firms at once (flow_features)
 READ_MONTHS = 12  # the months of legs every statement but the panel reads (k < 12): FlowPass keeps only these
@@ -132,8 +133,8 @@ class FlowPass:
     months before the earliest date or later, and before the latest date, for every firm
     of the dataset; :meth:`legs_sql` gives an as-of's legs from them: its flows before T
     (nothing dated T or later), its firms only (those founded before T), ``k`` as
-    :func:`_legs_sql` counts it; :meth:`panel_sql` its monthly panel from month sums made
-    once per day of month. The same rows, and ``_i`` numbers the flows in the same
+    :func:`_legs_sql` counts it; :meth:`panel_rows_sql` its monthly panel, from each firm's
+    months made once per day of month (:meth:`_build_panel`). The same rows, and ``_i`` numbers the flows in the same
     order (the dataset's), so every feature is the same as :func:`flow_features` without
     it gives (``tests/test_monitor.py`` compares the two passes value for value).
 
@@ -215,6 +216,8 @@ class FlowPass:
                         f"WHERE bucket >= {b} AND bucket < {b + self.SUM_MONTHS})")
                 con.execute((f"CREATE TABLE {self.TABLE}_monthly_{d} AS " if b == first else
                              f"INSERT INTO {self.TABLE}_monthly_{d} ") + _monthly_sql(some, "bucket"))
+        for d in sorted({t.day for t in dates}):
+            self._build_panel(d, max(t.year * 12 + t.month for t in dates if t.day == d))
         con.execute(f"CHECKPOINT {self.db}")  # compresses what was written
         # the legs the as-of dates read, SUM_MONTHS calendar months a statement, each
         # compressed before the next is written: uncompressed, a year of dates' legs were
@@ -337,16 +340,87 @@ class FlowPass:
     def drop_legs(self) -> None:
         self.eng.con.execute("DROP VIEW IF EXISTS legs")
 
-    def panel_sql(self, T: str) -> str:
-        """The panel ``p`` at T from the month sums of T's day of month: the months
-        0 <= k < LOOKBACK_MONTHS before T (bucket <= T's month: booked before T), T's
-        firms only; then densified as :func:`_panel_sql` does."""
+    # the firms' months of a panel table built at once, in this many ranges of firm ids
+    # (each range's window functions and sort hold memory for its firms only; uncompressed,
+    # the table of 100,000 firms over a year of dates is ~1 GB, ~0.1 GB once checkpointed)
+    PANEL_BUILD_PARTS = 4
+
+    def _build_panel(self, d: int, last: int) -> None:
+        """``{TABLE}_panel_{d}``: every pass firm's months (buckets of day ``d``, see
+        ``__init__``) from its first month with flows to ``last`` (the month of the pass's
+        last date on that day), densified, with the raw month sums (NULL where the firm had
+        no flow that month), ``r`` (the month's ``reported``, NULL then), and each month's
+        neighbours as :func:`_panel_features` reads them: the month before (``_rprev``),
+        after (``_rnext``) and a year before (``_rly``), over the whole series; stored by
+        firm and month, latest first (k ascending at any date). The month sums it is
+        made of are dropped: nothing else reads them.
+
+        Why: each as-of densified its 24 months and ran the same window functions over
+        them again (~6 s an as-of at 100,000 firms, the largest part of a snapshot); the
+        neighbours of a month do not depend on the date, only whether the date's window
+        still holds them, which :meth:`panel_rows_sql` decides. A neighbour after the
+        as-of's month (the future) is stored but never read: it is masked there."""
+        monthly, table = f"{self.TABLE}_monthly_{d}", f"{self.TABLE}_panel_{d}"
+        cols = PANEL_COLUMNS
+        near = (["lag(r) OVER w AS r_prev", "lead(r) OVER w AS r_next", "lag(r, 12) OVER w AS r_ly"]
+                + [f"lag({o}) OVER w AS {o}_rprev" for o in CURED] + [f"lead({o}) OVER w AS {o}_rnext" for o in CURED]
+                + [f"lag({c}, 12) OVER w AS {c}_rly" for c in YOY_COLUMNS])
+        ids = self.eng.con.sql(f"SELECT DISTINCT firm_id FROM {monthly} ORDER BY firm_id").fetchnumpy()["firm_id"]
+        n = self.PANEL_BUILD_PARTS
+        bounds = [None, *(str(ids[len(ids) * j // n]) for j in range(1, n)), None] if len(ids) >= n else [None, None]
+        for j, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            where = " AND ".join(["firm_id >= $lo"] * (lo is not None) + ["firm_id < $hi"] * (hi is not None)) or "true"
+            sql = (f"WITH m AS (SELECT * FROM {monthly} WHERE {where}), "
+                   f"span AS (SELECT firm_id, min(bucket) AS b0 FROM m GROUP BY firm_id), "
+                   f"dense AS (SELECT firm_id, unnest(range(b0, {last} + 1)) AS bucket FROM span) "
+                   f"SELECT firm_id, bucket, m.reported AS r, {', '.join('m.' + c for c in cols)}, {', '.join(near)} "
+                   f"FROM dense LEFT JOIN m USING (firm_id, bucket) WINDOW w AS (PARTITION BY firm_id ORDER BY bucket) "
+                   f"ORDER BY firm_id, bucket DESC")
+            self.eng.con.execute((f"CREATE TABLE {table} AS " if j == 0 else f"INSERT INTO {table} ") + sql,
+                                 {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None})
+            self.eng.con.execute(f"CHECKPOINT {self.db}")  # each range compressed before the next is written
+        self.eng.con.execute(f"DROP TABLE {monthly}")
+
+    def panel_rows_sql(self, T: str) -> str:
+        """The query of the panel ``p2`` at T that :func:`_panel_features` reads (T's firms
+        only, in firm and month order): the same rows and values as densifying T's months
+        and running the window functions over them (:func:`_panel_sql`, then
+        ``_panel_features``), from the pass's panel table (:meth:`_build_panel`).
+
+        The months 0 <= k < LOOKBACK_MONTHS before T (bucket <= T's month: booked before
+        T) from the firm's earliest reported one in them (``first_k``) to T; the platform's
+        flags (no outside party at all, obligations no firm paid) from those months,
+        asked here and written into the query as constants; a neighbour kept only where
+        the window holds its month (k + 1 <= first_k, k >= 1: never a month at or after
+        T, k + 12 <= first_k); the firm's typical payment and latest paid month over its
+        months in the window."""
         t = self._date(T)
-        cols = ", ".join(PANEL_COLUMNS + ("reported",))
-        now = f"(year(DATE '{T}') * 12 + month(DATE '{T}'))"
-        return _panel_sql(f"SELECT firm_id, {now} - bucket AS k, {cols} FROM {self.TABLE}_monthly_{t.day} "
-                          f"WHERE bucket <= {now} AND bucket > {now} - {LOOKBACK_MONTHS} "
-                          "AND firm_id IN (SELECT firm_id FROM firms)")
+        table = f"{self.TABLE}_panel_{t.day}"
+        now, k = t.year * 12 + t.month, f"({t.year * 12 + t.month} - bucket)"
+        window = f"bucket <= {now} AND bucket > {now} - {LOOKBACK_MONTHS} AND firm_id IN (SELECT firm_id FROM firms)"
+        carried = ", ".join(f"coalesce(max(CASE WHEN {c} > 0 THEN 1 ELSE 0 END), 0) = 1" for c in OBLIGATIONS)
+        flags = self.eng.con.execute(f"SELECT coalesce(max(CASE WHEN r THEN 1 ELSE 0 END), 0) = 0, {carried} "
+                                     f"FROM {table} WHERE {window}").fetchall()[0]
+        no_ext = "true" if flags[0] else "false"
+        carries = dict(zip(OBLIGATIONS, flags[1:]))
+
+        def value(c: str, r: str, raw: str) -> str:  # as _panel_sql coalesces a month's sum
+            known = f"(coalesce({r}, false) OR {no_ext})" + (f" AND {str(bool(carries[c])).lower()}" if c in carries else "")
+            return f"CASE WHEN {known} THEN coalesce({raw}, 0) END"
+
+        typical = ", ".join(f"median(({value(o, 'r', o)})::DOUBLE) FILTER (WHERE {value(o, 'r', o)} > 0) AS {o}_typical"
+                            for o in CURED)
+        last = ", ".join(f"min({k}) FILTER (WHERE {value(o, 'r', o)} > 0) AS {o}_last_k" for o in OPEN_GAPS)
+        per_firm = (f"SELECT firm_id, max({k}) FILTER (WHERE r OR ({no_ext} AND r IS NOT NULL)) AS first_k, "
+                    f"{typical}, {last} FROM {table} WHERE {window} GROUP BY firm_id")
+        rows = (["w.firm_id", f"{k} AS k", f"coalesce(r, false) OR {no_ext} AS reported"]
+                + [f"{value(c, 'r', c)} AS {c}" for c in PANEL_COLUMNS]
+                + [f"CASE WHEN {k} + 1 <= first_k THEN {value(o, 'r_prev', o + '_rprev')} END AS {o}_prev" for o in CURED]
+                + [f"CASE WHEN {k} >= 1 THEN {value(o, 'r_next', o + '_rnext')} END AS {o}_next" for o in CURED]
+                + [f"CASE WHEN {k} + 12 <= first_k THEN {value(c, 'r_ly', c + '_rly')} END AS {c}_ly" for c in YOY_COLUMNS]
+                + [f"f.{o}_last_k" for o in OPEN_GAPS] + [f"f.{o}_typical" for o in CURED])
+        return (f"SELECT {', '.join(rows)} FROM {table} w JOIN ({per_firm}) f ON w.firm_id = f.firm_id "
+                f"WHERE bucket <= {now} AND bucket >= {now} - first_k ORDER BY w.firm_id, k")
 
 
 MONTHLY_SQL = """
@@ -408,36 +482,21 @@ def _panel_sql(monthly: str | None = None) -> str:
     return PANEL_SQL.format(monthly=monthly or _monthly_sql(), coalesced=coalesced, carried=carried)
 
 
-def _panel_features(eng, panel: str, firm_ids, cat: Catalogue) -> pd.DataFrame:
+def _panel_features(eng, panel: str | None, firm_ids, cat: Catalogue, *, rows: str | None = None) -> pd.DataFrame:
     """The catalogue's ``panel`` features per firm: the dense panel ``p`` (the query
     ``panel``), ``p2`` beside it with each month's neighbours and the firm's typical
     payments, then the per-firm aggregate; both tables dropped before returning, also
-    on failure."""
-    eng.create("p", panel)
-    # {o}_typical: the firm's median monthly payment, as a DOUBLE: DuckDB's median of an
-    # even count of DECIMAL(18,2) cuts the mean of the middle two to cents (100.01 and 100.02
-    # give 100.01) where Spark's gives 100.015, and a payment at 1.6x that boundary counted
-    # as cured on one engine only (one firm in 100k at 20M flows); {o}_prev: the month before (k + 1)
-    cured = ("payroll", "tax", "social_insurance")
-    typical = ", ".join(f"median({o}::DOUBLE) FILTER (WHERE {o} > 0) AS {o}_typical" for o in cured)
-    prev = ", ".join(f"lead({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_prev" for o in cured)
-    # {o}_next: the month after (k - 1; NULL for the latest month or an unreported one), to
-    # tell a missed month caught up the next month from one left open (uncured)
-    nxt = ", ".join(f"lag({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_next" for o in cured)
-    # {c}_ly: the same calendar month a year earlier (NULL where not on record), for
-    # year-on-year ratios over matched months; {o}_last_k: the latest month with a payment
-    # (open gaps count the reported months since)
-    ly = ", ".join(f"lead({c}, 12) OVER (PARTITION BY firm_id ORDER BY k) AS {c}_ly" for c in YOY_COLUMNS)
-    last = ", ".join(f"min(CASE WHEN {o} > 0 THEN k END) OVER (PARTITION BY firm_id) AS {o}_last_k" for o in OPEN_GAPS)
-    # stored in (firm, month) order: the one-thread aggregate below reads each firm's months
-    # in the same order every run
+    on failure. ``rows``: the query of ``p2`` itself (a pass's,
+    :meth:`FlowPass.panel_rows_sql`), read instead of building it from ``panel``."""
     # p2 is a table of the database, not of this connection (aggregate_in_parts' cursors read it):
     # a name of its own, so no other connection's or caller's table is replaced or dropped
     p2 = f"_scf_p2_{uuid.uuid4().hex}"
     try:
-        eng.create(p2, f"SELECT p.*, {prev}, {nxt}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in cured)} FROM p "
-                       f"JOIN (SELECT firm_id, {typical} FROM p GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k",
-                   shared=True)
+        if rows is None:
+            eng.create("p", panel)
+            eng.create(p2, _neighbours_sql("p"), shared=True)
+        else:
+            eng.create(p2, rows, shared=True)
         panel_exprs = [f"({s.expr}) AS {s.name}" for s in cat.of_kind("panel")]
         # slopes and deviations of doubles: each firm's on one thread, same bits every run
         # (scf_engine.duck); the firms in PANEL_PARTS ranges at once, split by name (not by
@@ -453,6 +512,28 @@ def _panel_features(eng, panel: str, firm_ids, cat: Catalogue) -> pd.DataFrame:
         eng.drop(p2, "p")
     return out
 
+
+def _neighbours_sql(p: str) -> str:
+    """``p2``: the dense panel ``p`` with each month's neighbours and the firm's typical
+    payments, in (firm, month) order."""
+    # {o}_typical: the firm's median monthly payment, as a DOUBLE: DuckDB's median of an
+    # even count of DECIMAL(18,2) cuts the mean of the middle two to cents (100.01 and 100.02
+    # give 100.01) where Spark's gives 100.015, and a payment at 1.6x that boundary counted
+    # as cured on one engine only (one firm in 100k at 20M flows); {o}_prev: the month before (k + 1)
+    typical = ", ".join(f"median({o}::DOUBLE) FILTER (WHERE {o} > 0) AS {o}_typical" for o in CURED)
+    prev = ", ".join(f"lead({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_prev" for o in CURED)
+    # {o}_next: the month after (k - 1; NULL for the latest month or an unreported one), to
+    # tell a missed month caught up the next month from one left open (uncured)
+    nxt = ", ".join(f"lag({o}) OVER (PARTITION BY firm_id ORDER BY k) AS {o}_next" for o in CURED)
+    # {c}_ly: the same calendar month a year earlier (NULL where not on record), for
+    # year-on-year ratios over matched months; {o}_last_k: the latest month with a payment
+    # (open gaps count the reported months since)
+    ly = ", ".join(f"lead({c}, 12) OVER (PARTITION BY firm_id ORDER BY k) AS {c}_ly" for c in YOY_COLUMNS)
+    last = ", ".join(f"min(CASE WHEN {o} > 0 THEN k END) OVER (PARTITION BY firm_id) AS {o}_last_k" for o in OPEN_GAPS)
+    # stored in (firm, month) order: the one-thread aggregate reads each firm's months
+    # in the same order every run
+    return (f"SELECT {p}.*, {prev}, {nxt}, {ly}, {last}, {', '.join(f't.{o}_typical' for o in CURED)} FROM {p} "
+            f"JOIN (SELECT firm_id, {typical} FROM {p} GROUP BY firm_id) t USING (firm_id) ORDER BY firm_id, k")
 
 def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con=None, engine=None,
                   flow_pass: FlowPass | None = None) -> pd.DataFrame:
@@ -477,7 +558,10 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
         eng.register("flows", snapshot.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]],
                      money=("amount",), row_number="_i")
         eng.create("legs", _legs_sql(T))
-    out = _panel_features(eng, flow_pass.panel_sql(T) if flow_pass is not None else _panel_sql(), firms["firm_id"], cat)
+    if flow_pass is not None:
+        out = _panel_features(eng, None, firms["firm_id"], cat, rows=flow_pass.panel_rows_sql(T))
+    else:
+        out = _panel_features(eng, _panel_sql(), firms["firm_id"], cat)
 
     cpty_specs = cat.of_kind("cpty")
     if cpty_specs:
