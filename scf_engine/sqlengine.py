@@ -29,12 +29,28 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from scf_engine.duck import connect, money_view, one_thread, register_money, unregister
 from scf_engine.errors import RequestError
 
 ENGINES = ("duckdb", "spark")
+
+
+def key_bounds(keys, parts: int) -> list[str]:
+    """The cut points splitting the distinct keys ``keys`` into ``parts`` ranges of
+    (nearly) even size, as :meth:`DuckDBEngine.df_in_parts` takes them (none where there
+    are fewer keys than parts): cut by the keys themselves, not by the machine's cores,
+    so a range holds the same firms, and its doubles come out the same, on any machine."""
+    keys = np.sort(np.asarray(keys, dtype=object).astype(str))
+    return [str(keys[len(keys) * j // parts]) for j in range(1, parts)] if len(keys) >= parts else []
+
+
+def key_range(key: str, lo: str | None, hi: str | None) -> tuple[str, dict]:
+    """The filter ``lo <= key < hi`` (an open side where None) and its parameters."""
+    where = " AND ".join([f"{key} >= $lo"] * (lo is not None) + [f"{key} < $hi"] * (hi is not None)) or "true"
+    return where, {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None}
 
 
 class DuckDBEngine:
@@ -112,8 +128,7 @@ class DuckDBEngine:
                  for i in range(len(bounds) + 1)]
 
         def part(cur, lo, hi) -> pd.DataFrame:
-            where = " AND ".join([f"{key} >= $lo"] * (lo is not None) + [f"{key} < $hi"] * (hi is not None)) or "true"
-            params = {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None}
+            where, params = key_range(key, lo, hi)
             rows = f"(SELECT * FROM {table} WHERE {where})"
             frames = [cur.execute(sql.replace("{rows}", rows), params).df() for sql in sqls]
             if len(frames) == 1:

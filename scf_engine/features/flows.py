@@ -45,7 +45,7 @@ from scf_engine.catalogue import Catalogue, load_catalogue
 from scf_engine.contract import PURPOSES
 from scf_engine.dataset import Snapshot
 from scf_engine.duck import MONEY, register_money
-from scf_engine.sqlengine import DuckDBEngine
+from scf_engine.sqlengine import DuckDBEngine, key_bounds, key_range
 from scf_engine.features.closed_loop import closed_loop_features
 from scf_engine.features.authenticity import ZERO_WHEN_NONE, ShapeSearch, authenticity_features, load_policy
 from scf_engine.ingest.rules import sql_list
@@ -361,23 +361,20 @@ class FlowPass:
         still holds them, which :meth:`panel_rows_sql` decides. A neighbour after the
         as-of's month (the future) is stored but never read: it is masked there."""
         monthly, table = f"{self.TABLE}_monthly_{d}", f"{self.TABLE}_panel_{d}"
-        cols = PANEL_COLUMNS
         near = (["lag(r) OVER w AS r_prev", "lead(r) OVER w AS r_next", "lag(r, 12) OVER w AS r_ly"]
                 + [f"lag({o}) OVER w AS {o}_rprev" for o in CURED] + [f"lead({o}) OVER w AS {o}_rnext" for o in CURED]
                 + [f"lag({c}, 12) OVER w AS {c}_rly" for c in YOY_COLUMNS])
-        ids = self.eng.con.sql(f"SELECT DISTINCT firm_id FROM {monthly} ORDER BY firm_id").fetchnumpy()["firm_id"]
-        n = self.PANEL_BUILD_PARTS
-        bounds = [None, *(str(ids[len(ids) * j // n]) for j in range(1, n)), None] if len(ids) >= n else [None, None]
+        ids = self.eng.con.sql(f"SELECT DISTINCT firm_id FROM {monthly}").fetchnumpy()["firm_id"]
+        bounds = [None, *key_bounds(ids, self.PANEL_BUILD_PARTS), None]
         for j, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-            where = " AND ".join(["firm_id >= $lo"] * (lo is not None) + ["firm_id < $hi"] * (hi is not None)) or "true"
+            where, params = key_range("firm_id", lo, hi)
             sql = (f"WITH m AS (SELECT * FROM {monthly} WHERE {where}), "
                    f"span AS (SELECT firm_id, min(bucket) AS b0 FROM m GROUP BY firm_id), "
                    f"dense AS (SELECT firm_id, unnest(range(b0, {last} + 1)) AS bucket FROM span) "
-                   f"SELECT firm_id, bucket, m.reported AS r, {', '.join('m.' + c for c in cols)}, {', '.join(near)} "
+                   f"SELECT firm_id, bucket, m.reported AS r, {', '.join('m.' + c for c in PANEL_COLUMNS)}, {', '.join(near)} "
                    f"FROM dense LEFT JOIN m USING (firm_id, bucket) WINDOW w AS (PARTITION BY firm_id ORDER BY bucket) "
                    f"ORDER BY firm_id, bucket DESC")
-            self.eng.con.execute((f"CREATE TABLE {table} AS " if j == 0 else f"INSERT INTO {table} ") + sql,
-                                 {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None})
+            self.eng.con.execute((f"CREATE TABLE {table} AS " if j == 0 else f"INSERT INTO {table} ") + sql, params)
             self.eng.con.execute(f"CHECKPOINT {self.db}")  # each range compressed before the next is written
         self.eng.con.execute(f"DROP TABLE {monthly}")
 
@@ -398,15 +395,12 @@ class FlowPass:
         table = f"{self.TABLE}_panel_{t.day}"
         now, k = t.year * 12 + t.month, f"({t.year * 12 + t.month} - bucket)"
         window = f"bucket <= {now} AND bucket > {now} - {LOOKBACK_MONTHS} AND firm_id IN (SELECT firm_id FROM firms)"
-        carried = ", ".join(f"coalesce(max(CASE WHEN {c} > 0 THEN 1 ELSE 0 END), 0) = 1" for c in OBLIGATIONS)
-        flags = self.eng.con.execute(f"SELECT coalesce(max(CASE WHEN r THEN 1 ELSE 0 END), 0) = 0, {carried} "
-                                     f"FROM {table} WHERE {window}").fetchall()[0]
+        flags = self.eng.con.execute(f"SELECT {_platform_flags('r')} FROM {table} WHERE {window}").fetchall()[0]
         no_ext = "true" if flags[0] else "false"
-        carries = dict(zip(OBLIGATIONS, flags[1:]))
+        carries = {c: "true" if f else "false" for c, f in zip(OBLIGATIONS, flags[1:])}
 
-        def value(c: str, r: str, raw: str) -> str:  # as _panel_sql coalesces a month's sum
-            known = f"(coalesce({r}, false) OR {no_ext})" + (f" AND {str(bool(carries[c])).lower()}" if c in carries else "")
-            return f"CASE WHEN {known} THEN coalesce({raw}, 0) END"
+        def value(c: str, r: str, raw: str) -> str:
+            return _known_sum(raw, f"coalesce({r}, false)", no_ext, carries.get(c))
 
         typical = ", ".join(f"median(({value(o, 'r', o)})::DOUBLE) FILTER (WHERE {value(o, 'r', o)} > 0) AS {o}_typical"
                             for o in CURED)
@@ -452,7 +446,7 @@ MONTHLY_SQL = """
 # dated T or later.
 PANEL_SQL = """
 WITH monthly AS ({monthly}),
-platform AS (SELECT coalesce(max(CASE WHEN reported THEN 1 ELSE 0 END), 0) = 0 AS no_ext, {carried} FROM monthly),
+platform AS (SELECT {flags} FROM monthly),
 span AS (SELECT firm_id, max(k) AS first_k FROM monthly WHERE reported OR (SELECT no_ext FROM platform)
          GROUP BY firm_id),
 dense AS (SELECT firm_id, unnest(range(0, first_k + 1)) AS k FROM span)
@@ -475,11 +469,27 @@ def _monthly_sql(legs: str = "legs", key: str = "k") -> str:
 def _panel_sql(monthly: str | None = None) -> str:
     """The dense panel ``p`` from ``monthly`` (a query of firm_id, k, ``reported`` and the
     sums; default the sums of this date's legs)."""
-    # a month the firm's own account did not report is unknown (NULL), not a month of zeros
-    coalesced = ", ".join(f"CASE WHEN (m.reported OR pl.no_ext){f' AND pl.carries_{c}' if c in OBLIGATIONS else ''} "
-                          f"THEN coalesce(m.{c}, 0) END AS {c}" for c in PANEL_COLUMNS)
+    coalesced = ", ".join(f"{_known_sum(f'm.{c}', 'm.reported', 'pl.no_ext', f'pl.carries_{c}' if c in OBLIGATIONS else None)} AS {c}"
+                          for c in PANEL_COLUMNS)
+    return PANEL_SQL.format(monthly=monthly or _monthly_sql(), coalesced=coalesced, flags=_platform_flags("reported"))
+
+
+def _platform_flags(reported: str) -> str:
+    """The platform's flags over a set of months (``reported``: the month's reported
+    column), as :data:`PANEL_SQL` reads them: ``no_ext`` (no month has an outside party)
+    and ``carries_{o}`` per obligation (some firm paid it in some month)."""
     carried = ", ".join(f"coalesce(max(CASE WHEN {c} > 0 THEN 1 ELSE 0 END), 0) = 1 AS carries_{c}" for c in OBLIGATIONS)
-    return PANEL_SQL.format(monthly=monthly or _monthly_sql(), coalesced=coalesced, carried=carried)
+    return f"coalesce(max(CASE WHEN {reported} THEN 1 ELSE 0 END), 0) = 0 AS no_ext, {carried}"
+
+
+def _known_sum(raw: str, reported: str, no_ext: str, carries: str | None) -> str:
+    """A month's sum as the panel reads it: 0 where the firm had no such flow in a month
+    that is known, and NULL (unknown, not a month of zeros) where the firm's own account
+    did not report the month (unless the platform has no outside party: ``no_ext``) or,
+    for an obligation, the platform carries no such payment (``carries``, None for other
+    sums). Each argument is an SQL expression."""
+    known = f"({reported} OR {no_ext})" + (f" AND {carries}" if carries else "")
+    return f"CASE WHEN {known} THEN coalesce({raw}, 0) END"
 
 
 def _panel_features(eng, panel: str | None, firm_ids, cat: Catalogue, *, rows: str | None = None) -> pd.DataFrame:
@@ -502,9 +512,7 @@ def _panel_features(eng, panel: str | None, firm_ids, cat: Catalogue, *, rows: s
         # (scf_engine.duck); the firms in PANEL_PARTS ranges at once, split by name (not by
         # the machine's cores: the answers are the same on any machine), each range's
         # aggregates a few per statement (DuckDBEngine.AGGREGATES_PER_STATEMENT)
-        ids = np.sort(np.asarray(firm_ids, dtype=object).astype(str))
-        bounds = [str(ids[len(ids) * j // PANEL_PARTS]) for j in range(1, PANEL_PARTS)] if len(ids) >= PANEL_PARTS else []
-        out = eng.aggregate_in_parts(panel_exprs, p2, "firm_id", bounds).set_index("firm_id")
+        out = eng.aggregate_in_parts(panel_exprs, p2, "firm_id", key_bounds(firm_ids, PANEL_PARTS)).set_index("firm_id")
     finally:
         # the panel is read by the statement above only: its tables go now, not after the code
         # features (~2.4 million firm-months of ~40 columns at 100,000 firms, ~1.2 GB held
