@@ -1037,3 +1037,60 @@ def _own_panel_rows(snap) -> pd.DataFrame:
         return eng.con.sql(_neighbours_sql("p")).df()
     finally:
         eng.con.close()
+
+
+# counts of distinct counterparties a pass can count for all its dates at once: windows
+# set by `k < w` and `k <= w`, conditions on the leg's own columns, none at all
+PASS_CPTY_EXPRS = {
+    "cp_trade_in_2m": "count(DISTINCT cpty) FILTER (WHERE purpose = 'trade' AND dir = 'in' AND k < 2)",
+    "cp_out_le4": "count(DISTINCT cpty) FILTER (WHERE k <= 4 AND dir = 'out')",
+    "cp_big_7m": "count(DISTINCT cpty) FILTER (WHERE amount >= 5000 AND k < 7)",
+    "cp_lenders": "count(DISTINCT cpty) FILTER (WHERE purpose = 'loan_drawdown' AND dir = 'in')",
+    "cp_any": "count(DISTINCT cpty)",
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 27), st.sampled_from([1, 14, 15, 16, 28]), st.sampled_from([A, B, C, "EXT-Q"]),
+                          st.sampled_from([A, B, C, "EXT-R"]), st.sampled_from([99.99, 5_000.0, 200_000.0]),
+                          st.sampled_from(["trade", "tax", "loan_drawdown"])),
+                min_size=1, max_size=50))
+def test_a_pass_counts_counterparties_as_each_date_does(rows):
+    """FlowPass.cpty_counts_sql (each pair's flagged months found once for every date of
+    the pass) gives each as-of the same counts as grouping its own legs (_cpty_sql):
+    pairs whose flagged months have gaps longer and shorter than a window, a month at a
+    window's edge, firms with legs but no flagged pair (0) and none (no row), dates on
+    two days of the month (a flow on an as-of's own day is not read)."""
+    from scf_engine.catalogue import FeatureSpec
+    from scf_engine.duck import connect
+    from scf_engine.features.flows import FlowPass, _cpty_sql, _legs_sql, _pass_cpty_plan
+    from scf_engine.sqlengine import DuckDBEngine
+
+    specs = [FeatureSpec(name=n, family="t", kind="cpty", direction="increasing", sets=(), in_model=True, label_en=n,
+                         label_zh=n, definition=n, expr=e) for n, e in PASS_CPTY_EXPRS.items()]
+    assert [w for _, _, w in _pass_cpty_plan(specs)] == [2, 5, 7, 12, 12]
+    # months from 14 before the first date to the last date, on days either side of the dates' days
+    flows = [((T - pd.DateOffset(months=14 - m)).replace(day=day), p, q, a, u) for m, day, p, q, a, u in rows if p != q]
+    if not flows:
+        return
+    dates = [T + pd.DateOffset(months=m) for m in range(0, 13, 2)] + [T + pd.Timedelta(days=14 + 31 * m) for m in (0, 3, 4)]
+    ds = dataset(sorted(flows, key=lambda r: r[0]))
+    con = connect()
+    try:
+        fp = FlowPass(con, ds.flows, ds.firms["firm_id"], dates)
+        eng = DuckDBEngine(con)
+        for d in dates:
+            snap = ds.as_of(d)
+            at = d.strftime("%Y-%m-%d")
+            eng.register("firms", snap.firms[["firm_id", "industry", "founded_on"]])
+            got = con.sql(fp.cpty_counts_sql(at, specs)).df().set_index("firm_id").sort_index()
+            own = DuckDBEngine(connect())
+            own.register("firms", snap.firms[["firm_id", "industry", "founded_on"]])
+            own.register("flows", snap.flows[["booked_on", "payer_id", "payee_id", "amount", "purpose"]], money=("amount",),
+                         row_number="_i")
+            own.create("legs", _legs_sql(at))
+            want = own.df(_cpty_sql(specs)).set_index("firm_id").sort_index()
+            own.close()
+            pd.testing.assert_frame_equal(got, want, check_exact=True, check_dtype=False)
+    finally:
+        con.close()
