@@ -119,6 +119,13 @@ class TradeTransfers:
         return _is_firm(self.party, names)
 
 
+def _bucket_sql(d: int) -> str:
+    """A leg's month bucket for as-of dates on day ``d`` of the month: its month counted
+    as ``year * 12 + month``, plus one from day ``d`` on, so that T's month minus the
+    bucket is the leg's k at T (:func:`_window_sql`) for every such T."""
+    return f"year(booked_on) * 12 + month(booked_on) + CASE WHEN day(booked_on) >= {d} THEN 1 ELSE 0 END"
+
+
 def _month_start(ym: int) -> pd.Timestamp:
     """The first day of month ``ym`` counted as ``year * 12 + month`` (as the SQL counts)."""
     return pd.Timestamp(year=(ym - 1) // 12, month=(ym - 1) % 12 + 1, day=1)
@@ -209,7 +216,7 @@ class FlowPass:
         # calendar months (a bucket holds flows of its month and the one before)
         first, last = lo.year * 12 + lo.month, max(dates).year * 12 + max(dates).month + 1
         for d in sorted({t.day for t in dates}):
-            bucket = f"year(booked_on) * 12 + month(booked_on) + CASE WHEN day(booked_on) >= {d} THEN 1 ELSE 0 END"
+            bucket = _bucket_sql(d)
             for b in range(first, last + 1, self.SUM_MONTHS):
                 flows_from(_month_start(b - 1), _month_start(b + self.SUM_MONTHS))
                 some = (f"(SELECT * FROM (SELECT *, {bucket} AS bucket FROM {every}) "
@@ -417,7 +424,6 @@ class FlowPass:
         return (f"SELECT {', '.join(rows)} FROM {table} w JOIN ({per_firm}) f ON w.firm_id = f.firm_id "
                 f"WHERE bucket <= {now} AND bucket >= {now} - first_k ORDER BY w.firm_id, k")
 
-
     def cpty_counts_sql(self, T: str, specs) -> str | None:
         """The query of the catalogue's ``cpty`` features at T (T's firms: the view
         ``firms``), as :func:`_cpty_sql` counts them over T's legs, from counts made for
@@ -457,10 +463,9 @@ class FlowPass:
         nows = sorted({t.year * 12 + t.month for t in self.dates if t.day == d})
         lo, hi = nows[0] - READ_MONTHS + 1, nows[-1]
         grouped, table = f"{self.TABLE}_cptyg_{d}", f"{self.TABLE}_cpty_{d}"
-        bucket = f"year(booked_on) * 12 + month(booked_on) + CASE WHEN day(booked_on) >= {d} THEN 1 ELSE 0 END"
+        bucket = _bucket_sql(d)
         flags = ", ".join(f"bool_or({cond}) AS _f{j}" for j, (_, cond, _) in enumerate(plan))
         some = " OR ".join(f"_f{j}" for j in range(len(plan)))
-        self.eng.con.execute(f"DROP TABLE IF EXISTS {table}")
         for j, b in enumerate(range(lo, hi + 1, self.SUM_MONTHS)):
             e = min(b + self.SUM_MONTHS, hi + 1)
             sql = (f"SELECT * FROM (SELECT firm_id, cpty, bucket, {flags} FROM (SELECT *, {bucket} AS bucket "
@@ -473,7 +478,7 @@ class FlowPass:
             f"(PARTITION BY firm_id, cpty ORDER BY bucket) - 1, bucket + {w - 1})) AS e FROM {grouped} WHERE _f{j}"
             for j, (_, _, w) in enumerate(plan))
         counts = ", ".join(f"count(*) FILTER (WHERE j = {j}) AS {name}" for j, (name, _, _) in enumerate(plan))
-        self.eng.con.execute(f"CREATE TABLE {table} AS SELECT firm_id, n.now, {counts} FROM ({covers}) r "
+        self.eng.con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT firm_id, n.now, {counts} FROM ({covers}) r "
                              f"JOIN (SELECT unnest({list(nows)}) AS now) n ON n.now BETWEEN r.b AND r.e "
                              "GROUP BY firm_id, n.now")
         self.eng.con.execute(f"DROP TABLE {grouped}")
