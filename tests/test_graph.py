@@ -10,11 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from scf_engine.dataset import Dataset
 from scf_engine.graph import build_chain, chain_roles
 from scf_engine.graph.export import export_chain, plot_chain
+from scf_engine.graph.features import may_lie_on_cycle
 from scf_engine.ingest import load_dataset
 from scf_engine.propagation import CorePropagation, transmission
 from scf_engine.propagation.stress import debtrank, stress_core
@@ -331,3 +334,21 @@ def test_the_chain_from_a_pass_transfers_is_the_chain_from_the_flows(medium_worl
         pd.testing.assert_frame_equal(build_edges(snap, transfers=shuffled)[0], edges, check_exact=True)
     finally:
         con.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11)), max_size=40))
+def test_the_edges_left_for_the_loop_search_keep_every_loop(pairs):
+    """``in_trade_cycle`` searches for loops among the edges :func:`may_lie_on_cycle`
+    keeps: every strongly connected component of two or more firms must be the one the
+    whole graph has, and every edge dropped must lie on no cycle."""
+    tail = np.array([f"F{a}" for a, _ in pairs], dtype=object)
+    head = np.array([f"F{b}" for _, b in pairs], dtype=object)
+    whole = nx.DiGraph(list(zip(tail, head)))
+    keep = may_lie_on_cycle(tail, head)
+    left = nx.DiGraph(list(zip(tail[keep], head[keep])))
+    comps = lambda g: {frozenset(c) for c in nx.strongly_connected_components(g) if len(c) >= 2}
+    assert comps(left) == comps(whole)
+    on_cycle = {(a, b) for c in comps(whole) for a, b in whole.subgraph(c).edges}
+    for a, b in zip(tail[~keep], head[~keep]):
+        assert (a, b) not in on_cycle and a != b

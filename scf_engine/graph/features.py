@@ -50,13 +50,39 @@ def graph_features(nodes: pd.DataFrame, edges: pd.DataFrame, graph: nx.DiGraph |
     g.add_weighted_edges_from(zip(supplier, buyer, weight.tolist()))
     pr = nx.pagerank(g, weight="weight") if g.number_of_edges() else {}
     out["pagerank"] = pd.Series(pr).reindex(out.index).fillna(1.0 / max(len(out), 1))
-    trade = nx.DiGraph()
     traded = (edges["trade_count_12m"] > 0).to_numpy(dtype=bool, na_value=False)
     # money flows buyer -> supplier; a loop in either direction is the same loop
-    trade.add_edges_from((b, s) for b, s, t in zip(buyer, supplier, traded) if t)
+    on_cycles = np.flatnonzero(traded)[may_lie_on_cycle(edges["buyer"].to_numpy()[traded],
+                                                        edges["supplier"].to_numpy()[traded])]
+    trade = nx.DiGraph()
+    trade.add_edges_from((buyer[i], supplier[i]) for i in on_cycles.tolist())
     loop = {n for comp in nx.strongly_connected_components(trade) if len(comp) >= 3 for n in comp}
     out["in_trade_cycle"] = out.index.isin(loop).astype(float)
     return out
+
+
+def may_lie_on_cycle(tail, head) -> np.ndarray:
+    """Which edges ``tail -> head`` (arrays of node labels) may lie on a directed cycle:
+    what is left after taking away, again and again, every node that no remaining edge
+    enters or none leaves (such a node lies on no cycle, nor do its edges). The strongly
+    connected components of two or more nodes are those of the edges left, exactly.
+
+    Why: a supply chain's trade graph is nearly a tree of tiers around its cores (at
+    100,000 firms ~89,000 trade edges, of which a few hundred close a loop), and
+    networkx walked every one of them in Python to find the loops (building the graph
+    and its components ~1 s of each chain, built 13 times a monitoring pass); the
+    trimming is a few passes of numpy over the edges."""
+    codes, _ = pd.factorize(np.concatenate([np.asarray(tail, dtype=object), np.asarray(head, dtype=object)]),
+                            use_na_sentinel=False)
+    t, h = codes[:len(tail)], codes[len(tail):]
+    n = int(codes.max(initial=-1)) + 1
+    alive = np.ones(len(t), dtype=bool)
+    while True:
+        ok = (np.bincount(h[alive], minlength=n) > 0) & (np.bincount(t[alive], minlength=n) > 0)
+        keep = alive & ok[t] & ok[h]
+        if keep.sum() == alive.sum():
+            return keep
+        alive = keep
 
 
 def registry_features(nodes: pd.DataFrame, edges: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
