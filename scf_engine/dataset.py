@@ -145,10 +145,39 @@ class Dataset:
         fin.loc[late_repaid, "repaid_amount"] = np.nan
 
         flows = self._flows_before(T)
-        ind = self.indicators[self.indicators["as_of"] < T]
-        latest = ind.sort_values(["firm_id", "indicator", "as_of"], kind="stable").drop_duplicates(["firm_id", "indicator"], keep="last")
+        latest = self._latest_indicators(T)
         return Snapshot(T, firms.reset_index(drop=True), r.reset_index(drop=True), flows.reset_index(drop=True),
                         latest.reset_index(drop=True), fin.reset_index(drop=True), self.has_financings)
+
+    def _latest_indicators(self, T: pd.Timestamp) -> pd.DataFrame:
+        """Each firm's latest grade of each indicator dated before ``T``, in (firm,
+        indicator) order: the rows and order of filtering the indicators by date, sorting
+        them stably by (firm, indicator, date) and keeping each pair's last row. The sort
+        and the pairs are made once per indicators table (:meth:`_indicator_order`) and
+        each as-of only filters them: a stable sort of the rows before T lists them as
+        the sort of all rows does. Why: ``scf monitor`` asks at every as-of, and the sort
+        of 1.3 million rows by two text columns was ~0.2 s of each at 100,000 firms."""
+        order, pair, dated = self._indicator_order()
+        before = np.flatnonzero(dated < np.datetime64(T, "s"))  # NaT compares False: never before T
+        last = np.ones(len(before), dtype=bool)
+        last[:-1] = pair[before[1:]] != pair[before[:-1]]
+        return self.indicators.iloc[order[before[last]]]
+
+    def _indicator_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The indicators' positions in stable (firm, indicator, date) order, the (firm,
+        indicator) pair of each sorted row as a number (equal numbers, equal pairs; a
+        missing value equal to another missing one, as ``drop_duplicates`` reads it),
+        and the sorted rows' dates; made for the indicators table the dataset holds
+        now, again if it is replaced."""
+        ind = self.indicators
+        cached = self.__dict__.get("_indicator_cache")
+        if cached is None or cached[0] is not ind:
+            order = ind.reset_index(drop=True).sort_values(["firm_id", "indicator", "as_of"], kind="stable").index.to_numpy()
+            codes = [pd.factorize(ind[c].iloc[order], use_na_sentinel=False)[0] for c in ("firm_id", "indicator")]
+            pair = codes[0].astype(np.int64) * (int(codes[1].max(initial=0)) + 1) + codes[1]
+            dated = ind["as_of"].to_numpy(dtype="datetime64[s]")[order]
+            cached = self.__dict__["_indicator_cache"] = (ind, order, pair, dated)
+        return cached[1:]
 
     def _flows_before(self, T: pd.Timestamp) -> pd.DataFrame:
         """The flows booked before ``T``, in the dataset's order. Flows kept in date order

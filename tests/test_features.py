@@ -1094,3 +1094,27 @@ def test_a_pass_counts_counterparties_as_each_date_does(rows):
             pd.testing.assert_frame_equal(got, want, check_exact=True, check_dtype=False)
     finally:
         con.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["F1", "F2", "F10", None]), st.sampled_from(["tax", "court", "esg", None]),
+                          st.one_of(st.none(), st.integers(0, 9)), st.sampled_from(list("ABCD"))), max_size=30),
+       st.integers(-1, 11))
+def test_a_snapshot_holds_each_firms_latest_indicator_grade_before_T(rows, t):
+    """The snapshot's indicators are each (firm, indicator)'s last row dated before T
+    after a stable sort by (firm, indicator, date), as filtering, sorting and
+    ``drop_duplicates(keep='last')`` give them, whatever the ties, missing values and
+    order; and a dataset whose indicators are replaced reads the new ones."""
+    day = lambda d: pd.NaT if d is None else pd.Timestamp("2024-01-01") + pd.Timedelta(days=d)
+    ind = pd.DataFrame({"firm_id": pd.Series([r[0] for r in rows], dtype="str"),
+                        "as_of": pd.Series([day(r[2]) for r in rows], dtype="datetime64[s]"),
+                        "indicator": pd.Series([r[1] for r in rows], dtype="str"),
+                        "grade": pd.Series([r[3] for r in rows], dtype="str")})
+    ds = dataset(flows_for_a())
+    T = pd.Timestamp("2024-01-01") + pd.Timedelta(days=t)
+    for frame in (ind, ind.iloc[::-1].reset_index(drop=True)):
+        ds.indicators = frame
+        kept = frame[frame["as_of"] < T]
+        want = kept.sort_values(["firm_id", "indicator", "as_of"], kind="stable").drop_duplicates(
+            ["firm_id", "indicator"], keep="last").reset_index(drop=True)
+        pd.testing.assert_frame_equal(ds.as_of(T).indicators, want)
