@@ -352,3 +352,42 @@ def test_the_edges_left_for_the_loop_search_keep_every_loop(pairs):
     on_cycle = {(a, b) for c in comps(whole) for a, b in whole.subgraph(c).edges}
     for a, b in zip(tail[~keep], head[~keep]):
         assert (a, b) not in on_cycle and a != b
+
+
+REGISTRY_SUMS = ["confirmed_amount_12m", "recv_amount_12m", "late_amount_12m", "due_amount_12m", "overdue_open",
+                 "open_amount", "late_day_amount_12m", "paid_amount_12m", "shortfall_12m"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5),
+                          st.lists(st.sampled_from([0.0, 0.0, 1.0, 2.5, 7.0, 100.0]), min_size=9, max_size=9)),
+                max_size=25))
+def test_registry_ratios_are_each_firms_own_sums_over_its_edges(rows):
+    """Each registry ratio of a firm is its own edges' sum over its own edges' sum, as a
+    supplier (receivables) or as a buyer (payables), empty where it has no such edge or
+    the denominator is 0, whatever the other firms' edges hold: checked against a
+    firm-by-firm reference."""
+    from scf_engine.graph.features import registry_features
+
+    firms = [f"F{i}" for i in range(6)]
+    edges = pd.DataFrame([{"supplier": f"F{s}", "buyer": f"F{b}", **dict(zip(REGISTRY_SUMS, v)),
+                           "first_seen": pd.Timestamp("2023-01-01") + pd.Timedelta(days=30 * s)}
+                          for s, b, v in rows], columns=["supplier", "buyer", *REGISTRY_SUMS, "first_seen"])
+    edges[REGISTRY_SUMS] = edges[REGISTRY_SUMS].astype(float)
+    got = registry_features(pd.DataFrame(index=pd.Index(firms, name="firm_id")), edges, T)
+    ratios = {"recv_confirmed_share": ("supplier", "confirmed_amount_12m", "recv_amount_12m"),
+              "recv_late_share": ("supplier", "late_amount_12m", "due_amount_12m"),
+              "recv_overdue_open_share": ("supplier", "overdue_open", "open_amount"),
+              "recv_days_late": ("supplier", "late_day_amount_12m", "paid_amount_12m"),
+              "recv_shortfall_share": ("supplier", "shortfall_12m", "paid_amount_12m"),
+              "payables_late_share": ("buyer", "late_amount_12m", "due_amount_12m"),
+              "payables_unconfirmed_share": ("buyer", "confirmed_amount_12m", "recv_amount_12m"),
+              "payables_days_late": ("buyer", "late_day_amount_12m", "paid_amount_12m")}
+    for f in firms:
+        for name, (side, num, den) in ratios.items():
+            mine = edges[edges[side] == f]
+            d = mine[den].sum()
+            want = mine[num].sum() / d if len(mine) and d > 0 else np.nan
+            if name == "payables_unconfirmed_share":
+                want = 1 - want
+            assert got.loc[f, name] == pytest.approx(want, nan_ok=True), (f, name)
