@@ -1118,3 +1118,27 @@ def test_a_snapshot_holds_each_firms_latest_indicator_grade_before_T(rows, t):
         want = kept.sort_values(["firm_id", "indicator", "as_of"], kind="stable").drop_duplicates(
             ["firm_id", "indicator"], keep="last").reset_index(drop=True)
         pd.testing.assert_frame_equal(ds.as_of(T).indicators, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 7), min_size=1, max_size=6, unique=True),
+       st.lists(st.tuples(st.lists(st.integers(0, 9), max_size=8, unique=True), st.sampled_from(["int", "float", "bool"])),
+                max_size=3))
+def test_side_by_side_is_one_left_join_after_another(own, parts):
+    """The features' parts put beside the firms' frame at once hold what left joins one
+    after another gave: the frame's firms in its order, each part's values where it has
+    the firm, empty where not, the same dtypes (an int column with a firm missing is a
+    float one), a part's firms that the frame lacks left out."""
+    from scf_engine.features.flows import beside
+
+    ids = [f"F{i}" for i in own]
+    out = pd.DataFrame({"a": np.arange(len(ids), dtype=float)}, index=pd.Index(ids, name="firm_id"))
+    frames = []
+    for j, (firms, kind) in enumerate(parts):
+        values = {"int": np.arange(len(firms), dtype=np.int64), "float": np.arange(len(firms)) / 3.0,
+                  "bool": np.arange(len(firms)) % 2 == 0}[kind]
+        frames.append(pd.DataFrame({f"p{j}": values}, index=pd.Index([f"F{i}" for i in firms], name="firm_id")))
+    want = out
+    for f in frames:
+        want = want.join(f, how="left")
+    pd.testing.assert_frame_equal(beside(out, frames), want, check_exact=True)

@@ -644,17 +644,17 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     if cpty_specs:
         counted = flow_pass.cpty_counts_sql(T, cpty_specs) if flow_pass is not None else None
         cpty = eng.df(counted or _cpty_sql(cpty_specs)).set_index("firm_id")
-        out = out.join(cpty, how="left")
+        out = beside(out, [cpty])
 
     firm_specs = cat.of_kind("firm")
     fr = eng.df(
         f"SELECT firm_id, {', '.join(f'({s.expr}) AS {s.name}' for s in firm_specs)} "
         f"FROM (SELECT *, DATE '{T}' AS as_of FROM firms)"
     ).set_index("firm_id").reindex(firms["firm_id"])  # the snapshot's order, whatever order an engine returns
-    out = fr.join(out, how="left")  # every firm of the snapshot, flows or not
+    out = beside(fr, [out])  # every firm of the snapshot, flows or not
     out = _code_features(eng, out, cat, T, flow_pass)
     if "closed_loop" in {s.function for s in cat.of_kind("code")}:  # financings, receivables, accounts: pandas
-        out = out.join(closed_loop_features(snapshot), how="left")
+        out = beside(out, [closed_loop_features(snapshot)])
     out = _derived(eng, out, cat)
     out = _ranks(out, snapshot.firms, cat)
     if engine is None:
@@ -755,13 +755,14 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
     if flow_pass is not None and code & {"counterparty_health", "payer_concentration", "fan_bursts", "authenticity"}:
         trade = flow_pass.trade_legs(T, out.index)
         legs, named = _pass_trade_view(eng, T, trade[0]), trade[1]
+    parts = []  # each statement's columns, put beside ``out`` once at the end (:func:`beside`)
     if "counterparty_health" in code:
-        out = out.join(_counterparty_health(eng, out, legs, named), how="left")
+        parts.append(_counterparty_health(eng, out, legs, named))
     if "payer_concentration" in code:
-        out = out.join(_named(_payer_concentration(eng, legs), named), how="left")
+        parts.append(_named(_payer_concentration(eng, legs), named))
     auth_policy = load_policy() if code & {"authenticity", "fan_bursts"} else None
     if "fan_bursts" in code:
-        out = out.join(_named(_fan_bursts(eng, T, auth_policy["bursts"]["days"], legs), named), how="left")
+        parts.append(_named(_fan_bursts(eng, T, auth_policy["bursts"]["days"], legs), named))
     if "authenticity" in code and trade is None:
         trade = _trade_legs(eng)
     # the legs are done with: free the engine's memory before the pandas work below
@@ -778,11 +779,22 @@ def _code_features(eng, out: pd.DataFrame, cat: Catalogue, T: str, flow_pass: Fl
         # 0.55 s in a long-lived one (the test suite spent 61 s of its pipeline tests there)
         give_back(generation=1)
         search = flow_pass.shape_search(auth_policy) if flow_pass is not None else None
-        out = out.join(_authenticity(*trade, policy=auth_policy, search=search), how="left")
-        has = out["history_months"].notna()
+        auth = _authenticity(*trade, policy=auth_policy, search=search).reindex(out.index)
+        has = out["history_months"].notna().to_numpy()
         for c in ZERO_WHEN_NONE:
-            out.loc[has, c] = out.loc[has, c].fillna(0)
-    return out
+            auth.loc[has, c] = auth.loc[has, c].fillna(0)
+        parts.append(auth)
+    return beside(out, parts)
+
+
+def beside(out: pd.DataFrame, parts: list) -> pd.DataFrame:
+    """``out`` with each frame of ``parts`` (indexed by firm) joined on its right, in
+    order, as ``out.join(part, how="left")`` one after another would (the same columns,
+    values and dtypes), in one concatenation: each join copied every column of ``out``
+    (~400 by the end, 100,000 firms: ~0.5 s a snapshot, 13 snapshots a monitoring pass)."""
+    if not parts:
+        return out
+    return pd.concat([out, *(p.reindex(out.index) for p in parts)], axis=1)
 
 
 PASS_TRADE = "_pass_trade_legs"  # an as-of's trade legs from a pass, as the statements read them
@@ -940,9 +952,12 @@ def _derived(eng, out: pd.DataFrame, cat: Catalogue) -> pd.DataFrame:
     query = "SELECT * FROM _feat"
     for s in specs:  # one layer per feature: later ones may use earlier ones
         query = f"SELECT *, ({s.expr}) AS {s.name} FROM ({query})"
-    res = eng.df(query).set_index("firm_id").reindex(out.index)
+    # only the new columns come back: the whole frame through DuckDB and Arrow (~400
+    # columns) was most of this function's time; the others are ``out``'s own
+    names = ", ".join(s.name for s in specs)
+    res = eng.df(f"SELECT firm_id, {names} FROM ({query})").set_index("firm_id").reindex(out.index)
     eng.unregister("_feat")
-    return res
+    return beside(out, [res])
 
 
 def industry_group(firms: pd.DataFrame) -> pd.Series:
