@@ -732,11 +732,15 @@ def test_the_scenario_leaves_existing_worlds_as_they_were(tmp_path):
     assert not filecmp.cmp(a / "flows.csv", c / "flows.csv", shallow=False)  # what happens to them is not
 
 
+@pytest.mark.filterwarnings("error::pandas.errors.PerformanceWarning")
 def test_the_shared_pass_answers_as_one_snapshot_per_date_does(lent, tmp_path):
     """compute builds the flows' legs once for the batch date and every as-of (FlowPass);
     the portfolio, the alerts and the drift rows are the same, value for value, as when
     each date is built on its own from its snapshot's flows, as scf score builds one. Two
-    as-of dates on different days of the month (the month index of a flow depends on it)."""
+    as-of dates on different days of the month (the month index of a flow depends on it).
+    Neither way warns that a frame is "highly fragmented" (pandas' PerformanceWarning,
+    an error here): a snapshot's table of hundreds of blocks made every later reindex
+    and join of the judging slow, at every as-of."""
     from scf_engine.ingest.load import load_or_report
     from scf_engine.ingest.requests import read_consents
     from scf_engine.pipelines.compare import load_models

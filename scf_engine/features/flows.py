@@ -660,7 +660,10 @@ def flow_features(snapshot: Snapshot, catalogue: Catalogue | None = None, *, con
     if engine is None:
         eng.close()
     computed = [s.name for s in cat.specs if s.name in out.columns]
-    return out[computed].astype("float64")
+    # one block (copy consolidates): the parts put side by side (:func:`beside`) are a block
+    # or more each, and a frame of many blocks is slow to reindex and join downstream (the
+    # snapshot's table passed pandas' "highly fragmented" mark in the monitor's frame)
+    return out[computed].astype("float64").copy()
 
 
 def _distinct_cpty_conditions(specs) -> list | None:
