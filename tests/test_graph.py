@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from scf_engine.dataset import Dataset
 from scf_engine.graph import build_chain, chain_roles
 from scf_engine.graph.export import export_chain, plot_chain
-from scf_engine.graph.features import may_lie_on_cycle
+from scf_engine.graph.features import may_lie_on_cycle, pagerank
 from scf_engine.ingest import load_dataset
 from scf_engine.propagation import CorePropagation, transmission
 from scf_engine.propagation.stress import debtrank, stress_core
@@ -352,6 +352,28 @@ def test_the_edges_left_for_the_loop_search_keep_every_loop(pairs):
     on_cycle = {(a, b) for c in comps(whole) for a, b in whole.subgraph(c).edges}
     for a, b in zip(tail[~keep], head[~keep]):
         assert (a, b) not in on_cycle and a != b
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9), st.sampled_from([0.0, 0.5, 1.0, 3.0, 250.0, 1e9])),
+                max_size=40),
+       st.integers(0, 8))
+def test_pagerank_from_the_edge_arrays_is_networkx_pagerank_bit_for_bit(edges, n_nodes):
+    """:func:`pagerank` builds its matrix from the edge arrays instead of a DiGraph and must
+    give networkx's numbers exactly (==, not approximately): repeated edges (the last
+    weight counts), self-loops, zero weights, dangling firms, and ends missing from the
+    node list (appended in order of first appearance) included."""
+    nodes = pd.Index([f"F{i}" for i in range(n_nodes)], name="firm_id")
+    tail = [f"F{a}" for a, _, _ in edges]
+    head = [f"F{b}" for _, b, _ in edges]
+    weight = np.array([w for _, _, w in edges], dtype=float)
+    g = nx.DiGraph()
+    g.add_nodes_from(nodes.tolist())
+    g.add_weighted_edges_from(zip(tail, head, weight.tolist()))
+    got = pagerank(nodes, tail, head, weight)
+    want = pd.Series(nx.pagerank(g, weight="weight"), dtype=float)
+    assert got.index.tolist() == want.index.tolist()
+    assert (got.to_numpy() == want.to_numpy()).all()
 
 
 REGISTRY_SUMS = ["confirmed_amount_12m", "recv_amount_12m", "late_amount_12m", "due_amount_12m", "overdue_open",

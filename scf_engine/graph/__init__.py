@@ -38,7 +38,7 @@ def build_chain(snapshot: Snapshot, *, con=None, max_tier: int | None = None, tr
     roles = chain_roles(nodes.index, nodes["is_core"].to_numpy(), edges, max_tier=max_tier)
     nodes = nodes.join(roles)
     chain = Chain(snapshot.as_of, edges, nodes)
-    feats = graph_features(nodes, edges, None)
+    feats = graph_features(nodes, edges)
     nodes = nodes.join(feats.drop(columns=[c for c in feats.columns if c in nodes.columns]))
     nodes = nodes.join(registry_features(nodes, edges, snapshot.as_of))
     chain.nodes = nodes
