@@ -223,14 +223,34 @@ def _keys(t: TreeSplits, XT: np.ndarray, nanT: np.ndarray) -> np.ndarray:
     """Each row's pattern in tree ``t``: bit j set when node j sends it left, as LightGBM
     decides (module docstring). ``XT``: the rows by feature (features x rows), values
     within LightGBM's zero threshold already 0 (its predictor reads them so); ``nanT``:
-    where they are missing. The bits are summed as doubles, exact below 2**53."""
-    V, nan = XT[t.feature], nanT[t.feature]
-    nan_type = (t.missing == MISSING["NaN"])[:, None]
-    zero = (V == 0.0) | (nan & ~nan_type)  # read as 0: a missing value too, but at a NaN split
-    left = np.where(zero, (t.threshold >= 0.0)[:, None], V <= t.threshold[:, None])
-    missing = ((t.missing == MISSING["Zero"])[:, None] & zero) | (nan_type & nan)
-    left = np.where(missing, t.default_left[:, None], left)
-    return (np.exp2(np.arange(len(t.feature))) @ left).astype(np.int64)
+    where they are missing.
+
+    One node at a time, into a row of a (nodes x rows) table of booleans: ``value <=
+    threshold`` is already the answer for a value read as 0 (0 <= threshold) and is False
+    for a missing one, so only the missing values (and, at a ``Zero`` split, the zeros)
+    are set apart, as the split's ``missing_type`` says. The bits are then summed in
+    integers. The earlier form (the decisions as (nodes x rows) arrays through two
+    ``np.where``, summed as doubles by a product with the powers of two) cost ~6.6 ms a
+    tree at 40,000 rows, 0.8 ms this way (the same keys): at 100,000 firms the patterns
+    were ~55 of the pass's ~85 s of TreeSHAP CPU over 12 dates, on the cores the
+    snapshot's SQL runs on."""
+    lefts = np.empty((len(t.feature), XT.shape[1]), dtype=bool)
+    for j, (f, thr, kind) in enumerate(zip(t.feature.tolist(), t.threshold.tolist(), t.missing.tolist())):
+        row, nan = lefts[j], nanT[f]
+        np.less_equal(XT[f], thr, out=row)
+        if kind == MISSING["NaN"]:
+            if t.default_left[j]:  # else False already: NaN <= threshold is False
+                row |= nan
+        elif kind == MISSING["Zero"]:  # 0 and missing both go the default way
+            either = XT[f] == 0.0
+            either |= nan
+            if t.default_left[j]:
+                row |= either
+            else:
+                row &= ~either
+        elif thr >= 0.0:  # None: a missing value is read as 0
+            row |= nan
+    return np.einsum("j,jn->n", np.left_shift(1, np.arange(len(t.feature), dtype=np.int64)), lefts.view(np.uint8))
 
 
 def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
