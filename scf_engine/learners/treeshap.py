@@ -18,8 +18,11 @@ share one, by evaluating the splits as LightGBM's predictor and ``NumericalDecis
 within LightGBM's zero threshold is read as 0; a missing value is 0 unless the split's
 ``missing_type`` is NaN; ``Zero`` splits send 0 and missing values to the default side,
 ``NaN`` splits missing values; otherwise ``value <= threshold`` goes left).
-Trees with categorical splits, more than 52 internal nodes or a threshold beyond
-1e300 (which ``dump_model`` does not write exactly) are asked for every row.
+Trees with categorical splits or more than 52 internal nodes are asked for every row.
+``dump_model`` writes a threshold of 1e300 or more as 1e300 (LightGBM's ``AvoidInf``):
+such a threshold (in our models ``inf``, a split of missing values from the rest) is
+read from the model's text, which holds it exactly (the halves' boosters are loaded
+from that text).
 
 The result equals ``pred_contrib``'s up to the order of the additions (LightGBM adds each
 leaf's term into the running total of all earlier trees; here each tree's total is
@@ -33,6 +36,7 @@ grown with every missing-value mode, with values on the thresholds, missing and 
 from __future__ import annotations
 
 import contextvars
+import re
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -179,6 +183,17 @@ def split_nodes(node: dict, out: list | None = None) -> list[dict]:
     return out
 
 
+def model_thresholds(model: str) -> dict:
+    """Per tree (its index): the thresholds of its internal nodes by ``split_index``, as the
+    model's text (``Booster.model_to_string``) holds them: exactly (``inf`` too), where
+    ``dump_model`` writes any beyond +-1e300 as +-1e300."""
+    out = {}
+    for m in re.finditer(r"^Tree=(\d+)$(.*?)(?=^Tree=|^end of trees)", model, re.S | re.M):
+        line = re.search(r"^threshold=(.*)$", m.group(2), re.M)
+        out[int(m.group(1))] = np.array(line.group(1).split() if line else [], dtype=np.float64)
+    return out
+
+
 def tree_splits(booster, num_iteration: int) -> list[TreeSplits]:
     """The splits of the first ``num_iteration`` trees of ``booster``."""
     return [t for h in _halves(booster, num_iteration) for t in h.trees]
@@ -195,20 +210,22 @@ def _halves(booster, num_iteration: int) -> list[Half]:
         plans = _PLANS.setdefault(booster, {})
         if key not in plans:
             trees = []
+            text = None  # the model's text, read for a threshold dump_model does not write exactly
             for tree in booster.dump_model(num_iteration=num_iteration)["tree_info"]:
                 ns = split_nodes(tree["tree_structure"])
                 numerical = [n["decision_type"] == "<=" for n in ns]
                 # a categorical split's threshold is its categories ("0||2||5"), not a number
                 thr = np.array([float(n["threshold"]) if ok else np.nan for n, ok in zip(ns, numerical)], dtype=np.float64)
+                if np.any(np.abs(thr) >= FINITE_DUMP):
+                    text = text if text is not None else model_thresholds(booster.model_to_string(num_iteration=num_iteration))
+                    thr = np.where(np.abs(thr) >= FINITE_DUMP, text[tree["tree_index"]][[n["split_index"] for n in ns]], thr)
                 feat = np.array([n["split_feature"] for n in ns], dtype=np.intp)
                 trees.append(TreeSplits(
                     feature=feat, threshold=thr,
                     missing=np.array([MISSING.get(n.get("missing_type"), -1) for n in ns], dtype=np.int8),
                     default_left=np.array([bool(n.get("default_left", False)) for n in ns], dtype=bool),
                     used=np.unique(feat),
-                    # dump_model writes a threshold beyond +-1e300 as +-1e300 (LightGBM's AvoidInf): not
-                    # the threshold the predictor compares with, so such a tree is asked for every row
-                    exact=all(numerical) and len(ns) <= MAX_NODES and bool(np.all(np.abs(thr) < FINITE_DUMP))
+                    exact=all(numerical) and len(ns) <= MAX_NODES
                     and all(n.get("missing_type") in MISSING for n in ns)))
             cut = len(trees) // 2
             plans[key] = [
