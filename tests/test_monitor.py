@@ -1036,3 +1036,22 @@ def test_chain_flows_keeps_the_trade_with_a_firm_in_order_and_leaves_a_dataset_w
     whole = types.SimpleNamespace(flows=flows.copy(), firms=firms, has_financings=True)
     chain_flows(whole)
     pd.testing.assert_frame_equal(whole.flows, flows)
+
+
+def test_the_pass_metrics_are_of_the_last_as_of_and_ever_red_of_any():
+    """The MLflow metrics of a pass (``summary``): counts and limits over the last as-of's
+    rows only, whatever order the rows come in; ``ever_red_share`` over every as-of."""
+    from scf_engine.pipelines.monitor import summary
+
+    t1, t2 = pd.Timestamp("2024-02-01"), pd.Timestamp("2024-03-01")
+    port = pd.DataFrame({
+        "firm_id": ["A", "B", "C", "A", "B", "C"], "as_of": [t2, t1, t1, t1, t2, t2],
+        "level": ["green", "red", "amber", "red", "amber", "amber"],
+        "action": ["raise", "freeze", "reduce", "freeze", "reduce", "keep"],
+        "limit_at_batch": [10.0, 20.0, 30.0, 10.0, 20.0, 30.0], "limit_now": [12.0, 0.0, 15.0, 0.0, 10.0, 30.0],
+        "reasons": ["x" * 50] * 6})
+    alerts = pd.DataFrame({"firm_id": ["B"]})
+    s = summary(port, alerts)
+    assert s == {"n_firms": 3, "n_as_of": 2, "n_alerts": 1, "limit_at_batch_cny": 60.0, "limit_now_cny": 52.0,
+                 "ever_red_share": 2 / 3, "n_red": 0, "n_amber": 2, "n_green": 1,
+                 "n_keep": 1, "n_reduce": 1, "n_freeze": 0, "n_raise": 1}

@@ -524,7 +524,10 @@ def consent_days(ids: pd.Index, cons: pd.DataFrame | None, T: pd.Timestamp) -> p
 
 def summary(port: pd.DataFrame, alerts: pd.DataFrame) -> dict:
     """The pass's MLflow metrics (few and stable names: pitfalls.md), over the last as-of."""
-    last = port[port["as_of"] == port["as_of"].max()]
+    # the last as-of's rows of the columns read here only: a boolean filter of the whole frame
+    # copied the reasons' text too (1.7 s of the record at 100,000 firms over 12 dates)
+    last = port.loc[(port["as_of"] == port["as_of"].max()).to_numpy(),
+                    ["firm_id", "limit_at_batch", "limit_now", "level", "action"]]
     out = {"n_firms": int(last["firm_id"].nunique()), "n_as_of": int(port["as_of"].nunique()),
            "n_alerts": len(alerts), "limit_at_batch_cny": float(last["limit_at_batch"].sum()),
            "limit_now_cny": float(last["limit_now"].sum()),
