@@ -512,6 +512,39 @@ def test_a_shared_decision_context_gives_the_answers_decide_gives_alone(trained)
     assert "authorisation" in last[no_consent]
 
 
+def test_the_decision_context_reads_the_snapshots_propagation_design_of_the_same_model(trained):
+    """add_propagation keeps the model's design over the chain with the snapshot; the
+    decision core's context takes it when the same model is given (not made a second
+    time), makes its own for another model object, and both are the design itself."""
+    import copy
+
+    from scf_engine import policies
+    from scf_engine.assemble import add_propagation, assemble
+    from scf_engine.credit.decide import DecisionContext
+    from scf_engine.ingest import load_dataset
+    from scf_engine.pipelines.compare import load_models
+
+    ds = load_dataset(trained["data"])
+    models, _ = load_models(tracking.Store(trained["uri"]), "champion")
+    T = ds.default_as_of
+    data = assemble(ds, [T], with_labels=False)[T]
+    add_propagation({T: data}, models["propagation"])
+    made_by, design = data.propagation_design
+    assert made_by is models["propagation"]
+    fresh = models["propagation"].design(data.chain)[0]
+    pd.testing.assert_frame_equal(design, fresh, check_exact=True)
+    pols = policies.load_all()
+    ctx = DecisionContext.build(data, models, pols, ds)
+    assert ctx.propagation_design is design
+    other = {**models, "propagation": copy.copy(models["propagation"])}
+    own = DecisionContext.build(data, other, pols, ds).propagation_design
+    assert own is not design
+    pd.testing.assert_frame_equal(own, fresh, check_exact=True)
+    # the PDs add_propagation wrote are predict_frame's on the chain
+    want = models["propagation"].predict_frame(data.chain)["pd"].reindex(data.table.index)
+    pd.testing.assert_series_equal(data.table["pd_propagation"], want, check_names=False, check_exact=True)
+
+
 def test_consent_required_without_a_consents_file_is_one_line_naming_the_option(trained, tmp_path):
     data = trained["data"]
     r = invoke("score", data, "--batch", data / "batch.csv", "--out", tmp_path / "limits.csv",

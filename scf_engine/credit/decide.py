@@ -131,9 +131,13 @@ class DecisionContext:
                                    data.as_of, earmarks)
         eligible, excluded = eligible_after_exclusions(
             eligible_receivables(chain, pols["limit_policy"], pols["master_scale"]), status)
+        design = None
+        if "propagation" in models:  # the snapshot's own when this model made it (assemble.add_propagation)
+            made = getattr(data, "propagation_design", None)
+            design = made[1] if made is not None and made[0] is models["propagation"] else \
+                models["propagation"].design(chain)[0]
         return cls(dataset.firms.set_index("firm_id"), d, eligible,
-                   core_lines(chain, pols["limit_policy"]), medians,
-                   models["propagation"].design(chain)[0] if "propagation" in models else None, dq,
+                   core_lines(chain, pols["limit_policy"]), medians, design, dq,
                    consent_table(consents, data.as_of), status, excluded)
 
 

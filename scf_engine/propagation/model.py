@@ -241,7 +241,10 @@ class CorePropagation(LogOddsClassifierMixin, BaseEstimator):
     def predict_frame(self, chain: Chain) -> pd.DataFrame:
         """Per non-core firm of the chain: ``covered``, ``propagated_log_odds`` (the chain's
         part of the log-odds), ``log_odds`` and ``pd`` (empty where not covered)."""
-        X, covered = self.design(chain)
+        return self.predict_design(*self.design(chain))
+
+    def predict_design(self, X: pd.DataFrame, covered: np.ndarray) -> pd.DataFrame:
+        """:meth:`predict_frame` from the chain's design (:meth:`design`), made once."""
         lin = self.intercept_ + X.to_numpy() @ self.coef_.to_numpy()  # X is in columns_ order
         chain_part = X["transmitted"].to_numpy() * self.transmission_ + sum(
             X[f"core_{n}"].to_numpy() * self.core_evidence_weights_[f"core_{n}"] for n in self.core_evidence)
