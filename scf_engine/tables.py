@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from scf_engine.membership import arrow_text
@@ -51,63 +50,20 @@ def neutralise(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def csv_bytes(df: pd.DataFrame, *, header: bool = True) -> bytes:
+def csv_bytes(df: pd.DataFrame) -> bytes:
     """The neutralised CSV of ``df`` as UTF-8 bytes (what is hashed is what is written).
 
     Python's csv writer quotes a field only for the characters of its line terminator,
     so with ``\n`` a bare carriage return went out unquoted and a reader (Excel, pandas)
     broke the row there: ``'\r+1+1`` became a row starting ``+1+1``, a formula again.
     When a text cell holds ``\r``, the file is written with ``\r\n`` (every field with
-    a CR or LF quoted) and the row ends, outside quotes, turned back into ``\n``: the
-    same bytes as ``\n`` rows for rows with no CR (:class:`CsvParts` relies on it).
-    ``header=False``: the rows alone."""
+    a CR or LF quoted) and the row ends, outside quotes, turned back into ``\n``."""
     out = neutralise(df)
     if not _has_cr(out):
-        return out.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8")
-    parts = out.to_csv(index=False, header=header, lineterminator="\r\n").split('"')
+        return out.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    parts = out.to_csv(index=False, lineterminator="\r\n").split('"')
     parts[::2] = [p.replace("\r\n", "\n") for p in parts[::2]]  # even parts lie outside quotes ("" toggles twice)
     return '"'.join(parts).encode("utf-8")
-
-
-class CsvParts:
-    """:func:`csv_bytes` of frames given one by one, as of their concatenation, each made
-    as it is given and held zstd-compressed: ``value()`` is ``csv_bytes(pd.concat(frames,
-    ignore_index=True))``, byte for byte, or None where that cannot be promised.
-
-    Why: ``scf monitor``'s portfolio.csv is the rows of every as-of (~400 MB at 100,000
-    firms over 12 dates), and writing it at the end was ~10 s of the pass's record on one
-    core, after the last date; an as-of's rows can be written as soon as they are judged,
-    beside the next date's snapshot.
-
-    The bytes are the same because what pandas writes of a cell depends on its value and
-    its column's dtype alone (floats by ``repr``, text as it is), the formula guard and the
-    quoting are per cell, and a part with no carriage return is written alike either way
-    (:func:`csv_bytes`). So every frame must have the first's columns and dtypes (their
-    concatenation then has them too), and no date or duration column (pandas picks their
-    format from the whole column: a date-only part beside one with times would differ);
-    else ``value()`` is None and the caller writes the concatenation."""
-
-    def __init__(self):
-        self.parts_: list | None = []  # (compressed bytes, size); None once it cannot be promised
-        self.columns_ = None
-        self.dtypes_ = None
-
-    def add(self, df: pd.DataFrame) -> None:
-        if self.parts_ is None:
-            return
-        if self.columns_ is None:
-            self.columns_, self.dtypes_ = list(df.columns), df.dtypes
-        if (list(df.columns) != self.columns_ or not df.dtypes.equals(self.dtypes_)
-                or any(t.kind in "mM" for t in df.dtypes)):
-            self.parts_ = None
-            return
-        data = csv_bytes(df, header=not self.parts_)
-        self.parts_.append((pa.compress(data, "zstd", asbytes=True), len(data)))
-
-    def value(self) -> bytes | None:
-        if not self.parts_:
-            return None
-        return b"".join(pa.decompress(c, decompressed_size=n, codec="zstd", asbytes=True) for c, n in self.parts_)
 
 
 def _has_cr(df: pd.DataFrame) -> bool:
@@ -135,4 +91,4 @@ def write_csv(df: pd.DataFrame, path: Path | str) -> Path:
     return path
 
 
-__all__ = ["FORMULA_START", "neutralise_cell", "neutralise", "csv_bytes", "CsvParts", "write_csv"]
+__all__ = ["FORMULA_START", "neutralise_cell", "neutralise", "csv_bytes", "write_csv"]

@@ -24,7 +24,6 @@ from scf_engine.errors import PolicyError
 from scf_engine.monitor.judge import PORTFOLIO_COLUMNS, repaired
 from scf_engine.monitor.signals import ALERTS_COLUMNS, fire
 from scf_engine.simulate import WorldConfig, simulate, write_dataset
-from scf_engine.tables import CsvParts, csv_bytes
 
 runner = CliRunner()
 BATCH = "2024-01-01"
@@ -766,8 +765,7 @@ def test_the_shared_pass_answers_as_one_snapshot_per_date_does(lent, tmp_path):
 def test_the_pass_holds_each_dates_rows_packed_and_gives_them_back_as_they_were(lent, tmp_path, monkeypatch):
     """compute holds each as-of's portfolio rows compressed until the pass ends (packed):
     each comes back with the same values, dtypes and index, and the portfolio is the
-    rows of every date as judged, in order; portfolio.csv written date by date as they
-    are judged (CsvParts) is, byte for byte, the CSV of that portfolio."""
+    rows of every date as judged, in order."""
     from scf_engine.pipelines import monitor as mon
 
     given, pack = [], mon.packed
@@ -778,10 +776,7 @@ def test_the_pass_holds_each_dates_rows_packed_and_gives_them_back_as_they_were(
 
     monkeypatch.setattr(mon, "packed", keep)
     args = _pass_inputs(lent, tmp_path, "changed")
-    written = CsvParts()
-    portfolio = mon.compute(*args, portfolio_csv=written)[0]
-    # portfolio.csv as the pass wrote it, date by date, is the CSV of the portfolio it returns
-    assert written.value() is not None and written.value() == csv_bytes(portfolio)
+    portfolio = mon.compute(*args)[0]
     assert len(given) == len(args[2]) and all(len(g) > 0 for g in given)
     assert list(portfolio["as_of"].unique()) == [str(t.date()) for t in args[2]]
     for rows in given:

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from scf_engine import audit, publish, tracking
@@ -395,40 +393,6 @@ def test_text_cells_starting_with_a_tab_or_a_carriage_return_are_neutralised():
     assert got["limit_cny"].tolist() == ["1.5", "-2.0", "0.0", "3.0", "4.0", "5.0"]
     assert [r[0] for r in csv.reader(io.StringIO(data.decode(), newline=""))][1:] == got["name"].tolist()
     assert data.endswith(b"5.0\n") and csv_bytes(df.iloc[4:]) == b"name,limit_cny\nplain,4.0\n-12.5,5.0\n"
-
-
-_CELLS = ["plain", "", "=cmd", "+1+1", "-12.5", "@x", "\tx", "\r+1", "a\rb", "a\nb", 'say "x"', "a,b", "中文 理由"]
-
-
-@settings(max_examples=60, deadline=None)
-@given(rows=st.lists(st.tuples(st.sampled_from(_CELLS), st.one_of(st.floats(allow_nan=True, allow_infinity=True),
-                                                                 st.sampled_from([0.0, -0.0, 1e-05, 1e16, 0.1])),
-                               st.integers(-10**12, 10**12), st.booleans()), min_size=1, max_size=30),
-       cuts=st.lists(st.integers(0, 30), max_size=4), arrow=st.booleans())
-def test_csv_written_in_parts_is_the_csv_of_the_parts_together(rows, cuts, arrow):
-    """CsvParts (scf monitor writes each as-of's rows as they are judged) gives the bytes
-    csv_bytes gives the concatenated frame, whatever the cells (formulas, CR and LF,
-    quotes, commas, NaN, inf, -0.0) and wherever the frame is cut; and gives up (None)
-    when a part's dtypes differ or a column is a date."""
-    from scf_engine.tables import CsvParts, csv_bytes
-
-    df = pd.DataFrame(rows, columns=["text", "x", "n", "flag"])
-    df["kind"] = pd.Categorical(df["flag"].map({True: "a", False: "b"}), categories=["a", "b"])
-    if arrow:
-        df["text"] = df["text"].astype("str")
-    bounds = sorted({0, len(df), *(min(c, len(df)) for c in cuts)})
-    parts = [df.iloc[a:b] for a, b in zip(bounds, bounds[1:])]
-    written = CsvParts()
-    for part in parts:
-        written.add(part)
-    assert written.value() == csv_bytes(pd.concat(parts, ignore_index=True))
-    odd = CsvParts()
-    odd.add(df)
-    odd.add(df.assign(n=df["n"].astype(float)))  # another dtype: its rows would print 1.0, not 1
-    assert odd.value() is None
-    dated = CsvParts()
-    dated.add(df.assign(on=pd.Timestamp("2024-01-01")))
-    assert dated.value() is None
 
 
 # --- fault injection: kill -9 at each stage, a full disk ------------------------------------------

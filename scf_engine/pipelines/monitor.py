@@ -49,7 +49,7 @@ from scf_engine.pipelines.compare import load_models
 from scf_engine.pipelines.score import check_writable, parse_as_of, saved_scale
 from scf_engine.publish import Publication
 from scf_engine.release import frozen, give_back, release_arrow
-from scf_engine.tables import CsvParts, csv_bytes
+from scf_engine.tables import csv_bytes
 
 PORTFOLIO_NEEDS = ("firm_id", "as_of", "pd", "grade", "limit_cny")
 
@@ -159,14 +159,12 @@ def monitor(data_dir, out, *, as_of: list, portfolio: Path | str | None = None, 
     models, versions = load_models(store, alias)
     scale = saved_scale(store, versions, pols["score_scale"])
     ref = drift_reference(store, versions)
-    written = CsvParts()  # portfolio.csv, each as-of's rows written as they are judged
-    frames = compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, own_flows=True,
-                     portfolio_csv=written)
+    frames = compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, own_flows=True)
     inputs = {**ds.fingerprints, "portfolio": port_sha, **({"consents": file_sha256(Path(consents))} if consents else {})}
     memo_dir = Path(portfolio).parent / "memos" if portfolio else None
     return record(store, frames, quarantined, out, dates=dates, batch_T=batch_T, versions=versions, pols=pols,
                   inputs=inputs, batch_run=batch_run, audit_log=audit_log, actor=actor, memo_dir=memo_dir,
-                  progress=say, report=ds.report, portfolio_csv=written.value())
+                  progress=say, report=ds.report)
 
 
 def lean_flows(ds, until: pd.Timestamp | None = None) -> None:
@@ -264,7 +262,7 @@ def drift_reference(store, versions) -> dict | None:
 
 
 def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, *, shared: bool = True,
-            narrow: bool = True, own_flows: bool = False, portfolio_csv: CsvParts | None = None) -> tuple:
+            narrow: bool = True, own_flows: bool = False) -> tuple:
     """portfolio.csv, alerts.csv and drift rows over every as-of (pure apart from the
     progress).
 
@@ -287,9 +285,7 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
     ``narrow=False``: every feature now and at the batch (the same answers, compared too).
     ``own_flows`` (``scf monitor``'s: the dataset is the pass's own): once the shared legs
     are built, ``ds.flows`` is cut to what the rest of the pass reads (:func:`chain_flows`);
-    by default the caller's dataset is left as it was. ``portfolio_csv``: each as-of's
-    rows are written into it as they are judged (``scf monitor``'s portfolio.csv: its
-    ``value()`` is the CSV of the portfolio returned, or None where it cannot promise that).
+    by default the caller's dataset is left as it was.
 
     The dataset, the models and the libraries are out of the garbage collector's walks
     for the pass (:func:`scf_engine.release.frozen`): each date gives memory back with a
@@ -306,8 +302,7 @@ def compute(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref=None, 
                 chain_flows(ds)
                 give_back()
             return _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass,
-                           side if shared else None, frame_needs(pols["monitoring"], ref) if narrow else None,
-                           portfolio_csv)
+                           side if shared else None, frame_needs(pols["monitoring"], ref) if narrow else None)
     finally:
         if con is not None:
             con.close()
@@ -321,7 +316,7 @@ def explain_scope(policy) -> str:
 
 
 def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, flow_pass, side=None,
-            needs: set | None = None, portfolio_csv: CsvParts | None = None) -> tuple:
+            needs: set | None = None) -> tuple:
     """:func:`compute`'s loop: the batch's snapshot, then one as-of after another, each
     judged on a thread of its own while the next as-of's snapshot is built (the same
     answers: the judges run one at a time, in date order). Why now: the overlap was
@@ -378,8 +373,6 @@ def _passes(ds, lent, dates, batch_T, models, pols, cons, scale, say, ref, con, 
         last = rows
         pds.append(rows[["firm_id", "as_of", "pd"]])
         parts.append(packed(rows))
-        if portfolio_csv is not None:  # on this thread, beside the next as-of's snapshot, not after the last
-            portfolio_csv.add(rows)
         alerts.append(a)
         drift.append(vintage_rows(lent, default_on, T, pols["monitoring"]))
 
@@ -553,14 +546,12 @@ ENTRY_LINK = "monitor_audit_entry.json"  # not audit_entry.json: a batch's limit
 
 
 def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, pols, inputs, batch_run, audit_log,
-           actor, memo_dir: Path | None = None, progress=None, report=None,
-           portfolio_csv: bytes | None = None) -> MonitorResult:
+           actor, memo_dir: Path | None = None, progress=None, report=None) -> MonitorResult:
     """portfolio.csv, alerts.csv, drift.csv, report.html (and the quarantine rows of unknown
     firms), one MLflow run and one audit entry, all or nothing, as a batch: staged in a
     folder of its own, the entry records the sha256 of the staged bytes, one flip
     publishes them all (:class:`scf_engine.publish.Publication`); what a killed pass left
-    is removed by the next and noted on its entry. ``portfolio_csv``: portfolio.csv's
-    bytes as the pass wrote them (:class:`scf_engine.tables.CsvParts`), else written here."""
+    is removed by the next and noted on its entry."""
     port, alerts, drift = frames
     out.mkdir(parents=True, exist_ok=True)
     stats = summary(port, alerts)
@@ -568,8 +559,7 @@ def record(store, frames, quarantined, out: Path, *, dates, batch_T, versions, p
                       progress=progress)
     with pub, publish.write_errors(out), store.run(
             "monitor", f"monitor {dates[0].date()}..{dates[-1].date()}", tags={"scf_role": "monitor"}) as run:
-        files = {"portfolio.csv": portfolio_csv if portfolio_csv is not None else csv_bytes(port),
-                 "alerts.csv": csv_bytes(alerts)}
+        files = {"portfolio.csv": csv_bytes(port), "alerts.csv": csv_bytes(alerts)}
         if len(quarantined):
             files["portfolio_quarantine.csv"] = csv_bytes(quarantined)
         files.update(staged_files(report))  # the contract: bad rows go to a file beside the output
