@@ -272,6 +272,42 @@ def test_a_pass_wide_shape_search_gives_each_window_what_its_own_search_gives(ro
     assert all(len(p) == 0 for p in search.within(np.array([10**6])).rings)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=40), st.lists(st.integers(-3, 70), max_size=40))
+def test_positions_in_is_the_inverse_table_of_the_ids(ids, keys):
+    """Shapes.within looks each transfer up among an as-of's ids by binary search
+    (positions_in): per key the position a table ``at[ids] = arange(len(ids))`` gives
+    (the last of repeated ids), -1 for a key not among them; ids sorted or not."""
+    from scf_engine.features.authenticity import positions_in
+
+    at = np.full(100, -1, np.int64)
+    at[np.array(ids, np.int64)] = np.arange(len(ids))
+    want = np.array([at[k] if k >= 0 else -1 for k in keys], np.int64)
+    np.testing.assert_array_equal(positions_in(np.array(ids, np.int64), np.array(keys, np.int64)), want)
+    np.testing.assert_array_equal(positions_in(np.sort(np.array(ids, np.int64)), np.array(keys, np.int64)),
+                                  [np.flatnonzero(np.sort(ids) == k).max() if k in ids else -1 for k in keys])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(-2, 50), max_size=60), st.sampled_from(["int32", "int64", "uint16", "float64"]),
+       st.integers(0, 1))
+def test_dense_factorize_is_pandas_sorted_factorize(values, dtype, sparse):
+    """The authenticity features number the legs' firms by flags over the party codes
+    (dense_factorize): the same codes and sorted uniques as pd.factorize(sort=True), for
+    dense codes and, by falling back to it, sparse, negative or non-integer ones."""
+    from scf_engine.features.authenticity import dense_factorize
+
+    v = np.array(values, dtype=np.int64) + (10**7 if sparse else 0)
+    if dtype == "uint16":
+        v = np.abs(v) % 60_000
+    s = pd.Series(v.astype(dtype), name="firm_id")
+    codes, uniques = dense_factorize(s)
+    want_codes, want_uniques = pd.factorize(s, sort=True)
+    np.testing.assert_array_equal(codes, want_codes)
+    assert codes.dtype == want_codes.dtype
+    pd.testing.assert_index_equal(pd.Index(uniques), pd.Index(want_uniques), exact=True)
+
+
 def test_the_sorted_needle_search_answers_as_searchsorted_does():
     """The ring search looks its needles up in sorted order past a size (_search): same
     positions as np.searchsorted, ties and keys outside the range included, either side."""
@@ -534,6 +570,35 @@ def test_the_flows_before_a_date_are_the_same_sorted_or_not():
             pd.testing.assert_frame_equal(got, want, check_exact=True)
             assert (got["booked_on"] < when).all()
     assert len(ordered.as_of(pd.Timestamp(rows[5][0])).flows) < len(rows)
+
+
+def test_the_receivables_before_a_date_are_the_same_sorted_or_not_and_the_dataset_keeps_its_own(small_world_dir):
+    """Dataset.as_of takes the receivables issued before T as a leading slice when they
+    are in issue-date order (a filter otherwise) and blanks what T does not know yet
+    (a confirmation, a payment on or after T) on its own rows only: the dataset's table
+    is unchanged, sorted or shuffled, and the rows are the filter's, in its order."""
+    from scf_engine.ingest import load_dataset
+
+    ds = load_dataset(small_world_dir)
+    ordered = ds.receivables.sort_values("issued_on", kind="stable", ignore_index=True)
+    shuffled = ordered.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    assert not shuffled["issued_on"].is_monotonic_increasing
+    dates = ordered["issued_on"]
+    for table in (ordered, shuffled):
+        ds.receivables = table
+        before = table.copy(deep=True)
+        for when in (dates.iloc[len(dates) // 2], dates.iloc[-1], dates.iloc[0], dates.iloc[-1] + pd.Timedelta(days=1)):
+            got = ds.as_of(when).receivables
+            want = table[table["issued_on"] < when].reset_index(drop=True)
+            for col in ("confirmed_on", "paid_on"):
+                want[col] = want[col].where(~(want[col] >= when))
+            want["paid_amount"] = want["paid_amount"].where(~(table[table["issued_on"] < when]["paid_on"] >= when)
+                                                            .to_numpy())
+            pd.testing.assert_frame_equal(got[want.columns], want, check_exact=True)
+            assert len(got) < len(table) or when > dates.iloc[-1]
+            assert not (got["paid_on"] >= when).any() and not (got["confirmed_on"] >= when).any()
+            assert got.empty == (when == dates.iloc[0])
+            pd.testing.assert_frame_equal(table, before, check_exact=True)  # the dataset's rows untouched
 
 
 @settings(max_examples=25, deadline=None)
