@@ -627,8 +627,11 @@ def authenticity_features(legs: pd.DataFrame, policy=None, search: ShapeSearch |
     ring_pairs = pd.DataFrame({"f": codes[ring_legs], "c": legs["cpty"].to_numpy()[ring_legs]}).drop_duplicates()
     # the ring legs only: a leg on no ring has no length (inf) and no return (NaN), which
     # the min and the median below skip, so a firm without one gets NaN either way
-    per_firm = pd.DataFrame({"f": codes[ring_legs], "len": rings.min_parties[at][ring_legs],
-                             "days": np.where(back, rings.return_days[at], np.nan)[ring_legs]})
+    # (the ring legs picked before their transfers' values are gathered: the other order
+    # made three arrays as long as every leg, ~6.5 million at 100,000 firms, each as-of)
+    on_ring = at[ring_legs]
+    per_firm = pd.DataFrame({"f": codes[ring_legs], "len": rings.min_parties[on_ring],
+                             "days": np.where(back[ring_legs], rings.return_days[on_ring], np.nan)})
     fan = pd.concat([sg.rename(columns={"src": "p"}), sg.rename(columns={"dst": "p"})]).groupby("p")["fan"].max()
     ring_k = structural[np.asarray(firms, np.int64)]
     with np.errstate(divide="ignore", invalid="ignore"):
