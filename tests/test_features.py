@@ -289,7 +289,7 @@ def test_positions_in_is_the_inverse_table_of_the_ids(ids, keys):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(-2, 50), max_size=60), st.sampled_from(["int32", "int64", "uint16", "float64"]),
+@given(st.lists(st.integers(-2, 50), max_size=60), st.sampled_from(["int32", "int64", "uint16", "float64", "Int64"]),
        st.integers(0, 1))
 def test_dense_factorize_is_pandas_sorted_factorize(values, dtype, sparse):
     """The authenticity features number the legs' firms by flags over the party codes
@@ -300,7 +300,7 @@ def test_dense_factorize_is_pandas_sorted_factorize(values, dtype, sparse):
     v = np.array(values, dtype=np.int64) + (10**7 if sparse else 0)
     if dtype == "uint16":
         v = np.abs(v) % 60_000
-    s = pd.Series(v.astype(dtype), name="firm_id")
+    s = pd.Series(v, name="firm_id").astype(dtype)
     codes, uniques = dense_factorize(s)
     want_codes, want_uniques = pd.factorize(s, sort=True)
     np.testing.assert_array_equal(codes, want_codes)
