@@ -479,8 +479,8 @@ class Shapes:
         at = positions_in(ids, keys)
 
         def keep(a):
-            p = at[a]
-            return p[(p >= 0).all(axis=1)] if p.size else p.reshape(0, a.shape[1])
+            p = at[a]  # a coded array keeps its shape, (0, k) included
+            return p[(p >= 0).all(axis=1)]
 
         return coded._map(keep)
 
@@ -492,8 +492,8 @@ class Shapes:
             keys, inverse = np.unique(np.concatenate([np.asarray(a, np.int64).ravel() for a in arrays]),
                                       return_inverse=True)
             parts = np.split(inverse.ravel(), np.cumsum([a.size for a in arrays])[:-1])
-            it = iter(p.reshape(a.shape) for p, a in zip(parts, arrays))
-            self._coded = (keys, self._map(lambda a: next(it)))
+            *rings, round_trip, onward, chain = (p.reshape(a.shape) for p, a in zip(parts, arrays))  # _arrays' order
+            self._coded = (keys, Shapes(rings, round_trip, onward, chain))
         return self._coded
 
     def _arrays(self):
